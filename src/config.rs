@@ -1,0 +1,472 @@
+//! Effective configuration: built-in defaults, then the TOML file, then `FARM_*`
+//! environment variables. Each value remembers where it came from, for `farm config`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// How C/C++ compiles are keyed (docs/cache-key.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Source + manifest of every header read and every include lookup that found nothing.
+    Direct,
+    /// Key from the preprocessed text; a preprocessor run on every compile.
+    Preprocessor,
+    /// Like direct, but a miss never runs the preprocessor: the manifest comes from
+    /// the compile's own dependency output only.
+    Depend,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "direct" => Some(Mode::Direct),
+            "preprocessor" | "pp" => Some(Mode::Preprocessor),
+            "depend" => Some(Mode::Depend),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Preprocessor => "preprocessor",
+            Mode::Depend => "depend",
+        }
+    }
+}
+
+/// Where a value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => write!(f, "default"),
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Env(v) => write!(f, "env {v}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Setting<T> {
+    pub value: T,
+    pub source: Source,
+}
+
+impl<T> Setting<T> {
+    fn default(value: T) -> Self {
+        Setting {
+            value,
+            source: Source::Default,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: line {line}: {msg}")]
+    File {
+        file: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    #[error("{file}: cannot read: {err}")]
+    Read { file: PathBuf, err: std::io::Error },
+    #[error("environment variable {var}={value:?}: {msg}")]
+    Env {
+        var: &'static str,
+        value: String,
+        msg: String,
+    },
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub file_exists: bool,
+    pub dir: Setting<PathBuf>,
+    pub max_size: Setting<u64>,
+    pub mode: Setting<Mode>,
+    pub cc: Setting<Option<PathBuf>>,
+    pub cxx: Setting<Option<PathBuf>>,
+    pub log: Setting<Option<PathBuf>>,
+    pub disable: Setting<bool>,
+}
+
+pub const DEFAULT_MAX_SIZE: u64 = 5 << 30;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    dir: Option<toml::Spanned<String>>,
+    max_size: Option<toml::Spanned<toml::Value>>,
+    mode: Option<toml::Spanned<String>>,
+    cc: Option<toml::Spanned<String>>,
+    cxx: Option<toml::Spanned<String>>,
+    log: Option<toml::Spanned<String>>,
+    disable: Option<toml::Spanned<bool>>,
+}
+
+/// Parses "5G", "500MiB", "10 GB", "1048576" into bytes. K/M/G/T and KiB/MiB/GiB/TiB
+/// are binary units; KB/MB/GB/TB decimal.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "K" | "KiB" | "k" => 1024.0,
+        "M" | "MiB" => 1024.0 * 1024.0,
+        "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "T" | "TiB" => 1024.0f64.powi(4),
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        _ => return None,
+    };
+    let v = num * mult;
+    if !v.is_finite() || v < 0.0 {
+        return None;
+    }
+    Some(v as u64)
+}
+
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn expand_home(s: &str) -> PathBuf {
+    if let Some(rest) = s.strip_prefix("~/") {
+        if let Some(h) = dirs::home_dir() {
+            return h.join(rest);
+        }
+    }
+    PathBuf::from(s)
+}
+
+/// Default location of the config file.
+pub fn default_config_file() -> PathBuf {
+    dirs::config_dir()
+        .unwrap_or_else(|| PathBuf::from("/etc"))
+        .join("farm")
+        .join("config.toml")
+}
+
+fn default_cache_dir() -> PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("farm")
+}
+
+impl Config {
+    /// Loads the configuration from the process environment.
+    pub fn load() -> Result<Config, ConfigError> {
+        Self::load_with(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    /// Loads with an explicit environment lookup (tests).
+    pub fn load_with(env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let file = env("FARM_CONFIG")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(default_config_file);
+        let mut cfg = Config {
+            file: file.clone(),
+            file_exists: false,
+            dir: Setting::default(default_cache_dir()),
+            max_size: Setting::default(DEFAULT_MAX_SIZE),
+            mode: Setting::default(Mode::Direct),
+            cc: Setting::default(None),
+            cxx: Setting::default(None),
+            log: Setting::default(None),
+            disable: Setting::default(false),
+        };
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                cfg.file_exists = true;
+                cfg.apply_file(&file, &text)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(ConfigError::Read { file, err }),
+        }
+        cfg.apply_env(env)?;
+        Ok(cfg)
+    }
+
+    fn apply_file(&mut self, file: &Path, text: &str) -> Result<(), ConfigError> {
+        let err_at = |offset: usize, msg: String| ConfigError::File {
+            file: file.to_path_buf(),
+            line: line_of(text, offset),
+            msg,
+        };
+        let fc: FileConfig = toml::from_str(text).map_err(|e| {
+            let off = e.span().map(|s| s.start).unwrap_or(0);
+            err_at(off, e.message().trim().replace('\n', " "))
+        })?;
+        let src = || Source::File(file.to_path_buf());
+        if let Some(v) = fc.dir {
+            self.dir = Setting {
+                value: expand_home(v.get_ref()),
+                source: src(),
+            };
+        }
+        if let Some(v) = fc.max_size {
+            let bytes = match v.get_ref() {
+                toml::Value::Integer(i) if *i >= 0 => Some(*i as u64),
+                toml::Value::String(s) => parse_size(s),
+                _ => None,
+            };
+            let bytes = bytes.ok_or_else(|| {
+                err_at(
+                    v.span().start,
+                    format!(
+                        "key `max_size`: invalid size {} (use bytes or a number with K, M, G, T)",
+                        v.get_ref()
+                    ),
+                )
+            })?;
+            self.max_size = Setting {
+                value: bytes,
+                source: src(),
+            };
+        }
+        if let Some(v) = fc.mode {
+            let m = Mode::parse(v.get_ref()).ok_or_else(|| {
+                err_at(
+                    v.span().start,
+                    format!(
+                        "key `mode`: unknown mode {:?} (direct, preprocessor or depend)",
+                        v.get_ref()
+                    ),
+                )
+            })?;
+            self.mode = Setting {
+                value: m,
+                source: src(),
+            };
+        }
+        for (slot, v) in [(&mut self.cc, fc.cc), (&mut self.cxx, fc.cxx)] {
+            if let Some(v) = v {
+                *slot = Setting {
+                    value: Some(expand_home(v.get_ref())),
+                    source: src(),
+                };
+            }
+        }
+        if let Some(v) = fc.log {
+            self.log = Setting {
+                value: Some(expand_home(v.get_ref())),
+                source: src(),
+            };
+        }
+        if let Some(v) = fc.disable {
+            self.disable = Setting {
+                value: *v.get_ref(),
+                source: src(),
+            };
+        }
+        Ok(())
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |k: &str| env(k).filter(|v| !v.is_empty());
+        // FARM_CACHE_DIR is what benchmark harnesses (shared/bench) export.
+        for var in ["FARM_CACHE_DIR", "FARM_DIR"] {
+            if let Some(v) = get(var) {
+                self.dir = Setting {
+                    value: PathBuf::from(v),
+                    source: Source::Env(var),
+                };
+            }
+        }
+        if let Some(v) = get("FARM_MAX_SIZE") {
+            let bytes = parse_size(&v).ok_or_else(|| ConfigError::Env {
+                var: "FARM_MAX_SIZE",
+                value: v.clone(),
+                msg: "invalid size (use bytes or a number with K, M, G, T)".into(),
+            })?;
+            self.max_size = Setting {
+                value: bytes,
+                source: Source::Env("FARM_MAX_SIZE"),
+            };
+        }
+        if let Some(v) = get("FARM_MODE") {
+            let m = Mode::parse(&v).ok_or_else(|| ConfigError::Env {
+                var: "FARM_MODE",
+                value: v.clone(),
+                msg: "unknown mode (direct, preprocessor or depend)".into(),
+            })?;
+            self.mode = Setting {
+                value: m,
+                source: Source::Env("FARM_MODE"),
+            };
+        }
+        if let Some(v) = get("FARM_CC") {
+            self.cc = Setting {
+                value: Some(PathBuf::from(v)),
+                source: Source::Env("FARM_CC"),
+            };
+        }
+        if let Some(v) = get("FARM_CXX") {
+            self.cxx = Setting {
+                value: Some(PathBuf::from(v)),
+                source: Source::Env("FARM_CXX"),
+            };
+        }
+        if let Some(v) = get("FARM_LOG") {
+            self.log = Setting {
+                value: Some(PathBuf::from(v)),
+                source: Source::Env("FARM_LOG"),
+            };
+        }
+        if let Some(v) = get("FARM_DISABLE") {
+            let on = match v.as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "FARM_DISABLE",
+                        value: v,
+                        msg: "expected 1/0, true/false, yes/no or on/off".into(),
+                    })
+                }
+            };
+            self.disable = Setting {
+                value: on,
+                source: Source::Env("FARM_DISABLE"),
+            };
+        }
+        Ok(())
+    }
+
+    /// `farm config` output: one line per key, value and where it came from.
+    pub fn describe(&self) -> Vec<(&'static str, String, String)> {
+        let opt = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(unset)".into())
+        };
+        vec![
+            (
+                "dir",
+                self.dir.value.display().to_string(),
+                self.dir.source.to_string(),
+            ),
+            (
+                "max_size",
+                format_size(self.max_size.value),
+                self.max_size.source.to_string(),
+            ),
+            (
+                "mode",
+                self.mode.value.as_str().into(),
+                self.mode.source.to_string(),
+            ),
+            ("cc", opt(&self.cc.value), self.cc.source.to_string()),
+            ("cxx", opt(&self.cxx.value), self.cxx.source.to_string()),
+            ("log", opt(&self.log.value), self.log.source.to_string()),
+            (
+                "disable",
+                self.disable.value.to_string(),
+                self.disable.source.to_string(),
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(file_text: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("config.toml");
+        if let Some(t) = file_text {
+            std::fs::write(&f, t).unwrap();
+        }
+        let mut m: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        m.insert("FARM_CONFIG".into(), f.display().to_string());
+        Config::load_with(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("5G"), Some(5 << 30));
+        assert_eq!(parse_size("5GiB"), Some(5 << 30));
+        assert_eq!(parse_size("10 MB"), Some(10_000_000));
+        assert_eq!(parse_size("123"), Some(123));
+        assert_eq!(parse_size("5X"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn file_then_env_with_sources() {
+        let c = load(
+            Some("max_size = \"1G\"\nmode = \"preprocessor\"\n"),
+            &[("FARM_MODE", "depend")],
+        )
+        .unwrap();
+        assert_eq!(c.max_size.value, 1 << 30);
+        assert!(matches!(c.max_size.source, Source::File(_)));
+        assert_eq!(c.mode.value, Mode::Depend);
+        assert_eq!(c.mode.source, Source::Env("FARM_MODE"));
+    }
+
+    #[test]
+    fn bad_value_names_file_key_and_line() {
+        let e = load(Some("# comment\n\nmax_size = \"lots\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.toml: line 3"), "{e}");
+        assert!(e.contains("max_size"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_line() {
+        let e = load(Some("mode = \"direct\"\ncolour = 1\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn bad_env_names_variable() {
+        let e = load(None, &[("FARM_MODE", "fast")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FARM_MODE"), "{e}");
+    }
+}

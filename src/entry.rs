@@ -1,0 +1,215 @@
+//! Entry points: `farm-cc`, `farm-c++`, `farm <compiler> …` (launcher), a symlink
+//! named like a compiler (masquerade), and `farm <command>`.
+//!
+//! All binaries run this same code and decide by the name they were started as.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::{cli, shim};
+
+/// Names farm's own binaries have; never taken for a real compiler.
+const FARM_NAMES: &[&str] = &["farm", "farm-cc", "farm-c++", "farm-cxx"];
+
+#[derive(Debug, PartialEq, Eq)]
+enum Role {
+    Cc,
+    Cxx,
+    Farm,
+    Masquerade(String),
+}
+
+fn role_of(argv0: &OsStr) -> Role {
+    let name = Path::new(argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.as_str() {
+        "farm-cc" => Role::Cc,
+        "farm-c++" | "farm-cxx" => Role::Cxx,
+        "farm" | "" => Role::Farm,
+        other => Role::Masquerade(other.to_string()),
+    }
+}
+
+/// Is this canonical path one of farm's binaries?
+fn is_farm_canonical(canon: &Path) -> bool {
+    // /proc/self/exe is already canonical.
+    if let Ok(me) = std::env::current_exe() {
+        if canon == me {
+            return true;
+        }
+    }
+    canon
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| FARM_NAMES.contains(&n))
+        .unwrap_or(false)
+}
+
+/// Is this path (after following links) one of farm's binaries?
+pub fn is_farm_binary(p: &Path) -> bool {
+    std::fs::canonicalize(p)
+        .map(|c| is_farm_canonical(&c))
+        .unwrap_or(false)
+}
+
+/// A real compiler: the path it is run by, and the file it resolves to.
+pub struct Resolved {
+    pub path: PathBuf,
+    pub canonical: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("compiler `{0}` not found on PATH (farm's own binaries are skipped)")]
+    NotFound(String),
+    #[error("compiler {0} is farm itself; set FARM_CC/FARM_CXX or `cc`/`cxx` in the config to the real compiler")]
+    IsFarm(PathBuf),
+}
+
+/// Finds the real compiler for `name`: a path is taken as is (unless it is farm), a
+/// bare name is looked up on PATH, skipping every entry that is farm itself.
+pub fn resolve_compiler(name: &OsStr) -> Result<Resolved, ResolveError> {
+    let p = Path::new(name);
+    if p.components().count() > 1 {
+        let canonical = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if is_farm_canonical(&canonical) {
+            return Err(ResolveError::IsFarm(p.to_path_buf()));
+        }
+        return Ok(Resolved {
+            path: p.to_path_buf(),
+            canonical,
+        });
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    if let Ok(found) = which::which_in_all(name, Some(path), cwd) {
+        for c in found {
+            let Ok(canonical) = std::fs::canonicalize(&c) else {
+                continue;
+            };
+            if !is_farm_canonical(&canonical) {
+                return Ok(Resolved { path: c, canonical });
+            }
+        }
+    }
+    Err(ResolveError::NotFound(name.to_string_lossy().into_owned()))
+}
+
+fn fail(msg: impl std::fmt::Display) -> i32 {
+    let _ = writeln!(std::io::stderr(), "farm: {msg}");
+    1
+}
+
+fn init_logging(cfg: &Config) {
+    let Some(path) = &cfg.log.value else { return };
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+}
+
+fn disabled_by_env() -> bool {
+    matches!(
+        std::env::var("FARM_DISABLE").as_deref(),
+        Ok("1" | "true" | "yes" | "on")
+    )
+}
+
+/// Runs a compile through the shim; `requested` names the compiler (path or name),
+/// `arg0` is what the compiler is started as.
+fn compile(requested: &OsStr, args: Vec<OsString>) -> i32 {
+    let Resolved {
+        path: compiler,
+        canonical,
+    } = match resolve_compiler(requested) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let arg0 = requested.to_os_string();
+    if disabled_by_env() {
+        return shim::exec_compiler(&compiler, &arg0, &args);
+    }
+    let cfg = match Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            // A broken config must not break the build: say so once, compile plainly.
+            let _ = writeln!(std::io::stderr(), "farm: {e}; compiling without the cache");
+            return shim::exec_compiler(&compiler, &arg0, &args);
+        }
+    };
+    if cfg.disable.value {
+        return shim::exec_compiler(&compiler, &arg0, &args);
+    }
+    init_logging(&cfg);
+    shim::run(&cfg, &compiler, &canonical, arg0, args)
+}
+
+/// The compiler `farm-cc`/`farm-c++` stand for: config/env, else `cc`/`c++`.
+fn default_compiler(cxx: bool) -> OsString {
+    let var = if cxx { "FARM_CXX" } else { "FARM_CC" };
+    if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+        return v;
+    }
+    if let Ok(cfg) = Config::load() {
+        let s = if cxx { cfg.cxx.value } else { cfg.cc.value };
+        if let Some(p) = s {
+            return p.into_os_string();
+        }
+    }
+    OsString::from(if cxx { "c++" } else { "cc" })
+}
+
+/// The process entry point of every farm binary.
+pub fn main() -> i32 {
+    let mut argv: Vec<OsString> = std::env::args_os().collect();
+    if argv.is_empty() {
+        argv.push(OsString::from("farm"));
+    }
+    let rest = argv.split_off(1);
+    match role_of(&argv[0]) {
+        Role::Cc => compile(&default_compiler(false), rest),
+        Role::Cxx => compile(&default_compiler(true), rest),
+        Role::Masquerade(name) => compile(OsStr::new(&name), rest),
+        Role::Farm => {
+            let Some(first) = rest.first() else {
+                return cli::run(&[]);
+            };
+            let first_s = first.to_string_lossy();
+            if cli::is_command(&first_s) {
+                return cli::run(&rest);
+            }
+            // Launcher form: `farm gcc -c x.c`, `farm /usr/bin/clang++ …`.
+            let mut rest = rest;
+            let compiler = rest.remove(0);
+            compile(&compiler, rest)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles() {
+        assert_eq!(role_of(OsStr::new("/usr/local/bin/farm-cc")), Role::Cc);
+        assert_eq!(role_of(OsStr::new("farm-c++")), Role::Cxx);
+        assert_eq!(role_of(OsStr::new("./farm")), Role::Farm);
+        assert_eq!(
+            role_of(OsStr::new("/x/masq/gcc")),
+            Role::Masquerade("gcc".into())
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! Small filesystem helpers shared by the cache and the shim.
+//!
+//! Every file farm writes lands by write-to-temp + rename in the destination's own
+//! directory (DESIGN.md invariant 3), so a reader never sees a torn file even when
+//! the writer is killed halfway.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static TMP_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A temporary name beside `dest`, unique per process and call.
+pub fn temp_path_beside(dest: &Path) -> PathBuf {
+    let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = format!(".{name}.farm-tmp.{}.{seq}", std::process::id());
+    match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join(tmp),
+        _ => PathBuf::from(tmp),
+    }
+}
+
+/// Writes `data` to `dest` atomically. The file gets mode 0666 minus the umask,
+/// like a file the compiler itself creates.
+pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_parts(dest, &[data])
+}
+
+/// Like [`write_atomic`], for data that comes in pieces (header + payload).
+pub fn write_atomic_parts(dest: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    let tmp = temp_path_beside(dest);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(&tmp)?;
+        for p in parts {
+            f.write_all(p)?;
+        }
+        drop(f);
+        fs::rename(&tmp, dest)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Reads a whole file with one `fstat` and, for a regular file, one `read`: the hot
+/// path reads dozens of headers, so syscalls per file matter.
+pub fn read_file(path: &Path) -> io::Result<Vec<u8>> {
+    read_file_meta(path).map(|(d, _)| d)
+}
+
+/// Like [`read_file`], also returning the metadata of the opened file.
+pub fn read_file_meta(path: &Path) -> io::Result<(Vec<u8>, fs::Metadata)> {
+    let mut f = File::open(path)?;
+    let meta = f.metadata()?;
+    let len = meta.len() as usize;
+    let mut buf = vec![0u8; len + 1];
+    let mut filled = 0;
+    loop {
+        let want = buf.len() - filled;
+        let n = match f.read(&mut buf[filled..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        filled += n;
+        if n == 0 || (n < want && meta.is_file()) {
+            // A short read of a regular file is its end.
+            break;
+        }
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2 + 4096, 0);
+        }
+    }
+    buf.truncate(filled);
+    Ok((buf, meta))
+}
+
+/// blake3 of a file's content.
+pub fn hash_file(path: &Path) -> io::Result<[u8; 32]> {
+    let data = read_file(path)?;
+    Ok(*blake3::hash(&data).as_bytes())
+}
+
+/// Modification and status-change times of a file in nanoseconds since the epoch.
+pub fn times_ns(meta: &fs::Metadata) -> (i128, i128) {
+    use std::os::unix::fs::MetadataExt;
+    let m = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+    let c = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
+    (m, c)
+}
+
+/// Wall-clock now in nanoseconds since the epoch.
+pub fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// Lexically cleans a path: drops `.` components and repeated separators.
+/// `..` is kept (it is not lexically resolvable through symlinks).
+pub fn clean_path(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
+    }
+}
+
+/// Hex form of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// An exclusive advisory lock on an open file, released on drop.
+pub struct FileLock(File);
+
+impl FileLock {
+    pub fn lock(file: File) -> io::Result<FileLock> {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a valid, owned descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(FileLock(file))
+    }
+
+    /// Takes the lock only if nobody holds it.
+    pub fn try_lock(file: File) -> io::Result<Option<FileLock>> {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a valid, owned descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+        Ok(Some(FileLock(file)))
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        &mut self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.o");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(d.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn clean_path_drops_dots() {
+        assert_eq!(
+            clean_path(Path::new("./a//b/./c.h")),
+            PathBuf::from("a/b/c.h")
+        );
+        assert_eq!(clean_path(Path::new("../x.h")), PathBuf::from("../x.h"));
+        assert_eq!(
+            clean_path(Path::new("/usr/./include")),
+            PathBuf::from("/usr/include")
+        );
+    }
+}

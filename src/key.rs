@@ -1,0 +1,562 @@
+//! Cache keys, direct-mode manifests and result entries (docs/cache-key.md).
+//!
+//! Knows invocations (family-agnostic) and files; never a compiler's flags. Every
+//! field that enters a key is listed in docs/cache-key.md; changing what a key covers
+//! means bumping [`SCHEMA`], so old entries are never reused across schema versions.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::CacheKey;
+use crate::fsutil;
+use crate::lang::{Family, Invocation};
+
+/// Version of the key schema; part of every key.
+pub const SCHEMA: u32 = 1;
+
+/// Inputs modified this close to (or after) a compile's start are "too new": their
+/// content may not be what the compiler read, so nothing is recorded for them.
+/// Covers the coarse kernel clock that stamps files.
+pub const TOO_NEW_SLACK_NS: i128 = 50_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("compiler {path}: {err}")]
+    Compiler { path: PathBuf, err: io::Error },
+    #[error("input {path}: {err}")]
+    Input { path: PathBuf, err: io::Error },
+}
+
+/// Content identity of a compiler: blake3 of the binary plus its `-v` output,
+/// memoized by path, size, mtime, ctime and inode in `memo_dir`. `canonical` is the
+/// compiler's path with every link resolved.
+pub fn compiler_identity(canonical: &Path, memo_dir: &Path) -> Result<[u8; 32], KeyError> {
+    let err = |err| KeyError::Compiler {
+        path: canonical.to_path_buf(),
+        err,
+    };
+    let meta = fs::metadata(canonical).map_err(err)?;
+    let mut h = blake3::Hasher::new();
+    h.update(b"farm-compiler-memo-1\0");
+    h.update(canonical.as_os_str().as_bytes());
+    for v in [
+        meta.size() as i64,
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+        meta.ino() as i64,
+        meta.dev() as i64,
+    ] {
+        h.update(&v.to_le_bytes());
+    }
+    let memo = memo_dir.join(format!(
+        "{}.id",
+        fsutil::hex(&h.finalize().as_bytes()[..16])
+    ));
+    if let Ok(data) = fs::read(&memo) {
+        if let Ok(d) = <[u8; 32]>::try_from(data.as_slice()) {
+            return Ok(d);
+        }
+    }
+    let binary = fsutil::read_file(canonical).map_err(err)?;
+    let version = Command::new(canonical)
+        .arg("-v")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(err)?;
+    let mut h = blake3::Hasher::new();
+    h.update(b"farm-compiler-identity-1\0");
+    h.update(blake3::hash(&binary).as_bytes());
+    h.update(&version.stdout);
+    h.update(b"\0");
+    h.update(&version.stderr);
+    let id = *h.finalize().as_bytes();
+    let _ = fs::create_dir_all(memo_dir);
+    let _ = fsutil::write_atomic(&memo, &id);
+    Ok(id)
+}
+
+fn put_field(h: &mut blake3::Hasher, tag: &str, value: &[u8]) {
+    h.update(tag.as_bytes());
+    h.update(&(value.len() as u64).to_le_bytes());
+    h.update(value);
+}
+
+/// Everything in a key except the source's content: schema, key class, family,
+/// compiler identity, how it was invoked, normalized arguments, key-only facts, the
+/// environment that matters, the working directory when it reaches the outputs, and
+/// the content of files named by flags.
+pub fn base_hasher(
+    class: &str,
+    family: &dyn Family,
+    identity: &[u8; 32],
+    inv: &Invocation,
+) -> Result<blake3::Hasher, KeyError> {
+    let mut h = blake3::Hasher::new();
+    put_field(&mut h, "schema", &SCHEMA.to_le_bytes());
+    put_field(&mut h, "class", class.as_bytes());
+    put_field(&mut h, "family", family.name().as_bytes());
+    put_field(&mut h, "compiler", identity);
+    let invoked_as = Path::new(&inv.arg0)
+        .file_name()
+        .unwrap_or(OsStr::new(""))
+        .as_bytes();
+    put_field(&mut h, "invoked-as", invoked_as);
+    put_field(&mut h, "argc", &(inv.key_args.len() as u64).to_le_bytes());
+    for a in &inv.key_args {
+        put_field(&mut h, "arg", a.as_bytes());
+    }
+    for e in &inv.key_extra {
+        put_field(&mut h, "extra", e.as_bytes());
+    }
+    for var in family.key_env() {
+        match std::env::var_os(var) {
+            Some(v) => {
+                put_field(&mut h, "env", var.as_bytes());
+                put_field(&mut h, "=", v.as_bytes());
+            }
+            None => put_field(&mut h, "noenv", var.as_bytes()),
+        }
+    }
+    if let Some(cwd) = &inv.cwd_in_key {
+        put_field(&mut h, "cwd", cwd.as_os_str().as_bytes());
+    }
+    for p in &inv.extra_inputs {
+        let data = fsutil::read_file(p).map_err(|err| KeyError::Input {
+            path: p.clone(),
+            err,
+        })?;
+        put_field(&mut h, "input", p.as_os_str().as_bytes());
+        put_field(&mut h, "content", blake3::hash(&data).as_bytes());
+    }
+    Ok(h)
+}
+
+/// Finishes a key with the main content (the source in direct mode, the preprocessed
+/// text in preprocessor mode).
+pub fn finish(mut h: blake3::Hasher, content_tag: &str, content: &[u8]) -> CacheKey {
+    put_field(&mut h, content_tag, blake3::hash(content).as_bytes());
+    CacheKey(*h.finalize().as_bytes())
+}
+
+// ------------------------------------------------------------------ manifests
+
+/// A file's identity on this machine: device, inode, size and change times. A file
+/// whose stamp is unchanged since a recording has unchanged content, provided its
+/// ctime was already [`STAMP_TRUST_NS`] old when recorded (ctime cannot be set back
+/// by a user, and the margin covers coarse file system clocks).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StatStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+/// How old a file's mtime and ctime must be for its stamp to stand in for its content.
+pub const STAMP_TRUST_NS: i128 = 2_000_000_000;
+
+impl StatStamp {
+    pub fn of(meta: &fs::Metadata) -> StatStamp {
+        StatStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+
+    /// The stamp, if the file is old enough for it to be trusted later.
+    pub fn trusted(meta: &fs::Metadata, now_ns: i128) -> Option<StatStamp> {
+        let s = StatStamp::of(meta);
+        let limit = now_ns - STAMP_TRUST_NS;
+        ((s.mtime_ns as i128) < limit && (s.ctime_ns as i128) < limit).then_some(s)
+    }
+
+    fn current(p: &Path) -> Option<StatStamp> {
+        fs::metadata(p).ok().map(|m| StatStamp::of(&m))
+    }
+}
+
+/// One file the compile read, by content.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FileDigest {
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
+    pub digest: [u8; 32],
+    /// When present and still matching, the content is not read again.
+    pub stamp: Option<StatStamp>,
+}
+
+/// A path where nothing exists.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MissingPath {
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
+    /// The parent directory's stamp: while it is unchanged, no entry was added there.
+    pub parent_stamp: Option<StatStamp>,
+}
+
+/// One way a source has compiled: the files it read with their digests, the include
+/// lookups that found nothing, and the result they lead to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub files: Vec<FileDigest>,
+    /// Paths where nothing exists (the topmost missing component of a lookup).
+    pub missing: Vec<MissingPath>,
+    /// Paths that exist but are not regular files (a directory where a header could be).
+    pub not_file: Vec<serde_bytes::ByteBuf>,
+    pub result: CacheKey,
+}
+
+/// All known ways a (compiler, arguments, source) has compiled.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Manifest {
+    /// Set when this source cannot be keyed directly (e.g. it uses `__TIME__`): the
+    /// reason; such compiles go to preprocessor mode.
+    pub preprocessor_only: Option<String>,
+    pub entries: Vec<ManifestEntry>,
+}
+
+/// Entries kept per manifest, newest first.
+pub const MAX_MANIFEST_ENTRIES: usize = 32;
+
+impl Manifest {
+    pub fn decode(data: &[u8]) -> Option<Manifest> {
+        postcard::from_bytes(data).ok()
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("manifest serializes")
+    }
+    /// Adds an entry in front, dropping an identical older one and the oldest beyond
+    /// the limit.
+    pub fn add(&mut self, e: ManifestEntry) {
+        self.entries.retain(|x| x != &e);
+        self.entries.insert(0, e);
+        self.entries.truncate(MAX_MANIFEST_ENTRIES);
+    }
+}
+
+/// The result key of a manifest entry: the manifest key plus everything the entry
+/// checks.
+pub fn result_key(
+    manifest_key: &CacheKey,
+    files: &[FileDigest],
+    missing: &[MissingPath],
+    not_file: &[serde_bytes::ByteBuf],
+) -> CacheKey {
+    let mut h = blake3::Hasher::new();
+    put_field(&mut h, "manifest", &manifest_key.0);
+    for f in files {
+        put_field(&mut h, "file", &f.path);
+        put_field(&mut h, "digest", &f.digest);
+    }
+    for m in missing {
+        put_field(&mut h, "missing", &m.path);
+    }
+    for m in not_file {
+        put_field(&mut h, "not-file", m);
+    }
+    CacheKey(*h.finalize().as_bytes())
+}
+
+fn is_missing(p: &Path) -> bool {
+    match fs::metadata(p) {
+        Ok(_) => false,
+        Err(e) => e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR),
+    }
+}
+
+/// Per-check memo of stamps and digests, shared by the entries of one manifest.
+#[derive(Default)]
+pub struct CheckMemo {
+    stamps: HashMap<Vec<u8>, Option<StatStamp>>,
+    digests: HashMap<Vec<u8>, Option<[u8; 32]>>,
+}
+
+impl CheckMemo {
+    fn stamp(&mut self, p: &[u8]) -> Option<StatStamp> {
+        *self
+            .stamps
+            .entry(p.to_vec())
+            .or_insert_with(|| StatStamp::current(Path::new(OsStr::from_bytes(p))))
+    }
+}
+
+/// Does the file system still look the way this entry recorded?
+pub fn entry_matches(e: &ManifestEntry, memo: &mut CheckMemo) -> bool {
+    for m in &e.missing {
+        if let Some(ps) = &m.parent_stamp {
+            let parent = Path::new(OsStr::from_bytes(&m.path))
+                .parent()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .unwrap_or_default();
+            if memo.stamp(&parent).as_ref() == Some(ps) {
+                continue;
+            }
+        }
+        if !is_missing(Path::new(OsStr::from_bytes(&m.path))) {
+            return false;
+        }
+    }
+    for m in &e.not_file {
+        let p = Path::new(OsStr::from_bytes(m));
+        if fs::metadata(p).map(|m| m.is_file()).unwrap_or(false) {
+            return false;
+        }
+    }
+    for f in &e.files {
+        if let Some(st) = &f.stamp {
+            if memo.stamp(&f.path).as_ref() == Some(st) {
+                continue;
+            }
+        }
+        let d = memo
+            .digests
+            .entry(f.path.clone())
+            .or_insert_with(|| fsutil::hash_file(Path::new(OsStr::from_bytes(&f.path))).ok());
+        if d.as_ref() != Some(&f.digest) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Why an entry could not be recorded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RecordError {
+    /// An input changed during or right before the compile.
+    TooNew(PathBuf),
+    /// An input could not be read.
+    Unreadable(PathBuf),
+}
+
+/// Digests the files a compile read and classifies its lookups that found nothing.
+/// Refuses files modified at or after `started_ns` (minus slack).
+pub fn record_entry(
+    manifest_key: &CacheKey,
+    source: &Path,
+    files: &[PathBuf],
+    probes: &[PathBuf],
+    started_ns: i128,
+) -> Result<ManifestEntry, RecordError> {
+    let limit = started_ns - TOO_NEW_SLACK_NS;
+    let now = fsutil::now_ns();
+    let check_new = |p: &Path, meta: &fs::Metadata| {
+        let (m, c) = fsutil::times_ns(meta);
+        if m >= limit || c >= limit {
+            Err(RecordError::TooNew(p.to_path_buf()))
+        } else {
+            Ok(())
+        }
+    };
+    let src_meta = fs::metadata(source).map_err(|_| RecordError::Unreadable(source.into()))?;
+    check_new(source, &src_meta)?;
+    let mut digests = Vec::with_capacity(files.len());
+    for p in files {
+        let (data, meta) =
+            fsutil::read_file_meta(p).map_err(|_| RecordError::Unreadable(p.clone()))?;
+        check_new(p, &meta)?;
+        digests.push(FileDigest {
+            path: p.as_os_str().as_bytes().to_vec(),
+            digest: *blake3::hash(&data).as_bytes(),
+            stamp: StatStamp::trusted(&meta, now),
+        });
+    }
+    let mut missing = Vec::new();
+    let mut not_file = Vec::new();
+    let mut metas: HashMap<PathBuf, Option<fs::Metadata>> = HashMap::new();
+    let mut meta_of = |p: &Path| -> Option<fs::Metadata> {
+        metas
+            .entry(p.to_path_buf())
+            .or_insert_with(|| fs::metadata(p).ok())
+            .clone()
+    };
+    for p in probes {
+        if meta_of(p).is_some() {
+            not_file.push(serde_bytes::ByteBuf::from(
+                p.as_os_str().as_bytes().to_vec(),
+            ));
+            continue;
+        }
+        // The topmost missing component: one check then covers every lookup below it.
+        let mut top = p.as_path();
+        let mut parent_meta = None;
+        while let Some(parent) = top.parent() {
+            if parent.as_os_str().is_empty() {
+                parent_meta = meta_of(Path::new("."));
+                break;
+            }
+            if let Some(m) = meta_of(parent) {
+                parent_meta = Some(m);
+                break;
+            }
+            top = parent;
+        }
+        let parent_stamp = match top.parent() {
+            // A relative name in the cwd: the cwd may differ on a hit, so no stamp.
+            Some(par) if !par.as_os_str().is_empty() => {
+                parent_meta.and_then(|m| StatStamp::trusted(&m, now))
+            }
+            _ => None,
+        };
+        missing.push(MissingPath {
+            path: top.as_os_str().as_bytes().to_vec(),
+            parent_stamp,
+        });
+    }
+    missing.sort();
+    missing.dedup();
+    not_file.sort();
+    not_file.dedup();
+    let result = result_key(manifest_key, &digests, &missing, &not_file);
+    Ok(ManifestEntry {
+        files: digests,
+        missing,
+        not_file,
+        result,
+    })
+}
+
+// ------------------------------------------------------------------ results
+
+/// One output file of a result, by role.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct OutputBlob<'a> {
+    pub role: &'a str,
+    #[serde(with = "serde_bytes")]
+    pub data: &'a [u8],
+}
+
+/// A successful compile: outputs, what it printed, and how long it took.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ResultEntry<'a> {
+    #[serde(with = "serde_bytes")]
+    pub stdout: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    pub stderr: &'a [u8],
+    #[serde(borrow)]
+    pub outputs: Vec<OutputBlob<'a>>,
+    pub compile_ms: u64,
+}
+
+impl<'a> ResultEntry<'a> {
+    pub fn decode(data: &'a [u8]) -> Option<ResultEntry<'a>> {
+        postcard::from_bytes(data).ok()
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("result serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_roundtrip_and_limit() {
+        let mut m = Manifest::default();
+        for i in 0..40u8 {
+            m.add(ManifestEntry {
+                files: vec![FileDigest {
+                    path: b"a.h".to_vec(),
+                    digest: [i; 32],
+                    stamp: None,
+                }],
+                missing: vec![],
+                not_file: vec![],
+                result: CacheKey([i; 32]),
+            });
+        }
+        assert_eq!(m.entries.len(), MAX_MANIFEST_ENTRIES);
+        assert_eq!(m.entries[0].result, CacheKey([39; 32]));
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        assert!(Manifest::decode(b"\xff\xff\xff").is_none());
+    }
+
+    #[test]
+    fn entry_checks_content_missing_and_not_file() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("a.c");
+        let hdr = d.path().join("a.h");
+        fs::write(&src, "x").unwrap();
+        fs::write(&hdr, "one").unwrap();
+        let probe = d.path().join("sub/deeper/a.h");
+        let dirprobe = d.path().join("adir");
+        fs::create_dir(&dirprobe).unwrap();
+        let key = CacheKey([1; 32]);
+        let e = record_entry(
+            &key,
+            &src,
+            std::slice::from_ref(&hdr),
+            &[probe.clone(), dirprobe.clone()],
+            fsutil::now_ns() + 1_000_000_000,
+        )
+        .unwrap();
+        // The topmost missing component is recorded.
+        assert_eq!(e.missing.len(), 1);
+        assert_eq!(
+            e.missing[0].path,
+            d.path().join("sub").as_os_str().as_bytes().to_vec()
+        );
+        assert_eq!(e.not_file.len(), 1);
+        assert!(entry_matches(&e, &mut CheckMemo::default()));
+        // Same size, different content: no match.
+        fs::write(&hdr, "two").unwrap();
+        assert!(!entry_matches(&e, &mut CheckMemo::default()));
+        fs::write(&hdr, "one").unwrap();
+        assert!(entry_matches(&e, &mut CheckMemo::default()));
+        // A shadowing header appears.
+        fs::create_dir_all(probe.parent().unwrap()).unwrap();
+        assert!(!entry_matches(&e, &mut CheckMemo::default()));
+        fs::remove_dir_all(d.path().join("sub")).unwrap();
+        fs::write(dirprobe.join("x"), "").unwrap();
+        assert!(entry_matches(&e, &mut CheckMemo::default()));
+        fs::remove_dir_all(&dirprobe).unwrap();
+        fs::write(&dirprobe, "now a file").unwrap();
+        assert!(!entry_matches(&e, &mut CheckMemo::default()));
+    }
+
+    #[test]
+    fn too_new_inputs_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("a.c");
+        fs::write(&src, "x").unwrap();
+        let started = fsutil::now_ns() - 1_000_000; // the file was written "during" the compile
+        assert!(matches!(
+            record_entry(&CacheKey([0; 32]), &src, &[], &[], started),
+            Err(RecordError::TooNew(_))
+        ));
+    }
+
+    #[test]
+    fn result_roundtrip() {
+        let r = ResultEntry {
+            stdout: b"out",
+            stderr: b"warning: x\n",
+            outputs: vec![OutputBlob {
+                role: "object",
+                data: b"\x7fELF",
+            }],
+            compile_ms: 42,
+        };
+        let bytes = r.encode();
+        let back = ResultEntry::decode(&bytes).unwrap();
+        assert_eq!(back.stderr, b"warning: x\n");
+        assert_eq!(back.outputs[0].data, b"\x7fELF");
+        assert_eq!(back.compile_ms, 42);
+    }
+}

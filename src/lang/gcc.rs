@@ -1,0 +1,1622 @@
+//! gcc and clang: the only code in farm that knows their command lines.
+//!
+//! Cacheable: exactly one C, C++, Objective-C/C++, `.i`/`.ii` or assembler-with-cpp
+//! source compiled with `-c`, and only flags this module knows. Anything else runs the
+//! real compiler untouched (a [`Passthrough`] with a reason).
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use super::{
+    CompileRun, DepSource, DependencyFacts, Family, Invocation, NotRecordable, Output, Passthrough,
+    Plan,
+};
+use crate::fsutil;
+
+pub struct Gcc;
+pub static GCC: Gcc = Gcc;
+
+/// Is this binary name a gcc or clang driver (`gcc`, `x86_64-linux-gnu-g++-12`,
+/// `clang++-14`, `cc`, `c++`)?
+pub fn is_gcc_like(name: &str) -> bool {
+    fn version_suffix(rest: &str) -> bool {
+        rest.is_empty()
+            || rest
+                .strip_prefix('-')
+                .map(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'))
+                .unwrap_or(false)
+    }
+    if matches!(name, "cc" | "c++" | "c89" | "c99") {
+        return true;
+    }
+    if let Some(rest) = name.strip_prefix("clang") {
+        let rest = rest.strip_prefix("++").unwrap_or(rest);
+        return version_suffix(rest);
+    }
+    for tool in ["gcc", "g++"] {
+        if let Some(pos) = name.rfind(tool) {
+            let before = &name[..pos];
+            if before.is_empty() || before.ends_with('-') {
+                return version_suffix(&name[pos + tool.len()..]);
+            }
+        }
+    }
+    false
+}
+
+/// Source language as gcc names it for `-x`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    C,
+    Cxx,
+    ObjC,
+    ObjCxx,
+    CPreprocessed,
+    CxxPreprocessed,
+    ObjCPreprocessed,
+    ObjCxxPreprocessed,
+    AsmCpp,
+}
+
+impl Lang {
+    fn x_name(self) -> &'static str {
+        match self {
+            Lang::C => "c",
+            Lang::Cxx => "c++",
+            Lang::ObjC => "objective-c",
+            Lang::ObjCxx => "objective-c++",
+            Lang::CPreprocessed => "cpp-output",
+            Lang::CxxPreprocessed => "c++-cpp-output",
+            Lang::ObjCPreprocessed => "objective-c-cpp-output",
+            Lang::ObjCxxPreprocessed => "objective-c++-cpp-output",
+            Lang::AsmCpp => "assembler-with-cpp",
+        }
+    }
+    /// Already preprocessed: no includes to track.
+    fn preprocessed(self) -> bool {
+        matches!(
+            self,
+            Lang::CPreprocessed
+                | Lang::CxxPreprocessed
+                | Lang::ObjCPreprocessed
+                | Lang::ObjCxxPreprocessed
+        )
+    }
+}
+
+enum LangOf {
+    Source(Lang),
+    Reject(&'static str),
+}
+
+fn lang_from_x(x: &str) -> LangOf {
+    match x {
+        "c" => LangOf::Source(Lang::C),
+        "c++" => LangOf::Source(Lang::Cxx),
+        "objective-c" => LangOf::Source(Lang::ObjC),
+        "objective-c++" => LangOf::Source(Lang::ObjCxx),
+        "cpp-output" => LangOf::Source(Lang::CPreprocessed),
+        "c++-cpp-output" => LangOf::Source(Lang::CxxPreprocessed),
+        "objective-c-cpp-output" | "objc-cpp-output" => LangOf::Source(Lang::ObjCPreprocessed),
+        "objective-c++-cpp-output" | "objc++-cpp-output" => {
+            LangOf::Source(Lang::ObjCxxPreprocessed)
+        }
+        "assembler-with-cpp" => LangOf::Source(Lang::AsmCpp),
+        "assembler" => LangOf::Reject("assembler_source"),
+        x if x.ends_with("-header") => LangOf::Reject("pch_create"),
+        _ => LangOf::Reject("unsupported_language"),
+    }
+}
+
+fn lang_from_ext(path: &str) -> Option<LangOf> {
+    let ext = Path::new(path).extension()?.to_str()?;
+    Some(match ext {
+        "c" => LangOf::Source(Lang::C),
+        "cc" | "cp" | "cxx" | "cpp" | "CPP" | "c++" | "C" => LangOf::Source(Lang::Cxx),
+        "m" => LangOf::Source(Lang::ObjC),
+        "mm" | "M" => LangOf::Source(Lang::ObjCxx),
+        "i" => LangOf::Source(Lang::CPreprocessed),
+        "ii" => LangOf::Source(Lang::CxxPreprocessed),
+        "mi" => LangOf::Source(Lang::ObjCPreprocessed),
+        "mii" => LangOf::Source(Lang::ObjCxxPreprocessed),
+        "S" | "sx" => LangOf::Source(Lang::AsmCpp),
+        "s" => LangOf::Reject("assembler_source"),
+        "h" | "hh" | "hpp" | "hxx" | "H" | "h++" | "tcc" => LangOf::Reject("pch_create"),
+        "gch" | "pch" => LangOf::Reject("pch_use"),
+        _ => return None,
+    })
+}
+
+/// Dependency-file flags the user gave.
+#[derive(Clone, Debug, Default)]
+pub struct UserDeps {
+    /// `-MD` (true) or `-MMD` (false), if any.
+    pub md: Option<bool>,
+    /// The dependency file the compile writes.
+    pub file: Option<PathBuf>,
+    /// `-MT`/`-MQ` given (the target does not derive from the object path).
+    pub explicit_target: bool,
+}
+
+/// What the gcc family remembers between parse and run.
+#[derive(Clone, Debug)]
+pub struct GccPlan {
+    pub lang: Lang,
+    pub deps: UserDeps,
+    /// Our own dependency file when the user asked for none.
+    pub observe_depfile: Option<PathBuf>,
+    /// Arguments for a preprocessor-only run (`-E` to stdout), response files expanded.
+    pub pp_args: Vec<OsString>,
+    /// Arguments that shape the include search list (for `-E -v`).
+    pub search_args: Vec<OsString>,
+    /// `-include`/`-imacros` names, looked up like `#include "name"` from the cwd.
+    pub forced_includes: Vec<String>,
+}
+
+// ------------------------------------------------------------------ response files
+
+/// Expands `@file` arguments the way gcc's libiberty does (whitespace separated,
+/// single/double quotes, backslash escapes, nested files). A file that cannot be read
+/// stays a literal argument, as gcc leaves it.
+pub fn expand_response_files(args: &[OsString]) -> Result<Vec<OsString>, Passthrough> {
+    let mut out = Vec::with_capacity(args.len());
+    expand_into(args, &mut out, 0)?;
+    Ok(out)
+}
+
+fn expand_into(args: &[OsString], out: &mut Vec<OsString>, depth: u32) -> Result<(), Passthrough> {
+    for a in args {
+        let b = a.as_bytes();
+        if b.len() > 1 && b[0] == b'@' {
+            if depth > 16 {
+                return Err(Passthrough::new(
+                    "response_file_nesting",
+                    a.to_string_lossy(),
+                ));
+            }
+            let path = Path::new(OsStr::from_bytes(&b[1..]));
+            match std::fs::read(path) {
+                Ok(data) => {
+                    let inner = split_response_file(&data);
+                    expand_into(&inner, out, depth + 1)?;
+                }
+                Err(_) => {
+                    return Err(Passthrough::new(
+                        "response_file_unreadable",
+                        a.to_string_lossy(),
+                    ))
+                }
+            }
+        } else {
+            out.push(a.clone());
+        }
+    }
+    Ok(())
+}
+
+fn split_response_file(data: &[u8]) -> Vec<OsString> {
+    let mut args = Vec::new();
+    let mut cur = Vec::new();
+    let mut in_arg = false;
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < data.len() {
+        let c = data[i];
+        match (quote, c) {
+            (None, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) => {
+                if in_arg {
+                    args.push(OsString::from_vec(std::mem::take(&mut cur)));
+                    in_arg = false;
+                }
+            }
+            (_, b'\\') if i + 1 < data.len() => {
+                cur.push(data[i + 1]);
+                in_arg = true;
+                i += 1;
+            }
+            (None, b'\'' | b'"') => {
+                quote = Some(c);
+                in_arg = true;
+            }
+            (Some(q), c) if c == q => quote = None,
+            _ => {
+                cur.push(c);
+                in_arg = true;
+            }
+        }
+        i += 1;
+    }
+    if in_arg {
+        args.push(OsString::from_vec(cur));
+    }
+    args
+}
+
+// ------------------------------------------------------------------ flag tables
+
+/// Flags that take a separate argument and enter the key as they are.
+const WITH_ARG: &[&str] = &[
+    "-D",
+    "-U",
+    "-I",
+    "-isystem",
+    "-idirafter",
+    "-iquote",
+    "-iprefix",
+    "-iwithprefix",
+    "-iwithprefixbefore",
+    "-isysroot",
+    "--sysroot",
+    "-imultilib",
+    "-imultiarch",
+    "--param",
+    "-target",
+    "-Xlinker",
+    "-l",
+    "-L",
+    "-arch",
+    "-include",
+    "-imacros",
+    "-MT",
+    "-MQ",
+    "-x",
+    "-o",
+    "-MF",
+    "-specs",
+    "--specs",
+];
+
+/// Flags with a joined value (`-DX`, `-Iinc`) that are plain key material.
+const JOINED_OK: &[&str] = &[
+    "-D", "-U", "-I", "-l", "-L", "-std=", "--std=", "-O", "--param=",
+];
+
+/// Exact flags that are plain key material.
+const EXACT_OK: &[&str] = &[
+    "-c",
+    "-ansi",
+    "-w",
+    "-p",
+    "-pg",
+    "-pthread",
+    "-pipe",
+    "-nostdinc",
+    "-nostdinc++",
+    "-nostdlib",
+    "-nostdlib++",
+    "-nodefaultlibs",
+    "-nostartfiles",
+    "-undef",
+    "-trigraphs",
+    "-shared",
+    "-static",
+    "-static-libgcc",
+    "-static-libstdc++",
+    "-rdynamic",
+    "-s",
+    "-C",
+    "-CC",
+    "-P",
+    "-pie",
+    "-no-pie",
+    "-traditional-cpp",
+    "-g",
+    "-MP",
+    "-pedantic",
+    "-pedantic-errors",
+    "--pedantic",
+    "-Qunused-arguments",
+    "-integrated-as",
+    "-no-integrated-as",
+    "-fPIC",
+    "-fpic",
+    "-fPIE",
+    "-fpie",
+    "--coverage",
+    "-O",
+];
+
+/// Prefixes that are plain key material, with the exceptions below.
+const PREFIX_OK: &[&str] = &[
+    "-f",
+    "-m",
+    "-W",
+    "-g",
+    "-O",
+    "--target=",
+    "-stdlib=",
+    "-rtlib=",
+    "--gcc-toolchain=",
+];
+
+/// Flags (or prefixes, with a trailing `*`) that make a compile uncacheable, with the
+/// counter name. Checked before the permissive prefixes above.
+const REFUSE: &[(&str, &str)] = &[
+    ("-E", "preprocess_only"),
+    ("-S", "assemble_only"),
+    ("-M", "dependencies_only"),
+    ("-MM", "dependencies_only"),
+    ("-MG", "missing_headers_as_generated"),
+    ("-v", "verbose"),
+    ("-###", "verbose"),
+    ("--version", "version_query"),
+    ("--help", "version_query"),
+    ("-dumpversion", "version_query"),
+    ("-dumpfullversion", "version_query"),
+    ("-dumpmachine", "version_query"),
+    ("-dumpspecs", "version_query"),
+    ("-dumpbase*", "aux_output_names"),
+    ("-dumpdir*", "aux_output_names"),
+    ("-print-*", "version_query"),
+    ("--print-*", "version_query"),
+    ("-save-temps*", "save_temps"),
+    ("--save-temps*", "save_temps"),
+    ("-time*", "timing_report"),
+    ("-ftime-report*", "timing_report"),
+    ("-ftime-trace*", "timing_report"),
+    ("-H", "header_trace"),
+    ("-B*", "compiler_prefix"),
+    ("-Xclang", "xclang"),
+    ("-Xpreprocessor", "preprocessor_option"),
+    ("-Xassembler", "assembler_option"),
+    ("-fplugin*", "plugin"),
+    ("-fdump-*", "dump_files"),
+    ("-fcallgraph-info*", "dump_files"),
+    ("-fstack-usage", "dump_files"),
+    ("-fsave-optimization-record*", "dump_files"),
+    ("-aux-info", "dump_files"),
+    ("-fmodules*", "modules"),
+    ("-fmodule-*", "modules"),
+    ("-fcxx-modules", "modules"),
+    ("-fimplicit-modules", "modules"),
+    ("-fpch-preprocess", "pch_use"),
+    ("-include-pch", "pch_use"),
+    ("-fsyntax-only", "no_output"),
+    ("-frecord-gcc-switches", "records_command_line"),
+    ("-frecord-command-line", "records_command_line"),
+    ("-grecord-command-line", "records_command_line"),
+    ("-grecord-gcc-switches", "records_command_line"),
+    ("-fcompare-debug*", "compare_debug"),
+    ("-gsplit-dwarf=*", "split_dwarf_variant"),
+    ("-fprofile-use", "profile_use_implicit"),
+    ("-fopt-info*=*", "dump_files"),
+    ("-MJ*", "compilation_database"),
+    ("--", "end_of_options"),
+    ("-", "stdin"),
+];
+
+/// Flags whose `=` value names a file the compiler reads: hashed by content.
+const INPUT_FILE_FLAGS: &[&str] = &[
+    "-fprofile-use=",
+    "-fauto-profile=",
+    "-fprofile-sample-use=",
+    "-fprofile-instr-use=",
+    "-fsanitize-blacklist=",
+    "-fsanitize-ignorelist=",
+    "-fsanitize-coverage-allowlist=",
+    "-fsanitize-coverage-blocklist=",
+    "-fsanitize-coverage-ignorelist=",
+    "-fprofile-list=",
+    "-fxray-attr-list=",
+    "-fxray-always-instrument=",
+    "-fxray-never-instrument=",
+    "-specs=",
+    "--specs=",
+];
+
+/// Assembler options (`-Wa,`) that only change code generation.
+const ASM_OK: &[&str] = &[
+    "--noexecstack",
+    "--execstack",
+    "-mrelax-relocations=",
+    "-mbig-obj",
+    "--compress-debug-sections",
+    "--nocompress-debug-sections",
+    "--gdwarf",
+    "-g",
+    "--64",
+    "--32",
+    "-march=",
+    "-mtune=",
+    "-mno-",
+    "-mx86-used-note=",
+];
+
+fn refused(flag: &str) -> Option<&'static str> {
+    for (pat, reason) in REFUSE {
+        if let Some(prefix) = pat.strip_suffix('*') {
+            if let Some((pre, post)) = prefix.split_once('*') {
+                // "a*=*": starts with a, contains the rest later
+                if flag.starts_with(pre) && flag[pre.len()..].contains(post) {
+                    return Some(reason);
+                }
+            } else if flag.starts_with(prefix) {
+                return Some(reason);
+            }
+        } else if flag == *pat {
+            return Some(reason);
+        }
+    }
+    None
+}
+
+/// `obj/a.o` → `obj/a.EXT`; the name the driver gives side outputs.
+fn with_ext(p: &Path, ext: &str) -> PathBuf {
+    p.with_extension(ext)
+}
+
+/// Default object name for a source without `-o`: its basename, `.o`, in the cwd.
+fn default_object(src: &Path) -> PathBuf {
+    let stem = src.file_stem().unwrap_or(src.as_os_str());
+    let mut s = stem.to_os_string();
+    s.push(".o");
+    PathBuf::from(s)
+}
+
+/// Applies `-fdebug-prefix-map=old=new` style maps (last match wins, like gcc).
+fn apply_prefix_maps(path: &Path, maps: &[(String, String)]) -> PathBuf {
+    let s = path.to_string_lossy();
+    for (old, new) in maps.iter().rev() {
+        if let Some(rest) = s.strip_prefix(old.as_str()) {
+            return PathBuf::from(format!("{new}{rest}"));
+        }
+    }
+    path.to_path_buf()
+}
+
+fn tmp_depfile() -> PathBuf {
+    let seq = {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    };
+    std::env::temp_dir().join(format!("farm-{}-{seq}.d", std::process::id()))
+}
+
+impl Gcc {
+    fn parse_args(
+        &self,
+        compiler: &Path,
+        arg0: &OsString,
+        args: &[OsString],
+        stderr_is_tty: bool,
+    ) -> Result<Invocation, Passthrough> {
+        let expanded = expand_response_files(args)?;
+        let mut has_c = false;
+        let mut output: Option<PathBuf> = None;
+        let mut deps = UserDeps::default();
+        let mut forced_lang: Option<LangOf> = None;
+        let mut source: Option<(PathBuf, Lang)> = None;
+        let mut extra_inputs = Vec::new();
+        let mut key_args: Vec<OsString> = Vec::with_capacity(expanded.len());
+        let mut pp_args: Vec<OsString> = Vec::with_capacity(expanded.len() + 1);
+        let mut search_args: Vec<OsString> = Vec::new();
+        let mut forced_includes = Vec::new();
+        let mut debug = false;
+        let mut split_dwarf = false;
+        let mut coverage = false;
+        let mut profile_paths = false;
+        let mut color_explicit = false;
+        let mut prefix_maps: Vec<(String, String)> = Vec::new();
+        let mut arch_count = 0;
+
+        let mut i = 0;
+        while i < expanded.len() {
+            let raw = &expanded[i];
+            let Some(a) = raw.to_str() else {
+                return Err(Passthrough::new("non_utf8_argument", raw.to_string_lossy()));
+            };
+            i += 1;
+            if !a.starts_with('-') || a == "-" {
+                if a == "-" {
+                    return Err(Passthrough::new("stdin", "-"));
+                }
+                // An input file.
+                let lang = match &forced_lang {
+                    Some(LangOf::Source(l)) => LangOf::Source(*l),
+                    Some(LangOf::Reject(r)) => LangOf::Reject(r),
+                    None => match lang_from_ext(a) {
+                        Some(l) => l,
+                        None => return Err(Passthrough::new("non_source_input", a)),
+                    },
+                };
+                match lang {
+                    LangOf::Reject(r) => return Err(Passthrough::new(r, a)),
+                    LangOf::Source(l) => {
+                        if source.is_some() {
+                            return Err(Passthrough::new("multiple_sources", a));
+                        }
+                        source = Some((PathBuf::from(a), l));
+                    }
+                }
+                key_args.push(raw.clone());
+                pp_args.push(raw.clone());
+                continue;
+            }
+            if let Some(r) = refused(a) {
+                return Err(Passthrough::new(r, a));
+            }
+            // Separate-argument flags.
+            if WITH_ARG.contains(&a) {
+                let Some(val) = expanded.get(i) else {
+                    return Err(Passthrough::new("missing_argument", a));
+                };
+                i += 1;
+                let v = val.to_string_lossy();
+                match a {
+                    "-o" => {
+                        output = Some(PathBuf::from(val));
+                        continue;
+                    }
+                    "-MF" => {
+                        deps.file = Some(PathBuf::from(val));
+                        continue;
+                    }
+                    "-x" => {
+                        forced_lang = if v == "none" {
+                            None
+                        } else {
+                            Some(lang_from_x(&v))
+                        };
+                        key_args.push(raw.clone());
+                        key_args.push(val.clone());
+                        pp_args.push(raw.clone());
+                        pp_args.push(val.clone());
+                        continue;
+                    }
+                    "-MT" | "-MQ" => {
+                        deps.explicit_target = true;
+                        key_args.push(raw.clone());
+                        key_args.push(val.clone());
+                        continue;
+                    }
+                    "-specs" | "--specs" => extra_inputs.push(PathBuf::from(val)),
+                    "-arch" => arch_count += 1,
+                    "-include" | "-imacros" => forced_includes.push(v.to_string()),
+                    _ => {}
+                }
+                key_args.push(raw.clone());
+                key_args.push(val.clone());
+                pp_args.push(raw.clone());
+                pp_args.push(val.clone());
+                if !matches!(
+                    a,
+                    "-D" | "-U" | "-Xlinker" | "-l" | "-L" | "-include" | "-imacros"
+                ) {
+                    search_args.push(raw.clone());
+                    search_args.push(val.clone());
+                }
+                continue;
+            }
+            // Joined forms of output and dependency flags.
+            if let Some(v) = a.strip_prefix("-o") {
+                output = Some(PathBuf::from(v));
+                continue;
+            }
+            if let Some(v) = a.strip_prefix("-MF") {
+                deps.file = Some(PathBuf::from(v));
+                continue;
+            }
+            if a.starts_with("-MT") || a.starts_with("-MQ") {
+                deps.explicit_target = true;
+                key_args.push(raw.clone());
+                continue;
+            }
+            match a {
+                "-MD" => {
+                    deps.md = Some(true);
+                    key_args.push(raw.clone());
+                    continue;
+                }
+                "-MMD" => {
+                    deps.md = Some(false);
+                    key_args.push(raw.clone());
+                    continue;
+                }
+                "-MP" => {
+                    key_args.push(raw.clone());
+                    continue;
+                }
+                "-c" => has_c = true,
+                "--coverage" => coverage = true,
+                _ => {}
+            }
+            if let Some(v) = a.strip_prefix("-x") {
+                forced_lang = if v == "none" {
+                    None
+                } else {
+                    Some(lang_from_x(v))
+                };
+            } else if let Some(rest) = a.strip_prefix("-Wa,") {
+                for opt in rest.split(',') {
+                    if !ASM_OK.iter().any(|ok| opt.starts_with(ok)) {
+                        return Err(Passthrough::new("assembler_option", a));
+                    }
+                }
+            } else if let Some(rest) = a.strip_prefix("-Wp,") {
+                for opt in rest.split(',') {
+                    if !(opt.starts_with("-D") || opt.starts_with("-U")) {
+                        return Err(Passthrough::new("preprocessor_option", a));
+                    }
+                }
+            } else if a.starts_with("-Wl,") {
+                // Linker options do nothing with -c.
+            } else if let Some(f) = INPUT_FILE_FLAGS.iter().find(|f| a.starts_with(**f)) {
+                let p = PathBuf::from(&a[f.len()..]);
+                if p.is_dir() {
+                    return Err(Passthrough::new("profile_directory", a));
+                }
+                extra_inputs.push(p);
+            } else if a == "-gsplit-dwarf" {
+                split_dwarf = true;
+                debug = true;
+            } else if a.starts_with("-fdiagnostics-color")
+                || a.starts_with("-fno-diagnostics-color")
+                || a == "-fcolor-diagnostics"
+                || a == "-fno-color-diagnostics"
+            {
+                color_explicit = true;
+            } else if let Some(m) = a
+                .strip_prefix("-fdebug-prefix-map=")
+                .or_else(|| a.strip_prefix("-ffile-prefix-map="))
+            {
+                if let Some((old, new)) = m.split_once('=') {
+                    prefix_maps.push((old.to_string(), new.to_string()));
+                }
+            } else if a == "-ftest-coverage" || a == "-fprofile-arcs" {
+                coverage |= a == "-ftest-coverage";
+                profile_paths = true;
+            } else if a.starts_with("-fprofile-generate")
+                || a.starts_with("-fprofile-instr-generate")
+                || a.starts_with("-fcs-profile-generate")
+            {
+                profile_paths = true;
+            } else if a.starts_with("-g") {
+                if !matches!(
+                    a,
+                    "-g0" | "-gno-record-gcc-switches" | "-gcolumn-info" | "-gno-column-info"
+                ) {
+                    debug = true;
+                }
+            } else if EXACT_OK.contains(&a)
+                || JOINED_OK
+                    .iter()
+                    .any(|p| a.starts_with(p) && a.len() > p.len())
+                || PREFIX_OK
+                    .iter()
+                    .any(|p| a.starts_with(p) && a.len() > p.len())
+            {
+                // plain key material
+            } else {
+                return Err(Passthrough::new("unknown_option", a));
+            }
+            if a == "-c" {
+                key_args.push(raw.clone());
+                continue;
+            }
+            key_args.push(raw.clone());
+            pp_args.push(raw.clone());
+            let shapes_search = a.starts_with("-I")
+                || a.starts_with("-i")
+                || a.starts_with("-nostdinc")
+                || a.starts_with("--sysroot")
+                || a.starts_with("-m")
+                || a.starts_with("-std")
+                || a.starts_with("--target")
+                || a.starts_with("-stdlib")
+                || a.starts_with("--gcc-toolchain")
+                || a.starts_with("-f");
+            if shapes_search {
+                search_args.push(raw.clone());
+            }
+        }
+
+        if !has_c {
+            return Err(Passthrough::new("link", ""));
+        }
+        let Some((src, lang)) = source else {
+            return Err(Passthrough::new("no_source", ""));
+        };
+        if arch_count > 1 {
+            return Err(Passthrough::new("multiple_arch", ""));
+        }
+        let object = output.clone().unwrap_or_else(|| default_object(&src));
+        if object.as_os_str() == "-" {
+            return Err(Passthrough::new("output_to_stdout", "-o -"));
+        }
+        let mut outputs = vec![Output {
+            role: "object",
+            path: object.clone(),
+        }];
+        let mut key_extra = Vec::new();
+        let mut observe_args = Vec::new();
+        let mut observe_depfile = None;
+        if let Some(md) = deps.md {
+            let file = deps.file.clone().unwrap_or_else(|| match &output {
+                Some(o) => with_ext(o, "d"),
+                None => with_ext(&default_object(&src), "d"),
+            });
+            deps.file = Some(file.clone());
+            outputs.push(Output {
+                role: "depfile",
+                path: file,
+            });
+            if !deps.explicit_target {
+                // The rule's target derives from the object path: it is output content.
+                key_extra.push(format!("dep-target={}", object.display()));
+            }
+            let _ = md;
+        } else if !lang.preprocessed() {
+            let f = tmp_depfile();
+            observe_args = vec![
+                OsString::from("-MD"),
+                OsString::from("-MF"),
+                f.clone().into_os_string(),
+            ];
+            observe_depfile = Some(f);
+        }
+        if split_dwarf {
+            outputs.push(Output {
+                role: "dwo",
+                path: with_ext(&object, "dwo"),
+            });
+            key_extra.push(format!("object-path={}", object.display()));
+        }
+        if coverage {
+            outputs.push(Output {
+                role: "gcno",
+                path: with_ext(&object, "gcno"),
+            });
+        }
+        let mut cwd_in_key = None;
+        if coverage || profile_paths {
+            // The .gcno records the cwd; the object embeds the .gcda path.
+            key_extra.push(format!("object-path={}", object.display()));
+            cwd_in_key = std::env::current_dir().ok();
+        } else if debug {
+            cwd_in_key = std::env::current_dir()
+                .ok()
+                .map(|d| apply_prefix_maps(&d, &prefix_maps));
+        }
+        let mut args_out = args.to_vec();
+        if stderr_is_tty && !color_explicit {
+            // The compiler sees a pipe; ask for the colours it would give a terminal.
+            args_out.push(OsString::from("-fdiagnostics-color=always"));
+            key_extra.push("stderr-color".into());
+        }
+        key_extra.sort();
+        key_extra.dedup();
+        pp_args.push(OsString::from("-E"));
+        search_args.retain(|a| a != "-c");
+        Ok(Invocation {
+            compiler: compiler.to_path_buf(),
+            arg0: arg0.clone(),
+            args: args_out,
+            key_args,
+            key_extra,
+            source: src,
+            extra_inputs,
+            outputs,
+            cwd_in_key,
+            observe_args,
+            plan: Plan::Gcc(GccPlan {
+                lang,
+                deps,
+                observe_depfile,
+                pp_args,
+                search_args,
+                forced_includes,
+            }),
+        })
+    }
+}
+
+fn plan(inv: &Invocation) -> &GccPlan {
+    match &inv.plan {
+        Plan::Gcc(p) => p,
+    }
+}
+
+// ------------------------------------------------------------------ dependency files
+
+/// Parses the first rule of a Make dependency file: the prerequisites, unescaped.
+pub fn parse_depfile(text: &[u8]) -> Vec<PathBuf> {
+    // Join continuation lines, keep escapes for the tokenizer.
+    let mut deps = Vec::new();
+    let mut i = 0;
+    // Skip the targets: up to the first ':' that is followed by whitespace or the end.
+    while i < text.len() {
+        if text[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if text[i] == b':' && (i + 1 == text.len() || text[i + 1].is_ascii_whitespace()) {
+            i += 1;
+            break;
+        }
+        i += 1;
+    }
+    let mut cur: Vec<u8> = Vec::new();
+    while i < text.len() {
+        let c = text[i];
+        match c {
+            b'\\' if i + 1 < text.len() && text[i + 1] == b'\n' => i += 1,
+            b'\\' if i + 2 < text.len() && text[i + 1] == b'\r' && text[i + 2] == b'\n' => i += 2,
+            b'\\' if i + 1 < text.len() && matches!(text[i + 1], b' ' | b'#' | b'\\') => {
+                cur.push(text[i + 1]);
+                i += 1;
+            }
+            b'$' if i + 1 < text.len() && text[i + 1] == b'$' => {
+                cur.push(b'$');
+                i += 1;
+            }
+            b' ' | b'\t' | b'\r' => {
+                if !cur.is_empty() {
+                    deps.push(PathBuf::from(OsString::from_vec(std::mem::take(&mut cur))));
+                }
+            }
+            b'\n' => break,
+            _ => cur.push(c),
+        }
+        i += 1;
+    }
+    if !cur.is_empty() {
+        deps.push(PathBuf::from(OsString::from_vec(cur)));
+    }
+    deps
+}
+
+// ------------------------------------------------------------------ include scanning
+
+#[derive(Debug, PartialEq, Eq, Clone)]
+struct Directive {
+    quoted: bool,
+    next: bool,
+    name: String,
+}
+
+#[derive(Debug, Default)]
+struct Scan {
+    directives: Vec<Directive>,
+    computed_include: bool,
+    computed_has_include: bool,
+    time_macro: Option<&'static str>,
+}
+
+fn skip_ws(t: &[u8], mut i: usize) -> usize {
+    while i < t.len() && (t[i] == b' ' || t[i] == b'\t') {
+        i += 1;
+    }
+    i
+}
+
+/// Reads `"name"` or `<name>` at `i`.
+fn header_name(t: &[u8], i: usize) -> Option<(bool, String)> {
+    let (close, quoted) = match t.get(i)? {
+        b'"' => (b'"', true),
+        b'<' => (b'>', false),
+        _ => return None,
+    };
+    let rest = &t[i + 1..];
+    let end = rest.iter().position(|&c| c == close || c == b'\n')?;
+    if rest[end] != close {
+        return None;
+    }
+    Some((quoted, String::from_utf8_lossy(&rest[..end]).into_owned()))
+}
+
+/// Finds every include-like directive and `__has_include` probe in a file's text,
+/// whether or not it sits in a live `#if` branch: that over-approximates the lookups
+/// the compiler made, which only ever costs a miss, never a wrong hit.
+fn scan_text(t: &[u8]) -> Scan {
+    let mut s = Scan::default();
+    for m in ["__TIMESTAMP__", "__DATE__", "__TIME__"] {
+        if memchr::memmem::find(t, m.as_bytes()).is_some() {
+            s.time_macro = Some(m);
+            break;
+        }
+    }
+    // Directives: '#' first on a line, then include / include_next / import.
+    let mut line_start = 0;
+    while line_start < t.len() {
+        let end = memchr::memchr(b'\n', &t[line_start..])
+            .map(|e| line_start + e)
+            .unwrap_or(t.len());
+        let mut i = skip_ws(t, line_start);
+        if i < end && t[i] == b'#' {
+            i = skip_ws(t, i + 1);
+            let word_end = t[i..end]
+                .iter()
+                .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+                .map(|p| i + p)
+                .unwrap_or(end);
+            let word = &t[i..word_end];
+            let next = word == b"include_next";
+            if word == b"include" || next || word == b"import" {
+                let j = skip_ws(t, word_end);
+                match header_name(&t[..end], j) {
+                    Some((quoted, name)) => s.directives.push(Directive { quoted, next, name }),
+                    None => s.computed_include = true,
+                }
+            }
+        }
+        line_start = end + 1;
+    }
+    // __has_include / __has_include_next probes anywhere.
+    for pos in memchr::memmem::find_iter(t, b"__has_include") {
+        let mut i = pos + "__has_include".len();
+        let next = t[i..].starts_with(b"_next");
+        if next {
+            i += 5;
+        }
+        if t[i..].starts_with(b"__") {
+            i += 2;
+        }
+        if i < t.len() && (t[i].is_ascii_alphanumeric() || t[i] == b'_') {
+            continue; // a longer identifier
+        }
+        let i = skip_ws(t, i);
+        if t.get(i) != Some(&b'(') {
+            continue; // `#ifdef __has_include`, `defined(__has_include)`
+        }
+        let i = skip_ws(t, i + 1);
+        match header_name(t, i) {
+            Some((quoted, name)) => s.directives.push(Directive { quoted, next, name }),
+            None => s.computed_has_include = true,
+        }
+    }
+    s
+}
+
+/// The include search list the compiler uses for these arguments.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SearchList {
+    pub quote: Vec<PathBuf>,
+    pub angle: Vec<PathBuf>,
+    /// Directories the compiler dropped because they do not exist (yet).
+    pub missing: Vec<PathBuf>,
+}
+
+/// Parses `cc -E -v` output.
+pub fn parse_search_list(stderr: &[u8]) -> Option<SearchList> {
+    let text = String::from_utf8_lossy(stderr);
+    let mut sl = SearchList::default();
+    let mut section = 0;
+    let mut ended = false;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("ignoring nonexistent directory \"") {
+            if let Some(d) = rest.strip_suffix('"') {
+                sl.missing.push(PathBuf::from(d));
+            }
+        } else if line.starts_with("#include \"...\" search starts here") {
+            section = 1;
+        } else if line.starts_with("#include <...> search starts here") {
+            section = 2;
+        } else if line.starts_with("End of search list") {
+            ended = true;
+            section = 0;
+        } else if let Some(d) = line.strip_prefix(' ') {
+            let d = d.trim_end_matches(" (framework directory)").trim();
+            match section {
+                1 => sl.quote.push(PathBuf::from(d)),
+                2 => sl.angle.push(PathBuf::from(d)),
+                _ => {}
+            }
+        }
+    }
+    ended.then_some(sl)
+}
+
+fn search_list(inv: &Invocation, scratch: &Path) -> Result<SearchList, NotRecordable> {
+    let p = plan(inv);
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mut h = blake3::Hasher::new();
+    h.update(b"farm-searchlist-1\0");
+    h.update(inv.compiler.as_os_str().as_bytes());
+    if let Ok(m) = std::fs::metadata(&inv.compiler) {
+        use std::os::unix::fs::MetadataExt;
+        h.update(&m.size().to_le_bytes());
+        h.update(&m.mtime().to_le_bytes());
+        h.update(&m.ino().to_le_bytes());
+    }
+    h.update(b"\0");
+    h.update(cwd.as_os_str().as_bytes());
+    h.update(b"\0");
+    h.update(p.lang.x_name().as_bytes());
+    for a in &p.search_args {
+        h.update(b"\0");
+        h.update(a.as_bytes());
+    }
+    for v in [
+        "CPATH",
+        "C_INCLUDE_PATH",
+        "CPLUS_INCLUDE_PATH",
+        "OBJC_INCLUDE_PATH",
+        "GCC_EXEC_PREFIX",
+        "COMPILER_PATH",
+    ] {
+        h.update(b"\0");
+        if let Some(val) = std::env::var_os(v) {
+            h.update(val.as_bytes());
+        }
+    }
+    let memo = scratch.join(format!(
+        "{}.search",
+        fsutil::hex(&h.finalize().as_bytes()[..16])
+    ));
+    if let Ok(data) = std::fs::read(&memo) {
+        if let Some(sl) = parse_search_list(&data) {
+            return Ok(sl);
+        }
+    }
+    let lang = match p.lang {
+        Lang::CPreprocessed => "c",
+        Lang::CxxPreprocessed => "c++",
+        other => other.x_name(),
+    };
+    let out = Command::new(&inv.compiler)
+        .arg0(&inv.arg0)
+        .args(&p.search_args)
+        .args(["-E", "-v", "-x", lang, "/dev/null", "-o", "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| NotRecordable {
+            reason: "search_list_failed",
+            detail: e.to_string(),
+            preprocessor_ok: true,
+        })?;
+    let sl = parse_search_list(&out.stderr)
+        .filter(|_| out.status.success())
+        .ok_or(NotRecordable {
+            reason: "search_list_failed",
+            detail: "no search list in `-E -v` output".into(),
+            preprocessor_ok: true,
+        })?;
+    // Memo: only the lines we parse. A failed write just means asking again.
+    let mut text = String::new();
+    for d in &sl.missing {
+        text.push_str(&format!(
+            "ignoring nonexistent directory \"{}\"\n",
+            d.display()
+        ));
+    }
+    text.push_str("#include \"...\" search starts here:\n");
+    for d in &sl.quote {
+        text.push_str(&format!(" {}\n", d.display()));
+    }
+    text.push_str("#include <...> search starts here:\n");
+    for d in &sl.angle {
+        text.push_str(&format!(" {}\n", d.display()));
+    }
+    text.push_str("End of search list.\n");
+    let _ = std::fs::create_dir_all(scratch);
+    let _ = fsutil::write_atomic(&memo, text.as_bytes());
+    Ok(sl)
+}
+
+fn join_include(dir: &Path, name: &str) -> PathBuf {
+    if dir.as_os_str().is_empty() {
+        PathBuf::from(name)
+    } else {
+        dir.join(name)
+    }
+}
+
+fn is_regular_file(p: &Path) -> bool {
+    std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
+}
+
+/// Records every path where an include lookup of this compile could land, given the
+/// files it read (`read`, cleaned) and the search list. Paths that hold no file now go
+/// to `probes`; files found there that the compile did not read go to `extra` (their
+/// content then becomes part of the manifest too).
+fn record_lookups(
+    read: &[PathBuf],
+    source: &Path,
+    forced: &[String],
+    sl: &SearchList,
+) -> Result<(Vec<PathBuf>, Vec<PathBuf>), NotRecordable> {
+    let read_set: HashSet<PathBuf> = read.iter().map(|p| fsutil::clean_path(p)).collect();
+    let mut probes: Vec<PathBuf> = Vec::new();
+    let mut extra: Vec<PathBuf> = Vec::new();
+    let mut seen: HashSet<PathBuf> = HashSet::new();
+    // Nonexistent directories first: the compiler may start searching them any time.
+    let chain_angle: Vec<&Path> = sl
+        .missing
+        .iter()
+        .chain(sl.angle.iter())
+        .map(|p| p.as_path())
+        .collect();
+    let chain_quote: Vec<&Path> = sl
+        .missing
+        .iter()
+        .chain(sl.quote.iter())
+        .chain(sl.angle.iter())
+        .map(|p| p.as_path())
+        .collect();
+    let mut visit = |cands: &mut dyn Iterator<Item = PathBuf>, all: bool| {
+        for c in cands {
+            let clean = fsutil::clean_path(&c);
+            let was_new = seen.insert(clean.clone());
+            if is_regular_file(&c) {
+                if !read_set.contains(&clean) && was_new {
+                    extra.push(c);
+                }
+                if !all {
+                    break;
+                }
+            } else if was_new {
+                probes.push(c);
+            }
+        }
+    };
+    let mut computed_dirs: Vec<PathBuf> = Vec::new();
+    let mut files: Vec<&Path> = vec![source];
+    files.extend(read.iter().map(|p| p.as_path()));
+    // Forced includes are looked up from the cwd first, then like "name".
+    for name in forced {
+        let mut it = std::iter::once(PathBuf::from(name))
+            .chain(chain_quote.iter().map(|d| join_include(d, name)));
+        visit(&mut it, false);
+    }
+    for f in &files {
+        let Ok(text) = fsutil::read_file(f) else {
+            continue;
+        };
+        let scan = scan_text(&text);
+        if let Some(m) = scan.time_macro {
+            return Err(NotRecordable {
+                reason: "time_macro",
+                detail: format!("{m} in {}", f.display()),
+                preprocessor_ok: true,
+            });
+        }
+        if scan.computed_has_include {
+            return Err(NotRecordable {
+                reason: "computed_has_include",
+                detail: f.display().to_string(),
+                preprocessor_ok: true,
+            });
+        }
+        let dir = f.parent().unwrap_or(Path::new("")).to_path_buf();
+        if scan.computed_include {
+            computed_dirs.push(dir.clone());
+        }
+        for d in &scan.directives {
+            if Path::new(&d.name).is_absolute() {
+                visit(&mut std::iter::once(PathBuf::from(&d.name)), false);
+                continue;
+            }
+            if d.quoted {
+                let mut it = std::iter::once(join_include(&dir, &d.name))
+                    .chain(chain_quote.iter().map(|s| join_include(s, &d.name)));
+                visit(&mut it, d.next);
+            } else {
+                let mut it = chain_angle.iter().map(|s| join_include(s, &d.name));
+                visit(&mut it, d.next);
+            }
+        }
+    }
+    // Backstop for lookups no directive names (implicit stdc-predef.h, computed
+    // includes): for each file read from a search directory, every earlier directory
+    // that could shadow it.
+    let dirs: Vec<PathBuf> = computed_dirs
+        .iter()
+        .cloned()
+        .chain(chain_quote.iter().map(|p| p.to_path_buf()))
+        .collect();
+    for r in read {
+        let clean = fsutil::clean_path(r);
+        for (k, d) in dirs.iter().enumerate() {
+            let dc = fsutil::clean_path(d);
+            let Ok(rel) = clean.strip_prefix(&dc) else {
+                continue;
+            };
+            if rel.as_os_str().is_empty() {
+                continue;
+            }
+            let rel = rel.to_path_buf();
+            let mut it = dirs[..k].iter().map(|e| e.join(&rel));
+            visit(&mut it, true);
+        }
+    }
+    Ok((probes, extra))
+}
+
+fn read_deps(
+    inv: &Invocation,
+    source: DepSource,
+    scratch: &Path,
+) -> Result<Vec<PathBuf>, NotRecordable> {
+    let p = plan(inv);
+    let path = match (&p.observe_depfile, p.deps.md, &p.deps.file) {
+        (Some(f), _, _) => f.clone(),
+        (None, Some(true), Some(f)) => f.clone(),
+        (None, Some(false), _) => {
+            // -MMD leaves system headers out: a separate dependency scan lists them.
+            if source == DepSource::CompileOnly {
+                return Err(NotRecordable {
+                    reason: "depend_mode_mmd",
+                    detail: "-MMD omits system headers".into(),
+                    preprocessor_ok: false,
+                });
+            }
+            let f = tmp_depfile();
+            let mut scan_args: Vec<OsString> = p.pp_args.clone();
+            scan_args.pop(); // -E
+            let status = Command::new(&inv.compiler)
+                .arg0(&inv.arg0)
+                .args(&scan_args)
+                .args([OsStr::new("-M"), OsStr::new("-MF"), f.as_os_str()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let text = std::fs::read(&f);
+            let _ = std::fs::remove_file(&f);
+            let _ = scratch;
+            return match (status, text) {
+                (Ok(s), Ok(t)) if s.success() => Ok(parse_depfile(&t)),
+                _ => Err(NotRecordable {
+                    reason: "dependency_scan_failed",
+                    detail: inv.source.display().to_string(),
+                    preprocessor_ok: true,
+                }),
+            };
+        }
+        _ => {
+            return Err(NotRecordable {
+                reason: "no_dependency_file",
+                detail: String::new(),
+                preprocessor_ok: true,
+            })
+        }
+    };
+    let text = std::fs::read(&path).map_err(|e| NotRecordable {
+        reason: "no_dependency_file",
+        detail: format!("{}: {e}", path.display()),
+        preprocessor_ok: true,
+    })?;
+    Ok(parse_depfile(&text))
+}
+
+const KEY_ENV: &[&str] = &[
+    "CPATH",
+    "C_INCLUDE_PATH",
+    "CPLUS_INCLUDE_PATH",
+    "OBJC_INCLUDE_PATH",
+    "OBJCPLUS_INCLUDE_PATH",
+    "SOURCE_DATE_EPOCH",
+    "GCC_EXEC_PREFIX",
+    "COMPILER_PATH",
+    "LIBRARY_PATH",
+    "GCC_COMPARE_DEBUG",
+    "GCC_COLORS",
+    "GCC_URLS",
+    "TERM_URLS",
+    "COLUMNS",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "MACOSX_DEPLOYMENT_TARGET",
+    "SDKROOT",
+];
+
+const UNSAFE_ENV: &[&str] = &[
+    "DEPENDENCIES_OUTPUT",
+    "SUNPRO_DEPENDENCIES",
+    "CCC_OVERRIDE_OPTIONS",
+    "CC_PRINT_OPTIONS",
+    "CC_PRINT_HEADERS",
+    "CC_LOG_DIAGNOSTICS",
+];
+
+impl Family for Gcc {
+    fn name(&self) -> &'static str {
+        "gcc"
+    }
+
+    fn key_env(&self) -> &'static [&'static str] {
+        KEY_ENV
+    }
+
+    fn unsafe_env(&self) -> &'static [&'static str] {
+        UNSAFE_ENV
+    }
+
+    fn parse(
+        &self,
+        compiler: &Path,
+        arg0: &OsString,
+        args: &[OsString],
+        stderr_is_tty: bool,
+    ) -> Result<Invocation, Passthrough> {
+        self.parse_args(compiler, arg0, args, stderr_is_tty)
+    }
+
+    fn preprocess(&self, inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Vec<u8>>> {
+        let out = Command::new(&inv.compiler)
+            .arg0(&inv.arg0)
+            .args(&plan(inv).pp_args)
+            .stdin(Stdio::null())
+            .output()?;
+        Ok(if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(out.stderr)
+        })
+    }
+
+    fn compile(&self, inv: &Invocation, observe: bool) -> std::io::Result<CompileRun> {
+        let started_ns = fsutil::now_ns();
+        let t0 = Instant::now();
+        let mut cmd = Command::new(&inv.compiler);
+        cmd.arg0(&inv.arg0).args(&inv.args);
+        if observe {
+            cmd.args(&inv.observe_args);
+        }
+        let out = cmd.stdin(Stdio::inherit()).output()?;
+        Ok(CompileRun {
+            status: out.status,
+            stdout: out.stdout,
+            stderr: out.stderr,
+            elapsed: t0.elapsed(),
+            started_ns,
+        })
+    }
+
+    fn dependencies(
+        &self,
+        inv: &Invocation,
+        source: DepSource,
+        scratch: &Path,
+    ) -> Result<DependencyFacts, NotRecordable> {
+        let p = plan(inv);
+        if p.lang.preprocessed() {
+            // Nothing is included: the key needs only the source.
+            return Ok(DependencyFacts::default());
+        }
+        let mut files = read_deps(inv, source, scratch)?;
+        let src_clean = fsutil::clean_path(&inv.source);
+        files.retain(|f| fsutil::clean_path(f) != src_clean);
+        let mut uniq = HashSet::new();
+        files.retain(|f| uniq.insert(fsutil::clean_path(f)));
+        let sl = search_list(inv, scratch)?;
+        let (probes, extra) = record_lookups(&files, &inv.source, &p.forced_includes, &sl)?;
+        files.extend(extra);
+        Ok(DependencyFacts { files, probes })
+    }
+
+    fn cleanup(&self, inv: &Invocation) {
+        if let Some(f) = &plan(inv).observe_depfile {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    fn parse(v: &[&str]) -> Result<Invocation, Passthrough> {
+        GCC.parse(
+            Path::new("/usr/bin/gcc"),
+            &OsString::from("gcc"),
+            &os(v),
+            false,
+        )
+    }
+
+    #[test]
+    fn names() {
+        for n in [
+            "gcc",
+            "g++",
+            "cc",
+            "c++",
+            "clang",
+            "clang++",
+            "clang-14",
+            "clang++-14",
+            "gcc-12",
+            "x86_64-linux-gnu-gcc-12",
+            "x86_64-linux-gnu-g++",
+        ] {
+            assert!(is_gcc_like(n), "{n}");
+        }
+        for n in [
+            "clang-format",
+            "clang-tidy",
+            "gcc-ar",
+            "gcc-nm-12",
+            "javac",
+            "ld",
+            "cpp",
+            "clang-cl",
+        ] {
+            assert!(!is_gcc_like(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn simple_compile() {
+        let inv = parse(&["-c", "-O2", "-Iinc", "-DX=1", "src/a.c", "-o", "obj/a.o"]).unwrap();
+        assert_eq!(inv.source, PathBuf::from("src/a.c"));
+        assert_eq!(inv.outputs[0].path, PathBuf::from("obj/a.o"));
+        assert_eq!(
+            inv.key_args,
+            os(&["-c", "-O2", "-Iinc", "-DX=1", "src/a.c"])
+        );
+        assert!(inv.cwd_in_key.is_none());
+        assert_eq!(inv.observe_args.len(), 3);
+    }
+
+    #[test]
+    fn default_object_name() {
+        let inv = parse(&["-c", "dir/x.cpp"]).unwrap();
+        assert_eq!(inv.outputs[0].path, PathBuf::from("x.o"));
+    }
+
+    #[test]
+    fn passthrough_reasons() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["a.c", "-o", "a"], "link"),
+            (&["-E", "a.c"], "preprocess_only"),
+            (&["-S", "a.c"], "assemble_only"),
+            (&["-c", "a.c", "b.c"], "multiple_sources"),
+            (&["-c", "-"], "stdin"),
+            (&["-c", "-x", "c", "-"], "stdin"),
+            (&["-c", "a.c", "-save-temps"], "save_temps"),
+            (&["-c", "a.c", "-fplugin=x.so"], "plugin"),
+            (&["-c", "a.c", "--frobnicate"], "unknown_option"),
+            (&["-c", "a.s"], "assembler_source"),
+            (&["-c", "a.h"], "pch_create"),
+            (
+                &["-c", "a.c", "-arch", "x86_64", "-arch", "arm64"],
+                "multiple_arch",
+            ),
+            (&["-c", "a.c", "-M"], "dependencies_only"),
+            (&["-c", "a.c", "-Wa,-adhln=x.lst"], "assembler_option"),
+            (&["-c", "a.c", "-B/tmp/x"], "compiler_prefix"),
+            (&["-c", "a.c", "-include-pch", "x.pch"], "pch_use"),
+            (
+                &["-c", "a.c", "-frecord-gcc-switches"],
+                "records_command_line",
+            ),
+            (&["-c", "a.c", "-fdump-tree-all"], "dump_files"),
+            (&["-c", "a.c", "-o", "-"], "output_to_stdout"),
+            (&["-c", "a.c", "-o"], "missing_argument"),
+            (&["-c", "a.c", "x.o"], "non_source_input"),
+        ];
+        for (args, reason) in cases {
+            let r = parse(args).unwrap_err();
+            assert_eq!(r.reason, *reason, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn dependency_outputs() {
+        let inv = parse(&["-c", "a.c", "-o", "o/a.o", "-MD"]).unwrap();
+        assert_eq!(inv.outputs[1].path, PathBuf::from("o/a.d"));
+        assert!(inv.key_extra.iter().any(|e| e == "dep-target=o/a.o"));
+        assert!(inv.observe_args.is_empty());
+        let inv = parse(&[
+            "-c",
+            "a.c",
+            "-o",
+            "o/a.o",
+            "-MMD",
+            "-MF",
+            "deps/a.dep",
+            "-MT",
+            "o/a.o",
+        ])
+        .unwrap();
+        assert_eq!(inv.outputs[1].path, PathBuf::from("deps/a.dep"));
+        assert!(!inv.key_extra.iter().any(|e| e.starts_with("dep-target")));
+        assert!(!inv.key_args.iter().any(|a| a == "deps/a.dep"));
+    }
+
+    #[test]
+    fn side_outputs_and_cwd() {
+        let inv = parse(&["-c", "a.c", "-o", "o/a.o", "-g", "-gsplit-dwarf"]).unwrap();
+        assert_eq!(inv.outputs[1].path, PathBuf::from("o/a.dwo"));
+        assert!(inv.cwd_in_key.is_some());
+        let inv = parse(&["-c", "a.c", "--coverage"]).unwrap();
+        assert_eq!(inv.outputs[1].path, PathBuf::from("a.gcno"));
+        let inv = parse(&["-c", "a.c", "-g", "-fdebug-prefix-map=/=/x/"]).unwrap();
+        assert!(inv.cwd_in_key.unwrap().starts_with("/x/"));
+    }
+
+    #[test]
+    fn response_files() {
+        let d = tempfile::tempdir().unwrap();
+        let rsp = d.path().join("args.rsp");
+        std::fs::write(&rsp, "-c 'a b.c' \"-DX=1 2\" -O\\ 2\n").unwrap();
+        let got = expand_response_files(&os(&[&format!("@{}", rsp.display()), "-g"])).unwrap();
+        assert_eq!(got, os(&["-c", "a b.c", "-DX=1 2", "-O 2", "-g"]));
+        assert_eq!(
+            expand_response_files(&os(&["@/nonexistent/farm.rsp"]))
+                .unwrap_err()
+                .reason,
+            "response_file_unreadable"
+        );
+    }
+
+    #[test]
+    fn depfile_parsing() {
+        let t = b"obj/a.o: src/a.c /usr/include/stdio.h \\\n inc/my\\ file.h a$$b.h\ninc/x.h:\n";
+        let d = parse_depfile(t);
+        assert_eq!(
+            d,
+            vec![
+                PathBuf::from("src/a.c"),
+                PathBuf::from("/usr/include/stdio.h"),
+                PathBuf::from("inc/my file.h"),
+                PathBuf::from("a$b.h")
+            ]
+        );
+    }
+
+    #[test]
+    fn scanning() {
+        let t = b"  #  include \"a.h\"\n#include_next <b.h>\n#if __has_include(<c.h>) && __has_include_next(\"d.h\")\n#endif\n#ifdef __has_include\n#endif\n#include FOO\n";
+        let s = scan_text(t);
+        assert_eq!(s.directives.len(), 4);
+        assert!(s.directives.contains(&Directive {
+            quoted: true,
+            next: false,
+            name: "a.h".into()
+        }));
+        assert!(s.directives.contains(&Directive {
+            quoted: false,
+            next: true,
+            name: "b.h".into()
+        }));
+        assert!(s.directives.contains(&Directive {
+            quoted: false,
+            next: false,
+            name: "c.h".into()
+        }));
+        assert!(s.directives.contains(&Directive {
+            quoted: true,
+            next: true,
+            name: "d.h".into()
+        }));
+        assert!(s.computed_include);
+        assert!(!s.computed_has_include);
+        assert!(scan_text(b"#if __has_include(X)\n").computed_has_include);
+        assert_eq!(
+            scan_text(b"const char *d = __DATE__;").time_macro,
+            Some("__DATE__")
+        );
+    }
+
+    #[test]
+    fn search_list_parsing() {
+        let t = b"ignoring nonexistent directory \"missing\"\n#include \"...\" search starts here:\n q\n#include <...> search starts here:\n inc\n /usr/include\nEnd of search list.\n";
+        let sl = parse_search_list(t).unwrap();
+        assert_eq!(sl.missing, vec![PathBuf::from("missing")]);
+        assert_eq!(sl.quote, vec![PathBuf::from("q")]);
+        assert_eq!(
+            sl.angle,
+            vec![PathBuf::from("inc"), PathBuf::from("/usr/include")]
+        );
+        assert!(parse_search_list(b"garbage").is_none());
+    }
+}

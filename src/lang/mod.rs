@@ -1,0 +1,171 @@
+//! Compiler families. Each module is the only code that knows its compiler's flags;
+//! everything else sees an [`Invocation`] or a [`Passthrough`] reason.
+//!
+//! A family parses argv into an invocation (inputs, outputs, the normalized arguments
+//! that enter the key, how to run it), runs it for real while observing what it read,
+//! and reports those facts. The key, the cache and the shim stay family-agnostic, so
+//! javac and csc (many inputs, many outputs) are new modules here, not new branches in
+//! the hot path.
+
+pub mod gcc;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why an invocation is not cached: it runs as the real compiler, untouched, and is
+/// counted under this name in `farm stats`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Passthrough {
+    /// Stable counter name, e.g. `link`, `unknown_option`.
+    pub reason: &'static str,
+    /// What triggered it (the flag or file), for the log.
+    pub detail: String,
+}
+
+impl Passthrough {
+    pub fn new(reason: &'static str, detail: impl Into<String>) -> Passthrough {
+        Passthrough {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Passthrough {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.detail.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{} ({})", self.reason, self.detail)
+        }
+    }
+}
+
+/// One file the compile produces, with a stable role name stored in the cache entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    pub role: &'static str,
+    pub path: PathBuf,
+}
+
+/// A compile farm understands well enough to cache.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    /// The real compiler binary.
+    pub compiler: PathBuf,
+    /// argv[0] the compiler is started with (what the user typed).
+    pub arg0: OsString,
+    /// The arguments exactly as given (response files unexpanded): what runs.
+    pub args: Vec<OsString>,
+    /// Normalized arguments for the key: output paths removed, response files expanded.
+    pub key_args: Vec<OsString>,
+    /// Key-only facts that are not arguments (e.g. "dep-target=obj/a.o", "tty-color").
+    pub key_extra: Vec<String>,
+    /// The primary source file as written on the command line.
+    pub source: PathBuf,
+    /// Files named by flags whose content changes the output (profiles, ignore lists).
+    pub extra_inputs: Vec<PathBuf>,
+    /// Every output file, the object first.
+    pub outputs: Vec<Output>,
+    /// The working directory as it reaches the outputs (prefix maps applied), when it does.
+    pub cwd_in_key: Option<PathBuf>,
+    /// Arguments added to the executed command to observe dependencies, when the user's
+    /// own flags do not produce a complete dependency file.
+    pub observe_args: Vec<OsString>,
+    /// Family-specific plan.
+    pub plan: Plan,
+}
+
+/// What each family needs to remember between parse and run.
+#[derive(Clone, Debug)]
+pub enum Plan {
+    Gcc(gcc::GccPlan),
+}
+
+/// A finished run of the real compiler.
+#[derive(Debug)]
+pub struct CompileRun {
+    pub status: std::process::ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub elapsed: Duration,
+    /// Wall-clock start, ns since the epoch: inputs changed after it are "too new".
+    pub started_ns: i128,
+}
+
+/// What a compile read, for a direct-mode manifest.
+#[derive(Clone, Debug, Default)]
+pub struct DependencyFacts {
+    /// Every file the compile read (besides the primary source), as opened.
+    pub files: Vec<PathBuf>,
+    /// Paths where an include lookup could find a file that does not exist now.
+    pub probes: Vec<PathBuf>,
+}
+
+/// Why a direct-mode manifest cannot be recorded for this compile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotRecordable {
+    pub reason: &'static str,
+    pub detail: String,
+    /// True when the preprocessor mode is still safe for this source (e.g. `__DATE__`).
+    pub preprocessor_ok: bool,
+}
+
+/// How a family answers "what did this compile read".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DepSource {
+    /// Trust only the compile's own dependency output; never run anything else.
+    CompileOnly,
+    /// May run a dependency scan when the compile's own output is incomplete.
+    ScanIfNeeded,
+}
+
+/// A compiler family.
+pub trait Family: Sync {
+    fn name(&self) -> &'static str;
+
+    /// Environment variables that change this family's outputs or diagnostics.
+    fn key_env(&self) -> &'static [&'static str];
+
+    /// Environment variables whose presence makes a compile unsafe to cache
+    /// (they make the compiler write files farm does not know about).
+    fn unsafe_env(&self) -> &'static [&'static str];
+
+    /// Parses argv (without argv[0]) for the compiler at `compiler`.
+    fn parse(
+        &self,
+        compiler: &Path,
+        arg0: &OsString,
+        args: &[OsString],
+        stderr_is_tty: bool,
+    ) -> Result<Invocation, Passthrough>;
+
+    /// The preprocessed text of the source (preprocessor mode).
+    fn preprocess(&self, inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Vec<u8>>>;
+
+    /// Runs the compile for real, with the observation arguments when `observe`.
+    fn compile(&self, inv: &Invocation, observe: bool) -> std::io::Result<CompileRun>;
+
+    /// After a successful observed compile: what it read and which lookups found
+    /// nothing. `scratch` is a directory the family may use for memo files.
+    fn dependencies(
+        &self,
+        inv: &Invocation,
+        source: DepSource,
+        scratch: &Path,
+    ) -> Result<DependencyFacts, NotRecordable>;
+
+    /// Removes files the observation wrote.
+    fn cleanup(&self, inv: &Invocation);
+}
+
+/// The family for a compiler name (basename of the binary), if farm knows it.
+pub fn family_for(compiler_name: &str) -> Option<&'static dyn Family> {
+    if gcc::is_gcc_like(compiler_name) {
+        Some(&gcc::GCC)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,19 @@
+//! farm: a drop-in compiler cache (and, with farmd, a compiler farm).
+//!
+//! Code map (docs/architecture.md has the full picture):
+//! - [`lang`]: one module per compiler family; the only code that knows flags.
+//! - [`key`]: cache keys, direct-mode manifests, result entries.
+//! - [`cache`]: content-addressed storage; knows nothing about compilers.
+//! - [`shim`]: the per-compile flow (hit, miss, pass-through).
+//! - [`entry`]: entry points (`farm-cc`, `farm-c++`, launcher, masquerade).
+//! - [`cli`], [`config`], [`stats`], [`fsutil`].
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod entry;
+pub mod fsutil;
+pub mod key;
+pub mod lang;
+pub mod shim;
+pub mod stats;

@@ -1,0 +1,447 @@
+//! The per-compile flow: parse, key, look up, restore or compile and store.
+//!
+//! Invariants (DESIGN.md): the hit path starts no runtime and touches no network;
+//! every farm failure ends in running the real compiler with a counted reason; the
+//! compiler's own exit code, stdout and stderr always reach the caller unchanged.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::time::Instant;
+
+use crate::cache::{CacheError, CacheKey, EntryKind, LocalStore, Store};
+use crate::config::{Config, Mode};
+use crate::fsutil;
+use crate::key::{self, Manifest, OutputBlob, RecordError, ResultEntry};
+use crate::lang::{self, CompileRun, DepSource, Family, Invocation};
+use crate::stats::{names, Stats};
+
+/// Counters gathered during one compile, written once at the end.
+#[derive(Default)]
+struct Tally(Vec<(String, u64)>);
+
+impl Tally {
+    fn add(&mut self, name: impl Into<String>, n: u64) {
+        self.0.push((name.into(), n));
+    }
+    fn flush(&self, stats: &Stats) {
+        let refs: Vec<(&str, u64)> = self.0.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        if let Err(e) = stats.add(&refs) {
+            tracing::warn!(error = %e, "cannot update statistics");
+        }
+    }
+}
+
+/// Replaces this process with the real compiler, argv untouched. Returns only if the
+/// exec itself failed.
+pub fn exec_compiler(compiler: &Path, arg0: &OsString, args: &[OsString]) -> i32 {
+    let err = std::process::Command::new(compiler)
+        .arg0(arg0)
+        .args(args)
+        .exec();
+    let _ = writeln!(
+        std::io::stderr(),
+        "farm: cannot execute compiler {}: {err}",
+        compiler.display()
+    );
+    127
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(1))
+}
+
+fn emit(stdout: &[u8], stderr: &[u8]) {
+    if !stdout.is_empty() {
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(stdout);
+        let _ = o.flush();
+    }
+    if !stderr.is_empty() {
+        let _ = std::io::stderr().lock().write_all(stderr);
+    }
+}
+
+fn stderr_is_tty() -> bool {
+    // SAFETY: isatty on a constant descriptor.
+    unsafe { libc::isatty(2) == 1 }
+}
+
+struct Ctx<'a> {
+    cfg: &'a Config,
+    family: &'static dyn Family,
+    inv: Invocation,
+    identity: [u8; 32],
+    store: LocalStore,
+    stats: Stats,
+    tally: Tally,
+    t0: Instant,
+}
+
+/// Runs one compiler invocation through the cache. `compiler` is the resolved real
+/// compiler and `canonical` the file it resolves to; `arg0` what it is started as;
+/// `args` the arguments after argv[0].
+pub fn run(
+    cfg: &Config,
+    compiler: &Path,
+    canonical: &Path,
+    arg0: OsString,
+    args: Vec<OsString>,
+) -> i32 {
+    let t0 = Instant::now();
+    let stats = Stats::new(&cfg.dir.value);
+    let passthrough = |reason: &str, detail: &str| {
+        tracing::info!(compiler = %compiler.display(), reason, detail, "passthrough");
+        let mut t = Tally::default();
+        t.add(format!("{}.{reason}", names::PASSTHROUGH), 1);
+        t.flush(&stats);
+        exec_compiler(compiler, &arg0, &args)
+    };
+    let name = compiler
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(family) = lang::family_for(&name) else {
+        return passthrough("unknown_compiler", &name);
+    };
+    for var in family.unsafe_env() {
+        if std::env::var_os(var).is_some() {
+            return passthrough("unsafe_environment", var);
+        }
+    }
+    let inv = match family.parse(compiler, &arg0, &args, stderr_is_tty()) {
+        Ok(inv) => inv,
+        Err(p) => return passthrough(p.reason, &p.detail),
+    };
+    let identity = match key::compiler_identity(canonical, &cfg.dir.value.join("memo")) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot identify compiler");
+            return passthrough("compiler_unidentified", &e.to_string());
+        }
+    };
+    let mut ctx = Ctx {
+        cfg,
+        family,
+        inv,
+        identity,
+        store: LocalStore::new(&cfg.dir.value, cfg.max_size.value),
+        stats,
+        tally: Tally::default(),
+        t0,
+    };
+    let code = match cfg.mode.value {
+        Mode::Preprocessor => ctx.preprocessor_mode(None),
+        Mode::Direct | Mode::Depend => ctx.direct_mode(),
+    };
+    ctx.tally.flush(&ctx.stats);
+    code
+}
+
+impl Ctx<'_> {
+    fn cache_error(&mut self, e: &CacheError) {
+        match e {
+            CacheError::Corrupt { .. } => {
+                tracing::warn!(error = %e, "corrupt cache entry removed");
+                self.tally.add(names::CORRUPT_ENTRY, 1);
+            }
+            _ => {
+                tracing::warn!(error = %e, "cache error");
+                self.tally.add(names::CACHE_ERROR, 1);
+            }
+        }
+    }
+
+    fn get(&mut self, kind: EntryKind, key: &CacheKey) -> Option<Vec<u8>> {
+        match self.store.get(kind, key) {
+            Ok(v) => v,
+            Err(e) => {
+                self.cache_error(&e);
+                None
+            }
+        }
+    }
+
+    fn put(&mut self, kind: EntryKind, key: &CacheKey, payload: &[u8]) -> bool {
+        match self.store.put(kind, key, payload) {
+            Ok(r) => {
+                if r.cleaned {
+                    self.tally.add(names::CLEANUPS, 1);
+                    self.tally.add(names::EVICTED_FILES, r.evicted_files);
+                }
+                true
+            }
+            Err(e) => {
+                self.cache_error(&e);
+                false
+            }
+        }
+    }
+
+    /// Restores a result's outputs and replays its output streams. `false` when the
+    /// entry is missing, damaged or does not fit this invocation.
+    fn restore(&mut self, rkey: &CacheKey, hit_counter: &str) -> bool {
+        let Some(data) = self.get(EntryKind::Result, rkey) else {
+            return false;
+        };
+        let Some(entry) = ResultEntry::decode(&data) else {
+            self.tally.add(names::CORRUPT_ENTRY, 1);
+            let _ = std::fs::remove_file(self.store.entry_path(EntryKind::Result, rkey));
+            return false;
+        };
+        if entry.outputs.len() != self.inv.outputs.len() {
+            return false;
+        }
+        let mut blobs = Vec::with_capacity(self.inv.outputs.len());
+        for out in &self.inv.outputs {
+            match entry.outputs.iter().find(|b| b.role == out.role) {
+                Some(b) => blobs.push((out, b.data)),
+                None => return false,
+            }
+        }
+        for (out, data) in &blobs {
+            if let Err(e) = fsutil::write_atomic(&out.path, data) {
+                // The real compile will report (or fix) whatever stops this write.
+                tracing::warn!(path = %out.path.display(), error = %e, "cannot write output on hit");
+                return false;
+            }
+        }
+        emit(entry.stdout, entry.stderr);
+        let elapsed = self.t0.elapsed().as_millis() as u64;
+        self.tally.add(hit_counter, 1);
+        self.tally.add(
+            names::TIME_SAVED_MS,
+            entry.compile_ms.saturating_sub(elapsed),
+        );
+        tracing::info!(source = %self.inv.source.display(), hit = hit_counter, "hit");
+        true
+    }
+
+    fn compile(&mut self, observe: bool) -> Result<CompileRun, i32> {
+        match self.family.compile(&self.inv, observe) {
+            Ok(run) => Ok(run),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot run compiler");
+                self.family.cleanup(&self.inv);
+                self.tally
+                    .add(format!("{}.spawn_failed", names::PASSTHROUGH), 1);
+                self.tally.flush(&self.stats);
+                self.tally = Tally::default();
+                Err(exec_compiler(
+                    &self.inv.compiler,
+                    &self.inv.arg0,
+                    &self.inv.args,
+                ))
+            }
+        }
+    }
+
+    /// Reads the outputs the compiler wrote and frames them as a result entry.
+    fn result_payload(&mut self, run: &CompileRun) -> Option<Vec<u8>> {
+        let mut datas = Vec::with_capacity(self.inv.outputs.len());
+        for out in &self.inv.outputs {
+            match fsutil::read_file(&out.path) {
+                Ok(d) => datas.push(d),
+                Err(e) => {
+                    tracing::warn!(path = %out.path.display(), error = %e, "expected output missing");
+                    self.tally
+                        .add(format!("{}.missing_output", names::NOT_STORED), 1);
+                    return None;
+                }
+            }
+        }
+        let entry = ResultEntry {
+            stdout: &run.stdout,
+            stderr: &run.stderr,
+            outputs: self
+                .inv
+                .outputs
+                .iter()
+                .zip(&datas)
+                .map(|(o, d)| OutputBlob {
+                    role: o.role,
+                    data: d,
+                })
+                .collect(),
+            compile_ms: run.elapsed.as_millis() as u64,
+        };
+        Some(entry.encode())
+    }
+
+    fn direct_mode(&mut self) -> i32 {
+        let depend = self.cfg.mode.value == Mode::Depend;
+        let hit_counter = if depend {
+            names::HIT_DEPEND
+        } else {
+            names::HIT_DIRECT
+        };
+        let base = match key::base_hasher("direct", self.family, &self.identity, &self.inv) {
+            Ok(h) => h,
+            Err(e) => return self.uncached(&format!("{e}"), "input_unreadable"),
+        };
+        let source = match fsutil::read_file(&self.inv.source) {
+            Ok(s) => s,
+            // The compiler reports a missing source in its own words.
+            Err(_) => return self.uncached("source unreadable", "source_unreadable"),
+        };
+        let mkey = key::finish(base, "source", &source);
+        drop(source);
+        let mut manifest = match self.get(EntryKind::Manifest, &mkey) {
+            Some(data) => match Manifest::decode(&data) {
+                Some(m) => m,
+                None => {
+                    self.tally.add(names::CORRUPT_ENTRY, 1);
+                    Manifest::default()
+                }
+            },
+            None => Manifest::default(),
+        };
+        if let Some(reason) = manifest.preprocessor_only.clone() {
+            if !depend {
+                return self.preprocessor_mode(Some(&reason));
+            }
+        }
+        let mut memo = key::CheckMemo::default();
+        for e in &manifest.entries {
+            if key::entry_matches(e, &mut memo) {
+                let r = e.result;
+                if self.restore(&r, hit_counter) {
+                    return 0;
+                }
+            }
+        }
+        // Miss: compile, observing what the compile reads.
+        let run = match self.compile(true) {
+            Ok(r) => r,
+            Err(code) => return code,
+        };
+        emit(&run.stdout, &run.stderr);
+        if !run.status.success() {
+            self.family.cleanup(&self.inv);
+            self.tally.add(names::COMPILE_FAILED, 1);
+            return exit_code(run.status);
+        }
+        self.tally.add(names::MISS, 1);
+        self.tally
+            .add(names::COMPILE_MS, run.elapsed.as_millis() as u64);
+        let dep_source = if depend {
+            DepSource::CompileOnly
+        } else {
+            DepSource::ScanIfNeeded
+        };
+        let facts =
+            self.family
+                .dependencies(&self.inv, dep_source, &self.cfg.dir.value.join("memo"));
+        self.family.cleanup(&self.inv);
+        match facts {
+            Ok(f) => {
+                match key::record_entry(
+                    &mkey,
+                    &self.inv.source,
+                    &f.files,
+                    &f.probes,
+                    run.started_ns,
+                ) {
+                    Ok(entry) => {
+                        let Some(payload) = self.result_payload(&run) else {
+                            return 0;
+                        };
+                        if self.put(EntryKind::Result, &entry.result, &payload) {
+                            manifest.add(entry);
+                            manifest.preprocessor_only = None;
+                            let m = manifest.encode();
+                            self.put(EntryKind::Manifest, &mkey, &m);
+                        }
+                    }
+                    Err(RecordError::TooNew(p)) => {
+                        tracing::info!(path = %p.display(), "input modified during the compile: not stored");
+                        self.tally
+                            .add(format!("{}.input_too_new", names::NOT_STORED), 1);
+                    }
+                    Err(RecordError::Unreadable(p)) => {
+                        tracing::info!(path = %p.display(), "input unreadable after the compile: not stored");
+                        self.tally
+                            .add(format!("{}.input_unreadable", names::NOT_STORED), 1);
+                    }
+                }
+            }
+            Err(nr) => {
+                tracing::info!(reason = nr.reason, detail = %nr.detail, "no direct-mode entry");
+                if nr.preprocessor_ok && !depend {
+                    // Remember to key this source by its preprocessed text from now on,
+                    // and store this result that way.
+                    let marker = Manifest {
+                        preprocessor_only: Some(format!("{}: {}", nr.reason, nr.detail)),
+                        entries: Vec::new(),
+                    };
+                    self.put(EntryKind::Manifest, &mkey, &marker.encode());
+                    if !nr.detail.contains("__TIME__") {
+                        if let Some(rkey) = self.preprocessed_key() {
+                            if let Some(payload) = self.result_payload(&run) {
+                                self.put(EntryKind::Result, &rkey, &payload);
+                            }
+                        }
+                    }
+                } else {
+                    self.tally
+                        .add(format!("{}.{}", names::NOT_STORED, nr.reason), 1);
+                }
+            }
+        }
+        0
+    }
+
+    /// The preprocessor-mode key, or `None` when preprocessing fails.
+    fn preprocessed_key(&mut self) -> Option<CacheKey> {
+        let text = match self.family.preprocess(&self.inv) {
+            Ok(Ok(t)) => t,
+            _ => return None,
+        };
+        let base = key::base_hasher("preprocessor", self.family, &self.identity, &self.inv).ok()?;
+        Some(key::finish(base, "preprocessed", &text))
+    }
+
+    /// Runs the compile without caching it (still counted), output passed through.
+    fn uncached(&mut self, detail: &str, reason: &str) -> i32 {
+        tracing::info!(detail, reason, "compiling uncached");
+        self.tally
+            .add(format!("{}.{reason}", names::PASSTHROUGH), 1);
+        self.tally.flush(&self.stats);
+        self.tally = Tally::default();
+        self.family.cleanup(&self.inv);
+        exec_compiler(&self.inv.compiler, &self.inv.arg0, &self.inv.args)
+    }
+
+    /// Preprocessor mode; `marker` is set when direct mode sent this source here.
+    fn preprocessor_mode(&mut self, marker: Option<&str>) -> i32 {
+        let Some(rkey) = self.preprocessed_key() else {
+            // Let the compiler report the error in its own words.
+            return self.uncached("preprocessing failed", "preprocessor_error");
+        };
+        if marker.map(|m| m.contains("__TIME__")).unwrap_or(false) {
+            return self.uncached("uses __TIME__", "time_macro");
+        }
+        if self.restore(&rkey, names::HIT_PREPROCESSOR) {
+            return 0;
+        }
+        let run = match self.compile(false) {
+            Ok(r) => r,
+            Err(code) => return code,
+        };
+        emit(&run.stdout, &run.stderr);
+        if !run.status.success() {
+            self.tally.add(names::COMPILE_FAILED, 1);
+            return exit_code(run.status);
+        }
+        self.tally.add(names::MISS, 1);
+        self.tally
+            .add(names::COMPILE_MS, run.elapsed.as_millis() as u64);
+        if let Some(payload) = self.result_payload(&run) {
+            self.put(EntryKind::Result, &rkey, &payload);
+        }
+        0
+    }
+}
