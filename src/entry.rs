@@ -56,10 +56,12 @@ pub fn is_farm_binary(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// A real compiler: the path it is run by, and the file it resolves to.
+/// A real compiler: the path it is run by, the file it resolves to, and whether a
+/// farm binary came before it on PATH.
 pub struct Resolved {
     pub path: PathBuf,
     pub canonical: PathBuf,
+    pub skipped_farm: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,18 +84,26 @@ pub fn resolve_compiler(name: &OsStr) -> Result<Resolved, ResolveError> {
         return Ok(Resolved {
             path: p.to_path_buf(),
             canonical,
+            skipped_farm: false,
         });
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     let cwd = std::env::current_dir().unwrap_or_default();
     if let Ok(found) = which::which_in_all(name, Some(path), cwd) {
+        let mut skipped_farm = false;
         for c in found {
             let Ok(canonical) = std::fs::canonicalize(&c) else {
                 continue;
             };
-            if !is_farm_canonical(&canonical) {
-                return Ok(Resolved { path: c, canonical });
+            if is_farm_canonical(&canonical) {
+                skipped_farm = true;
+                continue;
             }
+            return Ok(Resolved {
+                path: c,
+                canonical,
+                skipped_farm,
+            });
         }
     }
     Err(ResolveError::NotFound(name.to_string_lossy().into_owned()))
@@ -127,17 +137,24 @@ fn disabled_by_env() -> bool {
     )
 }
 
-/// Runs a compile through the shim; `requested` names the compiler (path or name),
-/// `arg0` is what the compiler is started as.
+/// Runs a compile through the shim; `requested` names the compiler (path or name).
 fn compile(requested: &OsStr, args: Vec<OsString>) -> i32 {
     let Resolved {
         path: compiler,
         canonical,
+        skipped_farm,
     } = match resolve_compiler(requested) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let arg0 = requested.to_os_string();
+    // argv[0] stays what the user typed, except when farm itself comes first on PATH
+    // under that name: gcc locates its own installation from argv[0] via PATH and
+    // would find farm there, so it gets its real path instead.
+    let arg0 = if skipped_farm {
+        compiler.clone().into_os_string()
+    } else {
+        requested.to_os_string()
+    };
     if disabled_by_env() {
         return shim::exec_compiler(&compiler, &arg0, &args);
     }

@@ -1,0 +1,174 @@
+//! Shared helpers for the integration tests: a private cache, config and bin dir per
+//! test, real compilers, and `farm stats --json` as the observable.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub fn farm_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_farm"))
+}
+
+pub fn farm_cc_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_farm-cc"))
+}
+
+/// Fails loudly when a compiler the suite needs is missing: scripts/test.sh installs
+/// them, and a test that quietly skips would prove nothing.
+pub fn require(tool: &str) -> PathBuf {
+    which::which(tool).unwrap_or_else(|_| {
+        panic!("`{tool}` is not installed: run scripts/test.sh (it installs the test tools)")
+    })
+}
+
+pub struct Env {
+    pub root: tempfile::TempDir,
+    pub cache: PathBuf,
+    pub work: PathBuf,
+    pub bin: PathBuf,
+    pub log: PathBuf,
+    pub mode: &'static str,
+}
+
+impl Env {
+    pub fn new(mode: &'static str) -> Env {
+        let root = tempfile::Builder::new()
+            .prefix("farm-test")
+            .tempdir()
+            .unwrap();
+        let cache = root.path().join("cache");
+        let work = root.path().join("work");
+        let bin = root.path().join("bin");
+        fs::create_dir_all(&work).unwrap();
+        fs::create_dir_all(&bin).unwrap();
+        // farm-c++ cannot be a cargo binary name; the install script links it.
+        std::os::unix::fs::symlink(farm_bin(), bin.join("farm-c++")).unwrap();
+        let log = root.path().join("farm.log");
+        Env {
+            root,
+            cache,
+            work,
+            bin,
+            log,
+            mode,
+        }
+    }
+
+    /// A command with farm's environment isolated from the developer's.
+    pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new(program);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("FARM_") {
+                c.env_remove(&k);
+            }
+        }
+        c.env("FARM_DIR", &self.cache)
+            .env("FARM_CONFIG", self.root.path().join("no-config.toml"))
+            .env("FARM_LOG", &self.log)
+            .env("FARM_MODE", self.mode)
+            .current_dir(&self.work);
+        c
+    }
+
+    /// `farm ARGS` in the work dir.
+    pub fn farm(&self, args: &[&str]) -> Output {
+        self.cmd(farm_bin()).args(args).output().unwrap()
+    }
+
+    /// `farm COMPILER ARGS`, asserting success.
+    pub fn farm_ok(&self, args: &[&str]) -> Output {
+        let o = self.farm(args);
+        assert!(
+            o.status.success(),
+            "farm {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+
+    /// The real compiler, no farm, in the work dir.
+    pub fn plain(&self, args: &[&str]) -> Output {
+        let (prog, rest) = args.split_first().unwrap();
+        let o = Command::new(prog)
+            .args(rest)
+            .current_dir(&self.work)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.work.join(rel);
+        if let Some(d) = p.parent() {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn read(&self, rel: &str) -> Vec<u8> {
+        fs::read(self.work.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let o = self.farm(&["stats", "--json"]);
+        assert!(o.status.success());
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.stats()["hits"]["total"].as_u64().unwrap()
+    }
+
+    pub fn misses(&self) -> u64 {
+        self.stats()["misses"].as_u64().unwrap()
+    }
+
+    pub fn counter(&self, path: &[&str]) -> u64 {
+        let mut v = self.stats();
+        for p in path {
+            v = v[*p].clone();
+        }
+        v.as_u64().unwrap_or(0)
+    }
+}
+
+/// Sets a file's mtime (and atime) to `secs` since the epoch, as `touch -d` would.
+pub fn set_mtime(p: &Path, secs: i64) {
+    let f = fs::OpenOptions::new().write(true).open(p).unwrap();
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+}
+
+pub fn mtime_secs(p: &Path) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(p).unwrap().mtime()
+}
+
+/// Runs a shell snippet, asserting success.
+pub fn sh(dir: &Path, script: &str) -> Output {
+    let o = Command::new("bash")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "script failed: {script}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+pub const MODES: [&str; 3] = ["direct", "preprocessor", "depend"];

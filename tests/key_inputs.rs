@@ -1,0 +1,416 @@
+//! Every input that decides an object must cause a miss when it changes, in every
+//! cache mode, and the object farm then gives must equal the plain compiler's.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// Files written just now would be "too new" to record (their content may not be what
+/// the compiler read); tests wait past that margin before compiling.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(120));
+}
+
+struct Case {
+    name: &'static str,
+    setup: fn(&Env),
+    before: Vec<String>,
+    after: Vec<String>,
+    change: fn(&Env),
+    env_before: Vec<(&'static str, String)>,
+    env_after: Vec<(&'static str, String)>,
+    cwd_before: &'static str,
+    cwd_after: &'static str,
+}
+
+impl Case {
+    fn new(name: &'static str, setup: fn(&Env), args: &[&str], change: fn(&Env)) -> Case {
+        let a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        Case {
+            name,
+            setup,
+            before: a.clone(),
+            after: a,
+            change,
+            env_before: vec![],
+            env_after: vec![],
+            cwd_before: ".",
+            cwd_after: ".",
+        }
+    }
+}
+
+fn compile(
+    env: &Env,
+    through_farm: bool,
+    args: &[String],
+    extra_env: &[(&str, String)],
+    cwd: &str,
+    out: &str,
+) -> Vec<u8> {
+    let dir = env.work.join(cwd);
+    let mut full: Vec<String> = args.to_vec();
+    full.extend(["-o".to_string(), env.work.join(out).display().to_string()]);
+    let o = if through_farm {
+        let mut c = env.cmd(farm_bin());
+        c.args(&full).current_dir(&dir);
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    } else {
+        let (prog, rest) = full.split_first().unwrap();
+        let prog = if prog.contains('/') {
+            env.work.join(prog).display().to_string()
+        } else {
+            prog.clone()
+        };
+        let mut c = std::process::Command::new(prog);
+        c.args(rest).current_dir(&dir);
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    assert!(
+        o.status.success(),
+        "compile {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    env.read(out)
+}
+
+fn run_case(mode: &'static str, case: &Case) {
+    let env = Env::new(mode);
+    (case.setup)(&env);
+    settle();
+    let ctx = format!("[{mode}] {}", case.name);
+    let fix = |args: &[String]| -> Vec<String> {
+        // A compiler given as a relative path (the swapped symlink) is made absolute.
+        args.iter()
+            .enumerate()
+            .map(|(i, a)| {
+                if i == 0 && a.contains('/') {
+                    env.work.join(a).display().to_string()
+                } else {
+                    a.clone()
+                }
+            })
+            .collect()
+    };
+    let before = fix(&case.before);
+    let after = fix(&case.after);
+
+    let first = compile(
+        &env,
+        true,
+        &before,
+        &case.env_before,
+        case.cwd_before,
+        "farm1.o",
+    );
+    let plain1 = compile(
+        &env,
+        false,
+        &before,
+        &case.env_before,
+        case.cwd_before,
+        "plain1.o",
+    );
+    assert_eq!(
+        first, plain1,
+        "{ctx}: miss object differs from the plain compile"
+    );
+    assert_eq!((env.hits(), env.misses()), (0, 1), "{ctx}: first compile");
+    let again = compile(
+        &env,
+        true,
+        &before,
+        &case.env_before,
+        case.cwd_before,
+        "farm2.o",
+    );
+    assert_eq!(again, plain1, "{ctx}: hit object differs");
+    assert_eq!(
+        (env.hits(), env.misses()),
+        (1, 1),
+        "{ctx}: identical compile must hit"
+    );
+
+    (case.change)(&env);
+    settle();
+    let changed = compile(
+        &env,
+        true,
+        &after,
+        &case.env_after,
+        case.cwd_after,
+        "farm3.o",
+    );
+    assert_eq!(
+        (env.hits(), env.misses()),
+        (1, 2),
+        "{ctx}: the change must cause a miss (stats: {})",
+        env.stats()
+    );
+    let plain2 = compile(
+        &env,
+        false,
+        &after,
+        &case.env_after,
+        case.cwd_after,
+        "plain2.o",
+    );
+    assert_eq!(
+        changed, plain2,
+        "{ctx}: object after the change differs from the plain compile"
+    );
+    assert_ne!(
+        plain1, plain2,
+        "{ctx}: the change should change the object (test is void otherwise)"
+    );
+    let rehit = compile(
+        &env,
+        true,
+        &after,
+        &case.env_after,
+        case.cwd_after,
+        "farm4.o",
+    );
+    assert_eq!(rehit, plain2, "{ctx}: hit after the change differs");
+    assert_eq!(
+        (env.hits(), env.misses()),
+        (2, 2),
+        "{ctx}: new state must be cached"
+    );
+}
+
+const MAIN_H: &str = "#include \"h.h\"\nint value(void) { return V; }\n";
+
+fn cases() -> Vec<Case> {
+    let mut v = vec![
+        Case::new(
+            "header edit, same size, mtime restored",
+            |e| {
+                e.write("inc/h.h", "#define V 3\n");
+                e.write("a.c", MAIN_H);
+            },
+            &["gcc", "-c", "-Iinc", "a.c"],
+            |e| {
+                let p = e.work.join("inc/h.h");
+                let t = mtime_secs(&p);
+                std::fs::write(&p, "#define V 4\n").unwrap();
+                set_mtime(&p, t);
+            },
+        ),
+        Case::new(
+            "source edit, same size, mtime restored",
+            |e| {
+                e.write("a.c", "int value(void) { return 3; }\n");
+            },
+            &["gcc", "-c", "a.c"],
+            |e| {
+                let p = e.work.join("a.c");
+                let t = mtime_secs(&p);
+                std::fs::write(&p, "int value(void) { return 4; }\n").unwrap();
+                set_mtime(&p, t);
+            },
+        ),
+        Case::new(
+            "new header shadows one later on -I",
+            |e| {
+                e.write("b/h.h", "#define V 3\n");
+                std::fs::create_dir_all(e.work.join("a")).unwrap();
+                e.write("a.c", MAIN_H);
+            },
+            &["gcc", "-c", "-Ia", "-Ib", "a.c"],
+            |e| {
+                e.write("a/h.h", "#define V 4\n");
+            },
+        ),
+        Case::new(
+            "new header beside the source",
+            |e| {
+                e.write("inc/h.h", "#define V 3\n");
+                e.write("src/a.c", MAIN_H);
+            },
+            &["gcc", "-c", "-Iinc", "src/a.c"],
+            |e| {
+                e.write("src/h.h", "#define V 4\n");
+            },
+        ),
+        Case::new(
+            "new header in a directory that did not exist",
+            |e| {
+                e.write("inc/h.h", "#define V 3\n");
+                e.write("a.c", MAIN_H);
+            },
+            &["gcc", "-c", "-Inotyet", "-Iinc", "a.c"],
+            |e| {
+                e.write("notyet/h.h", "#define V 4\n");
+            },
+        ),
+        Case::new(
+            "__has_include becomes true",
+            |e| {
+                std::fs::create_dir_all(e.work.join("inc")).unwrap();
+                e.write(
+                    "a.c",
+                    "#if __has_include(<opt.h>)\n#include <opt.h>\n#else\n#define V 1\n#endif\nint value(void) { return V; }\n",
+                );
+            },
+            &["gcc", "-c", "-Iinc", "a.c"],
+            |e| {
+                e.write("inc/opt.h", "#define V 2\n");
+            },
+        ),
+        Case::new(
+            "-include file edited",
+            |e| {
+                e.write("cfg.h", "#define V 3\n");
+                e.write("a.c", "int value(void) { return V; }\n");
+            },
+            &["gcc", "-c", "-include", "cfg.h", "a.c"],
+            |e| {
+                e.write("cfg.h", "#define V 44\n");
+            },
+        ),
+        Case::new(
+            "compiler behind the same path changes (gcc -> clang)",
+            |e| {
+                std::fs::create_dir_all(e.work.join("tc")).unwrap();
+                std::os::unix::fs::symlink(require("gcc"), e.work.join("tc/cc")).unwrap();
+                e.write("a.c", "int value(int x) { return x * 3 + 1; }\n");
+            },
+            &["tc/cc", "-c", "-O2", "a.c"],
+            |e| {
+                std::fs::remove_file(e.work.join("tc/cc")).unwrap();
+                std::os::unix::fs::symlink(require("clang"), e.work.join("tc/cc")).unwrap();
+            },
+        ),
+    ];
+    let mut d = Case::new(
+        "-D changes",
+        |e| {
+            e.write("a.c", "int value(void) { return V; }\n");
+        },
+        &[],
+        |_| {},
+    );
+    d.before = ["gcc", "-c", "-DV=1", "a.c"].map(String::from).to_vec();
+    d.after = ["gcc", "-c", "-DV=2", "a.c"].map(String::from).to_vec();
+    v.push(d);
+    let mut o = Case::new(
+        "-O changes",
+        |e| {
+            e.write(
+                "a.c",
+                "int value(int x) { int s = 0; for (int i = 0; i < x; i++) s += i; return s; }\n",
+            );
+        },
+        &[],
+        |_| {},
+    );
+    o.before = ["gcc", "-c", "-O0", "a.c"].map(String::from).to_vec();
+    o.after = ["gcc", "-c", "-O2", "a.c"].map(String::from).to_vec();
+    v.push(o);
+    let mut g = Case::new(
+        "-g in another directory",
+        |e| {
+            e.write("d1/a.c", "int value(void) { return 3; }\n");
+            e.write("d2/a.c", "int value(void) { return 3; }\n");
+        },
+        &["gcc", "-c", "-g", "a.c"],
+        |_| {},
+    );
+    g.cwd_before = "d1";
+    g.cwd_after = "d2";
+    v.push(g);
+    let mut env = Case::new(
+        "CPATH changes",
+        |e| {
+            e.write("i1/h.h", "#define V 3\n");
+            e.write("i2/h.h", "#define V 4\n");
+            e.write("a.c", "#include <h.h>\nint value(void) { return V; }\n");
+        },
+        &["gcc", "-c", "a.c"],
+        |_| {},
+    );
+    env.env_before = vec![("CPATH", "i1".into())];
+    env.env_after = vec![("CPATH", "i2".into())];
+    v.push(env);
+    v
+}
+
+fn run_all(mode: &'static str) {
+    require("gcc");
+    require("clang");
+    for c in cases() {
+        run_case(mode, &c);
+    }
+}
+
+#[test]
+fn every_key_input_causes_a_miss_direct() {
+    run_all("direct");
+}
+
+#[test]
+fn every_key_input_causes_a_miss_preprocessor() {
+    run_all("preprocessor");
+}
+
+#[test]
+fn every_key_input_causes_a_miss_depend() {
+    run_all("depend");
+}
+
+/// Headers older than the stamp margin are checked by stat stamp, not content; a
+/// same-size edit with the mtime put back must still miss (ctime moves).
+#[test]
+fn stamp_shortcut_still_sees_same_size_edits() {
+    for mode in ["direct", "depend"] {
+        let env = Env::new(mode);
+        env.write("inc/h.h", "#define V 3\n");
+        env.write("a.c", MAIN_H);
+        std::thread::sleep(Duration::from_millis(2200));
+        env.farm_ok(&["gcc", "-c", "-Iinc", "a.c", "-o", "x.o"]);
+        env.farm_ok(&["gcc", "-c", "-Iinc", "a.c", "-o", "x.o"]);
+        assert_eq!(env.hits(), 1, "[{mode}] hit through the stamp");
+        let p = env.work.join("inc/h.h");
+        let t = mtime_secs(&p);
+        std::fs::write(&p, "#define V 4\n").unwrap();
+        set_mtime(&p, t);
+        env.farm_ok(&["gcc", "-c", "-Iinc", "a.c", "-o", "x.o"]);
+        assert_eq!(
+            (env.hits(), env.misses()),
+            (1, 2),
+            "[{mode}] edit must miss"
+        );
+        env.plain(&["gcc", "-c", "-Iinc", "a.c", "-o", "plain.o"]);
+        assert_eq!(env.read("x.o"), env.read("plain.o"));
+    }
+}
+
+/// `__DATE__`/`__TIME__` users never get a direct hit: direct mode sends them to the
+/// preprocessor mode (date) or does not cache them (time).
+#[test]
+fn time_macros_never_hit_directly() {
+    let env = Env::new("direct");
+    env.write("d.c", "const char *built = __DATE__;\n");
+    env.write("t.c", "const char *built = __TIME__;\n");
+    settle();
+    for _ in 0..3 {
+        env.farm_ok(&["gcc", "-c", "d.c"]);
+        env.farm_ok(&["gcc", "-c", "t.c"]);
+    }
+    let s = env.stats();
+    assert_eq!(s["hits"]["direct"], 0, "{s}");
+    // d.c: the first compile records it for preprocessor mode, later ones hit there.
+    assert_eq!(s["hits"]["preprocessor"], 2, "{s}");
+    assert_eq!(s["passthrough"]["time_macro"], 2, "{s}");
+    env.plain(&["gcc", "-c", "d.c", "-o", "dplain.o"]);
+    assert_eq!(env.read("d.o"), env.read("dplain.o"));
+    assert!(Path::new(&env.work.join("t.o")).exists());
+}
