@@ -24,8 +24,9 @@ pub const SCHEMA: u32 = 1;
 
 /// Inputs modified this close to (or after) a compile's start are "too new": their
 /// content may not be what the compiler read, so nothing is recorded for them.
-/// Covers the coarse kernel clock that stamps files.
-pub const TOO_NEW_SLACK_NS: i128 = 50_000_000;
+/// The margin is one tick of the coarse kernel clock that stamps files (10 ms at
+/// HZ=100, the slowest common setting).
+pub const TOO_NEW_SLACK_NS: i128 = 10_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

@@ -504,6 +504,7 @@ impl Gcc {
         let mut color_explicit = false;
         let mut prefix_maps: Vec<(String, String)> = Vec::new();
         let mut arch_count = 0;
+        let mut other_input: Option<String> = None;
 
         let mut i = 0;
         while i < expanded.len() {
@@ -522,7 +523,11 @@ impl Gcc {
                     Some(LangOf::Reject(r)) => LangOf::Reject(r),
                     None => match lang_from_ext(a) {
                         Some(l) => l,
-                        None => return Err(Passthrough::new("non_source_input", a)),
+                        None => {
+                            // An object or library: a link unless -c, decided below.
+                            other_input.get_or_insert_with(|| a.to_string());
+                            continue;
+                        }
                     },
                 };
                 match lang {
@@ -718,6 +723,9 @@ impl Gcc {
 
         if !has_c {
             return Err(Passthrough::new("link", ""));
+        }
+        if let Some(a) = other_input {
+            return Err(Passthrough::new("non_source_input", a));
         }
         let Some((src, lang)) = source else {
             return Err(Passthrough::new("no_source", ""));
