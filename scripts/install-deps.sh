@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# install-deps.sh [--bench]: installs what farm's build, tests and demo need, from
+# Debian's archive (apt-get; root or sudo). Idempotent: installed packages are skipped.
+#   always:  gcc g++ clang make cmake ninja-build dpkg-dev (apt-get source), xz/bzip2
+#   --bench: also ccache hyperfine, the comparison tools of scripts/bench.sh
+set -euo pipefail
+pkgs=(gcc g++ clang make cmake ninja-build dpkg-dev xz-utils bzip2 util-linux ca-certificates)
+[[ ${1:-} == --bench ]] && pkgs+=(ccache hyperfine distcc icecc sccache)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [[ $(id -u) == 0 ]] || SUDO=sudo
+  echo "install-deps: apt-get install ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  # sccache is not in every Debian release; the rest must install.
+  avail=()
+  for p in "${missing[@]}"; do
+    if apt-cache show "$p" >/dev/null 2>&1; then avail+=("$p"); else echo "install-deps: $p not available here, skipped" >&2; fi
+  done
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${avail[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "install-deps: cargo not found. farm needs Rust 1.80 or newer (https://rustup.rs)." >&2
+  exit 1
+fi

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# test.sh: the whole test suite, as CI runs it (.ci/run calls this and nothing weaker).
+# Installs the tools the tests need, then: formatting, clippy, the dependency rules,
+# and every test (unit, real gcc/clang, real Make/CMake/Ninja builds of Debian sources).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+export CARGO_TERM_COLOR=never
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== dependency rules"
+# TLS, when it arrives, uses rustls with ring; aws-lc-sys must never be in the tree.
+if cargo tree --workspace -i aws-lc-sys >/dev/null 2>&1; then
+  echo "aws-lc-sys is in the dependency tree (rustls must use the ring provider)" >&2; exit 1
+fi
+# bincode is unmaintained (RUSTSEC-2025-0141): postcard is the binary format.
+if cargo tree --workspace -i bincode >/dev/null 2>&1; then
+  echo "bincode is in the dependency tree (use postcard)" >&2; exit 1
+fi
+echo "== cargo test"
+cargo test --workspace 2>&1 | tee target/test.log
+# One closing line for the whole run.
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "%d passed, %d failed\n", p, f }' target/test.log
