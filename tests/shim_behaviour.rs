@@ -484,10 +484,21 @@ fn entry_points_masquerade_and_no_recursion() {
     let env = Env::new("direct");
     project(&env);
     env.plain(&["gcc", "-c", "-Iinc", "src/a.c", "-o", "plain.o"]);
+    // The packaged masquerade script makes the links, as a user would.
     let masq = env.root.path().join("masq");
-    fs::create_dir_all(&masq).unwrap();
-    for name in ["gcc", "cc", "clang"] {
-        std::os::unix::fs::symlink(farm_bin(), masq.join(name)).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/farm-masquerade.sh");
+    sh(
+        env.root.path(),
+        &format!(
+            "bash '{}' '{}' '{}'",
+            script.display(),
+            masq.display(),
+            farm_bin().display()
+        ),
+    );
+    for name in ["gcc", "cc", "c++", "clang", "clang++"] {
+        assert!(masq.join(name).exists(), "{name} link");
     }
     // A `cc` that is farm itself, first on PATH: farm-cc must skip it.
     let path = format!(
