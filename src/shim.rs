@@ -379,7 +379,7 @@ impl Ctx<'_> {
                     };
                     self.put(EntryKind::Manifest, &mkey, &marker.encode());
                     if !nr.detail.contains("__TIME__") {
-                        if let Some(rkey) = self.preprocessed_key() {
+                        if let Ok(rkey) = self.preprocessed_key() {
                             if let Some(payload) = self.result_payload(&run) {
                                 self.put(EntryKind::Result, &rkey, &payload);
                             }
@@ -394,14 +394,16 @@ impl Ctx<'_> {
         0
     }
 
-    /// The preprocessor-mode key, or `None` when preprocessing fails.
-    fn preprocessed_key(&mut self) -> Option<CacheKey> {
+    /// The preprocessor-mode key, or why there is none.
+    fn preprocessed_key(&mut self) -> Result<CacheKey, lang::Passthrough> {
         let text = match self.family.preprocess(&self.inv) {
             Ok(Ok(t)) => t,
-            _ => return None,
+            Ok(Err(p)) => return Err(p),
+            Err(e) => return Err(lang::Passthrough::new("preprocessor_error", e.to_string())),
         };
-        let base = key::base_hasher("preprocessor", self.family, &self.identity, &self.inv).ok()?;
-        Some(key::finish(base, "preprocessed", &text))
+        let base = key::base_hasher("preprocessor", self.family, &self.identity, &self.inv)
+            .map_err(|e| lang::Passthrough::new("input_unreadable", e.to_string()))?;
+        Ok(key::finish(base, "preprocessed", &text))
     }
 
     /// Runs the compile without caching it (still counted), output passed through.
@@ -417,9 +419,10 @@ impl Ctx<'_> {
 
     /// Preprocessor mode; `marker` is set when direct mode sent this source here.
     fn preprocessor_mode(&mut self, marker: Option<&str>) -> i32 {
-        let Some(rkey) = self.preprocessed_key() else {
-            // Let the compiler report the error in its own words.
-            return self.uncached("preprocessing failed", "preprocessor_error");
+        let rkey = match self.preprocessed_key() {
+            Ok(k) => k,
+            // A preprocessor error is reported by the compiler in its own words.
+            Err(p) => return self.uncached(&p.detail, p.reason),
         };
         if marker.map(|m| m.contains("__TIME__")).unwrap_or(false) {
             return self.uncached("uses __TIME__", "time_macro");

@@ -414,3 +414,83 @@ fn time_macros_never_hit_directly() {
     assert_eq!(env.read("d.o"), env.read("dplain.o"));
     assert!(Path::new(&env.work.join("t.o")).exists());
 }
+
+/// gcc takes `foo.h.gch` before `foo.h` and then names neither in its dependency
+/// output: a precompiled header appearing next to an unchanged header must never be
+/// answered with the object compiled from the header text.
+#[test]
+fn precompiled_header_beside_a_header_is_never_a_false_hit() {
+    for mode in MODES {
+        let env = Env::new(mode);
+        env.write("foo.h", "#define V 3\nint helper(void);\n");
+        env.write("alt.h", "#define V 9\nint helper(void);\n");
+        env.write("a.c", "#include \"foo.h\"\nint value(void) { return V; }\n");
+        settle();
+        env.farm_ok(&["gcc", "-c", "a.c", "-o", "f1.o"]);
+        env.farm_ok(&["gcc", "-c", "a.c", "-o", "f2.o"]);
+        assert_eq!(env.hits(), 1, "[{mode}]");
+        // A .gch built from other text, under foo.h's name.
+        env.plain(&["gcc", "-x", "c-header", "alt.h", "-o", "foo.h.gch"]);
+        settle();
+        for round in 0..2 {
+            env.farm_ok(&["gcc", "-c", "a.c", "-o", "f3.o"]);
+            env.plain(&["gcc", "-c", "a.c", "-o", "p3.o"]);
+            assert_eq!(env.read("f3.o"), env.read("p3.o"), "[{mode}] round {round}");
+            assert_ne!(
+                env.read("f3.o"),
+                env.read("f1.o"),
+                "[{mode}] the .gch changes the object"
+            );
+        }
+        assert_eq!(
+            env.hits(),
+            1,
+            "[{mode}] never a hit while a .gch is in play: {}",
+            env.stats()
+        );
+    }
+}
+
+/// Files named by flags (here clang's sanitizer ignore list) are hashed by content.
+#[test]
+fn file_named_by_a_flag_is_part_of_the_key() {
+    require("clang");
+    for mode in MODES {
+        let env = Env::new(mode);
+        env.write("ign.txt", "fun:value\n");
+        env.write("s.c", "int value(int *p) { return *p; }\n");
+        settle();
+        let args = [
+            "clang",
+            "-c",
+            "-fsanitize=address",
+            "-fsanitize-ignorelist=ign.txt",
+            "s.c",
+            "-o",
+            "s.o",
+        ];
+        env.farm_ok(&args);
+        let first = env.read("s.o");
+        env.farm_ok(&args);
+        assert_eq!(env.hits(), 1, "[{mode}]");
+        env.write("ign.txt", "fun:other\n");
+        settle();
+        env.farm_ok(&args);
+        assert_eq!(
+            (env.hits(), env.misses()),
+            (1, 2),
+            "[{mode}] edited list must miss"
+        );
+        env.plain(&[
+            "clang",
+            "-c",
+            "-fsanitize=address",
+            "-fsanitize-ignorelist=ign.txt",
+            "s.c",
+            "-o",
+            "p.o",
+        ]);
+        assert_eq!(env.read("s.o"), env.read("p.o"), "[{mode}]");
+        assert_ne!(env.read("s.o"), first);
+    }
+}

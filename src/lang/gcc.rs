@@ -1117,6 +1117,42 @@ fn join_include(dir: &Path, name: &str) -> PathBuf {
     }
 }
 
+fn pch_path(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_os_string();
+    s.push(".gch");
+    PathBuf::from(s)
+}
+
+/// The first `.gch` beside a file named in `-E` line markers, if any: `gcc -E`
+/// ignores precompiled headers, so its text would not show what the compile used.
+fn pch_beside_preprocessed(text: &[u8]) -> Option<PathBuf> {
+    let mut seen = HashSet::new();
+    for line in text.split(|&c| c == b'\n') {
+        // # 12 "path" flags
+        if line.first() != Some(&b'#') {
+            continue;
+        }
+        let Some(q1) = memchr::memchr(b'"', line) else {
+            continue;
+        };
+        let Some(q2) = memchr::memrchr(b'"', line) else {
+            continue;
+        };
+        if q2 <= q1 + 1 {
+            continue;
+        }
+        let name = &line[q1 + 1..q2];
+        if name.starts_with(b"<") || !seen.insert(name.to_vec()) {
+            continue;
+        }
+        let gch = pch_path(Path::new(OsStr::from_bytes(name)));
+        if std::fs::metadata(&gch).is_ok() {
+            return Some(gch);
+        }
+    }
+    None
+}
+
 fn is_regular_file(p: &Path) -> bool {
     std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
 }
@@ -1149,10 +1185,21 @@ fn record_lookups(
         .chain(sl.angle.iter())
         .map(|p| p.as_path())
         .collect();
+    let mut pch: Option<PathBuf> = None;
     let mut visit = |cands: &mut dyn Iterator<Item = PathBuf>, all: bool| {
         for c in cands {
             let clean = fsutil::clean_path(&c);
             let was_new = seen.insert(clean.clone());
+            if was_new {
+                // gcc silently takes `name.gch` (file or directory) before `name`, and
+                // its dependency output then names neither.
+                let gch = pch_path(&c);
+                if std::fs::metadata(&gch).is_ok() {
+                    pch.get_or_insert(gch);
+                } else {
+                    probes.push(gch);
+                }
+            }
             if is_regular_file(&c) {
                 if !read_set.contains(&clean) && was_new {
                     extra.push(c);
@@ -1234,6 +1281,13 @@ fn record_lookups(
             let mut it = dirs[..k].iter().map(|e| e.join(&rel));
             visit(&mut it, true);
         }
+    }
+    if let Some(p) = pch {
+        return Err(NotRecordable {
+            reason: "pch_use",
+            detail: p.display().to_string(),
+            preprocessor_ok: false,
+        });
     }
     Ok((probes, extra))
 }
@@ -1353,17 +1407,22 @@ impl Family for Gcc {
         self.parse_args(compiler, arg0, args, stderr_is_tty)
     }
 
-    fn preprocess(&self, inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Vec<u8>>> {
+    fn preprocess(&self, inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Passthrough>> {
         let out = Command::new(&inv.compiler)
             .arg0(&inv.arg0)
             .args(&plan(inv).pp_args)
             .stdin(Stdio::null())
             .output()?;
-        Ok(if out.status.success() {
-            Ok(out.stdout)
-        } else {
-            Err(out.stderr)
-        })
+        if !out.status.success() {
+            return Ok(Err(Passthrough::new(
+                "preprocessor_error",
+                inv.source.display().to_string(),
+            )));
+        }
+        if let Some(gch) = pch_beside_preprocessed(&out.stdout) {
+            return Ok(Err(Passthrough::new("pch_use", gch.display().to_string())));
+        }
+        Ok(Ok(out.stdout))
     }
 
     fn compile(&self, inv: &Invocation, observe: bool) -> std::io::Result<CompileRun> {

@@ -142,8 +142,9 @@ pub trait Family: Sync {
         stderr_is_tty: bool,
     ) -> Result<Invocation, Passthrough>;
 
-    /// The preprocessed text of the source (preprocessor mode).
-    fn preprocess(&self, inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Vec<u8>>>;
+    /// The preprocessed text of the source (preprocessor mode), or why this compile
+    /// cannot be keyed by it.
+    fn preprocess(&self, inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Passthrough>>;
 
     /// Runs the compile for real, with the observation arguments when `observe`.
     fn compile(&self, inv: &Invocation, observe: bool) -> std::io::Result<CompileRun>;
