@@ -137,13 +137,53 @@ fn disabled_by_env() -> bool {
     )
 }
 
-/// Runs a compile through the shim; `requested` names the compiler (path or name).
-fn compile(requested: &OsStr, args: Vec<OsString>) -> i32 {
+/// Which compiler a compile names.
+enum Requested {
+    /// A path or a name on PATH (launcher form, masquerade).
+    Named(OsString),
+    /// `farm-cc` / `farm-c++`: FARM_CC/FARM_CXX, the config, else cc / c++.
+    Default { cxx: bool },
+}
+
+/// The compiler `farm-cc`/`farm-c++` stand for.
+fn default_compiler(cxx: bool, cfg: Option<&Config>) -> OsString {
+    let var = if cxx { "FARM_CXX" } else { "FARM_CC" };
+    if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+        return v;
+    }
+    let loaded;
+    let cfg = match cfg {
+        Some(c) => Some(c),
+        None => {
+            loaded = Config::load().ok();
+            loaded.as_ref()
+        }
+    };
+    if let Some(cfg) = cfg {
+        let s = if cxx { &cfg.cxx.value } else { &cfg.cc.value };
+        if let Some(p) = s {
+            return p.clone().into_os_string();
+        }
+    }
+    OsString::from(if cxx { "c++" } else { "cc" })
+}
+
+/// Runs a compile through the shim.
+fn compile(requested: Requested, args: Vec<OsString>) -> i32 {
+    let disabled = disabled_by_env();
+    // Loaded once: the hit path reads the config file a single time.
+    let cfg = (!disabled).then(Config::load);
+    let requested = match requested {
+        Requested::Named(n) => n,
+        Requested::Default { cxx } => {
+            default_compiler(cxx, cfg.as_ref().and_then(|c| c.as_ref().ok()))
+        }
+    };
     let Resolved {
         path: compiler,
         canonical,
         skipped_farm,
-    } = match resolve_compiler(requested) {
+    } = match resolve_compiler(&requested) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -153,39 +193,22 @@ fn compile(requested: &OsStr, args: Vec<OsString>) -> i32 {
     let arg0 = if skipped_farm {
         compiler.clone().into_os_string()
     } else {
-        requested.to_os_string()
+        requested
     };
-    if disabled_by_env() {
-        return shim::exec_compiler(&compiler, &arg0, &args);
-    }
-    let cfg = match Config::load() {
-        Ok(c) => c,
-        Err(e) => {
+    let cfg = match cfg {
+        None => return shim::exec_compiler(&compiler, &arg0, &args),
+        Some(Err(e)) => {
             // A broken config must not break the build: say so once, compile plainly.
             let _ = writeln!(std::io::stderr(), "farm: {e}; compiling without the cache");
             return shim::exec_compiler(&compiler, &arg0, &args);
         }
+        Some(Ok(c)) => c,
     };
     if cfg.disable.value {
         return shim::exec_compiler(&compiler, &arg0, &args);
     }
     init_logging(&cfg);
     shim::run(&cfg, &compiler, &canonical, arg0, args)
-}
-
-/// The compiler `farm-cc`/`farm-c++` stand for: config/env, else `cc`/`c++`.
-fn default_compiler(cxx: bool) -> OsString {
-    let var = if cxx { "FARM_CXX" } else { "FARM_CC" };
-    if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-        return v;
-    }
-    if let Ok(cfg) = Config::load() {
-        let s = if cxx { cfg.cxx.value } else { cfg.cc.value };
-        if let Some(p) = s {
-            return p.into_os_string();
-        }
-    }
-    OsString::from(if cxx { "c++" } else { "cc" })
 }
 
 /// The process entry point of every farm binary.
@@ -196,9 +219,9 @@ pub fn main() -> i32 {
     }
     let rest = argv.split_off(1);
     match role_of(&argv[0]) {
-        Role::Cc => compile(&default_compiler(false), rest),
-        Role::Cxx => compile(&default_compiler(true), rest),
-        Role::Masquerade(name) => compile(OsStr::new(&name), rest),
+        Role::Cc => compile(Requested::Default { cxx: false }, rest),
+        Role::Cxx => compile(Requested::Default { cxx: true }, rest),
+        Role::Masquerade(name) => compile(Requested::Named(name.into()), rest),
         Role::Farm => {
             let Some(first) = rest.first() else {
                 return cli::run(&[]);
@@ -210,7 +233,7 @@ pub fn main() -> i32 {
             // Launcher form: `farm gcc -c x.c`, `farm /usr/bin/clang++ …`.
             let mut rest = rest;
             let compiler = rest.remove(0);
-            compile(&compiler, rest)
+            compile(Requested::Named(compiler), rest)
         }
     }
 }

@@ -171,6 +171,122 @@ impl FileLock {
     }
 }
 
+/// What a path is, as far as include lookups care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathKind {
+    Missing,
+    File,
+    Dir,
+    Other,
+}
+
+/// Answers "what is at this path" from one `readdir` per directory instead of one
+/// `stat` per path: recording a C++ compile's include lookups asks about tens of
+/// thousands of paths in a few dozen directories. Keys are raw bytes (hashing a
+/// `Path` walks its components).
+#[derive(Default)]
+pub struct DirCache {
+    dirs: rustc_hash::FxHashMap<Vec<u8>, Option<rustc_hash::FxHashMap<Vec<u8>, PathKind>>>,
+}
+
+/// Splits `a/b/c` into (`a/b`, `c`); `c` alone into (``, `c`).
+fn split_last(p: &[u8]) -> (&[u8], &[u8]) {
+    match memchr::memrchr(b'/', p) {
+        Some(0) => (&p[..1], &p[1..]),
+        Some(i) => (&p[..i], &p[i + 1..]),
+        None => (&p[..0], p),
+    }
+}
+
+impl DirCache {
+    fn kind_of(path: &Path) -> PathKind {
+        match fs::metadata(path) {
+            Ok(m) if m.is_file() => PathKind::File,
+            Ok(m) if m.is_dir() => PathKind::Dir,
+            Ok(_) => PathKind::Other,
+            Err(_) => PathKind::Missing,
+        }
+    }
+
+    fn listing(dir: &[u8]) -> Option<rustc_hash::FxHashMap<Vec<u8>, PathKind>> {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let dir = if dir.is_empty() { b"." as &[u8] } else { dir };
+        let rd = fs::read_dir(std::ffi::OsStr::from_bytes(dir)).ok()?;
+        let mut m = rustc_hash::FxHashMap::default();
+        for e in rd.flatten() {
+            let kind = match e.file_type() {
+                Ok(t) if t.is_file() => PathKind::File,
+                Ok(t) if t.is_dir() => PathKind::Dir,
+                // Links (and unknown types) are resolved like the compiler's open().
+                _ => Self::kind_of(&e.path()),
+            };
+            m.insert(e.file_name().into_vec(), kind);
+        }
+        Some(m)
+    }
+
+    /// What `path` is (links followed).
+    pub fn kind(&mut self, path: &Path) -> PathKind {
+        use std::os::unix::ffi::OsStrExt;
+        self.kind_bytes(path.as_os_str().as_bytes())
+    }
+
+    fn kind_bytes(&mut self, p: &[u8]) -> PathKind {
+        let p = p.strip_suffix(b"/").unwrap_or(p);
+        let (parent, name) = split_last(p);
+        if name.is_empty() || name == b"." || name == b".." {
+            use std::os::unix::ffi::OsStrExt;
+            // `..`, `.`, `/`: rare in lookups; ask the file system.
+            return Self::kind_of(Path::new(std::ffi::OsStr::from_bytes(p)));
+        }
+        if !self.dirs.contains_key(parent) {
+            // A parent its own parent's listing lacks is not opened at all.
+            let listing = if parent.len() > 1 && self.kind_bytes(parent) != PathKind::Dir {
+                None
+            } else {
+                Self::listing(parent)
+            };
+            self.dirs.insert(parent.to_vec(), listing);
+        }
+        match &self.dirs[parent] {
+            Some(m) => m.get(name).copied().unwrap_or(PathKind::Missing),
+            None => PathKind::Missing,
+        }
+    }
+
+    /// The topmost missing component of a missing path: `a/b/c.h` with no `a/b`
+    /// gives `a/b` (one check then covers every lookup below it).
+    pub fn topmost_missing<'a>(&mut self, path: &'a Path) -> &'a Path {
+        use std::os::unix::ffi::OsStrExt;
+        let mut top = path.as_os_str().as_bytes();
+        loop {
+            let (parent, _) = split_last(top);
+            if parent.is_empty() || parent == b"/" || self.kind_bytes(parent) != PathKind::Missing {
+                break;
+            }
+            top = parent;
+        }
+        Path::new(std::ffi::OsStr::from_bytes(top))
+    }
+}
+
+/// `p` without `.` components and repeated separators, as bytes; borrowed when it
+/// is already clean (the common case on hot paths).
+pub fn clean_bytes(p: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::os::unix::ffi::OsStrExt;
+    let dirty = p.starts_with(b"./")
+        || p.ends_with(b"/.")
+        || p == b"."
+        || memchr::memmem::find(p, b"//").is_some()
+        || memchr::memmem::find(p, b"/./").is_some()
+        || (p.len() > 1 && p.ends_with(b"/"));
+    if !dirty {
+        return std::borrow::Cow::Borrowed(p);
+    }
+    let c = clean_path(Path::new(std::ffi::OsStr::from_bytes(p)));
+    std::borrow::Cow::Owned(c.as_os_str().as_bytes().to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +300,47 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(d.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn dir_cache_answers_like_stat() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("inc/sub")).unwrap();
+        fs::write(d.path().join("inc/a.h"), "").unwrap();
+        std::os::unix::fs::symlink(d.path().join("inc/a.h"), d.path().join("inc/link.h")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("nowhere"), d.path().join("inc/dangling.h"))
+            .unwrap();
+        let mut c = DirCache::default();
+        assert_eq!(c.kind(&d.path().join("inc/a.h")), PathKind::File);
+        assert_eq!(c.kind(&d.path().join("inc/link.h")), PathKind::File);
+        assert_eq!(c.kind(&d.path().join("inc/dangling.h")), PathKind::Missing);
+        assert_eq!(c.kind(&d.path().join("inc/sub")), PathKind::Dir);
+        assert_eq!(c.kind(&d.path().join("inc/nope.h")), PathKind::Missing);
+        let deep = d.path().join("inc/x/y/z.h");
+        assert_eq!(c.kind(&deep), PathKind::Missing);
+        assert_eq!(c.topmost_missing(&deep), d.path().join("inc/x"));
+    }
+
+    #[test]
+    fn clean_bytes_matches_clean_path() {
+        use std::os::unix::ffi::OsStrExt;
+        for p in [
+            "a/b.h",
+            "./a/b.h",
+            "a//b.h",
+            "a/./b.h",
+            "/usr/include",
+            "x.h",
+            "../x.h",
+            "a/b/",
+        ] {
+            let want = clean_path(Path::new(p));
+            assert_eq!(
+                &*clean_bytes(p.as_bytes()),
+                want.as_os_str().as_bytes(),
+                "{p}"
+            );
+        }
     }
 
     #[test]

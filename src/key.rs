@@ -4,7 +4,7 @@
 //! field that enters a key is listed in docs/cache-key.md; changing what a key covers
 //! means bumping [`SCHEMA`], so old entries are never reused across schema versions.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
@@ -156,7 +156,7 @@ pub fn finish(mut h: blake3::Hasher, content_tag: &str, content: &[u8]) -> Cache
 /// A file's identity on this machine: device, inode, size and change times. A file
 /// whose stamp is unchanged since a recording has unchanged content, provided its
 /// ctime was already [`STAMP_TRUST_NS`] old when recorded (ctime cannot be set back
-/// by a user, and the margin covers coarse file system clocks).
+/// by a user, and the margin covers the file system's clock and granularity).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StatStamp {
     pub dev: u64,
@@ -166,8 +166,12 @@ pub struct StatStamp {
     pub ctime_ns: i64,
 }
 
-/// How old a file's mtime and ctime must be for its stamp to stand in for its content.
-pub const STAMP_TRUST_NS: i128 = 2_000_000_000;
+/// How old a file's mtime and ctime must be for its stamp to stand in for its content,
+/// on a file system that keeps nanoseconds (a ctime with non-zero nanoseconds shows
+/// it): two ticks of the coarse kernel clock that stamps files.
+pub const STAMP_TRUST_NS: i128 = 20_000_000;
+/// The same on a file system with whole-second (or 2 s) timestamps.
+pub const STAMP_TRUST_COARSE_NS: i128 = 2_000_000_000;
 
 impl StatStamp {
     pub fn of(meta: &fs::Metadata) -> StatStamp {
@@ -183,7 +187,12 @@ impl StatStamp {
     /// The stamp, if the file is old enough for it to be trusted later.
     pub fn trusted(meta: &fs::Metadata, now_ns: i128) -> Option<StatStamp> {
         let s = StatStamp::of(meta);
-        let limit = now_ns - STAMP_TRUST_NS;
+        let window = if meta.ctime_nsec() != 0 {
+            STAMP_TRUST_NS
+        } else {
+            STAMP_TRUST_COARSE_NS
+        };
+        let limit = now_ns - window;
         ((s.mtime_ns as i128) < limit && (s.ctime_ns as i128) < limit).then_some(s)
     }
 
@@ -345,13 +354,15 @@ pub enum RecordError {
     Unreadable(PathBuf),
 }
 
-/// Digests the files a compile read and classifies its lookups that found nothing.
-/// Refuses files modified at or after `started_ns` (minus slack).
+/// Digests the files a compile read and records its lookups that found nothing
+/// (`missing`: topmost missing components; `not_file`: non-files where a header could
+/// be). Refuses files modified at or after `started_ns` (minus slack).
 pub fn record_entry(
     manifest_key: &CacheKey,
     source: &Path,
     files: &[PathBuf],
-    probes: &[PathBuf],
+    missing_paths: &[PathBuf],
+    not_file_paths: &[PathBuf],
     started_ns: i128,
 ) -> Result<ManifestEntry, RecordError> {
     let limit = started_ns - TOO_NEW_SLACK_NS;
@@ -377,48 +388,32 @@ pub fn record_entry(
             stamp: StatStamp::trusted(&meta, now),
         });
     }
-    let mut missing = Vec::new();
-    let mut not_file = Vec::new();
-    let mut metas: HashMap<PathBuf, Option<fs::Metadata>> = HashMap::new();
-    let mut meta_of = |p: &Path| -> Option<fs::Metadata> {
-        metas
-            .entry(p.to_path_buf())
-            .or_insert_with(|| fs::metadata(p).ok())
-            .clone()
-    };
-    for p in probes {
-        if meta_of(p).is_some() {
-            not_file.push(serde_bytes::ByteBuf::from(
-                p.as_os_str().as_bytes().to_vec(),
-            ));
-            continue;
-        }
-        // The topmost missing component: one check then covers every lookup below it.
-        let mut top = p.as_path();
-        let mut parent_meta = None;
-        while let Some(parent) = top.parent() {
-            if parent.as_os_str().is_empty() {
-                parent_meta = meta_of(Path::new("."));
-                break;
+    // Parent directories' stamps: one stat per directory, not per path.
+    let mut parents: HashMap<PathBuf, Option<StatStamp>> = HashMap::default();
+    let mut missing: Vec<MissingPath> = missing_paths
+        .iter()
+        .map(|p| {
+            let parent_stamp = match p.parent() {
+                // A relative name in the cwd: the cwd may differ on a hit, so no stamp.
+                Some(par) if !par.as_os_str().is_empty() => {
+                    *parents.entry(par.to_path_buf()).or_insert_with(|| {
+                        fs::metadata(par)
+                            .ok()
+                            .and_then(|m| StatStamp::trusted(&m, now))
+                    })
+                }
+                _ => None,
+            };
+            MissingPath {
+                path: p.as_os_str().as_bytes().to_vec(),
+                parent_stamp,
             }
-            if let Some(m) = meta_of(parent) {
-                parent_meta = Some(m);
-                break;
-            }
-            top = parent;
-        }
-        let parent_stamp = match top.parent() {
-            // A relative name in the cwd: the cwd may differ on a hit, so no stamp.
-            Some(par) if !par.as_os_str().is_empty() => {
-                parent_meta.and_then(|m| StatStamp::trusted(&m, now))
-            }
-            _ => None,
-        };
-        missing.push(MissingPath {
-            path: top.as_os_str().as_bytes().to_vec(),
-            parent_stamp,
-        });
-    }
+        })
+        .collect();
+    let mut not_file: Vec<serde_bytes::ByteBuf> = not_file_paths
+        .iter()
+        .map(|p| serde_bytes::ByteBuf::from(p.as_os_str().as_bytes().to_vec()))
+        .collect();
     missing.sort();
     missing.dedup();
     not_file.sort();
@@ -499,11 +494,13 @@ mod tests {
         let dirprobe = d.path().join("adir");
         fs::create_dir(&dirprobe).unwrap();
         let key = CacheKey([1; 32]);
+        // The family reports the topmost missing component and non-files.
         let e = record_entry(
             &key,
             &src,
             std::slice::from_ref(&hdr),
-            &[probe.clone(), dirprobe.clone()],
+            &[d.path().join("sub")],
+            std::slice::from_ref(&dirprobe),
             fsutil::now_ns() + 1_000_000_000,
         )
         .unwrap();
@@ -538,7 +535,7 @@ mod tests {
         fs::write(&src, "x").unwrap();
         let started = fsutil::now_ns() - 1_000_000; // the file was written "during" the compile
         assert!(matches!(
-            record_entry(&CacheKey([0; 32]), &src, &[], &[], started),
+            record_entry(&CacheKey([0; 32]), &src, &[], &[], &[], started),
             Err(RecordError::TooNew(_))
         ));
     }

@@ -116,6 +116,15 @@ pub fn run(
         Ok(inv) => inv,
         Err(p) => return passthrough(p.reason, &p.detail),
     };
+    // A hit replaces outputs by rename: an output that is a device (`-o /dev/null`),
+    // a FIFO or a symlink must be written by the compiler itself.
+    for out in &inv.outputs {
+        if let Ok(m) = std::fs::symlink_metadata(&out.path) {
+            if !m.file_type().is_file() {
+                return passthrough("special_output", &out.path.display().to_string());
+            }
+        }
+    }
     let identity = match key::compiler_identity(canonical, &cfg.dir.value.join("memo")) {
         Ok(id) => id,
         Err(e) => {
@@ -239,6 +248,22 @@ impl Ctx<'_> {
         }
     }
 
+    /// A miss: runs the compile, passes its output on, and counts it. A failed compile
+    /// ends here with the compiler's exit code (never cached).
+    fn compile_miss(&mut self, observe: bool) -> Result<CompileRun, i32> {
+        let run = self.compile(observe)?;
+        emit(&run.stdout, &run.stderr);
+        if !run.status.success() {
+            self.family.cleanup(&self.inv);
+            self.tally.add(names::COMPILE_FAILED, 1);
+            return Err(exit_code(run.status));
+        }
+        self.tally.add(names::MISS, 1);
+        self.tally
+            .add(names::COMPILE_MS, run.elapsed.as_millis() as u64);
+        Ok(run)
+    }
+
     /// Reads the outputs the compiler wrote and frames them as a result entry.
     fn result_payload(&mut self, run: &CompileRun) -> Option<Vec<u8>> {
         let mut datas = Vec::with_capacity(self.inv.outputs.len());
@@ -314,19 +339,10 @@ impl Ctx<'_> {
             }
         }
         // Miss: compile, observing what the compile reads.
-        let run = match self.compile(true) {
+        let run = match self.compile_miss(true) {
             Ok(r) => r,
             Err(code) => return code,
         };
-        emit(&run.stdout, &run.stderr);
-        if !run.status.success() {
-            self.family.cleanup(&self.inv);
-            self.tally.add(names::COMPILE_FAILED, 1);
-            return exit_code(run.status);
-        }
-        self.tally.add(names::MISS, 1);
-        self.tally
-            .add(names::COMPILE_MS, run.elapsed.as_millis() as u64);
         let dep_source = if depend {
             DepSource::CompileOnly
         } else {
@@ -342,7 +358,8 @@ impl Ctx<'_> {
                     &mkey,
                     &self.inv.source,
                     &f.files,
-                    &f.probes,
+                    &f.missing,
+                    &f.not_file,
                     run.started_ns,
                 ) {
                     Ok(entry) => {
@@ -419,29 +436,21 @@ impl Ctx<'_> {
 
     /// Preprocessor mode; `marker` is set when direct mode sent this source here.
     fn preprocessor_mode(&mut self, marker: Option<&str>) -> i32 {
+        if marker.map(|m| m.contains("__TIME__")).unwrap_or(false) {
+            return self.uncached("uses __TIME__", "time_macro");
+        }
         let rkey = match self.preprocessed_key() {
             Ok(k) => k,
             // A preprocessor error is reported by the compiler in its own words.
             Err(p) => return self.uncached(&p.detail, p.reason),
         };
-        if marker.map(|m| m.contains("__TIME__")).unwrap_or(false) {
-            return self.uncached("uses __TIME__", "time_macro");
-        }
         if self.restore(&rkey, names::HIT_PREPROCESSOR) {
             return 0;
         }
-        let run = match self.compile(false) {
+        let run = match self.compile_miss(false) {
             Ok(r) => r,
             Err(code) => return code,
         };
-        emit(&run.stdout, &run.stderr);
-        if !run.status.success() {
-            self.tally.add(names::COMPILE_FAILED, 1);
-            return exit_code(run.status);
-        }
-        self.tally.add(names::MISS, 1);
-        self.tally
-            .add(names::COMPILE_MS, run.elapsed.as_millis() as u64);
         if let Some(payload) = self.result_payload(&run) {
             self.put(EntryKind::Result, &rkey, &payload);
         }

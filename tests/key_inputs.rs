@@ -290,6 +290,42 @@ fn cases() -> Vec<Case> {
             },
         ),
     ];
+    // -MMD leaves system headers out of its output: farm must still track them.
+    v.push(Case::new(
+        "-MMD: nested system header edited",
+        |e| {
+            // Only following includes inside system headers finds inner.h.
+            e.write("sys/h.h", "#include <inner.h>\n");
+            e.write("sys/inner.h", "#define V 3\n");
+            e.write("a.c", "#include <h.h>\nint value(void) { return V; }\n");
+            std::fs::create_dir_all(e.work.join("o")).unwrap();
+        },
+        &[
+            "gcc", "-c", "-isystem", "sys", "-MMD", "-MF", "o/a.d", "-MT", "a.o", "a.c",
+        ],
+        |e| {
+            e.write("sys/inner.h", "#define V 4\n");
+        },
+    ));
+    v.push(Case::new(
+        "-MMD: new system header shadows one later on -isystem",
+        |e| {
+            e.write("sys2/h.h", "#define V 3\n");
+            std::fs::create_dir_all(e.work.join("sys1")).unwrap();
+            e.write(
+                "a.c",
+                "#include <stdio.h>\n#include <h.h>\nint value(void) { return V; }\n",
+            );
+            std::fs::create_dir_all(e.work.join("o")).unwrap();
+        },
+        &[
+            "gcc", "-c", "-isystem", "sys1", "-isystem", "sys2", "-MMD", "-MF", "o/a.d", "-MT",
+            "a.o", "a.c",
+        ],
+        |e| {
+            e.write("sys1/h.h", "#define V 4\n");
+        },
+    ));
     let mut d = Case::new(
         "-D changes",
         |e| {

@@ -4,7 +4,7 @@
 //! source compiled with `-c`, and only flags this module knows. Anything else runs the
 //! real compiler untouched (a [`Passthrough`] with a reason).
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet as HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
@@ -16,7 +16,7 @@ use super::{
     CompileRun, DepSource, DependencyFacts, Family, Invocation, NotRecordable, Output, Passthrough,
     Plan,
 };
-use crate::fsutil;
+use crate::fsutil::{self, DirCache, PathKind};
 
 pub struct Gcc;
 pub static GCC: Gcc = Gcc;
@@ -1126,7 +1126,7 @@ fn pch_path(p: &Path) -> PathBuf {
 /// The first `.gch` beside a file named in `-E` line markers, if any: `gcc -E`
 /// ignores precompiled headers, so its text would not show what the compile used.
 fn pch_beside_preprocessed(text: &[u8]) -> Option<PathBuf> {
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::default();
     for line in text.split(|&c| c == b'\n') {
         // # 12 "path" flags
         if line.first() != Some(&b'#') {
@@ -1153,24 +1153,29 @@ fn pch_beside_preprocessed(text: &[u8]) -> Option<PathBuf> {
     None
 }
 
-fn is_regular_file(p: &Path) -> bool {
-    std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
-}
-
 /// Records every path where an include lookup of this compile could land, given the
-/// files it read (`read`, cleaned) and the search list. Paths that hold no file now go
-/// to `probes`; files found there that the compile did not read go to `extra` (their
+/// files it read (`read`) and the search list. Paths that hold no file now go to
+/// `probes`; files found there that the compile did not read go to `extra` (their
 /// content then becomes part of the manifest too).
+///
+/// `closure`: `read` lacks system headers (the compiler wrote `-MMD` output). Every
+/// file an include could reach is then followed as well, dead `#if` branches included:
+/// a superset of what the compiler read, as long as no include is computed by a macro
+/// (refused as `computed_include`, since such a lookup cannot be followed).
 fn record_lookups(
     read: &[PathBuf],
     source: &Path,
     forced: &[String],
     sl: &SearchList,
-) -> Result<(Vec<PathBuf>, Vec<PathBuf>), NotRecordable> {
-    let read_set: HashSet<PathBuf> = read.iter().map(|p| fsutil::clean_path(p)).collect();
-    let mut probes: Vec<PathBuf> = Vec::new();
-    let mut extra: Vec<PathBuf> = Vec::new();
-    let mut seen: HashSet<PathBuf> = HashSet::new();
+    closure: bool,
+) -> Result<DependencyFacts, NotRecordable> {
+    let mut rec = Recorder {
+        read_set: read.iter().map(|p| path_key(p)).collect(),
+        closure,
+        ..Recorder::default()
+    };
+    rec.work.push(source.to_path_buf());
+    rec.work.extend(read.iter().cloned());
     // Nonexistent directories first: the compiler may start searching them any time.
     let chain_angle: Vec<&Path> = sl
         .missing
@@ -1185,44 +1190,24 @@ fn record_lookups(
         .chain(sl.angle.iter())
         .map(|p| p.as_path())
         .collect();
-    let mut pch: Option<PathBuf> = None;
-    let mut visit = |cands: &mut dyn Iterator<Item = PathBuf>, all: bool| {
-        for c in cands {
-            let clean = fsutil::clean_path(&c);
-            let was_new = seen.insert(clean.clone());
-            if was_new {
-                // gcc silently takes `name.gch` (file or directory) before `name`, and
-                // its dependency output then names neither.
-                let gch = pch_path(&c);
-                if std::fs::metadata(&gch).is_ok() {
-                    pch.get_or_insert(gch);
-                } else {
-                    probes.push(gch);
-                }
-            }
-            if is_regular_file(&c) {
-                if !read_set.contains(&clean) && was_new {
-                    extra.push(c);
-                }
-                if !all {
-                    break;
-                }
-            } else if was_new {
-                probes.push(c);
-            }
-        }
-    };
     let mut computed_dirs: Vec<PathBuf> = Vec::new();
-    let mut files: Vec<&Path> = vec![source];
-    files.extend(read.iter().map(|p| p.as_path()));
     // Forced includes are looked up from the cwd first, then like "name".
     for name in forced {
         let mut it = std::iter::once(PathBuf::from(name))
             .chain(chain_quote.iter().map(|d| join_include(d, name)));
-        visit(&mut it, false);
+        rec.visit(&mut it, false);
     }
-    for f in &files {
-        let Ok(text) = fsutil::read_file(f) else {
+    if closure {
+        // gcc's implicit include, absent from -MMD output.
+        let mut it = chain_angle.iter().map(|d| join_include(d, "stdc-predef.h"));
+        rec.visit(&mut it, false);
+    }
+    let mut scanned: HashSet<Vec<u8>> = HashSet::default();
+    while let Some(f) = rec.work.pop() {
+        if !scanned.insert(path_key(&f)) {
+            continue;
+        }
+        let Ok(text) = fsutil::read_file(&f) else {
             continue;
         };
         let scan = scan_text(&text);
@@ -1242,20 +1227,25 @@ fn record_lookups(
         }
         let dir = f.parent().unwrap_or(Path::new("")).to_path_buf();
         if scan.computed_include {
+            if closure {
+                return Err(NotRecordable {
+                    reason: "computed_include",
+                    detail: f.display().to_string(),
+                    preprocessor_ok: true,
+                });
+            }
             computed_dirs.push(dir.clone());
         }
         for d in &scan.directives {
             if Path::new(&d.name).is_absolute() {
-                visit(&mut std::iter::once(PathBuf::from(&d.name)), false);
-                continue;
-            }
-            if d.quoted {
+                rec.visit(&mut std::iter::once(PathBuf::from(&d.name)), false);
+            } else if d.quoted {
                 let mut it = std::iter::once(join_include(&dir, &d.name))
                     .chain(chain_quote.iter().map(|s| join_include(s, &d.name)));
-                visit(&mut it, d.next);
+                rec.visit(&mut it, d.next);
             } else {
                 let mut it = chain_angle.iter().map(|s| join_include(s, &d.name));
-                visit(&mut it, d.next);
+                rec.visit(&mut it, d.next);
             }
         }
     }
@@ -1267,86 +1257,179 @@ fn record_lookups(
         .cloned()
         .chain(chain_quote.iter().map(|p| p.to_path_buf()))
         .collect();
-    for r in read {
-        let clean = fsutil::clean_path(r);
-        for (k, d) in dirs.iter().enumerate() {
-            let dc = fsutil::clean_path(d);
-            let Ok(rel) = clean.strip_prefix(&dc) else {
+    let all_read: Vec<PathBuf> = read.iter().chain(rec.extra.iter()).cloned().collect();
+    let dir_keys: Vec<Vec<u8>> = dirs
+        .iter()
+        .map(|d| {
+            let mut k = path_key(d);
+            if !k.ends_with(b"/") {
+                k.push(b'/');
+            }
+            k
+        })
+        .collect();
+    for r in &all_read {
+        let clean = path_key(r);
+        for (k, dk) in dir_keys.iter().enumerate() {
+            let Some(rel) = clean.strip_prefix(dk.as_slice()) else {
                 continue;
             };
-            if rel.as_os_str().is_empty() {
+            if rel.is_empty() {
                 continue;
             }
-            let rel = rel.to_path_buf();
-            let mut it = dirs[..k].iter().map(|e| e.join(&rel));
-            visit(&mut it, true);
+            let rel = Path::new(OsStr::from_bytes(rel));
+            let mut it = dirs[..k].iter().map(|e| e.join(rel));
+            rec.visit(&mut it, true);
         }
     }
-    if let Some(p) = pch {
+    if let Some(p) = rec.pch {
         return Err(NotRecordable {
             reason: "pch_use",
             detail: p.display().to_string(),
             preprocessor_ok: false,
         });
     }
-    Ok((probes, extra))
+    let (missing, not_file) = rec.classify();
+    let mut files = read.to_vec();
+    files.append(&mut rec.extra);
+    Ok(DependencyFacts {
+        files,
+        missing,
+        not_file,
+    })
 }
 
-fn read_deps(
-    inv: &Invocation,
-    source: DepSource,
-    scratch: &Path,
-) -> Result<Vec<PathBuf>, NotRecordable> {
-    let p = plan(inv);
-    let path = match (&p.observe_depfile, p.deps.md, &p.deps.file) {
-        (Some(f), _, _) => f.clone(),
-        (None, Some(true), Some(f)) => f.clone(),
-        (None, Some(false), _) => {
-            // -MMD leaves system headers out: a separate dependency scan lists them.
-            if source == DepSource::CompileOnly {
-                return Err(NotRecordable {
-                    reason: "depend_mode_mmd",
-                    detail: "-MMD omits system headers".into(),
-                    preprocessor_ok: false,
-                });
+/// What [`record_lookups`] gathers while it walks include lookups. Path sets are
+/// keyed by cleaned bytes: this runs for tens of thousands of candidates.
+#[derive(Default)]
+struct Recorder {
+    read_set: HashSet<Vec<u8>>,
+    closure: bool,
+    /// Files still to scan for directives.
+    work: Vec<PathBuf>,
+    seen: HashSet<Vec<u8>>,
+    /// Lookup paths without a regular file, with what is there.
+    probes: Vec<(PathBuf, PathKind)>,
+    extra: Vec<PathBuf>,
+    pch: Option<PathBuf>,
+    dirs: DirCache,
+}
+
+fn path_key(p: &Path) -> Vec<u8> {
+    fsutil::clean_bytes(p.as_os_str().as_bytes()).into_owned()
+}
+
+impl Recorder {
+    /// Walks one lookup's candidates in the compiler's order. `all`: record every
+    /// candidate (`_next` forms), else stop at the first file found.
+    fn visit(&mut self, cands: &mut dyn Iterator<Item = PathBuf>, all: bool) {
+        for c in cands {
+            let clean = path_key(&c);
+            let was_new = !self.seen.contains(&clean);
+            if was_new {
+                self.seen.insert(clean.clone());
+                // gcc silently takes `name.gch` (file or directory) before `name`, and
+                // its dependency output then names neither.
+                let gch = pch_path(&c);
+                match self.dirs.kind(&gch) {
+                    PathKind::Missing => self.probes.push((gch, PathKind::Missing)),
+                    _ => {
+                        self.pch.get_or_insert(gch);
+                    }
+                }
+            } else {
+                // Recorded before: only where this walk stops matters.
+                if !all && self.dirs.kind(&c) == PathKind::File {
+                    break;
+                }
+                continue;
             }
-            let f = tmp_depfile();
-            let mut scan_args: Vec<OsString> = p.pp_args.clone();
-            scan_args.pop(); // -E
-            let status = Command::new(&inv.compiler)
-                .arg0(&inv.arg0)
-                .args(&scan_args)
-                .args([OsStr::new("-M"), OsStr::new("-MF"), f.as_os_str()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let text = std::fs::read(&f);
-            let _ = std::fs::remove_file(&f);
-            let _ = scratch;
-            return match (status, text) {
-                (Ok(s), Ok(t)) if s.success() => Ok(parse_depfile(&t)),
-                _ => Err(NotRecordable {
-                    reason: "dependency_scan_failed",
-                    detail: inv.source.display().to_string(),
-                    preprocessor_ok: true,
-                }),
-            };
+            let kind = self.dirs.kind(&c);
+            if kind == PathKind::File {
+                if !self.read_set.contains(&clean) {
+                    if self.closure {
+                        self.read_set.insert(clean);
+                        self.work.push(c.clone());
+                    }
+                    self.extra.push(c);
+                }
+                if !all {
+                    break;
+                }
+            } else {
+                self.probes.push((c, kind));
+            }
         }
+    }
+
+    /// Missing paths reduced to their topmost missing component, and the rest.
+    fn classify(&mut self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        let mut missing = Vec::new();
+        let mut not_file = Vec::new();
+        for (p, kind) in std::mem::take(&mut self.probes) {
+            if kind == PathKind::Missing {
+                missing.push(self.dirs.topmost_missing(&p).to_path_buf());
+            } else {
+                not_file.push(p);
+            }
+        }
+        // Byte order: comparing `Path`s walks components, and there are thousands.
+        missing.sort_unstable_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+        missing.dedup();
+        (missing, not_file)
+    }
+}
+
+/// The dependency list of this compile: `(files, complete)`; `complete` is false for
+/// `-MMD` output, which leaves system headers out.
+fn read_deps(inv: &Invocation) -> Result<(Vec<PathBuf>, bool), NotRecordable> {
+    let p = plan(inv);
+    let (path, complete) = match (&p.observe_depfile, p.deps.md, &p.deps.file) {
+        (Some(f), _, _) => (f.clone(), true),
+        (None, Some(md), Some(f)) => (f.clone(), md),
         _ => {
             return Err(NotRecordable {
                 reason: "no_dependency_file",
                 detail: String::new(),
-                preprocessor_ok: true,
+                preprocessor_ok: false,
             })
         }
     };
+    // A missing file is possibly transient (TMPDIR): not stored this time, nothing
+    // remembered.
     let text = std::fs::read(&path).map_err(|e| NotRecordable {
         reason: "no_dependency_file",
         detail: format!("{}: {e}", path.display()),
-        preprocessor_ok: true,
+        preprocessor_ok: false,
     })?;
-    Ok(parse_depfile(&text))
+    Ok((parse_depfile(&text), complete))
+}
+
+/// A full dependency list from a separate `-M` run (system headers included).
+fn scan_deps(inv: &Invocation) -> Result<Vec<PathBuf>, NotRecordable> {
+    let p = plan(inv);
+    let f = tmp_depfile();
+    let mut scan_args: Vec<OsString> = p.pp_args.clone();
+    scan_args.pop(); // -E
+    let status = Command::new(&inv.compiler)
+        .arg0(&inv.arg0)
+        .args(&scan_args)
+        .args([OsStr::new("-M"), OsStr::new("-MF"), f.as_os_str()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let text = std::fs::read(&f);
+    let _ = std::fs::remove_file(&f);
+    match (status, text) {
+        (Ok(s), Ok(t)) if s.success() => Ok(parse_depfile(&t)),
+        // Possibly transient (TMPDIR): not stored this time, nothing remembered.
+        _ => Err(NotRecordable {
+            reason: "dependency_scan_failed",
+            detail: inv.source.display().to_string(),
+            preprocessor_ok: false,
+        }),
+    }
 }
 
 const KEY_ENV: &[&str] = &[
@@ -1430,6 +1513,13 @@ impl Family for Gcc {
         let t0 = Instant::now();
         let mut cmd = Command::new(&inv.compiler);
         cmd.arg0(&inv.arg0).args(&inv.args);
+        // The observation must never be why a compile fails: if its file cannot be
+        // created (unwritable TMPDIR), the compile runs unobserved and is not stored.
+        let observe = observe
+            && match &plan(inv).observe_depfile {
+                Some(f) => std::fs::File::create(f).is_ok(),
+                None => true,
+            };
         if observe {
             cmd.args(&inv.observe_args);
         }
@@ -1454,15 +1544,32 @@ impl Family for Gcc {
             // Nothing is included: the key needs only the source.
             return Ok(DependencyFacts::default());
         }
-        let mut files = read_deps(inv, source, scratch)?;
+        let (files, complete) = read_deps(inv)?;
         let src_clean = fsutil::clean_path(&inv.source);
-        files.retain(|f| fsutil::clean_path(f) != src_clean);
-        let mut uniq = HashSet::new();
-        files.retain(|f| uniq.insert(fsutil::clean_path(f)));
+        let tidy = |mut files: Vec<PathBuf>| {
+            files.retain(|f| fsutil::clean_path(f) != src_clean);
+            let mut uniq = HashSet::default();
+            files.retain(|f| uniq.insert(fsutil::clean_path(f)));
+            files
+        };
+        let files = tidy(files);
         let sl = search_list(inv, scratch)?;
-        let (probes, extra) = record_lookups(&files, &inv.source, &p.forced_includes, &sl)?;
-        files.extend(extra);
-        Ok(DependencyFacts { files, probes })
+        match record_lookups(&files, &inv.source, &p.forced_includes, &sl, !complete) {
+            // -MMD output with a computed include among the system headers: only a
+            // dependency scan can list them.
+            Err(nr) if !complete && nr.reason == "computed_include" => {
+                if source == DepSource::CompileOnly {
+                    return Err(NotRecordable {
+                        reason: "depend_mode_mmd",
+                        detail: nr.detail,
+                        preprocessor_ok: false,
+                    });
+                }
+                let files = tidy(scan_deps(inv)?);
+                record_lookups(&files, &inv.source, &p.forced_includes, &sl, false)
+            }
+            other => other,
+        }
     }
 
     fn cleanup(&self, inv: &Invocation) {

@@ -100,8 +100,11 @@ pub struct CompileRun {
 pub struct DependencyFacts {
     /// Every file the compile read (besides the primary source), as opened.
     pub files: Vec<PathBuf>,
-    /// Paths where an include lookup could find a file that does not exist now.
-    pub probes: Vec<PathBuf>,
+    /// Where an include lookup found nothing: the topmost missing component of each
+    /// such path (nothing exists there now).
+    pub missing: Vec<PathBuf>,
+    /// Where a lookup found something that is not a regular file (a directory).
+    pub not_file: Vec<PathBuf>,
 }
 
 /// Why a direct-mode manifest cannot be recorded for this compile.
