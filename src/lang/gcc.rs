@@ -949,7 +949,12 @@ fn scan_text(t: &[u8]) -> Scan {
                 let j = skip_ws(t, word_end);
                 match header_name(&t[..end], j) {
                     Some((quoted, name)) => s.directives.push(Directive { quoted, next, name }),
-                    None => s.computed_include = true,
+                    // `#include MACRO`; anything else (`#include's` in a comment) is no
+                    // directive at all.
+                    None if j < end && (t[j].is_ascii_alphabetic() || t[j] == b'_') => {
+                        s.computed_include = true
+                    }
+                    None => {}
                 }
             }
         }
@@ -1558,6 +1563,7 @@ impl Family for Gcc {
             // -MMD output with a computed include among the system headers: only a
             // dependency scan can list them.
             Err(nr) if !complete && nr.reason == "computed_include" => {
+                tracing::info!(file = %nr.detail, "computed #include among headers -MMD leaves out: dependency scan");
                 if source == DepSource::CompileOnly {
                     return Err(NotRecordable {
                         reason: "depend_mode_mmd",
@@ -1775,6 +1781,8 @@ mod tests {
         assert!(s.computed_include);
         assert!(!s.computed_has_include);
         assert!(scan_text(b"#if __has_include(X)\n").computed_has_include);
+        // A comment that starts with `#include's` is not a computed include.
+        assert!(!scan_text(b"   #include's protect themselves\n").computed_include);
         assert_eq!(
             scan_text(b"const char *d = __DATE__;").time_macro,
             Some("__DATE__")
