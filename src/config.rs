@@ -328,23 +328,17 @@ impl Config {
                 source: Source::Env("FARM_MODE"),
             };
         }
-        if let Some(v) = get("FARM_CC") {
-            self.cc = Setting {
-                value: Some(PathBuf::from(v)),
-                source: Source::Env("FARM_CC"),
-            };
-        }
-        if let Some(v) = get("FARM_CXX") {
-            self.cxx = Setting {
-                value: Some(PathBuf::from(v)),
-                source: Source::Env("FARM_CXX"),
-            };
-        }
-        if let Some(v) = get("FARM_LOG") {
-            self.log = Setting {
-                value: Some(PathBuf::from(v)),
-                source: Source::Env("FARM_LOG"),
-            };
+        for (slot, var) in [
+            (&mut self.cc, "FARM_CC"),
+            (&mut self.cxx, "FARM_CXX"),
+            (&mut self.log, "FARM_LOG"),
+        ] {
+            if let Some(v) = get(var) {
+                *slot = Setting {
+                    value: Some(PathBuf::from(v)),
+                    source: Source::Env(var),
+                };
+            }
         }
         if let Some(v) = get("FARM_DISABLE") {
             let on = match v.as_str() {

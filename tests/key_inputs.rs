@@ -186,6 +186,20 @@ fn run_case(mode: &'static str, case: &Case) {
     );
 }
 
+/// Rewrites a file with same-size content and puts its mtime back, as a tool that
+/// preserves timestamps would: only the content (and the ctime) differ.
+fn edit_same_size_keep_mtime(e: &Env, rel: &str, text: &str) {
+    let p = e.work.join(rel);
+    let t = mtime_secs(&p);
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().len(),
+        text.len() as u64,
+        "same size"
+    );
+    std::fs::write(&p, text).unwrap();
+    set_mtime(&p, t);
+}
+
 const MAIN_H: &str = "#include \"h.h\"\nint value(void) { return V; }\n";
 
 fn cases() -> Vec<Case> {
@@ -197,12 +211,7 @@ fn cases() -> Vec<Case> {
                 e.write("a.c", MAIN_H);
             },
             &["gcc", "-c", "-Iinc", "a.c"],
-            |e| {
-                let p = e.work.join("inc/h.h");
-                let t = mtime_secs(&p);
-                std::fs::write(&p, "#define V 4\n").unwrap();
-                set_mtime(&p, t);
-            },
+            |e| edit_same_size_keep_mtime(e, "inc/h.h", "#define V 4\n"),
         ),
         Case::new(
             "source edit, same size, mtime restored",
@@ -210,12 +219,7 @@ fn cases() -> Vec<Case> {
                 e.write("a.c", "int value(void) { return 3; }\n");
             },
             &["gcc", "-c", "a.c"],
-            |e| {
-                let p = e.work.join("a.c");
-                let t = mtime_secs(&p);
-                std::fs::write(&p, "int value(void) { return 4; }\n").unwrap();
-                set_mtime(&p, t);
-            },
+            |e| edit_same_size_keep_mtime(e, "a.c", "int value(void) { return 4; }\n"),
         ),
         Case::new(
             "new header shadows one later on -I",
@@ -414,10 +418,7 @@ fn stamp_shortcut_still_sees_same_size_edits() {
         env.farm_ok(&["gcc", "-c", "-Iinc", "a.c", "-o", "x.o"]);
         env.farm_ok(&["gcc", "-c", "-Iinc", "a.c", "-o", "x.o"]);
         assert_eq!(env.hits(), 1, "[{mode}] hit through the stamp");
-        let p = env.work.join("inc/h.h");
-        let t = mtime_secs(&p);
-        std::fs::write(&p, "#define V 4\n").unwrap();
-        set_mtime(&p, t);
+        edit_same_size_keep_mtime(&env, "inc/h.h", "#define V 4\n");
         env.farm_ok(&["gcc", "-c", "-Iinc", "a.c", "-o", "x.o"]);
         assert_eq!(
             (env.hits(), env.misses()),

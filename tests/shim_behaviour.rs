@@ -273,33 +273,26 @@ fn response_files_are_understood_and_passed_unchanged() {
     assert_eq!(env.read("rsp.o"), env.read("plain.o"));
 }
 
+const SPLIT: &[&str] = &[
+    "gcc",
+    "-c",
+    "-g",
+    "-gsplit-dwarf",
+    "-Iinc",
+    "src/a.c",
+    "-o",
+    "o/a.o",
+];
+
 #[test]
 fn split_dwarf_and_coverage_outputs_are_restored() {
     let env = Env::new("direct");
     project(&env);
     fs::create_dir_all(env.work.join("o")).unwrap();
-    env.farm_ok(&[
-        "gcc",
-        "-c",
-        "-g",
-        "-gsplit-dwarf",
-        "-Iinc",
-        "src/a.c",
-        "-o",
-        "o/a.o",
-    ]);
+    env.farm_ok(SPLIT);
     let (obj, dwo) = (env.read("o/a.o"), env.read("o/a.dwo"));
     fs::remove_file(env.work.join("o/a.dwo")).unwrap();
-    env.farm_ok(&[
-        "gcc",
-        "-c",
-        "-g",
-        "-gsplit-dwarf",
-        "-Iinc",
-        "src/a.c",
-        "-o",
-        "o/a.o",
-    ]);
+    env.farm_ok(SPLIT);
     assert_eq!(env.hits(), 1);
     assert_eq!(env.read("o/a.dwo"), dwo);
     assert_eq!(env.read("o/a.o"), obj);
