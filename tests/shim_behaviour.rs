@@ -737,3 +737,51 @@ fn unwritable_tmpdir_never_fails_a_compile() {
         env.stats()
     );
 }
+
+/// On a terminal gcc colours its diagnostics; farm captures stderr through a pipe, so
+/// it asks for the colours the terminal would get, and replays them on hits. Runs under
+/// a real pseudo-terminal (`script`, from util-linux).
+#[test]
+fn coloured_diagnostics_on_a_terminal_match_the_compiler() {
+    require("script");
+    let env = Env::new("direct");
+    env.write("w.c", "int f(int x) { int unused; return x; }\n");
+    settle();
+    let in_pty = |cmd: String| -> Vec<u8> {
+        let o = env
+            .cmd("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        o.stdout
+    };
+    let farm = farm_bin().display().to_string();
+    let plain = in_pty("gcc -c -Wall w.c -o p.o".into());
+    assert!(
+        plain.windows(2).any(|w| w == b"\x1b["),
+        "gcc colours on a terminal"
+    );
+    let miss = in_pty(format!("{farm} gcc -c -Wall w.c -o a.o"));
+    let hit = in_pty(format!("{farm} gcc -c -Wall w.c -o b.o"));
+    assert_eq!(
+        String::from_utf8_lossy(&miss),
+        String::from_utf8_lossy(&plain)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&hit),
+        String::from_utf8_lossy(&plain)
+    );
+    assert_eq!((env.hits(), env.misses()), (1, 1));
+    // Through a pipe: plain text, a different entry, still identical to gcc's.
+    let piped = env.farm_ok(&["gcc", "-c", "-Wall", "w.c", "-o", "c.o"]);
+    let plain_piped = Command::new("gcc")
+        .args(["-c", "-Wall", "w.c", "-o", "q.o"])
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    assert_eq!(piped.stderr, plain_piped.stderr);
+    assert!(!piped.stderr.windows(2).any(|w| w == b"\x1b["));
+    assert_eq!(env.misses(), 2);
+    assert_eq!(env.read("a.o"), env.read("c.o"));
+}
