@@ -299,10 +299,21 @@ pub struct CheckMemo {
 
 impl CheckMemo {
     fn stamp(&mut self, p: &[u8]) -> Option<StatStamp> {
-        *self
-            .stamps
-            .entry(p.to_vec())
-            .or_insert_with(|| StatStamp::current(Path::new(OsStr::from_bytes(p))))
+        if let Some(s) = self.stamps.get(p) {
+            return *s;
+        }
+        let s = StatStamp::current(Path::new(OsStr::from_bytes(p)));
+        self.stamps.insert(p.to_vec(), s);
+        s
+    }
+}
+
+/// The parent directory of a path, as bytes (`a/b` → `a`, `/a` → `/`, `a` → ``).
+fn parent_bytes(p: &[u8]) -> &[u8] {
+    match memchr::memrchr(b'/', p) {
+        Some(0) => &p[..1],
+        Some(i) => &p[..i],
+        None => &p[..0],
     }
 }
 
@@ -310,11 +321,7 @@ impl CheckMemo {
 pub fn entry_matches(e: &ManifestEntry, memo: &mut CheckMemo) -> bool {
     for m in &e.missing {
         if let Some(ps) = &m.parent_stamp {
-            let parent = Path::new(OsStr::from_bytes(&m.path))
-                .parent()
-                .map(|p| p.as_os_str().as_bytes().to_vec())
-                .unwrap_or_default();
-            if memo.stamp(&parent).as_ref() == Some(ps) {
+            if memo.stamp(parent_bytes(&m.path)).as_ref() == Some(ps) {
                 continue;
             }
         }
@@ -334,10 +341,14 @@ pub fn entry_matches(e: &ManifestEntry, memo: &mut CheckMemo) -> bool {
                 continue;
             }
         }
-        let d = memo
-            .digests
-            .entry(f.path.clone())
-            .or_insert_with(|| fsutil::hash_file(Path::new(OsStr::from_bytes(&f.path))).ok());
+        let d = match memo.digests.get(f.path.as_slice()) {
+            Some(d) => *d,
+            None => {
+                let d = fsutil::hash_file(Path::new(OsStr::from_bytes(&f.path))).ok();
+                memo.digests.insert(f.path.clone(), d);
+                d
+            }
+        };
         if d.as_ref() != Some(&f.digest) {
             return false;
         }
