@@ -85,7 +85,7 @@ fn run_case(mode: &'static str, case: &Case) {
     let env = Env::new(mode);
     (case.setup)(&env);
     settle();
-    let ctx = format!("[{mode}] {}", case.name);
+    let ctx = format!("[{mode}] {} ({})", case.name, case.before[0]);
     let fix = |args: &[String]| -> Vec<String> {
         // A compiler given as a relative path (the swapped symlink) is made absolute.
         args.iter()
@@ -387,6 +387,15 @@ fn run_all(mode: &'static str) {
     require("gcc");
     require("clang");
     for c in cases() {
+        run_case(mode, &c);
+    }
+    // The same inputs through clang (its own search list, depfiles and diagnostics).
+    for mut c in cases() {
+        for args in [&mut c.before, &mut c.after] {
+            if args[0] == "gcc" {
+                args[0] = "clang".into();
+            }
+        }
         run_case(mode, &c);
     }
 }
