@@ -184,7 +184,7 @@ fn pass_through_keeps_argv_stdin_stdout_stderr_and_exit_code() {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric())
                 .count();
-            out.push_str("XXXXXX");
+            out.push_str("<tempname>");
             rest = &tail[n..];
         }
         out.push_str(rest);
