@@ -307,6 +307,9 @@ impl Ctx<'_> {
             Ok(h) => h,
             Err(e) => return self.uncached(&format!("{e}"), "input_unreadable"),
         };
+        // Inputs changed after this instant may not be what the key describes: the
+        // too-new check below starts here, before the source is read for the key.
+        let keyed_ns = fsutil::now_ns();
         let source = match fsutil::read_file(&self.inv.source) {
             Ok(s) => s,
             // The compiler reports a missing source in its own words.
@@ -360,7 +363,7 @@ impl Ctx<'_> {
                     &f.files,
                     &f.missing,
                     &f.not_file,
-                    run.started_ns,
+                    keyed_ns.min(run.started_ns),
                 ) {
                     Ok(entry) => {
                         let Some(payload) = self.result_payload(&run) else {
@@ -388,20 +391,16 @@ impl Ctx<'_> {
             Err(nr) => {
                 tracing::info!(reason = nr.reason, detail = %nr.detail, "no direct-mode entry");
                 if nr.preprocessor_ok && !depend {
-                    // Remember to key this source by its preprocessed text from now on,
-                    // and store this result that way.
+                    // Key this source by its preprocessed text from the next compile on.
+                    // This result is not stored: a key computed now, after the compile,
+                    // could describe inputs edited while it ran.
                     let marker = Manifest {
                         preprocessor_only: Some(format!("{}: {}", nr.reason, nr.detail)),
                         entries: Vec::new(),
                     };
                     self.put(EntryKind::Manifest, &mkey, &marker.encode());
-                    if !nr.detail.contains("__TIME__") {
-                        if let Ok(rkey) = self.preprocessed_key() {
-                            if let Some(payload) = self.result_payload(&run) {
-                                self.put(EntryKind::Result, &rkey, &payload);
-                            }
-                        }
-                    }
+                    self.tally
+                        .add(format!("{}.{}", names::NOT_STORED, nr.reason), 1);
                 } else {
                     self.tally
                         .add(format!("{}.{}", names::NOT_STORED, nr.reason), 1);
