@@ -27,7 +27,7 @@ fn hit_is_byte_identical_and_lands_in_another_output() {
         let env = Env::new("direct");
         project(&env);
         env.farm_ok(&[compiler, "-c", "-O2", "-Iinc", "src/a.c", "-o", "a.o"]);
-        let o = env.farm(&[
+        let other = [
             compiler,
             "-c",
             "-O2",
@@ -35,22 +35,15 @@ fn hit_is_byte_identical_and_lands_in_another_output() {
             "src/a.c",
             "-o",
             "sub/dir/other.o",
-        ]);
+        ];
+        let o = env.farm(&other);
         assert!(
             !o.status.success(),
             "missing output dir: the compiler's own error"
         );
         assert_eq!(env.hits(), 0, "missing output dir: not a hit");
         fs::create_dir_all(env.work.join("sub/dir")).unwrap();
-        env.farm_ok(&[
-            compiler,
-            "-c",
-            "-O2",
-            "-Iinc",
-            "src/a.c",
-            "-o",
-            "sub/dir/other.o",
-        ]);
+        env.farm_ok(&other);
         env.plain(&[compiler, "-c", "-O2", "-Iinc", "src/a.c", "-o", "plain.o"]);
         assert_eq!(env.read("a.o"), env.read("plain.o"), "{compiler}");
         assert_eq!(
