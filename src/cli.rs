@@ -12,6 +12,8 @@ const COMMANDS: &[&str] = &[
     "stats",
     "cache",
     "config",
+    "status",
+    "cluster",
     "help",
     "--help",
     "-h",
@@ -25,7 +27,7 @@ pub fn is_command(s: &str) -> bool {
 }
 
 pub const HELP: &str = "\
-farm - a drop-in compiler cache for gcc and clang
+farm - a drop-in compiler cache and farm for gcc and clang
 
 USAGE
   farm-cc ARGS...            use as CC (the real compiler: FARM_CC, config `cc`, else cc on PATH)
@@ -39,6 +41,9 @@ COMMANDS
   farm cache clear               remove every cache entry (statistics are kept)
   farm cache dir                 print the cache directory
   farm config [--json]           effective configuration and where each value came from
+  farm status [--json] [--watch] the farm as this machine's farmd sees it
+  farm cluster init DIR          make a cluster CA (see `farm cluster help`)
+  farm cluster issue NAME        make a node certificate signed by the cluster CA
   farm help | --version
 
 ENVIRONMENT
@@ -49,6 +54,7 @@ ENVIRONMENT
   FARM_LOG        log file (nothing is ever logged to the compiler's stderr)
   FARM_DISABLE=1  every entry point runs the real compiler untouched
   FARM_CONFIG     config file (default ~/.config/farm/config.toml)
+  FARM_AGENT      farmd's agent socket (default /run/farm/agent.sock; off = local only)
 
 See docs/ for recipes (Make, CMake, Ninja), the configuration reference and how to
 read `farm stats`.
@@ -86,6 +92,8 @@ pub fn run(args: &[OsString]) -> i32 {
         "stats" => stats(rest),
         "cache" => cache(rest),
         "config" => config(rest),
+        "status" => crate::farmcli::status(rest),
+        "cluster" => crate::farmcli::cluster(rest),
         other => err(format!("unknown command `{other}` (try `farm help`)")),
     }
 }
@@ -121,6 +129,7 @@ impl Summary {
         self.get(names::HIT_DIRECT)
             + self.get(names::HIT_PREPROCESSOR)
             + self.get(names::HIT_DEPEND)
+            + self.get(names::HIT_FARM)
     }
 }
 
@@ -163,7 +172,13 @@ fn stats(rest: &[String]) -> i32 {
                 "direct": s.get(names::HIT_DIRECT),
                 "preprocessor": s.get(names::HIT_PREPROCESSOR),
                 "depend": s.get(names::HIT_DEPEND),
+                "farm": s.get(names::HIT_FARM),
                 "total": hits,
+            },
+            "farm": {
+                "remote": s.get(names::FARM_REMOTE),
+                "home": s.group(names::FARM_HOME),
+                "fallback": s.group(names::FALLBACK),
             },
             "misses": misses,
             "passthrough": passthrough,
@@ -198,7 +213,33 @@ fn stats(rest: &[String]) -> i32 {
         s.get(names::HIT_PREPROCESSOR).to_string(),
     );
     line(&mut t, "  depend", s.get(names::HIT_DEPEND).to_string());
+    line(&mut t, "  farm", s.get(names::HIT_FARM).to_string());
     line(&mut t, "misses", misses.to_string());
+    line(
+        &mut t,
+        "  compiled by peers",
+        s.get(names::FARM_REMOTE).to_string(),
+    );
+    let home = s.group(names::FARM_HOME);
+    if !home.is_empty() {
+        line(
+            &mut t,
+            "  compiled at home",
+            home.values().sum::<u64>().to_string(),
+        );
+        for (k, v) in &home {
+            line(&mut t, &format!("    {k}"), v.to_string());
+        }
+    }
+    let fallback = s.group(names::FALLBACK);
+    line(
+        &mut t,
+        "farm fallbacks",
+        fallback.values().sum::<u64>().to_string(),
+    );
+    for (k, v) in &fallback {
+        line(&mut t, &format!("  {k}"), v.to_string());
+    }
     if hits + misses > 0 {
         line(
             &mut t,

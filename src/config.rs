@@ -99,6 +99,15 @@ pub struct Config {
     pub cxx: Setting<Option<PathBuf>>,
     pub log: Setting<Option<PathBuf>>,
     pub disable: Setting<bool>,
+    /// The local farmd's agent socket; `None` ("off") keeps every miss at home.
+    pub agent: Setting<Option<PathBuf>>,
+}
+
+/// Where farmd listens for its machine's shims unless configured otherwise.
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/farm/agent.sock";
+
+fn agent_value(v: &str) -> Option<PathBuf> {
+    (v != "off").then(|| expand_home(v))
 }
 
 pub const DEFAULT_MAX_SIZE: u64 = 5 << 30;
@@ -113,6 +122,7 @@ struct FileConfig {
     cxx: Option<toml::Spanned<String>>,
     log: Option<toml::Spanned<String>>,
     disable: Option<toml::Spanned<bool>>,
+    agent: Option<toml::Spanned<String>>,
 }
 
 /// Parses "5G", "500MiB", "10 GB", "1048576" into bytes. K/M/G/T and KiB/MiB/GiB/TiB
@@ -207,6 +217,7 @@ impl Config {
             cxx: Setting::default(None),
             log: Setting::default(None),
             disable: Setting::default(false),
+            agent: Setting::default(Some(PathBuf::from(DEFAULT_AGENT_SOCKET))),
         };
         match std::fs::read_to_string(&file) {
             Ok(text) => {
@@ -286,6 +297,12 @@ impl Config {
                 source: src(),
             };
         }
+        if let Some(v) = fc.agent {
+            self.agent = Setting {
+                value: agent_value(v.get_ref()),
+                source: src(),
+            };
+        }
         if let Some(v) = fc.disable {
             self.disable = Setting {
                 value: *v.get_ref(),
@@ -340,6 +357,12 @@ impl Config {
                 };
             }
         }
+        if let Some(v) = get("FARM_AGENT") {
+            self.agent = Setting {
+                value: agent_value(&v),
+                source: Source::Env("FARM_AGENT"),
+            };
+        }
         if let Some(v) = get("FARM_DISABLE") {
             let on = match v.as_str() {
                 "1" | "true" | "yes" | "on" => true,
@@ -386,6 +409,15 @@ impl Config {
             ("cc", opt(&self.cc.value), self.cc.source.to_string()),
             ("cxx", opt(&self.cxx.value), self.cxx.source.to_string()),
             ("log", opt(&self.log.value), self.log.source.to_string()),
+            (
+                "agent",
+                self.agent
+                    .value
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "off".into()),
+                self.agent.source.to_string(),
+            ),
             (
                 "disable",
                 self.disable.value.to_string(),

@@ -8,12 +8,16 @@
 //! - [`entry`]: entry points (`farm-cc`, `farm-c++`, launcher, masquerade).
 //! - [`cli`], [`config`], [`stats`], [`fsutil`].
 
+pub mod agent_client;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod entry;
+pub mod farmcli;
 pub mod fsutil;
 pub mod key;
 pub mod lang;
+pub mod net;
+pub mod protocol;
 pub mod shim;
 pub mod stats;

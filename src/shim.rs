@@ -10,11 +10,13 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::time::Instant;
 
+use crate::agent_client::AgentClient;
 use crate::cache::{CacheError, CacheKey, EntryKind, LocalStore, Store};
 use crate::config::{Config, Mode};
 use crate::fsutil;
 use crate::key::{self, Manifest, OutputBlob, RecordError, ResultEntry};
-use crate::lang::{self, CompileRun, DepSource, Family, Invocation};
+use crate::lang::{self, CompileRun, DepSource, Family, Invocation, RemoteJob};
+use crate::protocol::{AgentRequest, AgentResponse, CompilerAd, Job};
 use crate::stats::{names, Stats};
 
 /// Counters gathered during one compile, written once at the end.
@@ -68,6 +70,49 @@ fn emit(stdout: &[u8], stderr: &[u8]) {
 fn stderr_is_tty() -> bool {
     // SAFETY: isatty on a constant descriptor.
     unsafe { libc::isatty(2) == 1 }
+}
+
+/// How a miss left the farm.
+enum Farmed {
+    /// Outputs are written; the result entry, for the local cache.
+    Served(Vec<u8>),
+    /// Compile at home.
+    Home(Home),
+}
+
+enum Prepared {
+    Job(CacheKey, AgentClient, RemoteJob),
+    Home(Home),
+}
+
+/// A compile that runs at home after the farm was consulted: the agent to tell when
+/// it is done (it holds one of home's slots meanwhile) and the farm key to publish
+/// the result under.
+#[derive(Default)]
+struct Home {
+    agent: Option<AgentClient>,
+    key: Option<CacheKey>,
+    /// The farm's preprocessor run already wrote the dependency file.
+    prepared: bool,
+}
+
+impl Home {
+    fn publish(&mut self, payload: &[u8], ms: u64) {
+        match (self.agent.as_mut(), self.key) {
+            (Some(a), Some(k)) => a.tell(&AgentRequest::Publish {
+                key: k.0,
+                entry: payload.to_vec(),
+                local_ms: ms,
+            }),
+            _ => self.compiled_at_home(ms),
+        }
+    }
+
+    fn compiled_at_home(&mut self, ms: u64) {
+        if let Some(a) = self.agent.as_mut() {
+            a.tell(&AgentRequest::LocalDone { local_ms: ms });
+        }
+    }
 }
 
 struct Ctx<'a> {
@@ -196,9 +241,17 @@ impl Ctx<'_> {
         let Some(data) = self.get(EntryKind::Result, rkey) else {
             return false;
         };
-        let Some(entry) = ResultEntry::decode(&data) else {
+        if ResultEntry::decode(&data).is_none() {
             self.tally.add(names::CORRUPT_ENTRY, 1);
             let _ = std::fs::remove_file(self.store.entry_path(EntryKind::Result, rkey));
+            return false;
+        }
+        self.restore_bytes(&data, hit_counter)
+    }
+
+    /// Restores outputs from an encoded result entry (local or from the farm).
+    fn restore_bytes(&mut self, data: &[u8], hit_counter: &str) -> bool {
+        let Some(entry) = ResultEntry::decode(data) else {
             return false;
         };
         if entry.outputs.len() != self.inv.outputs.len() {
@@ -266,6 +319,10 @@ impl Ctx<'_> {
 
     /// Reads the outputs the compiler wrote and frames them as a result entry.
     fn result_payload(&mut self, run: &CompileRun) -> Option<Vec<u8>> {
+        self.payload_from_disk(&run.stdout, &run.stderr, run.elapsed.as_millis() as u64)
+    }
+
+    fn payload_from_disk(&mut self, stdout: &[u8], stderr: &[u8], ms: u64) -> Option<Vec<u8>> {
         let mut datas = Vec::with_capacity(self.inv.outputs.len());
         for out in &self.inv.outputs {
             match fsutil::read_file(&out.path) {
@@ -279,8 +336,8 @@ impl Ctx<'_> {
             }
         }
         let entry = ResultEntry {
-            stdout: &run.stdout,
-            stderr: &run.stderr,
+            stdout,
+            stderr,
             outputs: self
                 .inv
                 .outputs
@@ -291,7 +348,7 @@ impl Ctx<'_> {
                     data: d,
                 })
                 .collect(),
-            compile_ms: run.elapsed.as_millis() as u64,
+            compile_ms: ms,
         };
         Some(entry.encode())
     }
@@ -317,7 +374,7 @@ impl Ctx<'_> {
         };
         let mkey = key::finish(base, "source", &source);
         drop(source);
-        let mut manifest = match self.get(EntryKind::Manifest, &mkey) {
+        let manifest = match self.get(EntryKind::Manifest, &mkey) {
             Some(data) => match Manifest::decode(&data) {
                 Some(m) => m,
                 None => {
@@ -341,16 +398,62 @@ impl Ctx<'_> {
                 }
             }
         }
-        // Miss: compile, observing what the compile reads.
-        let run = match self.compile_miss(true) {
+        // Miss: the farm first (its cache, then a peer), when a farmd runs here.
+        let mut home = Home::default();
+        if !depend {
+            match self.farm_try() {
+                Farmed::Served(payload) => {
+                    self.record_direct(
+                        &mkey,
+                        manifest,
+                        keyed_ns,
+                        &payload,
+                        DepSource::ScanIfNeeded,
+                    );
+                    return 0;
+                }
+                Farmed::Home(h) => home = h,
+            }
+        }
+        // Compile here, observing what the compile reads (unless the farm's
+        // preprocessor run already wrote the dependency file).
+        let run = match self.compile_miss(!home.prepared) {
             Ok(r) => r,
-            Err(code) => return code,
+            Err(code) => {
+                home.compiled_at_home(0);
+                return code;
+            }
         };
         let dep_source = if depend {
             DepSource::CompileOnly
         } else {
             DepSource::ScanIfNeeded
         };
+        let Some(payload) = self.result_payload(&run) else {
+            self.family.cleanup(&self.inv);
+            home.compiled_at_home(run.elapsed.as_millis() as u64);
+            return 0;
+        };
+        home.publish(&payload, run.elapsed.as_millis() as u64);
+        self.record_direct(
+            &mkey,
+            manifest,
+            keyed_ns.min(run.started_ns),
+            &payload,
+            dep_source,
+        );
+        0
+    }
+
+    /// Records a direct-mode manifest entry for a result whose outputs are on disk.
+    fn record_direct(
+        &mut self,
+        mkey: &CacheKey,
+        mut manifest: Manifest,
+        started_ns: i128,
+        payload: &[u8],
+        dep_source: DepSource,
+    ) {
         let facts =
             self.family
                 .dependencies(&self.inv, dep_source, &self.cfg.dir.value.join("memo"));
@@ -358,22 +461,19 @@ impl Ctx<'_> {
         match facts {
             Ok(f) => {
                 match key::record_entry(
-                    &mkey,
+                    mkey,
                     &self.inv.source,
                     &f.files,
                     &f.missing,
                     &f.not_file,
-                    keyed_ns.min(run.started_ns),
+                    started_ns,
                 ) {
                     Ok(entry) => {
-                        let Some(payload) = self.result_payload(&run) else {
-                            return 0;
-                        };
-                        if self.put(EntryKind::Result, &entry.result, &payload) {
+                        if self.put(EntryKind::Result, &entry.result, payload) {
                             manifest.add(entry);
                             manifest.preprocessor_only = None;
                             let m = manifest.encode();
-                            self.put(EntryKind::Manifest, &mkey, &m);
+                            self.put(EntryKind::Manifest, mkey, &m);
                         }
                     }
                     Err(RecordError::TooNew(p)) => {
@@ -390,7 +490,7 @@ impl Ctx<'_> {
             }
             Err(nr) => {
                 tracing::info!(reason = nr.reason, detail = %nr.detail, "no direct-mode entry");
-                if nr.preprocessor_ok && !depend {
+                if nr.preprocessor_ok && self.cfg.mode.value != Mode::Depend {
                     // Key this source by its preprocessed text from the next compile on.
                     // This result is not stored: a key computed now, after the compile,
                     // could describe inputs edited while it ran.
@@ -398,7 +498,7 @@ impl Ctx<'_> {
                         preprocessor_only: Some(format!("{}: {}", nr.reason, nr.detail)),
                         entries: Vec::new(),
                     };
-                    self.put(EntryKind::Manifest, &mkey, &marker.encode());
+                    self.put(EntryKind::Manifest, mkey, &marker.encode());
                     self.tally
                         .add(format!("{}.{}", names::NOT_STORED, nr.reason), 1);
                 } else {
@@ -407,7 +507,6 @@ impl Ctx<'_> {
                 }
             }
         }
-        0
     }
 
     /// The preprocessor-mode key, or why there is none.
@@ -438,21 +537,236 @@ impl Ctx<'_> {
         if marker.map(|m| m.contains("__TIME__")).unwrap_or(false) {
             return self.uncached("uses __TIME__", "time_macro");
         }
-        let rkey = match self.preprocessed_key() {
-            Ok(k) => k,
-            // A preprocessor error is reported by the compiler in its own words.
-            Err(p) => return self.uncached(&p.detail, p.reason),
+        let mut home = Home::default();
+        let rkey = match self.farm_agent() {
+            // With a farm, one preprocessor run gives both the key and the job.
+            Some(agent) => match self.farm_prepare(agent) {
+                Prepared::Job(rkey, agent, job) => {
+                    if self.restore(&rkey, names::HIT_PREPROCESSOR) {
+                        return 0;
+                    }
+                    match self.farm_send(rkey, agent, job) {
+                        Farmed::Served(payload) => {
+                            self.put(EntryKind::Result, &rkey, &payload);
+                            return 0;
+                        }
+                        Farmed::Home(h) => home = h,
+                    }
+                    rkey
+                }
+                Prepared::Home(h) => {
+                    home = h;
+                    match self.preprocessed_key() {
+                        Ok(k) => k,
+                        Err(p) => return self.uncached(&p.detail, p.reason),
+                    }
+                }
+            },
+            None => match self.preprocessed_key() {
+                Ok(k) => k,
+                // A preprocessor error is reported by the compiler in its own words.
+                Err(p) => return self.uncached(&p.detail, p.reason),
+            },
         };
-        if self.restore(&rkey, names::HIT_PREPROCESSOR) {
+        if home.agent.is_none() && self.restore(&rkey, names::HIT_PREPROCESSOR) {
             return 0;
         }
         let run = match self.compile_miss(false) {
             Ok(r) => r,
-            Err(code) => return code,
+            Err(code) => {
+                home.compiled_at_home(0);
+                return code;
+            }
         };
-        if let Some(payload) = self.result_payload(&run) {
-            self.put(EntryKind::Result, &rkey, &payload);
+        self.family.cleanup(&self.inv);
+        let ms = run.elapsed.as_millis() as u64;
+        match self.result_payload(&run) {
+            Some(payload) => {
+                home.publish(&payload, ms);
+                self.put(EntryKind::Result, &rkey, &payload);
+            }
+            None => home.compiled_at_home(ms),
         }
         0
+    }
+
+    /// The agent of this machine's farmd, if one answers.
+    fn farm_agent(&mut self) -> Option<AgentClient> {
+        let path = self.cfg.agent.value.as_ref()?;
+        match AgentClient::connect(path) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                // No farmd here: farm is a local cache, silently.
+                tracing::debug!(socket = %path.display(), error = %e, "no agent");
+                None
+            }
+        }
+    }
+
+    /// Runs the family's preparation for a worker and computes the farm key.
+    fn farm_prepare(&mut self, agent: AgentClient) -> Prepared {
+        let job = match self.family.remote_prepare(&self.inv) {
+            Ok(Ok(j)) => j,
+            Ok(Err(p)) => {
+                tracing::info!(reason = p.reason, detail = %p.detail, "compiled at home");
+                self.tally
+                    .add(format!("{}.{}", names::FARM_HOME, p.reason), 1);
+                // No key: nothing to look up or publish, but the agent still counts
+                // this compile against home's slots.
+                return Prepared::Home(Home {
+                    agent: Some(agent),
+                    key: None,
+                    prepared: false,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot run the preprocessor for the farm");
+                self.tally
+                    .add(format!("{}.preprocessor", names::FALLBACK), 1);
+                return Prepared::Home(Home::default());
+            }
+        };
+        match key::base_hasher("preprocessor", self.family, &self.identity, &self.inv) {
+            Ok(base) => Prepared::Job(key::finish(base, "preprocessed", &job.text), agent, job),
+            Err(e) => {
+                tracing::info!(error = %e, "no farm key");
+                self.tally
+                    .add(format!("{}.input_unreadable", names::FARM_HOME), 1);
+                Prepared::Home(Home {
+                    agent: Some(agent),
+                    key: None,
+                    prepared: true,
+                })
+            }
+        }
+    }
+
+    /// A direct-mode miss with a farm: prepare, then ask the agent.
+    fn farm_try(&mut self) -> Farmed {
+        let Some(agent) = self.farm_agent() else {
+            return Farmed::Home(Home::default());
+        };
+        match self.farm_prepare(agent) {
+            Prepared::Job(key, agent, job) => self.farm_send(key, agent, job),
+            Prepared::Home(h) => Farmed::Home(h),
+        }
+    }
+
+    /// Asks the agent for `key`: the farm's cache, else a peer's compile. Outputs are
+    /// written only from a complete, checked answer.
+    fn farm_send(&mut self, key: CacheKey, mut agent: AgentClient, job: RemoteJob) -> Farmed {
+        if let Some(p) = job.home_only {
+            return match agent.call(&AgentRequest::Lookup { key: key.0 }) {
+                Ok(AgentResponse::Cached { entry, peer })
+                    if self.restore_bytes(&entry, names::HIT_FARM) =>
+                {
+                    tracing::info!(peer, "answered by the farm's cache");
+                    Farmed::Served(entry)
+                }
+                Ok(_) => {
+                    tracing::info!(reason = p.reason, detail = %p.detail, "compiled at home");
+                    self.tally
+                        .add(format!("{}.{}", names::FARM_HOME, p.reason), 1);
+                    Farmed::Home(Home {
+                        agent: Some(agent),
+                        key: Some(key),
+                        prepared: true,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "agent failed");
+                    self.tally
+                        .add(format!("{}.agent_error", names::FALLBACK), 1);
+                    Farmed::Home(Home {
+                        agent: None,
+                        key: None,
+                        prepared: true,
+                    })
+                }
+            };
+        }
+        let invoked_as = Path::new(&self.inv.arg0)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let req = AgentRequest::Miss {
+            key: key.0,
+            job: Job {
+                family: self.family.name().to_string(),
+                compiler: CompilerAd {
+                    name: invoked_as,
+                    identity: self.identity,
+                },
+                lang: job.lang,
+                args: job.args,
+                source: job.text,
+            },
+        };
+        let home = |agent: Option<AgentClient>| {
+            Farmed::Home(Home {
+                agent,
+                key: Some(key),
+                prepared: true,
+            })
+        };
+        match agent.call(&req) {
+            Ok(AgentResponse::Cached { entry, peer }) => {
+                if self.restore_bytes(&entry, names::HIT_FARM) {
+                    tracing::info!(peer, "answered by the farm's cache");
+                    return Farmed::Served(entry);
+                }
+                tracing::warn!(peer, "farm entry does not fit this compile");
+                self.tally.add(format!("{}.bad_entry", names::FALLBACK), 1);
+                home(Some(agent))
+            }
+            Ok(AgentResponse::Compiled(r)) => {
+                if r.exit_code != 0 || !r.stdout.is_empty() || !r.stderr.is_empty() {
+                    // The compiler's messages must be its own, from this machine
+                    // (source lines, colours, paths): compile here to show them.
+                    tracing::info!(worker = %r.worker, exit = r.exit_code, "remote compile had diagnostics: compiling here");
+                    self.tally
+                        .add(format!("{}.diagnostics", names::FARM_HOME), 1);
+                    return home(Some(agent));
+                }
+                let object = &self.inv.outputs[0].path;
+                if let Err(e) = fsutil::write_atomic(object, &r.object) {
+                    tracing::warn!(path = %object.display(), error = %e, "cannot write remote object");
+                    self.tally
+                        .add(format!("{}.write_output", names::FALLBACK), 1);
+                    return home(Some(agent));
+                }
+                let Some(payload) = self.payload_from_disk(&[], &[], r.compile_ms) else {
+                    return home(Some(agent));
+                };
+                self.tally.add(names::MISS, 1);
+                self.tally.add(names::FARM_REMOTE, 1);
+                self.tally.add(names::COMPILE_MS, r.compile_ms);
+                tracing::info!(worker = %r.worker, ms = r.compile_ms, "compiled by a peer");
+                agent.tell(&AgentRequest::Publish {
+                    key: key.0,
+                    entry: payload.clone(),
+                    local_ms: 0,
+                });
+                Farmed::Served(payload)
+            }
+            Ok(AgentResponse::Local(reason)) => {
+                tracing::info!(reason, "agent: compile at home");
+                self.tally
+                    .add(format!("{}.{}", names::FARM_HOME, reason), 1);
+                home(Some(agent))
+            }
+            Ok(other) => {
+                tracing::warn!(answer = ?std::mem::discriminant(&other), "unexpected agent answer");
+                self.tally
+                    .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+                home(None)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "agent failed");
+                self.tally
+                    .add(format!("{}.agent_error", names::FALLBACK), 1);
+                home(None)
+            }
+        }
     }
 }

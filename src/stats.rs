@@ -20,6 +20,15 @@ pub mod names {
     pub const HIT_DIRECT: &str = "hit.direct";
     pub const HIT_PREPROCESSOR: &str = "hit.preprocessor";
     pub const HIT_DEPEND: &str = "hit.depend";
+    /// Answered by the farm's cache (the key's home peer).
+    pub const HIT_FARM: &str = "hit.farm";
+    /// Compiled by a peer's worker.
+    pub const FARM_REMOTE: &str = "farm.remote";
+    /// Compiled at home although an agent was running, by reason (placement chose
+    /// home, or this compile cannot be distributed).
+    pub const FARM_HOME: &str = "farm.home";
+    /// A farm failure that ended in a local compile, by reason.
+    pub const FALLBACK: &str = "fallback";
     pub const MISS: &str = "miss";
     pub const COMPILE_FAILED: &str = "compile_failed";
     pub const CACHE_ERROR: &str = "error.cache";

@@ -5,79 +5,8 @@
 
 mod common;
 use common::*;
-use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-
-fn sources(pkg: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("debian-sources");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-sources.sh");
-    let o = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(&dir)
-        .arg(pkg)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "fetching the Debian source of {pkg} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    dir.join(pkg)
-}
-
-/// Every object file under `dir`, by relative path.
-fn objects(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    fn walk(base: &Path, d: &Path, m: &mut BTreeMap<String, Vec<u8>>) {
-        for e in fs::read_dir(d).unwrap().flatten() {
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                walk(base, &p, m);
-            } else if p.extension().map(|x| x == "o").unwrap_or(false) {
-                m.insert(
-                    p.strip_prefix(base).unwrap().display().to_string(),
-                    fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    walk(dir, dir, &mut m);
-    m
-}
-
-fn assert_same_objects(
-    plain: &BTreeMap<String, Vec<u8>>,
-    got: &BTreeMap<String, Vec<u8>>,
-    what: &str,
-) {
-    assert!(!plain.is_empty());
-    assert_eq!(
-        plain.keys().collect::<Vec<_>>(),
-        got.keys().collect::<Vec<_>>(),
-        "{what}: object sets differ"
-    );
-    for (k, v) in plain {
-        assert!(got[k] == *v, "{what}: {k} differs from the plain build");
-    }
-}
-
-/// A fresh copy of a source tree. Like a real checkout, it is not edited in the
-/// same instant the build starts: farm records nothing for inputs changed within a
-/// clock tick of a compile (their content may not be what the compiler read).
-fn copy_tree(src: &Path, dst: &Path) {
-    let _ = fs::remove_dir_all(dst);
-    sh(
-        Path::new("/"),
-        &format!("cp -a '{}' '{}'", src.display(), dst.display()),
-    );
-    // The dfsg tarball drops win32/, which zlib's CMakeLists lists (unused on Linux).
-    if dst.join("CMakeLists.txt").exists() && !dst.join("win32").exists() {
-        fs::create_dir_all(dst.join("win32")).unwrap();
-        fs::write(dst.join("win32/zlib1.rc"), "").unwrap();
-    }
-    std::thread::sleep(std::time::Duration::from_millis(100));
-}
+use std::path::PathBuf;
 
 #[test]
 fn lua_with_make_j2_cold_then_warm() {

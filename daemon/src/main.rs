@@ -1,21 +1,33 @@
-//! farmd: one per machine. Worker for peers' compiles, cache peer and local agent.
-//!
-//! Distribution lands with the farmd issue; today farmd only answers `--help` and
-//! `--version`, and farm works as a local cache without it.
+//! farmd: one per machine. Worker for peers' compiles, cache peer (store) and local
+//! agent for this machine's shims (docs/architecture.md).
+
+mod agent;
+mod config;
+mod node;
+mod peer;
+mod worker;
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::config::DaemonConfig;
+use crate::node::{AllowedCompiler, Node};
 
 const HELP: &str = "\
 farmd - the farm daemon (worker, cache peer, local agent)
 
 USAGE
   farmd --config FILE     run the daemon with this configuration
+  farmd --check FILE      load the configuration and certificates, then exit
   farmd --help | --version
 
-STATUS
-  Distribution (QUIC peers, remote cache, remote compiles) is not built yet.
-  Without a running farmd, farm-cc/farm-c++ work as a local cache; nothing else
-  changes for a build.
+Set-up, configuration keys and the systemd unit: docs/farm-setup.md.
+Without a running farmd, farm-cc/farm-c++ work as a local cache.
 ";
 
 fn main() {
@@ -26,16 +38,26 @@ fn main() {
             0
         }
         Some("--version") | Some("-V") => {
-            println!("farmd {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "farmd {} (protocol {})",
+                env!("CARGO_PKG_VERSION"),
+                farm::protocol::VERSION
+            );
             0
         }
-        Some("--config") => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "farmd: distribution is not implemented yet; farm works as a local cache without farmd"
-            );
-            1
-        }
+        Some(flag @ ("--config" | "--check")) => match args.get(1) {
+            Some(f) => match start(PathBuf::from(f), flag == "--check") {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr(), "farmd: {e:#}");
+                    1
+                }
+            },
+            None => {
+                let _ = writeln!(std::io::stderr(), "farmd: {flag} needs a file");
+                2
+            }
+        },
         Some(other) => {
             let _ = writeln!(
                 std::io::stderr(),
@@ -44,7 +66,155 @@ fn main() {
             2
         }
     };
-    // The library is linked so the daemon builds against the same crate it will use.
-    let _ = farm::config::DEFAULT_MAX_SIZE;
     std::process::exit(code);
+}
+
+fn init_log(cfg: &DaemonConfig) -> Result<()> {
+    let filter = tracing_subscriber::filter::LevelFilter::INFO;
+    match &cfg.log {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("log file {}", path.display()))?;
+            tracing_subscriber::fmt()
+                .with_max_level(filter)
+                .with_ansi(false)
+                .with_writer(Mutex::new(f))
+                .init();
+        }
+        None => {
+            tracing_subscriber::fmt()
+                .with_max_level(filter)
+                .with_writer(std::io::stderr)
+                .init();
+        }
+    }
+    Ok(())
+}
+
+fn allowed_compilers(cfg: &DaemonConfig) -> Vec<AllowedCompiler> {
+    let memo = cfg.state_dir.join("memo");
+    let mut out = Vec::new();
+    for path in &cfg.compilers {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let canonical = match std::fs::canonicalize(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(compiler = %path.display(), error = %e, "allow-listed compiler missing");
+                continue;
+            }
+        };
+        match farm::key::compiler_identity(&canonical, &memo) {
+            Ok(identity) => out.push(AllowedCompiler {
+                name: name.to_string(),
+                path: path.clone(),
+                identity,
+            }),
+            Err(e) => {
+                tracing::warn!(compiler = %path.display(), error = %e, "cannot identify compiler")
+            }
+        }
+    }
+    out
+}
+
+fn start(file: PathBuf, check_only: bool) -> Result<()> {
+    let cfg = DaemonConfig::load(&file)?;
+    let tls = farm::net::load_node_tls(&cfg.ca, &cfg.cert, &cfg.key, cfg.idle_timeout)?;
+    if let Some(n) = &cfg.name {
+        if *n != tls.name {
+            return Err(anyhow!(
+                "{}: `name` is {n:?} but certificate {} is for {:?}",
+                file.display(),
+                cfg.cert.display(),
+                tls.name
+            ));
+        }
+    }
+    if check_only {
+        println!("farmd: {} ok (node {})", file.display(), tls.name);
+        return Ok(());
+    }
+    init_log(&cfg)?;
+    std::fs::create_dir_all(cfg.state_dir.join("jobs"))
+        .with_context(|| format!("state directory {}", cfg.state_dir.display()))?;
+    // Job directories of a previous run are leftovers.
+    let _ = std::fs::remove_dir_all(cfg.state_dir.join("jobs"));
+    std::fs::create_dir_all(cfg.state_dir.join("jobs"))
+        .with_context(|| format!("state directory {}", cfg.state_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(run(cfg, tls))
+}
+
+async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
+    let compilers = allowed_compilers(&cfg);
+    let mut endpoint = quinn::Endpoint::server(tls.server, cfg.listen)
+        .with_context(|| format!("cannot listen on udp {}", cfg.listen))?;
+    endpoint.set_default_client_config(tls.client);
+    let store = farm::cache::LocalStore::new(&cfg.state_dir.join("store"), cfg.store_max_size);
+    let node = Arc::new(Node {
+        name: tls.name.clone(),
+        compilers,
+        store,
+        endpoint,
+        slots: Arc::new(tokio::sync::Semaphore::new(cfg.slots as usize)),
+        queue: 0.into(),
+        running: 0.into(),
+        peers: Mutex::new(Default::default()),
+        local_running: 0.into(),
+        local_ms: Mutex::new(0.0),
+        ms_per_mib: Mutex::new(0.0),
+        stopping: false.into(),
+        started: Instant::now(),
+        jobs_served: 0.into(),
+        jobs_refused: 0.into(),
+        job_seq: 0.into(),
+        agent_busy: 0.into(),
+        changed: tokio::sync::Notify::new(),
+        cfg,
+    });
+    let listener = agent::bind(&node)?;
+    tracing::info!(
+        node = %node.name,
+        listen = %node.cfg.listen,
+        socket = %node.cfg.socket.display(),
+        compilers = node.compilers.len(),
+        slots = node.cfg.slots,
+        "farmd started"
+    );
+    tokio::spawn(peer::serve(node.clone()));
+    tokio::spawn(peer::gossip(node.clone()));
+    tokio::spawn(agent::serve(node.clone(), listener));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    // Graceful stop: refuse new work, finish what runs (shims waiting on this agent
+    // get their answers), then close.
+    tracing::info!("stopping: finishing running jobs");
+    node.stopping.store(true, Ordering::Relaxed);
+    let _ = std::fs::remove_file(&node.cfg.socket);
+    let until = Instant::now() + node.cfg.job_timeout.min(Duration::from_secs(60));
+    while (node.running.load(Ordering::Relaxed) > 0
+        || node.queue.load(Ordering::Relaxed) > 0
+        || node.agent_busy.load(Ordering::Relaxed) > 0)
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.endpoint.close(0u32.into(), b"stopping");
+    let _ = tokio::time::timeout(Duration::from_secs(2), node.endpoint.wait_idle()).await;
+    tracing::info!("stopped");
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! source compiled with `-c`, and only flags this module knows. Anything else runs the
 //! real compiler untouched (a [`Passthrough`] with a reason).
 
+use crate::lang::RemoteJob;
 use rustc_hash::FxHashSet as HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -156,6 +157,12 @@ pub struct GccPlan {
     pub search_args: Vec<OsString>,
     /// `-include`/`-imacros` names, looked up like `#include "name"` from the cwd.
     pub forced_includes: Vec<String>,
+    /// `-o` was given (the dependency rule's target then derives from it).
+    pub output_given: bool,
+    /// The user's `-MT`/`-MQ`/`-MP` arguments, as given.
+    pub dep_args: Vec<OsString>,
+    /// Why this compile must run at home rather than on a worker, if it must.
+    pub remote_block: Option<(&'static str, String)>,
 }
 
 // ------------------------------------------------------------------ response files
@@ -505,6 +512,7 @@ impl Gcc {
         let mut prefix_maps: Vec<(String, String)> = Vec::new();
         let mut arch_count = 0;
         let mut other_input: Option<String> = None;
+        let mut dep_args: Vec<OsString> = Vec::new();
 
         let mut i = 0;
         while i < expanded.len() {
@@ -578,6 +586,8 @@ impl Gcc {
                         deps.explicit_target = true;
                         key_args.push(raw.clone());
                         key_args.push(val.clone());
+                        dep_args.push(raw.clone());
+                        dep_args.push(val.clone());
                         continue;
                     }
                     "-specs" | "--specs" => extra_inputs.push(PathBuf::from(val)),
@@ -610,6 +620,7 @@ impl Gcc {
             if a.starts_with("-MT") || a.starts_with("-MQ") {
                 deps.explicit_target = true;
                 key_args.push(raw.clone());
+                dep_args.push(raw.clone());
                 continue;
             }
             match a {
@@ -625,6 +636,7 @@ impl Gcc {
                 }
                 "-MP" => {
                     key_args.push(raw.clone());
+                    dep_args.push(raw.clone());
                     continue;
                 }
                 "-c" => has_c = true,
@@ -791,6 +803,20 @@ impl Gcc {
                 .ok()
                 .map(|d| apply_prefix_maps(&d, &prefix_maps));
         }
+        // Preprocessed-source distribution changes debug info (column numbers and
+        // file digests differ from a compile of the source itself, checked with cmp),
+        // and coverage/profiling record paths of the machine that compiles.
+        let remote_block = if debug {
+            Some(("debug_info", String::new()))
+        } else if coverage || profile_paths {
+            Some(("coverage_or_profile", String::new()))
+        } else if let Some(p) = extra_inputs.first() {
+            Some(("input_file_flag", p.display().to_string()))
+        } else if !matches!(lang, Lang::C | Lang::Cxx | Lang::ObjC | Lang::ObjCxx) {
+            Some(("language", lang.x_name().to_string()))
+        } else {
+            None
+        };
         let mut args_out = args.to_vec();
         if stderr_is_tty && !color_explicit {
             // The compiler sees a pipe; ask for the colours it would give a terminal.
@@ -819,6 +845,9 @@ impl Gcc {
                 pp_args,
                 search_args,
                 forced_includes,
+                output_given: output.is_some(),
+                dep_args,
+                remote_block,
             }),
         })
     }
@@ -1437,6 +1466,344 @@ fn scan_deps(inv: &Invocation) -> Result<Vec<PathBuf>, NotRecordable> {
     }
 }
 
+// ------------------------------------------------------------------ distribution
+
+/// Flags that only steer preprocessing or linking: a worker compiling preprocessed
+/// source does not get them.
+const HOME_ONLY_EXACT: &[&str] = &[
+    "-c",
+    "-MD",
+    "-MMD",
+    "-MP",
+    "-nostdinc",
+    "-nostdinc++",
+    "-C",
+    "-CC",
+    "-P",
+    "-undef",
+    "-trigraphs",
+    "-traditional-cpp",
+    "-pipe",
+    "-shared",
+    "-static",
+    "-static-libgcc",
+    "-static-libstdc++",
+    "-rdynamic",
+    "-s",
+    "-pie",
+    "-no-pie",
+    "-nostdlib",
+    "-nostdlib++",
+    "-nodefaultlibs",
+    "-nostartfiles",
+];
+const HOME_ONLY_PREFIX: &[&str] = &[
+    "-D",
+    "-U",
+    "-I",
+    "-i",
+    "-MT",
+    "-MQ",
+    "-l",
+    "-L",
+    "-Wp,",
+    "-Wl,",
+    "--sysroot",
+];
+/// Separate-argument flags a worker accepts, with a plain value.
+const WORKER_PAIRS: &[&str] = &["--param", "-target"];
+/// Flags a worker never runs: they load code, read files that exist only on the
+/// client, or write files beside the object.
+const WORKER_DENY_PREFIX: &[&str] = &[
+    "-fplugin",
+    "-fpass-plugin",
+    "-fprofile",
+    "-fauto-profile",
+    "-fcoverage",
+    "-ftest-coverage",
+    "-fsanitize-blacklist",
+    "-fsanitize-ignorelist",
+    "-fsanitize-coverage-",
+    "-fxray-attr-list",
+    "-fxray-always",
+    "-fxray-never",
+    "-fdump",
+    "-fopt-info",
+    "-fsave-optimization-record",
+    "-fstack-usage",
+    "-fcallgraph-info",
+    "-fdiagnostics-format",
+    "-fcrash-diagnostics",
+    "-fmodule",
+    "-fbuild-session",
+    "-fvtv",
+    "-fself-test",
+    "-fltrans",
+    "-fresolution",
+    "-fuse-ld",
+    "-fdebug-compilation-dir",
+    "-fcompare-debug",
+    "-mllvm",
+    "-specs",
+    "--specs",
+    "-wrapper",
+    "-B",
+    "-o",
+    "-x",
+    "-E",
+    "-S",
+    "-M",
+    "-save-temps",
+    "--save-temps",
+    "-dump",
+    "-print",
+    "--print",
+    "-gsplit-dwarf",
+    "--coverage",
+    "-Wl,",
+    "-Wp,",
+    "-Xlinker",
+    "@",
+];
+const WORKER_EXACT_OK: &[&str] = &[
+    "-ansi",
+    "-w",
+    "-p",
+    "-pg",
+    "-pthread",
+    "-pedantic",
+    "-pedantic-errors",
+    "--pedantic",
+    "-Qunused-arguments",
+    "-integrated-as",
+    "-no-integrated-as",
+    "-O",
+];
+const WORKER_PREFIX_OK: &[&str] = &[
+    "-f",
+    "-m",
+    "-W",
+    "-O",
+    "-std=",
+    "--std=",
+    "--param=",
+    "--target=",
+];
+/// Languages a worker compiles: preprocessed C, C++, Objective-C and Objective-C++.
+const WORKER_LANGS: &[&str] = &[
+    "cpp-output",
+    "c++-cpp-output",
+    "objective-c-cpp-output",
+    "objective-c++-cpp-output",
+];
+/// Environment under which a compile must stay at home: it changes which programs
+/// the driver runs or how, and a worker runs with a clean environment.
+/// (`LD_LIBRARY_PATH` is in the key but does not keep a compile home: build tools set
+/// it routinely, and a worker's compiler has the same identity digest.)
+const HOME_ENV: &[&str] = &[
+    "GCC_EXEC_PREFIX",
+    "COMPILER_PATH",
+    "GCC_COMPARE_DEBUG",
+    "LD_PRELOAD",
+];
+
+/// Whether a worker may pass `a` to a compile of preprocessed source. The worker
+/// calls this on every argument it receives; the client calls it first, so a job it
+/// sends is never refused for a flag it could have foreseen.
+pub fn worker_arg_ok(a: &str) -> bool {
+    if !a.starts_with('-') || a.len() > 1024 || a.bytes().any(|b| b < 0x20) {
+        return false;
+    }
+    if refused(a).is_some()
+        || INPUT_FILE_FLAGS.iter().any(|f| a.starts_with(f))
+        || WORKER_DENY_PREFIX.iter().any(|f| a.starts_with(f))
+    {
+        return false;
+    }
+    if let Some(rest) = a.strip_prefix("-Wa,") {
+        return rest
+            .split(',')
+            .all(|opt| ASM_OK.iter().any(|ok| opt.starts_with(ok)));
+    }
+    if a.starts_with("-g") {
+        // Debug info is never made by a worker (see `remote_block`).
+        return false;
+    }
+    WORKER_EXACT_OK.contains(&a)
+        || WORKER_PREFIX_OK
+            .iter()
+            .any(|p| a.starts_with(p) && a.len() > p.len())
+}
+
+fn worker_pair_value_ok(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 256
+        && !v.starts_with('-')
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"=_-.,+".contains(&b))
+}
+
+/// The arguments a worker gets: the key arguments without the source, outputs,
+/// dependency, preprocessing and link flags. `Err` names the flag that keeps this
+/// compile at home.
+fn remote_args(key_args: &[OsString], source: &Path) -> Result<Vec<String>, Passthrough> {
+    let mut out = Vec::with_capacity(key_args.len());
+    let mut i = 0;
+    while i < key_args.len() {
+        let raw = &key_args[i];
+        i += 1;
+        if Path::new(raw) == source {
+            continue;
+        }
+        let Some(a) = raw.to_str() else {
+            return Err(Passthrough::new("flag", raw.to_string_lossy()));
+        };
+        if WITH_ARG.contains(&a) {
+            let v = key_args.get(i).and_then(|v| v.to_str()).unwrap_or("");
+            i += 1;
+            if WORKER_PAIRS.contains(&a) {
+                if !worker_pair_value_ok(v) {
+                    return Err(Passthrough::new("flag", format!("{a} {v}")));
+                }
+                out.push(a.to_string());
+                out.push(v.to_string());
+                continue;
+            }
+            if matches!(a, "-specs" | "--specs" | "-arch") {
+                return Err(Passthrough::new("flag", a));
+            }
+            continue;
+        }
+        if HOME_ONLY_EXACT.contains(&a) || HOME_ONLY_PREFIX.iter().any(|p| a.starts_with(p)) {
+            continue;
+        }
+        if !worker_arg_ok(a) {
+            return Err(Passthrough::new("flag", a));
+        }
+        out.push(a.to_string());
+    }
+    Ok(out)
+}
+
+/// Worker side: checks a job's language and arguments and builds the compiler's
+/// arguments for `input` (the preprocessed source) and `output` in the job directory.
+pub fn worker_args(
+    lang: &str,
+    args: &[String],
+    input: &Path,
+    output: &Path,
+) -> Result<Vec<OsString>, Passthrough> {
+    if !WORKER_LANGS.contains(&lang) {
+        return Err(Passthrough::new("language", lang));
+    }
+    if args.len() > 512 {
+        return Err(Passthrough::new(
+            "too_many_arguments",
+            args.len().to_string(),
+        ));
+    }
+    let mut out: Vec<OsString> = vec!["-x".into(), lang.into()];
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        i += 1;
+        if WORKER_PAIRS.contains(&a) {
+            let v = args.get(i).map(String::as_str).unwrap_or("");
+            i += 1;
+            if !worker_pair_value_ok(v) {
+                return Err(Passthrough::new("flag", format!("{a} {v}")));
+            }
+            out.push(a.into());
+            out.push(v.into());
+            continue;
+        }
+        if !worker_arg_ok(a) {
+            return Err(Passthrough::new("flag", a));
+        }
+        out.push(a.into());
+    }
+    out.push("-c".into());
+    out.push(input.into());
+    out.push("-o".into());
+    out.push(output.into());
+    Ok(out)
+}
+
+impl Gcc {
+    fn remote_prepare_impl(
+        &self,
+        inv: &Invocation,
+    ) -> std::io::Result<Result<RemoteJob, Passthrough>> {
+        let p = plan(inv);
+        if p.lang.preprocessed() {
+            return Ok(Err(Passthrough::new("language", p.lang.x_name())));
+        }
+        let lang = match p.lang {
+            Lang::C => "cpp-output",
+            Lang::Cxx => "c++-cpp-output",
+            Lang::ObjC => "objective-c-cpp-output",
+            Lang::ObjCxx => "objective-c++-cpp-output",
+            _ => "",
+        };
+        // Why a worker may not compile this (it can still be looked up in the farm's
+        // cache and published there).
+        let mut home_only = p
+            .remote_block
+            .as_ref()
+            .map(|(reason, detail)| Passthrough::new(reason, detail.clone()));
+        if home_only.is_none() {
+            if let Some(var) = HOME_ENV.iter().find(|v| std::env::var_os(v).is_some()) {
+                home_only = Some(Passthrough::new("environment", *var));
+            }
+        }
+        let args = match remote_args(&inv.key_args, &inv.source) {
+            Ok(a) => a,
+            Err(p) => {
+                home_only.get_or_insert(p);
+                Vec::new()
+            }
+        };
+        // One preprocessor run gives the text to ship and writes the dependency file
+        // the compile would have written (the user's, or farm's own observation).
+        let mut cmd = Command::new(&inv.compiler);
+        cmd.arg0(&inv.arg0).args(&p.pp_args);
+        if let Some(md) = p.deps.md {
+            cmd.arg(if md { "-MD" } else { "-MMD" });
+            if let Some(f) = &p.deps.file {
+                cmd.arg("-MF").arg(f);
+            }
+            cmd.args(&p.dep_args);
+            if !p.deps.explicit_target && p.output_given {
+                cmd.arg("-MQ").arg(&inv.outputs[0].path);
+            }
+        } else if let Some(f) = &p.observe_depfile {
+            if std::fs::File::create(f).is_err() {
+                return Ok(Err(Passthrough::new(
+                    "observation_file",
+                    f.display().to_string(),
+                )));
+            }
+            cmd.args(&inv.observe_args);
+        }
+        let out = cmd.stdin(Stdio::null()).output()?;
+        if !out.status.success() {
+            return Ok(Err(Passthrough::new(
+                "preprocessor_error",
+                inv.source.display().to_string(),
+            )));
+        }
+        if let Some(gch) = pch_beside_preprocessed(&out.stdout) {
+            return Ok(Err(Passthrough::new("pch_use", gch.display().to_string())));
+        }
+        Ok(Ok(RemoteJob {
+            lang: lang.to_string(),
+            args,
+            text: out.stdout,
+            home_only,
+        }))
+    }
+}
+
 const KEY_ENV: &[&str] = &[
     "CPATH",
     "C_INCLUDE_PATH",
@@ -1576,6 +1943,20 @@ impl Family for Gcc {
             }
             other => other,
         }
+    }
+
+    fn remote_prepare(&self, inv: &Invocation) -> std::io::Result<Result<RemoteJob, Passthrough>> {
+        self.remote_prepare_impl(inv)
+    }
+
+    fn worker_args(
+        &self,
+        lang: &str,
+        args: &[String],
+        input: &Path,
+        output: &Path,
+    ) -> Result<Vec<OsString>, Passthrough> {
+        worker_args(lang, args, input, output)
     }
 
     fn cleanup(&self, inv: &Invocation) {

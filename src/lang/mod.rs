@@ -163,6 +163,50 @@ pub trait Family: Sync {
 
     /// Removes files the observation wrote.
     fn cleanup(&self, inv: &Invocation);
+
+    /// Prepares a job a worker can compile: runs what must run here (the
+    /// preprocessor, which also writes the dependency file the compile would write)
+    /// and returns the job, or why this compile stays at home.
+    fn remote_prepare(&self, inv: &Invocation) -> std::io::Result<Result<RemoteJob, Passthrough>> {
+        let _ = inv;
+        Ok(Err(Passthrough::new("family", self.name())))
+    }
+
+    /// Worker side: validates a job's language and arguments and builds the compiler
+    /// arguments for `input` and `output` (both in the job directory). Nothing from
+    /// the wire reaches the compiler unless this accepts it.
+    fn worker_args(
+        &self,
+        lang: &str,
+        args: &[String],
+        input: &Path,
+        output: &Path,
+    ) -> Result<Vec<OsString>, Passthrough> {
+        let _ = (lang, args, input, output);
+        Err(Passthrough::new("family", self.name()))
+    }
+}
+
+/// A compile prepared for a worker.
+#[derive(Clone, Debug)]
+pub struct RemoteJob {
+    /// The family's name for the shipped text's language.
+    pub lang: String,
+    /// What the worker passes to the compiler (it re-validates every one).
+    pub args: Vec<String>,
+    /// The preprocessed source.
+    pub text: Vec<u8>,
+    /// Why no worker may compile it, when it must compile here (its result is still
+    /// looked up in and published to the farm's cache).
+    pub home_only: Option<Passthrough>,
+}
+
+/// The family a job names, for a worker.
+pub fn family_by_name(name: &str) -> Option<&'static dyn Family> {
+    match name {
+        "gcc" => Some(&gcc::GCC),
+        _ => None,
+    }
 }
 
 /// The family for a compiler name (basename of the binary), if farm knows it.

@@ -1,0 +1,182 @@
+//! farmd's configuration file (docs/farm-setup.md lists every key).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    name: Option<String>,
+    listen: String,
+    advertise: Option<String>,
+    #[serde(default)]
+    peers: Vec<String>,
+    ca: String,
+    cert: String,
+    key: String,
+    socket: Option<String>,
+    socket_mode: Option<String>,
+    state_dir: String,
+    slots: Option<u32>,
+    local_slots: Option<u32>,
+    store_max_size: Option<String>,
+    job_timeout: Option<u64>,
+    #[serde(default)]
+    revoked: Vec<String>,
+    compilers: Option<Vec<String>>,
+    log: Option<String>,
+    idle_timeout_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// The node name the certificate must carry, if given.
+    pub name: Option<String>,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub peers: Vec<String>,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    pub state_dir: PathBuf,
+    /// Jobs this node runs for peers at once.
+    pub slots: u32,
+    /// Compiles the agent keeps at home at once (0: only when no peer can take one).
+    pub local_slots: u32,
+    pub store_max_size: u64,
+    /// Ceiling of every job's deadline, and a worker's limit on one job.
+    pub job_timeout: Duration,
+    pub revoked: Vec<String>,
+    /// Compiler drivers this node runs for peers.
+    pub compilers: Vec<PathBuf>,
+    pub log: Option<PathBuf>,
+    /// How long a silent connection lives (keep-alives go every 500 ms).
+    pub idle_timeout: Duration,
+}
+
+fn cores() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+}
+
+/// Every gcc/clang driver in the usual places: the default allow-list.
+fn default_compilers() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(n) = name.to_str() else { continue };
+            if farm::lang::family_for(n).is_some() && !n.starts_with("farm") {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+impl DaemonConfig {
+    pub fn load(file: &Path) -> Result<DaemonConfig> {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let fc: FileConfig = toml::from_str(&text).map_err(|e| {
+            let msg = e.to_string().replace('\n', " ");
+            anyhow!(
+                "{}: {}",
+                file.display(),
+                msg.split_whitespace().collect::<Vec<_>>().join(" ")
+            )
+        })?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        let rel = |s: &str| {
+            let p = PathBuf::from(s);
+            if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }
+        };
+        let bad = |key: &str, msg: String| anyhow!("{}: key `{key}`: {msg}", file.display());
+        let listen: SocketAddr = fc
+            .listen
+            .parse()
+            .map_err(|e| bad("listen", format!("{:?} is not host:port ({e})", fc.listen)))?;
+        let advertise = match fc.advertise {
+            Some(a) => a,
+            None if listen.ip().is_unspecified() => {
+                return Err(bad(
+                    "advertise",
+                    "required when `listen` is a wildcard address".into(),
+                ))
+            }
+            None => listen.to_string(),
+        };
+        for p in &fc.peers {
+            if !p.contains(':') {
+                bail!("{}: key `peers`: {p:?} is not host:port", file.display());
+            }
+        }
+        if let Some(n) = &fc.name {
+            if !farm::net::valid_node_name(n) {
+                return Err(bad("name", format!("{n:?} is not a valid node name")));
+            }
+        }
+        let socket_mode = match &fc.socket_mode {
+            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| bad("socket_mode", format!("{m:?} is not an octal mode")))?,
+            None => 0o660,
+        };
+        let store_max_size = match &fc.store_max_size {
+            Some(s) => farm::config::parse_size(s)
+                .ok_or_else(|| bad("store_max_size", format!("{s:?} is not a size")))?,
+            None => 10 << 30,
+        };
+        let slots = fc.slots.unwrap_or_else(cores);
+        if slots == 0 || slots > 1024 {
+            return Err(bad("slots", format!("{slots} is not between 1 and 1024")));
+        }
+        let job_timeout = fc.job_timeout.unwrap_or(120);
+        if job_timeout == 0 {
+            return Err(bad("job_timeout", "must be at least 1 second".into()));
+        }
+        let compilers = match fc.compilers {
+            Some(list) => list.iter().map(|s| rel(s)).collect(),
+            None => default_compilers(),
+        };
+        Ok(DaemonConfig {
+            name: fc.name,
+            listen,
+            advertise,
+            peers: fc.peers,
+            ca: rel(&fc.ca),
+            cert: rel(&fc.cert),
+            key: rel(&fc.key),
+            socket: fc
+                .socket
+                .map(|s| rel(&s))
+                .unwrap_or_else(|| PathBuf::from(farm::config::DEFAULT_AGENT_SOCKET)),
+            socket_mode,
+            state_dir: rel(&fc.state_dir),
+            slots,
+            local_slots: fc.local_slots.unwrap_or_else(cores),
+            store_max_size,
+            job_timeout: Duration::from_secs(job_timeout),
+            revoked: fc.revoked,
+            compilers,
+            log: fc.log.map(|s| rel(&s)),
+            idle_timeout: Duration::from_millis(fc.idle_timeout_ms.unwrap_or(3000).max(500)),
+        })
+    }
+}

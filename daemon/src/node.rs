@@ -1,0 +1,259 @@
+//! One farmd's shared state: its identity, its compilers, its store, and the table of
+//! peers with what they advertise and what this node measured of them.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use farm::cache::LocalStore;
+use farm::protocol::{Advert, CompilerAd, PeerStatus, StatusReport, VERSION};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::DaemonConfig;
+
+/// A peer that has not answered an advert for this long leaves the table's live set.
+pub const LIVE_WINDOW: Duration = Duration::from_secs(3);
+const RECENT_FAILURES: usize = 5;
+
+/// A compiler this node runs for peers.
+#[derive(Clone, Debug)]
+pub struct AllowedCompiler {
+    pub name: String,
+    pub path: PathBuf,
+    pub identity: [u8; 32],
+}
+
+#[derive(Default)]
+pub struct Peer {
+    /// The name its certificate carries, once connected.
+    pub node: String,
+    pub conn: Option<quinn::Connection>,
+    pub dialing: bool,
+    pub next_dial: Option<Instant>,
+    pub backoff: Duration,
+    pub advert: Option<Advert>,
+    pub last_heard: Option<Instant>,
+    pub rtt: Duration,
+    /// Jobs this node sent there that have not come back.
+    pub inflight: u32,
+    pub ok: u64,
+    pub failed: u64,
+    pub recent_failures: VecDeque<String>,
+    /// Round-trip time of a job there (ms), smoothed.
+    pub job_ms: Option<f64>,
+}
+
+impl Peer {
+    pub fn live(&self, now: Instant) -> bool {
+        self.conn
+            .as_ref()
+            .map(|c| c.close_reason().is_none())
+            .unwrap_or(false)
+            && self
+                .last_heard
+                .map(|t| now.duration_since(t) < LIVE_WINDOW)
+                .unwrap_or(false)
+            && self
+                .advert
+                .as_ref()
+                .map(|a| a.version == VERSION)
+                .unwrap_or(false)
+    }
+
+    pub fn runs(&self, c: &CompilerAd) -> bool {
+        self.advert
+            .as_ref()
+            .map(|a| a.compilers.iter().any(|x| x == c))
+            .unwrap_or(false)
+    }
+
+    pub fn failure(&mut self, why: String) {
+        self.failed += 1;
+        if self.recent_failures.len() == RECENT_FAILURES {
+            self.recent_failures.pop_front();
+        }
+        self.recent_failures.push_back(why);
+    }
+}
+
+pub struct Node {
+    pub cfg: DaemonConfig,
+    pub name: String,
+    pub compilers: Vec<AllowedCompiler>,
+    pub store: LocalStore,
+    pub endpoint: quinn::Endpoint,
+    pub slots: Arc<Semaphore>,
+    pub queue: AtomicU32,
+    pub running: AtomicU32,
+    /// Peers by the address this node dials.
+    pub peers: Mutex<HashMap<String, Peer>>,
+    /// Compiles the agent sent home that are still running.
+    pub local_running: AtomicU32,
+    /// Local compile time (ms), smoothed; 0 until measured.
+    pub local_ms: Mutex<f64>,
+    /// Worker time per MiB of shipped source (ms), smoothed, for job deadlines.
+    pub ms_per_mib: Mutex<f64>,
+    pub stopping: AtomicBool,
+    pub started: Instant,
+    pub jobs_served: AtomicU64,
+    pub jobs_refused: AtomicU64,
+    pub job_seq: AtomicU64,
+    /// Agent requests being answered (SIGTERM waits for them).
+    pub agent_busy: AtomicU32,
+    /// Wakes the gossip loop early when free capacity changes.
+    pub changed: Notify,
+}
+
+pub fn ewma(old: f64, sample: f64) -> f64 {
+    if old <= 0.0 {
+        sample
+    } else {
+        0.7 * old + 0.3 * sample
+    }
+}
+
+fn load_milli() -> u32 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|l| (l * 1000.0) as u32)
+        .unwrap_or(0)
+}
+
+fn free_mem_mb() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/meminfo") else {
+        return 0;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
+
+impl Node {
+    pub fn free_slots(&self) -> u32 {
+        if self.stopping.load(Ordering::Relaxed) {
+            0
+        } else {
+            self.slots.available_permits() as u32
+        }
+    }
+
+    pub fn advert(&self) -> Advert {
+        let now = Instant::now();
+        let peers = self.peers.lock().unwrap();
+        Advert {
+            version: VERSION,
+            node: self.name.clone(),
+            addr: self.cfg.advertise.clone(),
+            slots: self.cfg.slots,
+            free: self.free_slots(),
+            queue: self.queue.load(Ordering::Relaxed),
+            load_milli: load_milli(),
+            free_mem_mb: free_mem_mb(),
+            compilers: self
+                .compilers
+                .iter()
+                .map(|c| CompilerAd {
+                    name: c.name.clone(),
+                    identity: c.identity,
+                })
+                .collect(),
+            peers: peers
+                .iter()
+                .filter(|(_, p)| p.live(now))
+                .map(|(a, _)| a.clone())
+                .collect(),
+        }
+    }
+
+    /// Adds an address to the table (from config, or learned from a peer).
+    pub fn learn(&self, addr: &str) {
+        if addr == self.cfg.advertise || addr.is_empty() || addr.len() > 256 {
+            return;
+        }
+        let mut peers = self.peers.lock().unwrap();
+        if peers.len() >= 1024 {
+            return;
+        }
+        peers.entry(addr.to_string()).or_insert_with(|| Peer {
+            backoff: Duration::from_millis(250),
+            ..Peer::default()
+        });
+    }
+
+    /// The node that holds `key` in the farm's cache: rendezvous hashing over this
+    /// node and its live peers. `None` means this node.
+    pub fn home_of(&self, key: &[u8; 32]) -> Option<(String, quinn::Connection)> {
+        let score = |name: &str| {
+            let mut h = blake3::Hasher::new();
+            h.update(key);
+            h.update(name.as_bytes());
+            u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap())
+        };
+        let now = Instant::now();
+        let mut best = score(&self.name);
+        let mut home = None;
+        for p in self.peers.lock().unwrap().values() {
+            if !p.live(now) {
+                continue;
+            }
+            let s = score(&p.node);
+            if s > best {
+                best = s;
+                home = p.conn.clone().map(|c| (p.node.clone(), c));
+            }
+        }
+        home
+    }
+
+    pub fn status(&self) -> StatusReport {
+        let now = Instant::now();
+        let local_ms = *self.local_ms.lock().unwrap();
+        let peers = self.peers.lock().unwrap();
+        let mut list: Vec<PeerStatus> = peers
+            .iter()
+            .map(|(addr, p)| {
+                let a = p.advert.clone().unwrap_or_default();
+                PeerStatus {
+                    node: if p.node.is_empty() {
+                        "?".into()
+                    } else {
+                        p.node.clone()
+                    },
+                    addr: addr.clone(),
+                    live: p.live(now),
+                    slots: a.slots,
+                    free: a.free,
+                    queue: a.queue,
+                    load_milli: a.load_milli,
+                    free_mem_mb: a.free_mem_mb,
+                    rtt_us: p.rtt.as_micros() as u64,
+                    compilers: a.compilers.iter().map(|c| c.name.clone()).collect(),
+                    jobs_ok: p.ok,
+                    jobs_failed: p.failed,
+                    recent_failures: p.recent_failures.iter().cloned().collect(),
+                    est_ms: p.job_ms.unwrap_or(local_ms) as u64,
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.node.cmp(&b.node).then(a.addr.cmp(&b.addr)));
+        StatusReport {
+            node: self.name.clone(),
+            addr: self.cfg.advertise.clone(),
+            version: VERSION,
+            uptime_s: self.started.elapsed().as_secs(),
+            slots: self.cfg.slots,
+            free: self.free_slots(),
+            local_slots: self.cfg.local_slots,
+            local_running: self.local_running.load(Ordering::Relaxed),
+            jobs_served: self.jobs_served.load(Ordering::Relaxed),
+            jobs_refused: self.jobs_refused.load(Ordering::Relaxed),
+            store_entries: self.store.usage().1,
+            peers: list,
+        }
+    }
+}

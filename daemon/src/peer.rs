@@ -1,0 +1,294 @@
+//! The peer protocol over QUIC: serving peers' requests (store and worker roles),
+//! sending requests to peers, dialing them, and the capacity gossip.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use farm::cache::{CacheKey, EntryKind, Store};
+use farm::protocol::{self, PeerRequest, PeerResponse, MAX_CONTROL_FRAME, MAX_FRAME};
+
+use crate::node::Node;
+
+/// How long a peer has to send a whole request once it opened a stream.
+const REQUEST_READ: Duration = Duration::from_secs(30);
+const GOSSIP_EVERY: Duration = Duration::from_millis(1000);
+
+/// One request on a fresh stream of `conn`, answered within `deadline`.
+pub async fn request(
+    conn: &quinn::Connection,
+    req: &PeerRequest,
+    cap: usize,
+    deadline: Duration,
+) -> Result<PeerResponse> {
+    let work = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        protocol::write_async(&mut send, req).await?;
+        send.finish()?;
+        let resp: PeerResponse = protocol::read_async(&mut recv, cap).await?;
+        anyhow::Ok(resp)
+    };
+    match tokio::time::timeout(deadline, work).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow!("no answer within {} ms", deadline.as_millis())),
+    }
+}
+
+/// Accepts peers until the endpoint closes.
+pub async fn serve(node: Arc<Node>) {
+    while let Some(incoming) = node.endpoint.accept().await {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Wrong CA, no certificate, wrong ALPN, garbage: refused here,
+                    // before any application byte.
+                    tracing::warn!(%remote, error = %e, "handshake refused");
+                    return;
+                }
+            };
+            let Some(name) = farm::net::peer_name(&conn) else {
+                conn.close(1u32.into(), b"no node name");
+                return;
+            };
+            if node.cfg.revoked.contains(&name) {
+                tracing::warn!(%remote, peer = %name, "revoked node refused");
+                conn.close(2u32.into(), b"revoked");
+                return;
+            }
+            tracing::info!(%remote, peer = %name, "peer connected");
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let node = node.clone();
+                let name = name.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle_stream(&node, &name, send, recv).await {
+                        tracing::warn!(peer = %name, error = %e, "bad request");
+                    }
+                });
+            }
+        });
+    }
+}
+
+async fn handle_stream(
+    node: &Node,
+    peer: &str,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<()> {
+    let req: Result<PeerRequest, _> = match tokio::time::timeout(
+        REQUEST_READ,
+        protocol::read_async(&mut recv, MAX_FRAME),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = send.reset(1u32.into());
+            return Err(anyhow!(
+                "request not complete within {} s",
+                REQUEST_READ.as_secs()
+            ));
+        }
+    };
+    let resp = match req {
+        Ok(r) => answer(node, peer, r).await,
+        Err(e) => {
+            // Garbage or an oversized frame: one clear answer, then the stream ends.
+            let msg = format!("{}: malformed request: {e}", node.name);
+            let _ = protocol::write_async(&mut send, &PeerResponse::Refused(msg.clone())).await;
+            let _ = send.finish();
+            return Err(anyhow!(msg));
+        }
+    };
+    protocol::write_async(&mut send, &resp).await?;
+    send.finish()?;
+    // Let the answer drain before the stream is dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(30), send.stopped()).await;
+    Ok(())
+}
+
+async fn answer(node: &Node, peer: &str, req: PeerRequest) -> PeerResponse {
+    match req {
+        PeerRequest::Advert(a) => {
+            // A peer that speaks to us is one we speak to as well.
+            node.learn(&a.addr);
+            PeerResponse::Advert(node.advert())
+        }
+        PeerRequest::Get { key } => match node.store.get(EntryKind::Result, &CacheKey(key)) {
+            Ok(v) => PeerResponse::Entry(v.map(serde_bytes::ByteBuf::from)),
+            Err(e) => {
+                tracing::warn!(error = %e, "store read failed");
+                PeerResponse::Entry(None)
+            }
+        },
+        PeerRequest::Have { key } => PeerResponse::Have(
+            node.store
+                .entry_path(EntryKind::Result, &CacheKey(key))
+                .exists(),
+        ),
+        PeerRequest::Put { key, entry } => {
+            // The store holds result entries only; anything else is refused.
+            if farm::key::ResultEntry::decode(&entry).is_none() {
+                return PeerResponse::Refused(format!("{}: not a result entry", node.name));
+            }
+            match node.store.put(EntryKind::Result, &CacheKey(key), &entry) {
+                Ok(_) => PeerResponse::Stored,
+                Err(e) => PeerResponse::Refused(format!("{}: store: {e}", node.name)),
+            }
+        }
+        PeerRequest::Job(job) => crate::worker::run(node, peer, job).await,
+    }
+}
+
+async fn resolve(addr: &str) -> Option<SocketAddr> {
+    tokio::net::lookup_host(addr).await.ok()?.next()
+}
+
+/// Dials a peer and records the connection, or schedules the next try.
+async fn dial(node: Arc<Node>, addr: String) {
+    let result = async {
+        let sa = resolve(&addr)
+            .await
+            .ok_or_else(|| anyhow!("cannot resolve {addr}"))?;
+        let connecting = node.endpoint.connect(sa, farm::net::SERVER_NAME)?;
+        let conn = tokio::time::timeout(Duration::from_secs(3), connecting)
+            .await
+            .map_err(|_| anyhow!("handshake timed out"))??;
+        let name = farm::net::peer_name(&conn).ok_or_else(|| anyhow!("peer has no node name"))?;
+        if node.cfg.revoked.contains(&name) {
+            conn.close(2u32.into(), b"revoked");
+            return Err(anyhow!("peer {name} is revoked"));
+        }
+        if name == node.name {
+            conn.close(3u32.into(), b"self");
+            return Err(anyhow!("{addr} is this node"));
+        }
+        anyhow::Ok((conn, name))
+    }
+    .await;
+    let mut peers = node.peers.lock().unwrap();
+    let Some(p) = peers.get_mut(&addr) else {
+        return;
+    };
+    p.dialing = false;
+    match result {
+        Ok((conn, name)) => {
+            tracing::info!(peer = %name, %addr, "connected to peer");
+            p.node = name;
+            p.conn = Some(conn);
+            p.backoff = Duration::from_millis(250);
+        }
+        Err(e) => {
+            tracing::debug!(%addr, error = %e, "cannot reach peer");
+            p.backoff = (p.backoff * 2).min(Duration::from_secs(5));
+            p.next_dial = Some(Instant::now() + p.backoff);
+        }
+    }
+}
+
+/// Sends this node's advert to one peer and records its answer.
+async fn exchange(node: Arc<Node>, addr: String, conn: quinn::Connection) {
+    let t0 = Instant::now();
+    let r = request(
+        &conn,
+        &PeerRequest::Advert(node.advert()),
+        MAX_CONTROL_FRAME,
+        Duration::from_secs(2),
+    )
+    .await;
+    let mut learned = Vec::new();
+    {
+        let mut peers = node.peers.lock().unwrap();
+        let Some(p) = peers.get_mut(&addr) else {
+            return;
+        };
+        match r {
+            Ok(PeerResponse::Advert(a)) => {
+                if a.version != protocol::VERSION {
+                    tracing::warn!(peer = %p.node, version = a.version, "peer speaks another protocol version");
+                }
+                p.rtt = conn.rtt().min(t0.elapsed());
+                p.last_heard = Some(Instant::now());
+                learned = a.peers.clone();
+                p.advert = Some(a);
+            }
+            Ok(_) => {
+                tracing::warn!(peer = %p.node, "peer answered an advert with something else");
+            }
+            Err(e) => {
+                if conn.close_reason().is_some() {
+                    tracing::info!(peer = %p.node, error = %e, "peer connection lost");
+                    p.conn = None;
+                    p.next_dial = Some(Instant::now());
+                }
+            }
+        }
+    }
+    for a in learned {
+        node.learn(&a);
+    }
+}
+
+/// The gossip loop: keeps a connection to every known peer and exchanges adverts
+/// about every second, sooner when this node's free capacity changes.
+pub async fn gossip(node: Arc<Node>) {
+    for p in &node.cfg.peers {
+        node.learn(p);
+    }
+    let mut last_free = u32::MAX;
+    loop {
+        let now = Instant::now();
+        let mut dials = Vec::new();
+        let mut talks = Vec::new();
+        {
+            let mut peers = node.peers.lock().unwrap();
+            for (addr, p) in peers.iter_mut() {
+                if let Some(c) = &p.conn {
+                    if c.close_reason().is_some() {
+                        tracing::info!(peer = %p.node, "peer connection closed");
+                        p.conn = None;
+                        p.next_dial = Some(now + p.backoff);
+                    }
+                }
+                match &p.conn {
+                    Some(c) => talks.push((addr.clone(), c.clone())),
+                    None if !p.dialing && p.next_dial.map(|t| now >= t).unwrap_or(true) => {
+                        p.dialing = true;
+                        dials.push(addr.clone());
+                    }
+                    None => {}
+                }
+            }
+        }
+        for addr in dials {
+            tokio::spawn(dial(node.clone(), addr));
+        }
+        for (addr, conn) in talks {
+            tokio::spawn(exchange(node.clone(), addr, conn));
+        }
+        if node.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        // Sooner when capacity changed, but not more than ten times a second.
+        let sleep = tokio::time::sleep(GOSSIP_EVERY);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                _ = node.changed.notified() => {
+                    let free = node.free_slots();
+                    if free != last_free {
+                        last_free = free;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

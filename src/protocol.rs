@@ -1,0 +1,355 @@
+//! Messages and framing shared by the shim, the agent and the worker (docs/protocol.md).
+//!
+//! Knows nothing about caching policy: a cache entry travels as opaque bytes under an
+//! opaque 32-byte key. Every frame is `u32 length (LE) | u8 flags | payload`, where the
+//! payload is postcard, zstd-compressed when flag bit 0 is set. Every read checks the
+//! length against a cap before allocating, and every decompression is bounded by the
+//! same cap, so a peer cannot make a reader allocate more than it allows.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Protocol version, advertised by every farmd and checked on every advert.
+pub const VERSION: u32 = 1;
+/// TLS application protocol of the peer protocol.
+pub const ALPN: &[u8] = b"farm/1";
+/// Largest frame any reader accepts (a preprocessed source or an object file).
+pub const MAX_FRAME: usize = 64 << 20;
+/// Largest frame of the control messages (adverts, have, get): a peer that sends more
+/// on such a stream is breaking the protocol.
+pub const MAX_CONTROL_FRAME: usize = 1 << 20;
+/// Payloads above this size are compressed on the wire.
+const COMPRESS_ABOVE: usize = 4096;
+const FLAG_ZSTD: u8 = 1;
+
+pub type Key = [u8; 32];
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {cap} bytes")]
+    TooLarge { len: usize, cap: usize },
+    #[error("empty frame")]
+    Empty,
+    #[error("unknown frame flags {0:#x}")]
+    Flags(u8),
+    #[error("cannot decompress frame: {0}")]
+    Decompress(String),
+    #[error("malformed message: {0}")]
+    Decode(#[from] postcard::Error),
+    #[error("connection closed")]
+    Closed,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A compiler a worker can run: the name it is started as and its identity digest
+/// (`key::compiler_identity`), so jobs match compilers by content, never by path.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CompilerAd {
+    pub name: String,
+    pub identity: Key,
+}
+
+/// What a farmd tells its peers about itself, about every second.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Advert {
+    pub version: u32,
+    pub node: String,
+    /// Address peers reach this node at (`host:port`).
+    pub addr: String,
+    pub slots: u32,
+    pub free: u32,
+    pub queue: u32,
+    /// One-minute load average × 1000.
+    pub load_milli: u32,
+    pub free_mem_mb: u64,
+    pub compilers: Vec<CompilerAd>,
+    /// Addresses of this node's live peers: how a farm learns its members.
+    pub peers: Vec<String>,
+}
+
+/// One compile for a worker. The worker rebuilds argv from these fields after
+/// validating them; nothing here is ever run as a command string.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// Compiler family module (`gcc`).
+    pub family: String,
+    pub compiler: CompilerAd,
+    /// The family's name for the language of `source` (`cpp-output`, …).
+    pub lang: String,
+    /// Compile arguments, validated again by the worker.
+    pub args: Vec<String>,
+    #[serde(with = "serde_bytes")]
+    pub source: Vec<u8>,
+}
+
+/// A worker's answer to a job that ran.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobResult {
+    pub exit_code: i32,
+    #[serde(with = "serde_bytes")]
+    pub stdout: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
+    /// The object file.
+    #[serde(with = "serde_bytes")]
+    pub object: Vec<u8>,
+    pub compile_ms: u64,
+    pub worker: String,
+}
+
+/// Requests between farmd peers, one per QUIC bidirectional stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum PeerRequest {
+    Advert(Advert),
+    Get {
+        key: Key,
+    },
+    Have {
+        key: Key,
+    },
+    Put {
+        key: Key,
+        #[serde(with = "serde_bytes")]
+        entry: Vec<u8>,
+    },
+    Job(Job),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum PeerResponse {
+    Advert(Advert),
+    Entry(Option<serde_bytes::ByteBuf>),
+    Have(bool),
+    Stored,
+    Done(JobResult),
+    /// The worker will not run this job; the reason names the flag or limit.
+    Refused(String),
+}
+
+/// Requests from a shim (or `farm status`) to the agent on its machine.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum AgentRequest {
+    /// A local miss: look the key up in the farm, else compile the job where it
+    /// finishes first.
+    Miss {
+        key: Key,
+        job: Job,
+    },
+    /// A local miss no worker may compile: only the farm's cache is asked.
+    Lookup {
+        key: Key,
+    },
+    /// A result compiled on this machine (or assembled from a remote object), for the
+    /// farm cache; `local_ms` teaches placement how fast home is.
+    Publish {
+        key: Key,
+        #[serde(with = "serde_bytes")]
+        entry: Vec<u8>,
+        local_ms: u64,
+    },
+    /// The shim's local compile of a job the agent sent home is over.
+    LocalDone {
+        local_ms: u64,
+    },
+    Status,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum AgentResponse {
+    /// The farm had the entry (from the key's home peer).
+    Cached {
+        #[serde(with = "serde_bytes")]
+        entry: Vec<u8>,
+        peer: String,
+    },
+    /// A peer compiled the job.
+    Compiled(JobResult),
+    /// Compile it at home; the reason is counted in `farm stats`.
+    Local(String),
+    Published,
+    Status(Box<StatusReport>),
+}
+
+/// The farm as one agent sees it (`farm status`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct StatusReport {
+    pub node: String,
+    pub addr: String,
+    pub version: u32,
+    pub uptime_s: u64,
+    pub slots: u32,
+    pub free: u32,
+    pub local_slots: u32,
+    pub local_running: u32,
+    pub jobs_served: u64,
+    pub jobs_refused: u64,
+    pub store_entries: u64,
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct PeerStatus {
+    pub node: String,
+    pub addr: String,
+    pub live: bool,
+    pub slots: u32,
+    pub free: u32,
+    pub queue: u32,
+    pub load_milli: u32,
+    pub free_mem_mb: u64,
+    pub rtt_us: u64,
+    pub compilers: Vec<String>,
+    /// Jobs this node sent there that came back with a result.
+    pub jobs_ok: u64,
+    pub jobs_failed: u64,
+    /// The most recent failures, newest last.
+    pub recent_failures: Vec<String>,
+    /// Estimated milliseconds per job there (placement's view).
+    pub est_ms: u64,
+}
+
+/// Encodes a message as one frame.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let body = postcard::to_stdvec(msg).expect("postcard encoding to a Vec cannot fail");
+    let (flags, payload) = if body.len() > COMPRESS_ABOVE {
+        match zstd::bulk::compress(&body, 1) {
+            Ok(c) if c.len() < body.len() => (FLAG_ZSTD, c),
+            _ => (0, body),
+        }
+    } else {
+        (0, body)
+    };
+    let mut out = Vec::with_capacity(payload.len() + 5);
+    out.extend_from_slice(&((payload.len() + 1) as u32).to_le_bytes());
+    out.push(flags);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Checks a frame header's length against `cap`; returns the body length.
+pub fn body_len(header: [u8; 4], cap: usize) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    // The compressed body can never need more than the cap either.
+    if len > cap + 1 {
+        return Err(FrameError::TooLarge { len, cap });
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body (flags byte and payload).
+pub fn decode<T: DeserializeOwned>(body: &[u8], cap: usize) -> Result<T, FrameError> {
+    let (&flags, payload) = body.split_first().ok_or(FrameError::Empty)?;
+    match flags {
+        0 => Ok(postcard::from_bytes(payload)?),
+        FLAG_ZSTD => {
+            let plain = zstd::bulk::decompress(payload, cap)
+                .map_err(|e| FrameError::Decompress(e.to_string()))?;
+            Ok(postcard::from_bytes(&plain)?)
+        }
+        f => Err(FrameError::Flags(f)),
+    }
+}
+
+/// Reads one frame from a blocking reader (the shim's side of the agent socket).
+pub fn read_sync<T: DeserializeOwned>(
+    r: &mut impl std::io::Read,
+    cap: usize,
+) -> Result<T, FrameError> {
+    let mut header = [0u8; 4];
+    if let Err(e) = r.read_exact(&mut header) {
+        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Closed
+        } else {
+            FrameError::Io(e)
+        });
+    }
+    let len = body_len(header, cap)?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    decode(&body, cap)
+}
+
+/// Writes one frame to a blocking writer.
+pub fn write_sync<T: Serialize>(w: &mut impl std::io::Write, msg: &T) -> Result<(), FrameError> {
+    w.write_all(&encode(msg))?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame from an async reader (QUIC streams, the agent's Unix socket).
+pub async fn read_async<T: DeserializeOwned>(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    cap: usize,
+) -> Result<T, FrameError> {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 4];
+    if let Err(e) = r.read_exact(&mut header).await {
+        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Closed
+        } else {
+            FrameError::Io(e)
+        });
+    }
+    let len = body_len(header, cap)?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    decode(&body, cap)
+}
+
+/// Writes one frame to an async writer.
+pub async fn write_async<T: Serialize>(
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    msg: &T,
+) -> Result<(), FrameError> {
+    use tokio::io::AsyncWriteExt;
+    w.write_all(&encode(msg)).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_small_and_compressed() {
+        let job = Job {
+            family: "gcc".into(),
+            compiler: CompilerAd {
+                name: "gcc".into(),
+                identity: [7; 32],
+            },
+            lang: "cpp-output".into(),
+            args: vec!["-O2".into()],
+            source: b"int x;\n".repeat(5000),
+        };
+        let msg = PeerRequest::Job(job);
+        let frame = encode(&msg);
+        assert!(frame.len() < 5000, "large repetitive payload is compressed");
+        let len = body_len(frame[..4].try_into().unwrap(), MAX_FRAME).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        let back: PeerRequest = decode(&frame[4..], MAX_FRAME).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn caps_are_checked_before_allocation() {
+        assert!(matches!(
+            body_len(u32::MAX.to_le_bytes(), MAX_FRAME),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            body_len(0u32.to_le_bytes(), MAX_FRAME),
+            Err(FrameError::Empty)
+        ));
+        // A compressed frame that inflates past the cap is refused.
+        let big = vec![0u8; 100_000];
+        let c = zstd::bulk::compress(&big, 1).unwrap();
+        let mut body = vec![FLAG_ZSTD];
+        body.extend_from_slice(&c);
+        assert!(decode::<PeerRequest>(&body, 1000).is_err());
+    }
+}

@@ -1,0 +1,830 @@
+//! The farm end to end: real farmd processes on loopback with their own certificates,
+//! cache directories and agent sockets; real gcc/clang and a real Debian project built
+//! by make. Every object is compared with `cmp`-equality against a plain local build.
+
+mod common;
+use common::*;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use farm::protocol::{self, CompilerAd, Job, PeerRequest, PeerResponse};
+
+fn farmd_bin() -> PathBuf {
+    let p = farm_bin().with_file_name("farmd");
+    if !p.exists() {
+        let o = Command::new(env!("CARGO"))
+            .args(["build", "-p", "farmd"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn farm(args: &[&str], agent: &Path) -> std::process::Output {
+    Command::new(farm_bin())
+        .args(args)
+        .env("FARM_AGENT", agent)
+        .env("FARM_CONFIG", "/nonexistent/farm.toml")
+        .output()
+        .unwrap()
+}
+
+struct Node {
+    name: String,
+    dir: PathBuf,
+    port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    fn socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+    fn status(&self) -> serde_json::Value {
+        let o = farm(&["status", "--json"], &self.socket());
+        assert!(
+            o.status.success(),
+            "farm status: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+    fn try_status(&self) -> Option<serde_json::Value> {
+        let o = farm(&["status", "--json"], &self.socket());
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).unwrap())
+    }
+    fn live_peers(&self) -> Vec<String> {
+        self.try_status()
+            .map(|s| {
+                s["peers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| p["live"].as_bool().unwrap())
+                    .map(|p| p["node"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn start(&mut self) {
+        let log = fs::File::create(self.dir.join("farmd.stderr")).unwrap();
+        self.child = Some(
+            Command::new(farmd_bin())
+                .arg("--config")
+                .arg(&self.config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    fn rss_kb(&self) -> u64 {
+        let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
+    fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Cluster {
+    root: tempfile::TempDir,
+    ca: PathBuf,
+    nodes: Vec<Node>,
+}
+
+fn run_ok(cmd: &mut Command) {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{:?}: {}",
+        cmd,
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl Cluster {
+    /// `names.len()` nodes; every node but the first knows only the first (the rest is
+    /// learned by gossip). `extra(i)` adds config lines to node i.
+    fn new(names: &[&str], extra: impl Fn(usize) -> String) -> Cluster {
+        let root = tempfile::Builder::new()
+            .prefix("farm-cluster")
+            .tempdir()
+            .unwrap();
+        let ca = root.path().join("ca");
+        run_ok(Command::new(farm_bin()).args(["cluster", "init"]).arg(&ca));
+        let mut nodes: Vec<Node> = Vec::new();
+        let first_port = free_port();
+        for (i, name) in names.iter().enumerate() {
+            let dir = root.path().join(name);
+            fs::create_dir_all(&dir).unwrap();
+            run_ok(
+                Command::new(farm_bin())
+                    .args(["cluster", "issue", name, "--ca"])
+                    .arg(&ca)
+                    .arg("--out")
+                    .arg(&dir),
+            );
+            let port = if i == 0 { first_port } else { free_port() };
+            let peers = if i == 0 {
+                String::new()
+            } else {
+                format!("\"127.0.0.1:{first_port}\"")
+            };
+            let config = dir.join("farmd.toml");
+            fs::write(
+                &config,
+                format!(
+                    "listen = \"127.0.0.1:{port}\"\npeers = [{peers}]\nca = \"{ca}/ca.crt\"\n\
+                     cert = \"{name}.crt\"\nkey = \"{name}.key\"\nsocket = \"agent.sock\"\n\
+                     state_dir = \"state\"\nslots = 2\nlog = \"farmd.log\"\n\
+                     idle_timeout_ms = 1500\n{}\n",
+                    extra(i),
+                    ca = ca.display(),
+                ),
+            )
+            .unwrap();
+            nodes.push(Node {
+                name: name.to_string(),
+                dir,
+                port,
+                config,
+                child: None,
+            });
+        }
+        for n in &mut nodes {
+            n.start();
+        }
+        Cluster { root, ca, nodes }
+    }
+
+    /// Waits until node `i` sees `want` live peers.
+    fn wait_live(&self, i: usize, want: usize) {
+        let t0 = Instant::now();
+        loop {
+            let live = self.nodes[i].live_peers();
+            if live.len() == want {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "node {} sees {live:?}, wanted {want} live peers; log:\n{}",
+                self.nodes[i].name,
+                fs::read_to_string(self.nodes[i].dir.join("farmd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_all(&self) {
+        for i in 0..self.nodes.len() {
+            self.wait_live(i, self.nodes.len() - 1);
+        }
+    }
+}
+
+fn lua_make(env: &Env, tree: &Path, cc: &str, agent: Option<&Path>) {
+    let mut c = env.cmd("make");
+    c.current_dir(tree.join("src"))
+        .args(["-j8", "linux", &format!("CC={cc} -std=gnu99")]);
+    if let Some(a) = agent {
+        c.env("FARM_AGENT", a);
+    }
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "make failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn jobs_ok(status: &serde_json::Value) -> u64 {
+    status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["jobs_ok"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn three_farmd_build_lua_remote_then_from_the_farm_cache() {
+    require("gcc");
+    require("make");
+    let src = sources("lua5.4");
+    // Node a keeps nothing at home: every distributable compile goes to b or c.
+    let cl = Cluster::new(&["node-a", "node-b", "node-c"], |i| {
+        if i == 0 { "local_slots = 0" } else { "" }.to_string()
+    });
+    cl.wait_all();
+    let a = &cl.nodes[0];
+    let env = Env::new("direct");
+    let tree = env.root.path().join("lua");
+    copy_tree(&src, &tree);
+    lua_make(&env, &tree, "gcc", None);
+    let plain = objects(&tree);
+    let n = plain.len() as u64;
+
+    copy_tree(&src, &tree);
+    let farm_cc = farm_cc_bin().display().to_string();
+    lua_make(&env, &tree, &farm_cc, Some(&a.socket()));
+    assert_same_objects(&plain, &objects(&tree), "built by the farm");
+    let remote = env.counter(&["farm", "remote"]);
+    // A TU whose compile printed warnings is compiled again here, so the user sees
+    // this machine's compiler's own messages; every other one ran on a peer.
+    let diagnostics = env.counter(&["farm", "home", "diagnostics"]);
+    assert_eq!(
+        remote + diagnostics,
+        n,
+        "every TU compiled by a peer: {}",
+        env.stats()
+    );
+    assert!(remote >= n / 2, "{}", env.stats());
+    assert_eq!(env.misses(), n, "{}", env.stats());
+    let st = a.status();
+    assert_eq!(jobs_ok(&st), n, "agent's count of jobs peers ran: {st}");
+    for p in st["peers"].as_array().unwrap() {
+        assert!(
+            p["jobs_ok"].as_u64().unwrap() > 0,
+            "both peers ran jobs: {st}"
+        );
+    }
+
+    // An empty local cache: the farm's cache answers every TU.
+    let o = env.farm(&["cache", "clear"]);
+    assert!(o.status.success());
+    env.farm(&["stats", "--zero"]);
+    // Publishing is asynchronous: give the last puts a moment to land.
+    std::thread::sleep(Duration::from_millis(500));
+    copy_tree(&src, &tree);
+    lua_make(&env, &tree, &farm_cc, Some(&a.socket()));
+    assert_same_objects(&plain, &objects(&tree), "from the farm's cache");
+    assert_eq!(
+        env.counter(&["hits", "farm"]),
+        n,
+        "every TU from the farm's cache: {}",
+        env.stats()
+    );
+    assert_eq!(env.misses(), 0);
+    let o = sh(&tree.join("src"), "./lua -e 'print(6*7)'");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "42");
+}
+
+/// Single files through a peer for both compilers, C and C++, with the dependency
+/// flags build systems use: objects and `.d` files equal the plain compile's.
+#[test]
+fn remote_objects_and_depfiles_match_plain_for_gcc_and_clang() {
+    require("clang");
+    let cl = Cluster::new(&["node-a", "node-b"], |i| {
+        if i == 0 { "local_slots = 0" } else { "" }.to_string()
+    });
+    cl.wait_all();
+    let env = Env::new("direct");
+    env.write("inc/util.h", "#define TWICE(x) ((x) * 2)\nint util(int);\n");
+    env.write(
+        "a.c",
+        "#include <stdio.h>\n#include \"inc/util.h\"\nint main(void){printf(\"%d\\n\", TWICE(21));return util(0);}\n",
+    );
+    env.write(
+        "b.cpp",
+        "#include <vector>\n#include \"inc/util.h\"\nint f(){std::vector<int> v{1,2,3};return TWICE(v.size());}\n",
+    );
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("gcc", "a.c", &["-O2", "-Iinc", "-DX=1"]),
+        (
+            "gcc",
+            "a.c",
+            &["-O1", "-MD", "-MT", "obj/a.o", "-MF", "obj/a.d"],
+        ),
+        ("g++", "b.cpp", &["-O2", "-std=c++17", "-MMD", "-MP"]),
+        ("clang", "a.c", &["-O2", "-MD"]),
+        (
+            "clang++",
+            "b.cpp",
+            &["-O1", "-fPIC", "-MD", "-MF", "obj/b.d"],
+        ),
+    ];
+    fs::create_dir_all(env.work.join("obj")).unwrap();
+    for (cc, src, flags) in cases {
+        let obj = "obj/out.o";
+        let mut args: Vec<&str> = flags.to_vec();
+        args.extend(["-c", src, "-o", obj]);
+        let depfile = if flags.contains(&"-MF") {
+            Some(flags[flags.iter().position(|f| *f == "-MF").unwrap() + 1].to_string())
+        } else if flags.iter().any(|f| f.starts_with("-M")) {
+            Some("obj/out.d".to_string())
+        } else {
+            None
+        };
+        let o = env.cmd(cc).args(&args).output().unwrap();
+        assert!(o.status.success());
+        let plain_obj = env.read(obj);
+        let plain_dep = depfile.as_ref().map(|d| env.read(d));
+        fs::remove_file(env.work.join(obj)).unwrap();
+        let before = env.counter(&["farm", "remote"]);
+        let o = env
+            .cmd(farm_bin())
+            .arg(cc)
+            .args(&args)
+            .env("FARM_AGENT", cl.nodes[0].socket())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.stderr.is_empty());
+        assert_eq!(
+            env.counter(&["farm", "remote"]),
+            before + 1,
+            "{cc} {flags:?} ran on the peer: {}",
+            env.stats()
+        );
+        assert!(env.read(obj) == plain_obj, "{cc} {flags:?}: object differs");
+        if let (Some(d), Some(pd)) = (&depfile, &plain_dep) {
+            assert_eq!(
+                String::from_utf8_lossy(&env.read(d)),
+                String::from_utf8_lossy(pd),
+                "{cc} {flags:?}: depfile differs"
+            );
+        }
+        env.farm(&["cache", "clear"]);
+    }
+    // With debug info the compile stays home (distribution would change DWARF), and
+    // the object is still exactly the plain one.
+    let o = env
+        .cmd("gcc")
+        .args(["-g", "-c", "a.c", "-o", "g.o"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let plain = env.read("g.o");
+    let o = env
+        .cmd(farm_cc_bin())
+        .args(["-g", "-c", "a.c", "-o", "g.o"])
+        .env("FARM_CC", "gcc")
+        .env("FARM_AGENT", cl.nodes[0].socket())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(env.read("g.o") == plain);
+    assert_eq!(
+        env.counter(&["farm", "home", "debug_info"]),
+        1,
+        "{}",
+        env.stats()
+    );
+    // A warning is shown exactly as the local compiler prints it: such a compile is
+    // done here, whatever a peer said.
+    env.write("w.c", "int f(int x){int unused; return x;}\n");
+    let o = env
+        .cmd("gcc")
+        .args(["-Wall", "-c", "w.c", "-o", "w.o"])
+        .output()
+        .unwrap();
+    let plain_err = o.stderr;
+    assert!(!plain_err.is_empty());
+    let o = env
+        .cmd(farm_bin())
+        .args(["gcc", "-Wall", "-c", "w.c", "-o", "w.o"])
+        .env("FARM_AGENT", cl.nodes[0].socket())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&plain_err)
+    );
+}
+
+#[test]
+fn peer_killed_mid_build_then_every_peer_stopped() {
+    require("gcc");
+    require("make");
+    let src = sources("lua5.4");
+    let mut cl = Cluster::new(&["node-a", "node-b", "node-c"], |i| {
+        if i == 0 { "local_slots = 0" } else { "" }.to_string()
+    });
+    cl.wait_all();
+    let env = Env::new("direct");
+    let tree = env.root.path().join("lua");
+    copy_tree(&src, &tree);
+    lua_make(&env, &tree, "gcc", None);
+    let plain = objects(&tree);
+
+    // kill -9 node-b as soon as it has run a job for us; the build goes on.
+    copy_tree(&src, &tree);
+    let farm_cc = farm_cc_bin().display().to_string();
+    let mut make = env.cmd("make");
+    make.current_dir(tree.join("src"))
+        .args(["-j8", "linux", &format!("CC={farm_cc} -std=gnu99")])
+        .env("FARM_AGENT", cl.nodes[0].socket())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = make.spawn().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let st = cl.nodes[0].status();
+        let b_jobs = st["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node"] == "node-b")
+            .map(|p| p["jobs_ok"].as_u64().unwrap())
+            .unwrap_or(0);
+        if b_jobs >= 1 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "node-b never ran a job: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cl.nodes[1].kill9();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_objects(&plain, &objects(&tree), "peer killed mid-build");
+    // node-b leaves the table.
+    cl.wait_live(0, 1);
+
+    // Stop every peer (node-c gracefully, with SIGTERM): the build compiles at home.
+    let c_pid = cl.nodes[2].pid();
+    run_ok(Command::new("kill").args(["-TERM", &c_pid.to_string()]));
+    let t0 = Instant::now();
+    while cl.nodes[2].alive() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "SIGTERM did not stop node-c"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cl.wait_live(0, 0);
+    env.farm(&["cache", "clear"]);
+    env.farm(&["stats", "--zero"]);
+    copy_tree(&src, &tree);
+    lua_make(&env, &tree, &farm_cc, Some(&cl.nodes[0].socket()));
+    assert_same_objects(&plain, &objects(&tree), "no peers");
+    assert_eq!(env.counter(&["farm", "remote"]), 0);
+    // node-a is now the home of every key: what it stored answers, the rest is
+    // compiled here.
+    assert_eq!(
+        env.counter(&["farm", "home", "no_peer"]) + env.counter(&["hits", "farm"]),
+        plain.len() as u64,
+        "{}",
+        env.stats()
+    );
+
+    // And with no farmd at all: a plain local cache, no errors, no waiting.
+    cl.nodes[0].kill9();
+    env.farm(&["cache", "clear"]);
+    env.farm(&["stats", "--zero"]);
+    copy_tree(&src, &tree);
+    lua_make(&env, &tree, &farm_cc, Some(&cl.nodes[0].socket()));
+    assert_same_objects(&plain, &objects(&tree), "no farmd");
+    assert_eq!(env.misses(), plain.len() as u64, "{}", env.stats());
+    assert_eq!(env.counter(&["farm", "fallback", "agent_error"]), 0);
+    drop(cl.root);
+}
+
+// ------------------------------------------------------------------ security
+
+/// A raw peer client built from the library, for what a shim never sends.
+struct RawPeer {
+    rt: tokio::runtime::Runtime,
+    conn: quinn::Connection,
+}
+
+impl RawPeer {
+    fn connect(ca: &Path, cert: &Path, key: &Path, addr: &str) -> Result<RawPeer, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let tls = farm::net::load_node_tls(ca, cert, key, Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        let conn = rt.block_on(async {
+            let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            ep.set_default_client_config(tls.client);
+            let c = ep
+                .connect(addr.parse().unwrap(), farm::net::SERVER_NAME)
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(c)
+        })?;
+        Ok(RawPeer { rt, conn })
+    }
+
+    fn ask(&self, req: &PeerRequest) -> Result<PeerResponse, String> {
+        self.rt.block_on(async {
+            let (mut s, mut r) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
+            protocol::write_async(&mut s, req)
+                .await
+                .map_err(|e| e.to_string())?;
+            s.finish().map_err(|e| e.to_string())?;
+            protocol::read_async(&mut r, protocol::MAX_FRAME)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn raw(&self, bytes: &[u8]) -> Result<PeerResponse, String> {
+        self.rt.block_on(async {
+            let (mut s, mut r) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
+            s.write_all(bytes).await.map_err(|e| e.to_string())?;
+            s.finish().map_err(|e| e.to_string())?;
+            protocol::read_async(&mut r, protocol::MAX_FRAME)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn gcc_ad() -> CompilerAd {
+    let gcc = fs::canonicalize(which::which("gcc").unwrap()).unwrap();
+    let memo = tempfile::tempdir().unwrap();
+    CompilerAd {
+        name: "gcc".into(),
+        identity: farm::key::compiler_identity(&gcc, memo.path()).unwrap(),
+    }
+}
+
+#[test]
+fn strangers_garbage_and_unsafe_jobs_are_refused() {
+    require("gcc");
+    let mut cl = Cluster::new(&["node-a", "node-b"], |_| "revoked = [\"node-r\"]".into());
+    cl.wait_all();
+    let b = &cl.nodes[1];
+    let ca = cl.ca.join("ca.crt");
+    let tester = cl.root.path().join("tester");
+    run_ok(
+        Command::new(farm_bin())
+            .args(["cluster", "issue", "tester", "--ca"])
+            .arg(&cl.ca)
+            .arg("--out")
+            .arg(&tester),
+    );
+    let peer = RawPeer::connect(
+        &ca,
+        &tester.join("tester.crt"),
+        &tester.join("tester.key"),
+        &b.addr(),
+    )
+    .expect("a cluster certificate is accepted");
+
+    // A good job runs (the control), a job with -fplugin= is refused by the worker.
+    let job = |args: &[&str]| {
+        PeerRequest::Job(Job {
+            family: "gcc".into(),
+            compiler: gcc_ad(),
+            lang: "cpp-output".into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            source: b"int answer(void) { return 42; }\n".to_vec(),
+        })
+    };
+    match peer.ask(&job(&["-O2"])).unwrap() {
+        PeerResponse::Done(r) => {
+            assert_eq!(r.exit_code, 0);
+            assert!(r.object.starts_with(b"\x7fELF"));
+        }
+        other => panic!("good job not run: {other:?}"),
+    }
+    for bad in [
+        &["-fplugin=/tmp/evil.so"][..],
+        &["-B/tmp/evil"],
+        &["-specs=/tmp/evil.specs"],
+        &["-wrapper", "/bin/sh"],
+        &["-o", "/etc/passwd"],
+        &["-o../escape.o"],
+        &["-save-temps"],
+        &["-Xclang", "-load"],
+        &["/etc/shadow"],
+        &["@/etc/shadow"],
+    ] {
+        match peer.ask(&job(bad)).unwrap() {
+            PeerResponse::Refused(why) => assert!(why.contains("refused"), "{bad:?}: {why}"),
+            other => panic!("{bad:?} was not refused: {other:?}"),
+        }
+    }
+    let mut other = job(&["-O2"]);
+    if let PeerRequest::Job(j) = &mut other {
+        j.compiler.identity = [0; 32];
+    }
+    assert!(
+        matches!(peer.ask(&other).unwrap(), PeerResponse::Refused(w) if w.contains("not allowed"))
+    );
+    // The shim never ships -fplugin: it compiles such a file at home, untouched.
+    let env = Env::new("direct");
+    env.write("p.c", "int p;\n");
+    let o = env
+        .cmd(farm_bin())
+        .args(["gcc", "-fplugin=/nonexistent/x.so", "-c", "p.c"])
+        .env("FARM_AGENT", cl.nodes[0].socket())
+        .output()
+        .unwrap();
+    let plain = env
+        .cmd("gcc")
+        .args(["-fplugin=/nonexistent/x.so", "-c", "p.c"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), plain.status.code());
+    assert_eq!(o.stderr, plain.stderr);
+    assert_eq!(env.counter(&["passthrough", "plugin"]), 1);
+
+    // Oversized and garbage frames: a clear refusal, and farmd carries on.
+    let rss0 = b.rss_kb();
+    let mut huge = (u32::MAX - 8).to_le_bytes().to_vec();
+    huge.extend_from_slice(&[0u8; 64]);
+    match peer.raw(&huge) {
+        Ok(PeerResponse::Refused(why)) => assert!(why.contains("exceeds"), "{why}"),
+        other => panic!("oversized frame: {other:?}"),
+    }
+    for i in 0..50u32 {
+        let mut g: Vec<u8> = (0..200u32)
+            .map(|x| (x.wrapping_mul(2654435761).wrapping_add(i) >> 7) as u8)
+            .collect();
+        g[..4].copy_from_slice(&150u32.to_le_bytes());
+        let r = peer.raw(&g);
+        assert!(matches!(r, Ok(PeerResponse::Refused(_)) | Err(_)), "{r:?}");
+    }
+    // Random datagrams at the UDP port.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..5000u32 {
+        let d: Vec<u8> = (0..1200u32)
+            .map(|x| (x ^ i).wrapping_mul(2246822519) as u8)
+            .collect();
+        let _ = udp.send_to(&d, b.addr());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(matches!(
+        peer.ask(&job(&["-O1"])).unwrap(),
+        PeerResponse::Done(_)
+    ));
+    let rss1 = b.rss_kb();
+    assert!(
+        rss1 < rss0 + 32 * 1024,
+        "farmd grew from {rss0} kB to {rss1} kB"
+    );
+    assert!(cl.nodes[1].alive());
+
+    // A node from another CA, a revoked node, and a client without a certificate are
+    // refused at the handshake, and never show up as peers.
+    let other_ca = cl.root.path().join("other-ca");
+    run_ok(
+        Command::new(farm_bin())
+            .args(["cluster", "init"])
+            .arg(&other_ca),
+    );
+    run_ok(
+        Command::new(farm_bin())
+            .args(["cluster", "issue", "node-x", "--ca"])
+            .arg(&other_ca),
+    );
+    // With TLS 1.3 the client may finish its handshake before the server has
+    // checked its certificate; the refusal then closes the connection before any
+    // request is answered.
+    if let Ok(p) = RawPeer::connect(
+        &ca,
+        &other_ca.join("node-x.crt"),
+        &other_ca.join("node-x.key"),
+        &cl.nodes[0].addr(),
+    ) {
+        assert!(
+            p.ask(&job(&["-O2"])).is_err(),
+            "a certificate of another CA is refused"
+        );
+    }
+    run_ok(
+        Command::new(farm_bin())
+            .args(["cluster", "issue", "node-r", "--ca"])
+            .arg(&cl.ca),
+    );
+    let revoked = RawPeer::connect(
+        &ca,
+        &cl.ca.join("node-r.crt"),
+        &cl.ca.join("node-r.key"),
+        &cl.nodes[0].addr(),
+    );
+    if let Ok(p) = revoked {
+        // The handshake completes before the name is read; the first request fails.
+        assert!(p.ask(&job(&["-O2"])).is_err(), "a revoked node is refused");
+    }
+    let no_cert = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let mut roots = rustls::RootCertStore::empty();
+            let pem = fs::read(&ca).unwrap();
+            use rustls::pki_types::pem::PemObject;
+            for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            cfg.alpn_protocols = vec![protocol::ALPN.to_vec()];
+            let qc = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
+            let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(qc)));
+            let conn = ep
+                .connect(cl.nodes[0].addr().parse().unwrap(), farm::net::SERVER_NAME)
+                .unwrap()
+                .await;
+            match conn {
+                Err(_) => true,
+                Ok(c) => {
+                    // TLS 1.3 lets the client finish first; the server's refusal
+                    // arrives as the connection closing before any stream works.
+                    let r = async {
+                        let (mut s, mut r) = c.open_bi().await?;
+                        protocol::write_async(&mut s, &PeerRequest::Have { key: [0; 32] }).await?;
+                        s.finish()?;
+                        let _: PeerResponse = protocol::read_async(&mut r, 1024).await?;
+                        anyhow::Ok(())
+                    };
+                    tokio::time::timeout(Duration::from_secs(5), r)
+                        .await
+                        .map(|x| x.is_err())
+                        .unwrap_or(true)
+                }
+            }
+        });
+    assert!(no_cert, "a client without a certificate is refused");
+    // farmd with a foreign certificate never joins: node-a does not list it.
+    let stranger_dir = cl.root.path().join("stranger");
+    fs::create_dir_all(&stranger_dir).unwrap();
+    let port = free_port();
+    fs::write(
+        stranger_dir.join("farmd.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\npeers = [\"{}\"]\nca = \"{}/ca.crt\"\ncert = \"{o}/node-x.crt\"\nkey = \"{o}/node-x.key\"\nsocket = \"agent.sock\"\nstate_dir = \"state\"\nlog = \"farmd.log\"\n",
+            cl.nodes[0].addr(),
+            other_ca.display(),
+            o = other_ca.display()
+        ),
+    )
+    .unwrap();
+    let mut stranger = Node {
+        name: "node-x".into(),
+        dir: stranger_dir.clone(),
+        port,
+        config: stranger_dir.join("farmd.toml"),
+        child: None,
+    };
+    stranger.start();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        stranger.alive(),
+        "{}",
+        fs::read_to_string(stranger_dir.join("farmd.stderr")).unwrap()
+    );
+    assert_eq!(stranger.live_peers(), Vec::<String>::new());
+    let peers_of_a = cl.nodes[0].live_peers();
+    assert_eq!(
+        peers_of_a,
+        vec!["node-b".to_string()],
+        "only the cluster's own node"
+    );
+    cl.nodes[1].kill9();
+}
