@@ -206,6 +206,11 @@ pub struct PeerStatus {
     pub recent_failures: Vec<String>,
     /// Estimated milliseconds per job there (placement's view).
     pub est_ms: u64,
+    /// Jobs this node has running there now.
+    pub inflight: u32,
+    /// UDP bytes this node sent to / received from it on its connection there.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 /// Encodes a message as one frame.

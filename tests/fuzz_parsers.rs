@@ -129,3 +129,42 @@ proptest! {
         prop_assert!(decode_entry(&framed).is_err() || data.len() >= 32);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// The protocol decoder answers garbage with an error, never a panic, and never
+    /// allocates past its cap.
+    #[test]
+    fn protocol_decoder_survives_garbage(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = farm::protocol::decode::<farm::protocol::PeerRequest>(&body, 4096);
+        let _ = farm::protocol::decode::<farm::protocol::PeerResponse>(&body, 4096);
+        let _ = farm::protocol::decode::<farm::protocol::AgentRequest>(&body, 4096);
+        let _ = farm::protocol::decode::<farm::protocol::AgentResponse>(&body, 4096);
+        if body.len() >= 4 {
+            let h: [u8; 4] = body[..4].try_into().unwrap();
+            if let Ok(n) = farm::protocol::body_len(h, 4096) {
+                prop_assert!(n <= 4097);
+            }
+        }
+        let mut r = std::io::Cursor::new(body);
+        let _ = farm::protocol::read_sync::<farm::protocol::AgentRequest>(&mut r, 4096);
+    }
+
+    /// A worker accepts no argument that names a file or loads code, whatever the
+    /// spelling around the dangerous part.
+    #[test]
+    fn worker_never_accepts_plugins_or_paths(
+        prefix in "(-fplugin|-fpass-plugin|-B|-specs|--specs|-o|-wrapper|@|/|-I|-include|-fprofile-use=|-mllvm)",
+        rest in "[a-zA-Z0-9=/._-]{0,20}",
+    ) {
+        let arg = format!("{prefix}{rest}");
+        let r = farm::lang::gcc::worker_args(
+            "cpp-output",
+            &[arg.clone()],
+            std::path::Path::new("job.i"),
+            std::path::Path::new("job.o"),
+        );
+        prop_assert!(r.is_err(), "{} accepted", arg);
+    }
+}

@@ -237,6 +237,9 @@ impl Node {
                     jobs_failed: p.failed,
                     recent_failures: p.recent_failures.iter().cloned().collect(),
                     est_ms: p.job_ms.unwrap_or(local_ms) as u64,
+                    inflight: p.inflight,
+                    bytes_sent: p.conn.as_ref().map(|c| c.stats().udp_tx.bytes).unwrap_or(0),
+                    bytes_received: p.conn.as_ref().map(|c| c.stats().udp_rx.bytes).unwrap_or(0),
                 }
             })
             .collect();

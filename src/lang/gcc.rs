@@ -2182,4 +2182,106 @@ mod tests {
         );
         assert!(parse_search_list(b"garbage").is_none());
     }
+
+    #[test]
+    fn remote_args_keep_compile_flags_only() {
+        let inv = parse(&[
+            "-O2",
+            "-Iinc",
+            "-I",
+            "x",
+            "-DA=1",
+            "-include",
+            "cfg.h",
+            "-MD",
+            "-MF",
+            "a.d",
+            "-MT",
+            "t",
+            "-Wall",
+            "-fPIC",
+            "-std=c11",
+            "-c",
+            "a.c",
+            "-o",
+            "a.o",
+            "--param",
+            "max-inline-insns-single=10",
+        ])
+        .unwrap();
+        let args = remote_args(&inv.key_args, &inv.source).unwrap();
+        assert_eq!(
+            args,
+            [
+                "-O2",
+                "-Wall",
+                "-fPIC",
+                "-std=c11",
+                "--param",
+                "max-inline-insns-single=10"
+            ]
+        );
+        let w = worker_args("cpp-output", &args, Path::new("job.i"), Path::new("job.o")).unwrap();
+        assert_eq!(w.first().unwrap(), "-x");
+        assert_eq!(&w[w.len() - 4..], ["-c", "job.i", "-o", "job.o"]);
+    }
+
+    #[test]
+    fn debug_and_profiles_stay_home() {
+        for v in [
+            &["-g", "-c", "a.c"][..],
+            &["--coverage", "-c", "a.c"],
+            &["-fprofile-generate", "-c", "a.c"],
+        ] {
+            let inv = parse(v).unwrap();
+            assert!(plan(&inv).remote_block.is_some(), "{v:?}");
+        }
+        assert!(plan(&parse(&["-O2", "-c", "a.c"]).unwrap())
+            .remote_block
+            .is_none());
+    }
+
+    #[test]
+    fn worker_refuses_what_loads_code_or_writes_elsewhere() {
+        let io = |a: &[&str]| {
+            let v: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+            worker_args("cpp-output", &v, Path::new("job.i"), Path::new("job.o"))
+        };
+        for bad in [
+            &["-fplugin=/x.so"][..],
+            &["-fplugin-arg-x-y=z"],
+            &["-fpass-plugin=/x.so"],
+            &["-B/tmp"],
+            &["-B", "/tmp"],
+            &["-specs=/x"],
+            &["-wrapper", "gdb"],
+            &["-o", "/etc/x"],
+            &["-o/etc/x"],
+            &["-save-temps"],
+            &["-fdump-tree-all"],
+            &["-fstack-usage"],
+            &["-mllvm", "-load=/x.so"],
+            &["-Xclang", "-load"],
+            &["-Wl,-rpath,/x"],
+            &["-Wa,-adhln=/tmp/listing"],
+            &["-fprofile-generate=/tmp"],
+            &["-fsanitize-ignorelist=/etc/x"],
+            &["-x", "c"],
+            &["-E"],
+            &["-S"],
+            &["-MD"],
+            &["-I/etc"],
+            &["-include", "/etc/passwd"],
+            &["@/etc/passwd"],
+            &["/etc/passwd"],
+            &["-g"],
+            &["-gsplit-dwarf"],
+            &["--param", "/x"],
+            &["-O2\n-fplugin=x"],
+        ] {
+            assert!(io(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(worker_args("c", &[], Path::new("j.i"), Path::new("j.o")).is_err());
+        assert!(io(&["-O2", "-march=x86-64-v2", "-Wa,--noexecstack", "-fno-plt"]).is_ok());
+    }
 }
