@@ -161,7 +161,7 @@ proptest! {
         let arg = format!("{prefix}{rest}");
         let r = farm::lang::gcc::worker_args(
             "cpp-output",
-            &[arg.clone()],
+            std::slice::from_ref(&arg),
             std::path::Path::new("job.i"),
             std::path::Path::new("job.o"),
         );
