@@ -709,7 +709,10 @@ impl Ctx<'_> {
                 prepared: true,
             })
         };
-        match agent.call(&req) {
+        let asked = self.t0.elapsed();
+        let answer = agent.call(&req);
+        let answered = self.t0.elapsed();
+        match answer {
             Ok(AgentResponse::Cached { entry, peer }) => {
                 if self.restore_bytes(&entry, names::HIT_FARM) {
                     tracing::info!(peer, "answered by the farm's cache");
@@ -741,7 +744,13 @@ impl Ctx<'_> {
                 self.tally.add(names::MISS, 1);
                 self.tally.add(names::FARM_REMOTE, 1);
                 self.tally.add(names::COMPILE_MS, r.compile_ms);
-                tracing::info!(worker = %r.worker, ms = r.compile_ms, "compiled by a peer");
+                tracing::info!(
+                    worker = %r.worker,
+                    ms = r.compile_ms,
+                    asked_at_us = asked.as_micros() as u64,
+                    answered_at_us = answered.as_micros() as u64,
+                    "compiled by a peer"
+                );
                 agent.tell(&AgentRequest::Publish {
                     key: key.0,
                     entry: payload.clone(),

@@ -69,7 +69,8 @@ async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
         .await
         {
             Ok(Ok(r)) => r,
-            Ok(Err(protocol::FrameError::Closed)) | Err(_) => break,
+            // A shim that said what it had to say and exited.
+            Ok(Err(protocol::FrameError::Closed | protocol::FrameError::Io(_))) | Err(_) => break,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "malformed agent request");
                 break;

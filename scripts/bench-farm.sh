@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# bench-farm.sh [all|overhead|throughput|failover|netem]
+#
+# The farm's benchmarks, run beside plain gcc, ccache, sccache and distcc in one run
+# (scripts/bench_farm.py says what each measures). Builds release binaries first.
+# Not a test: quote medians and ratios from one run. Tunables: BENCH_RUNS (15),
+# BENCH_REPS (3), BENCH_DELAY_MS (10, each way), BENCH_LOSS_PCT (1), BENCH_WORK.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bash "$root/scripts/install-deps.sh" --bench
+if [[ -x $HOME/.cargo/bin/sccache ]]; then export PATH=$HOME/.cargo/bin:$PATH; fi
+(cd "$root" && cargo build --release --workspace --quiet)
+exec python3 "$root/scripts/bench_farm.py" "${1:-all}"
