@@ -356,7 +356,7 @@ def netem():
             results.setdefault(label, []).append(build(prefix, e))
             if label.startswith("sccache"):
                 run(["sccache", "--stop-server"], env=e, check=False)
-            if "farmd" in label:
+            if "FARM_AGENT" in extra:
                 s = json.loads(run([str(FARM), "stats", "--json"], env=e).stdout)
                 placed.setdefault(label, []).append(
                     (s["farm"]["remote"], sum(s["farm"]["home"].values())))

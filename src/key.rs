@@ -244,6 +244,20 @@ pub struct Manifest {
 /// Entries kept per manifest, newest first.
 pub const MAX_MANIFEST_ENTRIES: usize = 32;
 
+impl ManifestEntry {
+    /// The entry without stat stamps: what another machine can check (by content),
+    /// and nothing about this machine's inodes.
+    pub fn portable(mut self) -> ManifestEntry {
+        for f in &mut self.files {
+            f.stamp = None;
+        }
+        for m in &mut self.missing {
+            m.parent_stamp = None;
+        }
+        self
+    }
+}
+
 impl Manifest {
     pub fn decode(data: &[u8]) -> Option<Manifest> {
         postcard::from_bytes(data).ok()

@@ -23,6 +23,23 @@ const FLAG_ZSTD: u8 = 1;
 
 pub type Key = [u8; 32];
 
+/// What a key names in the farm's cache: a compile result, or a direct-mode manifest
+/// (which lists the inputs that lead to result keys).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Result,
+    Manifest,
+}
+
+/// One entry for the farm's cache.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub kind: Kind,
+    pub key: Key,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("frame of {len} bytes exceeds the limit of {cap} bytes")]
@@ -61,6 +78,10 @@ pub struct Advert {
     pub queue: u32,
     /// One-minute load average × 1000.
     pub load_milli: u32,
+    /// CPUs, and processes running or runnable right now: how much a new job there
+    /// would share a CPU.
+    pub cores: u32,
+    pub runnable: u32,
     pub free_mem_mb: u64,
     pub compilers: Vec<CompilerAd>,
     /// Addresses of this node's live peers: how a farm learns its members.
@@ -102,16 +123,15 @@ pub struct JobResult {
 pub enum PeerRequest {
     Advert(Advert),
     Get {
+        kind: Kind,
         key: Key,
     },
     Have {
+        kind: Kind,
         key: Key,
     },
-    Put {
-        key: Key,
-        #[serde(with = "serde_bytes")]
-        entry: Vec<u8>,
-    },
+    /// Stores an entry; a manifest is merged with the one already there.
+    Put(Item),
     Job(Job),
 }
 
@@ -129,25 +149,25 @@ pub enum PeerResponse {
 /// Requests from a shim (or `farm status`) to the agent on its machine.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum AgentRequest {
-    /// A local miss: look the key up in the farm, else compile the job where it
-    /// finishes first.
-    Miss {
-        key: Key,
-        job: Job,
-    },
-    /// A local miss no worker may compile: only the farm's cache is asked.
-    Lookup {
+    /// The farm's cache: the entry from the key's home node.
+    Fetch {
+        kind: Kind,
         key: Key,
     },
-    /// A result compiled on this machine (or assembled from a remote object), for the
-    /// farm cache; `local_ms` teaches placement how fast home is.
+    /// A miss this compiler could run on a worker: home or a peer? `Local` reserves a
+    /// slot at home; `Ship` asks for the job.
+    Place {
+        compiler: CompilerAd,
+    },
+    /// Compile this job on a peer (one retry on another); `Local` if none could.
+    Compile(Job),
+    /// Entries for the farm's cache (each goes to its key's home); `local_ms` is how
+    /// long the home compile took (0: not compiled here), which teaches placement.
     Publish {
-        key: Key,
-        #[serde(with = "serde_bytes")]
-        entry: Vec<u8>,
+        items: Vec<Item>,
         local_ms: u64,
     },
-    /// The shim's local compile of a job the agent sent home is over.
+    /// A compile the agent sent home ended with nothing to publish.
     LocalDone {
         local_ms: u64,
     },
@@ -156,12 +176,16 @@ pub enum AgentRequest {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum AgentResponse {
-    /// The farm had the entry (from the key's home peer).
+    /// The farm had the entry (from the key's home node).
     Cached {
         #[serde(with = "serde_bytes")]
         entry: Vec<u8>,
         peer: String,
     },
+    /// The farm does not have it.
+    Missing,
+    /// A peer should compile it: send the job.
+    Ship,
     /// A peer compiled the job.
     Compiled(JobResult),
     /// Compile it at home; the reason is counted in `farm stats`.

@@ -14,9 +14,9 @@ use crate::agent_client::AgentClient;
 use crate::cache::{CacheError, CacheKey, EntryKind, LocalStore, Store};
 use crate::config::{Config, Mode};
 use crate::fsutil;
-use crate::key::{self, Manifest, OutputBlob, RecordError, ResultEntry};
-use crate::lang::{self, CompileRun, DepSource, Family, Invocation, RemoteJob};
-use crate::protocol::{AgentRequest, AgentResponse, CompilerAd, Job};
+use crate::key::{self, Manifest, ManifestEntry, OutputBlob, RecordError, ResultEntry};
+use crate::lang::{self, CompileRun, DepSource, Family, Invocation};
+use crate::protocol::{AgentRequest, AgentResponse, CompilerAd, Item, Job, Kind};
 use crate::stats::{names, Stats};
 
 /// Counters gathered during one compile, written once at the end.
@@ -74,45 +74,57 @@ fn stderr_is_tty() -> bool {
 
 /// How a miss left the farm.
 enum Farmed {
-    /// Outputs are written; the result entry, for the local cache.
-    Served(Vec<u8>),
+    /// A peer compiled it; the outputs are written. The result entry, and the agent
+    /// to publish it through.
+    Served(Vec<u8>, AgentClient),
     /// Compile at home.
     Home(Home),
 }
 
-enum Prepared {
-    Job(CacheKey, AgentClient, RemoteJob),
-    Home(Home),
-}
-
-/// A compile that runs at home after the farm was consulted: the agent to tell when
-/// it is done (it holds one of home's slots meanwhile) and the farm key to publish
-/// the result under.
+/// A compile that runs at home after the farm was consulted.
 #[derive(Default)]
 struct Home {
+    /// The agent, to publish the result through and to tell when it is done.
     agent: Option<AgentClient>,
-    key: Option<CacheKey>,
     /// The farm's preprocessor run already wrote the dependency file.
     prepared: bool,
+    /// The agent counts this compile against home's slots until told it is done.
+    reserved: bool,
 }
 
 impl Home {
-    fn publish(&mut self, payload: &[u8], ms: u64) {
-        match (self.agent.as_mut(), self.key) {
-            (Some(a), Some(k)) => a.tell(&AgentRequest::Publish {
-                key: k.0,
-                entry: payload.to_vec(),
-                local_ms: ms,
-            }),
-            _ => self.compiled_at_home(ms),
+    /// Publishes what the compile stored (if anything) and releases home's slot.
+    fn done(&mut self, items: Vec<Item>, ms: u64) {
+        let Some(a) = self.agent.as_mut() else { return };
+        let local_ms = if self.reserved { ms } else { 0 };
+        if !items.is_empty() {
+            a.tell(&AgentRequest::Publish { items, local_ms });
+        } else if self.reserved {
+            a.tell(&AgentRequest::LocalDone { local_ms });
         }
     }
+}
 
-    fn compiled_at_home(&mut self, ms: u64) {
-        if let Some(a) = self.agent.as_mut() {
-            a.tell(&AgentRequest::LocalDone { local_ms: ms });
-        }
-    }
+/// Entries for the farm's cache from one direct-mode result.
+fn direct_items(mkey: &CacheKey, entry: Option<ManifestEntry>, payload: &[u8]) -> Vec<Item> {
+    let Some(e) = entry else { return Vec::new() };
+    let result = e.result;
+    let m = Manifest {
+        preprocessor_only: None,
+        entries: vec![e.portable()],
+    };
+    vec![
+        Item {
+            kind: Kind::Result,
+            key: result.0,
+            data: payload.to_vec(),
+        },
+        Item {
+            kind: Kind::Manifest,
+            key: mkey.0,
+            data: m.encode(),
+        },
+    ]
 }
 
 struct Ctx<'a> {
@@ -401,18 +413,38 @@ impl Ctx<'_> {
         // Miss: the farm first (its cache, then a peer), when a farmd runs here.
         let mut home = Home::default();
         if !depend {
-            match self.farm_try() {
-                Farmed::Served(payload) => {
-                    self.record_direct(
-                        &mkey,
-                        manifest,
-                        keyed_ns,
-                        &payload,
-                        DepSource::ScanIfNeeded,
-                    );
-                    return 0;
+            if let Some(mut agent) = self.farm_agent() {
+                match self.farm_manifest(&mut agent, &mkey) {
+                    Ok(Some((payload, entry))) => {
+                        // A farm hit: keep it here too.
+                        let mut manifest = manifest;
+                        if self.put(EntryKind::Result, &entry.result, &payload) {
+                            manifest.add(entry);
+                            let m = manifest.encode();
+                            self.put(EntryKind::Manifest, &mkey, &m);
+                        }
+                        return 0;
+                    }
+                    Ok(None) => match self.farm_compile(agent) {
+                        Farmed::Served(payload, agent) => {
+                            let entry = self.record_direct(
+                                &mkey,
+                                manifest,
+                                keyed_ns,
+                                &payload,
+                                DepSource::ScanIfNeeded,
+                            );
+                            Home {
+                                agent: Some(agent),
+                                ..Home::default()
+                            }
+                            .done(direct_items(&mkey, entry, &payload), 0);
+                            return 0;
+                        }
+                        Farmed::Home(h) => home = h,
+                    },
+                    Err(()) => {}
                 }
-                Farmed::Home(h) => home = h,
             }
         }
         // Compile here, observing what the compile reads (unless the farm's
@@ -420,10 +452,11 @@ impl Ctx<'_> {
         let run = match self.compile_miss(!home.prepared) {
             Ok(r) => r,
             Err(code) => {
-                home.compiled_at_home(0);
+                home.done(Vec::new(), 0);
                 return code;
             }
         };
+        let ms = run.elapsed.as_millis() as u64;
         let dep_source = if depend {
             DepSource::CompileOnly
         } else {
@@ -431,17 +464,17 @@ impl Ctx<'_> {
         };
         let Some(payload) = self.result_payload(&run) else {
             self.family.cleanup(&self.inv);
-            home.compiled_at_home(run.elapsed.as_millis() as u64);
+            home.done(Vec::new(), ms);
             return 0;
         };
-        home.publish(&payload, run.elapsed.as_millis() as u64);
-        self.record_direct(
+        let entry = self.record_direct(
             &mkey,
             manifest,
             keyed_ns.min(run.started_ns),
             &payload,
             dep_source,
         );
+        home.done(direct_items(&mkey, entry, &payload), ms);
         0
     }
 
@@ -453,7 +486,7 @@ impl Ctx<'_> {
         started_ns: i128,
         payload: &[u8],
         dep_source: DepSource,
-    ) {
+    ) -> Option<ManifestEntry> {
         let facts =
             self.family
                 .dependencies(&self.inv, dep_source, &self.cfg.dir.value.join("memo"));
@@ -470,11 +503,12 @@ impl Ctx<'_> {
                 ) {
                     Ok(entry) => {
                         if self.put(EntryKind::Result, &entry.result, payload) {
-                            manifest.add(entry);
+                            manifest.add(entry.clone());
                             manifest.preprocessor_only = None;
                             let m = manifest.encode();
                             self.put(EntryKind::Manifest, mkey, &m);
                         }
+                        return Some(entry);
                     }
                     Err(RecordError::TooNew(p)) => {
                         tracing::info!(path = %p.display(), "input modified during the compile: not stored");
@@ -507,6 +541,7 @@ impl Ctx<'_> {
                 }
             }
         }
+        None
     }
 
     /// The preprocessor-mode key, or why there is none.
@@ -537,44 +572,47 @@ impl Ctx<'_> {
         if marker.map(|m| m.contains("__TIME__")).unwrap_or(false) {
             return self.uncached("uses __TIME__", "time_macro");
         }
+        let rkey = match self.preprocessed_key() {
+            Ok(k) => k,
+            // A preprocessor error is reported by the compiler in its own words.
+            Err(p) => return self.uncached(&p.detail, p.reason),
+        };
+        if self.restore(&rkey, names::HIT_PREPROCESSOR) {
+            return 0;
+        }
         let mut home = Home::default();
-        let rkey = match self.farm_agent() {
-            // With a farm, one preprocessor run gives both the key and the job.
-            Some(agent) => match self.farm_prepare(agent) {
-                Prepared::Job(rkey, agent, job) => {
-                    if self.restore(&rkey, names::HIT_PREPROCESSOR) {
+        if let Some(mut agent) = self.farm_agent() {
+            match self.farm_fetch(&mut agent, Kind::Result, &rkey) {
+                Ok(Some(entry)) if self.restore_bytes(&entry, names::HIT_FARM) => {
+                    self.put(EntryKind::Result, &rkey, &entry);
+                    return 0;
+                }
+                Ok(_) => match self.farm_compile(agent) {
+                    Farmed::Served(payload, agent) => {
+                        self.family.cleanup(&self.inv);
+                        self.put(EntryKind::Result, &rkey, &payload);
+                        let item = Item {
+                            kind: Kind::Result,
+                            key: rkey.0,
+                            data: payload,
+                        };
+                        Home {
+                            agent: Some(agent),
+                            ..Home::default()
+                        }
+                        .done(vec![item], 0);
                         return 0;
                     }
-                    match self.farm_send(rkey, agent, job) {
-                        Farmed::Served(payload) => {
-                            self.put(EntryKind::Result, &rkey, &payload);
-                            return 0;
-                        }
-                        Farmed::Home(h) => home = h,
-                    }
-                    rkey
-                }
-                Prepared::Home(h) => {
-                    home = h;
-                    match self.preprocessed_key() {
-                        Ok(k) => k,
-                        Err(p) => return self.uncached(&p.detail, p.reason),
-                    }
-                }
-            },
-            None => match self.preprocessed_key() {
-                Ok(k) => k,
-                // A preprocessor error is reported by the compiler in its own words.
-                Err(p) => return self.uncached(&p.detail, p.reason),
-            },
-        };
-        if home.agent.is_none() && self.restore(&rkey, names::HIT_PREPROCESSOR) {
-            return 0;
+                    Farmed::Home(h) => home = h,
+                },
+                Err(()) => {}
+            }
         }
         let run = match self.compile_miss(false) {
             Ok(r) => r,
             Err(code) => {
-                home.compiled_at_home(0);
+                self.family.cleanup(&self.inv);
+                home.done(Vec::new(), 0);
                 return code;
             }
         };
@@ -582,10 +620,15 @@ impl Ctx<'_> {
         let ms = run.elapsed.as_millis() as u64;
         match self.result_payload(&run) {
             Some(payload) => {
-                home.publish(&payload, ms);
                 self.put(EntryKind::Result, &rkey, &payload);
+                let item = Item {
+                    kind: Kind::Result,
+                    key: rkey.0,
+                    data: payload,
+                };
+                home.done(vec![item], ms);
             }
-            None => home.compiled_at_home(ms),
+            None => home.done(Vec::new(), ms),
         }
         0
     }
@@ -603,125 +646,135 @@ impl Ctx<'_> {
         }
     }
 
-    /// Runs the family's preparation for a worker and computes the farm key.
-    fn farm_prepare(&mut self, agent: AgentClient) -> Prepared {
+    fn agent_failed(&mut self, e: &dyn std::fmt::Display) {
+        tracing::warn!(error = %e, "agent failed");
+        self.tally
+            .add(format!("{}.agent_error", names::FALLBACK), 1);
+    }
+
+    /// The farm's cache. `Err` when the agent failed (the farm is then left alone).
+    fn farm_fetch(
+        &mut self,
+        agent: &mut AgentClient,
+        kind: Kind,
+        key: &CacheKey,
+    ) -> Result<Option<Vec<u8>>, ()> {
+        match agent.call(&AgentRequest::Fetch { kind, key: key.0 }) {
+            Ok(AgentResponse::Cached { entry, peer }) => {
+                tracing::debug!(peer, ?kind, "farm cache entry");
+                Ok(Some(entry))
+            }
+            Ok(AgentResponse::Missing) => Ok(None),
+            Ok(_) => {
+                self.tally
+                    .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+                Err(())
+            }
+            Err(e) => {
+                self.agent_failed(&e);
+                Err(())
+            }
+        }
+    }
+
+    /// Direct mode's lookup in the farm's cache: the manifest shared under `mkey`,
+    /// checked here against this machine's files by content (entries travel without
+    /// stat stamps), then the result. No preprocessor runs.
+    fn farm_manifest(
+        &mut self,
+        agent: &mut AgentClient,
+        mkey: &CacheKey,
+    ) -> Result<Option<(Vec<u8>, ManifestEntry)>, ()> {
+        let Some(data) = self.farm_fetch(agent, Kind::Manifest, mkey)? else {
+            return Ok(None);
+        };
+        let Some(m) = Manifest::decode(&data) else {
+            return Ok(None);
+        };
+        let mut memo = key::CheckMemo::default();
+        for e in m.entries {
+            let e = e.portable();
+            if !key::entry_matches(&e, &mut memo) {
+                continue;
+            }
+            if let Some(result) = self.farm_fetch(agent, Kind::Result, &e.result)? {
+                if self.restore_bytes(&result, names::HIT_FARM) {
+                    return Ok(Some((result, e)));
+                }
+                self.tally.add(format!("{}.bad_entry", names::FALLBACK), 1);
+            }
+        }
+        Ok(None)
+    }
+
+    /// A miss the farm's cache did not answer: ask the agent where it should compile,
+    /// and ship it when a peer should.
+    fn farm_compile(&mut self, mut agent: AgentClient) -> Farmed {
+        let home = |agent, prepared, reserved| {
+            Farmed::Home(Home {
+                agent,
+                prepared,
+                reserved,
+            })
+        };
+        if let Err(p) = self.family.remote_allowed(&self.inv) {
+            tracing::info!(reason = p.reason, detail = %p.detail, "compiled at home");
+            self.tally
+                .add(format!("{}.{}", names::FARM_HOME, p.reason), 1);
+            return home(Some(agent), false, false);
+        }
+        let compiler = CompilerAd {
+            name: Path::new(&self.inv.arg0)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            identity: self.identity,
+        };
+        match agent.call(&AgentRequest::Place {
+            compiler: compiler.clone(),
+        }) {
+            Ok(AgentResponse::Ship) => {}
+            Ok(AgentResponse::Local(reason)) => {
+                self.tally
+                    .add(format!("{}.{}", names::FARM_HOME, reason), 1);
+                return home(Some(agent), false, true);
+            }
+            Ok(_) => {
+                self.tally
+                    .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+                return home(None, false, false);
+            }
+            Err(e) => {
+                self.agent_failed(&e);
+                return home(None, false, false);
+            }
+        }
         let job = match self.family.remote_prepare(&self.inv) {
             Ok(Ok(j)) => j,
+            // A preprocessor error is the compiler's to report, from a real compile.
             Ok(Err(p)) => {
-                tracing::info!(reason = p.reason, detail = %p.detail, "compiled at home");
                 self.tally
                     .add(format!("{}.{}", names::FARM_HOME, p.reason), 1);
-                // No key: nothing to look up or publish, but the agent still counts
-                // this compile against home's slots.
-                return Prepared::Home(Home {
-                    agent: Some(agent),
-                    key: None,
-                    prepared: false,
-                });
+                return home(Some(agent), false, false);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot run the preprocessor for the farm");
                 self.tally
                     .add(format!("{}.preprocessor", names::FALLBACK), 1);
-                return Prepared::Home(Home::default());
+                return home(Some(agent), false, false);
             }
         };
-        match key::base_hasher("preprocessor", self.family, &self.identity, &self.inv) {
-            Ok(base) => Prepared::Job(key::finish(base, "preprocessed", &job.text), agent, job),
-            Err(e) => {
-                tracing::info!(error = %e, "no farm key");
-                self.tally
-                    .add(format!("{}.input_unreadable", names::FARM_HOME), 1);
-                Prepared::Home(Home {
-                    agent: Some(agent),
-                    key: None,
-                    prepared: true,
-                })
-            }
-        }
-    }
-
-    /// A direct-mode miss with a farm: prepare, then ask the agent.
-    fn farm_try(&mut self) -> Farmed {
-        let Some(agent) = self.farm_agent() else {
-            return Farmed::Home(Home::default());
-        };
-        match self.farm_prepare(agent) {
-            Prepared::Job(key, agent, job) => self.farm_send(key, agent, job),
-            Prepared::Home(h) => Farmed::Home(h),
-        }
-    }
-
-    /// Asks the agent for `key`: the farm's cache, else a peer's compile. Outputs are
-    /// written only from a complete, checked answer.
-    fn farm_send(&mut self, key: CacheKey, mut agent: AgentClient, job: RemoteJob) -> Farmed {
-        if let Some(p) = job.home_only {
-            return match agent.call(&AgentRequest::Lookup { key: key.0 }) {
-                Ok(AgentResponse::Cached { entry, peer })
-                    if self.restore_bytes(&entry, names::HIT_FARM) =>
-                {
-                    tracing::info!(peer, "answered by the farm's cache");
-                    Farmed::Served(entry)
-                }
-                Ok(_) => {
-                    tracing::info!(reason = p.reason, detail = %p.detail, "compiled at home");
-                    self.tally
-                        .add(format!("{}.{}", names::FARM_HOME, p.reason), 1);
-                    Farmed::Home(Home {
-                        agent: Some(agent),
-                        key: Some(key),
-                        prepared: true,
-                    })
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "agent failed");
-                    self.tally
-                        .add(format!("{}.agent_error", names::FALLBACK), 1);
-                    Farmed::Home(Home {
-                        agent: None,
-                        key: None,
-                        prepared: true,
-                    })
-                }
-            };
-        }
-        let invoked_as = Path::new(&self.inv.arg0)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let req = AgentRequest::Miss {
-            key: key.0,
-            job: Job {
-                family: self.family.name().to_string(),
-                compiler: CompilerAd {
-                    name: invoked_as,
-                    identity: self.identity,
-                },
-                lang: job.lang,
-                args: job.args,
-                source: job.text,
-            },
-        };
-        let home = |agent: Option<AgentClient>| {
-            Farmed::Home(Home {
-                agent,
-                key: Some(key),
-                prepared: true,
-            })
+        let job = Job {
+            family: self.family.name().to_string(),
+            compiler,
+            lang: job.lang,
+            args: job.args,
+            source: job.text,
         };
         let asked = self.t0.elapsed();
-        let answer = agent.call(&req);
+        let answer = agent.call(&AgentRequest::Compile(job));
         let answered = self.t0.elapsed();
         match answer {
-            Ok(AgentResponse::Cached { entry, peer }) => {
-                if self.restore_bytes(&entry, names::HIT_FARM) {
-                    tracing::info!(peer, "answered by the farm's cache");
-                    return Farmed::Served(entry);
-                }
-                tracing::warn!(peer, "farm entry does not fit this compile");
-                self.tally.add(format!("{}.bad_entry", names::FALLBACK), 1);
-                home(Some(agent))
-            }
             Ok(AgentResponse::Compiled(r)) => {
                 if r.exit_code != 0 || !r.stdout.is_empty() || !r.stderr.is_empty() {
                     // The compiler's messages must be its own, from this machine
@@ -729,17 +782,17 @@ impl Ctx<'_> {
                     tracing::info!(worker = %r.worker, exit = r.exit_code, "remote compile had diagnostics: compiling here");
                     self.tally
                         .add(format!("{}.diagnostics", names::FARM_HOME), 1);
-                    return home(Some(agent));
+                    return home(Some(agent), true, false);
                 }
                 let object = &self.inv.outputs[0].path;
                 if let Err(e) = fsutil::write_atomic(object, &r.object) {
                     tracing::warn!(path = %object.display(), error = %e, "cannot write remote object");
                     self.tally
                         .add(format!("{}.write_output", names::FALLBACK), 1);
-                    return home(Some(agent));
+                    return home(Some(agent), true, false);
                 }
                 let Some(payload) = self.payload_from_disk(&[], &[], r.compile_ms) else {
-                    return home(Some(agent));
+                    return home(Some(agent), true, false);
                 };
                 self.tally.add(names::MISS, 1);
                 self.tally.add(names::FARM_REMOTE, 1);
@@ -751,30 +804,26 @@ impl Ctx<'_> {
                     answered_at_us = answered.as_micros() as u64,
                     "compiled by a peer"
                 );
-                agent.tell(&AgentRequest::Publish {
-                    key: key.0,
-                    entry: payload.clone(),
-                    local_ms: 0,
-                });
-                Farmed::Served(payload)
+                Farmed::Served(payload, agent)
             }
             Ok(AgentResponse::Local(reason)) => {
                 tracing::info!(reason, "agent: compile at home");
-                self.tally
-                    .add(format!("{}.{}", names::FARM_HOME, reason), 1);
-                home(Some(agent))
+                // Peers failed (the agent tried two): a fallback, counted as one.
+                let counter = match reason.strip_prefix("fallback.") {
+                    Some(why) => format!("{}.{why}", names::FALLBACK),
+                    None => format!("{}.{}", names::FARM_HOME, reason),
+                };
+                self.tally.add(counter, 1);
+                home(Some(agent), true, true)
             }
-            Ok(other) => {
-                tracing::warn!(answer = ?std::mem::discriminant(&other), "unexpected agent answer");
+            Ok(_) => {
                 self.tally
                     .add(format!("{}.agent_protocol", names::FALLBACK), 1);
-                home(None)
+                home(None, true, false)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "agent failed");
-                self.tally
-                    .add(format!("{}.agent_error", names::FALLBACK), 1);
-                home(None)
+                self.agent_failed(&e);
+                home(None, true, false)
             }
         }
     }

@@ -271,17 +271,24 @@ fn three_farmd_build_lua_remote_then_from_the_farm_cache() {
     let remote = env.counter(&["farm", "remote"]);
     // A TU whose compile printed warnings is compiled again here, so the user sees
     // this machine's compiler's own messages; every other one ran on a peer.
+    // A peer that misses adverts under load (CI has two cores for everything) is
+    // briefly not live: such a TU is compiled here (`no_peer`).
     let diagnostics = env.counter(&["farm", "home", "diagnostics"]);
+    let no_peer = env.counter(&["farm", "home", "no_peer"]);
     assert_eq!(
-        remote + diagnostics,
+        remote + diagnostics + no_peer,
         n,
         "every TU compiled by a peer: {}",
         env.stats()
     );
-    assert!(remote >= n / 2, "{}", env.stats());
+    assert!(remote >= n / 2 && no_peer <= 2, "{}", env.stats());
     assert_eq!(env.misses(), n, "{}", env.stats());
     let st = a.status();
-    assert_eq!(jobs_ok(&st), n, "agent's count of jobs peers ran: {st}");
+    assert_eq!(
+        jobs_ok(&st),
+        remote + diagnostics,
+        "agent's count of jobs peers ran: {st}"
+    );
     for p in st["peers"].as_array().unwrap() {
         assert!(
             p["jobs_ok"].as_u64().unwrap() > 0,
@@ -461,14 +468,20 @@ fn peer_killed_mid_build_then_every_peer_stopped() {
     let t0 = Instant::now();
     loop {
         let st = cl.nodes[0].status();
-        let b_jobs = st["peers"]
+        let b = st["peers"]
             .as_array()
             .unwrap()
             .iter()
             .find(|p| p["node"] == "node-b")
-            .map(|p| p["jobs_ok"].as_u64().unwrap())
-            .unwrap_or(0);
-        if b_jobs >= 1 {
+            .map(|p| {
+                (
+                    p["jobs_ok"].as_u64().unwrap(),
+                    p["inflight"].as_u64().unwrap(),
+                )
+            })
+            .unwrap_or((0, 0));
+        // It has run a job for us and is running one now.
+        if b.0 >= 1 && b.1 >= 1 {
             break;
         }
         assert!(
@@ -481,8 +494,18 @@ fn peer_killed_mid_build_then_every_peer_stopped() {
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same_objects(&plain, &objects(&tree), "peer killed mid-build");
-    // node-b leaves the table.
+    // node-b leaves the table; the job it was running failed there and ran elsewhere.
     cl.wait_live(0, 1);
+    let st = cl.nodes[0].status();
+    let b = st["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == "node-b")
+        .unwrap()
+        .clone();
+    assert!(b["jobs_failed"].as_u64().unwrap() >= 1, "{st}");
+    assert!(!b["live"].as_bool().unwrap());
 
     // Stop every peer (node-c gracefully, with SIGTERM): the build compiles at home.
     let c_pid = cl.nodes[2].pid();
@@ -778,7 +801,14 @@ fn strangers_garbage_and_unsafe_jobs_are_refused() {
                     // arrives as the connection closing before any stream works.
                     let r = async {
                         let (mut s, mut r) = c.open_bi().await?;
-                        protocol::write_async(&mut s, &PeerRequest::Have { key: [0; 32] }).await?;
+                        protocol::write_async(
+                            &mut s,
+                            &PeerRequest::Have {
+                                kind: protocol::Kind::Result,
+                                key: [0; 32],
+                            },
+                        )
+                        .await?;
                         s.finish()?;
                         let _: PeerResponse = protocol::read_async(&mut r, 1024).await?;
                         anyhow::Ok(())

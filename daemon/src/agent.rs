@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use farm::cache::{CacheKey, EntryKind, Store};
+use farm::cache::{CacheKey, Store};
 use farm::protocol::{
-    self, AgentRequest, AgentResponse, Job, JobResult, PeerRequest, PeerResponse,
-    MAX_CONTROL_FRAME, MAX_FRAME,
+    self, AgentRequest, AgentResponse, CompilerAd, Item, Job, JobResult, Kind, PeerRequest,
+    PeerResponse, MAX_CONTROL_FRAME, MAX_FRAME,
 };
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::node::{ewma, Node};
-use crate::peer::request;
+use crate::node::{contention, ewma, Node};
+use crate::peer::{entry_kind, request, store_item};
 
 /// How long a shim may take to send its request after connecting. The preprocessor
 /// runs between connect and request, so this is generous.
@@ -61,6 +61,8 @@ pub async fn serve(node: Arc<Node>, listener: UnixListener) {
 /// its compile is done or goes away.
 async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
     let mut holds_home = false;
+    // Home's load when this shim's compile was sent home.
+    let mut home_factor = 1.0;
     loop {
         let req: AgentRequest = match tokio::time::timeout(
             SHIM_REQUEST_WAIT,
@@ -79,33 +81,47 @@ async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
         node.agent_busy.fetch_add(1, Ordering::Relaxed);
         let resp = match req {
             AgentRequest::Status => AgentResponse::Status(Box::new(node.status())),
-            AgentRequest::Lookup { key } => match lookup(&node, &key).await {
+            AgentRequest::Fetch { kind, key } => match lookup(&node, kind, &key).await {
                 Some((entry, peer)) => AgentResponse::Cached { entry, peer },
-                None => AgentResponse::Local("not_distributable".into()),
+                None => AgentResponse::Missing,
             },
-            AgentRequest::Miss { key, job } => {
-                let r = miss(&node, key, job).await;
+            AgentRequest::Place { compiler } => match place(&node, &compiler, &[], true) {
+                Ok(Place::Peer(..)) => AgentResponse::Ship,
+                Ok(Place::Home(factor)) => {
+                    home_factor = factor;
+                    holds_home = reserve_home(&node, holds_home);
+                    AgentResponse::Local("placed_home".into())
+                }
+                Err(why) => {
+                    home_factor = home_load(&node);
+                    holds_home = reserve_home(&node, holds_home);
+                    AgentResponse::Local(why.into())
+                }
+            },
+            AgentRequest::Compile(job) => {
+                let r = compile(&node, &job).await;
                 if matches!(&r, AgentResponse::Local(_)) {
-                    holds_home = true;
+                    home_factor = home_load(&node);
+                    holds_home = reserve_home(&node, holds_home);
                 }
                 r
             }
-            AgentRequest::Publish {
-                key,
-                entry,
-                local_ms,
-            } => {
+            AgentRequest::Publish { items, local_ms } => {
                 if holds_home {
-                    release_home(&node, local_ms);
+                    release_home(&node, local_ms, home_factor);
                     holds_home = false;
                 }
                 let node = node.clone();
-                tokio::spawn(async move { publish(&node, key, entry).await });
+                tokio::spawn(async move {
+                    for item in items {
+                        publish(&node, item).await;
+                    }
+                });
                 AgentResponse::Published
             }
             AgentRequest::LocalDone { local_ms } => {
                 if holds_home {
-                    release_home(&node, local_ms);
+                    release_home(&node, local_ms, home_factor);
                     holds_home = false;
                 }
                 AgentResponse::Published
@@ -117,28 +133,44 @@ async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
         }
     }
     if holds_home {
-        release_home(&node, 0);
+        release_home(&node, 0, 1.0);
     }
 }
 
-fn release_home(node: &Node, local_ms: u64) {
+fn reserve_home(node: &Node, already: bool) -> bool {
+    if !already {
+        node.local_running.fetch_add(1, Ordering::Relaxed);
+    }
+    true
+}
+
+/// Home's load factor: compiles sent home per home slot, at least 1.
+fn home_load(node: &Node) -> f64 {
+    let slots = node.cfg.local_slots.max(1);
+    contention(node.local_running.load(Ordering::Relaxed), slots)
+}
+
+fn release_home(node: &Node, local_ms: u64, factor: f64) {
     node.local_running.fetch_sub(1, Ordering::Relaxed);
     if local_ms > 0 {
         let mut l = node.local_ms.lock().unwrap();
         *l = ewma(*l, local_ms as f64);
+        let mut b = node.local_base_ms.lock().unwrap();
+        *b = ewma(*b, local_ms as f64 / factor);
     }
 }
 
 /// The farm's cache: the key's home node (this one or a peer).
-async fn lookup(node: &Node, key: &[u8; 32]) -> Option<(Vec<u8>, String)> {
+async fn lookup(node: &Node, kind: Kind, key: &[u8; 32]) -> Option<(Vec<u8>, String)> {
     match node.home_of(key) {
-        None => match node.store.get(EntryKind::Result, &CacheKey(*key)) {
+        None => match node.store.get(entry_kind(kind), &CacheKey(*key)) {
             Ok(Some(e)) => Some((e, node.name.clone())),
             _ => None,
         },
         Some((name, conn)) => {
             let wait = LOOKUP_WAIT + conn.rtt() * 2;
-            match request(&conn, &PeerRequest::Get { key: *key }, MAX_FRAME, wait).await {
+            let req = PeerRequest::Get { kind, key: *key };
+            match request(&conn, &req, MAX_FRAME, wait).await {
                 Ok(PeerResponse::Entry(Some(e))) => Some((e.into_vec(), name)),
                 Ok(_) => None,
                 Err(e) => {
@@ -150,35 +182,32 @@ async fn lookup(node: &Node, key: &[u8; 32]) -> Option<(Vec<u8>, String)> {
     }
 }
 
-/// Stores a result at its home; a home that already has it is not sent the bytes.
-async fn publish(node: &Node, key: [u8; 32], entry: Vec<u8>) {
-    match node.home_of(&key) {
+/// Stores an entry at its key's home. A result the home already has is not sent
+/// again; a manifest is always sent (the home merges it).
+async fn publish(node: &Node, item: Item) {
+    match node.home_of(&item.key) {
         None => {
-            if farm::key::ResultEntry::decode(&entry).is_some() {
-                if let Err(e) = node.store.put(EntryKind::Result, &CacheKey(key), &entry) {
-                    tracing::warn!(error = %e, "store write failed");
-                }
+            if let Err(e) = store_item(node, item) {
+                tracing::warn!(error = %e, "store write failed");
             }
         }
         Some((name, conn)) => {
-            let wait = Duration::from_secs(5);
-            match request(&conn, &PeerRequest::Have { key }, MAX_CONTROL_FRAME, wait).await {
-                Ok(PeerResponse::Have(true)) => return,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::info!(peer = %name, error = %e, "publish: have failed");
-                    return;
+            if item.kind == Kind::Result {
+                let have = PeerRequest::Have {
+                    kind: item.kind,
+                    key: item.key,
+                };
+                match request(&conn, &have, MAX_CONTROL_FRAME, Duration::from_secs(5)).await {
+                    Ok(PeerResponse::Have(true)) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::info!(peer = %name, error = %e, "publish: have failed");
+                        return;
+                    }
                 }
             }
-            let wait = Duration::from_secs(30);
-            if let Err(e) = request(
-                &conn,
-                &PeerRequest::Put { key, entry },
-                MAX_CONTROL_FRAME,
-                wait,
-            )
-            .await
-            {
+            let put = PeerRequest::Put(item);
+            if let Err(e) = request(&conn, &put, MAX_CONTROL_FRAME, Duration::from_secs(30)).await {
                 tracing::info!(peer = %name, error = %e, "publish failed");
             }
         }
@@ -187,53 +216,77 @@ async fn publish(node: &Node, key: [u8; 32], entry: Vec<u8>) {
 
 /// Where a job should run.
 enum Place {
-    Home,
+    /// Home, with its load factor now.
+    Home(f64),
+    /// A peer.
     Peer(String, quinn::Connection, Duration),
 }
 
-/// Picks home or a peer by estimated finish time: two random candidates among the
-/// peers that run this compiler and have room (power of two choices), against home.
-fn place(node: &Node, job: &Job, tried: &[String]) -> Option<Place> {
+/// How long a peer's measured job time stays its estimate; after that it is explored
+/// again as if unmeasured.
+const PEER_SAMPLE_TTL: Duration = Duration::from_secs(10);
+
+/// Picks home or a peer by estimated finish time.
+///
+/// Home: its compile time with one compile per home slot (measured from the shims'
+/// reports) × compiles sent home per home slot. A peer: its measured job round trip
+/// (transfer, queue, compile, as it really was lately) × how far its advertised work
+/// plus this node's jobs sent since exceed its slots; unmeasured (or not measured for
+/// a while) it is assumed as fast as home plus two round trips, so it gets tried.
+/// Two random peers that run the compiler and have room are compared (power of two
+/// choices), then the better one against home. Peers that share home's CPUs, or are as
+/// busy, lose to home: placement learns what is cheaper at home.
+fn place(
+    node: &Node,
+    compiler: &CompilerAd,
+    tried: &[String],
+    home_ok: bool,
+) -> Result<Place, &'static str> {
     let now = Instant::now();
-    let local_ms = {
-        let l = *node.local_ms.lock().unwrap();
-        if l > 0.0 {
-            l
+    let base_home = {
+        let b = *node.local_base_ms.lock().unwrap();
+        if b > 0.0 {
+            b
         } else {
             DEFAULT_JOB_MS
         }
     };
-    let local_slots = node.cfg.local_slots;
-    let running = node.local_running.load(Ordering::Relaxed);
-    let home_est = if local_slots == 0 {
-        f64::INFINITY
-    } else if running < local_slots {
-        local_ms
+    let home_factor = contention(
+        node.local_running.load(Ordering::Relaxed),
+        node.cfg.local_slots.max(1),
+    );
+    let home_est = if home_ok && node.cfg.local_slots > 0 {
+        base_home * home_factor
     } else {
-        local_ms * (1.0 + (running - local_slots + 1) as f64 / local_slots as f64)
+        f64::INFINITY
     };
     let mut cands: Vec<(f64, String, quinn::Connection, Duration)> = Vec::new();
+    let mut busy = false;
     {
         let peers = node.peers.lock().unwrap();
         for (addr, p) in peers.iter() {
-            if tried.contains(addr) || !p.live(now) || !p.runs(&job.compiler) {
+            if tried.contains(addr) || !p.live(now) || !p.runs(compiler) {
                 continue;
             }
             let Some(a) = &p.advert else { continue };
             let Some(conn) = &p.conn else { continue };
-            // Work there: what its last advert showed, or at least what this node
-            // has in flight there now (the advert may predate those jobs).
-            let slots = a.slots.max(1) as f64;
-            let advertised = (a.slots.saturating_sub(a.free) + a.queue) as f64;
-            let load = advertised.max(p.inflight as f64);
+            let slots = a.slots.max(1);
+            let work =
+                (slots.saturating_sub(a.free) + a.queue + p.sent_since_advert).max(p.inflight);
             // The worker refuses a queue of twice its slots; do not send into that.
-            if load >= slots * 3.0 {
+            if work >= slots * 3 {
+                busy = true;
                 continue;
             }
-            let ahead = (load + 1.0 - slots).max(0.0);
-            // Unmeasured peers are assumed as fast as home plus the round trip.
-            let job_ms = p.job_ms.unwrap_or(local_ms + p.rtt.as_secs_f64() * 2000.0);
-            let est = job_ms * (1.0 + ahead / slots);
+            let rtt_ms = p.rtt.as_secs_f64() * 1000.0;
+            let fresh = p
+                .last_job
+                .map(|t| now.duration_since(t) < PEER_SAMPLE_TTL)
+                .unwrap_or(false);
+            let est = match p.job_ms {
+                Some(ms) if fresh => ms * contention(work, slots),
+                _ => base_home + 2.0 * rtt_ms,
+            };
             cands.push((est, addr.clone(), conn.clone(), p.rtt));
         }
     }
@@ -249,17 +302,16 @@ fn place(node: &Node, job: &Job, tried: &[String]) -> Option<Place> {
             Some(if cands[a].0 <= cands[b].0 { a } else { b })
         }
     };
+    let peer = |cands: &mut Vec<(f64, String, quinn::Connection, Duration)>, i| {
+        let (_, addr, conn, rtt) = cands.swap_remove(i);
+        Ok(Place::Peer(addr, conn, rtt))
+    };
     match best_peer {
-        Some(i) if cands[i].0 < home_est => {
-            let (_, addr, conn, rtt) = cands.swap_remove(i);
-            Some(Place::Peer(addr, conn, rtt))
-        }
-        _ if home_est.is_finite() => Some(Place::Home),
-        Some(i) => {
-            let (_, addr, conn, rtt) = cands.swap_remove(i);
-            Some(Place::Peer(addr, conn, rtt))
-        }
-        None => None,
+        Some(i) if cands[i].0 < home_est => peer(&mut cands, i),
+        _ if home_est.is_finite() => Ok(Place::Home(home_factor)),
+        Some(i) => peer(&mut cands, i),
+        None if busy => Err("peers_busy"),
+        None => Err("no_peer"),
     }
 }
 
@@ -292,36 +344,28 @@ fn deadline(node: &Node, job: &Job, rtt: Duration) -> Duration {
     d.min(node.cfg.job_timeout)
 }
 
-async fn miss(node: &Node, key: [u8; 32], job: Job) -> AgentResponse {
-    if let Some((entry, peer)) = lookup(node, &key).await {
-        return AgentResponse::Cached { entry, peer };
-    }
+/// A job on a peer, one retry on another; `Local` (home) when none could.
+async fn compile(node: &Node, job: &Job) -> AgentResponse {
     let mut tried: Vec<String> = Vec::new();
     let mut last_failure = String::new();
-    // The first try and one retry on another peer; then home.
+    let mut none = "no_peer";
     for _ in 0..2 {
-        match place(node, &job, &tried) {
-            None => break,
-            Some(Place::Home) => {
-                node.local_running.fetch_add(1, Ordering::Relaxed);
-                return AgentResponse::Local(if tried.is_empty() {
-                    "placed_home".into()
-                } else {
-                    format!("fallback.{last_failure}")
-                });
+        let (addr, conn, rtt) = match place(node, &job.compiler, &tried, false) {
+            Ok(Place::Peer(addr, conn, rtt)) => (addr, conn, rtt),
+            Ok(Place::Home(_)) => break,
+            Err(why) => {
+                none = why;
+                break;
             }
-            Some(Place::Peer(addr, conn, rtt)) => {
-                tried.push(addr.clone());
-                match run_remote(node, &addr, &conn, &job, rtt).await {
-                    Ok(r) => return AgentResponse::Compiled(r),
-                    Err(why) => last_failure = why,
-                }
-            }
+        };
+        tried.push(addr.clone());
+        match run_remote(node, &addr, &conn, job, rtt).await {
+            Ok(r) => return AgentResponse::Compiled(r),
+            Err(why) => last_failure = why,
         }
     }
-    node.local_running.fetch_add(1, Ordering::Relaxed);
     AgentResponse::Local(if tried.is_empty() {
-        "no_peer".into()
+        none.into()
     } else {
         format!("fallback.{last_failure}")
     })
@@ -341,6 +385,7 @@ async fn run_remote(
         let mut peers = node.peers.lock().unwrap();
         if let Some(p) = peers.get_mut(addr) {
             p.inflight += 1;
+            p.sent_since_advert += 1;
         }
     }
     let t0 = Instant::now();
@@ -365,11 +410,22 @@ async fn run_remote(
         return outcome.map_err(|(k, _)| k.to_string());
     };
     p.inflight = p.inflight.saturating_sub(1);
+    // A finished job no longer adds to the work its last advert showed.
+    p.sent_since_advert = p.sent_since_advert.saturating_sub(1);
     match outcome {
         Ok(res) => {
             p.ok += 1;
             let ms = took.as_secs_f64() * 1000.0;
-            p.job_ms = Some(ewma(p.job_ms.unwrap_or(0.0), ms));
+            // A stale sample says little about now: start over from this one.
+            let fresh = p
+                .last_job
+                .map(|t| t.elapsed() < PEER_SAMPLE_TTL)
+                .unwrap_or(false);
+            p.job_ms = Some(match p.job_ms {
+                Some(old) if fresh => ewma(old, ms),
+                _ => ms,
+            });
+            p.last_job = Some(Instant::now());
             drop(peers);
             let mib = (size as f64 / (1 << 20) as f64).max(0.05);
             let mut per = node.ms_per_mib.lock().unwrap();
@@ -381,6 +437,7 @@ async fn run_remote(
             p.failure(format!("{kind}: {why}"));
             // A failing peer looks slower, so placement prefers others for a while.
             p.job_ms = Some(p.job_ms.unwrap_or(DEFAULT_JOB_MS) * 2.0);
+            p.last_job = Some(Instant::now());
             Err(kind.to_string())
         }
     }

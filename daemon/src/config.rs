@@ -47,7 +47,7 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// Jobs this node runs for peers at once.
     pub slots: u32,
-    /// Compiles the agent keeps at home at once (0: only when no peer can take one).
+    /// CPUs home offers its own misses (0: home only when no peer can take one).
     pub local_slots: u32,
     pub store_max_size: u64,
     /// Ceiling of every job's deadline, and a worker's limit on one job.
@@ -176,7 +176,7 @@ impl DaemonConfig {
             revoked: fc.revoked,
             compilers,
             log: fc.log.map(|s| rel(&s)),
-            idle_timeout: Duration::from_millis(fc.idle_timeout_ms.unwrap_or(3000).max(500)),
+            idle_timeout: Duration::from_millis(fc.idle_timeout_ms.unwrap_or(1500).max(500)),
         })
     }
 }

@@ -171,6 +171,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         peers: Mutex::new(Default::default()),
         local_running: 0.into(),
         local_ms: Mutex::new(0.0),
+        local_base_ms: Mutex::new(0.0),
         ms_per_mib: Mutex::new(0.0),
         stopping: false.into(),
         started: Instant::now(),
@@ -179,6 +180,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         job_seq: 0.into(),
         agent_busy: 0.into(),
         changed: tokio::sync::Notify::new(),
+        manifest_lock: Mutex::new(()),
         cfg,
     });
     let listener = agent::bind(&node)?;

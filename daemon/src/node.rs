@@ -14,7 +14,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::config::DaemonConfig;
 
 /// A peer that has not answered an advert for this long leaves the table's live set.
-pub const LIVE_WINDOW: Duration = Duration::from_secs(3);
+pub const LIVE_WINDOW: Duration = Duration::from_secs(5);
 const RECENT_FAILURES: usize = 5;
 
 /// A compiler this node runs for peers.
@@ -43,6 +43,10 @@ pub struct Peer {
     pub recent_failures: VecDeque<String>,
     /// Round-trip time of a job there (ms), smoothed.
     pub job_ms: Option<f64>,
+    /// When a job there last came back.
+    pub last_job: Option<Instant>,
+    /// Jobs sent there since its last advert (which cannot count them yet).
+    pub sent_since_advert: u32,
 }
 
 impl Peer {
@@ -93,6 +97,9 @@ pub struct Node {
     pub local_running: AtomicU32,
     /// Local compile time (ms), smoothed; 0 until measured.
     pub local_ms: Mutex<f64>,
+    /// Local compile time with one compile per home slot (ms), smoothed; 0 until
+    /// measured.
+    pub local_base_ms: Mutex<f64>,
     /// Worker time per MiB of shipped source (ms), smoothed, for job deadlines.
     pub ms_per_mib: Mutex<f64>,
     pub stopping: AtomicBool,
@@ -104,6 +111,8 @@ pub struct Node {
     pub agent_busy: AtomicU32,
     /// Wakes the gossip loop early when free capacity changes.
     pub changed: Notify,
+    /// Serializes manifest merges in the store.
+    pub manifest_lock: Mutex<()>,
 }
 
 pub fn ewma(old: f64, sample: f64) -> f64 {
@@ -120,6 +129,30 @@ fn load_milli() -> u32 {
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
         .map(|l| (l * 1000.0) as u32)
         .unwrap_or(0)
+}
+
+/// Processes running or runnable now (not counting the reader).
+pub fn runnable() -> u32 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("procs_running"))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        })
+        .map(|n| n.saturating_sub(1))
+        .unwrap_or(0)
+}
+
+pub fn cores() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+}
+
+/// How much longer than on an idle CPU a job takes when `busy` others run on `cpus`.
+pub fn contention(busy: u32, cpus: u32) -> f64 {
+    ((busy as f64 + 1.0) / cpus.max(1) as f64).max(1.0)
 }
 
 fn free_mem_mb() -> u64 {
@@ -153,6 +186,8 @@ impl Node {
             free: self.free_slots(),
             queue: self.queue.load(Ordering::Relaxed),
             load_milli: load_milli(),
+            cores: cores(),
+            runnable: runnable(),
             free_mem_mb: free_mem_mb(),
             compilers: self
                 .compilers

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use farm::cache::{CacheKey, EntryKind, Store};
-use farm::protocol::{self, PeerRequest, PeerResponse, MAX_CONTROL_FRAME, MAX_FRAME};
+use farm::key::Manifest;
+use farm::protocol::{self, Item, Kind, PeerRequest, PeerResponse, MAX_CONTROL_FRAME, MAX_FRAME};
 
 use crate::node::Node;
 
@@ -119,30 +120,66 @@ async fn answer(node: &Node, peer: &str, req: PeerRequest) -> PeerResponse {
             node.learn(&a.addr);
             PeerResponse::Advert(node.advert())
         }
-        PeerRequest::Get { key } => match node.store.get(EntryKind::Result, &CacheKey(key)) {
+        PeerRequest::Get { kind, key } => match node.store.get(entry_kind(kind), &CacheKey(key)) {
             Ok(v) => PeerResponse::Entry(v.map(serde_bytes::ByteBuf::from)),
             Err(e) => {
                 tracing::warn!(error = %e, "store read failed");
                 PeerResponse::Entry(None)
             }
         },
-        PeerRequest::Have { key } => PeerResponse::Have(
+        PeerRequest::Have { kind, key } => PeerResponse::Have(
             node.store
-                .entry_path(EntryKind::Result, &CacheKey(key))
+                .entry_path(entry_kind(kind), &CacheKey(key))
                 .exists(),
         ),
-        PeerRequest::Put { key, entry } => {
-            // The store holds result entries only; anything else is refused.
-            if farm::key::ResultEntry::decode(&entry).is_none() {
-                return PeerResponse::Refused(format!("{}: not a result entry", node.name));
-            }
-            match node.store.put(EntryKind::Result, &CacheKey(key), &entry) {
-                Ok(_) => PeerResponse::Stored,
-                Err(e) => PeerResponse::Refused(format!("{}: store: {e}", node.name)),
-            }
-        }
+        PeerRequest::Put(item) => match store_item(node, item) {
+            Ok(()) => PeerResponse::Stored,
+            Err(why) => PeerResponse::Refused(format!("{}: {why}", node.name)),
+        },
         PeerRequest::Job(job) => crate::worker::run(node, peer, job).await,
     }
+}
+
+pub fn entry_kind(kind: Kind) -> EntryKind {
+    match kind {
+        Kind::Result => EntryKind::Result,
+        Kind::Manifest => EntryKind::Manifest,
+    }
+}
+
+/// Stores an entry for the farm's cache. Results must decode as result entries;
+/// manifests are merged with the one stored (newest entries first, capped), so every
+/// machine's recordings of one source are kept.
+pub fn store_item(node: &Node, item: Item) -> Result<(), String> {
+    let key = CacheKey(item.key);
+    match item.kind {
+        Kind::Result => {
+            if farm::key::ResultEntry::decode(&item.data).is_none() {
+                return Err("not a result entry".into());
+            }
+            node.store
+                .put(EntryKind::Result, &key, &item.data)
+                .map_err(|e| format!("store: {e}"))?;
+        }
+        Kind::Manifest => {
+            let Some(new) = Manifest::decode(&item.data) else {
+                return Err("not a manifest".into());
+            };
+            // One writer at a time per node: merges must not lose entries.
+            let _guard = node.manifest_lock.lock().unwrap();
+            let mut merged = match node.store.get(EntryKind::Manifest, &key) {
+                Ok(Some(old)) => Manifest::decode(&old).unwrap_or_default(),
+                _ => Manifest::default(),
+            };
+            for e in new.entries.into_iter().rev() {
+                merged.add(e.portable());
+            }
+            node.store
+                .put(EntryKind::Manifest, &key, &merged.encode())
+                .map_err(|e| format!("store: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 async fn resolve(addr: &str) -> Option<SocketAddr> {
@@ -216,6 +253,7 @@ async fn exchange(node: Arc<Node>, addr: String, conn: quinn::Connection) {
                 p.last_heard = Some(Instant::now());
                 learned = a.peers.clone();
                 p.advert = Some(a);
+                p.sent_since_advert = 0;
             }
             Ok(_) => {
                 tracing::warn!(peer = %p.node, "peer answered an advert with something else");

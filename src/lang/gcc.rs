@@ -1730,39 +1730,34 @@ pub fn worker_args(
 }
 
 impl Gcc {
-    fn remote_prepare_impl(
-        &self,
-        inv: &Invocation,
-    ) -> std::io::Result<Result<RemoteJob, Passthrough>> {
+    /// The worker's language and arguments, or why no worker may compile this.
+    fn remote_plan(&self, inv: &Invocation) -> Result<(&'static str, Vec<String>), Passthrough> {
         let p = plan(inv);
-        if p.lang.preprocessed() {
-            return Ok(Err(Passthrough::new("language", p.lang.x_name())));
-        }
         let lang = match p.lang {
             Lang::C => "cpp-output",
             Lang::Cxx => "c++-cpp-output",
             Lang::ObjC => "objective-c-cpp-output",
             Lang::ObjCxx => "objective-c++-cpp-output",
-            _ => "",
+            other => return Err(Passthrough::new("language", other.x_name())),
         };
-        // Why a worker may not compile this (it can still be looked up in the farm's
-        // cache and published there).
-        let mut home_only = p
-            .remote_block
-            .as_ref()
-            .map(|(reason, detail)| Passthrough::new(reason, detail.clone()));
-        if home_only.is_none() {
-            if let Some(var) = HOME_ENV.iter().find(|v| std::env::var_os(v).is_some()) {
-                home_only = Some(Passthrough::new("environment", *var));
-            }
+        if let Some((reason, detail)) = &p.remote_block {
+            return Err(Passthrough::new(reason, detail.clone()));
         }
-        let args = match remote_args(&inv.key_args, &inv.source) {
-            Ok(a) => a,
-            Err(p) => {
-                home_only.get_or_insert(p);
-                Vec::new()
-            }
+        if let Some(var) = HOME_ENV.iter().find(|v| std::env::var_os(v).is_some()) {
+            return Err(Passthrough::new("environment", *var));
+        }
+        Ok((lang, remote_args(&inv.key_args, &inv.source)?))
+    }
+
+    fn remote_prepare_impl(
+        &self,
+        inv: &Invocation,
+    ) -> std::io::Result<Result<RemoteJob, Passthrough>> {
+        let (lang, args) = match self.remote_plan(inv) {
+            Ok(x) => x,
+            Err(p) => return Ok(Err(p)),
         };
+        let p = plan(inv);
         // One preprocessor run gives the text to ship and writes the dependency file
         // the compile would have written (the user's, or farm's own observation).
         let mut cmd = Command::new(&inv.compiler);
@@ -1799,7 +1794,6 @@ impl Gcc {
             lang: lang.to_string(),
             args,
             text: out.stdout,
-            home_only,
         }))
     }
 }
@@ -1943,6 +1937,10 @@ impl Family for Gcc {
             }
             other => other,
         }
+    }
+
+    fn remote_allowed(&self, inv: &Invocation) -> Result<(), Passthrough> {
+        self.remote_plan(inv).map(|_| ())
     }
 
     fn remote_prepare(&self, inv: &Invocation) -> std::io::Result<Result<RemoteJob, Passthrough>> {

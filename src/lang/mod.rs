@@ -164,6 +164,12 @@ pub trait Family: Sync {
     /// Removes files the observation wrote.
     fn cleanup(&self, inv: &Invocation);
 
+    /// Whether a worker may compile this invocation (a cheap check: nothing runs).
+    fn remote_allowed(&self, inv: &Invocation) -> Result<(), Passthrough> {
+        let _ = inv;
+        Err(Passthrough::new("family", self.name()))
+    }
+
     /// Prepares a job a worker can compile: runs what must run here (the
     /// preprocessor, which also writes the dependency file the compile would write)
     /// and returns the job, or why this compile stays at home.
@@ -196,9 +202,6 @@ pub struct RemoteJob {
     pub args: Vec<String>,
     /// The preprocessed source.
     pub text: Vec<u8>,
-    /// Why no worker may compile it, when it must compile here (its result is still
-    /// looked up in and published to the farm's cache).
-    pub home_only: Option<Passthrough>,
 }
 
 /// The family a job names, for a worker.
