@@ -342,7 +342,11 @@ def netem():
     if not shutil.which("sccache"):
         kinds = [k for k in kinds if not k[0].startswith("sccache")]
     placed = {}
+    import random
+    order = random.Random(1)
     for _ in range(reps):
+        # A new order each repetition: no tool always runs after the same one.
+        kinds = order.sample(kinds, len(kinds))
         for label, prefix, extra in kinds:
             cache = fresh(WORK / "netem-cache")
             for c in (cl, cl0):
@@ -359,7 +363,8 @@ def netem():
             if "FARM_AGENT" in extra:
                 s = json.loads(run([str(FARM), "stats", "--json"], env=e).stdout)
                 placed.setdefault(label, []).append(
-                    (s["farm"]["remote"], sum(s["farm"]["home"].values())))
+                    (s["farm"]["remote"], sum(s["farm"]["home"].values()),
+                     ", ".join(f"{k} {v}" for k, v in sorted(s["farm"]["home"].items()))))
     cl.stop()
     cl0.stop()
     plain = statistics.median(results["plain gcc"])
@@ -368,11 +373,11 @@ def netem():
         m = statistics.median(xs)
         where = ""
         if label in placed:
-            r, h = placed[label][-1]
-            where = f"{r} on peers, {h} at home"
-        rows.append([label, f"{m:.2f}", f"{m / plain:.2f}", where])
+            r, h, why = placed[label][-1]
+            where = f"{r} on peers, {h} at home ({why})"
+        rows.append([label, f"{m:.2f}", f"{m / plain:.2f}", " ".join(f"{x:.2f}" for x in xs), where])
     table(f"lua5.4, make -j8, cold (empty caches), median of {reps}; peers on this machine",
-          ["what", "s", "× plain", "placement (last run)"], rows)
+          ["what", "s", "× plain", "every run (s)", "placement (last run)"], rows)
 
 
 def main():

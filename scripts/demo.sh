@@ -2,7 +2,9 @@
 # demo.sh: set-up and farm's main job, for a newcomer on a fresh Debian machine.
 # Installs the build tools, builds and installs farm, fetches a real project (lua5.4,
 # Debian source package), compiles it through farm twice (cold, then clean + warm) and
-# shows the hits in `farm stats`.
+# shows the hits in `farm stats`. Then the same project through a farm: three farmd on
+# this machine's loopback (scripts/farm-cluster.sh), compiled by the peers, then served
+# from the farm's cache with an empty local cache; `farm status` shows the peers.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${FARM_DEMO_DIR:-$root/target/demo}
@@ -25,5 +27,23 @@ echo "== make clean; build 2: warm cache (every compile is a hit)"
 make clean >/dev/null
 build
 ./lua -e 'print("lua built through farm says: " .. 6*7)'
+echo
+farm stats
+
+echo
+echo "== a farm: three farmd on loopback, each with its own certificate (scripts/farm-cluster.sh)"
+FARM_BIN_DIR=$work/prefix/bin bash "$root/scripts/farm-cluster.sh" "$work/farm" 3 --local-slots 0 &
+cluster=$!
+trap 'kill $cluster 2>/dev/null; wait $cluster 2>/dev/null' EXIT
+for _ in $(seq 300); do [[ -f $work/farm/ready ]] && break; sleep 0.1; done
+export FARM_AGENT=$work/farm/node-1/agent.sock
+farm cache clear >/dev/null; farm stats --zero >/dev/null
+make clean >/dev/null
+echo "== build 3: empty local cache, node-1 sends every compile to its peers"
+build
+farm status
+make clean >/dev/null; farm cache clear >/dev/null
+echo "== build 4: empty local cache again: the farm's cache answers"
+build
 echo
 farm stats

@@ -23,7 +23,14 @@ while [[ $# -gt 0 ]]; do
 done
 bin=${FARM_BIN_DIR:-$root/target/release}
 for b in farm farmd; do [[ -x $bin/$b ]] || { echo "farm-cluster: $bin/$b missing (cargo build --release --workspace)" >&2; exit 1; }; done
-free_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A UDP port nothing on loopback uses now (ss from iproute2 lists the bound ones).
+free_port() {
+  local p
+  while :; do
+    p=$(shuf -i 20000-60999 -n 1)
+    if ! ss -Hlun "sport = :$p" 2>/dev/null | grep -q .; then echo "$p"; return; fi
+  done
+}
 rm -rf "$dir"; mkdir -p "$dir"
 "$bin/farm" cluster init "$dir/ca" >/dev/null
 pids=()
@@ -65,8 +72,7 @@ done
   echo "FARM_FARMD_PIDS=\"$(cat "$dir"/node-*/pid | tr '\n' ' ')\""
 } >"$dir/env"
 for _ in $(seq 200); do
-  live=$(FARM_AGENT=$dir/node-1/agent.sock "$bin/farm" status --json 2>/dev/null \
-    | python3 -c 'import json,sys; print(sum(p["live"] for p in json.load(sys.stdin)["peers"]))' 2>/dev/null || echo 0)
+  live=$(FARM_AGENT=$dir/node-1/agent.sock "$bin/farm" status --json 2>/dev/null | grep -c '"live": true' || true)
   [[ $live == $((n - 1)) ]] && break
   sleep 0.1
 done

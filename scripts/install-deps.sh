@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # install-deps.sh [--bench]: installs what farm's build, tests and demo need, from
 # Debian's archive (apt-get; root or sudo). Idempotent: installed packages are skipped.
-#   always:  gcc g++ clang make cmake ninja-build dpkg-dev (apt-get source), xz/bzip2
-#   --bench: also ccache hyperfine, the comparison tools of scripts/bench.sh
+#   always:  gcc g++ clang make cmake ninja-build dpkg-dev (apt-get source), xz/bzip2,
+#            iproute2 (ss, for scripts/farm-cluster.sh)
+#   --bench: also ccache hyperfine distcc icecc sccache python3, the comparison tools
+#            of scripts/bench.sh and scripts/bench-farm.sh
 set -euo pipefail
-pkgs=(gcc g++ clang make cmake ninja-build dpkg-dev xz-utils bzip2 util-linux ca-certificates)
-[[ ${1:-} == --bench ]] && pkgs+=(ccache hyperfine distcc icecc sccache)
+pkgs=(gcc g++ clang make cmake ninja-build dpkg-dev xz-utils bzip2 util-linux ca-certificates iproute2 coreutils)
+[[ ${1:-} == --bench ]] && pkgs+=(ccache hyperfine distcc icecc sccache python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

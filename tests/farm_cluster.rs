@@ -282,6 +282,9 @@ fn three_farmd_build_lua_remote_then_from_the_farm_cache() {
         env.stats()
     );
     assert!(remote >= n / 2 && no_peer <= 2, "{}", env.stats());
+    // Comments travel with the preprocessed source (`/* FALLTHROUGH */`), so a peer's
+    // gcc warns exactly where this one does: nowhere, for lua.
+    assert_eq!(diagnostics, 0, "{}", env.stats());
     assert_eq!(env.misses(), n, "{}", env.stats());
     let st = a.status();
     assert_eq!(
@@ -314,6 +317,49 @@ fn three_farmd_build_lua_remote_then_from_the_farm_cache() {
     assert_eq!(env.misses(), 0);
     let o = sh(&tree.join("src"), "./lua -e 'print(6*7)'");
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "42");
+    // The human form of `farm status` lists both peers as live.
+    let o = farm(&["status"], &a.socket());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    for peer in ["node-b", "node-c"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(peer) && l.contains(" yes ")),
+            "{text}"
+        );
+    }
+}
+
+/// farmd's configuration errors are one line naming the file and the key; farmd
+/// without any farmd running leaves `farm status` with a clear message.
+#[test]
+fn farmd_config_errors_name_the_file_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("farmd.toml");
+    let check = |text: &str| {
+        fs::write(&cfg, text).unwrap();
+        let o = Command::new(farmd_bin())
+            .arg("--check")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{text}");
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(&cfg.display().to_string()), "{err}");
+        err
+    };
+    let base = "ca = \"ca.crt\"\ncert = \"n.crt\"\nkey = \"n.key\"\nstate_dir = \"s\"\n";
+    assert!(check(&format!("listen = \"nowhere\"\n{base}")).contains("listen"));
+    assert!(check(&format!("listen = \"127.0.0.1:1\"\nslots = 0\n{base}")).contains("slots"));
+    assert!(check(&format!("listen = \"127.0.0.1:1\"\nbogus = 1\n{base}")).contains("bogus"));
+    assert!(check(&format!("listen = \"0.0.0.0:1\"\n{base}")).contains("advertise"));
+    // Certificates that are not there are named too.
+    let err = check(&format!("listen = \"127.0.0.1:1\"\n{base}"));
+    assert!(err.contains("ca.crt"), "{err}");
+    let o = farm(&["status"], &d.path().join("none.sock"));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no farmd agent"));
 }
 
 /// Single files through a peer for both compilers, C and C++, with the dependency
@@ -506,6 +552,11 @@ fn peer_killed_mid_build_then_every_peer_stopped() {
         .clone();
     assert!(b["jobs_failed"].as_u64().unwrap() >= 1, "{st}");
     assert!(!b["live"].as_bool().unwrap());
+    // Restarted, it speaks again and is back in the table.
+    cl.nodes[1].start();
+    cl.wait_live(0, 2);
+    cl.nodes[1].kill9();
+    cl.wait_live(0, 1);
 
     // Stop every peer (node-c gracefully, with SIGTERM): the build compiles at home.
     let c_pid = cl.nodes[2].pid();

@@ -144,10 +144,16 @@ fn reserve_home(node: &Node, already: bool) -> bool {
     true
 }
 
-/// Home's load factor: compiles sent home per home slot, at least 1.
+/// Home's load factor: processes that would share home's CPUs with one more compile
+/// (the compiles it sent home, or every runnable process on the machine if more, such
+/// as a peer's jobs on the same CPUs), per home CPU, at least 1.
 fn home_load(node: &Node) -> f64 {
-    let slots = node.cfg.local_slots.max(1);
-    contention(node.local_running.load(Ordering::Relaxed), slots)
+    let cpus = crate::node::cores().min(node.cfg.local_slots.max(1));
+    let busy = node
+        .local_running
+        .load(Ordering::Relaxed)
+        .max(crate::node::runnable());
+    contention(busy, cpus)
 }
 
 fn release_home(node: &Node, local_ms: u64, factor: f64) {
@@ -228,11 +234,12 @@ const PEER_SAMPLE_TTL: Duration = Duration::from_secs(10);
 
 /// Picks home or a peer by estimated finish time.
 ///
-/// Home: its compile time with one compile per home slot (measured from the shims'
-/// reports) × compiles sent home per home slot. A peer: its measured job round trip
+/// Home: its compile time on an uncontended CPU (measured from the shims' reports) ×
+/// its load (`home_load`). A peer: its measured job round trip
 /// (transfer, queue, compile, as it really was lately) × how far its advertised work
 /// plus this node's jobs sent since exceed its slots; unmeasured (or not measured for
-/// a while) it is assumed as fast as home plus two round trips, so it gets tried.
+/// a while) it is assumed as fast as home under the load it advertises (runnable
+/// processes per CPU), plus two round trips, so an idle peer gets tried.
 /// Two random peers that run the compiler and have room are compared (power of two
 /// choices), then the better one against home. Peers that share home's CPUs, or are as
 /// busy, lose to home: placement learns what is cheaper at home.
@@ -251,10 +258,7 @@ fn place(
             DEFAULT_JOB_MS
         }
     };
-    let home_factor = contention(
-        node.local_running.load(Ordering::Relaxed),
-        node.cfg.local_slots.max(1),
-    );
+    let home_factor = home_load(node);
     let home_est = if home_ok && node.cfg.local_slots > 0 {
         base_home * home_factor
     } else {
@@ -285,7 +289,11 @@ fn place(
                 .unwrap_or(false);
             let est = match p.job_ms {
                 Some(ms) if fresh => ms * contention(work, slots),
-                _ => base_home + 2.0 * rtt_ms,
+                // Not measured lately: home's speed under the load it advertises.
+                _ => {
+                    base_home * contention(a.runnable + p.sent_since_advert, a.cores.max(1))
+                        + 2.0 * rtt_ms
+                }
             };
             cands.push((est, addr.clone(), conn.clone(), p.rtt));
         }

@@ -124,7 +124,8 @@ fn allowed_compilers(cfg: &DaemonConfig) -> Vec<AllowedCompiler> {
 
 fn start(file: PathBuf, check_only: bool) -> Result<()> {
     let cfg = DaemonConfig::load(&file)?;
-    let tls = farm::net::load_node_tls(&cfg.ca, &cfg.cert, &cfg.key, cfg.idle_timeout)?;
+    let tls = farm::net::load_node_tls(&cfg.ca, &cfg.cert, &cfg.key, cfg.idle_timeout)
+        .with_context(|| format!("{}: certificates", file.display()))?;
     if let Some(n) = &cfg.name {
         if *n != tls.name {
             return Err(anyhow!(

@@ -97,8 +97,7 @@ pub struct Node {
     pub local_running: AtomicU32,
     /// Local compile time (ms), smoothed; 0 until measured.
     pub local_ms: Mutex<f64>,
-    /// Local compile time with one compile per home slot (ms), smoothed; 0 until
-    /// measured.
+    /// Local compile time on an uncontended CPU (ms), smoothed; 0 until measured.
     pub local_base_ms: Mutex<f64>,
     /// Worker time per MiB of shipped source (ms), smoothed, for job deadlines.
     pub ms_per_mib: Mutex<f64>,

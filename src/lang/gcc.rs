@@ -1761,7 +1761,9 @@ impl Gcc {
         // One preprocessor run gives the text to ship and writes the dependency file
         // the compile would have written (the user's, or farm's own observation).
         let mut cmd = Command::new(&inv.compiler);
-        cmd.arg0(&inv.arg0).args(&p.pp_args);
+        // `-C` keeps comments: gcc reads `/* FALLTHROUGH */` and its kin when it warns,
+        // so without them a worker's compile warns where the local one does not.
+        cmd.arg0(&inv.arg0).args(&p.pp_args).arg("-C");
         if let Some(md) = p.deps.md {
             cmd.arg(if md { "-MD" } else { "-MMD" });
             if let Some(f) = &p.deps.file {
