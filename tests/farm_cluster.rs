@@ -13,17 +13,21 @@ use std::time::{Duration, Instant};
 
 use farm::protocol::{self, CompilerAd, Job, PeerRequest, PeerResponse};
 
+/// farmd is another package's binary: `cargo test` does not build it, so the tests
+/// do, once (a no-op when it is current; never a stale binary).
 fn farmd_bin() -> PathBuf {
-    let p = farm_bin().with_file_name("farmd");
-    if !p.exists() {
-        let o = Command::new(env!("CARGO"))
-            .args(["build", "-p", "farmd"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
-    p
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let o = Command::new(env!("CARGO"))
+                .args(["build", "-p", "farmd"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            farm_bin().with_file_name("farmd")
+        })
+        .clone()
 }
 
 fn free_port() -> u16 {
