@@ -52,7 +52,7 @@ def base_env(cache):
 
 
 class Cluster:
-    def __init__(self, name, n, delay=0, loss=0, local_slots=None, slots=None):
+    def __init__(self, name, n, delay=0, loss=0, local_slots=None, slots=None, same_host=True):
         self.dir = WORK / name
         shutil.rmtree(self.dir, ignore_errors=True)
         cmd = ["bash", str(ROOT / "scripts" / "farm-cluster.sh"), str(self.dir), str(n)]
@@ -62,6 +62,9 @@ class Cluster:
             cmd += ["--local-slots", str(local_slots)]
         if slots is not None:
             cmd += ["--slots", str(slots)]
+        if same_host:
+            # These peers share this machine's CPUs; the benchmarks measure them anyway.
+            cmd += ["--same-host-jobs"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      env=dict(os.environ, FARM_BIN_DIR=str(BIN)))
         ready = self.dir / "ready"
@@ -328,8 +331,11 @@ def netem():
         return time.perf_counter() - t0
 
     results = {}
+    # Placement by measurement alone (peers on this machine are used), and farmd's
+    # default, which sends no jobs to peers that share this machine's CPUs.
     cl = Cluster("netem-cluster", 3, delay=delay, loss=loss)
     cl0 = Cluster("loop-cluster", 3)
+    cld = Cluster("netem-default", 3, delay=delay, loss=loss, same_host=False)
     sdir = WORK / "netem-sccache"
     senv = {"SCCACHE_DIR": str(sdir), "SCCACHE_SERVER_PORT": "4298"}
     kinds = [("plain gcc", [], {}),
@@ -338,7 +344,9 @@ def netem():
              ("farm, no farmd", [str(FARM)], {}),
              ("farm + 3 farmd, loopback", [str(FARM)], {"FARM_AGENT": cl0.agent}),
              (f"farm + 3 farmd, {2 * delay:g} ms RTT, {loss:g} % loss", [str(FARM)],
-              {"FARM_AGENT": cl.agent})]
+              {"FARM_AGENT": cl.agent}),
+             (f"farm + 3 farmd, {2 * delay:g} ms RTT, {loss:g} % loss, same-host peers get no jobs (default)",
+              [str(FARM)], {"FARM_AGENT": cld.agent})]
     if not shutil.which("sccache"):
         kinds = [k for k in kinds if not k[0].startswith("sccache")]
     placed = {}
@@ -349,7 +357,7 @@ def netem():
         kinds = order.sample(kinds, len(kinds))
         for label, prefix, extra in kinds:
             cache = fresh(WORK / "netem-cache")
-            for c in (cl, cl0):
+            for c in (cl, cl0, cld):
                 for node in c.dir.glob("node-*/state/store"):
                     shutil.rmtree(node, ignore_errors=True)
             e = base_env(cache)
@@ -367,6 +375,7 @@ def netem():
                      ", ".join(f"{k} {v}" for k, v in sorted(s["farm"]["home"].items()))))
     cl.stop()
     cl0.stop()
+    cld.stop()
     plain = statistics.median(results["plain gcc"])
     rows = []
     for label, xs in results.items():

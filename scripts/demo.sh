@@ -32,7 +32,8 @@ farm stats
 
 echo
 echo "== a farm: three farmd on loopback, each with its own certificate (scripts/farm-cluster.sh)"
-FARM_BIN_DIR=$work/prefix/bin bash "$root/scripts/farm-cluster.sh" "$work/farm" 3 --local-slots 0 &
+# (--same-host-jobs: these peers share this machine's CPUs; real peers are other machines)
+FARM_BIN_DIR=$work/prefix/bin bash "$root/scripts/farm-cluster.sh" "$work/farm" 3 --local-slots 0 --same-host-jobs &
 cluster=$!
 trap 'kill $cluster 2>/dev/null; wait $cluster 2>/dev/null' EXIT
 for _ in $(seq 300); do [[ -f $work/farm/ready ]] && break; sleep 0.1; done

@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # farm-cluster.sh DIR N [--delay-ms D] [--loss-pct L] [--local-slots S] [--slots S]
+#                      [--same-host-jobs]
 #
 # Starts a farm of N farmd on this machine's loopback, for trying farm out and for
 # the benchmarks: a cluster CA and one certificate per node under DIR, node-1 …
 # node-N on free UDP ports, every node knowing only node-1 (the rest is learned by
-# gossip). With --delay-ms/--loss-pct every peer-to-peer path goes through
+# gossip). Peers on one machine add no CPUs, so farmd sends them no jobs unless
+# --same-host-jobs (demos, tests). With --delay-ms/--loss-pct every peer path goes through
 # scripts/udp-delay.py (D ms each way, L % loss each way). Writes DIR/env with
 # FARM_AGENT=<node-1's agent socket> and FARM_FARMD_PIDS, waits until node-1 sees
 # every peer, then stays in the foreground until killed (it stops its farmd then).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=$1; n=$2; shift 2
-delay=0; loss=0; local_slots=""; slots=""
+delay=0; loss=0; local_slots=""; slots=""; same_host=false
 while [[ $# -gt 0 ]]; do
   case $1 in
     --delay-ms) delay=$2; shift 2 ;;
     --loss-pct) loss=$2; shift 2 ;;
     --local-slots) local_slots=$2; shift 2 ;;
     --slots) slots=$2; shift 2 ;;
+    --same-host-jobs) same_host=true; shift ;;
     *) echo "farm-cluster: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -56,6 +59,7 @@ for i in $(seq 1 "$n"); do
     echo "socket = \"agent.sock\""
     echo "state_dir = \"state\""
     echo "log = \"farmd.log\""
+    echo "same_host_jobs = $same_host"
     [[ -n $slots ]] && echo "slots = $slots"
     [[ -n $local_slots && $i -eq 1 ]] && echo "local_slots = $local_slots"
   } >"$d/farmd.toml"

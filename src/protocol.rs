@@ -82,6 +82,8 @@ pub struct Advert {
     /// would share a CPU.
     pub cores: u32,
     pub runnable: u32,
+    /// The running kernel's boot id: peers with this node's id share its CPUs.
+    pub host: String,
     pub free_mem_mb: u64,
     pub compilers: Vec<CompilerAd>,
     /// Addresses of this node's live peers: how a farm learns its members.
@@ -282,19 +284,22 @@ pub fn decode<T: DeserializeOwned>(body: &[u8], cap: usize) -> Result<T, FrameEr
     }
 }
 
+/// End of stream before a frame starts is a closed connection, not an error.
+fn header_error(e: std::io::Error) -> FrameError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        FrameError::Closed
+    } else {
+        FrameError::Io(e)
+    }
+}
+
 /// Reads one frame from a blocking reader (the shim's side of the agent socket).
 pub fn read_sync<T: DeserializeOwned>(
     r: &mut impl std::io::Read,
     cap: usize,
 ) -> Result<T, FrameError> {
     let mut header = [0u8; 4];
-    if let Err(e) = r.read_exact(&mut header) {
-        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Closed
-        } else {
-            FrameError::Io(e)
-        });
-    }
+    r.read_exact(&mut header).map_err(header_error)?;
     let len = body_len(header, cap)?;
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
@@ -315,13 +320,7 @@ pub async fn read_async<T: DeserializeOwned>(
 ) -> Result<T, FrameError> {
     use tokio::io::AsyncReadExt;
     let mut header = [0u8; 4];
-    if let Err(e) = r.read_exact(&mut header).await {
-        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Closed
-        } else {
-            FrameError::Io(e)
-        });
-    }
+    r.read_exact(&mut header).await.map_err(header_error)?;
     let len = body_len(header, cap)?;
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;

@@ -181,7 +181,7 @@ impl Cluster {
                     "listen = \"127.0.0.1:{port}\"\npeers = [{peers}]\nca = \"{ca}/ca.crt\"\n\
                      cert = \"{name}.crt\"\nkey = \"{name}.key\"\nsocket = \"agent.sock\"\n\
                      state_dir = \"state\"\nslots = 2\nlog = \"farmd.log\"\n\
-                     idle_timeout_ms = 1500\n{}\n",
+                     idle_timeout_ms = 1500\nsame_host_jobs = true\n{}\n",
                     extra(i),
                     ca = ca.display(),
                 ),
@@ -239,6 +239,16 @@ fn lua_make(env: &Env, tree: &Path, cc: &str, agent: Option<&Path>) {
         "make failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// One peer's line of `farm status --json`.
+fn peer_of(status: &serde_json::Value, node: &str) -> Option<serde_json::Value> {
+    status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == node)
+        .cloned()
 }
 
 fn jobs_ok(status: &serde_json::Value) -> u64 {
@@ -518,11 +528,7 @@ fn peer_killed_mid_build_then_every_peer_stopped() {
     let t0 = Instant::now();
     loop {
         let st = cl.nodes[0].status();
-        let b = st["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["node"] == "node-b")
+        let b = peer_of(&st, "node-b")
             .map(|p| {
                 (
                     p["jobs_ok"].as_u64().unwrap(),
@@ -547,13 +553,7 @@ fn peer_killed_mid_build_then_every_peer_stopped() {
     // node-b leaves the table; the job it was running failed there and ran elsewhere.
     cl.wait_live(0, 1);
     let st = cl.nodes[0].status();
-    let b = st["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["node"] == "node-b")
-        .unwrap()
-        .clone();
+    let b = peer_of(&st, "node-b").unwrap();
     assert!(b["jobs_failed"].as_u64().unwrap() >= 1, "{st}");
     assert!(!b["live"].as_bool().unwrap());
     // Restarted, it speaks again and is back in the table.

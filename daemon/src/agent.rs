@@ -159,6 +159,7 @@ fn home_load(node: &Node) -> f64 {
 fn release_home(node: &Node, local_ms: u64, factor: f64) {
     node.local_running.fetch_sub(1, Ordering::Relaxed);
     if local_ms > 0 {
+        *node.local_last.lock().unwrap() = Some(Instant::now());
         let mut l = node.local_ms.lock().unwrap();
         *l = ewma(*l, local_ms as f64);
         let mut b = node.local_base_ms.lock().unwrap();
@@ -228,21 +229,18 @@ enum Place {
     Peer(String, quinn::Connection, Duration),
 }
 
-/// How long a peer's measured job time stays its estimate; after that it is explored
-/// again as if unmeasured.
-const PEER_SAMPLE_TTL: Duration = Duration::from_secs(10);
+/// How long a measured job time stays an estimate; after that the place is measured
+/// again.
+const SAMPLE_TTL: Duration = Duration::from_secs(10);
 
-/// Picks home or a peer by estimated finish time.
-///
-/// Home: its compile time on an uncontended CPU (measured from the shims' reports) ×
-/// its load (`home_load`). A peer: its measured job round trip
-/// (transfer, queue, compile, as it really was lately) × how far its advertised work
-/// plus this node's jobs sent since exceed its slots; unmeasured (or not measured for
-/// a while) it is assumed as fast as home under the load it advertises (runnable
-/// processes per CPU), plus two round trips, so an idle peer gets tried.
-/// Two random peers that run the compiler and have room are compared (power of two
-/// choices), then the better one against home. Peers that share home's CPUs, or are as
-/// busy, lose to home: placement learns what is cheaper at home.
+/// Picks home or a peer by estimated finish time, learned from how long jobs really
+/// took lately: home's recent compile time (`home_estimate`), a peer's recent job
+/// round trip (transfer, queue and compile) × how far its advertised work plus this
+/// node's jobs sent since exceed its slots. A peer not measured in the last 10 s gets
+/// one job to measure it. Two random peers that run the compiler and have room are
+/// compared (power of two choices), then the better one against home. Peers on home's
+/// own CPUs, or slower, or farther, lose to home: placement learns what is cheaper at
+/// home.
 fn place(
     node: &Node,
     compiler: &CompilerAd,
@@ -250,17 +248,8 @@ fn place(
     home_ok: bool,
 ) -> Result<Place, &'static str> {
     let now = Instant::now();
-    let base_home = {
-        let b = *node.local_base_ms.lock().unwrap();
-        if b > 0.0 {
-            b
-        } else {
-            DEFAULT_JOB_MS
-        }
-    };
-    let home_factor = home_load(node);
     let home_est = if home_ok && node.cfg.local_slots > 0 {
-        base_home * home_factor
+        home_estimate(node, now)
     } else {
         f64::INFINITY
     };
@@ -274,6 +263,11 @@ fn place(
             }
             let Some(a) = &p.advert else { continue };
             let Some(conn) = &p.conn else { continue };
+            // A peer on this machine adds no CPUs: shipping to it only adds cost. It
+            // still holds its share of the farm's cache.
+            if a.host == node.host && !a.host.is_empty() && !node.cfg.same_host_jobs {
+                continue;
+            }
             let slots = a.slots.max(1);
             let work =
                 (slots.saturating_sub(a.free) + a.queue + p.sent_since_advert).max(p.inflight);
@@ -282,18 +276,16 @@ fn place(
                 busy = true;
                 continue;
             }
-            let rtt_ms = p.rtt.as_secs_f64() * 1000.0;
             let fresh = p
                 .last_job
-                .map(|t| now.duration_since(t) < PEER_SAMPLE_TTL)
+                .map(|t| now.duration_since(t) < SAMPLE_TTL)
                 .unwrap_or(false);
             let est = match p.job_ms {
                 Some(ms) if fresh => ms * contention(work, slots),
-                // Not measured lately: home's speed under the load it advertises.
-                _ => {
-                    base_home * contention(a.runnable + p.sent_since_advert, a.cores.max(1))
-                        + 2.0 * rtt_ms
-                }
+                // Not measured lately: one job goes there to measure it (more only
+                // when nothing else can take them).
+                _ if p.inflight == 0 => 0.0,
+                _ => f64::MAX / 2.0,
             };
             cands.push((est, addr.clone(), conn.clone(), p.rtt));
         }
@@ -316,10 +308,32 @@ fn place(
     };
     match best_peer {
         Some(i) if cands[i].0 < home_est => peer(&mut cands, i),
-        _ if home_est.is_finite() => Ok(Place::Home(home_factor)),
+        _ if home_est.is_finite() => Ok(Place::Home(home_load(node))),
         Some(i) => peer(&mut cands, i),
         None if busy => Err("peers_busy"),
         None => Err("no_peer"),
+    }
+}
+
+/// How long home would take now: its recent compile time as measured (under the load
+/// it had), its uncontended time when nothing runs there, and that too when it has not
+/// compiled for a while (the old measurement says nothing about now).
+fn home_estimate(node: &Node, now: Instant) -> f64 {
+    let base = match *node.local_base_ms.lock().unwrap() {
+        b if b > 0.0 => b,
+        _ => DEFAULT_JOB_MS,
+    };
+    let fresh = node
+        .local_last
+        .lock()
+        .unwrap()
+        .map(|t| now.duration_since(t) < SAMPLE_TTL)
+        .unwrap_or(false);
+    let recent = *node.local_ms.lock().unwrap();
+    if !fresh || recent <= 0.0 || node.local_running.load(Ordering::Relaxed) == 0 {
+        base.min(if recent > 0.0 { recent } else { base })
+    } else {
+        recent
     }
 }
 
@@ -427,7 +441,7 @@ async fn run_remote(
             // A stale sample says little about now: start over from this one.
             let fresh = p
                 .last_job
-                .map(|t| t.elapsed() < PEER_SAMPLE_TTL)
+                .map(|t| t.elapsed() < SAMPLE_TTL)
                 .unwrap_or(false);
             p.job_ms = Some(match p.job_ms {
                 Some(old) if fresh => ewma(old, ms),

@@ -30,6 +30,7 @@ struct FileConfig {
     compilers: Option<Vec<String>>,
     log: Option<String>,
     idle_timeout_ms: Option<u64>,
+    same_host_jobs: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +59,8 @@ pub struct DaemonConfig {
     pub log: Option<PathBuf>,
     /// How long a silent connection lives (keep-alives go every 500 ms).
     pub idle_timeout: Duration,
+    /// Send jobs to peers on this same machine too (they add no CPUs: tests, demos).
+    pub same_host_jobs: bool,
 }
 
 fn cores() -> u32 {
@@ -177,6 +180,7 @@ impl DaemonConfig {
             compilers,
             log: fc.log.map(|s| rel(&s)),
             idle_timeout: Duration::from_millis(fc.idle_timeout_ms.unwrap_or(1500).max(500)),
+            same_host_jobs: fc.same_host_jobs.unwrap_or(false),
         })
     }
 }

@@ -163,6 +163,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
     let store = farm::cache::LocalStore::new(&cfg.state_dir.join("store"), cfg.store_max_size);
     let node = Arc::new(Node {
         name: tls.name.clone(),
+        host: node::host_id(),
         compilers,
         store,
         endpoint,
@@ -173,6 +174,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         local_running: 0.into(),
         local_ms: Mutex::new(0.0),
         local_base_ms: Mutex::new(0.0),
+        local_last: Mutex::new(None),
         ms_per_mib: Mutex::new(0.0),
         stopping: false.into(),
         started: Instant::now(),

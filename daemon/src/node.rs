@@ -85,6 +85,8 @@ impl Peer {
 pub struct Node {
     pub cfg: DaemonConfig,
     pub name: String,
+    /// This machine's boot id (see `Advert::host`).
+    pub host: String,
     pub compilers: Vec<AllowedCompiler>,
     pub store: LocalStore,
     pub endpoint: quinn::Endpoint,
@@ -99,6 +101,8 @@ pub struct Node {
     pub local_ms: Mutex<f64>,
     /// Local compile time on an uncontended CPU (ms), smoothed; 0 until measured.
     pub local_base_ms: Mutex<f64>,
+    /// When a home compile last reported its time.
+    pub local_last: Mutex<Option<Instant>>,
     /// Worker time per MiB of shipped source (ms), smoothed, for job deadlines.
     pub ms_per_mib: Mutex<f64>,
     pub stopping: AtomicBool,
@@ -128,6 +132,14 @@ fn load_milli() -> u32 {
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
         .map(|l| (l * 1000.0) as u32)
         .unwrap_or(0)
+}
+
+/// The running kernel's boot id: the same for every farmd on one machine (network
+/// namespaces and containers included), different on every other machine.
+pub fn host_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Processes running or runnable now (not counting the reader).
@@ -187,6 +199,7 @@ impl Node {
             load_milli: load_milli(),
             cores: cores(),
             runnable: runnable(),
+            host: self.host.clone(),
             free_mem_mb: free_mem_mb(),
             compilers: self
                 .compilers

@@ -1159,6 +1159,21 @@ fn pch_path(p: &Path) -> PathBuf {
 
 /// The first `.gch` beside a file named in `-E` line markers, if any: `gcc -E`
 /// ignores precompiled headers, so its text would not show what the compile used.
+/// The text of a preprocessor run, or why it cannot stand for the source: it failed
+/// (the compiler reports that in its own words), or it used a precompiled header.
+fn preprocessed_text(inv: &Invocation, out: std::process::Output) -> Result<Vec<u8>, Passthrough> {
+    if !out.status.success() {
+        return Err(Passthrough::new(
+            "preprocessor_error",
+            inv.source.display().to_string(),
+        ));
+    }
+    if let Some(gch) = pch_beside_preprocessed(&out.stdout) {
+        return Err(Passthrough::new("pch_use", gch.display().to_string()));
+    }
+    Ok(out.stdout)
+}
+
 fn pch_beside_preprocessed(text: &[u8]) -> Option<PathBuf> {
     let mut seen = HashSet::default();
     for line in text.split(|&c| c == b'\n') {
@@ -1783,19 +1798,10 @@ impl Gcc {
             cmd.args(&inv.observe_args);
         }
         let out = cmd.stdin(Stdio::null()).output()?;
-        if !out.status.success() {
-            return Ok(Err(Passthrough::new(
-                "preprocessor_error",
-                inv.source.display().to_string(),
-            )));
-        }
-        if let Some(gch) = pch_beside_preprocessed(&out.stdout) {
-            return Ok(Err(Passthrough::new("pch_use", gch.display().to_string())));
-        }
-        Ok(Ok(RemoteJob {
+        Ok(preprocessed_text(inv, out).map(|text| RemoteJob {
             lang: lang.to_string(),
             args,
-            text: out.stdout,
+            text,
         }))
     }
 }
@@ -1864,16 +1870,7 @@ impl Family for Gcc {
             .args(&plan(inv).pp_args)
             .stdin(Stdio::null())
             .output()?;
-        if !out.status.success() {
-            return Ok(Err(Passthrough::new(
-                "preprocessor_error",
-                inv.source.display().to_string(),
-            )));
-        }
-        if let Some(gch) = pch_beside_preprocessed(&out.stdout) {
-            return Ok(Err(Passthrough::new("pch_use", gch.display().to_string())));
-        }
-        Ok(Ok(out.stdout))
+        Ok(preprocessed_text(inv, out))
     }
 
     fn compile(&self, inv: &Invocation, observe: bool) -> std::io::Result<CompileRun> {
