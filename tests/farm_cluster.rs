@@ -601,6 +601,58 @@ fn peer_killed_mid_build_then_every_peer_stopped() {
     drop(cl.root);
 }
 
+/// The local farmd itself dies (kill -9) while shims wait on it: each of them compiles
+/// at home, the build succeeds, and the fallbacks are counted.
+#[test]
+fn agent_killed_mid_build() {
+    require("gcc");
+    require("make");
+    let src = sources("lua5.4");
+    let mut cl = Cluster::new(&["node-a", "node-b"], |i| {
+        if i == 0 { "local_slots = 0" } else { "" }.to_string()
+    });
+    cl.wait_all();
+    let env = Env::new("direct");
+    let tree = env.root.path().join("lua");
+    copy_tree(&src, &tree);
+    lua_make(&env, &tree, "gcc", None);
+    let plain = objects(&tree);
+    copy_tree(&src, &tree);
+    let farm_cc = farm_cc_bin().display().to_string();
+    let child = env
+        .cmd("make")
+        .current_dir(tree.join("src"))
+        .args(["-j8", "linux", &format!("CC={farm_cc} -std=gnu99")])
+        .env("FARM_AGENT", cl.nodes[0].socket())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    // Shims are waiting on the agent once node-b is running jobs for it.
+    while peer_of(&cl.nodes[0].status(), "node-b")
+        .map(|p| p["inflight"].as_u64().unwrap())
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no job reached node-b"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cl.nodes[0].kill9();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_objects(&plain, &objects(&tree), "agent killed mid-build");
+    assert!(
+        env.counter(&["farm", "fallback", "agent_error"]) >= 1,
+        "{}",
+        env.stats()
+    );
+    assert_eq!(env.misses(), plain.len() as u64, "{}", env.stats());
+}
+
 // ------------------------------------------------------------------ security
 
 /// A raw peer client built from the library, for what a shim never sends.
