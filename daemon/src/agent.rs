@@ -1,7 +1,8 @@
-//! The agent role: answers its own machine's shims on a Unix socket. On a miss it
-//! asks the key's home peer, then places the job where it should finish first (a peer
-//! or home), with one retry elsewhere on any peer failure, and publishes results to
-//! the key's home. It never makes a shim wait past a job's deadline.
+//! The agent role: answers its own machine's shims on a Unix socket. It fetches
+//! entries from their keys' homes (the farm's cache), places a miss where it should
+//! finish first (a peer or home), runs it on a peer with one retry elsewhere on any
+//! failure, and publishes results and manifests to their homes. It never makes a shim
+//! wait past a job's deadline.
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::Ordering;
@@ -46,8 +47,14 @@ pub fn bind(node: &Node) -> Result<UnixListener> {
 
 pub async fn serve(node: Arc<Node>, listener: UnixListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors and the like: shims compile at home meanwhile.
+                tracing::warn!(error = %e, "agent socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         if node.stopping.load(Ordering::Relaxed) {
             return;
