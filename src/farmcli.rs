@@ -171,7 +171,12 @@ fn render(s: &StatusReport) -> String {
             p.load_milli as f64 / 1000.0,
             p.free_mem_mb,
             p.rtt_us as f64 / 1000.0,
-            p.est_ms,
+            // Not measured yet: placement will send it one job to find out.
+            if p.est_ms == 0 {
+                "-".to_string()
+            } else {
+                p.est_ms.to_string()
+            },
             format!("{}/{}", p.jobs_ok, p.jobs_failed),
             shown
         ));
