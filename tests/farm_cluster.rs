@@ -30,6 +30,13 @@ fn farmd_bin() -> PathBuf {
         .clone()
 }
 
+/// The tests that build lua through a farm run one at a time: each starts several
+/// farmd and `make -j8`, and CI has two cores for everything.
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -262,6 +269,7 @@ fn jobs_ok(status: &serde_json::Value) -> u64 {
 
 #[test]
 fn three_farmd_build_lua_remote_then_from_the_farm_cache() {
+    let _one_at_a_time = heavy();
     require("gcc");
     require("make");
     let src = sources("lua5.4");
@@ -285,17 +293,19 @@ fn three_farmd_build_lua_remote_then_from_the_farm_cache() {
     let remote = env.counter(&["farm", "remote"]);
     // A TU whose compile printed warnings is compiled again here, so the user sees
     // this machine's compiler's own messages; every other one ran on a peer.
-    // A peer that misses adverts under load (CI has two cores for everything) is
-    // briefly not live: such a TU is compiled here (`no_peer`).
+    // Under load (CI has two cores for everything and runs the tests in parallel) a
+    // peer may miss adverts and be briefly not live (`no_peer`), or look full from a
+    // stale advert (`peers_busy`): such a TU is compiled here.
     let diagnostics = env.counter(&["farm", "home", "diagnostics"]);
-    let no_peer = env.counter(&["farm", "home", "no_peer"]);
+    let home =
+        env.counter(&["farm", "home", "no_peer"]) + env.counter(&["farm", "home", "peers_busy"]);
     assert_eq!(
-        remote + diagnostics + no_peer,
+        remote + diagnostics + home,
         n,
         "every TU compiled by a peer: {}",
         env.stats()
     );
-    assert!(remote >= n / 2 && no_peer <= 2, "{}", env.stats());
+    assert!(remote >= n / 2 && home <= 4, "{}", env.stats());
     // Comments travel with the preprocessed source (`/* FALLTHROUGH */`), so a peer's
     // gcc warns exactly where this one does: nowhere, for lua.
     assert_eq!(diagnostics, 0, "{}", env.stats());
@@ -502,6 +512,7 @@ fn remote_objects_and_depfiles_match_plain_for_gcc_and_clang() {
 
 #[test]
 fn peer_killed_mid_build_then_every_peer_stopped() {
+    let _one_at_a_time = heavy();
     require("gcc");
     require("make");
     let src = sources("lua5.4");
@@ -605,6 +616,7 @@ fn peer_killed_mid_build_then_every_peer_stopped() {
 /// at home, the build succeeds, and the fallbacks are counted.
 #[test]
 fn agent_killed_mid_build() {
+    let _one_at_a_time = heavy();
     require("gcc");
     require("make");
     let src = sources("lua5.4");
