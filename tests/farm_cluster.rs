@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -258,6 +259,37 @@ fn peer_of(status: &serde_json::Value, node: &str) -> Option<serde_json::Value> 
         .cloned()
 }
 
+/// A cluster whose first node keeps nothing at home, a test environment, lua's
+/// sources, a tree, and the objects of a plain build of it.
+fn lua_farm(names: &[&str]) -> (Cluster, Env, PathBuf, PathBuf, BTreeMap<String, Vec<u8>>) {
+    require("gcc");
+    require("make");
+    let src = sources("lua5.4");
+    let cl = Cluster::new(names, |i| {
+        if i == 0 { "local_slots = 0" } else { "" }.to_string()
+    });
+    cl.wait_all();
+    let env = Env::new("direct");
+    let tree = env.root.path().join("lua");
+    copy_tree(&src, &tree);
+    lua_make(&env, &tree, "gcc", None);
+    let plain = objects(&tree);
+    (cl, env, src, tree, plain)
+}
+
+/// `make -j8` of lua through farm-cc and the agent at `agent`, in the background.
+fn spawn_lua_make(env: &Env, tree: &Path, agent: &Path) -> Child {
+    let farm_cc = farm_cc_bin().display().to_string();
+    env.cmd("make")
+        .current_dir(tree.join("src"))
+        .args(["-j8", "linux", &format!("CC={farm_cc} -std=gnu99")])
+        .env("FARM_AGENT", agent)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn jobs_ok(status: &serde_json::Value) -> u64 {
     status["peers"]
         .as_array()
@@ -270,20 +302,9 @@ fn jobs_ok(status: &serde_json::Value) -> u64 {
 #[test]
 fn three_farmd_build_lua_remote_then_from_the_farm_cache() {
     let _one_at_a_time = heavy();
-    require("gcc");
-    require("make");
-    let src = sources("lua5.4");
     // Node a keeps nothing at home: every distributable compile goes to b or c.
-    let cl = Cluster::new(&["node-a", "node-b", "node-c"], |i| {
-        if i == 0 { "local_slots = 0" } else { "" }.to_string()
-    });
-    cl.wait_all();
+    let (cl, env, src, tree, plain) = lua_farm(&["node-a", "node-b", "node-c"]);
     let a = &cl.nodes[0];
-    let env = Env::new("direct");
-    let tree = env.root.path().join("lua");
-    copy_tree(&src, &tree);
-    lua_make(&env, &tree, "gcc", None);
-    let plain = objects(&tree);
     let n = plain.len() as u64;
 
     copy_tree(&src, &tree);
@@ -513,29 +534,12 @@ fn remote_objects_and_depfiles_match_plain_for_gcc_and_clang() {
 #[test]
 fn peer_killed_mid_build_then_every_peer_stopped() {
     let _one_at_a_time = heavy();
-    require("gcc");
-    require("make");
-    let src = sources("lua5.4");
-    let mut cl = Cluster::new(&["node-a", "node-b", "node-c"], |i| {
-        if i == 0 { "local_slots = 0" } else { "" }.to_string()
-    });
-    cl.wait_all();
-    let env = Env::new("direct");
-    let tree = env.root.path().join("lua");
-    copy_tree(&src, &tree);
-    lua_make(&env, &tree, "gcc", None);
-    let plain = objects(&tree);
+    let (mut cl, env, src, tree, plain) = lua_farm(&["node-a", "node-b", "node-c"]);
 
     // kill -9 node-b as soon as it has run a job for us; the build goes on.
     copy_tree(&src, &tree);
     let farm_cc = farm_cc_bin().display().to_string();
-    let mut make = env.cmd("make");
-    make.current_dir(tree.join("src"))
-        .args(["-j8", "linux", &format!("CC={farm_cc} -std=gnu99")])
-        .env("FARM_AGENT", cl.nodes[0].socket())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let child = make.spawn().unwrap();
+    let child = spawn_lua_make(&env, &tree, &cl.nodes[0].socket());
     let t0 = Instant::now();
     loop {
         let st = cl.nodes[0].status();
@@ -617,29 +621,9 @@ fn peer_killed_mid_build_then_every_peer_stopped() {
 #[test]
 fn agent_killed_mid_build() {
     let _one_at_a_time = heavy();
-    require("gcc");
-    require("make");
-    let src = sources("lua5.4");
-    let mut cl = Cluster::new(&["node-a", "node-b"], |i| {
-        if i == 0 { "local_slots = 0" } else { "" }.to_string()
-    });
-    cl.wait_all();
-    let env = Env::new("direct");
-    let tree = env.root.path().join("lua");
+    let (mut cl, env, src, tree, plain) = lua_farm(&["node-a", "node-b"]);
     copy_tree(&src, &tree);
-    lua_make(&env, &tree, "gcc", None);
-    let plain = objects(&tree);
-    copy_tree(&src, &tree);
-    let farm_cc = farm_cc_bin().display().to_string();
-    let child = env
-        .cmd("make")
-        .current_dir(tree.join("src"))
-        .args(["-j8", "linux", &format!("CC={farm_cc} -std=gnu99")])
-        .env("FARM_AGENT", cl.nodes[0].socket())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_lua_make(&env, &tree, &cl.nodes[0].socket());
     let t0 = Instant::now();
     // Shims are waiting on the agent once node-b is running jobs for it.
     while peer_of(&cl.nodes[0].status(), "node-b")
