@@ -129,6 +129,7 @@ impl Summary {
         self.get(names::HIT_DIRECT)
             + self.get(names::HIT_PREPROCESSOR)
             + self.get(names::HIT_DEPEND)
+            + self.get(names::HIT_DECLARED)
             + self.get(names::HIT_FARM)
     }
 }
@@ -172,6 +173,7 @@ fn stats(rest: &[String]) -> i32 {
                 "direct": s.get(names::HIT_DIRECT),
                 "preprocessor": s.get(names::HIT_PREPROCESSOR),
                 "depend": s.get(names::HIT_DEPEND),
+                "declared": s.get(names::HIT_DECLARED),
                 "farm": s.get(names::HIT_FARM),
                 "total": hits,
             },
@@ -213,6 +215,7 @@ fn stats(rest: &[String]) -> i32 {
         s.get(names::HIT_PREPROCESSOR).to_string(),
     );
     line(&mut t, "  depend", s.get(names::HIT_DEPEND).to_string());
+    line(&mut t, "  declared", s.get(names::HIT_DECLARED).to_string());
     line(&mut t, "  farm", s.get(names::HIT_FARM).to_string());
     line(&mut t, "misses", misses.to_string());
     line(
@@ -220,6 +223,10 @@ fn stats(rest: &[String]) -> i32 {
         "  compiled by peers",
         s.get(names::FARM_REMOTE).to_string(),
     );
+    line(&mut t, "  in a warm JVM", s.get(names::WARM).to_string());
+    for (k, v) in &s.group(names::WARM_DECLINED) {
+        line(&mut t, &format!("    cold: {k}"), v.to_string());
+    }
     let home = s.group(names::FARM_HOME);
     if !home.is_empty() {
         line(

@@ -97,6 +97,8 @@ pub struct Config {
     pub mode: Setting<Mode>,
     pub cc: Setting<Option<PathBuf>>,
     pub cxx: Setting<Option<PathBuf>>,
+    /// The real javac behind `farm-javac`.
+    pub javac: Setting<Option<PathBuf>>,
     pub log: Setting<Option<PathBuf>>,
     pub disable: Setting<bool>,
     /// The local farmd's agent socket; `None` ("off") keeps every miss at home.
@@ -120,6 +122,7 @@ struct FileConfig {
     mode: Option<toml::Spanned<String>>,
     cc: Option<toml::Spanned<String>>,
     cxx: Option<toml::Spanned<String>>,
+    javac: Option<toml::Spanned<String>>,
     log: Option<toml::Spanned<String>>,
     disable: Option<toml::Spanned<bool>>,
     agent: Option<toml::Spanned<String>>,
@@ -215,6 +218,7 @@ impl Config {
             mode: Setting::default(Mode::Direct),
             cc: Setting::default(None),
             cxx: Setting::default(None),
+            javac: Setting::default(None),
             log: Setting::default(None),
             disable: Setting::default(false),
             agent: Setting::default(Some(PathBuf::from(DEFAULT_AGENT_SOCKET))),
@@ -283,7 +287,11 @@ impl Config {
                 source: src(),
             };
         }
-        for (slot, v) in [(&mut self.cc, fc.cc), (&mut self.cxx, fc.cxx)] {
+        for (slot, v) in [
+            (&mut self.cc, fc.cc),
+            (&mut self.cxx, fc.cxx),
+            (&mut self.javac, fc.javac),
+        ] {
             if let Some(v) = v {
                 *slot = Setting {
                     value: Some(expand_home(v.get_ref())),
@@ -348,6 +356,7 @@ impl Config {
         for (slot, var) in [
             (&mut self.cc, "FARM_CC"),
             (&mut self.cxx, "FARM_CXX"),
+            (&mut self.javac, "FARM_JAVAC"),
             (&mut self.log, "FARM_LOG"),
         ] {
             if let Some(v) = get(var) {
@@ -408,6 +417,11 @@ impl Config {
             ),
             ("cc", opt(&self.cc.value), self.cc.source.to_string()),
             ("cxx", opt(&self.cxx.value), self.cxx.source.to_string()),
+            (
+                "javac",
+                opt(&self.javac.value),
+                self.javac.source.to_string(),
+            ),
             ("log", opt(&self.log.value), self.log.source.to_string()),
             (
                 "agent",

@@ -11,12 +11,13 @@ use crate::config::Config;
 use crate::{cli, shim};
 
 /// Names farm's own binaries have; never taken for a real compiler.
-const FARM_NAMES: &[&str] = &["farm", "farm-cc", "farm-c++", "farm-cxx"];
+const FARM_NAMES: &[&str] = &["farm", "farm-cc", "farm-c++", "farm-cxx", "farm-javac"];
 
 #[derive(Debug, PartialEq, Eq)]
 enum Role {
     Cc,
     Cxx,
+    Javac,
     Farm,
     Masquerade(String),
 }
@@ -29,6 +30,7 @@ fn role_of(argv0: &OsStr) -> Role {
     match name.as_str() {
         "farm-cc" => Role::Cc,
         "farm-c++" | "farm-cxx" => Role::Cxx,
+        "farm-javac" => Role::Javac,
         "farm" | "" => Role::Farm,
         other => Role::Masquerade(other.to_string()),
     }
@@ -68,7 +70,7 @@ pub struct Resolved {
 pub enum ResolveError {
     #[error("compiler `{0}` not found on PATH (farm's own binaries are skipped)")]
     NotFound(String),
-    #[error("compiler {0} is farm itself; set FARM_CC/FARM_CXX or `cc`/`cxx` in the config to the real compiler")]
+    #[error("compiler {0} is farm itself; set FARM_CC/FARM_CXX/FARM_JAVAC or `cc`/`cxx`/`javac` in the config to the real compiler")]
     IsFarm(PathBuf),
 }
 
@@ -143,6 +145,25 @@ enum Requested {
     Named(OsString),
     /// `farm-cc` / `farm-c++`: FARM_CC/FARM_CXX, the config, else cc / c++.
     Default { cxx: bool },
+    /// `farm-javac`: FARM_JAVAC, the config, JAVA_HOME's javac, else javac.
+    Javac,
+}
+
+/// The javac `farm-javac` stands for.
+fn default_javac(cfg: Option<&Config>) -> OsString {
+    if let Some(v) = std::env::var_os("FARM_JAVAC").filter(|v| !v.is_empty()) {
+        return v;
+    }
+    if let Some(p) = cfg.and_then(|c| c.javac.value.as_ref()) {
+        return p.clone().into_os_string();
+    }
+    if let Some(home) = std::env::var_os("JAVA_HOME").filter(|v| !v.is_empty()) {
+        let javac = Path::new(&home).join("bin/javac");
+        if javac.is_file() && !is_farm_binary(&javac) {
+            return javac.into_os_string();
+        }
+    }
+    OsString::from("javac")
 }
 
 /// The compiler `farm-cc`/`farm-c++` stand for.
@@ -178,6 +199,7 @@ fn compile(requested: Requested, args: Vec<OsString>) -> i32 {
         Requested::Default { cxx } => {
             default_compiler(cxx, cfg.as_ref().and_then(|c| c.as_ref().ok()))
         }
+        Requested::Javac => default_javac(cfg.as_ref().and_then(|c| c.as_ref().ok())),
     };
     let Resolved {
         path: compiler,
@@ -221,6 +243,7 @@ pub fn main() -> i32 {
     match role_of(&argv[0]) {
         Role::Cc => compile(Requested::Default { cxx: false }, rest),
         Role::Cxx => compile(Requested::Default { cxx: true }, rest),
+        Role::Javac => compile(Requested::Javac, rest),
         Role::Masquerade(name) => compile(Requested::Named(name.into()), rest),
         Role::Farm => {
             let Some(first) = rest.first() else {

@@ -39,7 +39,11 @@ pub enum KeyError {
 /// Content identity of a compiler: blake3 of the binary plus its `-v` output,
 /// memoized by path, size, mtime, ctime and inode in `memo_dir`. `canonical` is the
 /// compiler's path with every link resolved.
-pub fn compiler_identity(canonical: &Path, memo_dir: &Path) -> Result<[u8; 32], KeyError> {
+pub fn compiler_identity(
+    canonical: &Path,
+    probe: &crate::lang::IdentityProbe,
+    memo_dir: &Path,
+) -> Result<[u8; 32], KeyError> {
     let err = |err| KeyError::Compiler {
         path: canonical.to_path_buf(),
         err,
@@ -48,16 +52,27 @@ pub fn compiler_identity(canonical: &Path, memo_dir: &Path) -> Result<[u8; 32], 
     let mut h = blake3::Hasher::new();
     h.update(b"farm-compiler-memo-1\0");
     h.update(canonical.as_os_str().as_bytes());
-    for v in [
-        meta.size() as i64,
-        meta.mtime(),
-        meta.mtime_nsec(),
-        meta.ctime(),
-        meta.ctime_nsec(),
-        meta.ino() as i64,
-        meta.dev() as i64,
-    ] {
-        h.update(&v.to_le_bytes());
+    let mut stamps = vec![meta.clone()];
+    for f in &probe.files {
+        h.update(b"\0probe\0");
+        h.update(f.as_os_str().as_bytes());
+        stamps.push(fs::metadata(f).map_err(|err| KeyError::Compiler {
+            path: f.clone(),
+            err,
+        })?);
+    }
+    for meta in &stamps {
+        for v in [
+            meta.size() as i64,
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+            meta.ino() as i64,
+            meta.dev() as i64,
+        ] {
+            h.update(&v.to_le_bytes());
+        }
     }
     let memo = memo_dir.join(format!(
         "{}.id",
@@ -70,7 +85,7 @@ pub fn compiler_identity(canonical: &Path, memo_dir: &Path) -> Result<[u8; 32], 
     }
     let binary = fsutil::read_file(canonical).map_err(err)?;
     let version = Command::new(canonical)
-        .arg("-v")
+        .args(&probe.version_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -82,6 +97,15 @@ pub fn compiler_identity(canonical: &Path, memo_dir: &Path) -> Result<[u8; 32], 
     h.update(&version.stdout);
     h.update(b"\0");
     h.update(&version.stderr);
+    for f in &probe.files {
+        h.update(b"\0file\0");
+        h.update(f.as_os_str().as_bytes());
+        let digest = fsutil::hash_file(f).map_err(|err| KeyError::Compiler {
+            path: f.clone(),
+            err,
+        })?;
+        h.update(&digest);
+    }
     let id = *h.finalize().as_bytes();
     let _ = fs::create_dir_all(memo_dir);
     let _ = fsutil::write_atomic(&memo, &id);
@@ -148,6 +172,16 @@ pub fn base_hasher(
 /// text in preprocessor mode).
 pub fn finish(mut h: blake3::Hasher, content_tag: &str, content: &[u8]) -> CacheKey {
     put_field(&mut h, content_tag, blake3::hash(content).as_bytes());
+    CacheKey(*h.finalize().as_bytes())
+}
+
+/// Finishes a declared-input key with every input, labelled, in the family's order.
+pub fn finish_declared(mut h: blake3::Hasher, inputs: &[crate::lang::KeyInput]) -> CacheKey {
+    put_field(&mut h, "inputs", &(inputs.len() as u64).to_le_bytes());
+    for i in inputs {
+        put_field(&mut h, "input", i.label.as_bytes());
+        put_field(&mut h, "digest", &i.digest);
+    }
     CacheKey(*h.finalize().as_bytes())
 }
 

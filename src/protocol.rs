@@ -174,6 +174,14 @@ pub enum AgentRequest {
         local_ms: u64,
     },
     Status,
+    /// Run this compile in the warm compiler process of the installation at `home`
+    /// (a JDK), on this machine, as the asking user: its outputs go to the
+    /// directories the arguments name. `Compiled` (no object) or `Local(reason)`.
+    /// Appended last: older agents refuse it as an unknown request.
+    Warm {
+        home: String,
+        args: Vec<String>,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

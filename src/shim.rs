@@ -19,6 +19,8 @@ use crate::lang::{self, CompileRun, DepSource, Family, Invocation};
 use crate::protocol::{AgentRequest, AgentResponse, CompilerAd, Item, Job, Kind};
 use crate::stats::{names, Stats};
 
+mod declared;
+
 /// Counters gathered during one compile, written once at the end.
 #[derive(Default)]
 struct Tally(Vec<(String, u64)>);
@@ -174,15 +176,28 @@ pub fn run(
         Err(p) => return passthrough(p.reason, &p.detail),
     };
     // A hit replaces outputs by rename: an output that is a device (`-o /dev/null`),
-    // a FIFO or a symlink must be written by the compiler itself.
+    // a FIFO or a symlink must be written by the compiler itself. A declared-input
+    // family's outputs are directories (links to them are followed, as javac does).
+    let outputs_are_dirs = family.declared().is_some();
     for out in &inv.outputs {
-        if let Ok(m) = std::fs::symlink_metadata(&out.path) {
-            if !m.file_type().is_file() {
+        let meta = if outputs_are_dirs {
+            std::fs::metadata(&out.path)
+        } else {
+            std::fs::symlink_metadata(&out.path)
+        };
+        if let Ok(m) = meta {
+            let fits = if outputs_are_dirs {
+                m.is_dir()
+            } else {
+                m.file_type().is_file()
+            };
+            if !fits {
                 return passthrough("special_output", &out.path.display().to_string());
             }
         }
     }
-    let identity = match key::compiler_identity(canonical, &cfg.dir.value.join("memo")) {
+    let probe = family.identity_probe(canonical);
+    let identity = match key::compiler_identity(canonical, &probe, &cfg.dir.value.join("memo")) {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(error = %e, "cannot identify compiler");
@@ -199,9 +214,10 @@ pub fn run(
         tally: Tally::default(),
         t0,
     };
-    let code = match cfg.mode.value {
-        Mode::Preprocessor => ctx.preprocessor_mode(None),
-        Mode::Direct | Mode::Depend => ctx.direct_mode(),
+    let code = match (family.declared(), cfg.mode.value) {
+        (Some(decl), _) => ctx.declared_mode(decl),
+        (None, Mode::Preprocessor) => ctx.preprocessor_mode(None),
+        (None, Mode::Direct | Mode::Depend) => ctx.direct_mode(),
     };
     ctx.tally.flush(&ctx.stats);
     code

@@ -20,6 +20,12 @@ pub mod names {
     pub const HIT_DIRECT: &str = "hit.direct";
     pub const HIT_PREPROCESSOR: &str = "hit.preprocessor";
     pub const HIT_DEPEND: &str = "hit.depend";
+    /// A declared-input compile (javac) found by its inputs' content.
+    pub const HIT_DECLARED: &str = "hit.declared";
+    /// A miss compiled in farmd's warm compiler process (javac's JVM).
+    pub const WARM: &str = "warm.compiled";
+    /// A miss that ran a fresh compiler although a warm one was asked, by reason.
+    pub const WARM_DECLINED: &str = "warm.declined";
     /// Answered by the farm's cache (the key's home peer).
     pub const HIT_FARM: &str = "hit.farm";
     /// Compiled by a peer's worker.

@@ -708,7 +708,12 @@ fn gcc_ad() -> CompilerAd {
     let memo = tempfile::tempdir().unwrap();
     CompilerAd {
         name: "gcc".into(),
-        identity: farm::key::compiler_identity(&gcc, memo.path()).unwrap(),
+        identity: farm::key::compiler_identity(
+            &gcc,
+            &farm::lang::Family::identity_probe(&farm::lang::gcc::GCC, &gcc),
+            memo.path(),
+        )
+        .unwrap(),
     }
 }
 

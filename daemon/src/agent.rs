@@ -28,6 +28,45 @@ const LOOKUP_WAIT: Duration = Duration::from_millis(1500);
 /// Assumed local compile time before any was measured.
 const DEFAULT_JOB_MS: f64 = 500.0;
 
+/// Runs a compile in a warm JVM for a shim of this machine. Only for shims of the
+/// user farmd runs as: the JVM reads and writes the paths the arguments name with
+/// farmd's rights, so another user's request could reach files that user cannot.
+async fn warm(node: &Node, peer_uid: Option<u32>, home: &str, args: &[String]) -> AgentResponse {
+    use std::os::unix::fs::MetadataExt;
+    let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    if peer_uid.is_none() || peer_uid != own_uid {
+        return AgentResponse::Local("other_user".into());
+    }
+    let home = std::path::PathBuf::from(home);
+    let allowed = node.compilers.iter().any(|c| {
+        farm::lang::javac::is_javac(&c.name)
+            && std::fs::canonicalize(&c.path)
+                .map(|p| farm::lang::javac::java_home_of(&p) == home)
+                .unwrap_or(false)
+    });
+    if !allowed {
+        tracing::warn!(jdk = %home.display(), "warm javac refused: JDK not allow-listed");
+        return AgentResponse::Local("jdk_not_allowed".into());
+    }
+    node.local_running.fetch_add(1, Ordering::Relaxed);
+    let r = node.jvms.run(&home, args, node.cfg.job_timeout).await;
+    node.local_running.fetch_sub(1, Ordering::Relaxed);
+    match r {
+        Ok(r) => AgentResponse::Compiled(JobResult {
+            exit_code: r.exit_code,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            object: Vec::new(),
+            compile_ms: r.elapsed.as_millis() as u64,
+            worker: node.name.clone(),
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, jdk = %home.display(), "warm javac failed");
+            AgentResponse::Local("warm_failed".into())
+        }
+    }
+}
+
 pub fn bind(node: &Node) -> Result<UnixListener> {
     let path = &node.cfg.socket;
     if let Some(dir) = path.parent() {
@@ -67,6 +106,7 @@ pub async fn serve(node: Arc<Node>, listener: UnixListener) {
 /// One shim connection. A home slot the agent granted is held until the shim says
 /// its compile is done or goes away.
 async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
+    let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
     let mut holds_home = false;
     // Home's load when this shim's compile was sent home.
     let mut home_factor = 1.0;
@@ -133,6 +173,7 @@ async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
                 }
                 AgentResponse::Published
             }
+            AgentRequest::Warm { home, args } => warm(&node, peer_uid, &home, &args).await,
         };
         node.agent_busy.fetch_sub(1, Ordering::Relaxed);
         if protocol::write_async(&mut stream, &resp).await.is_err() {

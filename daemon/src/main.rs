@@ -3,6 +3,7 @@
 
 mod agent;
 mod config;
+mod jvm;
 mod node;
 mod peer;
 mod worker;
@@ -108,7 +109,11 @@ fn allowed_compilers(cfg: &DaemonConfig) -> Vec<AllowedCompiler> {
                 continue;
             }
         };
-        match farm::key::compiler_identity(&canonical, &memo) {
+        let probe = match farm::lang::family_for(name) {
+            Some(f) => f.identity_probe(&canonical),
+            None => farm::lang::IdentityProbe::default(),
+        };
+        match farm::key::compiler_identity(&canonical, &probe, &memo) {
             Ok(identity) => out.push(AllowedCompiler {
                 name: name.to_string(),
                 path: path.clone(),
@@ -165,6 +170,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         name: tls.name.clone(),
         host: node::host_id(),
         compilers,
+        jvms: jvm::WarmJvms::new(&cfg.state_dir, cfg.local_slots as usize),
         store,
         endpoint,
         slots: Arc::new(tokio::sync::Semaphore::new(cfg.slots as usize)),

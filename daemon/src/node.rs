@@ -88,6 +88,8 @@ pub struct Node {
     /// This machine's boot id (see `Advert::host`).
     pub host: String,
     pub compilers: Vec<AllowedCompiler>,
+    /// Warm javac JVMs for this machine's shims.
+    pub jvms: crate::jvm::WarmJvms,
     pub store: LocalStore,
     pub endpoint: quinn::Endpoint,
     pub slots: Arc<Semaphore>,

@@ -856,6 +856,7 @@ impl Gcc {
 fn plan(inv: &Invocation) -> &GccPlan {
     match &inv.plan {
         Plan::Gcc(p) => p,
+        _ => unreachable!("gcc invocation without a gcc plan"),
     }
 }
 

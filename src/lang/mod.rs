@@ -8,6 +8,7 @@
 //! the hot path.
 
 pub mod gcc;
+pub mod javac;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -82,6 +83,7 @@ pub struct Invocation {
 #[derive(Clone, Debug)]
 pub enum Plan {
     Gcc(gcc::GccPlan),
+    Javac(javac::JavacPlan),
 }
 
 /// A finished run of the real compiler.
@@ -125,9 +127,84 @@ pub enum DepSource {
     ScanIfNeeded,
 }
 
+/// What identifies a compiler installation beyond its driver binary.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityProbe {
+    /// Files hashed by content with the driver (a JDK's `release` and class library).
+    pub files: Vec<PathBuf>,
+    /// Arguments that make the driver print its version.
+    pub version_args: Vec<&'static str>,
+}
+
+/// One input of a declared-input compile, for the key: a label naming what it is
+/// (`source path`, `classpath entry`) and the digest of its content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInput {
+    pub label: String,
+    pub digest: [u8; 32],
+}
+
+/// An output directory a declared-input compile writes a tree of files into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputDir {
+    /// Stable role name (`classes`, `sources`, `headers`), stored in the cache entry.
+    pub role: &'static str,
+    pub path: PathBuf,
+}
+
+/// A compile run in a warm compiler process instead of a fresh one.
+#[derive(Clone, Debug)]
+pub struct WarmJob {
+    /// The installation the warm process must be (a JDK's home).
+    pub home: PathBuf,
+    /// The complete argument list, output directories already replaced.
+    pub args: Vec<String>,
+    /// Paths were made absolute: diagnostics would name them differently, so a warm
+    /// run that prints anything is not used.
+    pub paths_rewritten: bool,
+}
+
+/// Families whose every input is named on the command line (javac, csc): keyed up
+/// front from those inputs' content, and writing trees of files, found by compiling
+/// into fresh directories.
+pub trait Declared: Sync {
+    /// The output directories of this invocation (possibly none for some roles).
+    fn output_dirs(&self, inv: &Invocation) -> Vec<OutputDir>;
+
+    /// Every input that decides the outputs, in a stable order; or why they cannot all
+    /// be enumerated safely. `memo` is a directory for digests memoized by stat.
+    fn inputs(&self, inv: &Invocation, memo: &Path) -> Result<Vec<KeyInput>, Passthrough>;
+
+    /// Runs the real compiler with its outputs sent to `dirs` (same order as
+    /// [`Declared::output_dirs`]); `scratch` is a private directory for argument files.
+    fn compile_into(
+        &self,
+        inv: &Invocation,
+        dirs: &[PathBuf],
+        scratch: &Path,
+    ) -> std::io::Result<CompileRun>;
+
+    /// The same compile for a warm compiler process, or why it must run as a fresh one.
+    fn warm_job(&self, inv: &Invocation, dirs: &[PathBuf]) -> Result<WarmJob, Passthrough>;
+}
+
 /// A compiler family.
 pub trait Family: Sync {
     fn name(&self) -> &'static str;
+
+    /// What identifies this compiler beyond the binary at `canonical`.
+    fn identity_probe(&self, canonical: &Path) -> IdentityProbe {
+        let _ = canonical;
+        IdentityProbe {
+            files: Vec::new(),
+            version_args: vec!["-v"],
+        }
+    }
+
+    /// `Some` for declared-input families; they take the declared flow in the shim.
+    fn declared(&self) -> Option<&dyn Declared> {
+        None
+    }
 
     /// Environment variables that change this family's outputs or diagnostics.
     fn key_env(&self) -> &'static [&'static str];
@@ -208,6 +285,7 @@ pub struct RemoteJob {
 pub fn family_by_name(name: &str) -> Option<&'static dyn Family> {
     match name {
         "gcc" => Some(&gcc::GCC),
+        "javac" => Some(&javac::JAVAC),
         _ => None,
     }
 }
@@ -216,6 +294,8 @@ pub fn family_by_name(name: &str) -> Option<&'static dyn Family> {
 pub fn family_for(compiler_name: &str) -> Option<&'static dyn Family> {
     if gcc::is_gcc_like(compiler_name) {
         Some(&gcc::GCC)
+    } else if javac::is_javac(compiler_name) {
+        Some(&javac::JAVAC)
     } else {
         None
     }

@@ -1,0 +1,306 @@
+//! What a javac search path holds, by content: jars by digest (memoized by stat, with
+//! their manifest `Class-Path` followed), directories by the digests of every file
+//! javac could look up in them.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+use crate::key::StatStamp;
+use crate::lang::{KeyInput, Passthrough};
+
+/// The service file that makes javac run annotation processors found on a path.
+pub const PROCESSOR_SERVICE: &str = "META-INF/services/javax.annotation.processing.Processor";
+
+/// What farm needs to know about one jar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JarFacts {
+    pub digest: [u8; 32],
+    /// It declares annotation processors.
+    pub processors: bool,
+    /// Its manifest's `Class-Path` entries, as written.
+    pub class_path: Vec<String>,
+}
+
+fn memo_name(path: &Path, stamp: &StatStamp) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"farm-jar-memo-1\0");
+    h.update(path.as_os_str().as_bytes());
+    h.update(&postcard::to_allocvec(stamp).unwrap_or_default());
+    format!("jar-{}", fsutil::hex(&h.finalize().as_bytes()[..16]))
+}
+
+/// Reads a jar's facts (or the memo of them, while its stat stamp is unchanged).
+pub fn jar_facts(path: &Path, memo: &Path) -> Result<JarFacts, Passthrough> {
+    let err = |e: &dyn std::fmt::Display| {
+        Passthrough::new("classpath_unreadable", format!("{}: {e}", path.display()))
+    };
+    let (data, meta) = fsutil::read_file_meta(path).map_err(|e| err(&e))?;
+    let stamp = StatStamp::trusted(&meta, fsutil::now_ns());
+    if let Some(s) = &stamp {
+        if let Ok(m) = fs::read(memo.join(memo_name(path, s))) {
+            if let Ok(f) = postcard::from_bytes::<JarFacts>(&m) {
+                return Ok(f);
+            }
+        }
+    }
+    let facts = read_jar(&data).map_err(|e| err(&e))?;
+    if let Some(s) = &stamp {
+        let _ = fs::create_dir_all(memo);
+        if let Ok(bytes) = postcard::to_allocvec(&facts) {
+            let _ = fsutil::write_atomic(&memo.join(memo_name(path, s)), &bytes);
+        }
+    }
+    Ok(facts)
+}
+
+fn read_jar(data: &[u8]) -> Result<JarFacts, String> {
+    let digest = *blake3::hash(data).as_bytes();
+    let mut zip =
+        zip::ZipArchive::new(std::io::Cursor::new(data)).map_err(|e| format!("not a jar: {e}"))?;
+    let processors = zip.file_names().any(|n| n == PROCESSOR_SERVICE);
+    let mut class_path = Vec::new();
+    if let Ok(mut mf) = zip.by_name("META-INF/MANIFEST.MF") {
+        let mut text = String::new();
+        mf.read_to_string(&mut text)
+            .map_err(|e| format!("manifest: {e}"))?;
+        class_path = manifest_class_path(&text);
+    }
+    Ok(JarFacts {
+        digest,
+        processors,
+        class_path,
+    })
+}
+
+/// The `Class-Path` attribute of a manifest (continuation lines joined), split.
+pub fn manifest_class_path(text: &str) -> Vec<String> {
+    let mut value: Option<String> = None;
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if let Some(v) = value.as_mut() {
+            if let Some(cont) = line.strip_prefix(' ') {
+                v.push_str(cont);
+                continue;
+            }
+            break;
+        }
+        if line.len() >= 11 && line[..11].eq_ignore_ascii_case("class-path:") {
+            value = Some(line[11..].trim_start().to_string());
+        }
+    }
+    value
+        .map(|v| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Which files of a directory javac can read as a search-path entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirRole {
+    /// Class files, and sources too when there is no `-sourcepath`.
+    Classes { sources: bool },
+    /// Sources only (`-sourcepath`).
+    Sources,
+    /// Everything (a module path directory holds jars or an exploded module).
+    Everything,
+}
+
+/// A package directory's name is a Java identifier: javac can look nothing up in any
+/// other directory, so those (`.git`, `build-cache`, `META-INF`) are not hashed.
+fn is_identifier(name: &[u8]) -> bool {
+    let Ok(s) = std::str::from_utf8(name) else {
+        return false;
+    };
+    let mut cs = s.chars();
+    match cs.next() {
+        Some(c) if c.is_alphabetic() || c == '_' || c == '$' => {}
+        _ => return false,
+    }
+    cs.all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+}
+
+/// One digest over every file javac could read in `dir` (relative path and content,
+/// in sorted order), and whether it declares annotation processors.
+pub fn dir_digest(dir: &Path, role: DirRole) -> Result<([u8; 32], bool), Passthrough> {
+    let mut files = BTreeMap::new();
+    walk(dir, Path::new(""), role, &mut files)?;
+    let mut h = blake3::Hasher::new();
+    h.update(b"farm-dir-1\0");
+    for (rel, digest) in &files {
+        h.update(&(rel.len() as u64).to_le_bytes());
+        h.update(rel);
+        h.update(digest);
+    }
+    let processors = dir.join(PROCESSOR_SERVICE).exists();
+    Ok((*h.finalize().as_bytes(), processors))
+}
+
+fn walk(
+    root: &Path,
+    rel: &Path,
+    role: DirRole,
+    out: &mut BTreeMap<Vec<u8>, [u8; 32]>,
+) -> Result<(), Passthrough> {
+    let here = root.join(rel);
+    let err = |p: &Path, e: &dyn std::fmt::Display| {
+        Passthrough::new("classpath_unreadable", format!("{}: {e}", p.display()))
+    };
+    let rd = fs::read_dir(&here).map_err(|e| err(&here, &e))?;
+    for e in rd {
+        let e = e.map_err(|e| err(&here, &e))?;
+        let name = e.file_name();
+        let path = e.path();
+        // Links are followed, as javac follows them.
+        let Ok(meta) = fs::metadata(&path) else {
+            continue; // a dangling link: javac finds nothing there either
+        };
+        let sub = rel.join(&name);
+        if meta.is_dir() {
+            if role == DirRole::Everything || is_identifier(name.as_bytes()) {
+                walk(root, &sub, role, out)?;
+            }
+            continue;
+        }
+        let n = name.as_bytes();
+        let wanted = match role {
+            DirRole::Everything => true,
+            DirRole::Classes { sources } => {
+                n.ends_with(b".class") || (sources && n.ends_with(b".java"))
+            }
+            DirRole::Sources => n.ends_with(b".java"),
+        };
+        if wanted {
+            let d = fsutil::hash_file(&path).map_err(|e| err(&path, &e))?;
+            out.insert(sub.as_os_str().as_bytes().to_vec(), d);
+        }
+    }
+    Ok(())
+}
+
+/// Adds one search-path entry (and, for a jar, what its `Class-Path` names) to the
+/// key inputs. Returns whether it declares annotation processors.
+pub fn add_entry(
+    label: &str,
+    entry: &Path,
+    role: DirRole,
+    follow_manifest: bool,
+    memo: &Path,
+    seen: &mut Vec<PathBuf>,
+    out: &mut Vec<KeyInput>,
+) -> Result<bool, Passthrough> {
+    if seen.iter().any(|s| s == entry) {
+        return Ok(false);
+    }
+    seen.push(entry.to_path_buf());
+    let shown = format!("{label} {}", entry.display());
+    let meta = match fs::metadata(entry) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // javac skips a missing entry; one appearing later changes the key.
+            out.push(KeyInput {
+                label: format!("{shown} (missing)"),
+                digest: [0; 32],
+            });
+            return Ok(false);
+        }
+        Err(e) => {
+            return Err(Passthrough::new(
+                "classpath_unreadable",
+                format!("{}: {e}", entry.display()),
+            ))
+        }
+    };
+    if meta.is_dir() {
+        let (digest, processors) = dir_digest(entry, role)?;
+        out.push(KeyInput {
+            label: format!("{shown}/"),
+            digest,
+        });
+        return Ok(processors);
+    }
+    if !meta.is_file() {
+        return Err(Passthrough::new(
+            "classpath_special_file",
+            entry.display().to_string(),
+        ));
+    }
+    let facts = jar_facts(entry, memo)?;
+    out.push(KeyInput {
+        label: shown,
+        digest: facts.digest,
+    });
+    let mut processors = facts.processors;
+    if follow_manifest {
+        let base = entry.parent().unwrap_or(Path::new(""));
+        for cp in &facts.class_path {
+            if cp.contains('%') || cp.contains(':') {
+                // URL escapes or schemes: farm does not resolve these the way javac does.
+                return Err(Passthrough::new(
+                    "manifest_class_path",
+                    format!("{}: {cp}", entry.display()),
+                ));
+            }
+            let target = base.join(cp);
+            processors |= add_entry(label, &target, role, true, memo, seen, out)?;
+        }
+    }
+    Ok(processors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_class_path_with_continuations() {
+        let mf =
+            "Manifest-Version: 1.0\r\nClass-Path: a.jar b/c.j\r\n ar d.jar\r\nMain-Class: X\r\n";
+        assert_eq!(manifest_class_path(mf), vec!["a.jar", "b/c.jar", "d.jar"]);
+        assert!(manifest_class_path("Manifest-Version: 1.0\n").is_empty());
+    }
+
+    #[test]
+    fn dir_digest_sees_class_files_in_package_dirs_only() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        fs::create_dir_all(p.join("com/x")).unwrap();
+        fs::create_dir_all(p.join(".gradle/x")).unwrap();
+        fs::write(p.join("com/x/A.class"), "one").unwrap();
+        fs::write(p.join("com/x/notes.txt"), "n").unwrap();
+        let role = DirRole::Classes { sources: false };
+        let (a, procs) = dir_digest(p, role).unwrap();
+        assert!(!procs);
+        // Files javac never reads do not change the digest.
+        fs::write(p.join("com/x/notes.txt"), "changed").unwrap();
+        fs::write(p.join(".gradle/x/B.class"), "x").unwrap();
+        assert_eq!(dir_digest(p, role).unwrap().0, a);
+        // A class file does, and so does a source when sources are looked up there.
+        fs::write(p.join("com/x/A.class"), "two").unwrap();
+        let b = dir_digest(p, role).unwrap().0;
+        assert_ne!(a, b);
+        fs::write(p.join("com/x/B.java"), "class B {}").unwrap();
+        assert_eq!(dir_digest(p, role).unwrap().0, b);
+        assert_ne!(
+            dir_digest(p, DirRole::Classes { sources: true }).unwrap().0,
+            b
+        );
+        fs::create_dir_all(p.join("META-INF/services")).unwrap();
+        fs::write(p.join(PROCESSOR_SERVICE), "x.Proc").unwrap();
+        assert!(dir_digest(p, role).unwrap().1);
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier(b"com"));
+        assert!(is_identifier(b"_x$1"));
+        assert!(!is_identifier(b".git"));
+        assert!(!is_identifier(b"build-cache"));
+        assert!(!is_identifier(b"1a"));
+        assert!(!is_identifier(b"META-INF"));
+    }
+}

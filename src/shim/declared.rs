@@ -1,0 +1,410 @@
+//! The flow of declared-input families (javac; csc next): every input is named on the
+//! command line, so the key is computed up front from their content, with no
+//! manifest; outputs are trees of files, found by compiling into fresh directories
+//! and restored file by file (each written atomically).
+
+use std::path::{Component, Path, PathBuf};
+
+use super::{emit, exit_code, Ctx, Tally};
+use crate::cache::EntryKind;
+use crate::fsutil;
+use crate::key::{self, OutputBlob, ResultEntry};
+use crate::lang::{CompileRun, Declared, OutputDir};
+use crate::protocol::{AgentRequest, AgentResponse, Item, Kind};
+use crate::stats::names;
+
+/// A relative path from a cache entry that stays inside its output directory.
+fn safe_relative(rel: &str) -> Option<&Path> {
+    let p = Path::new(rel);
+    let ok = !rel.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
+    ok.then_some(p)
+}
+
+/// Every regular file under `dir`, as (relative path, content), sorted by path.
+fn collect_tree(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(root.join(rel))? {
+            let e = e?;
+            let sub = rel.join(e.file_name());
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                walk(root, &sub, out)?;
+            } else if ft.is_file() {
+                let Some(name) = sub.to_str() else {
+                    return Err(std::io::Error::other(format!(
+                        "non-UTF-8 output name {}",
+                        sub.display()
+                    )));
+                };
+                out.push((name.to_string(), fsutil::read_file(&root.join(&sub))?));
+            } else {
+                return Err(std::io::Error::other(format!(
+                    "output {} is not a regular file",
+                    sub.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    if dir.exists() {
+        walk(dir, Path::new(""), &mut out)?;
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A private directory for one compile's fresh output directories.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(cache_dir: &Path) -> std::io::Result<Scratch> {
+        let base = cache_dir.join("tmp");
+        std::fs::create_dir_all(&base)?;
+        for n in 0..1000u32 {
+            let d = base.join(format!("tree-{}-{n}", std::process::id()));
+            match std::fs::create_dir(&d) {
+                Ok(()) => return Ok(Scratch(d)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::other("no free scratch directory"))
+    }
+
+    /// One fresh directory per output role.
+    fn dirs(&self, outs: &[OutputDir]) -> std::io::Result<Vec<PathBuf>> {
+        outs.iter()
+            .map(|o| {
+                let d = self.0.join(o.role);
+                std::fs::create_dir_all(&d)?;
+                Ok(d)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How a miss was compiled.
+enum Compiled {
+    /// The outputs are in the scratch directories.
+    Done(CompileRun),
+    /// The compiler failed: its exit code (its messages are already shown).
+    Failed(i32),
+}
+
+impl Ctx<'_> {
+    /// Runs one declared-input compile through the cache.
+    pub(super) fn declared_mode(&mut self, decl: &dyn Declared) -> i32 {
+        let memo = self.cfg.dir.value.join("memo");
+        let inputs = match decl.inputs(&self.inv, &memo) {
+            Ok(i) => i,
+            Err(p) => return self.uncached(&p.detail, p.reason),
+        };
+        let base = match key::base_hasher("declared", self.family, &self.identity, &self.inv) {
+            Ok(h) => h,
+            Err(e) => return self.uncached(&e.to_string(), "input_unreadable"),
+        };
+        let rkey = key::finish_declared(base, &inputs);
+        let outs = decl.output_dirs(&self.inv);
+        if let Some(data) = self.get(EntryKind::Result, &rkey) {
+            if self.restore_tree(&data, &outs, names::HIT_DECLARED) {
+                return 0;
+            }
+            self.tally.add(names::CORRUPT_ENTRY, 1);
+            let _ = std::fs::remove_file(self.store.entry_path(EntryKind::Result, &rkey));
+        }
+        let mut agent = self.farm_agent();
+        if let Some(a) = agent.as_mut() {
+            match self.farm_fetch(a, Kind::Result, &rkey) {
+                Ok(Some(entry)) if self.restore_tree(&entry, &outs, names::HIT_FARM) => {
+                    self.put(EntryKind::Result, &rkey, &entry);
+                    return 0;
+                }
+                Ok(Some(_)) => {
+                    self.tally.add(format!("{}.bad_entry", names::FALLBACK), 1);
+                }
+                Ok(None) => {}
+                Err(()) => agent = None,
+            }
+        }
+        let scratch = match Scratch::new(&self.cfg.dir.value) {
+            Ok(s) => s,
+            Err(e) => return self.uncached(&e.to_string(), "scratch_unwritable"),
+        };
+        let dirs = match scratch.dirs(&outs) {
+            Ok(d) => d,
+            Err(e) => return self.uncached(&e.to_string(), "scratch_unwritable"),
+        };
+        let run = match self.declared_compile(decl, &mut agent, &dirs, &scratch.0) {
+            Compiled::Done(run) => run,
+            Compiled::Failed(code) => {
+                // Whatever the compiler wrote before failing is where it would be.
+                self.place_outputs(&outs, &dirs);
+                return code;
+            }
+        };
+        let ms = run.elapsed.as_millis() as u64;
+        let payload = match self.tree_payload(&outs, &dirs, &run) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the compile's outputs");
+                self.tally
+                    .add(format!("{}.missing_output", names::NOT_STORED), 1);
+                self.place_outputs(&outs, &dirs);
+                return 0;
+            }
+        };
+        if !self.write_tree(&payload, &outs) {
+            // The outputs cannot be put in place (an unwritable -d): javac itself
+            // must say why, so it runs once more, untouched.
+            return self.uncached("output directory unwritable", "output_unwritable");
+        }
+        self.put(EntryKind::Result, &rkey, &payload);
+        if let Some(a) = agent.as_mut() {
+            let item = Item {
+                kind: Kind::Result,
+                key: rkey.0,
+                data: payload,
+            };
+            a.tell(&AgentRequest::Publish {
+                items: vec![item],
+                local_ms: 0,
+            });
+        }
+        tracing::info!(source = %self.inv.source.display(), ms, "declared miss stored");
+        0
+    }
+
+    /// Compiles a miss into `dirs`: in the agent's warm compiler when it can take
+    /// it and the result is certain to be what a fresh compiler gives, else here.
+    fn declared_compile(
+        &mut self,
+        decl: &dyn Declared,
+        agent: &mut Option<crate::agent_client::AgentClient>,
+        dirs: &[PathBuf],
+        scratch: &Path,
+    ) -> Compiled {
+        if let Some(a) = agent.as_mut() {
+            match decl.warm_job(&self.inv, dirs) {
+                Err(p) => {
+                    tracing::info!(reason = p.reason, detail = %p.detail, "not warm");
+                    self.tally
+                        .add(format!("{}.{}", names::WARM_DECLINED, p.reason), 1);
+                }
+                Ok(job) => {
+                    let t0 = std::time::Instant::now();
+                    let started_ns = fsutil::now_ns();
+                    let req = AgentRequest::Warm {
+                        home: job.home.to_string_lossy().into_owned(),
+                        args: job.args,
+                    };
+                    match a.call(&req) {
+                        Ok(AgentResponse::Compiled(r)) => {
+                            let printed = !r.stdout.is_empty() || !r.stderr.is_empty();
+                            let why_not = if r.exit_code != 0 {
+                                // The real javac shows a failure in its own words.
+                                Some("failed")
+                            } else if printed && job.paths_rewritten {
+                                Some("diagnostics_paths")
+                            } else if printed && !(r.stdout.is_ascii() && r.stderr.is_ascii()) {
+                                Some("non_ascii_output")
+                            } else {
+                                None
+                            };
+                            match why_not {
+                                None => {
+                                    emit(&r.stdout, &r.stderr);
+                                    self.tally.add(names::MISS, 1);
+                                    self.tally.add(names::WARM, 1);
+                                    self.tally.add(names::COMPILE_MS, r.compile_ms);
+                                    return Compiled::Done(CompileRun {
+                                        status: std::os::unix::process::ExitStatusExt::from_raw(0),
+                                        stdout: r.stdout,
+                                        stderr: r.stderr,
+                                        elapsed: t0.elapsed(),
+                                        started_ns,
+                                    });
+                                }
+                                Some(why) => {
+                                    self.tally.add(format!("{}.{why}", names::WARM_DECLINED), 1);
+                                    for d in dirs {
+                                        let _ = std::fs::remove_dir_all(d);
+                                        let _ = std::fs::create_dir_all(d);
+                                    }
+                                }
+                            }
+                        }
+                        Ok(AgentResponse::Local(reason)) => {
+                            tracing::info!(reason, "agent: no warm compiler");
+                            self.tally
+                                .add(format!("{}.{reason}", names::WARM_DECLINED), 1);
+                        }
+                        Ok(_) => {
+                            self.tally
+                                .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+                            *agent = None;
+                        }
+                        Err(e) => {
+                            self.agent_failed(&e);
+                            *agent = None;
+                        }
+                    }
+                }
+            }
+        }
+        let run = match decl.compile_into(&self.inv, dirs, scratch) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot run compiler");
+                self.tally
+                    .add(format!("{}.spawn_failed", names::PASSTHROUGH), 1);
+                self.tally.flush(&self.stats);
+                self.tally = Tally::default();
+                return Compiled::Failed(super::exec_compiler(
+                    &self.inv.compiler,
+                    &self.inv.arg0,
+                    &self.inv.args,
+                ));
+            }
+        };
+        emit(&run.stdout, &run.stderr);
+        if !run.status.success() {
+            self.tally.add(names::COMPILE_FAILED, 1);
+            return Compiled::Failed(exit_code(run.status));
+        }
+        self.tally.add(names::MISS, 1);
+        self.tally
+            .add(names::COMPILE_MS, run.elapsed.as_millis() as u64);
+        Compiled::Done(run)
+    }
+
+    /// The result entry of a compile whose outputs are in `dirs`.
+    fn tree_payload(
+        &self,
+        outs: &[OutputDir],
+        dirs: &[PathBuf],
+        run: &CompileRun,
+    ) -> std::io::Result<Vec<u8>> {
+        let mut files = Vec::new();
+        for (o, d) in outs.iter().zip(dirs) {
+            for (rel, data) in collect_tree(d)? {
+                files.push((format!("{}/{rel}", o.role), data));
+            }
+        }
+        let entry = ResultEntry {
+            stdout: &run.stdout,
+            stderr: &run.stderr,
+            outputs: files
+                .iter()
+                .map(|(role, data)| OutputBlob { role, data })
+                .collect(),
+            compile_ms: run.elapsed.as_millis() as u64,
+        };
+        Ok(entry.encode())
+    }
+
+    /// Writes an entry's files into the output directories. `false` when the entry
+    /// is damaged or a file cannot be written.
+    fn write_tree(&mut self, data: &[u8], outs: &[OutputDir]) -> bool {
+        let Some(entry) = ResultEntry::decode(data) else {
+            return false;
+        };
+        let mut plan = Vec::with_capacity(entry.outputs.len());
+        for b in &entry.outputs {
+            let Some((role, rel)) = b.role.split_once('/') else {
+                return false;
+            };
+            let Some(out) = outs.iter().find(|o| o.role == role) else {
+                return false;
+            };
+            let Some(rel) = safe_relative(rel) else {
+                return false;
+            };
+            plan.push((out.path.join(rel), b.data));
+        }
+        for (path, data) in plan {
+            if let Some(parent) = path.parent() {
+                if let Err(e) = std::fs::create_dir_all(parent) {
+                    tracing::warn!(path = %parent.display(), error = %e, "cannot create output directory");
+                    return false;
+                }
+            }
+            if let Err(e) = fsutil::write_atomic(&path, data) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write output");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A hit: the entry's files written, its messages replayed.
+    fn restore_tree(&mut self, data: &[u8], outs: &[OutputDir], hit_counter: &str) -> bool {
+        if !self.write_tree(data, outs) {
+            return false;
+        }
+        let Some(entry) = ResultEntry::decode(data) else {
+            return false;
+        };
+        emit(entry.stdout, entry.stderr);
+        let elapsed = self.t0.elapsed().as_millis() as u64;
+        self.tally.add(hit_counter, 1);
+        self.tally.add(
+            names::TIME_SAVED_MS,
+            entry.compile_ms.saturating_sub(elapsed),
+        );
+        tracing::info!(source = %self.inv.source.display(), hit = hit_counter, "hit");
+        true
+    }
+
+    /// Moves what a failed or unstorable compile wrote to where the compiler would
+    /// have written it.
+    fn place_outputs(&mut self, outs: &[OutputDir], dirs: &[PathBuf]) {
+        for (o, d) in outs.iter().zip(dirs) {
+            let Ok(files) = collect_tree(d) else { continue };
+            for (rel, data) in files {
+                let path = o.path.join(&rel);
+                if let Some(parent) = path.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                let _ = fsutil::write_atomic(&path, &data);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_paths_stay_inside() {
+        assert!(safe_relative("com/x/A.class").is_some());
+        assert!(safe_relative("../A.class").is_none());
+        assert!(safe_relative("/etc/passwd").is_none());
+        assert!(safe_relative("a/./b").is_some());
+        assert!(safe_relative("").is_none());
+    }
+
+    #[test]
+    fn trees_are_collected_sorted() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("b/c")).unwrap();
+        std::fs::write(d.path().join("b/c/Z.class"), "z").unwrap();
+        std::fs::write(d.path().join("A.class"), "a").unwrap();
+        let t = collect_tree(d.path()).unwrap();
+        assert_eq!(
+            t,
+            vec![
+                ("A.class".to_string(), b"a".to_vec()),
+                ("b/c/Z.class".to_string(), b"z".to_vec())
+            ]
+        );
+        assert!(collect_tree(&d.path().join("none")).unwrap().is_empty());
+    }
+}
