@@ -14,6 +14,8 @@ const COMMANDS: &[&str] = &[
     "config",
     "status",
     "cluster",
+    "gradle-init",
+    "maven-init",
     "help",
     "--help",
     "-h",
@@ -27,11 +29,12 @@ pub fn is_command(s: &str) -> bool {
 }
 
 pub const HELP: &str = "\
-farm - a drop-in compiler cache and farm for gcc and clang
+farm - a drop-in compiler cache and farm for gcc, clang and javac
 
 USAGE
   farm-cc ARGS...            use as CC (the real compiler: FARM_CC, config `cc`, else cc on PATH)
   farm-c++ ARGS...           use as CXX (FARM_CXX, config `cxx`, else c++ on PATH)
+  farm-javac ARGS...         use as javac (FARM_JAVAC, config `javac`, $JAVA_HOME/bin/javac, else javac)
   farm COMPILER ARGS...      launcher form: `farm gcc -c x.c`, CMAKE_<LANG>_COMPILER_LAUNCHER=farm
   ln -s $(command -v farm) DIR/gcc
                              masquerade: put DIR first on PATH
@@ -44,6 +47,8 @@ COMMANDS
   farm status [--json] [--watch] the farm as this machine's farmd sees it
   farm cluster init DIR          make a cluster CA (see `farm cluster help`)
   farm cluster issue NAME        make a node certificate signed by the cluster CA
+  farm gradle-init [--install]   Gradle init script: javac through farm-javac when FARM_GRADLE=1
+  farm maven-init [--install]    Maven settings profile: the same when FARM_MAVEN is set
   farm help | --version
 
 ENVIRONMENT
@@ -51,6 +56,7 @@ ENVIRONMENT
   FARM_MAX_SIZE   cache size cap, e.g. 5G (default 5 GiB)
   FARM_MODE       direct (default) | preprocessor | depend
   FARM_CC, FARM_CXX   real compilers behind farm-cc / farm-c++
+  FARM_JAVAC      real javac behind farm-javac
   FARM_LOG        log file (nothing is ever logged to the compiler's stderr)
   FARM_DISABLE=1  every entry point runs the real compiler untouched
   FARM_CONFIG     config file (default ~/.config/farm/config.toml)
@@ -94,6 +100,8 @@ pub fn run(args: &[OsString]) -> i32 {
         "config" => config(rest),
         "status" => crate::farmcli::status(rest),
         "cluster" => crate::farmcli::cluster(rest),
+        "gradle-init" => crate::buildtools::gradle_init(rest),
+        "maven-init" => crate::buildtools::maven_init(rest),
         other => err(format!("unknown command `{other}` (try `farm help`)")),
     }
 }
@@ -183,6 +191,10 @@ fn stats(rest: &[String]) -> i32 {
                 "fallback": s.group(names::FALLBACK),
             },
             "misses": misses,
+            "warm": {
+                "compiled": s.get(names::WARM),
+                "declined": s.group(names::WARM_DECLINED),
+            },
             "passthrough": passthrough,
             "not_stored": not_stored,
             "compile_failed": s.get(names::COMPILE_FAILED),

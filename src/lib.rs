@@ -9,6 +9,7 @@
 //! - [`cli`], [`config`], [`stats`], [`fsutil`].
 
 pub mod agent_client;
+pub mod buildtools;
 pub mod cache;
 pub mod cli;
 pub mod config;

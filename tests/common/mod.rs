@@ -2,6 +2,8 @@
 //! test, real compilers, and `farm stats --json` as the observable.
 #![allow(dead_code)]
 
+pub mod farmd;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -10,6 +12,10 @@ use std::process::{Command, Output, Stdio};
 
 pub fn farm_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_farm"))
+}
+
+pub fn farm_javac_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_farm-javac"))
 }
 
 pub fn farm_cc_bin() -> PathBuf {
@@ -197,13 +203,18 @@ pub fn sources(pkg: &str) -> PathBuf {
 
 /// Every object file under `dir`, by relative path.
 pub fn objects(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    files_with_ext(dir, "o")
+}
+
+/// Every file under `dir` whose name ends in `.ext` (any file for ""), by relative path.
+pub fn files_with_ext(dir: &Path, ext: &str) -> BTreeMap<String, Vec<u8>> {
     let mut m = BTreeMap::new();
-    fn walk(base: &Path, d: &Path, m: &mut BTreeMap<String, Vec<u8>>) {
+    fn walk(base: &Path, d: &Path, ext: &str, m: &mut BTreeMap<String, Vec<u8>>) {
         for e in fs::read_dir(d).unwrap().flatten() {
             let p = e.path();
             if e.file_type().unwrap().is_dir() {
-                walk(base, &p, m);
-            } else if p.extension().map(|x| x == "o").unwrap_or(false) {
+                walk(base, &p, ext, m);
+            } else if ext.is_empty() || p.extension().map(|x| x == ext).unwrap_or(false) {
                 m.insert(
                     p.strip_prefix(base).unwrap().display().to_string(),
                     fs::read(&p).unwrap(),
@@ -211,7 +222,7 @@ pub fn objects(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             }
         }
     }
-    walk(dir, dir, &mut m);
+    walk(dir, dir, ext, &mut m);
     m
 }
 

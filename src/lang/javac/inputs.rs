@@ -29,7 +29,7 @@ pub struct JarFacts {
 
 fn memo_name(path: &Path, stamp: &StatStamp) -> String {
     let mut h = blake3::Hasher::new();
-    h.update(b"farm-jar-memo-1\0");
+    h.update(b"farm-jar-memo-2\0");
     h.update(path.as_os_str().as_bytes());
     h.update(&postcard::to_allocvec(stamp).unwrap_or_default());
     format!("jar-{}", fsutil::hex(&h.finalize().as_bytes()[..16]))
@@ -59,11 +59,32 @@ pub fn jar_facts(path: &Path, memo: &Path) -> Result<JarFacts, Passthrough> {
     Ok(facts)
 }
 
+/// A jar's digest covers what javac can read from it: each entry's name and
+/// uncompressed content, by name. Timestamps, compression and entry order do not
+/// enter it, so a jar a build rewrites with the same classes keeps its digest.
 fn read_jar(data: &[u8]) -> Result<JarFacts, String> {
-    let digest = *blake3::hash(data).as_bytes();
     let mut zip =
         zip::ZipArchive::new(std::io::Cursor::new(data)).map_err(|e| format!("not a jar: {e}"))?;
-    let processors = zip.file_names().any(|n| n == PROCESSOR_SERVICE);
+    let mut entries = Vec::with_capacity(zip.len());
+    let mut buf = Vec::new();
+    for i in 0..zip.len() {
+        let mut f = zip.by_index(i).map_err(|e| format!("entry {i}: {e}"))?;
+        buf.clear();
+        f.read_to_end(&mut buf)
+            .map_err(|e| format!("entry {}: {e}", f.name()))?;
+        entries.push((f.name().to_string(), *blake3::hash(&buf).as_bytes()));
+    }
+    // Stable: entries with one name (javac sees the first) keep their order.
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = blake3::Hasher::new();
+    h.update(b"farm-jar-content-1\0");
+    for (name, d) in &entries {
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(d);
+    }
+    let digest = *h.finalize().as_bytes();
+    let processors = entries.iter().any(|(n, _)| n == PROCESSOR_SERVICE);
     let mut class_path = Vec::new();
     if let Ok(mut mf) = zip.by_name("META-INF/MANIFEST.MF") {
         let mut text = String::new();
@@ -292,6 +313,34 @@ mod tests {
         fs::create_dir_all(p.join("META-INF/services")).unwrap();
         fs::write(p.join(PROCESSOR_SERVICE), "x.Proc").unwrap();
         assert!(dir_digest(p, role).unwrap().1);
+    }
+
+    fn jar(entries: &[(&str, &[u8])], year: u16) -> Vec<u8> {
+        use std::io::Write;
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let t = zip::DateTime::from_date_and_time(year, 1, 2, 3, 4, 5).unwrap();
+        let opts = zip::write::FileOptions::default().last_modified_time(t);
+        for (name, data) in entries {
+            w.start_file(*name, opts).unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn jar_digest_is_entry_names_and_contents_only() {
+        let a = read_jar(&jar(&[("x/A.class", b"one"), ("x/B.class", b"two")], 2001)).unwrap();
+        // Rewritten later, entries in another order: javac reads the same classes.
+        let b = read_jar(&jar(&[("x/B.class", b"two"), ("x/A.class", b"one")], 2024)).unwrap();
+        assert_eq!(a.digest, b.digest);
+        let c = read_jar(&jar(&[("x/A.class", b"one"), ("x/B.class", b"2")], 2001)).unwrap();
+        assert_ne!(a.digest, c.digest);
+        let d = read_jar(&jar(&[("x/A.class", b"one"), ("x/C.class", b"two")], 2001)).unwrap();
+        assert_ne!(a.digest, d.digest);
+        assert!(!a.processors);
+        let p = read_jar(&jar(&[(PROCESSOR_SERVICE, b"x.P")], 2001)).unwrap();
+        assert!(p.processors);
+        assert!(read_jar(b"not a zip").is_err());
     }
 
     #[test]

@@ -1,0 +1,179 @@
+//! `farm gradle-init` and `farm maven-init`: route Gradle's and Maven's javac
+//! through `farm-javac` without editing any build file, switched on by an
+//! environment variable (`FARM_GRADLE` / `FARM_MAVEN`) so one install serves builds
+//! with and without farm.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// `farm-javac` beside the running `farm` binary, else the name for PATH.
+fn farm_javac_path() -> String {
+    if let Ok(me) = std::env::current_exe() {
+        if let Some(dir) = me.parent() {
+            let p = dir.join("farm-javac");
+            if p.is_file() {
+                return p.to_string_lossy().into_owned();
+            }
+        }
+    }
+    "farm-javac".into()
+}
+
+/// Gradle init script: every JavaCompile task forks `farm-javac` when FARM_GRADLE is
+/// set (1/true/yes/on); a task that already names an executable keeps it.
+pub fn gradle_script(farm_javac: &str) -> String {
+    let exe = farm_javac.replace('\\', "\\\\").replace('\'', "\\'");
+    format!(
+        "// farm: compile Java through farm-javac when FARM_GRADLE=1 (written by `farm gradle-init`).
+// Gradle's daemon keeps the environment it started with: run `gradle --stop` after
+// changing FARM_GRADLE or other FARM_* variables.
+def farmOn = (System.getenv('FARM_GRADLE') ?: '').toLowerCase() in ['1', 'true', 'yes', 'on']
+if (farmOn) {{
+    allprojects {{
+        tasks.withType(JavaCompile) {{
+            if (!options.forkOptions.executable) {{
+                options.fork = true
+                options.forkOptions.executable = '{exe}'
+            }}
+        }}
+    }}
+}}
+"
+    )
+}
+
+/// Maven settings with a profile that forks `farm-javac` when FARM_MAVEN is set.
+pub fn maven_settings(farm_javac: &str) -> String {
+    let exe = farm_javac
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    format!(
+        "<!-- farm: compile Java through farm-javac when FARM_MAVEN is set (written by `farm maven-init`).
+     Merge the profile into an existing settings.xml, or pass this file with -s. -->
+<settings>
+  <profiles>
+    <profile>
+      <id>farm</id>
+      <activation>
+        <property><name>env.FARM_MAVEN</name></property>
+      </activation>
+      <properties>
+        <maven.compiler.fork>true</maven.compiler.fork>
+        <maven.compiler.executable>{exe}</maven.compiler.executable>
+      </properties>
+    </profile>
+  </profiles>
+</settings>
+"
+    )
+}
+
+fn gradle_user_home() -> Option<PathBuf> {
+    std::env::var_os("GRADLE_USER_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| dirs::home_dir().map(|h| h.join(".gradle")))
+}
+
+fn install(path: &Path, text: &str, overwrite: bool) -> Result<(), String> {
+    if !overwrite && path.exists() {
+        return Err(format!(
+            "{} exists; farm does not edit it: add the profile printed by `farm maven-init` yourself",
+            path.display()
+        ));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    crate::fsutil::write_atomic(path, text.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn finish(r: Result<(), String>, path: &Path, how: &str) -> i32 {
+    match r {
+        Ok(()) => {
+            let _ = writeln!(std::io::stdout(), "installed {}; {how}", path.display());
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "farm: {e}");
+            1
+        }
+    }
+}
+
+/// `farm gradle-init [--install]`.
+pub fn gradle_init(args: &[String]) -> i32 {
+    let text = gradle_script(&farm_javac_path());
+    match args.first().map(String::as_str) {
+        None => {
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            0
+        }
+        Some("--install") => {
+            let Some(home) = gradle_user_home() else {
+                let _ = writeln!(std::io::stderr(), "farm: no home directory for ~/.gradle");
+                return 1;
+            };
+            let path = home.join("init.d/farm.gradle");
+            finish(
+                install(&path, &text, true),
+                &path,
+                "builds use farm when FARM_GRADLE=1",
+            )
+        }
+        Some(other) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "farm: gradle-init: unknown argument `{other}` (usage: farm gradle-init [--install])"
+            );
+            2
+        }
+    }
+}
+
+/// `farm maven-init [--install]`.
+pub fn maven_init(args: &[String]) -> i32 {
+    let text = maven_settings(&farm_javac_path());
+    match args.first().map(String::as_str) {
+        None => {
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            0
+        }
+        Some("--install") => {
+            let Some(home) = dirs::home_dir() else {
+                let _ = writeln!(std::io::stderr(), "farm: no home directory for ~/.m2");
+                return 1;
+            };
+            let path = home.join(".m2/settings.xml");
+            finish(
+                install(&path, &text, false),
+                &path,
+                "builds use farm when FARM_MAVEN=1",
+            )
+        }
+        Some(other) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "farm: maven-init: unknown argument `{other}` (usage: farm maven-init [--install])"
+            );
+            2
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_quote_the_path() {
+        let g = gradle_script("/opt/o'neil/farm-javac");
+        assert!(g.contains("executable = '/opt/o\\'neil/farm-javac'"));
+        assert!(g.contains("FARM_GRADLE"));
+        let m = maven_settings("/opt/a&b/farm-javac");
+        assert!(m.contains("<maven.compiler.executable>/opt/a&amp;b/farm-javac<"));
+        assert!(m.contains("env.FARM_MAVEN"));
+    }
+}
