@@ -120,6 +120,59 @@ pub struct JobResult {
     pub worker: String,
 }
 
+/// Content-addressed bytes: a source or class-path file of a tree job.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Blob {
+    pub digest: Key,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// One input file of a tree job: its absolute path on the sending machine (the
+/// worker re-roots it in the job directory) and the digest of its content.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TreeFile {
+    pub path: String,
+    pub digest: Key,
+}
+
+/// A compile with many inputs and many outputs (javac): its files travel as blobs a
+/// peer keeps, so a class path crosses the wire once per farm.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TreeJob {
+    /// Compiler family module (`javac`).
+    pub family: String,
+    pub compiler: CompilerAd,
+    /// Arguments with absolute paths of the sending machine; validated and re-rooted
+    /// by the worker's family module.
+    pub args: Vec<String>,
+    /// Output directories as (role, the path the arguments name).
+    pub outputs: Vec<(String, String)>,
+    pub files: Vec<TreeFile>,
+}
+
+/// One output file: `role/relative/path` and its content.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TreeOutput {
+    pub path: String,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// A worker's answer to a tree job that ran. Paths of its job directory are
+/// already turned back into the sender's paths in `stdout`/`stderr`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TreeResult {
+    pub exit_code: i32,
+    #[serde(with = "serde_bytes")]
+    pub stdout: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
+    pub outputs: Vec<TreeOutput>,
+    pub compile_ms: u64,
+    pub worker: String,
+}
+
 /// Requests between farmd peers, one per QUIC bidirectional stream.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum PeerRequest {
@@ -135,6 +188,10 @@ pub enum PeerRequest {
     /// Stores an entry; a manifest is merged with the one already there.
     Put(Item),
     Job(Job),
+    /// Which of these blobs the peer lacks.
+    HaveBlobs(Vec<Key>),
+    PutBlobs(Vec<Blob>),
+    TreeJob(TreeJob),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -146,6 +203,8 @@ pub enum PeerResponse {
     Done(JobResult),
     /// The worker will not run this job; the reason names the flag or limit.
     Refused(String),
+    MissingBlobs(Vec<Key>),
+    TreeDone(TreeResult),
 }
 
 /// Requests from a shim (or `farm status`) to the agent on its machine.
@@ -182,6 +241,12 @@ pub enum AgentRequest {
         home: String,
         args: Vec<String>,
     },
+    /// Which of these blobs the agent lacks (the shim then sends them).
+    MissingBlobs(Vec<Key>),
+    PutBlobs(Vec<Blob>),
+    /// Compile this tree job on a peer (one retry on another); `TreeCompiled`, or
+    /// `Local` if none could.
+    CompileTree(TreeJob),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -202,6 +267,8 @@ pub enum AgentResponse {
     Local(String),
     Published,
     Status(Box<StatusReport>),
+    MissingBlobs(Vec<Key>),
+    TreeCompiled(TreeResult),
 }
 
 /// The farm as one agent sees it (`farm status`).

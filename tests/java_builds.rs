@@ -758,3 +758,108 @@ fn commons_io_from_debian_cold_then_warm() {
     assert_same_classes(&tree.join("plain"), &tree.join("farm"), "commons-io warm");
     assert_eq!((env.misses(), env.counter(&["hits", "declared"])), (1, 1));
 }
+
+/// Blobs a farmd keeps, by file count.
+fn blob_count(node: &Node) -> usize {
+    files_with_ext(&node.dir.join("state/blobs"), "").len()
+}
+
+#[test]
+fn remote_javac_ships_blobs_once_and_matches_plain() {
+    javac();
+    // Home offers no CPUs of its own, so every miss goes to the peer.
+    let farm = Cluster::new(&["home", "peer"], |i| {
+        if i == 0 {
+            "local_slots = 0".into()
+        } else {
+            String::new()
+        }
+    });
+    farm.wait_all();
+    let env = Env::new("direct");
+    let w = env.work.clone();
+    make_jar(
+        &env,
+        &w.join("libs/b.jar"),
+        &[(
+            "b/B.java",
+            "package b;\npublic class B { public static final int X = 7; }\n",
+        )],
+        "",
+        None,
+        &[],
+    );
+    write_project(&env);
+    env.write(
+        "proj/src/q/D.java",
+        "package q;\npublic class D { int x = b.B.X; Runnable r = () -> {}; }\n",
+    );
+    let sources = [
+        "src/p/A.java",
+        "src/p/B.java",
+        "src/q/C.java",
+        "src/q/D.java",
+    ];
+    let args = |out: &str| {
+        let mut a = vec![
+            "-d".to_string(),
+            w.join(out).display().to_string(),
+            "-classpath".into(),
+            w.join("libs/b.jar").display().to_string(),
+            "-sourcepath".into(),
+            "".into(),
+            "-proc:none".into(),
+        ];
+        a.extend(
+            sources
+                .iter()
+                .map(|s| w.join("proj").join(s).display().to_string()),
+        );
+        a
+    };
+    let run = |out: &str, farm_on: bool| {
+        let a = args(out);
+        let prog = if farm_on { farm_javac_bin() } else { javac() };
+        env.cmd(prog)
+            .env("FARM_AGENT", farm.nodes[0].socket())
+            .current_dir(w.join("proj"))
+            .args(&a)
+            .output()
+            .unwrap()
+    };
+    let plain = ok(run("plain", false), "javac");
+    let f = ok(run("farm", true), "farm-javac");
+    assert_eq!(
+        f.stderr, plain.stderr,
+        "the peer's notes name this machine's paths"
+    );
+    assert_same_classes(&w.join("plain"), &w.join("farm"), "remote javac");
+    assert_eq!(
+        env.counter(&["farm", "remote"]),
+        1,
+        "{}",
+        String::from_utf8_lossy(&fs::read(&env.log).unwrap_or_default())
+    );
+    let shipped = blob_count(&farm.nodes[1]);
+    assert_eq!(shipped, sources.len() + 1, "four sources and the jar");
+    // One edit: only that source crosses the wire again; the jar stays there.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    env.write(
+        "proj/src/q/C.java",
+        "package q;\npublic class C { public static final int X = 3; }\n",
+    );
+    ok(run("plain", false), "javac");
+    ok(run("farm", true), "farm-javac");
+    assert_same_classes(
+        &w.join("plain"),
+        &w.join("farm"),
+        "remote javac after an edit",
+    );
+    assert_eq!(env.counter(&["farm", "remote"]), 2);
+    assert_eq!(blob_count(&farm.nodes[1]), shipped + 1);
+    let status = farm.nodes[0].status();
+    assert!(
+        status["peers"][0]["jobs_ok"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+}

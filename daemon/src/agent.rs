@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use farm::cache::{CacheKey, Store};
 use farm::protocol::{
-    self, AgentRequest, AgentResponse, CompilerAd, Item, Job, JobResult, Kind, PeerRequest,
-    PeerResponse, MAX_CONTROL_FRAME, MAX_FRAME,
+    self, AgentRequest, AgentResponse, Blob, CompilerAd, Item, Job, JobResult, Kind, PeerRequest,
+    PeerResponse, TreeJob, MAX_CONTROL_FRAME, MAX_FRAME,
 };
 use tokio::net::{UnixListener, UnixStream};
 
@@ -174,6 +174,24 @@ async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
                 AgentResponse::Published
             }
             AgentRequest::Warm { home, args } => warm(&node, peer_uid, &home, &args).await,
+            AgentRequest::MissingBlobs(digests) => {
+                AgentResponse::MissingBlobs(node.blobs.missing(&digests))
+            }
+            AgentRequest::PutBlobs(blobs) => match node.blobs.put(&blobs) {
+                Ok(()) => AgentResponse::Published,
+                Err(why) => {
+                    tracing::warn!(error = %why, "blobs from a shim refused");
+                    AgentResponse::Local("bad_blob".into())
+                }
+            },
+            AgentRequest::CompileTree(job) => {
+                let r = compile_tree(&node, &job).await;
+                if matches!(&r, AgentResponse::Local(_)) {
+                    home_factor = home_load(&node);
+                    holds_home = reserve_home(&node, holds_home);
+                }
+                r
+            }
         };
         node.agent_busy.fetch_sub(1, Ordering::Relaxed);
         if protocol::write_async(&mut stream, &resp).await.is_err() {
@@ -414,6 +432,98 @@ fn deadline(node: &Node, job: &Job, rtt: Duration) -> Duration {
     d.min(node.cfg.job_timeout)
 }
 
+/// A tree job on a peer, one retry on another; `Local` (home) when none could.
+async fn compile_tree(node: &Node, job: &TreeJob) -> AgentResponse {
+    let mut tried: Vec<String> = Vec::new();
+    let mut last_failure = String::new();
+    let mut none = "no_peer";
+    for _ in 0..2 {
+        let (addr, conn, rtt) = match place(node, &job.compiler, &tried, false) {
+            Ok(Place::Peer(addr, conn, rtt)) => (addr, conn, rtt),
+            Ok(Place::Home(_)) => break,
+            Err(why) => {
+                none = why;
+                break;
+            }
+        };
+        tried.push(addr.clone());
+        match run_remote(node, &addr, &conn, Work::Tree(job), rtt).await {
+            Ok(PeerResponse::TreeDone(r)) => return AgentResponse::TreeCompiled(r),
+            Ok(_) => last_failure = "protocol".into(),
+            Err(why) => last_failure = why,
+        }
+    }
+    AgentResponse::Local(if tried.is_empty() {
+        none.into()
+    } else {
+        format!("fallback.{last_failure}")
+    })
+}
+
+/// Gives the peer the blobs of a tree job it lacks (from this node's blob store),
+/// then the job.
+async fn send_tree(
+    node: &Node,
+    conn: &quinn::Connection,
+    job: &TreeJob,
+    limit: Duration,
+) -> anyhow::Result<PeerResponse> {
+    let mut digests: Vec<[u8; 32]> = job.files.iter().map(|f| f.digest).collect();
+    digests.sort();
+    digests.dedup();
+    let control = Duration::from_secs(10) + conn.rtt() * 4;
+    let missing = match request(conn, &PeerRequest::HaveBlobs(digests), MAX_FRAME, control).await? {
+        PeerResponse::MissingBlobs(m) => m,
+        PeerResponse::Refused(why) => return Ok(PeerResponse::Refused(why)),
+        _ => anyhow::bail!("unexpected answer to have-blobs"),
+    };
+    let mut batch = Vec::new();
+    let mut bytes = 0usize;
+    let flush = |batch: Vec<Blob>| async move {
+        match request(
+            conn,
+            &PeerRequest::PutBlobs(batch),
+            MAX_CONTROL_FRAME,
+            limit,
+        )
+        .await?
+        {
+            PeerResponse::Stored => Ok(None),
+            PeerResponse::Refused(why) => Ok(Some(PeerResponse::Refused(why))),
+            _ => anyhow::bail!("unexpected answer to put-blobs"),
+        }
+    };
+    for d in missing {
+        let Some(data) = node.blobs.get(&d) else {
+            anyhow::bail!(
+                "blob {} is not in this node's store",
+                farm::fsutil::hex(&d[..8])
+            );
+        };
+        bytes += data.len();
+        batch.push(Blob { digest: d, data });
+        if bytes > 16 << 20 {
+            if let Some(r) = flush(std::mem::take(&mut batch)).await? {
+                return Ok(r);
+            }
+            bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        if let Some(r) = flush(batch).await? {
+            return Ok(r);
+        }
+    }
+    request(conn, &PeerRequest::TreeJob(job.clone()), MAX_FRAME, limit).await
+}
+
+/// What goes to a peer.
+#[derive(Clone, Copy)]
+enum Work<'a> {
+    Job(&'a Job),
+    Tree(&'a TreeJob),
+}
+
 /// A job on a peer, one retry on another; `Local` (home) when none could.
 async fn compile(node: &Node, job: &Job) -> AgentResponse {
     let mut tried: Vec<String> = Vec::new();
@@ -429,8 +539,9 @@ async fn compile(node: &Node, job: &Job) -> AgentResponse {
             }
         };
         tried.push(addr.clone());
-        match run_remote(node, &addr, &conn, job, rtt).await {
-            Ok(r) => return AgentResponse::Compiled(r),
+        match run_remote(node, &addr, &conn, Work::Job(job), rtt).await {
+            Ok(PeerResponse::Done(r)) => return AgentResponse::Compiled(r),
+            Ok(_) => last_failure = "protocol".into(),
             Err(why) => last_failure = why,
         }
     }
@@ -446,11 +557,14 @@ async fn run_remote(
     node: &Node,
     addr: &str,
     conn: &quinn::Connection,
-    job: &Job,
+    work: Work<'_>,
     rtt: Duration,
-) -> Result<JobResult, String> {
-    let limit = deadline(node, job, rtt);
-    let size = job.source.len();
+) -> Result<PeerResponse, String> {
+    let (limit, size) = match work {
+        Work::Job(job) => (deadline(node, job, rtt), job.source.len()),
+        // Tree jobs are whole modules: only the configured ceiling bounds them.
+        Work::Tree(_) => (node.cfg.job_timeout, 0),
+    };
     {
         let mut peers = node.peers.lock().unwrap();
         if let Some(p) = peers.get_mut(addr) {
@@ -459,12 +573,15 @@ async fn run_remote(
         }
     }
     let t0 = Instant::now();
-    let r = request(conn, &PeerRequest::Job(job.clone()), MAX_FRAME, limit).await;
+    let r = match work {
+        Work::Job(job) => request(conn, &PeerRequest::Job(job.clone()), MAX_FRAME, limit).await,
+        Work::Tree(job) => send_tree(node, conn, job, limit).await,
+    };
     let took = t0.elapsed();
     let mut peers = node.peers.lock().unwrap();
     let p = peers.get_mut(addr);
     let outcome = match r {
-        Ok(PeerResponse::Done(res)) => Ok(res),
+        Ok(res @ (PeerResponse::Done(_) | PeerResponse::TreeDone(_))) => Ok(res),
         Ok(PeerResponse::Refused(why)) => Err(("refused", why)),
         Ok(_) => Err(("protocol", "unexpected answer to a job".to_string())),
         Err(e) => {
@@ -497,9 +614,11 @@ async fn run_remote(
             });
             p.last_job = Some(Instant::now());
             drop(peers);
-            let mib = (size as f64 / (1 << 20) as f64).max(0.05);
-            let mut per = node.ms_per_mib.lock().unwrap();
-            *per = ewma(*per, res.compile_ms as f64 / mib);
+            if let PeerResponse::Done(r) = &res {
+                let mib = (size as f64 / (1 << 20) as f64).max(0.05);
+                let mut per = node.ms_per_mib.lock().unwrap();
+                *per = ewma(*per, r.compile_ms as f64 / mib);
+            }
             Ok(res)
         }
         Err((kind, why)) => {

@@ -2,6 +2,7 @@
 //! agent for this machine's shims (docs/architecture.md).
 
 mod agent;
+mod blobs;
 mod config;
 mod jvm;
 mod node;
@@ -170,7 +171,8 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         name: tls.name.clone(),
         host: node::host_id(),
         compilers,
-        jvms: jvm::WarmJvms::new(&cfg.state_dir, cfg.local_slots as usize),
+        jvms: jvm::WarmJvms::new(&cfg.state_dir, cfg.local_slots.max(cfg.slots) as usize),
+        blobs: blobs::BlobStore::new(&cfg.state_dir, cfg.store_max_size / 2),
         store,
         endpoint,
         slots: Arc::new(tokio::sync::Semaphore::new(cfg.slots as usize)),

@@ -88,8 +88,10 @@ pub struct Node {
     /// This machine's boot id (see `Advert::host`).
     pub host: String,
     pub compilers: Vec<AllowedCompiler>,
-    /// Warm javac JVMs for this machine's shims.
+    /// Warm javac JVMs for this machine's shims and for tree jobs.
     pub jvms: crate::jvm::WarmJvms,
+    /// Input files of tree jobs, by digest.
+    pub blobs: crate::blobs::BlobStore,
     pub store: LocalStore,
     pub endpoint: quinn::Endpoint,
     pub slots: Arc<Semaphore>,

@@ -137,6 +137,12 @@ async fn answer(node: &Node, peer: &str, req: PeerRequest) -> PeerResponse {
             Err(why) => PeerResponse::Refused(format!("{}: {why}", node.name)),
         },
         PeerRequest::Job(job) => crate::worker::run(node, peer, job).await,
+        PeerRequest::HaveBlobs(digests) => PeerResponse::MissingBlobs(node.blobs.missing(&digests)),
+        PeerRequest::PutBlobs(blobs) => match node.blobs.put(&blobs) {
+            Ok(()) => PeerResponse::Stored,
+            Err(why) => PeerResponse::Refused(format!("{}: {why}", node.name)),
+        },
+        PeerRequest::TreeJob(job) => crate::worker::run_tree(node, peer, job).await,
     }
 }
 

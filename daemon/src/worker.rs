@@ -8,14 +8,201 @@ use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use farm::protocol::{Job, JobResult, PeerResponse, MAX_FRAME};
+use farm::protocol::{Job, JobResult, PeerResponse, TreeJob, TreeOutput, TreeResult, MAX_FRAME};
 
-use crate::node::Node;
+use crate::node::{AllowedCompiler, Node};
 
 fn refuse(node: &Node, why: String) -> PeerResponse {
     node.jobs_refused.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(reason = %why, "job refused");
     PeerResponse::Refused(why)
+}
+
+/// A worker slot held for one job, with its private job directory; both are given
+/// back on drop.
+struct Slot<'a> {
+    node: &'a Node,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    dir: std::path::PathBuf,
+}
+
+impl<'a> Slot<'a> {
+    /// Slots cap concurrent jobs; a long queue is refused so the client goes elsewhere.
+    async fn take(node: &'a Node) -> Result<Slot<'a>, String> {
+        let waiting = node.queue.fetch_add(1, Ordering::Relaxed);
+        if waiting >= node.cfg.slots * 2 {
+            node.queue.fetch_sub(1, Ordering::Relaxed);
+            return Err(format!("{}: queue full", node.name));
+        }
+        let permit = node.slots.clone().acquire_owned().await;
+        node.queue.fetch_sub(1, Ordering::Relaxed);
+        let Ok(permit) = permit else {
+            return Err(format!("{}: stopping", node.name));
+        };
+        node.running.fetch_add(1, Ordering::Relaxed);
+        node.changed.notify_one();
+        let seq = node.job_seq.fetch_add(1, Ordering::Relaxed);
+        let dir = node
+            .cfg
+            .state_dir
+            .join("jobs")
+            .join(format!("{}-{seq}", std::process::id()));
+        Ok(Slot {
+            node,
+            _permit: permit,
+            dir,
+        })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.node.running.fetch_sub(1, Ordering::Relaxed);
+        self.node.changed.notify_one();
+    }
+}
+
+/// The allow-listed compiler a job names, by name and identity.
+fn allowed(node: &Node, ad: &farm::protocol::CompilerAd) -> Result<AllowedCompiler, String> {
+    node.compilers
+        .iter()
+        .find(|c| c.identity == ad.identity && c.name == ad.name)
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "compiler {:?} with identity {} is not allowed on {}",
+                ad.name,
+                farm::fsutil::hex(&ad.identity[..8]),
+                node.name
+            )
+        })
+}
+
+/// Runs one tree job (javac) for `peer`: its files re-rooted in a private job
+/// directory from the blob store, its arguments rebuilt by the family module, the
+/// compile run in this node's warm JVM of the allow-listed JDK.
+pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
+    if node.stopping.load(Ordering::Relaxed) {
+        return refuse(node, format!("{}: stopping", node.name));
+    }
+    let Some(decl) = farm::lang::family_by_name(&job.family).and_then(|f| f.declared()) else {
+        return refuse(node, format!("unknown tree family {:?}", job.family));
+    };
+    let compiler = match allowed(node, &job.compiler) {
+        Ok(c) => c,
+        Err(why) => return refuse(node, why),
+    };
+    let slot = match Slot::take(node).await {
+        Ok(s) => s,
+        Err(why) => return refuse(node, why),
+    };
+    let root = slot.dir.join("root");
+    let out = slot.dir.join("out");
+    let args = match decl.worker_tree_args(&job.args, &job.outputs, &root, &out) {
+        Ok(a) => a,
+        Err(p) => return refuse(node, format!("refused {}: {}", p.reason, p.detail)),
+    };
+    for f in &job.files {
+        let Some(dest) = farm::lang::reroot(&root, &f.path) else {
+            return refuse(node, format!("refused file path {:?}", f.path));
+        };
+        if let Err(why) = node.blobs.materialize(&f.digest, &dest) {
+            return refuse(node, format!("{}: {why}", node.name));
+        }
+    }
+    for (role, _) in &job.outputs {
+        if farm::lang::reroot(&out, &format!("/{role}")).is_none()
+            || std::fs::create_dir_all(out.join(role)).is_err()
+        {
+            return refuse(node, format!("refused output role {role:?}"));
+        }
+    }
+    let home = std::fs::canonicalize(&compiler.path)
+        .map(|p| farm::lang::javac::java_home_of(&p))
+        .unwrap_or_default();
+    let t0 = Instant::now();
+    let run = match node.jvms.run(&home, &args, node.cfg.job_timeout).await {
+        Ok(r) => r,
+        Err(why) => return refuse(node, format!("{}: {why}", node.name)),
+    };
+    let compile_ms = t0.elapsed().as_millis() as u64;
+    // The job directory's root in messages becomes the sender's own paths again.
+    let root_s = root.to_string_lossy().into_owned();
+    let unroot = |b: Vec<u8>| -> Vec<u8> {
+        match String::from_utf8(b) {
+            Ok(s) => s.replace(&root_s, "").into_bytes(),
+            Err(e) => e.into_bytes(),
+        }
+    };
+    let mut outputs = Vec::new();
+    let mut total = 0usize;
+    if run.exit_code == 0 {
+        for (role, _) in &job.outputs {
+            let files = match collect(&out.join(role)) {
+                Ok(f) => f,
+                Err(e) => return refuse(node, format!("{}: outputs: {e}", node.name)),
+            };
+            for (rel, data) in files {
+                total += data.len();
+                outputs.push(TreeOutput {
+                    path: format!("{role}/{rel}"),
+                    data,
+                });
+            }
+        }
+    }
+    if total > MAX_FRAME - (1 << 20) {
+        return refuse(
+            node,
+            format!("{}: outputs of {total} bytes are too large", node.name),
+        );
+    }
+    drop(slot);
+    node.jobs_served.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        peer,
+        ms = compile_ms,
+        exit = run.exit_code,
+        files = job.files.len(),
+        "tree job done"
+    );
+    PeerResponse::TreeDone(TreeResult {
+        exit_code: run.exit_code,
+        stdout: unroot(run.stdout),
+        stderr: unroot(run.stderr),
+        outputs,
+        compile_ms,
+        worker: node.name.clone(),
+    })
+}
+
+/// Every regular file under `dir` as (relative path, content).
+fn collect(dir: &std::path::Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    fn walk(
+        root: &std::path::Path,
+        rel: &std::path::Path,
+        out: &mut Vec<(String, Vec<u8>)>,
+    ) -> std::io::Result<()> {
+        for e in std::fs::read_dir(root.join(rel))? {
+            let e = e?;
+            let sub = rel.join(e.file_name());
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                walk(root, &sub, out)?;
+            } else if ft.is_file() {
+                let name = sub
+                    .to_str()
+                    .ok_or_else(|| std::io::Error::other("non-UTF-8 output name"))?
+                    .to_string();
+                out.push((name, std::fs::read(root.join(&sub))?));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, std::path::Path::new(""), &mut out)?;
+    Ok(out)
 }
 
 /// Runs one job for `peer`, or says why not.
@@ -26,21 +213,9 @@ pub async fn run(node: &Node, peer: &str, job: Job) -> PeerResponse {
     let Some(family) = farm::lang::family_by_name(&job.family) else {
         return refuse(node, format!("unknown compiler family {:?}", job.family));
     };
-    let Some(compiler) = node
-        .compilers
-        .iter()
-        .find(|c| c.identity == job.compiler.identity && c.name == job.compiler.name)
-        .cloned()
-    else {
-        return refuse(
-            node,
-            format!(
-                "compiler {:?} with identity {} is not allowed on {}",
-                job.compiler.name,
-                farm::fsutil::hex(&job.compiler.identity[..8]),
-                node.name
-            ),
-        );
+    let compiler = match allowed(node, &job.compiler) {
+        Ok(c) => c,
+        Err(why) => return refuse(node, why),
     };
     let ext = match job.lang.as_str() {
         "cpp-output" => "i",
@@ -58,29 +233,12 @@ pub async fn run(node: &Node, peer: &str, job: Job) -> PeerResponse {
         Ok(a) => a,
         Err(p) => return refuse(node, format!("refused {}: {}", p.reason, p.detail)),
     };
-    // Slots cap concurrent jobs; a long queue is refused so the client goes elsewhere.
-    let waiting = node.queue.fetch_add(1, Ordering::Relaxed);
-    if waiting >= node.cfg.slots * 2 {
-        node.queue.fetch_sub(1, Ordering::Relaxed);
-        return refuse(node, format!("{}: queue full", node.name));
-    }
-    let permit = node.slots.clone().acquire_owned().await;
-    node.queue.fetch_sub(1, Ordering::Relaxed);
-    let Ok(_permit) = permit else {
-        return refuse(node, format!("{}: stopping", node.name));
+    let slot = match Slot::take(node).await {
+        Ok(s) => s,
+        Err(why) => return refuse(node, why),
     };
-    node.running.fetch_add(1, Ordering::Relaxed);
-    node.changed.notify_one();
-    let seq = node.job_seq.fetch_add(1, Ordering::Relaxed);
-    let dir = node
-        .cfg
-        .state_dir
-        .join("jobs")
-        .join(format!("{}-{seq}", std::process::id()));
-    let result = run_in(node, &compiler, &dir, &input, &args, &job.source).await;
-    let _ = tokio::fs::remove_dir_all(&dir).await;
-    node.running.fetch_sub(1, Ordering::Relaxed);
-    node.changed.notify_one();
+    let result = run_in(node, &compiler, &slot.dir, &input, &args, &job.source).await;
+    drop(slot);
     match result {
         Ok(r) => {
             node.jobs_served.fetch_add(1, Ordering::Relaxed);
@@ -93,7 +251,7 @@ pub async fn run(node: &Node, peer: &str, job: Job) -> PeerResponse {
 
 async fn run_in(
     node: &Node,
-    compiler: &crate::node::AllowedCompiler,
+    compiler: &AllowedCompiler,
     dir: &std::path::Path,
     input: &str,
     args: &[std::ffi::OsString],

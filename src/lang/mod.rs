@@ -173,7 +173,7 @@ pub trait Declared: Sync {
 
     /// Every input that decides the outputs, in a stable order; or why they cannot all
     /// be enumerated safely. `memo` is a directory for digests memoized by stat.
-    fn inputs(&self, inv: &Invocation, memo: &Path) -> Result<Vec<KeyInput>, Passthrough>;
+    fn inputs(&self, inv: &Invocation, memo: &Path) -> Result<DeclaredInputs, Passthrough>;
 
     /// Runs the real compiler with its outputs sent to `dirs` (same order as
     /// [`Declared::output_dirs`]); `scratch` is a private directory for argument files.
@@ -186,6 +186,41 @@ pub trait Declared: Sync {
 
     /// The same compile for a warm compiler process, or why it must run as a fresh one.
     fn warm_job(&self, inv: &Invocation, dirs: &[PathBuf]) -> Result<WarmJob, Passthrough>;
+
+    /// Worker side of a tree job: validates arguments from the wire and rebuilds them
+    /// with every input path re-rooted under `root` and each output directory (role,
+    /// path as named) replaced by `out/<role>`. Nothing from the wire reaches the
+    /// compiler unless this accepts it.
+    fn worker_tree_args(
+        &self,
+        args: &[String],
+        outputs: &[(String, String)],
+        root: &Path,
+        out: &Path,
+    ) -> Result<Vec<String>, Passthrough>;
+}
+
+/// What a declared-input compile reads: the key's inputs, and every file by path as
+/// opened and content digest (what a worker needs to run the same compile).
+#[derive(Clone, Debug, Default)]
+pub struct DeclaredInputs {
+    pub key: Vec<KeyInput>,
+    pub files: Vec<(PathBuf, [u8; 32])>,
+}
+
+/// An absolute path from the wire re-rooted under `root`, or `None` when it is not
+/// absolute. `..` is resolved lexically first, so the result stays under `root`.
+pub fn reroot(root: &Path, wire: &str) -> Option<PathBuf> {
+    let p = Path::new(wire);
+    if !p.is_absolute() || wire.contains('\0') {
+        return None;
+    }
+    let clean = crate::fsutil::clean_path(p);
+    let rel = clean.strip_prefix("/").ok()?;
+    let ok = rel
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    ok.then(|| root.join(rel))
 }
 
 /// A compiler family.

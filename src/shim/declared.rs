@@ -9,8 +9,10 @@ use super::{emit, exit_code, Ctx, Tally};
 use crate::cache::EntryKind;
 use crate::fsutil;
 use crate::key::{self, OutputBlob, ResultEntry};
-use crate::lang::{CompileRun, Declared, OutputDir};
-use crate::protocol::{AgentRequest, AgentResponse, Item, Kind};
+use crate::lang::{CompileRun, Declared, OutputDir, WarmJob};
+use crate::protocol::{
+    AgentRequest, AgentResponse, Blob, CompilerAd, Item, Kind, TreeFile, TreeJob,
+};
 use crate::stats::names;
 
 /// A relative path from a cache entry that stays inside its output directory.
@@ -90,6 +92,19 @@ impl Drop for Scratch {
     }
 }
 
+/// Blobs per request to the agent: well under a frame's limit.
+const BLOB_BATCH: usize = 16 << 20;
+
+/// How a remote attempt ended.
+enum Remote {
+    /// A peer compiled it; the outputs are in the scratch directories.
+    Done(CompileRun),
+    /// Compile at home; `reserved` when the agent counts it against home's slots.
+    Home { reserved: bool },
+    /// The agent failed: leave it alone for the rest of this compile.
+    AgentGone,
+}
+
 /// How a miss was compiled.
 enum Compiled {
     /// The outputs are in the scratch directories.
@@ -110,7 +125,7 @@ impl Ctx<'_> {
             Ok(h) => h,
             Err(e) => return self.uncached(&e.to_string(), "input_unreadable"),
         };
-        let rkey = key::finish_declared(base, &inputs);
+        let rkey = key::finish_declared(base, &inputs.key);
         let outs = decl.output_dirs(&self.inv);
         if let Some(data) = self.get(EntryKind::Result, &rkey) {
             if self.restore_tree(&data, &outs, names::HIT_DECLARED) {
@@ -141,7 +156,15 @@ impl Ctx<'_> {
             Ok(d) => d,
             Err(e) => return self.uncached(&e.to_string(), "scratch_unwritable"),
         };
-        let run = match self.declared_compile(decl, &mut agent, &dirs, &scratch.0) {
+        let mut reserved = false;
+        let run = match self.declared_compile(
+            decl,
+            &mut agent,
+            &inputs.files,
+            &dirs,
+            &scratch.0,
+            &mut reserved,
+        ) {
             Compiled::Done(run) => run,
             Compiled::Failed(code) => {
                 // Whatever the compiler wrote before failing is where it would be.
@@ -174,7 +197,7 @@ impl Ctx<'_> {
             };
             a.tell(&AgentRequest::Publish {
                 items: vec![item],
-                local_ms: 0,
+                local_ms: if reserved { ms } else { 0 },
             });
         }
         tracing::info!(source = %self.inv.source.display(), ms, "declared miss stored");
@@ -187,8 +210,10 @@ impl Ctx<'_> {
         &mut self,
         decl: &dyn Declared,
         agent: &mut Option<crate::agent_client::AgentClient>,
+        files: &[(PathBuf, [u8; 32])],
         dirs: &[PathBuf],
         scratch: &Path,
+        reserved: &mut bool,
     ) -> Compiled {
         if let Some(a) = agent.as_mut() {
             match decl.warm_job(&self.inv, dirs) {
@@ -196,8 +221,18 @@ impl Ctx<'_> {
                     tracing::info!(reason = p.reason, detail = %p.detail, "not warm");
                     self.tally
                         .add(format!("{}.{}", names::WARM_DECLINED, p.reason), 1);
+                    self.tally
+                        .add(format!("{}.{}", names::FARM_HOME, p.reason), 1);
                 }
                 Ok(job) => {
+                    match self.declared_remote(a, &job, files, dirs) {
+                        Remote::Done(run) => return Compiled::Done(run),
+                        Remote::Home { reserved: r } => *reserved = r,
+                        Remote::AgentGone => {
+                            *agent = None;
+                            return self.declared_fresh(decl, dirs, scratch);
+                        }
+                    }
                     let t0 = std::time::Instant::now();
                     let started_ns = fsutil::now_ns();
                     let req = AgentRequest::Warm {
@@ -258,6 +293,16 @@ impl Ctx<'_> {
                 }
             }
         }
+        self.declared_fresh(decl, dirs, scratch)
+    }
+
+    /// Compiles a miss here with a fresh compiler process.
+    fn declared_fresh(
+        &mut self,
+        decl: &dyn Declared,
+        dirs: &[PathBuf],
+        scratch: &Path,
+    ) -> Compiled {
         let run = match decl.compile_into(&self.inv, dirs, scratch) {
             Ok(r) => r,
             Err(e) => {
@@ -282,6 +327,196 @@ impl Ctx<'_> {
         self.tally
             .add(names::COMPILE_MS, run.elapsed.as_millis() as u64);
         Compiled::Done(run)
+    }
+
+    /// Ships a miss to a peer when the agent's placement says so. Its inputs go as
+    /// blobs the agent lacks (the agent forwards those its peer lacks); the outputs
+    /// land in `dirs`.
+    fn declared_remote(
+        &mut self,
+        agent: &mut crate::agent_client::AgentClient,
+        job: &WarmJob,
+        files: &[(PathBuf, [u8; 32])],
+        dirs: &[PathBuf],
+    ) -> Remote {
+        let compiler = CompilerAd {
+            name: Path::new(&self.inv.arg0)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            identity: self.identity,
+        };
+        match agent.call(&AgentRequest::Place {
+            compiler: compiler.clone(),
+        }) {
+            Ok(AgentResponse::Ship) => {}
+            Ok(AgentResponse::Local(reason)) => {
+                self.tally
+                    .add(format!("{}.{}", names::FARM_HOME, reason), 1);
+                return Remote::Home { reserved: true };
+            }
+            Ok(_) => {
+                self.tally
+                    .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+                return Remote::AgentGone;
+            }
+            Err(e) => {
+                self.agent_failed(&e);
+                return Remote::AgentGone;
+            }
+        }
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let mut tree_files = Vec::with_capacity(files.len());
+        let mut local_of = std::collections::HashMap::new();
+        for (p, d) in files {
+            let abs = fsutil::clean_path(&cwd.join(p));
+            tree_files.push(TreeFile {
+                path: abs.to_string_lossy().into_owned(),
+                digest: *d,
+            });
+            local_of.insert(*d, p.clone());
+        }
+        let mut digests: Vec<[u8; 32]> = local_of.keys().copied().collect();
+        digests.sort();
+        let missing = match agent.call(&AgentRequest::MissingBlobs(digests)) {
+            Ok(AgentResponse::MissingBlobs(m)) => m,
+            Ok(_) => {
+                self.tally
+                    .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+                return Remote::AgentGone;
+            }
+            Err(e) => {
+                self.agent_failed(&e);
+                return Remote::AgentGone;
+            }
+        };
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0usize;
+        for d in missing {
+            let Some(p) = local_of.get(&d) else { continue };
+            let Ok(data) = fsutil::read_file(p) else {
+                return Remote::Home { reserved: false };
+            };
+            if *blake3::hash(&data).as_bytes() != d {
+                // Changed since it was keyed: this compile must read it here.
+                self.tally
+                    .add(format!("{}.input_changed", names::FARM_HOME), 1);
+                return Remote::Home { reserved: false };
+            }
+            batch_bytes += data.len();
+            batch.push(Blob { digest: d, data });
+            if batch_bytes > BLOB_BATCH {
+                if !self.send_blobs(agent, std::mem::take(&mut batch)) {
+                    return Remote::AgentGone;
+                }
+                batch_bytes = 0;
+            }
+        }
+        if !batch.is_empty() && !self.send_blobs(agent, batch) {
+            return Remote::AgentGone;
+        }
+        let tree = TreeJob {
+            family: self.family.name().to_string(),
+            compiler,
+            args: job.args.clone(),
+            outputs: self
+                .inv
+                .outputs
+                .iter()
+                .zip(dirs)
+                .map(|(o, d)| (o.role.to_string(), d.to_string_lossy().into_owned()))
+                .collect(),
+            files: tree_files,
+        };
+        let t0 = std::time::Instant::now();
+        let started_ns = fsutil::now_ns();
+        let r = match agent.call(&AgentRequest::CompileTree(tree)) {
+            Ok(AgentResponse::TreeCompiled(r)) => r,
+            Ok(AgentResponse::Local(reason)) => {
+                let counter = match reason.strip_prefix("fallback.") {
+                    Some(why) => format!("{}.{why}", names::FALLBACK),
+                    None => format!("{}.{}", names::FARM_HOME, reason),
+                };
+                self.tally.add(counter, 1);
+                return Remote::Home { reserved: true };
+            }
+            Ok(_) => {
+                self.tally
+                    .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+                return Remote::AgentGone;
+            }
+            Err(e) => {
+                self.agent_failed(&e);
+                return Remote::AgentGone;
+            }
+        };
+        let printed = !r.stdout.is_empty() || !r.stderr.is_empty();
+        let why_not = if r.exit_code != 0 {
+            Some("failed")
+        } else if printed && job.paths_rewritten {
+            Some("diagnostics")
+        } else if printed && !(r.stdout.is_ascii() && r.stderr.is_ascii()) {
+            Some("non_ascii_output")
+        } else {
+            None
+        };
+        if let Some(why) = why_not {
+            tracing::info!(worker = %r.worker, why, "remote compile not used: compiling here");
+            self.tally.add(format!("{}.{why}", names::FARM_HOME), 1);
+            return Remote::Home { reserved: false };
+        }
+        for o in &r.outputs {
+            let placed = o.path.split_once('/').and_then(|(role, rel)| {
+                let i = self.inv.outputs.iter().position(|x| x.role == role)?;
+                Some(dirs[i].join(safe_relative(rel)?))
+            });
+            let Some(path) = placed else {
+                self.tally.add(format!("{}.bad_output", names::FALLBACK), 1);
+                return Remote::Home { reserved: false };
+            };
+            let written = path
+                .parent()
+                .map(std::fs::create_dir_all)
+                .unwrap_or(Ok(()))
+                .and_then(|_| std::fs::write(&path, &o.data));
+            if let Err(e) = written {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write remote output");
+                self.tally
+                    .add(format!("{}.write_output", names::FALLBACK), 1);
+                return Remote::Home { reserved: false };
+            }
+        }
+        emit(&r.stdout, &r.stderr);
+        self.tally.add(names::MISS, 1);
+        self.tally.add(names::FARM_REMOTE, 1);
+        self.tally.add(names::COMPILE_MS, r.compile_ms);
+        tracing::info!(worker = %r.worker, ms = r.compile_ms, files = files.len(), "compiled by a peer");
+        Remote::Done(CompileRun {
+            status: std::os::unix::process::ExitStatusExt::from_raw(0),
+            stdout: r.stdout,
+            stderr: r.stderr,
+            elapsed: t0.elapsed(),
+            started_ns,
+        })
+    }
+
+    fn send_blobs(
+        &mut self,
+        agent: &mut crate::agent_client::AgentClient,
+        blobs: Vec<Blob>,
+    ) -> bool {
+        match agent.call(&AgentRequest::PutBlobs(blobs)) {
+            Ok(AgentResponse::Published) => true,
+            Ok(_) => {
+                self.tally
+                    .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+                false
+            }
+            Err(e) => {
+                self.agent_failed(&e);
+                false
+            }
+        }
     }
 
     /// The result entry of a compile whose outputs are in `dirs`.

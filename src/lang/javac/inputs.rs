@@ -5,14 +5,14 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
 use crate::key::StatStamp;
-use crate::lang::{KeyInput, Passthrough};
+use crate::lang::{DeclaredInputs, KeyInput, Passthrough};
 
 /// The service file that makes javac run annotation processors found on a path.
 pub const PROCESSOR_SERVICE: &str = "META-INF/services/javax.annotation.processing.Processor";
@@ -20,7 +20,10 @@ pub const PROCESSOR_SERVICE: &str = "META-INF/services/javax.annotation.processi
 /// What farm needs to know about one jar.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct JarFacts {
+    /// What javac can read from it (entry names and contents).
     pub digest: [u8; 32],
+    /// The file's bytes, for shipping it as a blob.
+    pub raw: [u8; 32],
     /// It declares annotation processors.
     pub processors: bool,
     /// Its manifest's `Class-Path` entries, as written.
@@ -29,7 +32,7 @@ pub struct JarFacts {
 
 fn memo_name(path: &Path, stamp: &StatStamp) -> String {
     let mut h = blake3::Hasher::new();
-    h.update(b"farm-jar-memo-2\0");
+    h.update(b"farm-jar-memo-3\0");
     h.update(path.as_os_str().as_bytes());
     h.update(&postcard::to_allocvec(stamp).unwrap_or_default());
     format!("jar-{}", fsutil::hex(&h.finalize().as_bytes()[..16]))
@@ -84,6 +87,7 @@ fn read_jar(data: &[u8]) -> Result<JarFacts, String> {
         h.update(d);
     }
     let digest = *h.finalize().as_bytes();
+    let raw = *blake3::hash(data).as_bytes();
     let processors = entries.iter().any(|(n, _)| n == PROCESSOR_SERVICE);
     let mut class_path = Vec::new();
     if let Ok(mut mf) = zip.by_name("META-INF/MANIFEST.MF") {
@@ -94,6 +98,7 @@ fn read_jar(data: &[u8]) -> Result<JarFacts, String> {
     }
     Ok(JarFacts {
         digest,
+        raw,
         processors,
         class_path,
     })
@@ -145,9 +150,12 @@ fn is_identifier(name: &[u8]) -> bool {
     cs.all(|c| c.is_alphanumeric() || c == '_' || c == '$')
 }
 
+/// The files of a directory javac could read: relative path → content digest.
+pub type DirFiles = BTreeMap<Vec<u8>, [u8; 32]>;
+
 /// One digest over every file javac could read in `dir` (relative path and content,
-/// in sorted order), and whether it declares annotation processors.
-pub fn dir_digest(dir: &Path, role: DirRole) -> Result<([u8; 32], bool), Passthrough> {
+/// in sorted order), whether it declares annotation processors, and those files.
+pub fn dir_digest(dir: &Path, role: DirRole) -> Result<([u8; 32], bool, DirFiles), Passthrough> {
     let mut files = BTreeMap::new();
     walk(dir, Path::new(""), role, &mut files)?;
     let mut h = blake3::Hasher::new();
@@ -158,15 +166,10 @@ pub fn dir_digest(dir: &Path, role: DirRole) -> Result<([u8; 32], bool), Passthr
         h.update(digest);
     }
     let processors = dir.join(PROCESSOR_SERVICE).exists();
-    Ok((*h.finalize().as_bytes(), processors))
+    Ok((*h.finalize().as_bytes(), processors, files))
 }
 
-fn walk(
-    root: &Path,
-    rel: &Path,
-    role: DirRole,
-    out: &mut BTreeMap<Vec<u8>, [u8; 32]>,
-) -> Result<(), Passthrough> {
+fn walk(root: &Path, rel: &Path, role: DirRole, out: &mut DirFiles) -> Result<(), Passthrough> {
     let here = root.join(rel);
     let err = |p: &Path, e: &dyn std::fmt::Display| {
         Passthrough::new("classpath_unreadable", format!("{}: {e}", p.display()))
@@ -212,7 +215,7 @@ pub fn add_entry(
     follow_manifest: bool,
     memo: &Path,
     seen: &mut Vec<PathBuf>,
-    out: &mut Vec<KeyInput>,
+    out: &mut DeclaredInputs,
 ) -> Result<bool, Passthrough> {
     if seen.iter().any(|s| s == entry) {
         return Ok(false);
@@ -223,7 +226,7 @@ pub fn add_entry(
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // javac skips a missing entry; one appearing later changes the key.
-            out.push(KeyInput {
+            out.key.push(KeyInput {
                 label: format!("{shown} (missing)"),
                 digest: [0; 32],
             });
@@ -237,11 +240,15 @@ pub fn add_entry(
         }
     };
     if meta.is_dir() {
-        let (digest, processors) = dir_digest(entry, role)?;
-        out.push(KeyInput {
+        let (digest, processors, files) = dir_digest(entry, role)?;
+        out.key.push(KeyInput {
             label: format!("{shown}/"),
             digest,
         });
+        for (rel, d) in files {
+            let rel = PathBuf::from(std::ffi::OsString::from_vec(rel));
+            out.files.push((entry.join(rel), d));
+        }
         return Ok(processors);
     }
     if !meta.is_file() {
@@ -251,10 +258,11 @@ pub fn add_entry(
         ));
     }
     let facts = jar_facts(entry, memo)?;
-    out.push(KeyInput {
+    out.key.push(KeyInput {
         label: shown,
         digest: facts.digest,
     });
+    out.files.push((entry.to_path_buf(), facts.raw));
     let mut processors = facts.processors;
     if follow_manifest {
         let base = entry.parent().unwrap_or(Path::new(""));
@@ -294,7 +302,8 @@ mod tests {
         fs::write(p.join("com/x/A.class"), "one").unwrap();
         fs::write(p.join("com/x/notes.txt"), "n").unwrap();
         let role = DirRole::Classes { sources: false };
-        let (a, procs) = dir_digest(p, role).unwrap();
+        let (a, procs, files) = dir_digest(p, role).unwrap();
+        assert_eq!(files.len(), 1, "only com/x/A.class");
         assert!(!procs);
         // Files javac never reads do not change the digest.
         fs::write(p.join("com/x/notes.txt"), "changed").unwrap();

@@ -17,8 +17,9 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use super::{
-    CompileRun, Declared, DepSource, DependencyFacts, Family, IdentityProbe, Invocation, KeyInput,
-    NotRecordable, Output, OutputDir, Passthrough, Plan, WarmJob,
+    reroot, CompileRun, Declared, DeclaredInputs, DepSource, DependencyFacts, Family,
+    IdentityProbe, Invocation, KeyInput, NotRecordable, Output, OutputDir, Passthrough, Plan,
+    WarmJob,
 };
 use crate::fsutil;
 use args::Arg;
@@ -575,16 +576,17 @@ impl Declared for Javac {
             .collect()
     }
 
-    fn inputs(&self, inv: &Invocation, memo: &Path) -> Result<Vec<KeyInput>, Passthrough> {
+    fn inputs(&self, inv: &Invocation, memo: &Path) -> Result<DeclaredInputs, Passthrough> {
         let p = plan(inv);
-        let mut out = Vec::new();
+        let mut out = DeclaredInputs::default();
         for s in &p.sources {
             let digest = fsutil::hash_file(Path::new(s))
                 .map_err(|e| Passthrough::new("source_unreadable", format!("{s}: {e}")))?;
-            out.push(KeyInput {
+            out.key.push(KeyInput {
                 label: format!("source {s}"),
                 digest,
             });
+            out.files.push((PathBuf::from(s), digest));
         }
         let mut processors = false;
         let mut seen = Vec::new();
@@ -709,6 +711,91 @@ impl Declared for Javac {
             args,
             paths_rewritten: sources_moved || (paths_moved && lint_paths),
         })
+    }
+
+    fn worker_tree_args(
+        &self,
+        args: &[String],
+        outputs: &[(String, String)],
+        root: &Path,
+        out: &Path,
+    ) -> Result<Vec<String>, Passthrough> {
+        let refuse = |what: &str, v: &str| Passthrough::new("refused", format!("{what} {v:?}"));
+        let rooted = |v: &str| -> Result<String, Passthrough> {
+            reroot(root, v)
+                .map(|p| p.to_string_lossy().into_owned())
+                .ok_or_else(|| refuse("path", v))
+        };
+        let mut res = Vec::with_capacity(args.len() + 1);
+        let mut i = 0;
+        let mut proc_none = false;
+        while i < args.len() {
+            let a = args[i].as_str();
+            i += 1;
+            if a.chars().any(|c| c.is_control()) {
+                return Err(refuse("control character in", a));
+            }
+            if !a.starts_with('-') {
+                if !a.ends_with(".java") {
+                    return Err(refuse("operand", a));
+                }
+                res.push(rooted(a)?);
+                continue;
+            }
+            // No argument files, JVM options or anything the table does not allow.
+            let Some((opt, joined)) = lookup(a) else {
+                return Err(refuse("option", a));
+            };
+            let name = a.split('=').next().unwrap_or(a);
+            let kind = match opt {
+                Opt::Flag => {
+                    proc_none |= a == "-proc:none";
+                    res.push(a.to_string());
+                    continue;
+                }
+                Opt::Info | Opt::Refuse(_) => return Err(refuse("option", a)),
+                other => other,
+            };
+            let value = match joined {
+                Some(v) => v.to_string(),
+                None => {
+                    let Some(v) = args.get(i) else {
+                        return Err(refuse("option without a value", a));
+                    };
+                    i += 1;
+                    v.clone()
+                }
+            };
+            let new = match kind {
+                Opt::Paths(Search::Source) if value.is_empty() => value,
+                Opt::Paths(_) => {
+                    let mut parts = Vec::new();
+                    for e in value.split(':') {
+                        parts.push(rooted(e)?);
+                    }
+                    parts.join(":")
+                }
+                Opt::Out(role) => {
+                    if !outputs.iter().any(|(r, p)| r == role && *p == value) {
+                        return Err(refuse("output directory", &value));
+                    }
+                    out.join(role).to_string_lossy().into_owned()
+                }
+                _ => value,
+            };
+            if joined.is_some() {
+                res.push(format!("{name}={new}"));
+            } else {
+                res.push(a.to_string());
+                res.push(new);
+            }
+        }
+        // A sender only ships compiles with no annotation processor on their paths;
+        // the worker makes sure none runs whatever it was sent.
+        if !proc_none {
+            res.insert(0, "-proc:none".into());
+        }
+        Ok(res)
     }
 }
 
@@ -927,5 +1014,64 @@ mod tests {
         assert_eq!(args[0], "--class-path=/w/a.jar:/w/b");
         assert_eq!(args.last().unwrap(), "/w/A.java");
         assert!(sources_moved && paths_moved);
+    }
+
+    #[test]
+    fn worker_rebuilds_args_under_its_job_directory_and_refuses_the_rest() {
+        let root = Path::new("/job/root");
+        let out = Path::new("/job/out");
+        let outputs = vec![("classes".to_string(), "/home/u/o".to_string())];
+        let args: Vec<String> = [
+            "-d",
+            "/home/u/o",
+            "-classpath",
+            "/usr/share/java/a.jar:/home/u/c",
+            "-sourcepath",
+            "",
+            "--release=8",
+            "/home/u/src/A.java",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let got = JAVAC.worker_tree_args(&args, &outputs, root, out).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                "-proc:none",
+                "-d",
+                "/job/out/classes",
+                "-classpath",
+                "/job/root/usr/share/java/a.jar:/job/root/home/u/c",
+                "-sourcepath",
+                "",
+                "--release=8",
+                "/job/root/home/u/src/A.java",
+            ]
+        );
+        let refused = |extra: &[&str]| {
+            let mut a = args.clone();
+            a.extend(extra.iter().map(|s| s.to_string()));
+            JAVAC
+                .worker_tree_args(&a, &outputs, root, out)
+                .unwrap_err()
+                .reason
+        };
+        for bad in [
+            &["../../etc/x.java"][..],
+            &["/home/u/../../../etc/passwd.java"],
+            &["-J-Xmx1g"],
+            &["@/etc/args"],
+            &["-Xplugin:Evil"],
+            &["-processor", "x.P"],
+            &["-s", "/tmp/elsewhere"],
+            &["-Xstdout", "/tmp/log"],
+            &["relative/A.java"],
+            &["-cp", "lib.jar"],
+            &["Foo.class"],
+            &["-d", "/somewhere/else"],
+        ] {
+            assert_eq!(refused(bad), "refused", "{bad:?}");
+        }
     }
 }
