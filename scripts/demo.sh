@@ -2,7 +2,8 @@
 # demo.sh: set-up and farm's main job, for a newcomer on a fresh Debian machine.
 # Installs the build tools, builds and installs farm, fetches a real project (lua5.4,
 # Debian source package), compiles it through farm twice (cold, then clean + warm) and
-# shows the hits in `farm stats`. Then the same project through a farm: three farmd on
+# shows the hits in `farm stats`. Then Java: commons-io (Debian source) through
+# farm-javac, cold then warm. Then lua through a farm: three farmd on
 # this machine's loopback (scripts/farm-cluster.sh), compiled by the peers, then served
 # from the farm's cache with an empty local cache; `farm status` shows the peers.
 set -euo pipefail
@@ -29,6 +30,23 @@ build
 ./lua -e 'print("lua built through farm says: " .. 6*7)'
 echo
 farm stats
+
+echo
+echo "== Java: commons-io (Debian source package) through farm-javac, as Gradle calls javac"
+bash "$root/scripts/fetch-sources.sh" "$work/sources" commons-io
+rm -rf "$work/commons-io"; cp -a "$work/sources/commons-io" "$work/commons-io"
+cd "$work/commons-io"
+find "$PWD/src/main/java" -name '*.java' | sort >sources.txt
+printf '%s\n' --release 8 -d "$PWD/classes" -sourcepath '""' -proc:none -classpath '""' >args.txt
+farm stats --zero >/dev/null
+echo "== javac 1: cold cache"
+time farm-javac @args.txt @sources.txt 2>/dev/null
+echo "== rm -rf classes; javac 2: warm cache"
+rm -rf classes
+time farm-javac @args.txt @sources.txt 2>/dev/null
+echo "    $(find classes -name '*.class' | wc -l) class files restored"
+farm stats | grep -E 'hits|declared|misses|summary'
+cd "$work/lua/src"
 
 echo
 echo "== a farm: three farmd on loopback, each with its own certificate (scripts/farm-cluster.sh)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # install.sh [PREFIX]: builds farm in release mode and installs farm, farm-cc,
-# farm-c++ and farmd into PREFIX/bin (default ~/.local).
+# farm-c++, farm-javac and farmd into PREFIX/bin (default ~/.local).
 #
 # The shim binaries are linked statically (glibc, non-PIE): a cache hit is a process
 # start plus a few file reads, and dynamic loading and relocation are a measurable
@@ -22,6 +22,8 @@ mkdir -p "$prefix/bin"
 for b in farm farm-cc farmd; do
   install -m 0755 "$out/$b" "$prefix/bin/$b.new" && mv -f "$prefix/bin/$b.new" "$prefix/bin/$b"
 done
-# Cargo cannot name a binary farm-c++; farm acts on the name it is started as.
+# Cargo cannot name a binary farm-c++; farm acts on the name it is started as, so the
+# other shims are links to the one static binary too.
 ln -sf farm "$prefix/bin/farm-c++"
-echo "installed farm, farm-cc, farm-c++, farmd into $prefix/bin"
+ln -sf farm "$prefix/bin/farm-javac"
+echo "installed farm, farm-cc, farm-c++, farm-javac, farmd into $prefix/bin"

@@ -90,77 +90,72 @@ fn install(path: &Path, text: &str, overwrite: bool) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn finish(r: Result<(), String>, path: &Path, how: &str) -> i32 {
-    match r {
-        Ok(()) => {
-            let _ = writeln!(std::io::stdout(), "installed {}; {how}", path.display());
+/// Prints `text`, or with `--install` writes it where `dest` says.
+fn init_command(
+    command: &str,
+    args: &[String],
+    text: &str,
+    dest: Option<PathBuf>,
+    overwrite: bool,
+    how: &str,
+) -> i32 {
+    let fail = |msg: String| {
+        let _ = writeln!(std::io::stderr(), "farm: {msg}");
+        1
+    };
+    match args.first().map(String::as_str) {
+        None => {
+            let _ = std::io::stdout().write_all(text.as_bytes());
             0
         }
-        Err(e) => {
-            let _ = writeln!(std::io::stderr(), "farm: {e}");
-            1
+        Some("--install") => {
+            let Some(path) = dest else {
+                return fail(format!("{command}: no home directory to install into"));
+            };
+            match install(&path, text, overwrite) {
+                Ok(()) => {
+                    let _ = writeln!(std::io::stdout(), "installed {}; {how}", path.display());
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Some(other) => {
+            fail(format!(
+                "{command}: unknown argument `{other}` (usage: farm {command} [--install])"
+            ));
+            2
         }
     }
 }
 
-/// `farm gradle-init [--install]`.
+/// `farm gradle-init [--install]`: the init script, or `~/.gradle/init.d/farm.gradle`.
 pub fn gradle_init(args: &[String]) -> i32 {
+    let dest = gradle_user_home().map(|h| h.join("init.d/farm.gradle"));
     let text = gradle_script(&farm_javac_path());
-    match args.first().map(String::as_str) {
-        None => {
-            let _ = std::io::stdout().write_all(text.as_bytes());
-            0
-        }
-        Some("--install") => {
-            let Some(home) = gradle_user_home() else {
-                let _ = writeln!(std::io::stderr(), "farm: no home directory for ~/.gradle");
-                return 1;
-            };
-            let path = home.join("init.d/farm.gradle");
-            finish(
-                install(&path, &text, true),
-                &path,
-                "builds use farm when FARM_GRADLE=1",
-            )
-        }
-        Some(other) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "farm: gradle-init: unknown argument `{other}` (usage: farm gradle-init [--install])"
-            );
-            2
-        }
-    }
+    init_command(
+        "gradle-init",
+        args,
+        &text,
+        dest,
+        true,
+        "builds use farm when FARM_GRADLE=1",
+    )
 }
 
-/// `farm maven-init [--install]`.
+/// `farm maven-init [--install]`: the settings file, or `~/.m2/settings.xml` when
+/// there is none yet.
 pub fn maven_init(args: &[String]) -> i32 {
+    let dest = dirs::home_dir().map(|h| h.join(".m2/settings.xml"));
     let text = maven_settings(&farm_javac_path());
-    match args.first().map(String::as_str) {
-        None => {
-            let _ = std::io::stdout().write_all(text.as_bytes());
-            0
-        }
-        Some("--install") => {
-            let Some(home) = dirs::home_dir() else {
-                let _ = writeln!(std::io::stderr(), "farm: no home directory for ~/.m2");
-                return 1;
-            };
-            let path = home.join(".m2/settings.xml");
-            finish(
-                install(&path, &text, false),
-                &path,
-                "builds use farm when FARM_MAVEN=1",
-            )
-        }
-        Some(other) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "farm: maven-init: unknown argument `{other}` (usage: farm maven-init [--install])"
-            );
-            2
-        }
-    }
+    init_command(
+        "maven-init",
+        args,
+        &text,
+        dest,
+        false,
+        "builds use farm when FARM_MAVEN=1",
+    )
 }
 
 #[cfg(test)]

@@ -126,6 +126,42 @@ pub fn clean_path(p: &Path) -> PathBuf {
     }
 }
 
+/// Every regular file under `dir`, as (relative path, content), sorted by path; an
+/// empty list when `dir` does not exist. A non-UTF-8 name or anything but files and
+/// directories is an error: such a tree cannot be stored and restored exactly.
+pub fn collect_tree(dir: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<(String, Vec<u8>)>) -> io::Result<()> {
+        for e in fs::read_dir(root.join(rel))? {
+            let e = e?;
+            let sub = rel.join(e.file_name());
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                walk(root, &sub, out)?;
+            } else if ft.is_file() {
+                let Some(name) = sub.to_str() else {
+                    return Err(io::Error::other(format!(
+                        "non-UTF-8 output name {}",
+                        sub.display()
+                    )));
+                };
+                out.push((name.to_string(), read_file(&root.join(&sub))?));
+            } else {
+                return Err(io::Error::other(format!(
+                    "output {} is not a regular file",
+                    sub.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    if dir.exists() {
+        walk(dir, Path::new(""), &mut out)?;
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Hex form of a digest.
 pub fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -434,30 +434,11 @@ fn deadline(node: &Node, job: &Job, rtt: Duration) -> Duration {
 
 /// A tree job on a peer, one retry on another; `Local` (home) when none could.
 async fn compile_tree(node: &Node, job: &TreeJob) -> AgentResponse {
-    let mut tried: Vec<String> = Vec::new();
-    let mut last_failure = String::new();
-    let mut none = "no_peer";
-    for _ in 0..2 {
-        let (addr, conn, rtt) = match place(node, &job.compiler, &tried, false) {
-            Ok(Place::Peer(addr, conn, rtt)) => (addr, conn, rtt),
-            Ok(Place::Home(_)) => break,
-            Err(why) => {
-                none = why;
-                break;
-            }
-        };
-        tried.push(addr.clone());
-        match run_remote(node, &addr, &conn, Work::Tree(job), rtt).await {
-            Ok(PeerResponse::TreeDone(r)) => return AgentResponse::TreeCompiled(r),
-            Ok(_) => last_failure = "protocol".into(),
-            Err(why) => last_failure = why,
-        }
+    match on_peers(node, &job.compiler, Work::Tree(job)).await {
+        Ok(PeerResponse::TreeDone(r)) => AgentResponse::TreeCompiled(r),
+        Ok(_) => AgentResponse::Local("fallback.protocol".into()),
+        Err(local) => local,
     }
-    AgentResponse::Local(if tried.is_empty() {
-        none.into()
-    } else {
-        format!("fallback.{last_failure}")
-    })
 }
 
 /// Gives the peer the blobs of a tree job it lacks (from this node's blob store),
@@ -526,11 +507,25 @@ enum Work<'a> {
 
 /// A job on a peer, one retry on another; `Local` (home) when none could.
 async fn compile(node: &Node, job: &Job) -> AgentResponse {
+    match on_peers(node, &job.compiler, Work::Job(job)).await {
+        Ok(PeerResponse::Done(r)) => AgentResponse::Compiled(r),
+        Ok(_) => AgentResponse::Local("fallback.protocol".into()),
+        Err(local) => local,
+    }
+}
+
+/// Runs work on the peer placement picks, and once more on another after a failure.
+/// `Err` is the `Local` answer for the shim: why no peer could.
+async fn on_peers(
+    node: &Node,
+    compiler: &CompilerAd,
+    work: Work<'_>,
+) -> Result<PeerResponse, AgentResponse> {
     let mut tried: Vec<String> = Vec::new();
     let mut last_failure = String::new();
     let mut none = "no_peer";
     for _ in 0..2 {
-        let (addr, conn, rtt) = match place(node, &job.compiler, &tried, false) {
+        let (addr, conn, rtt) = match place(node, compiler, &tried, false) {
             Ok(Place::Peer(addr, conn, rtt)) => (addr, conn, rtt),
             Ok(Place::Home(_)) => break,
             Err(why) => {
@@ -539,17 +534,16 @@ async fn compile(node: &Node, job: &Job) -> AgentResponse {
             }
         };
         tried.push(addr.clone());
-        match run_remote(node, &addr, &conn, Work::Job(job), rtt).await {
-            Ok(PeerResponse::Done(r)) => return AgentResponse::Compiled(r),
-            Ok(_) => last_failure = "protocol".into(),
+        match run_remote(node, &addr, &conn, work, rtt).await {
+            Ok(r) => return Ok(r),
             Err(why) => last_failure = why,
         }
     }
-    AgentResponse::Local(if tried.is_empty() {
+    Err(AgentResponse::Local(if tried.is_empty() {
         none.into()
     } else {
         format!("fallback.{last_failure}")
-    })
+    }))
 }
 
 /// Sends a job to one peer. `Err` is a short reason name, counted by the shim.

@@ -139,7 +139,7 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
     let mut total = 0usize;
     if run.exit_code == 0 {
         for (role, _) in &job.outputs {
-            let files = match collect(&out.join(role)) {
+            let files = match farm::fsutil::collect_tree(&out.join(role)) {
                 Ok(f) => f,
                 Err(e) => return refuse(node, format!("{}: outputs: {e}", node.name)),
             };
@@ -175,34 +175,6 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
         compile_ms,
         worker: node.name.clone(),
     })
-}
-
-/// Every regular file under `dir` as (relative path, content).
-fn collect(dir: &std::path::Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
-    fn walk(
-        root: &std::path::Path,
-        rel: &std::path::Path,
-        out: &mut Vec<(String, Vec<u8>)>,
-    ) -> std::io::Result<()> {
-        for e in std::fs::read_dir(root.join(rel))? {
-            let e = e?;
-            let sub = rel.join(e.file_name());
-            let ft = e.file_type()?;
-            if ft.is_dir() {
-                walk(root, &sub, out)?;
-            } else if ft.is_file() {
-                let name = sub
-                    .to_str()
-                    .ok_or_else(|| std::io::Error::other("non-UTF-8 output name"))?
-                    .to_string();
-                out.push((name, std::fs::read(root.join(&sub))?));
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, std::path::Path::new(""), &mut out)?;
-    Ok(out)
 }
 
 /// Runs one job for `peer`, or says why not.

@@ -22,38 +22,26 @@ fn safe_relative(rel: &str) -> Option<&Path> {
     ok.then_some(p)
 }
 
-/// Every regular file under `dir`, as (relative path, content), sorted by path.
-fn collect_tree(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
-    fn walk(root: &Path, rel: &Path, out: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
-        for e in std::fs::read_dir(root.join(rel))? {
-            let e = e?;
-            let sub = rel.join(e.file_name());
-            let ft = e.file_type()?;
-            if ft.is_dir() {
-                walk(root, &sub, out)?;
-            } else if ft.is_file() {
-                let Some(name) = sub.to_str() else {
-                    return Err(std::io::Error::other(format!(
-                        "non-UTF-8 output name {}",
-                        sub.display()
-                    )));
-                };
-                out.push((name.to_string(), fsutil::read_file(&root.join(&sub))?));
-            } else {
-                return Err(std::io::Error::other(format!(
-                    "output {} is not a regular file",
-                    sub.display()
-                )));
-            }
-        }
-        Ok(())
+/// Why a compile that ran outside this process (warm JVM, peer) cannot stand for a
+/// fresh compiler here, if it cannot: it failed (the real compiler shows that in its
+/// own words), or it printed messages that could differ (paths made absolute, text a
+/// non-UTF-8 locale would show otherwise).
+fn untrusted(
+    exit_code: i32,
+    stdout: &[u8],
+    stderr: &[u8],
+    paths_rewritten: bool,
+) -> Option<&'static str> {
+    let printed = !stdout.is_empty() || !stderr.is_empty();
+    if exit_code != 0 {
+        Some("failed")
+    } else if printed && paths_rewritten {
+        Some("diagnostics_paths")
+    } else if printed && !(stdout.is_ascii() && stderr.is_ascii()) {
+        Some("non_ascii_output")
+    } else {
+        None
     }
-    let mut out = Vec::new();
-    if dir.exists() {
-        walk(dir, Path::new(""), &mut out)?;
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// A private directory for one compile's fresh output directories.
@@ -241,17 +229,8 @@ impl Ctx<'_> {
                     };
                     match a.call(&req) {
                         Ok(AgentResponse::Compiled(r)) => {
-                            let printed = !r.stdout.is_empty() || !r.stderr.is_empty();
-                            let why_not = if r.exit_code != 0 {
-                                // The real javac shows a failure in its own words.
-                                Some("failed")
-                            } else if printed && job.paths_rewritten {
-                                Some("diagnostics_paths")
-                            } else if printed && !(r.stdout.is_ascii() && r.stderr.is_ascii()) {
-                                Some("non_ascii_output")
-                            } else {
-                                None
-                            };
+                            let why_not =
+                                untrusted(r.exit_code, &r.stdout, &r.stderr, job.paths_rewritten);
                             match why_not {
                                 None => {
                                     emit(&r.stdout, &r.stderr);
@@ -450,17 +429,7 @@ impl Ctx<'_> {
                 return Remote::AgentGone;
             }
         };
-        let printed = !r.stdout.is_empty() || !r.stderr.is_empty();
-        let why_not = if r.exit_code != 0 {
-            Some("failed")
-        } else if printed && job.paths_rewritten {
-            Some("diagnostics")
-        } else if printed && !(r.stdout.is_ascii() && r.stderr.is_ascii()) {
-            Some("non_ascii_output")
-        } else {
-            None
-        };
-        if let Some(why) = why_not {
+        if let Some(why) = untrusted(r.exit_code, &r.stdout, &r.stderr, job.paths_rewritten) {
             tracing::info!(worker = %r.worker, why, "remote compile not used: compiling here");
             self.tally.add(format!("{}.{why}", names::FARM_HOME), 1);
             return Remote::Home { reserved: false };
@@ -528,7 +497,7 @@ impl Ctx<'_> {
     ) -> std::io::Result<Vec<u8>> {
         let mut files = Vec::new();
         for (o, d) in outs.iter().zip(dirs) {
-            for (rel, data) in collect_tree(d)? {
+            for (rel, data) in fsutil::collect_tree(d)? {
                 files.push((format!("{}/{rel}", o.role), data));
             }
         }
@@ -601,7 +570,9 @@ impl Ctx<'_> {
     /// have written it.
     fn place_outputs(&mut self, outs: &[OutputDir], dirs: &[PathBuf]) {
         for (o, d) in outs.iter().zip(dirs) {
-            let Ok(files) = collect_tree(d) else { continue };
+            let Ok(files) = fsutil::collect_tree(d) else {
+                continue;
+            };
             for (rel, data) in files {
                 let path = o.path.join(&rel);
                 if let Some(parent) = path.parent() {
@@ -632,7 +603,7 @@ mod tests {
         std::fs::create_dir_all(d.path().join("b/c")).unwrap();
         std::fs::write(d.path().join("b/c/Z.class"), "z").unwrap();
         std::fs::write(d.path().join("A.class"), "a").unwrap();
-        let t = collect_tree(d.path()).unwrap();
+        let t = fsutil::collect_tree(d.path()).unwrap();
         assert_eq!(
             t,
             vec![
@@ -640,6 +611,8 @@ mod tests {
                 ("b/c/Z.class".to_string(), b"z".to_vec())
             ]
         );
-        assert!(collect_tree(&d.path().join("none")).unwrap().is_empty());
+        assert!(fsutil::collect_tree(&d.path().join("none"))
+            .unwrap()
+            .is_empty());
     }
 }
