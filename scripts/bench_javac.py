@@ -11,7 +11,8 @@ Gradle calls javac (one argfile, absolute paths).
           cache
   gradle  the same sources as a Gradle 4.4.1 project: plain, Gradle's own build cache
           (--build-cache, a clean build), and farm through `farm gradle-init` (a
-          clean build); each with its own warm Gradle daemon
+          clean build), without and with a farmd (warm JVM for misses); each with its
+          own warm Gradle daemon; then one edited file (an incremental compile)
 Every miss edits one source first (a comment), so nothing is a hit by accident.
 """
 import os
@@ -195,14 +196,18 @@ def gradle_tree(name):
 def bench_gradle():
     fj_farm = BIN / "farm"
     setups = {}
-    for name in ["plain", "gradle build cache", "farm"]:
+    cluster = None
+    for name in ["plain", "gradle build cache", "farm", "farm + farmd"]:
         home = WORK / f"gradle-home-{name.replace(' ', '-')}"
         shutil.rmtree(home, ignore_errors=True)
         env = {"GRADLE_USER_HOME": str(home)}
         extra = []
-        if name == "farm":
+        if name.startswith("farm"):
             run([str(fj_farm), "gradle-init", "--install"], env=env)
-            env.update(farm_env(WORK / "cache-gradle"))
+            agent = "off"
+            if name == "farm + farmd":
+                cluster, agent = start_cluster("gradle-farmd", 1)
+            env.update(farm_env(WORK / f"cache-{name.replace(' ', '')}", agent))
             env["FARM_GRADLE"] = "1"
         if name == "gradle build cache":
             extra = ["--build-cache"]
@@ -224,6 +229,9 @@ def bench_gradle():
             incr.append(timed(cmd, env=env, cwd=t.dir))
         run(["gradle", "--stop"], env=env, cwd=t.dir)
         res[name] = (cold, clean, incr)
+    if cluster:
+        cluster.terminate()
+        cluster.wait()
     plain_clean = med(res["plain"][1])
     print(f"\n### Gradle 4.4.1, commons-io main, warm daemon, median of {RUNS}, seconds\n")
     print("| setup | first build | clean build | × plain clean | one file edited | clean runs |")

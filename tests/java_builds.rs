@@ -451,6 +451,42 @@ fn farmd_warm_jvm_compiles_misses_like_a_fresh_javac() {
         "{}",
         String::from_utf8_lossy(&fs::read(&env.log).unwrap_or_default())
     );
+    // A jar rewritten at the same path between two warm compiles: the warm JVM reads
+    // the new one (a fresh file manager per compile), exactly as a fresh javac does.
+    let jar = proj.join("libs/k.jar");
+    let k_src =
+        |x: u32| format!("package k;\npublic class K {{ public static final int V = {x}; }}\n");
+    env.write(
+        "proj/src/u/U.java",
+        "package u;\npublic class U { int v = k.K.V; }\n",
+    );
+    let uses_jar = |out: &str, farm: bool| {
+        let prog = if farm { farm_javac_bin() } else { javac() };
+        let o = env
+            .cmd(prog)
+            .env("FARM_AGENT", &socket)
+            .current_dir(&proj)
+            .arg("-d")
+            .arg(abs(out))
+            .arg("-cp")
+            .arg(&jar)
+            .arg(abs("src/u/U.java"))
+            .output()
+            .unwrap();
+        ok(o, "javac with a jar")
+    };
+    for x in [1, 2] {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        make_jar(&env, &jar, &[("k/K.java", &k_src(x))], "", None, &[]);
+        uses_jar("jarplain", false);
+        uses_jar("jarfarm", true);
+        assert_same_classes(
+            &proj.join("jarplain"),
+            &proj.join("jarfarm"),
+            "warm, jar rewritten",
+        );
+    }
+    assert_eq!(env.counter(&["warm", "compiled"]), 5);
     // A failing compile is shown by a fresh javac, in its own words.
     env.write(
         "proj/src/q/C.java",

@@ -703,6 +703,11 @@ impl Declared for Javac {
                 }
             }
         }
+        if p.processing {
+            // No processor was found on the paths (or this compile would have passed
+            // through); a JVM that outlives the compile must not run one regardless.
+            args.insert(0, "-proc:none".into());
+        }
         let lint_paths = args
             .iter()
             .any(|a| a == "-Xlint" || a.starts_with("-Xlint:"));
