@@ -277,6 +277,18 @@ impl Ctx<'_> {
         self.restore_bytes(&data, hit_counter)
     }
 
+    /// A hit's outputs are in place: replays what the compile printed, and counts it.
+    fn replay_hit(&mut self, entry: &ResultEntry, hit_counter: &str) {
+        emit(entry.stdout, entry.stderr);
+        let elapsed = self.t0.elapsed().as_millis() as u64;
+        self.tally.add(hit_counter, 1);
+        self.tally.add(
+            names::TIME_SAVED_MS,
+            entry.compile_ms.saturating_sub(elapsed),
+        );
+        tracing::info!(source = %self.inv.source.display(), hit = hit_counter, "hit");
+    }
+
     /// Restores outputs from an encoded result entry (local or from the farm).
     fn restore_bytes(&mut self, data: &[u8], hit_counter: &str) -> bool {
         let Some(entry) = ResultEntry::decode(data) else {
@@ -299,14 +311,7 @@ impl Ctx<'_> {
                 return false;
             }
         }
-        emit(entry.stdout, entry.stderr);
-        let elapsed = self.t0.elapsed().as_millis() as u64;
-        self.tally.add(hit_counter, 1);
-        self.tally.add(
-            names::TIME_SAVED_MS,
-            entry.compile_ms.saturating_sub(elapsed),
-        );
-        tracing::info!(source = %self.inv.source.display(), hit = hit_counter, "hit");
+        self.replay_hit(&entry, hit_counter);
         true
     }
 
@@ -662,6 +667,44 @@ impl Ctx<'_> {
         }
     }
 
+    /// This compile's compiler as jobs name it: argv[0]'s name and its identity.
+    fn compiler_ad(&self) -> CompilerAd {
+        CompilerAd {
+            name: Path::new(&self.inv.arg0)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            identity: self.identity,
+        }
+    }
+
+    /// Counts the agent's reason for sending a shipped compile home: peers failed
+    /// (`fallback.<why>`, the agent tried two: one fallback) or placement chose home.
+    fn count_sent_home(&mut self, reason: &str) {
+        let counter = match reason.strip_prefix("fallback.") {
+            Some(why) => format!("{}.{why}", names::FALLBACK),
+            None => format!("{}.{}", names::FARM_HOME, reason),
+        };
+        self.tally.add(counter, 1);
+    }
+
+    /// One request to the agent; `None` when the call failed (counted).
+    fn ask(&mut self, agent: &mut AgentClient, req: &AgentRequest) -> Option<AgentResponse> {
+        match agent.call(req) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.agent_failed(&e);
+                None
+            }
+        }
+    }
+
+    /// The agent answered something its protocol does not allow here.
+    fn off_protocol(&mut self) {
+        self.tally
+            .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+    }
+
     fn agent_failed(&mut self, e: &dyn std::fmt::Display) {
         tracing::warn!(error = %e, "agent failed");
         self.tally
@@ -739,31 +782,22 @@ impl Ctx<'_> {
                 .add(format!("{}.{}", names::FARM_HOME, p.reason), 1);
             return home(Some(agent), false, false);
         }
-        let compiler = CompilerAd {
-            name: Path::new(&self.inv.arg0)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            identity: self.identity,
-        };
-        match agent.call(&AgentRequest::Place {
+        let compiler = self.compiler_ad();
+        let place = AgentRequest::Place {
             compiler: compiler.clone(),
-        }) {
-            Ok(AgentResponse::Ship) => {}
-            Ok(AgentResponse::Local(reason)) => {
+        };
+        match self.ask(&mut agent, &place) {
+            Some(AgentResponse::Ship) => {}
+            Some(AgentResponse::Local(reason)) => {
                 self.tally
                     .add(format!("{}.{}", names::FARM_HOME, reason), 1);
                 return home(Some(agent), false, true);
             }
-            Ok(_) => {
-                self.tally
-                    .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+            Some(_) => {
+                self.off_protocol();
                 return home(None, false, false);
             }
-            Err(e) => {
-                self.agent_failed(&e);
-                return home(None, false, false);
-            }
+            None => return home(None, false, false),
         }
         let job = match self.family.remote_prepare(&self.inv) {
             Ok(Ok(j)) => j,
@@ -824,17 +858,11 @@ impl Ctx<'_> {
             }
             Ok(AgentResponse::Local(reason)) => {
                 tracing::info!(reason, "agent: compile at home");
-                // Peers failed (the agent tried two): a fallback, counted as one.
-                let counter = match reason.strip_prefix("fallback.") {
-                    Some(why) => format!("{}.{why}", names::FALLBACK),
-                    None => format!("{}.{}", names::FARM_HOME, reason),
-                };
-                self.tally.add(counter, 1);
+                self.count_sent_home(&reason);
                 home(Some(agent), true, true)
             }
             Ok(_) => {
-                self.tally
-                    .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+                self.off_protocol();
                 home(None, true, false)
             }
             Err(e) => {

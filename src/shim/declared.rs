@@ -10,9 +10,7 @@ use crate::cache::EntryKind;
 use crate::fsutil;
 use crate::key::{self, OutputBlob, ResultEntry};
 use crate::lang::{CompileRun, Declared, OutputDir, WarmJob};
-use crate::protocol::{
-    AgentRequest, AgentResponse, Blob, CompilerAd, Item, Kind, TreeFile, TreeJob,
-};
+use crate::protocol::{AgentRequest, AgentResponse, Blob, Item, Kind, TreeFile, TreeJob};
 use crate::stats::names;
 
 /// A relative path from a cache entry that stays inside its output directory.
@@ -227,8 +225,8 @@ impl Ctx<'_> {
                         home: job.home.to_string_lossy().into_owned(),
                         args: job.args,
                     };
-                    match a.call(&req) {
-                        Ok(AgentResponse::Compiled(r)) => {
+                    match self.ask(a, &req) {
+                        Some(AgentResponse::Compiled(r)) => {
                             let why_not =
                                 untrusted(r.exit_code, &r.stdout, &r.stderr, job.paths_rewritten);
                             match why_not {
@@ -254,20 +252,16 @@ impl Ctx<'_> {
                                 }
                             }
                         }
-                        Ok(AgentResponse::Local(reason)) => {
+                        Some(AgentResponse::Local(reason)) => {
                             tracing::info!(reason, "agent: no warm compiler");
                             self.tally
                                 .add(format!("{}.{reason}", names::WARM_DECLINED), 1);
                         }
-                        Ok(_) => {
-                            self.tally
-                                .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+                        Some(_) => {
+                            self.off_protocol();
                             *agent = None;
                         }
-                        Err(e) => {
-                            self.agent_failed(&e);
-                            *agent = None;
-                        }
+                        None => *agent = None,
                     }
                 }
             }
@@ -318,31 +312,22 @@ impl Ctx<'_> {
         files: &[(PathBuf, [u8; 32])],
         dirs: &[PathBuf],
     ) -> Remote {
-        let compiler = CompilerAd {
-            name: Path::new(&self.inv.arg0)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            identity: self.identity,
-        };
-        match agent.call(&AgentRequest::Place {
+        let compiler = self.compiler_ad();
+        let place = AgentRequest::Place {
             compiler: compiler.clone(),
-        }) {
-            Ok(AgentResponse::Ship) => {}
-            Ok(AgentResponse::Local(reason)) => {
+        };
+        match self.ask(agent, &place) {
+            Some(AgentResponse::Ship) => {}
+            Some(AgentResponse::Local(reason)) => {
                 self.tally
                     .add(format!("{}.{}", names::FARM_HOME, reason), 1);
                 return Remote::Home { reserved: true };
             }
-            Ok(_) => {
-                self.tally
-                    .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+            Some(_) => {
+                self.off_protocol();
                 return Remote::AgentGone;
             }
-            Err(e) => {
-                self.agent_failed(&e);
-                return Remote::AgentGone;
-            }
+            None => return Remote::AgentGone,
         }
         let cwd = std::env::current_dir().unwrap_or_default();
         let mut tree_files = Vec::with_capacity(files.len());
@@ -357,17 +342,13 @@ impl Ctx<'_> {
         }
         let mut digests: Vec<[u8; 32]> = local_of.keys().copied().collect();
         digests.sort();
-        let missing = match agent.call(&AgentRequest::MissingBlobs(digests)) {
-            Ok(AgentResponse::MissingBlobs(m)) => m,
-            Ok(_) => {
-                self.tally
-                    .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+        let missing = match self.ask(agent, &AgentRequest::MissingBlobs(digests)) {
+            Some(AgentResponse::MissingBlobs(m)) => m,
+            Some(_) => {
+                self.off_protocol();
                 return Remote::AgentGone;
             }
-            Err(e) => {
-                self.agent_failed(&e);
-                return Remote::AgentGone;
-            }
+            None => return Remote::AgentGone,
         };
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
@@ -409,25 +390,17 @@ impl Ctx<'_> {
         };
         let t0 = std::time::Instant::now();
         let started_ns = fsutil::now_ns();
-        let r = match agent.call(&AgentRequest::CompileTree(tree)) {
-            Ok(AgentResponse::TreeCompiled(r)) => r,
-            Ok(AgentResponse::Local(reason)) => {
-                let counter = match reason.strip_prefix("fallback.") {
-                    Some(why) => format!("{}.{why}", names::FALLBACK),
-                    None => format!("{}.{}", names::FARM_HOME, reason),
-                };
-                self.tally.add(counter, 1);
+        let r = match self.ask(agent, &AgentRequest::CompileTree(tree)) {
+            Some(AgentResponse::TreeCompiled(r)) => r,
+            Some(AgentResponse::Local(reason)) => {
+                self.count_sent_home(&reason);
                 return Remote::Home { reserved: true };
             }
-            Ok(_) => {
-                self.tally
-                    .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+            Some(_) => {
+                self.off_protocol();
                 return Remote::AgentGone;
             }
-            Err(e) => {
-                self.agent_failed(&e);
-                return Remote::AgentGone;
-            }
+            None => return Remote::AgentGone,
         };
         if let Some(why) = untrusted(r.exit_code, &r.stdout, &r.stderr, job.paths_rewritten) {
             tracing::info!(worker = %r.worker, why, "remote compile not used: compiling here");
@@ -474,17 +447,13 @@ impl Ctx<'_> {
         agent: &mut crate::agent_client::AgentClient,
         blobs: Vec<Blob>,
     ) -> bool {
-        match agent.call(&AgentRequest::PutBlobs(blobs)) {
-            Ok(AgentResponse::Published) => true,
-            Ok(_) => {
-                self.tally
-                    .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+        match self.ask(agent, &AgentRequest::PutBlobs(blobs)) {
+            Some(AgentResponse::Published) => true,
+            Some(_) => {
+                self.off_protocol();
                 false
             }
-            Err(e) => {
-                self.agent_failed(&e);
-                false
-            }
+            None => false,
         }
     }
 
@@ -555,14 +524,7 @@ impl Ctx<'_> {
         let Some(entry) = ResultEntry::decode(data) else {
             return false;
         };
-        emit(entry.stdout, entry.stderr);
-        let elapsed = self.t0.elapsed().as_millis() as u64;
-        self.tally.add(hit_counter, 1);
-        self.tally.add(
-            names::TIME_SAVED_MS,
-            entry.compile_ms.saturating_sub(elapsed),
-        );
-        tracing::info!(source = %self.inv.source.display(), hit = hit_counter, "hit");
+        self.replay_hit(&entry, hit_counter);
         true
     }
 
