@@ -899,3 +899,61 @@ fn remote_javac_ships_blobs_once_and_matches_plain() {
         "{status}"
     );
 }
+
+#[test]
+fn the_real_javac_is_found_and_never_farm_itself() {
+    let real = javac();
+    let env = Env::new("direct");
+    // A masquerade directory first on PATH: its `javac` is farm.
+    std::os::unix::fs::symlink(farm_bin(), env.bin.join("javac")).unwrap();
+    let path = format!(
+        "{}:{}",
+        env.bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let want = Command::new(&real).arg("-version").output().unwrap();
+    let via_path = env
+        .cmd(farm_javac_bin())
+        .env("PATH", &path)
+        .env_remove("JAVA_HOME")
+        .arg("-version")
+        .output()
+        .unwrap();
+    assert!(want.stdout.starts_with(b"javac "), "javac -version prints its version");
+    assert_eq!(
+        (via_path.status.code(), &via_path.stdout, &via_path.stderr),
+        (want.status.code(), &want.stdout, &want.stderr)
+    );
+    // The masquerade link itself compiles through farm with the real javac behind it.
+    env.write("m/A.java", "class A {}\n");
+    let o = env
+        .cmd(env.bin.join("javac"))
+        .env("PATH", &path)
+        .args(["-d", "mout", "-cp", "", "m/A.java"])
+        .output()
+        .unwrap();
+    ok(o, "javac masquerade");
+    assert_eq!(env.misses(), 1);
+    // JAVA_HOME names the JDK when FARM_JAVAC does not.
+    let home = std::fs::canonicalize(&real).unwrap();
+    let home = home.parent().unwrap().parent().unwrap();
+    let via_home = env
+        .cmd(farm_javac_bin())
+        .env("PATH", "/nonexistent")
+        .env("JAVA_HOME", home)
+        .arg("-version")
+        .output()
+        .unwrap();
+    assert_eq!((&via_home.stdout, &via_home.stderr), (&want.stdout, &want.stderr));
+    // FARM_JAVAC naming farm is refused with a clear one-line error.
+    let o = env
+        .cmd(farm_javac_bin())
+        .env("FARM_JAVAC", env.bin.join("javac"))
+        .arg("-version")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(msg.contains("is farm itself"), "{msg}");
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+}
