@@ -919,7 +919,10 @@ fn the_real_javac_is_found_and_never_farm_itself() {
         .arg("-version")
         .output()
         .unwrap();
-    assert!(want.stdout.starts_with(b"javac "), "javac -version prints its version");
+    assert!(
+        want.stdout.starts_with(b"javac "),
+        "javac -version prints its version"
+    );
     assert_eq!(
         (via_path.status.code(), &via_path.stdout, &via_path.stderr),
         (want.status.code(), &want.stdout, &want.stderr)
@@ -944,7 +947,10 @@ fn the_real_javac_is_found_and_never_farm_itself() {
         .arg("-version")
         .output()
         .unwrap();
-    assert_eq!((&via_home.stdout, &via_home.stderr), (&want.stdout, &want.stderr));
+    assert_eq!(
+        (&via_home.stdout, &via_home.stderr),
+        (&want.stdout, &want.stderr)
+    );
     // FARM_JAVAC naming farm is refused with a clear one-line error.
     let o = env
         .cmd(farm_javac_bin())
