@@ -99,6 +99,8 @@ pub struct Config {
     pub cxx: Setting<Option<PathBuf>>,
     /// The real javac behind `farm-javac`.
     pub javac: Setting<Option<PathBuf>>,
+    /// The real C# compiler behind `farm-csc`.
+    pub csc: Setting<Option<PathBuf>>,
     pub log: Setting<Option<PathBuf>>,
     pub disable: Setting<bool>,
     /// The local farmd's agent socket; `None` ("off") keeps every miss at home.
@@ -123,6 +125,7 @@ struct FileConfig {
     cc: Option<toml::Spanned<String>>,
     cxx: Option<toml::Spanned<String>>,
     javac: Option<toml::Spanned<String>>,
+    csc: Option<toml::Spanned<String>>,
     log: Option<toml::Spanned<String>>,
     disable: Option<toml::Spanned<bool>>,
     agent: Option<toml::Spanned<String>>,
@@ -219,6 +222,7 @@ impl Config {
             cc: Setting::default(None),
             cxx: Setting::default(None),
             javac: Setting::default(None),
+            csc: Setting::default(None),
             log: Setting::default(None),
             disable: Setting::default(false),
             agent: Setting::default(Some(PathBuf::from(DEFAULT_AGENT_SOCKET))),
@@ -291,6 +295,7 @@ impl Config {
             (&mut self.cc, fc.cc),
             (&mut self.cxx, fc.cxx),
             (&mut self.javac, fc.javac),
+            (&mut self.csc, fc.csc),
         ] {
             if let Some(v) = v {
                 *slot = Setting {
@@ -357,6 +362,7 @@ impl Config {
             (&mut self.cc, "FARM_CC"),
             (&mut self.cxx, "FARM_CXX"),
             (&mut self.javac, "FARM_JAVAC"),
+            (&mut self.csc, "FARM_CSC"),
             (&mut self.log, "FARM_LOG"),
         ] {
             if let Some(v) = get(var) {

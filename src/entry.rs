@@ -11,13 +11,21 @@ use crate::config::Config;
 use crate::{cli, shim};
 
 /// Names farm's own binaries have; never taken for a real compiler.
-const FARM_NAMES: &[&str] = &["farm", "farm-cc", "farm-c++", "farm-cxx", "farm-javac"];
+const FARM_NAMES: &[&str] = &[
+    "farm",
+    "farm-cc",
+    "farm-c++",
+    "farm-cxx",
+    "farm-javac",
+    "farm-csc",
+];
 
 #[derive(Debug, PartialEq, Eq)]
 enum Role {
     Cc,
     Cxx,
     Javac,
+    Csc,
     Farm,
     Masquerade(String),
 }
@@ -31,6 +39,7 @@ fn role_of(argv0: &OsStr) -> Role {
         "farm-cc" => Role::Cc,
         "farm-c++" | "farm-cxx" => Role::Cxx,
         "farm-javac" => Role::Javac,
+        "farm-csc" => Role::Csc,
         "farm" | "" => Role::Farm,
         other => Role::Masquerade(other.to_string()),
     }
@@ -70,7 +79,7 @@ pub struct Resolved {
 pub enum ResolveError {
     #[error("compiler `{0}` not found on PATH (farm's own binaries are skipped)")]
     NotFound(String),
-    #[error("compiler {0} is farm itself; set FARM_CC/FARM_CXX/FARM_JAVAC or `cc`/`cxx`/`javac` in the config to the real compiler")]
+    #[error("compiler {0} is farm itself; set FARM_CC/FARM_CXX/FARM_JAVAC/FARM_CSC or `cc`/`cxx`/`javac`/`csc` in the config to the real compiler")]
     IsFarm(PathBuf),
 }
 
@@ -147,6 +156,23 @@ enum Requested {
     Default { cxx: bool },
     /// `farm-javac`: FARM_JAVAC, the config, JAVA_HOME's javac, else javac.
     Javac,
+    /// `farm-csc`: FARM_CSC, the config, else mcs (or csc) on PATH.
+    Csc,
+}
+
+/// The C# compiler `farm-csc` stands for.
+fn default_csc(cfg: Option<&Config>) -> OsString {
+    if let Some(v) = std::env::var_os("FARM_CSC").filter(|v| !v.is_empty()) {
+        return v;
+    }
+    if let Some(p) = cfg.and_then(|c| c.csc.value.as_ref()) {
+        return p.clone().into_os_string();
+    }
+    // Mono's compiler where it is installed, Roslyn's otherwise.
+    match resolve_compiler(OsStr::new("mcs")) {
+        Ok(_) => OsString::from("mcs"),
+        Err(_) => OsString::from("csc"),
+    }
 }
 
 /// The javac `farm-javac` stands for.
@@ -200,6 +226,7 @@ fn compile(requested: Requested, args: Vec<OsString>) -> i32 {
             default_compiler(cxx, cfg.as_ref().and_then(|c| c.as_ref().ok()))
         }
         Requested::Javac => default_javac(cfg.as_ref().and_then(|c| c.as_ref().ok())),
+        Requested::Csc => default_csc(cfg.as_ref().and_then(|c| c.as_ref().ok())),
     };
     let Resolved {
         path: compiler,
@@ -244,6 +271,7 @@ pub fn main() -> i32 {
         Role::Cc => compile(Requested::Default { cxx: false }, rest),
         Role::Cxx => compile(Requested::Default { cxx: true }, rest),
         Role::Javac => compile(Requested::Javac, rest),
+        Role::Csc => compile(Requested::Csc, rest),
         Role::Masquerade(name) => compile(Requested::Named(name.into()), rest),
         Role::Farm => {
             let Some(first) = rest.first() else {

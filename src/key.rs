@@ -175,6 +175,34 @@ pub fn finish(mut h: blake3::Hasher, content_tag: &str, content: &[u8]) -> Cache
     CacheKey(*h.finalize().as_bytes())
 }
 
+/// blake3 of a file's content, memoized in `memo_dir` under its path and stat stamp
+/// once the stamp can be trusted (see [`StatStamp::trusted`]): class libraries and
+/// referenced assemblies are read once, not on every compile.
+pub fn digest_memo(path: &Path, memo_dir: &Path) -> io::Result<[u8; 32]> {
+    let meta = fs::metadata(path)?;
+    let stamp = StatStamp::trusted(&meta, fsutil::now_ns());
+    let memo = stamp.map(|s| {
+        let mut h = blake3::Hasher::new();
+        h.update(b"farm-digest-memo-1\0");
+        h.update(path.as_os_str().as_bytes());
+        h.update(&postcard::to_allocvec(&s).unwrap_or_default());
+        memo_dir.join(format!("d-{}", fsutil::hex(&h.finalize().as_bytes()[..16])))
+    });
+    if let Some(m) = &memo {
+        if let Ok(d) = fs::read(m) {
+            if let Ok(d) = <[u8; 32]>::try_from(d.as_slice()) {
+                return Ok(d);
+            }
+        }
+    }
+    let d = fsutil::hash_file(path)?;
+    if let Some(m) = &memo {
+        let _ = fs::create_dir_all(memo_dir);
+        let _ = fsutil::write_atomic(m, &d);
+    }
+    Ok(d)
+}
+
 /// Finishes a declared-input key with every input, labelled, in the family's order.
 pub fn finish_declared(mut h: blake3::Hasher, inputs: &[crate::lang::KeyInput]) -> CacheKey {
     put_field(&mut h, "inputs", &(inputs.len() as u64).to_le_bytes());

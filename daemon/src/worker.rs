@@ -118,11 +118,16 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
             return refuse(node, format!("refused output role {role:?}"));
         }
     }
-    let home = std::fs::canonicalize(&compiler.path)
-        .map(|p| farm::lang::javac::java_home_of(&p))
-        .unwrap_or_default();
     let t0 = Instant::now();
-    let run = match node.jvms.run(&home, &args, node.cfg.job_timeout).await {
+    let run = if decl.worker_runs_warm() {
+        let home = std::fs::canonicalize(&compiler.path)
+            .map(|p| farm::lang::javac::java_home_of(&p))
+            .unwrap_or_default();
+        node.jvms.run(&home, &args, node.cfg.job_timeout).await
+    } else {
+        run_fresh(node, &compiler, &slot.dir, &args).await
+    };
+    let run = match run {
         Ok(r) => r,
         Err(why) => return refuse(node, format!("{}: {why}", node.name)),
     };
@@ -174,6 +179,48 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
         outputs,
         compile_ms,
         worker: node.name.clone(),
+    })
+}
+
+/// Runs a tree job's allow-listed compiler as a fresh process in the job directory
+/// (`cwd/` inside it, empty), with a clean environment.
+async fn run_fresh(
+    node: &Node,
+    compiler: &AllowedCompiler,
+    dir: &std::path::Path,
+    args: &[String],
+) -> Result<crate::jvm::WarmRun, String> {
+    let cwd = dir.join("cwd");
+    tokio::fs::create_dir_all(&cwd)
+        .await
+        .map_err(|e| format!("job directory {}: {e}", cwd.display()))?;
+    let t0 = Instant::now();
+    let mut cmd = tokio::process::Command::new(&compiler.path);
+    cmd.as_std_mut().arg0(&compiler.name);
+    cmd.args(args)
+        .current_dir(&cwd)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", dir)
+        .env("TMPDIR", dir)
+        .env("LC_ALL", "C.UTF-8")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", compiler.path.display()))?;
+    let out = match tokio::time::timeout(node.cfg.job_timeout, child.wait_with_output()).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => return Err(format!("compiler failed: {e}")),
+        Err(_) => return Err(format!("job ran past {} s", node.cfg.job_timeout.as_secs())),
+    };
+    Ok(crate::jvm::WarmRun {
+        exit_code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: out.stderr,
+        elapsed: t0.elapsed(),
     })
 }
 

@@ -7,6 +7,7 @@
 //! javac and csc (many inputs, many outputs) are new modules here, not new branches in
 //! the hot path.
 
+pub mod csc;
 pub mod gcc;
 pub mod javac;
 
@@ -84,6 +85,7 @@ pub struct Invocation {
 pub enum Plan {
     Gcc(gcc::GccPlan),
     Javac(javac::JavacPlan),
+    Csc(csc::CscPlan),
 }
 
 /// A finished run of the real compiler.
@@ -162,6 +164,9 @@ pub struct WarmJob {
     /// Paths were made absolute: diagnostics would name them differently, so a warm
     /// run that prints anything is not used.
     pub paths_rewritten: bool,
+    /// This machine's farmd can run it in a warm process (javac's JVM); otherwise the
+    /// arguments serve only a peer.
+    pub warm_here: bool,
 }
 
 /// Families whose every input is named on the command line (javac, csc): keyed up
@@ -198,6 +203,12 @@ pub trait Declared: Sync {
         root: &Path,
         out: &Path,
     ) -> Result<Vec<String>, Passthrough>;
+
+    /// A worker runs this family's jobs in its warm process (javac's JVM) rather than
+    /// starting the allow-listed compiler.
+    fn worker_runs_warm(&self) -> bool {
+        true
+    }
 }
 
 /// What a declared-input compile reads: the key's inputs, and every file by path as
@@ -321,6 +332,7 @@ pub fn family_by_name(name: &str) -> Option<&'static dyn Family> {
     match name {
         "gcc" => Some(&gcc::GCC),
         "javac" => Some(&javac::JAVAC),
+        "csc" => Some(&csc::CSC),
         _ => None,
     }
 }
@@ -331,6 +343,8 @@ pub fn family_for(compiler_name: &str) -> Option<&'static dyn Family> {
         Some(&gcc::GCC)
     } else if javac::is_javac(compiler_name) {
         Some(&javac::JAVAC)
+    } else if csc::is_csc(compiler_name) {
+        Some(&csc::CSC)
     } else {
         None
     }

@@ -219,6 +219,9 @@ impl Ctx<'_> {
                             return self.declared_fresh(decl, dirs, scratch);
                         }
                     }
+                    if !job.warm_here {
+                        return self.declared_fresh(decl, dirs, scratch);
+                    }
                     let t0 = std::time::Instant::now();
                     let started_ns = fsutil::now_ns();
                     let req = AgentRequest::Warm {

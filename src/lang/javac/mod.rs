@@ -715,6 +715,7 @@ impl Declared for Javac {
             home: p.java_home.clone(),
             args,
             paths_rewritten: sources_moved || (paths_moved && lint_paths),
+            warm_here: true,
         })
     }
 
