@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # farm-masquerade.sh DIR [FARM]: makes DIR a masquerade directory, like ccache's
-# /usr/lib/ccache: a link named after each gcc/clang driver on this machine, pointing
-# at farm. Put DIR first on PATH and every compiler call goes through farm, which finds
+# /usr/lib/ccache: a link named after each gcc/clang driver on this machine (and
+# javac, mcs and csc where installed), pointing at farm. Put DIR first on PATH and every compiler call goes through farm, which finds
 # the real compiler further down PATH (skipping its own links).
 set -euo pipefail
 dir=${1:?usage: farm-masquerade.sh DIR [FARM]}
@@ -14,6 +14,9 @@ shopt -s nullglob
 for p in /usr/bin/gcc-[0-9]* /usr/bin/g++-[0-9]* /usr/bin/clang-[0-9]* /usr/bin/clang++-[0-9]* \
          /usr/bin/*-linux-gnu-gcc /usr/bin/*-linux-gnu-g++ /usr/bin/*-linux-gnu-gcc-[0-9]* /usr/bin/*-linux-gnu-g++-[0-9]*; do
   names+=("$(basename "$p")")
+done
+for t in javac mcs csc; do
+  command -v "$t" >/dev/null && names+=("$t")
 done
 for n in "${names[@]}"; do
   ln -sfn "$farm" "$dir/$n"

@@ -3,7 +3,8 @@
 # Installs the build tools, builds and installs farm, fetches a real project (lua5.4,
 # Debian source package), compiles it through farm twice (cold, then clean + warm) and
 # shows the hits in `farm stats`. Then Java: commons-io (Debian source) through
-# farm-javac, cold then warm. Then lua through a farm: three farmd on
+# farm-javac, cold then warm, and C#: dbus-sharp through farm-csc as xbuild's compiler.
+# Then lua through a farm: three farmd on
 # this machine's loopback (scripts/farm-cluster.sh), compiled by the peers, then served
 # from the farm's cache with an empty local cache; `farm status` shows the peers.
 set -euo pipefail
@@ -45,6 +46,20 @@ echo "== rm -rf classes; javac 2: warm cache"
 rm -rf classes
 time farm-javac @args.txt @sources.txt 2>/dev/null
 echo "    $(find classes -name '*.class' | wc -l) class files restored"
+farm stats | grep -E 'hits|declared|misses|summary'
+
+echo
+echo "== C#: dbus-sharp (Debian source package) through farm-csc, as xbuild's C# compiler"
+bash "$root/scripts/fetch-sources.sh" "$work/sources" dbus-sharp
+rm -rf "$work/dbus-sharp"; cp -a "$work/sources/dbus-sharp" "$work/dbus-sharp"
+cd "$work/dbus-sharp/src"
+farm stats --zero >/dev/null
+xb() { xbuild /p:CscToolPath="$work/prefix/bin" /p:CscToolExe=farm-csc dbus-sharp.csproj >/dev/null; }
+echo "== xbuild 1: cold cache"
+time xb
+echo "== rm -rf obj; xbuild 2: warm cache"
+rm -rf obj
+time xb
 farm stats | grep -E 'hits|declared|misses|summary'
 cd "$work/lua/src"
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # install.sh [PREFIX]: builds farm in release mode and installs farm, farm-cc,
-# farm-c++, farm-javac and farmd into PREFIX/bin (default ~/.local).
+# farm-c++, farm-javac, farm-csc and farmd into PREFIX/bin (default ~/.local).
 #
 # The shim binaries are linked statically (glibc, non-PIE): a cache hit is a process
 # start plus a few file reads, and dynamic loading and relocation are a measurable
@@ -26,4 +26,5 @@ done
 # other shims are links to the one static binary too.
 ln -sf farm "$prefix/bin/farm-c++"
 ln -sf farm "$prefix/bin/farm-javac"
-echo "installed farm, farm-cc, farm-c++, farm-javac, farmd into $prefix/bin"
+ln -sf farm "$prefix/bin/farm-csc"
+echo "installed farm, farm-cc, farm-c++, farm-javac, farm-csc, farmd into $prefix/bin"

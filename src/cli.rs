@@ -29,12 +29,13 @@ pub fn is_command(s: &str) -> bool {
 }
 
 pub const HELP: &str = "\
-farm - a drop-in compiler cache and farm for gcc, clang and javac
+farm - a drop-in compiler cache and farm for gcc, clang, javac and C#
 
 USAGE
   farm-cc ARGS...            use as CC (the real compiler: FARM_CC, config `cc`, else cc on PATH)
   farm-c++ ARGS...           use as CXX (FARM_CXX, config `cxx`, else c++ on PATH)
   farm-javac ARGS...         use as javac (FARM_JAVAC, config `javac`, $JAVA_HOME/bin/javac, else javac)
+  farm-csc ARGS...           use as mcs/csc (FARM_CSC, config `csc`, else mcs or csc on PATH)
   farm COMPILER ARGS...      launcher form: `farm gcc -c x.c`, CMAKE_<LANG>_COMPILER_LAUNCHER=farm
   ln -s $(command -v farm) DIR/gcc
                              masquerade: put DIR first on PATH
@@ -57,6 +58,7 @@ ENVIRONMENT
   FARM_MODE       direct (default) | preprocessor | depend
   FARM_CC, FARM_CXX   real compilers behind farm-cc / farm-c++
   FARM_JAVAC      real javac behind farm-javac
+  FARM_CSC        real C# compiler behind farm-csc
   FARM_LOG        log file (nothing is ever logged to the compiler's stderr)
   FARM_DISABLE=1  every entry point runs the real compiler untouched
   FARM_CONFIG     config file (default ~/.config/farm/config.toml)

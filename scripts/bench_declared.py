@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""farm-javac's benchmark (scripts/bench-javac.sh runs this after building).
+"""Benchmarks of the declared-input compilers: farm-javac (scripts/bench-javac.sh) and
+farm-csc (scripts/bench-csc.sh) run this after building.
 
-Not a test: it prints medians and ratios from one run on this machine, on
+Not a test: it prints medians and ratios from one run on this machine. javac runs on
 commons-io's 180 main sources from Debian (src/main/java, --release 8), called the way
-Gradle calls javac (one argfile, absolute paths).
+Gradle calls javac (one argfile, absolute paths); C# on dbus-sharp from Debian (42
+files), called the way xbuild calls the compiler.
 
   javac   plain javac; farm-javac miss with a fresh javac (no farmd); miss in farmd's
           warm JVM (right after it started, and steady, after BENCH_WARMUP misses); miss
@@ -13,6 +15,9 @@ Gradle calls javac (one argfile, absolute paths).
           (--build-cache, a clean build), and farm through `farm gradle-init` (a
           clean build), without and with a farmd (warm JVM for misses); each with its
           own warm Gradle daemon; then one edited file (an incremental compile)
+  csc     plain mcs; farm-csc miss (a fresh mcs), hit, and miss on a peer (two farmd
+          on loopback), with the arguments xbuild passes for dbus-sharp; then whole
+          xbuild runs: plain, farm cold, farm warm (a clean tree, all hits)
 Every miss edits one source first (a comment), so nothing is a hit by accident.
 """
 import os
@@ -29,7 +34,8 @@ WORK = Path(os.environ.get("BENCH_WORK", "/tmp/farm-bench-javac"))
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 # Misses run, unmeasured, before the steady-state measurements of a warm JVM.
 WARMUP = int(os.environ.get("BENCH_WARMUP", "8"))
-SRC = ROOT / "target" / "tmp" / "debian-sources" / "commons-io"
+SOURCES = ROOT / "target" / "tmp" / "debian-sources"
+SRC = SOURCES / "commons-io"
 
 
 def run(cmd, env=None, cwd=None):
@@ -241,17 +247,106 @@ def bench_gradle():
               f"{med(incr):.2f} | {' '.join(f'{x:.2f}' for x in clean)} |")
 
 
+def bench_csc():
+    tree = WORK / "dbus-sharp"
+    shutil.rmtree(tree, ignore_errors=True)
+    shutil.copytree(SOURCES / "dbus-sharp", tree)
+    src = tree / "src"
+    # The arguments xbuild passes: capture its response file once.
+    grab = WORK / "grab"
+    grab.mkdir(parents=True, exist_ok=True)
+    (grab / "grab-csc").write_text(
+        "#!/bin/sh\nfor a in \"$@\"; do case $a in @*) cp \"${a#@}\" %s/xbuild.rsp;; esac; done\n"
+        "exec mcs \"$@\"\n" % WORK)
+    (grab / "grab-csc").chmod(0o755)
+    run(["xbuild", f"/p:CscToolPath={grab}", "/p:CscToolExe=grab-csc", "dbus-sharp.csproj"], cwd=src)
+    rsp = (WORK / "xbuild.rsp").read_text()
+    first_source = next(t for t in rsp.split() if t.endswith(".cs"))
+    edits = [0]
+
+    def edit():
+        edits[0] += 1
+        with open(src / first_source, "a") as f:
+            f.write(f"// bench edit {edits[0]} {time.time_ns()}\n")
+        time.sleep(0.03)
+
+    (src / "obj/Debug").mkdir(parents=True, exist_ok=True)
+    (src / "bench.rsp").write_text(rsp)
+    call = ["/noconfig", "@bench.rsp"]
+    fc = str(BIN / "farm-csc")
+    out = {"plain mcs": [], "miss (a fresh mcs)": [], "hit (local cache)": []}
+    cache = WORK / "cache-csc"
+    for _ in range(RUNS):
+        edit()
+        out["plain mcs"].append(timed(["mcs"] + call, cwd=src))
+    for _ in range(RUNS):
+        edit()
+        out["miss (a fresh mcs)"].append(timed([fc] + call, env=farm_env(cache), cwd=src))
+    for _ in range(RUNS):
+        shutil.rmtree(src / "obj/Debug")
+        (src / "obj/Debug").mkdir(parents=True)
+        out["hit (local cache)"].append(timed([fc] + call, env=farm_env(cache), cwd=src))
+    proc, sock = start_cluster("csc-farmd", 2, local_slots=0)
+    try:
+        c = WORK / "cache-csc-remote"
+        edit()
+        first_remote = timed([fc] + call, env=farm_env(c, sock), cwd=src)
+        key = "miss on a peer (loopback)"
+        out[key] = []
+        for _ in range(RUNS):
+            edit()
+            out[key].append(timed([fc] + call, env=farm_env(c, sock), cwd=src))
+    finally:
+        proc.terminate()
+        proc.wait()
+    plain = med(out["plain mcs"])
+    print(f"\n### C# compiler call on dbus-sharp (xbuild's arguments), median of {RUNS}, seconds\n")
+    print("| how | median s | × plain mcs | runs |")
+    print("|---|---|---|---|")
+    for k, xs in out.items():
+        row(k, xs, plain)
+    print(f"\nfirst remote miss (sources and references shipped): {first_remote:.2f} s")
+    # Whole xbuild runs.
+    xb = {"plain xbuild": [], "farm cold": [], "farm warm (clean tree, hits)": []}
+    fcache = WORK / "cache-xbuild"
+    via = [f"/p:CscToolPath={BIN}", "/p:CscToolExe=farm-csc"]
+    for _ in range(RUNS):
+        edit()
+        shutil.rmtree(src / "obj", ignore_errors=True)
+        xb["plain xbuild"].append(timed(["xbuild", "dbus-sharp.csproj"], cwd=src))
+    for _ in range(RUNS):
+        edit()
+        shutil.rmtree(src / "obj", ignore_errors=True)
+        xb["farm cold"].append(timed(["xbuild"] + via + ["dbus-sharp.csproj"],
+                                     env=farm_env(fcache), cwd=src))
+    for _ in range(RUNS):
+        shutil.rmtree(src / "obj", ignore_errors=True)
+        xb["farm warm (clean tree, hits)"].append(
+            timed(["xbuild"] + via + ["dbus-sharp.csproj"], env=farm_env(fcache), cwd=src))
+    plain = med(xb["plain xbuild"])
+    print(f"\n### xbuild dbus-sharp.csproj, median of {RUNS}, seconds\n")
+    print("| how | median s | × plain xbuild | runs |")
+    print("|---|---|---|---|")
+    for k, xs in xb.items():
+        row(k, xs, plain)
+
+
 def main():
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     # Nothing from an earlier run: its caches would answer this run's misses.
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    v = subprocess.run(["javac", "-version"], capture_output=True, text=True)
-    print(f"javac: {(v.stdout + v.stderr).strip()}; farm {BIN}; {os.cpu_count()} CPUs")
+    if what in ("javac", "gradle", "all"):
+        v = subprocess.run(["javac", "-version"], capture_output=True, text=True)
+        print(f"javac: {(v.stdout + v.stderr).strip()}; farm {BIN}; {os.cpu_count()} CPUs")
     if what in ("javac", "all"):
         bench_javac()
     if what in ("gradle", "all"):
         bench_gradle()
+    if what == "csc":
+        v = subprocess.run(["mcs", "--version"], capture_output=True, text=True)
+        print(f"{v.stdout.strip()}; farm {BIN}; {os.cpu_count()} CPUs")
+        bench_csc()
 
 
 if __name__ == "__main__":
