@@ -130,11 +130,13 @@ fn mcs_misses_hits_response_files_and_references() {
     // Nested response files, quoting, both option dialects.
     write(&w, "inner.rsp", "-r:L.dll \"app/Util.cs\"\n");
     let rsp = |out: &str| {
-        fs::create_dir_all(w.join(out)).unwrap();
+        fs::create_dir_all(w.join(out).join("doc")).unwrap();
         write(
             &w,
             &format!("{out}.rsp"),
-            &format!("/t:exe /debug /out:{out}/P.exe /lib:libs\n@inner.rsp 'app/Main.cs'\n"),
+            &format!(
+                "/t:exe /debug /out:{out}/P.exe /doc:{out}/doc/P.xml /lib:libs\n@inner.rsp 'app/Main.cs'\n"
+            ),
         );
         format!("@{out}.rsp")
     };
@@ -154,10 +156,10 @@ fn mcs_misses_hits_response_files_and_references() {
     );
     assert_eq!(env.misses(), 1);
     let miss_bytes = outputs(&w.join("farm"));
-    assert!(
-        miss_bytes.contains_key("P.exe") && miss_bytes.len() == 2,
-        "{:?}",
-        miss_bytes.keys()
+    // The assembly, its symbols and the XML documentation, each where it was named.
+    assert_eq!(
+        miss_bytes.keys().collect::<Vec<_>>(),
+        vec!["P.exe", "P.exe.mdb", "doc/P.xml"]
     );
     // A hit restores exactly what the miss produced, and replays the messages.
     fs::remove_dir_all(w.join("farm")).unwrap();
