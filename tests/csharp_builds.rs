@@ -440,14 +440,7 @@ fn dbus_sharp_from_debian_cold_then_warm_through_xbuild() {
 #[test]
 fn remote_mcs_ships_references_once_and_matches_plain() {
     mcs();
-    let farm = Cluster::new(&["home", "peer"], |i| {
-        if i == 0 {
-            "local_slots = 0".into()
-        } else {
-            String::new()
-        }
-    });
-    farm.wait_all();
+    let farm = Cluster::home_and_peer();
     let env = Env::new("direct");
     let w = env.work.clone();
     write(

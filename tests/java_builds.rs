@@ -803,15 +803,7 @@ fn blob_count(node: &Node) -> usize {
 #[test]
 fn remote_javac_ships_blobs_once_and_matches_plain() {
     javac();
-    // Home offers no CPUs of its own, so every miss goes to the peer.
-    let farm = Cluster::new(&["home", "peer"], |i| {
-        if i == 0 {
-            "local_slots = 0".into()
-        } else {
-            String::new()
-        }
-    });
-    farm.wait_all();
+    let farm = Cluster::home_and_peer();
     let env = Env::new("direct");
     let w = env.work.clone();
     make_jar(

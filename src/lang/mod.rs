@@ -268,12 +268,25 @@ pub trait Family: Sync {
         stderr_is_tty: bool,
     ) -> Result<Invocation, Passthrough>;
 
+    // The four methods below serve families keyed by observing the compile (gcc).
+    // A declared-input family (`declared()` is `Some`) never reaches them: it keys,
+    // compiles and stores through `Declared`, so the defaults say so.
+
     /// The preprocessed text of the source (preprocessor mode), or why this compile
     /// cannot be keyed by it.
-    fn preprocess(&self, inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Passthrough>>;
+    fn preprocess(&self, inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Passthrough>> {
+        let _ = inv;
+        Ok(Err(Passthrough::new("no_preprocessor", self.name())))
+    }
 
     /// Runs the compile for real, with the observation arguments when `observe`.
-    fn compile(&self, inv: &Invocation, observe: bool) -> std::io::Result<CompileRun>;
+    fn compile(&self, inv: &Invocation, observe: bool) -> std::io::Result<CompileRun> {
+        let _ = (inv, observe);
+        Err(std::io::Error::other(format!(
+            "{} compiles through its declared-input flow",
+            self.name()
+        )))
+    }
 
     /// After a successful observed compile: what it read and which lookups found
     /// nothing. `scratch` is a directory the family may use for memo files.
@@ -282,10 +295,19 @@ pub trait Family: Sync {
         inv: &Invocation,
         source: DepSource,
         scratch: &Path,
-    ) -> Result<DependencyFacts, NotRecordable>;
+    ) -> Result<DependencyFacts, NotRecordable> {
+        let _ = (inv, source, scratch);
+        Err(NotRecordable {
+            reason: "declared_inputs",
+            detail: String::new(),
+            preprocessor_ok: false,
+        })
+    }
 
     /// Removes files the observation wrote.
-    fn cleanup(&self, inv: &Invocation);
+    fn cleanup(&self, inv: &Invocation) {
+        let _ = inv;
+    }
 
     /// Whether a worker may compile this invocation (a cheap check: nothing runs).
     fn remote_allowed(&self, inv: &Invocation) -> Result<(), Passthrough> {
@@ -314,6 +336,29 @@ pub trait Family: Sync {
         let _ = (lang, args, input, output);
         Err(Passthrough::new("family", self.name()))
     }
+}
+
+/// Runs the real compiler of `inv` (argv[0] as the user typed it) with `args`, stdin
+/// inherited, and collects what it printed.
+pub fn run_compiler(
+    inv: &Invocation,
+    args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
+) -> std::io::Result<CompileRun> {
+    use std::os::unix::process::CommandExt;
+    let started_ns = crate::fsutil::now_ns();
+    let t0 = std::time::Instant::now();
+    let out = std::process::Command::new(&inv.compiler)
+        .arg0(&inv.arg0)
+        .args(args)
+        .stdin(std::process::Stdio::inherit())
+        .output()?;
+    Ok(CompileRun {
+        status: out.status,
+        stdout: out.stdout,
+        stderr: out.stderr,
+        elapsed: t0.elapsed(),
+        started_ns,
+    })
 }
 
 /// A compile prepared for a worker.

@@ -196,6 +196,20 @@ impl Cluster {
         Cluster { root, ca, nodes }
     }
 
+    /// Two nodes that see each other; home (node 0) offers no CPUs of its own, so every
+    /// miss its shims place goes to the peer.
+    pub fn home_and_peer() -> Cluster {
+        let c = Cluster::new(&["home", "peer"], |i| {
+            if i == 0 {
+                "local_slots = 0".into()
+            } else {
+                String::new()
+            }
+        });
+        c.wait_all();
+        c
+    }
+
     /// Waits until node `i` sees `want` live peers.
     pub fn wait_live(&self, i: usize, want: usize) {
         let t0 = Instant::now();

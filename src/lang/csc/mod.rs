@@ -13,13 +13,10 @@ pub mod args;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use super::{
-    reroot, CompileRun, Declared, DeclaredInputs, DepSource, DependencyFacts, Family,
-    IdentityProbe, Invocation, KeyInput, NotRecordable, Output, OutputDir, Passthrough, Plan,
-    WarmJob,
+    reroot, CompileRun, Declared, DeclaredInputs, Family, IdentityProbe, Invocation, KeyInput,
+    Output, OutputDir, Passthrough, Plan, WarmJob,
 };
 use crate::fsutil;
 
@@ -503,23 +500,7 @@ impl Declared for Csc {
         _scratch: &Path,
     ) -> std::io::Result<CompileRun> {
         let (args, _) = self.rewritten(plan(inv), dirs, None);
-        let started_ns = fsutil::now_ns();
-        let t0 = Instant::now();
-        let out = {
-            use std::os::unix::process::CommandExt;
-            Command::new(&inv.compiler)
-                .arg0(&inv.arg0)
-                .args(&args)
-                .stdin(Stdio::inherit())
-                .output()?
-        };
-        Ok(CompileRun {
-            status: out.status,
-            stdout: out.stdout,
-            stderr: out.stderr,
-            elapsed: t0.elapsed(),
-            started_ns,
-        })
+        super::run_compiler(inv, args)
     }
 
     fn warm_job(&self, inv: &Invocation, dirs: &[PathBuf]) -> Result<WarmJob, Passthrough> {
@@ -685,34 +666,6 @@ impl Family for Csc {
     ) -> Result<Invocation, Passthrough> {
         self.parse_args(compiler, arg0, args)
     }
-
-    fn preprocess(&self, _inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Passthrough>> {
-        Ok(Err(Passthrough::new("no_preprocessor", "csc")))
-    }
-
-    fn compile(&self, inv: &Invocation, _observe: bool) -> std::io::Result<CompileRun> {
-        let dirs: Vec<PathBuf> = plan(inv)
-            .outs
-            .iter()
-            .map(|(_, p)| out_role_dir(p))
-            .collect();
-        self.compile_into(inv, &dirs, Path::new("."))
-    }
-
-    fn dependencies(
-        &self,
-        _inv: &Invocation,
-        _source: DepSource,
-        _scratch: &Path,
-    ) -> Result<DependencyFacts, NotRecordable> {
-        Err(NotRecordable {
-            reason: "declared_inputs",
-            detail: String::new(),
-            preprocessor_ok: false,
-        })
-    }
-
-    fn cleanup(&self, _inv: &Invocation) {}
 }
 
 #[cfg(test)]

@@ -13,13 +13,10 @@ pub mod inputs;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use super::{
-    reroot, CompileRun, Declared, DeclaredInputs, DepSource, DependencyFacts, Family,
-    IdentityProbe, Invocation, KeyInput, NotRecordable, Output, OutputDir, Passthrough, Plan,
-    WarmJob,
+    reroot, CompileRun, Declared, DeclaredInputs, Family, IdentityProbe, Invocation, KeyInput,
+    Output, OutputDir, Passthrough, Plan, WarmJob,
 };
 use crate::fsutil;
 use args::Arg;
@@ -645,25 +642,10 @@ impl Declared for Javac {
         std::fs::write(&argfile, text)?;
         let mut at = OsString::from("@");
         at.push(&argfile);
-        let started_ns = fsutil::now_ns();
-        let t0 = Instant::now();
         // JDK_JAVAC_OPTIONS stays in the environment: javac prepends it itself.
-        let out = {
-            use std::os::unix::process::CommandExt;
-            Command::new(&inv.compiler)
-                .arg0(&inv.arg0)
-                .args(&jvm)
-                .arg(at)
-                .stdin(Stdio::inherit())
-                .output()?
-        };
-        Ok(CompileRun {
-            status: out.status,
-            stdout: out.stdout,
-            stderr: out.stderr,
-            elapsed: t0.elapsed(),
-            started_ns,
-        })
+        let mut all: Vec<OsString> = jvm.into_iter().map(OsString::from).collect();
+        all.push(at);
+        super::run_compiler(inv, all)
     }
 
     fn warm_job(&self, inv: &Invocation, dirs: &[PathBuf]) -> Result<WarmJob, Passthrough> {
@@ -846,46 +828,6 @@ impl Family for Javac {
     ) -> Result<Invocation, Passthrough> {
         self.parse_args(compiler, arg0, args)
     }
-
-    fn preprocess(&self, _inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Passthrough>> {
-        Ok(Err(Passthrough::new("no_preprocessor", "javac")))
-    }
-
-    fn compile(&self, inv: &Invocation, _observe: bool) -> std::io::Result<CompileRun> {
-        let dirs: Vec<PathBuf> = plan(inv).outs.iter().map(|(_, p)| p.clone()).collect();
-        let scratch = tempfile_dir()?;
-        let r = self.compile_into(inv, &dirs, &scratch);
-        let _ = std::fs::remove_dir_all(&scratch);
-        r
-    }
-
-    fn dependencies(
-        &self,
-        _inv: &Invocation,
-        _source: DepSource,
-        _scratch: &Path,
-    ) -> Result<DependencyFacts, NotRecordable> {
-        Err(NotRecordable {
-            reason: "declared_inputs",
-            detail: String::new(),
-            preprocessor_ok: false,
-        })
-    }
-
-    fn cleanup(&self, _inv: &Invocation) {}
-}
-
-fn tempfile_dir() -> std::io::Result<PathBuf> {
-    let base = std::env::temp_dir();
-    for n in 0..100u32 {
-        let d = base.join(format!("farm-javac-{}-{n}", std::process::id()));
-        match std::fs::create_dir(&d) {
-            Ok(()) => return Ok(d),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("no free scratch directory"))
 }
 
 #[cfg(test)]
