@@ -497,6 +497,23 @@ fn remote_mcs_ships_references_once_and_matches_plain() {
         "{}",
         String::from_utf8_lossy(&fs::read(&env.log).unwrap_or_default())
     );
+    // Another machine's shim (an empty local cache) gets the same bytes from the
+    // farm's cache.
+    // (The first shim published its result asynchronously through its agent.)
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let other = Env::new("direct");
+    fs::create_dir_all(w.join("farm2")).unwrap();
+    let a2 = args("farm2");
+    let o = other
+        .cmd(farm_csc_bin())
+        .env("FARM_AGENT", farm.nodes[0].socket())
+        .current_dir(&w)
+        .args(&a2)
+        .output()
+        .unwrap();
+    ok(o, "farm-csc, farm hit");
+    assert_eq!(other.counter(&["hits", "farm"]), 1);
+    assert_eq!(outputs(&w.join("farm2")), outputs(&w.join("farm")));
     let blobs = files_with_ext(&farm.nodes[1].dir.join("state/blobs"), "").len();
     assert_eq!(blobs, 3, "two sources and the reference");
     std::thread::sleep(std::time::Duration::from_millis(30));

@@ -870,6 +870,21 @@ fn remote_javac_ships_blobs_once_and_matches_plain() {
     );
     let shipped = blob_count(&farm.nodes[1]);
     assert_eq!(shipped, sources.len() + 1, "four sources and the jar");
+    // Another machine's shim (an empty local cache) is answered by the farm's cache.
+    // (The first shim published its result asynchronously through its agent.)
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let other = Env::new("direct");
+    let a = args("farm2");
+    let o = other
+        .cmd(farm_javac_bin())
+        .env("FARM_AGENT", farm.nodes[0].socket())
+        .current_dir(w.join("proj"))
+        .args(&a)
+        .output()
+        .unwrap();
+    assert_eq!(ok(o, "farm-javac, farm hit").stderr, plain.stderr);
+    assert_eq!(other.counter(&["hits", "farm"]), 1);
+    assert_same_classes(&w.join("plain"), &w.join("farm2"), "farm cache hit");
     // One edit: only that source crosses the wire again; the jar stays there.
     std::thread::sleep(std::time::Duration::from_millis(20));
     env.write(
