@@ -11,7 +11,6 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use super::{
     CompileRun, DepSource, DependencyFacts, Family, Invocation, NotRecordable, Output, Passthrough,
@@ -1875,10 +1874,6 @@ impl Family for Gcc {
     }
 
     fn compile(&self, inv: &Invocation, observe: bool) -> std::io::Result<CompileRun> {
-        let started_ns = fsutil::now_ns();
-        let t0 = Instant::now();
-        let mut cmd = Command::new(&inv.compiler);
-        cmd.arg0(&inv.arg0).args(&inv.args);
         // The observation must never be why a compile fails: if its file cannot be
         // created (unwritable TMPDIR), the compile runs unobserved and is not stored.
         let observe = observe
@@ -1886,17 +1881,8 @@ impl Family for Gcc {
                 Some(f) => std::fs::File::create(f).is_ok(),
                 None => true,
             };
-        if observe {
-            cmd.args(&inv.observe_args);
-        }
-        let out = cmd.stdin(Stdio::inherit()).output()?;
-        Ok(CompileRun {
-            status: out.status,
-            stdout: out.stdout,
-            stderr: out.stderr,
-            elapsed: t0.elapsed(),
-            started_ns,
-        })
+        let extra: &[OsString] = if observe { &inv.observe_args } else { &[] };
+        super::run_compiler(inv, inv.args.iter().chain(extra))
     }
 
     fn dependencies(
