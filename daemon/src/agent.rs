@@ -28,6 +28,72 @@ const LOOKUP_WAIT: Duration = Duration::from_millis(1500);
 /// Assumed local compile time before any was measured.
 const DEFAULT_JOB_MS: f64 = 500.0;
 
+/// Whose entries a shim's request reads and writes in the farm's cache. Entries a shim
+/// publishes come from a compile on its user's machine, which farmd cannot check:
+/// they are served only to the same user (by name, so one user's machines share
+/// them), unless that user is in `trusted_publishers` (a CI account, say), whose
+/// entries every user is served. Different users never see each other's entries, so
+/// no user can give another a wrong object through the farm's cache.
+#[derive(Clone, Debug)]
+struct Scope {
+    /// The user's own scope: the key every entry is stored under is derived from it.
+    user: String,
+    /// Entries this user publishes go to the farm-wide scope.
+    trusted: bool,
+}
+
+impl Scope {
+    fn of(node: &Node, uid: Option<u32>) -> Scope {
+        let user = match uid {
+            Some(uid) => user_name(uid).unwrap_or_else(|| format!("uid:{uid}")),
+            None => "unknown".into(),
+        };
+        let trusted = uid.is_some() && node.cfg.trusted_publishers.contains(&user);
+        Scope { user, trusted }
+    }
+
+    /// The key an entry of this user's own scope is stored under.
+    fn user_key(&self, key: &[u8; 32]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("farm user-scoped cache key v1");
+        h.update(&(self.user.len() as u64).to_le_bytes());
+        h.update(self.user.as_bytes());
+        h.update(key);
+        *h.finalize().as_bytes()
+    }
+
+    /// Where this user's publications go.
+    fn publish_key(&self, key: &[u8; 32]) -> [u8; 32] {
+        if self.trusted {
+            *key
+        } else {
+            self.user_key(key)
+        }
+    }
+}
+
+/// The name of user `uid` on this machine.
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 16 << 10];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes into `pwd` and `buf`, both alive and sized as passed.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    if rc != 0 || out.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points to a NUL-terminated string inside `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    name.to_str().ok().map(str::to_string)
+}
+
 /// Runs a compile in a warm JVM for a shim of this machine. Only for shims of the
 /// user farmd runs as: the JVM reads and writes the paths the arguments name with
 /// farmd's rights, so another user's request could reach files that user cannot.
@@ -107,6 +173,7 @@ pub async fn serve(node: Arc<Node>, listener: UnixListener) {
 /// its compile is done or goes away.
 async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
     let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
+    let scope = Scope::of(&node, peer_uid);
     let mut holds_home = false;
     // Home's load when this shim's compile was sent home.
     let mut home_factor = 1.0;
@@ -128,10 +195,18 @@ async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
         node.agent_busy.fetch_add(1, Ordering::Relaxed);
         let resp = match req {
             AgentRequest::Status => AgentResponse::Status(Box::new(node.status())),
-            AgentRequest::Fetch { kind, key } => match lookup(&node, kind, &key).await {
-                Some((entry, peer)) => AgentResponse::Cached { entry, peer },
-                None => AgentResponse::Missing,
-            },
+            AgentRequest::Fetch { kind, key } => {
+                // The user's own entries first, then the farm-wide ones, at once.
+                let own_key = scope.user_key(&key);
+                let (own, farm) = tokio::join!(
+                    lookup(&node, kind, &own_key),
+                    lookup(&node, kind, &key)
+                );
+                match own.or(farm) {
+                    Some((entry, peer)) => AgentResponse::Cached { entry, peer },
+                    None => AgentResponse::Missing,
+                }
+            }
             AgentRequest::Place { compiler } => match place(&node, &compiler, &[], true) {
                 Ok(Place::Peer(..)) => AgentResponse::Ship,
                 Ok(Place::Home(factor)) => {
@@ -159,8 +234,10 @@ async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
                     holds_home = false;
                 }
                 let node = node.clone();
+                let scope = scope.clone();
                 tokio::spawn(async move {
-                    for item in items {
+                    for mut item in items {
+                        item.key = scope.publish_key(&item.key);
                         publish(&node, item).await;
                     }
                 });

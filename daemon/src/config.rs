@@ -31,6 +31,13 @@ struct FileConfig {
     log: Option<String>,
     idle_timeout_ms: Option<u64>,
     same_host_jobs: Option<bool>,
+    job_memory: Option<String>,
+    job_file_size: Option<String>,
+    job_output_max: Option<String>,
+    #[serde(default)]
+    sandbox_paths: Vec<String>,
+    #[serde(default)]
+    trusted_publishers: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +68,16 @@ pub struct DaemonConfig {
     pub idle_timeout: Duration,
     /// Send jobs to peers on this same machine too (they add no CPUs: tests, demos).
     pub same_host_jobs: bool,
+    /// Address space of one sandboxed job (bytes).
+    pub job_memory: u64,
+    /// Largest file a sandboxed job may write (bytes).
+    pub job_file_size: u64,
+    /// Bytes a job may write to stdout, and to stderr.
+    pub job_output_max: usize,
+    /// More read-only paths every sandboxed job sees (toolchains outside /usr, /opt).
+    pub sandbox_paths: Vec<PathBuf>,
+    /// Users of this machine whose published entries every user is served.
+    pub trusted_publishers: Vec<String>,
 }
 
 fn cores() -> u32 {
@@ -154,6 +171,26 @@ impl DaemonConfig {
         if job_timeout == 0 {
             return Err(bad("job_timeout", "must be at least 1 second".into()));
         }
+        let size = |key: &str, v: &Option<String>, default: u64, min: u64| -> Result<u64> {
+            match v {
+                None => Ok(default),
+                Some(s) => farm::config::parse_size(s)
+                    .filter(|n| *n >= min)
+                    .ok_or_else(|| bad(key, format!("{s:?} is not a size of at least {min} bytes"))),
+            }
+        };
+        let job_memory = size("job_memory", &fc.job_memory, 8 << 30, 64 << 20)?;
+        let job_file_size = size("job_file_size", &fc.job_file_size, 4 << 30, 1 << 20)?;
+        let job_output_max = size("job_output_max", &fc.job_output_max, 8 << 20, 4096)?
+            .min(farm::protocol::MAX_FRAME as u64 / 4) as usize;
+        let mut sandbox_paths = Vec::new();
+        for s in &fc.sandbox_paths {
+            let p = PathBuf::from(s);
+            if !p.is_absolute() {
+                return Err(bad("sandbox_paths", format!("{s:?} is not an absolute path")));
+            }
+            sandbox_paths.push(p);
+        }
         let compilers = match fc.compilers {
             Some(list) => list.iter().map(|s| rel(s)).collect(),
             None => default_compilers(),
@@ -181,6 +218,11 @@ impl DaemonConfig {
             log: fc.log.map(|s| rel(&s)),
             idle_timeout: Duration::from_millis(fc.idle_timeout_ms.unwrap_or(1500).max(500)),
             same_host_jobs: fc.same_host_jobs.unwrap_or(false),
+            job_memory,
+            job_file_size,
+            job_output_max,
+            sandbox_paths,
+            trusted_publishers: fc.trusted_publishers,
         })
     }
 }

@@ -4,6 +4,12 @@
 //! context and file manager (javax.tools' `Tool.run`); a helper is recycled after
 //! [`RECYCLE_AFTER_JOBS`] compiles or when its heap stays over
 //! [`RECYCLE_HEAP_FRACTION`] of its maximum, and dropped on any protocol doubt.
+//!
+//! JVMs that serve peers' tree jobs run in the job sandbox (`crate::sandbox`), one
+//! pool per submitting node: such a JVM sees the toolchain, its own area under
+//! `state_dir/jobs` (`in/` read-only, where the worker puts a job's inputs; `out/` and
+//! `tmp/` writable) and nothing else. JVMs for this machine's own shims (farmd's own
+//! user only, see the agent) read and write that user's paths and are kept apart.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +34,35 @@ struct Helper {
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     jobs: u32,
+    /// The sandboxed JVM's own directory (removed with it).
+    area: Option<PathBuf>,
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if let Some(a) = &self.area {
+            let _ = std::fs::remove_dir_all(a);
+        }
+    }
+}
+
+/// Who a warm JVM serves: this machine's farmd user (`None`), or one submitting node.
+type PoolKey = (PathBuf, Option<String>);
+
+/// A warm JVM taken from its pool for one compile; [`WarmJvms::run_on`] gives it back.
+pub struct Lease {
+    helper: Helper,
+    key: PoolKey,
+    /// Past its compile count or heap share: stopped rather than pooled.
+    retire: bool,
+}
+
+impl Lease {
+    /// The sandboxed JVM's area: a job's inputs go under `in/`, outputs under `out/`.
+    pub fn area(&self) -> Option<&Path> {
+        self.helper.area.as_deref()
+    }
 }
 
 /// What one warm compile printed and returned.
@@ -40,8 +75,12 @@ pub struct WarmRun {
 
 pub struct WarmJvms {
     state_dir: PathBuf,
-    /// Idle helpers by JDK home.
-    idle: Mutex<HashMap<PathBuf, Vec<Helper>>>,
+    /// Where sandboxed JVMs get their areas.
+    jobs_dir: PathBuf,
+    /// The sandbox and limits for JVMs that serve peers; `None`: this node serves none.
+    sandbox: Option<(crate::sandbox::Sandbox, crate::sandbox::Limits)>,
+    /// Idle helpers by JDK home and submitter.
+    idle: Mutex<HashMap<PoolKey, Vec<Helper>>>,
     /// Idle helpers kept per JDK.
     keep: usize,
     /// Serializes building the helper class.
@@ -49,9 +88,15 @@ pub struct WarmJvms {
 }
 
 impl WarmJvms {
-    pub fn new(state_dir: &Path, keep: usize) -> WarmJvms {
+    pub fn new(
+        state_dir: &Path,
+        keep: usize,
+        sandbox: Option<(crate::sandbox::Sandbox, crate::sandbox::Limits)>,
+    ) -> WarmJvms {
         WarmJvms {
             state_dir: state_dir.join("jvm"),
+            jobs_dir: state_dir.join("jobs"),
+            sandbox,
             idle: Mutex::new(HashMap::new()),
             keep: keep.max(1),
             build: Mutex::new(()),
@@ -108,23 +153,64 @@ impl WarmJvms {
         Ok(dir)
     }
 
-    async fn spawn(&self, home: &Path) -> Result<Helper, String> {
+    async fn spawn(&self, home: &Path, submitter: Option<&str>) -> Result<Helper, String> {
         let classes = self.helper_classes(home).await?;
         let java = home.join("bin/java");
-        let mut child = Command::new(&java)
-            .args(["-Xshare:auto", "-XX:+UseSerialGC", "-Xss4m", "-Xmx1g"])
-            .args(["-Duser.language=en", "-Duser.country=US"])
-            .arg("-cp")
-            .arg(&classes)
-            .arg("FarmJavacHelper")
-            .current_dir(&classes)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("LC_ALL", "C.UTF-8")
+        let mut args: Vec<String> = ["-Xshare:auto", "-XX:+UseSerialGC", "-Xss4m", "-Xmx1g"]
+            .iter()
+            .chain(&["-Duser.language=en", "-Duser.country=US"])
+            .map(|s| s.to_string())
+            .collect();
+        let mut area = None;
+        let mut cmd = match (submitter, &self.sandbox) {
+            (None, _) => {
+                let mut c = Command::new(&java);
+                c.current_dir(&classes)
+                    .env_clear()
+                    .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                    .env("LC_ALL", "C.UTF-8")
+                    .kill_on_drop(true);
+                c
+            }
+            (Some(_), None) => return Err("no sandbox for peers' JVMs".into()),
+            (Some(_), Some((sandbox, limits))) => {
+                static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let dir = self
+                    .jobs_dir
+                    .join(format!("jvm-{}-{seq}", std::process::id()));
+                for sub in ["in", "out", "tmp"] {
+                    std::fs::create_dir_all(dir.join(sub))
+                        .map_err(|e| format!("{}: {e}", dir.display()))?;
+                }
+                let tmp = dir.join("tmp");
+                args.push(format!("-Djava.io.tmpdir={}", tmp.display()));
+                let tmp_s = tmp.to_string_lossy().into_owned();
+                let view = crate::sandbox::View {
+                    rw: &[&dir],
+                    ro: &[&dir.join("in"), &classes],
+                    cwd: &dir.join("out"),
+                    env: &[
+                        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+                        ("LC_ALL", "C.UTF-8"),
+                        ("HOME", &tmp_s),
+                        ("TMPDIR", &tmp_s),
+                    ],
+                };
+                args.extend(["-cp".into(), classes.to_string_lossy().into_owned()]);
+                args.push("FarmJavacHelper".into());
+                let c = sandbox.command(&java, &args, &view, *limits)?;
+                area = Some(dir);
+                c
+            }
+        };
+        if area.is_none() {
+            cmd.args(&args).arg("-cp").arg(&classes).arg("FarmJavacHelper");
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("{}: {e}", java.display()))?;
         let stdin = child.stdin.take().ok_or("helper without stdin")?;
@@ -134,6 +220,7 @@ impl WarmJvms {
             stdin,
             stdout,
             jobs: 0,
+            area,
         };
         let hello = tokio::time::timeout(Duration::from_secs(30), h.stdout.read_u32())
             .await
@@ -146,20 +233,47 @@ impl WarmJvms {
         Ok(h)
     }
 
-    /// Runs one compile in a warm JVM of the JDK at `home`.
+    /// Runs one compile for this machine's farmd user in a warm JVM of the JDK at `home`.
     pub async fn run(
         &self,
         home: &Path,
         args: &[String],
         limit: Duration,
     ) -> Result<WarmRun, String> {
-        let idle = self.idle.lock().await.get_mut(home).and_then(Vec::pop);
-        let mut helper = match idle {
+        let mut lease = self.lease(home, None).await?;
+        let run = self.run_on(&mut lease, args, limit).await?;
+        self.give_back(lease).await;
+        Ok(run)
+    }
+
+    /// An idle warm JVM of the JDK at `home` for `submitter` (a node name; `None` is
+    /// this machine's farmd user), or a new one. A peer's JVM is sandboxed and serves
+    /// only that peer's jobs.
+    pub async fn lease(&self, home: &Path, submitter: Option<&str>) -> Result<Lease, String> {
+        let key = (home.to_path_buf(), submitter.map(str::to_string));
+        let idle = self.idle.lock().await.get_mut(&key).and_then(Vec::pop);
+        let helper = match idle {
             Some(h) => h,
-            None => self.spawn(home).await?,
+            None => self.spawn(home, submitter).await?,
         };
+        Ok(Lease {
+            helper,
+            key,
+            retire: false,
+        })
+    }
+
+    /// Runs one compile on a leased JVM. On an error the lease must be dropped (that
+    /// kills the JVM); otherwise [`WarmJvms::give_back`] returns it to its pool.
+    pub async fn run_on(
+        &self,
+        lease: &mut Lease,
+        args: &[String],
+        limit: Duration,
+    ) -> Result<WarmRun, String> {
+        let helper = &mut lease.helper;
         let t0 = Instant::now();
-        let result = tokio::time::timeout(limit, exchange(&mut helper, args)).await;
+        let result = tokio::time::timeout(limit, exchange(helper, args)).await;
         let (run, heap_used, heap_max) = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(format!("warm javac: {e}")),
@@ -174,17 +288,24 @@ impl WarmJvms {
                 heap_max,
                 "warm javac recycled"
             );
-        } else {
-            let mut idle = self.idle.lock().await;
-            let list = idle.entry(home.to_path_buf()).or_default();
-            if list.len() < self.keep {
-                list.push(helper);
-            }
+            lease.retire = true;
         }
         Ok(WarmRun {
             elapsed: t0.elapsed(),
             ..run
         })
+    }
+
+    /// Returns a JVM to its pool after a compile (a retired one is stopped instead).
+    pub async fn give_back(&self, lease: Lease) {
+        if lease.retire {
+            return;
+        }
+        let mut idle = self.idle.lock().await;
+        let list = idle.entry(lease.key).or_default();
+        if list.len() < self.keep {
+            list.push(lease.helper);
+        }
     }
 }
 

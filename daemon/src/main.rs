@@ -7,6 +7,7 @@ mod config;
 mod jvm;
 mod node;
 mod peer;
+mod sandbox;
 mod worker;
 
 use std::io::Write;
@@ -163,6 +164,15 @@ fn start(file: PathBuf, check_only: bool) -> Result<()> {
 
 async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
     let compilers = allowed_compilers(&cfg);
+    let sandbox = match sandbox::Sandbox::probe(&cfg.sandbox_paths).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            // Fail closed: without a sandbox no peer's job runs here.
+            tracing::error!(error = %e, "no job sandbox: this node runs no jobs for peers");
+            None
+        }
+    };
+    let limits = worker::job_limits(&cfg);
     let mut endpoint = quinn::Endpoint::server(tls.server, cfg.listen)
         .with_context(|| format!("cannot listen on udp {}", cfg.listen))?;
     endpoint.set_default_client_config(tls.client);
@@ -171,7 +181,12 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         name: tls.name.clone(),
         host: node::host_id(),
         compilers,
-        jvms: jvm::WarmJvms::new(&cfg.state_dir, cfg.local_slots.max(cfg.slots) as usize),
+        jvms: jvm::WarmJvms::new(
+            &cfg.state_dir,
+            cfg.local_slots.max(cfg.slots) as usize,
+            sandbox.clone().map(|s| (s, limits)),
+        ),
+        sandbox,
         blobs: blobs::BlobStore::new(&cfg.state_dir, cfg.store_max_size / 2),
         store,
         endpoint,

@@ -90,6 +90,9 @@ pub struct Node {
     pub compilers: Vec<AllowedCompiler>,
     /// Warm javac JVMs for this machine's shims and for tree jobs.
     pub jvms: crate::jvm::WarmJvms,
+    /// The job sandbox; `None` when it cannot run here (then this node runs no jobs
+    /// for peers and advertises no compilers).
+    pub sandbox: Option<crate::sandbox::Sandbox>,
     /// Input files of tree jobs, by digest.
     pub blobs: crate::blobs::BlobStore,
     pub store: LocalStore,
@@ -208,6 +211,7 @@ impl Node {
             compilers: self
                 .compilers
                 .iter()
+                .filter(|_| self.sandbox.is_some())
                 .map(|c| CompilerAd {
                     name: c.name.clone(),
                     identity: c.identity,

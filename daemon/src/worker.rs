@@ -1,10 +1,11 @@
 //! The worker role: runs peers' jobs. It executes nothing it did not build itself:
 //! the family module validates every argument and builds argv, the compiler is one
 //! of this node's allow-listed binaries matched by identity digest, and it runs with
-//! a clean environment in a private job directory with fixed file names.
+//! a clean environment in a private job directory with fixed file names, inside the
+//! job sandbox (`crate::sandbox`): the job sees the toolchain and its own directory,
+//! its inputs read-only.
 
-use std::os::unix::process::CommandExt as _;
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -97,40 +98,83 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
         Ok(s) => s,
         Err(why) => return refuse(node, why),
     };
-    let root = slot.dir.join("root");
-    let out = slot.dir.join("out");
+    let Some(sandbox) = &node.sandbox else {
+        return refuse(node, format!("{}: no job sandbox", node.name));
+    };
+    // A warm JVM (sandboxed, this peer's own) has a fixed area: the job goes there.
+    // A fresh compiler gets the slot's directory.
+    let mut lease = None;
+    let area = if decl.worker_runs_warm() {
+        let home = std::fs::canonicalize(&compiler.path)
+            .map(|p| farm::lang::javac::java_home_of(&p))
+            .unwrap_or_default();
+        match node.jvms.lease(&home, Some(peer)).await {
+            Ok(l) => {
+                let a = l.area().map(Path::to_path_buf).unwrap_or_default();
+                lease = Some(l);
+                a
+            }
+            Err(why) => return refuse(node, format!("{}: {why}", node.name)),
+        }
+    } else {
+        slot.dir.clone()
+    };
+    let root = area.join("in").join("job");
+    let out = area.join("out").join("job");
+    let cleanup = || {
+        let _ = std::fs::remove_dir_all(&root);
+        let _ = std::fs::remove_dir_all(&out);
+    };
+    cleanup();
     let args = match decl.worker_tree_args(&job.args, &job.outputs, &root, &out) {
         Ok(a) => a,
         Err(p) => return refuse(node, format!("refused {}: {}", p.reason, p.detail)),
     };
+    // Inputs are hard links into the blob store; the job sees them only through a
+    // read-only mount, so it cannot write through them.
     for f in &job.files {
         let Some(dest) = farm::lang::reroot(&root, &f.path) else {
+            cleanup();
             return refuse(node, format!("refused file path {:?}", f.path));
         };
         if let Err(why) = node.blobs.materialize(&f.digest, &dest) {
+            cleanup();
             return refuse(node, format!("{}: {why}", node.name));
         }
+    }
+    if std::fs::create_dir_all(&root).is_err() {
+        return refuse(node, format!("{}: cannot make {}", node.name, root.display()));
     }
     for (role, _) in &job.outputs {
         if farm::lang::reroot(&out, &format!("/{role}")).is_none()
             || std::fs::create_dir_all(out.join(role)).is_err()
         {
+            cleanup();
             return refuse(node, format!("refused output role {role:?}"));
         }
     }
     let t0 = Instant::now();
-    let run = if decl.worker_runs_warm() {
-        let home = std::fs::canonicalize(&compiler.path)
-            .map(|p| farm::lang::javac::java_home_of(&p))
-            .unwrap_or_default();
-        node.jvms.run(&home, &args, node.cfg.job_timeout).await
-    } else {
-        run_fresh(node, &compiler, &slot.dir, &args).await
+    let run = match &mut lease {
+        Some(l) => node
+            .jvms
+            .run_on(l, &args, node.cfg.job_timeout)
+            .await
+            .map(|r| sandbox_run(r.exit_code, r.stdout, r.stderr)),
+        None => run_fresh(node, sandbox, &compiler, &slot.dir, &root, &args).await,
     };
     let run = match run {
         Ok(r) => r,
-        Err(why) => return refuse(node, format!("{}: {why}", node.name)),
+        Err(why) => {
+            drop(lease);
+            cleanup();
+            return refuse(node, format!("{}: {why}", node.name));
+        }
     };
+    if let Some(why) = abnormal(run.exit_code) {
+        drop(lease);
+        cleanup();
+        return refuse(node, format!("{}: {why}", node.name));
+    }
     let compile_ms = t0.elapsed().as_millis() as u64;
     // The job directory's root in messages becomes the sender's own paths again.
     let root_s = root.to_string_lossy().into_owned();
@@ -146,7 +190,10 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
         for (role, _) in &job.outputs {
             let files = match farm::fsutil::collect_tree(&out.join(role)) {
                 Ok(f) => f,
-                Err(e) => return refuse(node, format!("{}: outputs: {e}", node.name)),
+                Err(e) => {
+                    cleanup();
+                    return refuse(node, format!("{}: outputs: {e}", node.name));
+                }
             };
             for (rel, data) in files {
                 total += data.len();
@@ -156,6 +203,10 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
                 });
             }
         }
+    }
+    cleanup();
+    if let Some(l) = lease {
+        node.jvms.give_back(l).await;
     }
     if total > MAX_FRAME - (1 << 20) {
         return refuse(
@@ -182,46 +233,68 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
     })
 }
 
-/// Runs a tree job's allow-listed compiler as a fresh process in the job directory
-/// (`cwd/` inside it, empty), with a clean environment.
+/// An exit code other than success or an ordinary compile error (a compiler crash, a
+/// limit of the sandbox such as memory) is not passed on as the compile's result: the
+/// client compiles at home instead, where the same compile may well succeed.
+fn abnormal(exit_code: i32) -> Option<String> {
+    (!matches!(exit_code, 0 | 1)).then(|| format!("job ended with exit code {exit_code}"))
+}
+
+fn sandbox_run(exit_code: i32, stdout: Vec<u8>, stderr: Vec<u8>) -> crate::sandbox::Run {
+    crate::sandbox::Run {
+        exit_code,
+        stdout,
+        stderr,
+        elapsed: Default::default(),
+    }
+}
+
+/// The limits of one job from farmd's configuration.
+pub fn job_limits(cfg: &crate::config::DaemonConfig) -> crate::sandbox::Limits {
+    crate::sandbox::Limits {
+        cpu: cfg.job_timeout,
+        memory: cfg.job_memory,
+        file_size: cfg.job_file_size,
+        output: cfg.job_output_max,
+    }
+}
+
+/// Runs a tree job's allow-listed compiler as a fresh process in the sandbox, in the
+/// job directory's empty `cwd/`, its inputs (`root`) read-only.
 async fn run_fresh(
     node: &Node,
+    sandbox: &crate::sandbox::Sandbox,
     compiler: &AllowedCompiler,
-    dir: &std::path::Path,
+    dir: &Path,
+    root: &Path,
     args: &[String],
-) -> Result<crate::jvm::WarmRun, String> {
+) -> Result<crate::sandbox::Run, String> {
     let cwd = dir.join("cwd");
-    tokio::fs::create_dir_all(&cwd)
-        .await
-        .map_err(|e| format!("job directory {}: {e}", cwd.display()))?;
-    let t0 = Instant::now();
-    let mut cmd = tokio::process::Command::new(&compiler.path);
-    cmd.as_std_mut().arg0(&compiler.name);
-    cmd.args(args)
-        .current_dir(&cwd)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", dir)
-        .env("TMPDIR", dir)
-        .env("LC_ALL", "C.UTF-8")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", compiler.path.display()))?;
-    let out = match tokio::time::timeout(node.cfg.job_timeout, child.wait_with_output()).await {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => return Err(format!("compiler failed: {e}")),
-        Err(_) => return Err(format!("job ran past {} s", node.cfg.job_timeout.as_secs())),
+    let tmp = dir.join("tmp");
+    for d in [&cwd, &tmp] {
+        std::fs::create_dir_all(d).map_err(|e| format!("job directory {}: {e}", d.display()))?;
+    }
+    let tmp_s = tmp.to_string_lossy().into_owned();
+    let view = crate::sandbox::View {
+        rw: &[dir],
+        ro: &[root],
+        cwd: &cwd,
+        env: &[
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            ("HOME", &tmp_s),
+            ("TMPDIR", &tmp_s),
+            ("LC_ALL", "C.UTF-8"),
+        ],
     };
-    Ok(crate::jvm::WarmRun {
-        exit_code: out.status.code().unwrap_or(-1),
-        stdout: out.stdout,
-        stderr: out.stderr,
-        elapsed: t0.elapsed(),
-    })
+    sandbox
+        .run(
+            &compiler.path,
+            args,
+            &view,
+            job_limits(&node.cfg),
+            node.cfg.job_timeout,
+        )
+        .await
 }
 
 /// Runs one job for `peer`, or says why not.
@@ -256,7 +329,14 @@ pub async fn run(node: &Node, peer: &str, job: Job) -> PeerResponse {
         Ok(s) => s,
         Err(why) => return refuse(node, why),
     };
-    let result = run_in(node, &compiler, &slot.dir, &input, &args, &job.source).await;
+    let Some(sandbox) = &node.sandbox else {
+        return refuse(node, format!("{}: no job sandbox", node.name));
+    };
+    let args: Vec<String> = match args.into_iter().map(|a| a.into_string()).collect() {
+        Ok(a) => a,
+        Err(a) => return refuse(node, format!("refused flag: {a:?} is not UTF-8")),
+    };
+    let result = run_in(node, sandbox, &compiler, &slot.dir, &input, &args, &job.source).await;
     drop(slot);
     match result {
         Ok(r) => {
@@ -268,53 +348,50 @@ pub async fn run(node: &Node, peer: &str, job: Job) -> PeerResponse {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_in(
     node: &Node,
+    sandbox: &crate::sandbox::Sandbox,
     compiler: &AllowedCompiler,
-    dir: &std::path::Path,
+    dir: &Path,
     input: &str,
-    args: &[std::ffi::OsString],
+    args: &[String],
     source: &[u8],
 ) -> Result<JobResult, String> {
-    tokio::fs::create_dir_all(dir)
+    let tmp = dir.join("tmp");
+    tokio::fs::create_dir_all(&tmp)
         .await
         .map_err(|e| format!("{}: job directory {}: {e}", node.name, dir.display()))?;
-    tokio::fs::write(dir.join(input), source)
+    let input_path = dir.join(input);
+    tokio::fs::write(&input_path, source)
         .await
         .map_err(|e| format!("{}: cannot write job input: {e}", node.name))?;
-    let t0 = Instant::now();
-    let mut cmd = tokio::process::Command::new(&compiler.path);
-    cmd.as_std_mut().arg0(&compiler.name);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("TMPDIR", dir)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd.spawn().map_err(|e| {
-        format!(
-            "{}: cannot start {}: {e}",
-            node.name,
-            compiler.path.display()
-        )
-    })?;
-    let out = match tokio::time::timeout(node.cfg.job_timeout, child.wait_with_output()).await {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => return Err(format!("{}: compiler failed: {e}", node.name)),
-        Err(_) => {
-            return Err(format!(
-                "{}: job ran past {} s",
-                node.name,
-                node.cfg.job_timeout.as_secs()
-            ))
-        }
+    let tmp_s = tmp.to_string_lossy().into_owned();
+    let view = crate::sandbox::View {
+        rw: &[dir],
+        ro: &[&input_path],
+        cwd: dir,
+        env: &[
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            ("TMPDIR", &tmp_s),
+            ("LC_ALL", "C"),
+        ],
     };
-    let compile_ms = t0.elapsed().as_millis() as u64;
-    let code = out.status.code().unwrap_or(-1);
+    let out = sandbox
+        .run(
+            &compiler.path,
+            args,
+            &view,
+            job_limits(&node.cfg),
+            node.cfg.job_timeout,
+        )
+        .await
+        .map_err(|e| format!("{}: {e}", node.name))?;
+    if let Some(why) = abnormal(out.exit_code) {
+        return Err(format!("{}: {why}", node.name));
+    }
+    let compile_ms = out.elapsed.as_millis() as u64;
+    let code = out.exit_code;
     let object = if code == 0 {
         let meta = tokio::fs::metadata(dir.join("job.o"))
             .await

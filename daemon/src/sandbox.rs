@@ -1,0 +1,483 @@
+//! The job sandbox: every compile a worker runs for a peer (and every warm javac JVM
+//! that serves peers) runs under bubblewrap, rootless. Inside, a job sees the
+//! toolchain read-only (`/usr`, the `/lib*` and `/bin` links, the few `/etc` files
+//! compilers and the JVM read), its own job directory, a private `/proc` of its own
+//! PID namespace and a minimal `/dev`; not farmd's state directory, keys, blob store
+//! or caches, not other jobs. It has no network (a new, empty network namespace), no
+//! capabilities, a new session (no terminal injection), cannot make further user
+//! namespaces, and cannot see, signal or ptrace anything outside its PID namespace.
+//! Resource limits are rlimits set before bubblewrap starts (inherited by the whole
+//! tree): CPU time, address space, file size, core dumps. Killing bubblewrap at the
+//! deadline kills the whole tree (`--die-with-parent`, and the PID namespace dies with
+//! its first process). Output on stdout and stderr is read with a cap.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt as _;
+
+/// `/etc` entries compilers and the JVM read; nothing else of `/etc` is visible (it may
+/// hold farmd's configuration and keys).
+const ETC_PATHS: &[&str] = &[
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/mono",
+];
+
+/// Top-level toolchain paths, bound read-only (or re-created as the same symlink on a
+/// merged-/usr system).
+const SYSTEM_PATHS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt",
+];
+
+/// Limits of one sandboxed process tree.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// CPU seconds (RLIMIT_CPU); the wall-clock deadline is separate.
+    pub cpu: Duration,
+    /// Address space in bytes (RLIMIT_AS).
+    pub memory: u64,
+    /// Largest file a job may write (RLIMIT_FSIZE).
+    pub file_size: u64,
+    /// Bytes of stdout, and of stderr, kept; more is an error.
+    pub output: usize,
+}
+
+/// What a job may see besides the toolchain.
+pub struct View<'a> {
+    /// Bound read-write at the same path.
+    pub rw: &'a [&'a Path],
+    /// Bound read-only at the same path (after `rw`, so a read-only path inside a
+    /// read-write one stays read-only).
+    pub ro: &'a [&'a Path],
+    pub cwd: &'a Path,
+    pub env: &'a [(&'a str, &'a str)],
+}
+
+/// bubblewrap and the read-only paths every job sees.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    bwrap: PathBuf,
+    system: Vec<String>,
+}
+
+/// What a sandboxed run printed and how it ended.
+pub struct Run {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub elapsed: Duration,
+}
+
+impl Sandbox {
+    /// Finds bubblewrap and checks that it can make a sandbox here (user namespaces
+    /// allowed, and so on). `extra` are more read-only paths from farmd's config
+    /// (`sandbox_paths`), for toolchains outside `/usr` and `/opt`.
+    pub async fn probe(extra: &[PathBuf]) -> Result<Sandbox, String> {
+        let bwrap = ["/usr/bin/bwrap", "/usr/local/bin/bwrap"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")?;
+        let mut system = Vec::new();
+        for p in SYSTEM_PATHS.iter().chain(ETC_PATHS) {
+            let path = Path::new(p);
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    let target = std::fs::read_link(path).map_err(|e| format!("{p}: {e}"))?;
+                    system.extend(["--symlink".into(), path_str(&target)?, p.to_string()]);
+                }
+                Ok(_) => system.extend(["--ro-bind".into(), p.to_string(), p.to_string()]),
+                Err(_) => {}
+            }
+        }
+        // The JDKs' configuration lives in /etc/java-N-openjdk (linked from the JDK).
+        if let Ok(rd) = std::fs::read_dir("/etc") {
+            let mut java: Vec<String> = rd
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with("java-"))
+                .map(|n| format!("/etc/{n}"))
+                .collect();
+            java.sort();
+            for p in java {
+                system.extend(["--ro-bind".into(), p.clone(), p]);
+            }
+        }
+        for p in extra {
+            let s = path_str(p)?;
+            system.extend(["--ro-bind".into(), s.clone(), s]);
+        }
+        let sb = Sandbox { bwrap, system };
+        let view = View {
+            rw: &[],
+            ro: &[],
+            cwd: Path::new("/"),
+            env: &[],
+        };
+        let limits = Limits {
+            cpu: Duration::from_secs(10),
+            memory: 1 << 30,
+            file_size: 1 << 20,
+            output: 1 << 16,
+        };
+        let run = sb
+            .run(
+                Path::new("/bin/true"),
+                &[],
+                &view,
+                limits,
+                Duration::from_secs(10),
+            )
+            .await?;
+        if run.exit_code != 0 {
+            return Err(format!(
+                "{} cannot make a sandbox here: {}",
+                sb.bwrap.display(),
+                String::from_utf8_lossy(&run.stderr).trim()
+            ));
+        }
+        Ok(sb)
+    }
+
+    /// The command that runs `program` in the sandbox; stdin is /dev/null, stdout and
+    /// stderr are pipes, and dropping the child kills the whole tree.
+    pub fn command(
+        &self,
+        program: &Path,
+        args: &[String],
+        view: &View,
+        limits: Limits,
+    ) -> Result<tokio::process::Command, String> {
+        let mut cmd = tokio::process::Command::new(&self.bwrap);
+        cmd.args([
+            "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+        ]);
+        cmd.args(&self.system);
+        // The sandbox's root is an empty tmpfs: the job's directories are created in it.
+        for p in view.rw {
+            let s = path_str(p)?;
+            cmd.args(["--bind", &s, &s]);
+        }
+        for p in view.ro {
+            let s = path_str(p)?;
+            cmd.args(["--ro-bind", &s, &s]);
+        }
+        cmd.arg("--chdir").arg(view.cwd);
+        cmd.arg("--clearenv");
+        for (k, v) in view.env {
+            cmd.args(["--setenv", k, v]);
+        }
+        cmd.arg("--").arg(program).args(args);
+        cmd.env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let rl = limits;
+        // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
+        unsafe {
+            cmd.as_std_mut().pre_exec(move || {
+                set_limit(libc::RLIMIT_CPU, rl.cpu.as_secs().max(1))?;
+                set_limit(libc::RLIMIT_AS, rl.memory)?;
+                set_limit(libc::RLIMIT_FSIZE, rl.file_size)?;
+                set_limit(libc::RLIMIT_CORE, 0)?;
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// Runs `program` in the sandbox to its end, its deadline or its output cap.
+    pub async fn run(
+        &self,
+        program: &Path,
+        args: &[String],
+        view: &View<'_>,
+        limits: Limits,
+        deadline: Duration,
+    ) -> Result<Run, String> {
+        let t0 = Instant::now();
+        let mut cmd = self.command(program, args, view, limits)?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.bwrap.display()))?;
+        let out = child.stdout.take().ok_or("no stdout pipe")?;
+        let err = child.stderr.take().ok_or("no stderr pipe")?;
+        let work = async {
+            let (o, e) = tokio::join!(
+                read_capped(out, limits.output, "stdout"),
+                read_capped(err, limits.output, "stderr")
+            );
+            let (o, e) = (o?, e?);
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| format!("compiler failed: {e}"))?;
+            Ok::<_, String>((status, o, e))
+        };
+        // On an error or the deadline the child is dropped here: bubblewrap is killed and
+        // with it the job's whole PID namespace.
+        let (status, stdout, stderr) = match tokio::time::timeout(deadline, work).await {
+            Ok(r) => r?,
+            Err(_) => return Err(format!("job ran past {} s", deadline.as_secs())),
+        };
+        use std::os::unix::process::ExitStatusExt as _;
+        let exit_code = match (status.code(), status.signal()) {
+            (Some(c), _) => c,
+            (None, Some(libc::SIGXCPU)) => {
+                return Err(format!("job used more than {} s of CPU", limits.cpu.as_secs()))
+            }
+            (None, Some(s)) => return Err(format!("job killed by signal {s}")),
+            _ => -1,
+        };
+        Ok(Run {
+            exit_code,
+            stdout,
+            stderr,
+            elapsed: t0.elapsed(),
+        })
+    }
+}
+
+fn path_str(p: &Path) -> Result<String, String> {
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("{} is not UTF-8", p.display()))
+}
+
+fn set_limit(what: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: setrlimit with a valid pointer to a local struct.
+    if unsafe { libc::setrlimit(what, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads a pipe to its end, keeping at most `cap` bytes; past that the job is an
+/// error (its output would not fit a reply anyway, and memory stays bounded).
+pub async fn read_capped<R: tokio::io::AsyncRead + Unpin>(
+    mut r: R,
+    cap: usize,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = r
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading the job's {what}: {e}"))?;
+        if n == 0 {
+            return Ok(buf);
+        }
+        if buf.len() + n > cap {
+            return Err(format!("the job wrote more than {cap} bytes to {what}"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            cpu: Duration::from_secs(20),
+            memory: 2 << 30,
+            file_size: 1 << 30,
+            output: 1 << 20,
+        }
+    }
+
+    /// The suite installs bubblewrap (scripts/install-deps.sh): no silent skips.
+    async fn sandbox() -> Option<Sandbox> {
+        Some(Sandbox::probe(&[]).await.expect("the job sandbox"))
+    }
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["-c".into(), script.into()]
+    }
+
+    #[tokio::test]
+    async fn sees_only_its_job_directory_and_the_toolchain() {
+        let Some(sb) = sandbox().await else { return };
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "key").unwrap();
+        let job = tempfile::tempdir().unwrap();
+        let input = job.path().join("in");
+        std::fs::write(&input, "data").unwrap();
+        let view = View {
+            rw: &[job.path()],
+            ro: &[&input],
+            cwd: job.path(),
+            env: &[("PATH", "/usr/bin:/bin")],
+        };
+        let script = format!(
+            "cat {secret} 2>/dev/null && echo LEAK; \
+             ls /etc/hostname /etc/passwd /root 2>/dev/null && echo LEAK; \
+             echo x > in 2>/dev/null && echo WROTE; \
+             echo out > out && cat in && echo; \
+             ls /proc | grep -c '^[0-9]'",
+            secret = outside.path().join("secret").display()
+        );
+        let r = sb
+            .run(
+                Path::new("/bin/sh"),
+                &sh(&script),
+                &view,
+                limits(),
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap();
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert!(!out.contains("LEAK"), "{out}");
+        assert!(!out.contains("WROTE"), "read-only input was written: {out}");
+        assert!(out.starts_with("data"), "{out}");
+        // Its own PID namespace: only the sandbox's few processes.
+        let procs: u32 = out.lines().last().unwrap().trim().parse().unwrap();
+        assert!(procs < 10, "sees {procs} processes");
+        assert_eq!(std::fs::read_to_string(job.path().join("out")).unwrap(), "out\n");
+        assert_eq!(std::fs::read_to_string(&input).unwrap(), "data");
+    }
+
+    #[tokio::test]
+    async fn has_no_network() {
+        let Some(sb) = sandbox().await else { return };
+        let job = tempfile::tempdir().unwrap();
+        let view = View {
+            rw: &[job.path()],
+            ro: &[],
+            cwd: job.path(),
+            env: &[],
+        };
+        let r = sb
+            .run(
+                Path::new("/bin/cat"),
+                &["/proc/net/dev".into()],
+                &view,
+                limits(),
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap();
+        let out = String::from_utf8_lossy(&r.stdout);
+        let ifaces: Vec<&str> = out
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .map(str::trim)
+            .collect();
+        assert_eq!(ifaces, ["lo"], "{out}");
+    }
+
+    #[tokio::test]
+    async fn the_deadline_kills_the_whole_tree() {
+        let Some(sb) = sandbox().await else { return };
+        let job = tempfile::tempdir().unwrap();
+        let view = View {
+            rw: &[job.path()],
+            ro: &[],
+            cwd: job.path(),
+            env: &[],
+        };
+        let marker = format!("farm-sandbox-test-{}", std::process::id());
+        // A grandchild that ignores SIGTERM and outlives its parent shell.
+        let script = format!("(trap '' TERM; exec -a {marker} sleep 300) & sleep 300");
+        let t0 = Instant::now();
+        let r = sb
+            .run(
+                Path::new("/bin/sh"),
+                &sh(&script),
+                &view,
+                limits(),
+                Duration::from_secs(1),
+            )
+            .await;
+        assert!(r.is_err());
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        // The kernel needs a moment to tear the namespace down.
+        let mut left = true;
+        for _ in 0..50 {
+            left = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                    .unwrap_or(false)
+            });
+            if !left {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(!left, "a process of the killed job is still running");
+    }
+
+    #[tokio::test]
+    async fn output_past_the_cap_is_an_error() {
+        let Some(sb) = sandbox().await else { return };
+        let job = tempfile::tempdir().unwrap();
+        let view = View {
+            rw: &[job.path()],
+            ro: &[],
+            cwd: job.path(),
+            env: &[],
+        };
+        let r = sb
+            .run(
+                Path::new("/bin/sh"),
+                &sh("yes warning >&2"),
+                &view,
+                limits(),
+                Duration::from_secs(20),
+            )
+            .await;
+        let e = r.err().expect("unbounded stderr accepted");
+        assert!(e.contains("stderr"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn file_size_and_memory_are_limited() {
+        let Some(sb) = sandbox().await else { return };
+        let job = tempfile::tempdir().unwrap();
+        let view = View {
+            rw: &[job.path()],
+            ro: &[],
+            cwd: job.path(),
+            env: &[],
+        };
+        let mut l = limits();
+        l.file_size = 1 << 20;
+        let r = sb
+            .run(
+                Path::new("/bin/sh"),
+                &sh("head -c 5000000 /dev/zero > big; echo $?"),
+                &view,
+                l,
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap();
+        assert!(std::fs::metadata(job.path().join("big")).unwrap().len() <= 1 << 20);
+        assert_ne!(String::from_utf8_lossy(&r.stdout).trim(), "0");
+    }
+}
