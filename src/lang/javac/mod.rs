@@ -738,6 +738,7 @@ impl Declared for Javac {
         let mut res = Vec::with_capacity(args.len() + 1);
         let mut i = 0;
         let mut proc_none = false;
+        let mut classes_dir = false;
         while i < args.len() {
             let a = args[i].as_str();
             i += 1;
@@ -788,6 +789,7 @@ impl Declared for Javac {
                     if !outputs.iter().any(|(r, p)| r == role && *p == value) {
                         return Err(refuse("output directory", &value));
                     }
+                    classes_dir |= role == "classes";
                     out.join(role).to_string_lossy().into_owned()
                 }
                 _ => value,
@@ -798,6 +800,12 @@ impl Declared for Javac {
                 res.push(a.to_string());
                 res.push(new);
             }
+        }
+        // Without -d, javac writes each class beside its source (and beside each
+        // source it finds on a search path): here those are links into the blob
+        // store, so a class would overwrite a blob other jobs share.
+        if !classes_dir {
+            return Err(refuse("a job without", "-d"));
         }
         // A sender only ships compiles with no annotation processor on their paths;
         // the worker makes sure none runs whatever it was sent.
@@ -1089,5 +1097,49 @@ mod tests {
             .worker_tree_args(&gradle, &outputs, root, out)
             .unwrap();
         assert_eq!(got[1], "-XDuseUnsharedTable=true");
+    }
+
+    #[test]
+    fn worker_refuses_a_tree_job_without_an_output_directory() {
+        let root = Path::new("/job/root");
+        let out = Path::new("/job/out");
+        let without_d = |args: &[&str], outputs: &[(&str, &str)]| {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            let outputs: Vec<(String, String)> = outputs
+                .iter()
+                .map(|(r, p)| (r.to_string(), p.to_string()))
+                .collect();
+            JAVAC.worker_tree_args(&args, &outputs, root, out)
+        };
+        // Classes would be written through the sources' links into the blob store.
+        for (args, outputs) in [
+            (&["/home/u/src/A.java"][..], &[][..]),
+            (
+                &["-sourcepath", "/home/u/src", "/home/u/src/A.java"],
+                &[("classes", "/home/u/o")],
+            ),
+            (
+                &["-implicit:none", "-s", "/home/u/gen", "/home/u/src/A.java"],
+                &[("sources", "/home/u/gen")],
+            ),
+            (
+                &["-h", "/home/u/h", "/home/u/src/A.java"],
+                &[("headers", "/home/u/h"), ("classes", "/home/u/o")],
+            ),
+        ] {
+            let r = without_d(args, outputs);
+            assert_eq!(r.unwrap_err().reason, "refused", "{args:?}");
+        }
+        let r = without_d(
+            &[
+                "-sourcepath",
+                "/home/u/src",
+                "-d",
+                "/home/u/o",
+                "/home/u/src/A.java",
+            ],
+            &[("classes", "/home/u/o")],
+        );
+        assert!(r.is_ok(), "{r:?}");
     }
 }
