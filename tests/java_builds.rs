@@ -970,3 +970,56 @@ fn the_real_javac_is_found_and_never_farm_itself() {
     assert!(msg.contains("is farm itself"), "{msg}");
     assert_eq!(msg.lines().count(), 1, "{msg}");
 }
+
+#[test]
+fn internal_options_run_javac_untouched_except_gradles() {
+    javac();
+    let env = Env::new("direct");
+    env.write(
+        "x/A.java",
+        "import java.util.*;\nclass A { List<String> l = Arrays.asList(\"a\"); Object o = Collections.emptyList(); }\n",
+    );
+    let dir = env.work.join("x");
+    fs::create_dir_all(dir.join("graphs")).unwrap();
+    // `-XD` reaches javac's internals: here it writes files a hit would never write.
+    let dump = [
+        "-d",
+        "out",
+        "-XDdebug.dumpInferenceGraphsTo=graphs",
+        "A.java",
+    ];
+    for round in 0..2 {
+        fs::remove_dir_all(dir.join("graphs")).unwrap();
+        fs::create_dir_all(dir.join("graphs")).unwrap();
+        ok(run_javac(&env, true, &dir, &dump), "farm-javac -XD");
+        let n = fs::read_dir(dir.join("graphs")).unwrap().count();
+        assert!(
+            n > 0,
+            "round {round}: javac itself ran and dumped its graphs"
+        );
+    }
+    assert_eq!(env.counter(&["passthrough", "javac_internal_option"]), 2);
+    assert_eq!(env.misses(), 0);
+
+    // Gradle's -XDuseUnsharedTable=true is cached like any compile.
+    // (An empty class path: the default one, `.`, holds the outputs.)
+    fs::create_dir_all(dir.join("cp")).unwrap();
+    let gradle = [
+        "-d",
+        "gout",
+        "-cp",
+        "cp",
+        "-XDuseUnsharedTable=true",
+        "A.java",
+    ];
+    ok(
+        run_javac(&env, false, &dir, &["-d", "plain", "-cp", "cp", "A.java"]),
+        "javac",
+    );
+    for _ in 0..2 {
+        ok(run_javac(&env, true, &dir, &gradle), "farm-javac");
+    }
+    assert_eq!(env.misses(), 1);
+    assert_eq!(env.counter(&["hits", "declared"]), 1);
+    assert_same_classes(&dir.join("plain"), &dir.join("gout"), "-XDuseUnsharedTable");
+}

@@ -138,6 +138,72 @@ const OPTIONS: &[(&str, Opt)] = &[
     ("about", Opt::Info),
 ];
 
+/// Options a worker passes on as written: each changes only how the shipped sources
+/// are compiled, names no file and loads no code. Everything else a worker refuses
+/// unless its own rule below re-roots or checks it: `/errorreport:` (may send reports),
+/// `/features:` (the compiler's internal switches, anything at all), `/addmodule:`
+/// (merges and loads a module), and any option added to [`OPTIONS`] later.
+const WORKER_PLAIN: &[&str] = &[
+    "target",
+    "t",
+    "define",
+    "d",
+    "debug",
+    "optimize",
+    "o",
+    "warn",
+    "w",
+    "nowarn",
+    "warnaserror",
+    "unsafe",
+    "checked",
+    "nostdlib",
+    "noconfig",
+    "nologo",
+    "langversion",
+    "platform",
+    "main",
+    "m",
+    "codepage",
+    "utf8output",
+    "fullpaths",
+    "deterministic",
+    "pathmap",
+    "delaysign",
+    "publicsign",
+    "highentropyva",
+    "filealign",
+    "subsystemversion",
+    "nullable",
+    "checksumalgorithm",
+    "moduleassemblyname",
+    "modulename",
+    "runtimemetadataversion",
+    "refonly",
+    "parallel",
+];
+
+/// File options a worker accepts, each file re-rooted under the job (read only).
+const WORKER_IN_FILE: &[&str] = &[
+    "keyfile",
+    "resource",
+    "res",
+    "linkresource",
+    "linkres",
+    "win32res",
+    "win32icon",
+    "win32manifest",
+];
+
+/// A name the worker may pass on where the compiler looks it up in directories
+/// (`/r:System.Xml.dll`, `/sdk:4.5`): no separator, no leading dot, nothing odd.
+fn plain_name(v: &str) -> bool {
+    !v.is_empty()
+        && !v.starts_with(['.', '-'])
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 fn lookup(name: &str) -> Option<Opt> {
     let base = name.trim_end_matches(['+', '-']);
     OPTIONS.iter().find(|(n, _)| *n == base).map(|(_, o)| *o)
@@ -508,6 +574,17 @@ impl Declared for Csc {
         let cwd = std::env::current_dir()
             .map_err(|e| Passthrough::new("working_directory", e.to_string()))?;
         let (args, moved) = self.rewritten(p, dirs, Some(&cwd));
+        // Only a compile a worker accepts is shipped: the rest compiles here, not
+        // refused by a peer after its inputs crossed the wire.
+        let outputs: Vec<(String, String)> = p
+            .outs
+            .iter()
+            .zip(dirs)
+            .map(|((role, _), d)| (role.to_string(), d.to_string_lossy().into_owned()))
+            .collect();
+        if let Err(why) = self.worker_tree_args(&args, &outputs, Path::new("/"), Path::new("/")) {
+            return Err(Passthrough::new("flag", why.detail));
+        }
         Ok(WarmJob {
             home: p.sdk.clone(),
             args,
@@ -525,6 +602,10 @@ impl Declared for Csc {
     ) -> Result<Vec<String>, Passthrough> {
         let refuse = |what: &str, v: &str| Passthrough::new("refused", format!("{what} {v:?}"));
         let rooted = |v: &str| -> Result<String, Passthrough> {
+            if v.contains('\\') {
+                // Mono maps `\` to `/` when asked to (MONO_IOMAP): never a path here.
+                return Err(refuse("path", v));
+            }
             reroot(root, v)
                 .map(|p| p.to_string_lossy().into_owned())
                 .ok_or_else(|| refuse("path", v))
@@ -543,8 +624,11 @@ impl Declared for Csc {
             };
             let spelling = &a[..a.len() - value.map(str::len).unwrap_or(0)];
             let v = value.unwrap_or("");
+            let base = name.trim_end_matches(['+', '-']);
             let new = match lookup(&name) {
-                Some(Opt::Plain) => a.clone(),
+                Some(Opt::Plain) if WORKER_PLAIN.contains(&base) => a.clone(),
+                // The class library's version: a directory next to the compiler's.
+                Some(Opt::Plain) if base == "sdk" && plain_name(v) => a.clone(),
                 Some(Opt::Reference) => {
                     let mut items = Vec::new();
                     for it in args::list(v) {
@@ -556,8 +640,10 @@ impl Declared for Csc {
                         // /lib: directories); a path must be one that was shipped.
                         let r = if r.contains('/') {
                             rooted(r)?
-                        } else {
+                        } else if plain_name(r) {
                             r.to_string()
+                        } else {
+                            return Err(refuse("reference", r));
                         };
                         items.push(match alias {
                             Some(al) => format!("{al}={r}"),
@@ -573,7 +659,7 @@ impl Declared for Csc {
                     }
                     format!("{spelling}{}", l.join(","))
                 }
-                Some(Opt::InFile) => {
+                Some(Opt::InFile) if WORKER_IN_FILE.contains(&base) => {
                     let (f, rest) = match v.split_once(',') {
                         Some((f, r)) => (f, format!(",{r}")),
                         None => (v, String::new()),
@@ -586,7 +672,7 @@ impl Declared for Csc {
                         .any(|(r, d)| r == role && Path::new(v).parent() == Some(Path::new(d)));
                     let name = Path::new(v).file_name().map(|n| n.to_string_lossy());
                     match (declared, name) {
-                        (true, Some(n)) if !n.contains('/') => {
+                        (true, Some(n)) if !n.contains(['/', '\\']) => {
                             format!("{spelling}{}", out.join(role).join(&*n).to_string_lossy())
                         }
                         _ => return Err(refuse("output", a)),
@@ -740,11 +826,67 @@ mod tests {
             "/keycontainer:k",
             "/errorlog:/tmp/log",
             "G.il",
+            // Options that smuggle anything, load code or name files elsewhere.
+            "/errorreport:send",
+            "/features:anything",
+            "/addmodule:/home/u/M.netmodule",
+            "/appconfig:/home/u/app.config",
+            "/link:/home/u/libs/I.dll",
+            "/analyzerconfig:/home/u/a.cfg",
+            "/sdk:../../../tmp/evil",
+            "/sdk:/tmp/evil",
+            "/r:..",
+            "/r:.evil.dll",
+            "/r:..\\..\\tmp\\x.dll",
+            "/resource:/home/u\\..\\..\\etc\\passwd",
+            "/out:/home/u/bin/..\\L.dll",
         ] {
             let mut a = args.clone();
             a.push(bad.to_string());
             let r = CSC.worker_tree_args(&a, &outputs, root, out);
             assert!(r.is_err(), "{bad} must be refused: {r:?}");
+        }
+        for good in [
+            "/sdk:4.5",
+            "/debug+",
+            "/optimize-",
+            "/keyfile:/home/u/k.snk",
+        ] {
+            let mut a = args.clone();
+            a.push(good.to_string());
+            let r = CSC.worker_tree_args(&a, &outputs, root, out).unwrap();
+            let last = r.last().unwrap();
+            assert!(
+                last == good || last == "/keyfile:/job/root/home/u/k.snk",
+                "{good}: {last}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_a_worker_refuses_is_not_shipped() {
+        let d = tempfile::tempdir().unwrap();
+        let mcs = d.path().join("mcs");
+        std::fs::write(
+            &mcs,
+            "#!/bin/sh\nexec /usr/bin/mono /usr/lib/mono/4.5/mcs.exe \"$@\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir(d.path().join("bin")).unwrap();
+        let out = format!("/out:{}/bin/L.dll", d.path().display());
+        let job = |extra: &str| {
+            let mut a = vec!["/t:library", &out, "/home/u/G.cs"];
+            if !extra.is_empty() {
+                a.push(extra);
+            }
+            let a: Vec<OsString> = a.iter().map(OsString::from).collect();
+            let inv = CSC.parse_args(&mcs, &OsString::from("mcs"), &a).unwrap();
+            CSC.warm_job(&inv, &[PathBuf::from("/tmp/fresh")])
+        };
+        let shipped = job("/optimize+").unwrap();
+        assert!(shipped.args.contains(&"/out:/tmp/fresh/L.dll".to_string()));
+        for home_only in ["/features:x", "/errorreport:send", "/sdk:../x"] {
+            assert_eq!(job(home_only).unwrap_err().reason, "flag", "{home_only}");
         }
     }
 }

@@ -178,13 +178,29 @@ const PREFIXED: &[(&str, Opt)] = &[
     ("-Xpkginfo:", Opt::Flag),
     ("-Xprefer:", Opt::Flag),
     ("-implicit:", Opt::Flag),
-    ("-XD", Opt::Flag),
+    // Any option for javac's internals: plugins, processors, files written anywhere.
+    ("-XD", Opt::Refuse("javac_internal_option")),
     ("-A", Opt::Flag),
     ("-Xplugin:", Opt::Refuse("compiler_plugin")),
     ("-Xbootclasspath", Opt::Refuse("bootclasspath_override")),
 ];
 
+/// `-XD` options build tools add that change nothing javac writes or prints, taken
+/// exactly as written. Gradle adds `-XDuseUnsharedTable=true` to every compile: it
+/// selects the implementation of javac's name table (`Names.createTable`), nothing
+/// else. These are cached, run in a warm JVM and shipped to workers; every other
+/// `-XD` runs the real javac untouched.
+const HARMLESS_XD: &[&str] = &["-XDuseUnsharedTable=true"];
+
+/// A `-XD` option that is not on [`HARMLESS_XD`].
+fn internal_option(arg: &str) -> bool {
+    arg.starts_with("-XD") && !HARMLESS_XD.contains(&arg)
+}
+
 fn lookup(arg: &str) -> Option<(Opt, Option<&str>)> {
+    if HARMLESS_XD.contains(&arg) {
+        return Some((Opt::Flag, None));
+    }
     if let Some((_, o)) = OPTIONS.iter().find(|(n, _)| *n == arg) {
         return Some((*o, None));
     }
@@ -650,6 +666,11 @@ impl Declared for Javac {
 
     fn warm_job(&self, inv: &Invocation, dirs: &[PathBuf]) -> Result<WarmJob, Passthrough> {
         let p = plan(inv);
+        // The parse passes these through; a JVM that outlives the compile (or a
+        // worker's) must never see one, whatever reached here.
+        if let Some((a, _)) = p.user_args.iter().find(|(a, _)| internal_option(a)) {
+            return Err(Passthrough::new("javac_internal_option", a.as_str()));
+        }
         for var in ["JDK_JAVAC_OPTIONS", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS"] {
             if std::env::var_os(var).is_some() {
                 return Err(Passthrough::new("jvm_environment", var));
@@ -717,6 +738,7 @@ impl Declared for Javac {
         let mut res = Vec::with_capacity(args.len() + 1);
         let mut i = 0;
         let mut proc_none = false;
+        let mut classes_dir = false;
         while i < args.len() {
             let a = args[i].as_str();
             i += 1;
@@ -767,6 +789,7 @@ impl Declared for Javac {
                     if !outputs.iter().any(|(r, p)| r == role && *p == value) {
                         return Err(refuse("output directory", &value));
                     }
+                    classes_dir |= role == "classes";
                     out.join(role).to_string_lossy().into_owned()
                 }
                 _ => value,
@@ -777,6 +800,12 @@ impl Declared for Javac {
                 res.push(a.to_string());
                 res.push(new);
             }
+        }
+        // Without -d, javac writes each class beside its source (and beside each
+        // source it finds on a search path): here those are links into the blob
+        // store, so a class would overwrite a blob other jobs share.
+        if !classes_dir {
+            return Err(refuse("a job without", "-d"));
         }
         // A sender only ships compiles with no annotation processor on their paths;
         // the worker makes sure none runs whatever it was sent.
@@ -924,6 +953,42 @@ mod tests {
         );
         assert_eq!(reason(&["-d", "o", "-verbose", "A.java"]), "verbose");
         assert_eq!(reason(&["-d"]), "missing_value");
+        for xd in [
+            "-XD-Xplugin:=Evil",
+            "-XD-processor=x.P",
+            "-XDdebug.dumpInferenceGraphsTo=/tmp/x",
+            "-XDrawDiagnostics",
+            "-XDuseUnsharedTable",
+        ] {
+            assert_eq!(
+                reason(&["-d", "o", xd, "A.java"]),
+                "javac_internal_option",
+                "{xd}"
+            );
+        }
+        assert!(parse(&["-d", "o", "-XDuseUnsharedTable=true", "A.java"]).is_ok());
+    }
+
+    #[test]
+    fn warm_job_never_carries_an_internal_option() {
+        let mut inv = parse(&["-d", "o", "-XDuseUnsharedTable=true", "A.java"]).unwrap();
+        let dirs = [PathBuf::from("/t/c")];
+        if std::env::var_os("JDK_JAVAC_OPTIONS").is_none() {
+            let job = JAVAC.warm_job(&inv, &dirs);
+            if let Ok(job) = job {
+                assert!(job.args.contains(&"-XDuseUnsharedTable=true".to_string()));
+            }
+        }
+        // Whatever reached the plan, the warm JVM (and a worker) never gets it.
+        let Plan::Javac(p) = &mut inv.plan else {
+            unreachable!()
+        };
+        p.user_args
+            .insert(0, ("-XD-Xplugin:=Evil".to_string(), Token::Plain));
+        assert_eq!(
+            JAVAC.warm_job(&inv, &dirs).unwrap_err().reason,
+            "javac_internal_option"
+        );
     }
 
     #[test]
@@ -1018,8 +1083,63 @@ mod tests {
             &["-cp", "lib.jar"],
             &["Foo.class"],
             &["-d", "/somewhere/else"],
+            &["-XD-Xplugin:=Evil"],
+            &["-XD-processor=x.P"],
+            &["-XDdebug.dumpInferenceGraphsTo=/tmp/x"],
+            &["-XDuseUnsharedTable"],
         ] {
             assert_eq!(refused(bad), "refused", "{bad:?}");
         }
+        // Gradle's own -XD is harmless and ships.
+        let mut gradle = args.clone();
+        gradle.insert(0, "-XDuseUnsharedTable=true".into());
+        let got = JAVAC
+            .worker_tree_args(&gradle, &outputs, root, out)
+            .unwrap();
+        assert_eq!(got[1], "-XDuseUnsharedTable=true");
+    }
+
+    #[test]
+    fn worker_refuses_a_tree_job_without_an_output_directory() {
+        let root = Path::new("/job/root");
+        let out = Path::new("/job/out");
+        let without_d = |args: &[&str], outputs: &[(&str, &str)]| {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            let outputs: Vec<(String, String)> = outputs
+                .iter()
+                .map(|(r, p)| (r.to_string(), p.to_string()))
+                .collect();
+            JAVAC.worker_tree_args(&args, &outputs, root, out)
+        };
+        // Classes would be written through the sources' links into the blob store.
+        for (args, outputs) in [
+            (&["/home/u/src/A.java"][..], &[][..]),
+            (
+                &["-sourcepath", "/home/u/src", "/home/u/src/A.java"],
+                &[("classes", "/home/u/o")],
+            ),
+            (
+                &["-implicit:none", "-s", "/home/u/gen", "/home/u/src/A.java"],
+                &[("sources", "/home/u/gen")],
+            ),
+            (
+                &["-h", "/home/u/h", "/home/u/src/A.java"],
+                &[("headers", "/home/u/h"), ("classes", "/home/u/o")],
+            ),
+        ] {
+            let r = without_d(args, outputs);
+            assert_eq!(r.unwrap_err().reason, "refused", "{args:?}");
+        }
+        let r = without_d(
+            &[
+                "-sourcepath",
+                "/home/u/src",
+                "-d",
+                "/home/u/o",
+                "/home/u/src/A.java",
+            ],
+            &[("classes", "/home/u/o")],
+        );
+        assert!(r.is_ok(), "{r:?}");
     }
 }
