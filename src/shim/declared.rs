@@ -174,6 +174,11 @@ impl Ctx<'_> {
             // must say why, so it runs once more, untouched.
             return self.uncached("output directory unwritable", "output_unwritable");
         }
+        if ResultEntry::decode(&payload).is_some_and(|e| e.outputs.is_empty()) && !outs.is_empty() {
+            self.tally
+                .add(format!("{}.no_output", names::NOT_STORED), 1);
+            return 0;
+        }
         self.put(EntryKind::Result, &rkey, &payload);
         if let Some(a) = agent.as_mut() {
             let item = Item {
@@ -521,12 +526,18 @@ impl Ctx<'_> {
 
     /// A hit: the entry's files written, its messages replayed.
     fn restore_tree(&mut self, data: &[u8], outs: &[OutputDir], hit_counter: &str) -> bool {
-        if !self.write_tree(data, outs) {
-            return false;
-        }
         let Some(entry) = ResultEntry::decode(data) else {
             return false;
         };
+        // An entry with no files never stands for a compile that writes into output
+        // directories (such an entry, from anyone, would otherwise match any compile);
+        // such compiles are not stored either.
+        if entry.outputs.is_empty() && !outs.is_empty() {
+            return false;
+        }
+        if !self.write_tree(data, outs) {
+            return false;
+        }
         self.replay_hit(&entry, hit_counter);
         true
     }
