@@ -25,6 +25,11 @@ use crate::peer::{entry_kind, request, store_item};
 const SHIM_REQUEST_WAIT: Duration = Duration::from_secs(600);
 /// Remote cache lookups give up after this (plus the peer's RTT).
 const LOOKUP_WAIT: Duration = Duration::from_millis(1500);
+/// Shim connections served at once, in all and per user: past these a connection is
+/// closed at once (that shim compiles at home), so one local user cannot take the agent
+/// from the others or grow farmd without bound.
+const MAX_SESSIONS: usize = 1024;
+const MAX_SESSIONS_PER_USER: usize = 256;
 /// Assumed local compile time before any was measured.
 const DEFAULT_JOB_MS: f64 = 500.0;
 
@@ -77,15 +82,8 @@ fn user_name(uid: u32) -> Option<String> {
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut out: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: getpwuid_r writes into `pwd` and `buf`, both alive and sized as passed.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut out,
-        )
-    };
+    let rc =
+        unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
     if rc != 0 || out.is_null() {
         return None;
     }
@@ -151,6 +149,9 @@ pub fn bind(node: &Node) -> Result<UnixListener> {
 }
 
 pub async fn serve(node: Arc<Node>, listener: UnixListener) {
+    let sessions = Arc::new(tokio::sync::Semaphore::new(MAX_SESSIONS));
+    let per_user: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>> = Default::default();
+    let mut refused_log = RateLimitedLog::default();
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -164,8 +165,57 @@ pub async fn serve(node: Arc<Node>, listener: UnixListener) {
         if node.stopping.load(Ordering::Relaxed) {
             return;
         }
+        let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+        let Ok(permit) = sessions.clone().try_acquire_owned() else {
+            refused_log.warn(uid, "agent connection refused: too many connections");
+            continue;
+        };
+        {
+            let mut m = per_user.lock().unwrap();
+            let n = m.entry(uid).or_default();
+            if *n >= MAX_SESSIONS_PER_USER {
+                drop(m);
+                refused_log.warn(uid, "agent connection refused: too many from this user");
+                continue;
+            }
+            *n += 1;
+        }
         let node = node.clone();
-        tokio::spawn(async move { shim_session(node, stream).await });
+        let per_user = per_user.clone();
+        tokio::spawn(async move {
+            shim_session(node, stream).await;
+            drop(permit);
+            let mut m = per_user.lock().unwrap();
+            if let Some(n) = m.get_mut(&uid) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&uid);
+                }
+            }
+        });
+    }
+}
+
+/// One warning per second at most, with the count of those it held back.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl RateLimitedLog {
+    fn warn(&mut self, uid: u32, what: &str) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.held += 1;
+            return;
+        }
+        tracing::warn!(uid, suppressed = self.held, "{what}");
+        self.last = Some(now);
+        self.held = 0;
     }
 }
 
@@ -198,10 +248,8 @@ async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
             AgentRequest::Fetch { kind, key } => {
                 // The user's own entries first, then the farm-wide ones, at once.
                 let own_key = scope.user_key(&key);
-                let (own, farm) = tokio::join!(
-                    lookup(&node, kind, &own_key),
-                    lookup(&node, kind, &key)
-                );
+                let (own, farm) =
+                    tokio::join!(lookup(&node, kind, &own_key), lookup(&node, kind, &key));
                 match own.or(farm) {
                     Some((entry, peer)) => AgentResponse::Cached { entry, peer },
                     None => AgentResponse::Missing,

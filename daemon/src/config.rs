@@ -176,7 +176,9 @@ impl DaemonConfig {
                 None => Ok(default),
                 Some(s) => farm::config::parse_size(s)
                     .filter(|n| *n >= min)
-                    .ok_or_else(|| bad(key, format!("{s:?} is not a size of at least {min} bytes"))),
+                    .ok_or_else(|| {
+                        bad(key, format!("{s:?} is not a size of at least {min} bytes"))
+                    }),
             }
         };
         let job_memory = size("job_memory", &fc.job_memory, 8 << 30, 64 << 20)?;
@@ -187,7 +189,10 @@ impl DaemonConfig {
         for s in &fc.sandbox_paths {
             let p = PathBuf::from(s);
             if !p.is_absolute() {
-                return Err(bad("sandbox_paths", format!("{s:?} is not an absolute path")));
+                return Err(bad(
+                    "sandbox_paths",
+                    format!("{s:?} is not an absolute path"),
+                ));
             }
             sandbox_paths.push(p);
         }

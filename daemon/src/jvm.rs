@@ -205,7 +205,10 @@ impl WarmJvms {
             }
         };
         if area.is_none() {
-            cmd.args(&args).arg("-cp").arg(&classes).arg("FarmJavacHelper");
+            cmd.args(&args)
+                .arg("-cp")
+                .arg(&classes)
+                .arg("FarmJavacHelper");
         }
         let mut child = cmd
             .stdin(Stdio::piped())

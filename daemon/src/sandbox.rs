@@ -240,7 +240,10 @@ impl Sandbox {
         let exit_code = match (status.code(), status.signal()) {
             (Some(c), _) => c,
             (None, Some(libc::SIGXCPU)) => {
-                return Err(format!("job used more than {} s of CPU", limits.cpu.as_secs()))
+                return Err(format!(
+                    "job used more than {} s of CPU",
+                    limits.cpu.as_secs()
+                ))
             }
             (None, Some(s)) => return Err(format!("job killed by signal {s}")),
             _ => -1,
@@ -357,7 +360,10 @@ mod tests {
         // Its own PID namespace: only the sandbox's few processes.
         let procs: u32 = out.lines().last().unwrap().trim().parse().unwrap();
         assert!(procs < 10, "sees {procs} processes");
-        assert_eq!(std::fs::read_to_string(job.path().join("out")).unwrap(), "out\n");
+        assert_eq!(
+            std::fs::read_to_string(job.path().join("out")).unwrap(),
+            "out\n"
+        );
         assert_eq!(std::fs::read_to_string(&input).unwrap(), "data");
     }
 

@@ -143,7 +143,10 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
         }
     }
     if std::fs::create_dir_all(&root).is_err() {
-        return refuse(node, format!("{}: cannot make {}", node.name, root.display()));
+        return refuse(
+            node,
+            format!("{}: cannot make {}", node.name, root.display()),
+        );
     }
     for (role, _) in &job.outputs {
         if farm::lang::reroot(&out, &format!("/{role}")).is_none()
@@ -336,7 +339,16 @@ pub async fn run(node: &Node, peer: &str, job: Job) -> PeerResponse {
         Ok(a) => a,
         Err(a) => return refuse(node, format!("refused flag: {a:?} is not UTF-8")),
     };
-    let result = run_in(node, sandbox, &compiler, &slot.dir, &input, &args, &job.source).await;
+    let result = run_in(
+        node,
+        sandbox,
+        &compiler,
+        &slot.dir,
+        &input,
+        &args,
+        &job.source,
+    )
+    .await;
     drop(slot);
     match result {
         Ok(r) => {
