@@ -305,6 +305,20 @@ impl WarmJvms {
             return;
         }
         let mut idle = self.idle.lock().await;
+        // Idle JVMs in all pools are capped too: many submitters must not each keep
+        // their own set. The other pools give up one first.
+        let total: usize = idle.values().map(Vec::len).sum();
+        if total >= self.keep * 2 {
+            let other = idle
+                .iter_mut()
+                .filter(|(k, v)| **k != lease.key && !v.is_empty())
+                .max_by_key(|(_, v)| v.len())
+                .map(|(k, _)| k.clone());
+            match other.and_then(|k| idle.get_mut(&k)) {
+                Some(v) => drop(v.remove(0)),
+                None => return,
+            }
+        }
         let list = idle.entry(lease.key).or_default();
         if list.len() < self.keep {
             list.push(lease.helper);
