@@ -405,6 +405,10 @@ impl Ctx<'_> {
             // The compiler reports a missing source in its own words.
             Err(_) => return self.uncached("source unreadable", "source_unreadable"),
         };
+        // Text that makes the compiler read files no key covers is never cached.
+        if let Err(p) = self.family.worker_source_check(&source) {
+            return self.uncached(&p.detail, p.reason);
+        }
         let mkey = key::finish(base, "source", &source);
         drop(source);
         let manifest = match self.get(EntryKind::Manifest, &mkey) {
@@ -556,6 +560,10 @@ impl Ctx<'_> {
                     self.put(EntryKind::Manifest, mkey, &marker.encode());
                     self.tally
                         .add(format!("{}.{}", names::NOT_STORED, nr.reason), 1);
+                } else if nr.reason == lang::UNSUPPORTED_CODE_DIRECTIVE {
+                    // A header reads files no key covers: counted like the source's case.
+                    self.tally
+                        .add(format!("{}.{}", names::PASSTHROUGH, nr.reason), 1);
                 } else {
                     self.tally
                         .add(format!("{}.{}", names::NOT_STORED, nr.reason), 1);

@@ -778,3 +778,39 @@ fn coloured_diagnostics_on_a_terminal_match_the_compiler() {
     assert_eq!(env.misses(), 2);
     assert_eq!(env.read("a.o"), env.read("c.o"));
 }
+
+/// asm `.incbin` reads a file no dependency output names: a source (or header) using
+/// it is never cached, so an edit of that file is never answered by a stale object.
+#[test]
+fn incbin_is_never_cached() {
+    require("gcc");
+    for mode in MODES {
+        for in_header in [false, true] {
+            let env = Env::new(mode);
+            let asm = "asm(\".section .rodata\\n.globl blob\\nblob:\\n.incbin \\\"data.bin\\\"\\n.previous\");\n";
+            if in_header {
+                env.write("blob.h", asm);
+                env.write("s.c", "#include \"blob.h\"\nint f(void) { return 1; }\n");
+            } else {
+                env.write("s.c", &format!("{asm}int f(void) {{ return 1; }}\n"));
+            }
+            for (round, data) in ["first data\n", "other data!\n"].iter().enumerate() {
+                env.write("data.bin", data);
+                settle();
+                env.farm_ok(&["gcc", "-c", "s.c", "-o", "s.o"]);
+                env.plain(&["gcc", "-c", "s.c", "-o", "p.o"]);
+                assert_eq!(
+                    env.read("s.o"),
+                    env.read("p.o"),
+                    "[{mode}] header={in_header} round {round}: stale object"
+                );
+            }
+            assert_eq!(env.hits(), 0, "[{mode}] header={in_header}");
+            assert_eq!(
+                env.counter(&["passthrough", "unsupported_code_directive"]),
+                2,
+                "[{mode}] header={in_header}"
+            );
+        }
+    }
+}

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use super::{
     CompileRun, DepSource, DependencyFacts, Family, Invocation, NotRecordable, Output, Passthrough,
-    Plan,
+    Plan, UNSUPPORTED_CODE_DIRECTIVE,
 };
 use crate::fsutil::{self, DirCache, PathKind};
 
@@ -1015,6 +1015,68 @@ fn scan_text(t: &[u8]) -> Scan {
     s
 }
 
+/// Code directives that make the compiler or assembler read a file no dependency
+/// output names: asm `.incbin`/`.include`, `#pragma GCC pch_preprocess`, C23 `#embed`
+/// and `__has_embed`. Their file is in no key, so such a compile is never cached, never
+/// shipped. Over-approximates (a struct member named `include` reached as `s.include`
+/// also matches): that only costs a pass-through.
+pub fn code_directive(t: &[u8]) -> Option<&'static str> {
+    fn ident(c: u8) -> bool {
+        c.is_ascii_alphanumeric() || c == b'_'
+    }
+    for (pat, name) in [
+        (&b".incbin"[..], ".incbin"),
+        (b".include", ".include"),
+        (b"__has_embed", "__has_embed"),
+    ] {
+        for pos in memchr::memmem::find_iter(t, pat) {
+            if t.get(pos + pat.len()).map_or(true, |&c| !ident(c)) {
+                return Some(name);
+            }
+        }
+    }
+    if memchr::memmem::find(t, b"pch_preprocess").is_some() {
+        return Some("#pragma GCC pch_preprocess");
+    }
+    // `#embed`: a directive, `#` first on its line.
+    for pos in memchr::memmem::find_iter(t, b"embed") {
+        if t.get(pos + 5).is_some_and(|&c| ident(c)) {
+            continue;
+        }
+        let mut i = pos;
+        while i > 0 && matches!(t[i - 1], b' ' | b'\t') {
+            i -= 1;
+        }
+        if i == 0 || t[i - 1] != b'#' {
+            continue;
+        }
+        i -= 1;
+        while i > 0 && matches!(t[i - 1], b' ' | b'\t') {
+            i -= 1;
+        }
+        if i == 0 || t[i - 1] == b'\n' {
+            return Some("#embed");
+        }
+    }
+    None
+}
+
+/// [`code_directive`] as a pass-through: for a source, a header, preprocessed text
+/// about to be keyed or shipped, and shipped text a worker received.
+pub fn check_code_directives(text: &[u8], file: &str) -> Result<(), Passthrough> {
+    match code_directive(text) {
+        Some(d) => Err(Passthrough::new(
+            UNSUPPORTED_CODE_DIRECTIVE,
+            if file.is_empty() {
+                d.to_string()
+            } else {
+                format!("{d} in {file}")
+            },
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The include search list the compiler uses for these arguments.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SearchList {
@@ -1171,6 +1233,7 @@ fn preprocessed_text(inv: &Invocation, out: std::process::Output) -> Result<Vec<
     if let Some(gch) = pch_beside_preprocessed(&out.stdout) {
         return Err(Passthrough::new("pch_use", gch.display().to_string()));
     }
+    check_code_directives(&out.stdout, &inv.source.display().to_string())?;
     Ok(out.stdout)
 }
 
@@ -1259,6 +1322,13 @@ fn record_lookups(
         let Ok(text) = fsutil::read_file(&f) else {
             continue;
         };
+        if let Err(p) = check_code_directives(&text, &f.display().to_string()) {
+            return Err(NotRecordable {
+                reason: p.reason,
+                detail: p.detail,
+                preprocessor_ok: false,
+            });
+        }
         let scan = scan_text(&text);
         if let Some(m) = scan.time_macro {
             return Err(NotRecordable {
@@ -1943,6 +2013,10 @@ impl Family for Gcc {
         worker_args(lang, args, input, output)
     }
 
+    fn worker_source_check(&self, source: &[u8]) -> Result<(), Passthrough> {
+        check_code_directives(source, "")
+    }
+
     fn cleanup(&self, inv: &Invocation) {
         if let Some(f) = &plan(inv).observe_depfile {
             let _ = std::fs::remove_file(f);
@@ -2267,5 +2341,41 @@ mod tests {
         }
         assert!(worker_args("c", &[], Path::new("j.i"), Path::new("j.o")).is_err());
         assert!(io(&["-O2", "-march=x86-64-v2", "-Wa,--noexecstack", "-fno-plt"]).is_ok());
+    }
+
+    #[test]
+    fn code_directives_are_found() {
+        for (text, what) in [
+            (&b"asm(\".incbin \\\"data.bin\\\"\");"[..], ".incbin"),
+            (b"__asm__(\".include \\\"x.s\\\"\");", ".include"),
+            (
+                b"#pragma GCC pch_preprocess \"x.gch\"\n",
+                "#pragma GCC pch_preprocess",
+            ),
+            (b"int a[] = {\n  #  embed \"x\"\n};", "#embed"),
+            (b"#embed <x>\n", "#embed"),
+            (b"#if __has_embed(\"x\")\n#endif\n", "__has_embed"),
+        ] {
+            assert_eq!(
+                code_directive(text),
+                Some(what),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+            assert!(GCC.worker_source_check(text).is_err());
+        }
+        for text in [
+            &b"int incbin; int include_dirs; s.included = 1;"[..],
+            b"#include <stdio.h>\nint embed(void); int x = embed();\n",
+            b"/* embedded */ int embedded;",
+        ] {
+            assert_eq!(
+                code_directive(text),
+                None,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+            assert!(GCC.worker_source_check(text).is_ok());
+        }
     }
 }
