@@ -814,3 +814,37 @@ fn incbin_is_never_cached() {
         }
     }
 }
+
+/// A source that is a pipe can be read once: by the compiler, never by farm first
+/// (which gave an empty object from `<(…)` and hung on a FIFO).
+#[test]
+fn source_that_is_not_a_regular_file_passes_through() {
+    require("gcc");
+    require("nm");
+    for mode in MODES {
+        let env = Env::new(mode);
+        let farm = farm_bin();
+        let script = format!(
+            "timeout 30 {farm} gcc -x c -c <(printf 'int from_pipe(void) {{ return 3; }}\\n') -o ps.o\n\
+             mkfifo fifo.c\n\
+             (printf 'int from_fifo(void) {{ return 4; }}\\n' > fifo.c) &\n\
+             timeout 30 {farm} gcc -x c -c fifo.c -o fifo.o\n\
+             wait\n\
+             nm ps.o | grep -q from_pipe\n\
+             nm fifo.o | grep -q from_fifo\n",
+            farm = farm.display()
+        );
+        let o = env.cmd("bash").arg("-ec").arg(&script).output().unwrap();
+        assert!(
+            o.status.success(),
+            "[{mode}] {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            env.counter(&["passthrough", "source_not_regular"]),
+            2,
+            "[{mode}]"
+        );
+    }
+}

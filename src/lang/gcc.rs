@@ -744,6 +744,16 @@ impl Gcc {
         if arch_count > 1 {
             return Err(Passthrough::new("multiple_arch", ""));
         }
+        // A pipe (`<(…)`, a FIFO) or a device can be read once: by the compiler. A
+        // missing source is the compiler's to report (`source_unreadable` later).
+        if let Ok(m) = std::fs::metadata(&src) {
+            if !m.is_file() {
+                return Err(Passthrough::new(
+                    "source_not_regular",
+                    src.display().to_string(),
+                ));
+            }
+        }
         let object = output.clone().unwrap_or_else(|| default_object(&src));
         if object.as_os_str() == "-" {
             return Err(Passthrough::new("output_to_stdout", "-o -"));
