@@ -171,11 +171,29 @@ pub struct GccPlan {
 /// stays a literal argument, as gcc leaves it.
 pub fn expand_response_files(args: &[OsString]) -> Result<Vec<OsString>, Passthrough> {
     let mut out = Vec::with_capacity(args.len());
-    expand_into(args, &mut out, 0)?;
+    let mut budget = Budget::default();
+    expand_into(args, &mut out, 0, &mut budget)?;
     Ok(out)
 }
 
-fn expand_into(args: &[OsString], out: &mut Vec<OsString>, depth: u32) -> Result<(), Passthrough> {
+/// Bounds on what `@file` expansion may read: nested files can fan out (40 files of 40
+/// references, 5 deep, is 10^8 arguments). Past them the compiler gets argv unchanged.
+const RESPONSE_FILES_MAX: usize = 1000;
+const RESPONSE_ARGS_MAX: usize = 1_000_000;
+const RESPONSE_BYTES_MAX: u64 = 64 << 20;
+
+#[derive(Default)]
+struct Budget {
+    files: usize,
+    bytes: u64,
+}
+
+fn expand_into(
+    args: &[OsString],
+    out: &mut Vec<OsString>,
+    depth: u32,
+    budget: &mut Budget,
+) -> Result<(), Passthrough> {
     for a in args {
         let b = a.as_bytes();
         if b.len() > 1 && b[0] == b'@' {
@@ -185,11 +203,32 @@ fn expand_into(args: &[OsString], out: &mut Vec<OsString>, depth: u32) -> Result
                     a.to_string_lossy(),
                 ));
             }
+            budget.files += 1;
+            if budget.files > RESPONSE_FILES_MAX {
+                return Err(Passthrough::new(
+                    "response_file_limit",
+                    format!("more than {RESPONSE_FILES_MAX} response files"),
+                ));
+            }
             let path = Path::new(OsStr::from_bytes(&b[1..]));
-            match std::fs::read(path) {
-                Ok(data) => {
+            let mut data = Vec::new();
+            let left = RESPONSE_BYTES_MAX - budget.bytes;
+            let read = std::fs::File::open(path).and_then(|f| {
+                use std::io::Read;
+                f.take(left + 1).read_to_end(&mut data)
+            });
+            match read {
+                Ok(n) => {
+                    if n as u64 > left {
+                        return Err(Passthrough::new(
+                            "response_file_limit",
+                            format!("more than {RESPONSE_BYTES_MAX} bytes of response files"),
+                        ));
+                    }
+                    budget.bytes += n as u64;
                     let inner = split_response_file(&data);
-                    expand_into(&inner, out, depth + 1)?;
+                    drop(data);
+                    expand_into(&inner, out, depth + 1, budget)?;
                 }
                 Err(_) => {
                     return Err(Passthrough::new(
@@ -199,6 +238,12 @@ fn expand_into(args: &[OsString], out: &mut Vec<OsString>, depth: u32) -> Result
                 }
             }
         } else {
+            if out.len() >= RESPONSE_ARGS_MAX {
+                return Err(Passthrough::new(
+                    "response_file_limit",
+                    format!("more than {RESPONSE_ARGS_MAX} arguments"),
+                ));
+            }
             out.push(a.clone());
         }
     }
@@ -2387,5 +2432,41 @@ mod tests {
             );
             assert!(GCC.worker_source_check(text).is_ok());
         }
+    }
+
+    #[test]
+    fn response_file_fan_out_is_bounded() {
+        // 5 levels of 40 files, each naming all 40 of the next level: 10^8 arguments
+        // if expanded; refused after the file budget instead.
+        let dir = tempfile::tempdir().unwrap();
+        for level in 0..5 {
+            for i in 0..40 {
+                let body: String = if level == 4 {
+                    "-DX=1 ".repeat(10)
+                } else {
+                    (0..40)
+                        .map(|j| format!("@{}/r{}_{j} ", dir.path().display(), level + 1))
+                        .collect()
+                };
+                std::fs::write(dir.path().join(format!("r{level}_{i}")), body).unwrap();
+            }
+        }
+        let top = format!("@{}/r0_0", dir.path().display());
+        let err = expand_response_files(&os(&["-c", &top, "a.c"])).unwrap_err();
+        assert_eq!(err.reason, "response_file_limit");
+        // Many arguments in one file: the argument budget.
+        let big = dir.path().join("big");
+        std::fs::write(&big, "-DX ".repeat(RESPONSE_ARGS_MAX + 1)).unwrap();
+        let err = expand_response_files(&os(&[&format!("@{}", big.display())])).unwrap_err();
+        assert_eq!(err.reason, "response_file_limit");
+        // A normal nested pair still expands.
+        std::fs::write(dir.path().join("inner"), "-O2 -DA=1").unwrap();
+        std::fs::write(
+            dir.path().join("outer"),
+            format!("-c @{}/inner", dir.path().display()),
+        )
+        .unwrap();
+        let got = expand_response_files(&os(&[&format!("@{}/outer", dir.path().display())]));
+        assert_eq!(got.unwrap(), os(&["-c", "-O2", "-DA=1"]));
     }
 }
