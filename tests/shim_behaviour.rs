@@ -848,3 +848,40 @@ fn source_that_is_not_a_regular_file_passes_through() {
         );
     }
 }
+
+/// `-fbranch-probabilities` reads `<object>.gcda`, a file named by no flag: never
+/// cached, so a new profile is never answered by an object built from the old one.
+#[test]
+fn branch_probabilities_reads_an_unnamed_profile_and_passes_through() {
+    require("gcc");
+    let env = Env::new("direct");
+    env.write(
+        "s.c",
+        "int f(int x) { if (x > 3) return x * 2; return x + 1; }\nint main(int c, char **v) { (void)v; return f(c) & 1; }\n",
+    );
+    settle();
+    // A real profile beside the object.
+    env.plain(&["gcc", "-O2", "-fprofile-arcs", "s.c", "-o", "s"]);
+    sh(&env.work, "./s || true; ls *.gcda > gcda-list");
+    let gcda = String::from_utf8(env.read("gcda-list")).unwrap();
+    let gcda = gcda.trim();
+    fs::rename(env.work.join(gcda), env.work.join("s.gcda")).unwrap();
+    let args = [
+        "gcc",
+        "-c",
+        "-O2",
+        "-fbranch-probabilities",
+        "s.c",
+        "-o",
+        "s.o",
+    ];
+    for _ in 0..2 {
+        env.farm_ok(&args);
+    }
+    assert_eq!(env.hits(), 0);
+    assert_eq!(env.counter(&["passthrough", "profile_use_implicit"]), 2);
+    // Bare `-fauto-profile` reads `fbdata.afdo` (gcc may fail without one; either way
+    // it ran untouched).
+    env.farm(&["gcc", "-c", "-fauto-profile", "s.c", "-o", "a.o"]);
+    assert_eq!(env.counter(&["passthrough", "profile_use_implicit"]), 3);
+}

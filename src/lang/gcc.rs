@@ -435,6 +435,12 @@ const REFUSE: &[(&str, &str)] = &[
     ("-fcompare-debug*", "compare_debug"),
     ("-gsplit-dwarf=*", "split_dwarf_variant"),
     ("-fprofile-use", "profile_use_implicit"),
+    // Read a profile at a derived path (`<object>.gcda`, `fbdata.afdo`,
+    // `default.profdata`) that is in no key.
+    ("-fbranch-probabilities", "profile_use_implicit"),
+    ("-fauto-profile", "profile_use_implicit"),
+    ("-fprofile-instr-use", "profile_use_implicit"),
+    ("-fprofile-sample-use", "profile_use_implicit"),
     ("-fopt-info*=*", "dump_files"),
     ("-MJ*", "compilation_database"),
     ("--", "end_of_options"),
@@ -453,6 +459,11 @@ const INPUT_FILE_FLAGS: &[&str] = &[
     "-fsanitize-coverage-blocklist=",
     "-fsanitize-coverage-ignorelist=",
     "-fprofile-list=",
+    "-fprofile-remapping-file=",
+    "-fmemory-profile-use=",
+    "-fsanitize-system-ignorelist=",
+    "-fsanitize-system-blacklist=",
+    "-fthinlto-index=",
     "-fxray-attr-list=",
     "-fxray-always-instrument=",
     "-fxray-never-instrument=",
@@ -2176,6 +2187,15 @@ mod tests {
             (&["-c", "a.c", "-o", "-"], "output_to_stdout"),
             (&["-c", "a.c", "-o"], "missing_argument"),
             (&["-c", "a.c", "x.o"], "non_source_input"),
+            (
+                &["-c", "a.c", "-fbranch-probabilities"],
+                "profile_use_implicit",
+            ),
+            (&["-c", "a.c", "-fauto-profile"], "profile_use_implicit"),
+            (
+                &["-c", "a.c", "-fprofile-instr-use"],
+                "profile_use_implicit",
+            ),
         ];
         for (args, reason) in cases {
             let r = parse(args).unwrap_err();
