@@ -1716,6 +1716,42 @@ const WORKER_DENY_PREFIX: &[&str] = &[
     "-Xlinker",
     "@",
 ];
+/// Words (between `-`, `=`, `,`, `:`) of a `-f`/`-m` flag a worker refuses, besides
+/// any word ending in `list` (`=list=`, sanitizer and xray lists): the flag reads or
+/// writes a file, turns preprocessing back on, or depends on the machine.
+const WORKER_DENY_WORDS: &[&str] = &[
+    "file",
+    "files",
+    "dir",
+    "directory",
+    "path",
+    "prefix",
+    "map",
+    "record",
+    "report",
+    "trace",
+    "stat",
+    "stats",
+    "profile",
+    "probabilities",
+    "afdo",
+    "gcda",
+    "preprocessed",
+    "directives",
+    "include",
+    "pch",
+    "plugin",
+    "load",
+    "dump",
+    "coverage",
+    "crash",
+    "diagnostics",
+    "output",
+    "temps",
+    "index",
+    "session",
+    "native",
+];
 const WORKER_EXACT_OK: &[&str] = &[
     "-ansi",
     "-w",
@@ -1778,6 +1814,19 @@ pub fn worker_arg_ok(a: &str) -> bool {
     }
     if a.starts_with("-g") {
         // Debug info is never made by a worker (see `remote_block`).
+        return false;
+    }
+    // Fail closed on the open-ended `-f`/`-m` families: any word that names a file,
+    // a directory, a list, a profile, a report or preprocessing, any `native` value
+    // (what it means differs per machine), and any path at all.
+    if a.contains('/') {
+        return false;
+    }
+    if (a.starts_with("-f") || a.starts_with("-m"))
+        && a[2..]
+            .split(['-', '=', ',', ':'])
+            .any(|w| WORKER_DENY_WORDS.contains(&w) || w.ends_with("list"))
+    {
         return false;
     }
     WORKER_EXACT_OK.contains(&a)
@@ -2413,6 +2462,70 @@ mod tests {
             &["-O2\n-fplugin=x"],
         ] {
             assert!(io(bad).is_err(), "{bad:?} accepted");
+        }
+        // Preprocessing turned back on, files read or written, machine-dependent.
+        for bad in [
+            "-fno-preprocessed",
+            "-fdirectives-only",
+            "-foptimization-record-file=x",
+            "-fsave-optimization-record",
+            "-fsave-optimization-record=yaml",
+            "-fproc-stat-report",
+            "-fproc-stat-report=x",
+            "-fbasic-block-sections=list=x",
+            "-fbasic-block-sections=list=/etc/x",
+            "-ftime-trace",
+            "-ftime-trace=x",
+            "-ftime-trace-granularity=1",
+            "-fcrash-diagnostics-dir=x",
+            "-fcrash-diagnostics",
+            "-fprofile-use",
+            "-fprofile-arcs",
+            "-fprofile-sample-use=x",
+            "-fbranch-probabilities",
+            "-fauto-profile",
+            "-fauto-profile=x",
+            "-fcoverage-mapping",
+            "-fcoverage-compilation-dir=x",
+            "-fdebug-compilation-dir=x",
+            "-fdebug-compilation-dir",
+            "-fsanitize-ignorelist=x",
+            "-fsanitize-system-ignorelist=x",
+            "-fsanitize-coverage-allowlist=x",
+            "-fxray-attr-list=x",
+            "-finstrument-functions-exclude-file-list=x",
+            "-fmacro-prefix-map=a=b",
+            "-fdiagnostics-format=sarif-file",
+            "-fdiagnostics-add-output=sarif",
+            "-fmem-report",
+            "-march=native",
+            "-mtune=native",
+            "-mcpu=native",
+            "-fprofile-remapping-file=x",
+            "-fthinlto-index=x",
+            "-fpch-preprocess",
+            "-fmax-include-depth=5",
+        ] {
+            assert!(!worker_arg_ok(bad), "{bad} accepted");
+            assert!(io(&[bad]).is_err(), "{bad} accepted by worker_args");
+        }
+        for good in [
+            "-O2",
+            "-fPIC",
+            "-fno-plt",
+            "-fstack-protector-strong",
+            "-fcf-protection=full",
+            "-fbasic-block-sections=all",
+            "-ffunction-sections",
+            "-fsanitize=address",
+            "-mstack-protector-guard=global",
+            "-mindirect-branch=thunk",
+            "-march=x86-64-v3",
+            "-mtune=generic",
+            "-Wall",
+            "-std=c11",
+        ] {
+            assert!(worker_arg_ok(good), "{good} refused");
         }
         assert!(worker_args("c", &[], Path::new("j.i"), Path::new("j.o")).is_err());
         assert!(io(&["-O2", "-march=x86-64-v2", "-Wa,--noexecstack", "-fno-plt"]).is_ok());
