@@ -531,6 +531,77 @@ fn apply_prefix_maps(path: &Path, maps: &[(String, String)]) -> PathBuf {
     path.to_path_buf()
 }
 
+/// `-march=native`, `-mtune=native`, `-mcpu=native` (and `native+ext` forms): any
+/// `-m` flag whose value is `native`.
+fn is_native_cpu_flag(a: &str) -> bool {
+    a.starts_with("-m")
+        && a.split_once('=').is_some_and(|(_, v)| {
+            v == "native" || v.starts_with("native+") || v.starts_with("native,")
+        })
+}
+
+/// Lines of the first processor block of `/proc/cpuinfo` that say what `native`
+/// expands to (model, features, caches), without those that change at run time.
+const CPUINFO_FIELDS: &[&str] = &[
+    "vendor_id",
+    "cpu family",
+    "model",
+    "model name",
+    "stepping",
+    "flags",
+    "cache size",
+    "cache_alignment",
+    "address sizes",
+    "Features",
+    "CPU implementer",
+    "CPU architecture",
+    "CPU variant",
+    "CPU part",
+    "CPU revision",
+    "isa",
+    "uarch",
+    "cpu",
+];
+
+/// The digest of this CPU's identity as `native` sees it, from `/proc/cpuinfo`.
+fn native_cpu_digest() -> Option<String> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    std::fs::File::open("/proc/cpuinfo")
+        .ok()?
+        .take(256 << 10)
+        .read_to_end(&mut data)
+        .ok()?;
+    Some(cpuinfo_digest(&data))
+}
+
+fn cpuinfo_digest(data: &[u8]) -> String {
+    let text = String::from_utf8_lossy(data);
+    let mut h = blake3::Hasher::new();
+    h.update(b"farm-native-cpu-1\0");
+    let mut seen_field = false;
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            if seen_field {
+                break; // the end of the first processor block
+            }
+            continue;
+        }
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let k = k.trim();
+        if CPUINFO_FIELDS.contains(&k) {
+            seen_field = true;
+            h.update(k.as_bytes());
+            h.update(b"=");
+            h.update(v.trim().as_bytes());
+            h.update(b"\n");
+        }
+    }
+    fsutil::hex(&h.finalize().as_bytes()[..16])
+}
+
 fn tmp_depfile() -> PathBuf {
     let seq = {
         use std::sync::atomic::{AtomicU32, Ordering};
@@ -568,6 +639,7 @@ impl Gcc {
         let mut arch_count = 0;
         let mut other_input: Option<String> = None;
         let mut dep_args: Vec<OsString> = Vec::new();
+        let mut native: Option<String> = None;
 
         let mut i = 0;
         while i < expanded.len() {
@@ -608,6 +680,9 @@ impl Gcc {
             }
             if let Some(r) = refused(a) {
                 return Err(Passthrough::new(r, a));
+            }
+            if is_native_cpu_flag(a) {
+                native.get_or_insert_with(|| a.to_string());
             }
             // Separate-argument flags.
             if WITH_ARG.contains(&a) {
@@ -871,7 +946,17 @@ impl Gcc {
         // Preprocessed-source distribution changes debug info (column numbers and
         // file digests differ from a compile of the source itself, checked with cmp),
         // and coverage/profiling record paths of the machine that compiles.
-        let remote_block = if debug {
+        // What `native` means is this machine's CPU: it enters the key, and no other
+        // machine compiles it.
+        if let Some(flag) = &native {
+            let Some(cpu) = native_cpu_digest() else {
+                return Err(Passthrough::new("native_cpu_unknown", flag.clone()));
+            };
+            key_extra.push(format!("native-cpu={cpu}"));
+        }
+        let remote_block = if let Some(flag) = native {
+            Some(("native_cpu", flag))
+        } else if debug {
             Some(("debug_info", String::new()))
         } else if coverage || profile_paths {
             Some(("coverage_or_profile", String::new()))
@@ -2601,5 +2686,36 @@ mod tests {
         .unwrap();
         let got = expand_response_files(&os(&[&format!("@{}/outer", dir.path().display())]));
         assert_eq!(got.unwrap(), os(&["-c", "-O2", "-DA=1"]));
+    }
+
+    #[test]
+    fn native_cpu_enters_the_key_and_stays_home() {
+        for flag in ["-march=native", "-mtune=native", "-mcpu=native"] {
+            let inv = parse(&["-c", flag, "a.c"]).unwrap();
+            let extra: Vec<_> = inv
+                .key_extra
+                .iter()
+                .filter(|e| e.starts_with("native-cpu="))
+                .collect();
+            assert_eq!(extra.len(), 1, "{flag}");
+            assert_eq!(
+                plan(&inv).remote_block.as_ref().map(|b| b.0),
+                Some("native_cpu"),
+                "{flag}"
+            );
+            assert!(GCC.remote_allowed(&inv).is_err());
+        }
+        let inv = parse(&["-c", "-march=x86-64-v2", "a.c"]).unwrap();
+        assert!(inv.key_extra.iter().all(|e| !e.starts_with("native-cpu=")));
+        // Another CPU model or feature set is another key; MHz and core ids are not.
+        let a = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel\t\t: 85\ncpu MHz\t\t: 2000.1\nflags\t\t: fpu sse avx2\n\nprocessor\t: 1\nflags\t: other\n";
+        let b = a
+            .replace("2000.1", "3100.7")
+            .replace("flags\t: other", "flags\t: x");
+        let c = a.replace("avx2", "avx512f");
+        let d = a.replace("model\t\t: 85", "model\t\t: 86");
+        assert_eq!(cpuinfo_digest(a.as_bytes()), cpuinfo_digest(b.as_bytes()));
+        assert_ne!(cpuinfo_digest(a.as_bytes()), cpuinfo_digest(c.as_bytes()));
+        assert_ne!(cpuinfo_digest(a.as_bytes()), cpuinfo_digest(d.as_bytes()));
     }
 }
