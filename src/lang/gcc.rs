@@ -1304,10 +1304,8 @@ fn search_list(inv: &Invocation, scratch: &Path) -> Result<SearchList, NotRecord
         "{}.search",
         fsutil::hex(&h.finalize().as_bytes()[..16])
     ));
-    if let Ok(data) = std::fs::read(&memo) {
-        if let Some(sl) = parse_search_list(&data) {
-            return Ok(sl);
-        }
+    if let Some(sl) = read_search_memo(&memo) {
+        return Ok(sl);
     }
     let lang = match p.lang {
         Lang::CPreprocessed => "c",
@@ -1335,6 +1333,17 @@ fn search_list(inv: &Invocation, scratch: &Path) -> Result<SearchList, NotRecord
             preprocessor_ok: true,
         })?;
     // Memo: only the lines we parse. A failed write just means asking again.
+    let text = search_memo_text(&sl);
+    let _ = std::fs::create_dir_all(scratch);
+    let _ = fsutil::write_atomic(&memo, &text);
+    Ok(sl)
+}
+
+const SEARCH_MEMO_MAGIC: &str = "farm-search-1 ";
+
+/// A search-list memo: a first line with the blake3 of the rest, then the lines of
+/// `-E -v` output farm parses.
+fn search_memo_text(sl: &SearchList) -> Vec<u8> {
     let mut text = String::new();
     for d in &sl.missing {
         text.push_str(&format!(
@@ -1351,9 +1360,21 @@ fn search_list(inv: &Invocation, scratch: &Path) -> Result<SearchList, NotRecord
         text.push_str(&format!(" {}\n", d.display()));
     }
     text.push_str("End of search list.\n");
-    let _ = std::fs::create_dir_all(scratch);
-    let _ = fsutil::write_atomic(&memo, text.as_bytes());
-    Ok(sl)
+    let sum = blake3::hash(text.as_bytes());
+    format!("{SEARCH_MEMO_MAGIC}{}\n{text}", sum.to_hex()).into_bytes()
+}
+
+/// The memoized search list, unless the memo is missing, from an older farm, or does
+/// not match its checksum (then it is computed again and rewritten).
+fn read_search_memo(memo: &Path) -> Option<SearchList> {
+    let data = fsutil::read_file(memo).ok()?;
+    let nl = memchr::memchr(b'\n', &data)?;
+    let sum = data[..nl].strip_prefix(SEARCH_MEMO_MAGIC.as_bytes())?;
+    let body = &data[nl + 1..];
+    if sum != blake3::hash(body).to_hex().as_bytes() {
+        return None;
+    }
+    parse_search_list(body)
 }
 
 fn join_include(dir: &Path, name: &str) -> PathBuf {
@@ -2717,5 +2738,41 @@ mod tests {
         assert_eq!(cpuinfo_digest(a.as_bytes()), cpuinfo_digest(b.as_bytes()));
         assert_ne!(cpuinfo_digest(a.as_bytes()), cpuinfo_digest(c.as_bytes()));
         assert_ne!(cpuinfo_digest(a.as_bytes()), cpuinfo_digest(d.as_bytes()));
+    }
+
+    #[test]
+    fn search_memo_is_checksummed() {
+        let dir = tempfile::tempdir().unwrap();
+        let memo = dir.path().join("x.search");
+        let sl = SearchList {
+            quote: vec![PathBuf::from("inc")],
+            angle: vec![
+                PathBuf::from("/usr/include"),
+                PathBuf::from("/usr/local/include"),
+            ],
+            missing: vec![PathBuf::from("/nonexistent")],
+        };
+        let text = search_memo_text(&sl);
+        std::fs::write(&memo, &text).unwrap();
+        assert_eq!(read_search_memo(&memo), Some(sl));
+        // Any flipped byte: the memo is not used.
+        for i in [
+            0,
+            SEARCH_MEMO_MAGIC.len() + 3,
+            text.len() / 2,
+            text.len() - 3,
+        ] {
+            let mut bad = text.clone();
+            bad[i] ^= 0x01;
+            std::fs::write(&memo, &bad).unwrap();
+            assert_eq!(read_search_memo(&memo), None, "byte {i}");
+        }
+        // A memo of an older farm (no checksum line) is not used either.
+        std::fs::write(
+            &memo,
+            &text[text.iter().position(|&c| c == b'\n').unwrap() + 1..],
+        )
+        .unwrap();
+        assert_eq!(read_search_memo(&memo), None);
     }
 }
