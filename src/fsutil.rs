@@ -26,6 +26,82 @@ pub fn temp_path_beside(dest: &Path) -> PathBuf {
     }
 }
 
+/// The directory of this user's scratch files (observation depfiles):
+/// `$TMPDIR/farm-<euid>`, created 0700 by [`create_private_file`]. Nothing is created
+/// here: the hit path only names paths in it.
+pub fn private_temp_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    std::env::temp_dir().join(format!("farm-{uid}"))
+}
+
+/// Scratch files older than this in the private directory are leftovers of killed
+/// shims, removed by the next file created there.
+const PRIVATE_LEFTOVER_SECS: u64 = 3600;
+
+/// Makes sure `dir` is this user's own directory, mode 0700, not a symlink: created
+/// if missing, refused (an error) if someone else planted it or it is open to others.
+pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let m = fs::symlink_metadata(dir)?;
+    // SAFETY: as above.
+    let uid = unsafe { libc::geteuid() };
+    if !m.file_type().is_dir() || m.uid() != uid || m.mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{}: not a private directory of this user", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates `path`, a fresh file in a private directory (see [`ensure_private_dir`]),
+/// mode 0600, with `O_EXCL`: never through a symlink, never someone else's file. A
+/// leftover of the same name (a killed process of the same pid) is replaced; files of
+/// killed shims older than an hour are removed on the way.
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    ensure_private_dir(dir)?;
+    remove_leftovers(dir);
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(path)?;
+            open()
+        }
+        other => other,
+    }
+}
+
+fn remove_leftovers(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for e in rd.flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        let old = m
+            .modified()
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age.as_secs() > PRIVATE_LEFTOVER_SECS);
+        if old {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Writes `data` to `dest` atomically. The file gets mode 0666 minus the umask,
 /// like a file the compiler itself creates.
 pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {

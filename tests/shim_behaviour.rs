@@ -885,3 +885,64 @@ fn branch_probabilities_reads_an_unnamed_profile_and_passes_through() {
     env.farm(&["gcc", "-c", "-fauto-profile", "s.c", "-o", "a.o"]);
     assert_eq!(env.counter(&["passthrough", "profile_use_implicit"]), 3);
 }
+
+/// The observation depfile goes to `$TMPDIR/farm-<uid>`, a private 0700 directory,
+/// created with O_EXCL and removed afterwards; a directory planted there by someone
+/// else (here a symlink) is never written through, and leftovers of killed shims
+/// older than an hour are removed.
+#[test]
+fn scratch_files_are_private_and_cleaned() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = Env::new("direct");
+    project(&env);
+    let uid = fs::metadata(&env.work).unwrap().uid();
+    let tmp = env.root.path().join("tmp");
+    let elsewhere = env.root.path().join("elsewhere");
+    fs::create_dir_all(&tmp).unwrap();
+    fs::create_dir_all(&elsewhere).unwrap();
+    let private = tmp.join(format!("farm-{uid}"));
+    let compile = |out: &str| {
+        let o = env
+            .cmd(farm_bin())
+            .env("TMPDIR", &tmp)
+            .args(["gcc", "-c", "-Iinc", "src/a.c", "-o", out])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    // Planted: a symlink where the private directory goes.
+    std::os::unix::fs::symlink(&elsewhere, &private).unwrap();
+    compile("a.o");
+    assert_eq!(
+        fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "wrote through a symlink"
+    );
+    fs::remove_file(&private).unwrap();
+    // A directory open to others is not used either.
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o777)).unwrap();
+    compile("a.o");
+    assert_eq!(fs::read_dir(&private).unwrap().count(), 0);
+    assert_eq!(env.hits(), 0, "unobserved compiles are not stored");
+    fs::remove_dir(&private).unwrap();
+    // The real thing: created 0700, empty after the compile; an old leftover goes.
+    compile("a.o");
+    let m = fs::symlink_metadata(&private).unwrap();
+    assert!(m.is_dir());
+    assert_eq!(m.mode() & 0o777, 0o700);
+    assert_eq!(fs::read_dir(&private).unwrap().count(), 0);
+    let leftover = private.join("12345-0.d");
+    fs::write(&leftover, "x").unwrap();
+    set_mtime(&leftover, mtime_secs(&leftover) - 7200);
+    let fresh = private.join("12345-1.d");
+    fs::write(&fresh, "x").unwrap();
+    env.write("src/a.c", &format!("{SRC}int other;\n"));
+    settle();
+    compile("b.o");
+    assert!(!leftover.exists(), "an hour-old leftover stays");
+    assert!(fresh.exists(), "a live shim's file was removed");
+    assert_eq!(env.misses(), 4);
+    env.farm_ok(&["gcc", "-c", "-Iinc", "src/a.c", "-o", "c.o"]);
+    assert_eq!(env.hits(), 1);
+}

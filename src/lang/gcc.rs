@@ -608,7 +608,9 @@ fn tmp_depfile() -> PathBuf {
         static N: AtomicU32 = AtomicU32::new(0);
         N.fetch_add(1, Ordering::Relaxed)
     };
-    std::env::temp_dir().join(format!("farm-{}-{seq}.d", std::process::id()))
+    // Only named here (the hit path creates nothing): the file is created, with
+    // O_EXCL in a private 0700 directory, when the compile is observed.
+    fsutil::private_temp_dir().join(format!("{}-{seq}.d", std::process::id()))
 }
 
 impl Gcc {
@@ -1700,6 +1702,13 @@ fn read_deps(inv: &Invocation) -> Result<(Vec<PathBuf>, bool), NotRecordable> {
 fn scan_deps(inv: &Invocation) -> Result<Vec<PathBuf>, NotRecordable> {
     let p = plan(inv);
     let f = tmp_depfile();
+    if fsutil::create_private_file(&f).is_err() {
+        return Err(NotRecordable {
+            reason: "dependency_scan_failed",
+            detail: f.display().to_string(),
+            preprocessor_ok: false,
+        });
+    }
     let mut scan_args: Vec<OsString> = p.pp_args.clone();
     scan_args.pop(); // -E
     let status = Command::new(&inv.compiler)
@@ -2080,7 +2089,7 @@ impl Gcc {
                 cmd.arg("-MQ").arg(&inv.outputs[0].path);
             }
         } else if let Some(f) = &p.observe_depfile {
-            if std::fs::File::create(f).is_err() {
+            if fsutil::create_private_file(f).is_err() {
                 return Ok(Err(Passthrough::new(
                     "observation_file",
                     f.display().to_string(),
@@ -2169,7 +2178,7 @@ impl Family for Gcc {
         // created (unwritable TMPDIR), the compile runs unobserved and is not stored.
         let observe = observe
             && match &plan(inv).observe_depfile {
-                Some(f) => std::fs::File::create(f).is_ok(),
+                Some(f) => fsutil::create_private_file(f).is_ok(),
                 None => true,
             };
         let extra: &[OsString] = if observe { &inv.observe_args } else { &[] };
