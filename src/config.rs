@@ -187,6 +187,39 @@ fn expand_home(s: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The most a config file may hold.
+pub const CONFIG_MAX_BYTES: u64 = 1 << 20;
+
+/// Reads a config file: a regular file of at most [`CONFIG_MAX_BYTES`], UTF-8. Opened
+/// non-blocking, so a FIFO or a device named by `FARM_CONFIG` is an error, not a hang.
+fn read_config_file(file: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(file)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > CONFIG_MAX_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("larger than {CONFIG_MAX_BYTES} bytes"),
+        ));
+    }
+    let mut data = Vec::new();
+    f.take(CONFIG_MAX_BYTES + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > CONFIG_MAX_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("larger than {CONFIG_MAX_BYTES} bytes"),
+        ));
+    }
+    String::from_utf8(data).map_err(|_| Error::new(ErrorKind::InvalidData, "not UTF-8"))
+}
+
 /// Default location of the config file.
 pub fn default_config_file() -> PathBuf {
     dirs::config_dir()
@@ -227,7 +260,7 @@ impl Config {
             disable: Setting::default(false),
             agent: Setting::default(Some(PathBuf::from(DEFAULT_AGENT_SOCKET))),
         };
-        match std::fs::read_to_string(&file) {
+        match read_config_file(&file) {
             Ok(text) => {
                 cfg.file_exists = true;
                 cfg.apply_file(&file, &text)?;

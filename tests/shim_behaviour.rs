@@ -946,3 +946,66 @@ fn scratch_files_are_private_and_cleaned() {
     env.farm_ok(&["gcc", "-c", "-Iinc", "src/a.c", "-o", "c.o"]);
     assert_eq!(env.hits(), 1);
 }
+
+/// A config path naming a FIFO or a device is one clear error, never a hang, and the
+/// compile still succeeds without the cache; a log that cannot be written never
+/// reaches the compiler's stderr.
+#[test]
+fn config_fifo_or_device_and_unwritable_log() {
+    let env = Env::new("direct");
+    project(&env);
+    env.plain(&["gcc", "-c", "-Iinc", "src/a.c", "-o", "plain.o"]);
+    let fifo = env.root.path().join("config.fifo");
+    sh(env.root.path(), "mkfifo config.fifo");
+    let big = env.root.path().join("big.toml");
+    fs::write(&big, format!("# {}\n", "x".repeat(2 << 20))).unwrap();
+    for cfg in [
+        fifo.as_path(),
+        std::path::Path::new("/dev/zero"),
+        big.as_path(),
+    ] {
+        let script = format!(
+            "timeout 30 {} gcc -c -Iinc src/a.c -o a.o",
+            farm_bin().display()
+        );
+        let o = env
+            .cmd("bash")
+            .arg("-c")
+            .arg(&script)
+            .env("FARM_CONFIG", cfg)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{}: {e}", cfg.display());
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+        assert!(
+            e.contains(&*cfg.to_string_lossy()) && e.contains("compiling without the cache"),
+            "{e}"
+        );
+        assert_eq!(env.read("a.o"), env.read("plain.o"));
+        let o = env
+            .cmd("timeout")
+            .args(["30".as_ref(), farm_bin().as_os_str(), "config".as_ref()])
+            .env("FARM_CONFIG", cfg)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", cfg.display());
+    }
+    // FARM_LOG=/dev/full: every write fails; the compiler's stderr stays its own.
+    for _ in 0..2 {
+        let o = env
+            .cmd(farm_bin())
+            .env("FARM_LOG", "/dev/full")
+            .args(["gcc", "-c", "-Iinc", "src/a.c", "-o", "a.o"])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        assert!(
+            o.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(env.read("a.o"), env.read("plain.o"));
+    }
+    assert_eq!(env.hits(), 1);
+}
