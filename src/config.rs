@@ -103,6 +103,8 @@ pub struct Config {
     pub csc: Setting<Option<PathBuf>>,
     pub log: Setting<Option<PathBuf>>,
     pub disable: Setting<bool>,
+    /// The cache is shared by a group: directories 0770 and files 0660, not 0700/0600.
+    pub cache_shared: Setting<bool>,
     /// The local farmd's agent socket; `None` ("off") keeps every miss at home.
     pub agent: Setting<Option<PathBuf>>,
 }
@@ -128,6 +130,7 @@ struct FileConfig {
     csc: Option<toml::Spanned<String>>,
     log: Option<toml::Spanned<String>>,
     disable: Option<toml::Spanned<bool>>,
+    cache_shared: Option<toml::Spanned<bool>>,
     agent: Option<toml::Spanned<String>>,
 }
 
@@ -258,6 +261,7 @@ impl Config {
             csc: Setting::default(None),
             log: Setting::default(None),
             disable: Setting::default(false),
+            cache_shared: Setting::default(false),
             agent: Setting::default(Some(PathBuf::from(DEFAULT_AGENT_SOCKET))),
         };
         match read_config_file(&file) {
@@ -355,6 +359,12 @@ impl Config {
                 source: src(),
             };
         }
+        if let Some(v) = fc.cache_shared {
+            self.cache_shared = Setting {
+                value: *v.get_ref(),
+                source: src(),
+            };
+        }
         Ok(())
     }
 
@@ -428,6 +438,23 @@ impl Config {
                 source: Source::Env("FARM_DISABLE"),
             };
         }
+        if let Some(v) = get("FARM_CACHE_SHARED") {
+            let on = match v.as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "FARM_CACHE_SHARED",
+                        value: v,
+                        msg: "expected 1/0, true/false, yes/no or on/off".into(),
+                    })
+                }
+            };
+            self.cache_shared = Setting {
+                value: on,
+                source: Source::Env("FARM_CACHE_SHARED"),
+            };
+        }
         Ok(())
     }
 
@@ -475,6 +502,11 @@ impl Config {
                 "disable",
                 self.disable.value.to_string(),
                 self.disable.source.to_string(),
+            ),
+            (
+                "cache_shared",
+                self.cache_shared.value.to_string(),
+                self.cache_shared.source.to_string(),
             ),
         ]
     }

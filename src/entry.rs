@@ -276,6 +276,7 @@ fn compile(requested: Requested, args: Vec<OsString>) -> i32 {
         return shim::exec_compiler(&compiler, &arg0, &args);
     }
     init_logging(&cfg);
+    crate::fsutil::set_cache_shared(cfg.cache_shared.value);
     shim::run(&cfg, &compiler, &canonical, arg0, args)
 }
 

@@ -102,6 +102,69 @@ fn remove_leftovers(dir: &Path) {
     }
 }
 
+static CACHE_SHARED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether cache files are for a group (`cache_shared`): directories 0770 and files
+/// 0660, else 0700 and 0600. Set once from the config, before the cache is touched.
+pub fn set_cache_shared(shared: bool) {
+    CACHE_SHARED.store(shared, Ordering::Relaxed);
+}
+
+/// (directory mode, file mode) of what farm creates in a cache, whatever the umask.
+pub fn cache_modes() -> (u32, u32) {
+    if CACHE_SHARED.load(Ordering::Relaxed) {
+        (0o770, 0o660)
+    } else {
+        (0o700, 0o600)
+    }
+}
+
+/// `create_dir_all` for cache directories: each directory it creates gets exactly the
+/// cache's directory mode (existing ones are left as they are).
+pub fn create_cache_dir_all(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_cache_dir_all(parent)?;
+    }
+    let mode = cache_modes().0;
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(mode)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens (creating) a cache file read-write; a file it creates gets exactly the
+/// cache's file mode.
+pub fn open_cache_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = cache_modes().1;
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+    {
+        Ok(f) => {
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+            Ok(f)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            OpenOptions::new().read(true).write(true).open(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// [`write_atomic`] for a cache file: mode 0600 (0660 shared), whatever the umask.
+pub fn write_cache_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_mode(dest, &[data], Some(cache_modes().1))
+}
+
 /// Writes `data` to `dest` atomically. The file gets mode 0666 minus the umask,
 /// like a file the compiler itself creates.
 pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
@@ -110,13 +173,23 @@ pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
 
 /// Like [`write_atomic`], for data that comes in pieces (header + payload).
 pub fn write_atomic_parts(dest: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    write_atomic_mode(dest, parts, None)
+}
+
+/// `mode`: exactly this mode (set after creation, so the umask does not matter), or
+/// 0666 minus the umask.
+fn write_atomic_mode(dest: &Path, parts: &[&[u8]], mode: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = temp_path_beside(dest);
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o666)
+            .mode(mode.unwrap_or(0o666))
             .open(&tmp)?;
+        if let Some(m) = mode {
+            f.set_permissions(fs::Permissions::from_mode(m))?;
+        }
         for p in parts {
             f.write_all(p)?;
         }

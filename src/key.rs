@@ -107,8 +107,8 @@ pub fn compiler_identity(
         h.update(&digest);
     }
     let id = *h.finalize().as_bytes();
-    let _ = fs::create_dir_all(memo_dir);
-    let _ = fsutil::write_atomic(&memo, &id);
+    let _ = fsutil::create_cache_dir_all(memo_dir);
+    let _ = fsutil::write_cache_atomic(&memo, &id);
     Ok(id)
 }
 
@@ -197,8 +197,8 @@ pub fn digest_memo(path: &Path, memo_dir: &Path) -> io::Result<[u8; 32]> {
     }
     let d = fsutil::hash_file(path)?;
     if let Some(m) = &memo {
-        let _ = fs::create_dir_all(memo_dir);
-        let _ = fsutil::write_atomic(m, &d);
+        let _ = fsutil::create_cache_dir_all(memo_dir);
+        let _ = fsutil::write_cache_atomic(m, &d);
     }
     Ok(d)
 }

@@ -1009,3 +1009,51 @@ fn config_fifo_or_device_and_unwritable_log() {
     }
     assert_eq!(env.hits(), 1);
 }
+
+/// Everything farm creates in the cache is the user's alone (0700 directories, 0600
+/// files) whatever the umask, unless the config says the cache is shared (0770/0660).
+#[test]
+fn cache_files_are_private_unless_shared() {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u32, bool)>) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            out.push((e.path(), m.permissions().mode() & 0o777, m.is_dir()));
+            if m.is_dir() {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    for (shared, umask, dir_mode, file_mode) in
+        [(false, "000", 0o700, 0o600), (true, "077", 0o770, 0o660)]
+    {
+        let env = Env::new("direct");
+        project(&env);
+        let script = format!(
+            "umask {umask}; {farm} gcc -c -Iinc src/a.c -o a.o && {farm} gcc -c -Iinc src/a.c -o a.o",
+            farm = farm_bin().display()
+        );
+        let mut c = env.cmd("bash");
+        c.arg("-ec").arg(&script);
+        if shared {
+            c.env("FARM_CACHE_SHARED", "1");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(env.hits(), 1);
+        let mode = fs::metadata(&env.cache).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, dir_mode, "cache dir, shared={shared}");
+        let mut all = Vec::new();
+        walk(&env.cache, &mut all);
+        assert!(all.len() > 5, "{all:?}");
+        for (p, mode, is_dir) in all {
+            let want = if is_dir { dir_mode } else { file_mode };
+            assert_eq!(
+                mode,
+                want,
+                "{} (shared={shared}) mode {mode:o}",
+                p.display()
+            );
+        }
+    }
+}

@@ -1336,8 +1336,8 @@ fn search_list(inv: &Invocation, scratch: &Path) -> Result<SearchList, NotRecord
         })?;
     // Memo: only the lines we parse. A failed write just means asking again.
     let text = search_memo_text(&sl);
-    let _ = std::fs::create_dir_all(scratch);
-    let _ = fsutil::write_atomic(&memo, &text);
+    let _ = fsutil::create_cache_dir_all(scratch);
+    let _ = fsutil::write_cache_atomic(&memo, &text);
     Ok(sl)
 }
 
