@@ -19,8 +19,9 @@ use crate::cache::CacheKey;
 use crate::fsutil;
 use crate::lang::{Family, Invocation};
 
-/// Version of the key schema; part of every key.
-pub const SCHEMA: u32 = 1;
+/// Version of the key schema; part of every key. 2: `native-cpu` for `=native` flags,
+/// and no entry may stand for a header with `.incbin`/`#embed` (older ones could).
+pub const SCHEMA: u32 = 2;
 
 /// Inputs modified this close to (or after) a compile's start are "too new": their
 /// content may not be what the compiler read, so nothing is recorded for them.
