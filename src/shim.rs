@@ -405,12 +405,7 @@ impl Ctx<'_> {
             // The compiler reports a missing source in its own words.
             Err(_) => return self.uncached("source unreadable", "source_unreadable"),
         };
-        // Text that makes the compiler read files no key covers is never cached.
-        if let Err(p) = self.family.worker_source_check(&source) {
-            return self.uncached(&p.detail, p.reason);
-        }
         let mkey = key::finish(base, "source", &source);
-        drop(source);
         let manifest = match self.get(EntryKind::Manifest, &mkey) {
             Some(data) => match Manifest::decode(&data) {
                 Some(m) => m,
@@ -435,6 +430,13 @@ impl Ctx<'_> {
                 }
             }
         }
+        // A miss. Text that makes the compiler read files no key covers is never
+        // cached nor shipped. (No entry is ever recorded for such a source, since
+        // recording scans it and every header: the hit path need not scan.)
+        if let Err(p) = self.family.worker_source_check(&source) {
+            return self.uncached(&p.detail, p.reason);
+        }
+        drop(source);
         // Miss: the farm first (its cache, then a peer), when a farmd runs here.
         let mut home = Home::default();
         if !depend {

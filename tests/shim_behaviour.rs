@@ -816,7 +816,9 @@ fn incbin_is_never_cached() {
 }
 
 /// A source that is a pipe can be read once: by the compiler, never by farm first
-/// (which gave an empty object from `<(…)` and hung on a FIFO).
+/// (which gave an empty object from `<(…)` and hung on a FIFO). A response file that
+/// is a pipe is the compiler's too (gcc takes `@/dev/fd/N` literally, as a missing
+/// input: it is not seekable; farm used to expand it).
 #[test]
 fn source_that_is_not_a_regular_file_passes_through() {
     require("gcc");
@@ -830,8 +832,12 @@ fn source_that_is_not_a_regular_file_passes_through() {
              (printf 'int from_fifo(void) {{ return 4; }}\\n' > fifo.c) &\n\
              timeout 30 {farm} gcc -x c -c fifo.c -o fifo.o\n\
              wait\n\
+             printf 'int from_rsp(void) {{ return 5; }}\n' > r.c\n\
+             rc=0; timeout 30 {farm} gcc -c r.c @<(printf -- '-o rsp.o') 2>/dev/null || rc=$?\n\
+             test $rc = 1\n\
              nm ps.o | grep -q from_pipe\n\
-             nm fifo.o | grep -q from_fifo\n",
+             nm fifo.o | grep -q from_fifo\n\
+             ",
             farm = farm.display()
         );
         let o = env.cmd("bash").arg("-ec").arg(&script).output().unwrap();
@@ -843,7 +849,7 @@ fn source_that_is_not_a_regular_file_passes_through() {
         );
         assert_eq!(
             env.counter(&["passthrough", "source_not_regular"]),
-            2,
+            3,
             "[{mode}]"
         );
     }

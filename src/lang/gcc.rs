@@ -211,6 +211,11 @@ fn expand_into(
                 ));
             }
             let path = Path::new(OsStr::from_bytes(&b[1..]));
+            // A FIFO or device would block farm, or be consumed before the compiler
+            // reads it: the compiler alone reads it.
+            if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+                return Err(Passthrough::new("source_not_regular", a.to_string_lossy()));
+            }
             let mut data = Vec::new();
             let left = RESPONSE_BYTES_MAX - budget.bytes;
             let read = std::fs::File::open(path).and_then(|f| {
@@ -879,12 +884,15 @@ impl Gcc {
         }
         // A pipe (`<(…)`, a FIFO) or a device can be read once: by the compiler. A
         // missing source is the compiler's to report (`source_unreadable` later).
-        if let Ok(m) = std::fs::metadata(&src) {
-            if !m.is_file() {
-                return Err(Passthrough::new(
-                    "source_not_regular",
-                    src.display().to_string(),
-                ));
+        // The same for files named by flags, which the key hashes.
+        for p in std::iter::once(&src).chain(&extra_inputs) {
+            if let Ok(m) = std::fs::metadata(p) {
+                if !m.is_file() {
+                    return Err(Passthrough::new(
+                        "source_not_regular",
+                        p.display().to_string(),
+                    ));
+                }
             }
         }
         let object = output.clone().unwrap_or_else(|| default_object(&src));
