@@ -1063,3 +1063,24 @@ fn cache_files_are_private_unless_shared() {
         }
     }
 }
+
+/// `-march=native` is keyed on this CPU (its `/proc/cpuinfo` identity): stable here,
+/// so the second compile hits, and never the same key as an explicit `-march`.
+#[test]
+fn march_native_is_keyed_on_this_cpu_and_hits_here() {
+    require("gcc");
+    let env = Env::new("direct");
+    env.write(
+        "s.c",
+        "int f(int *a, int n) { int s = 0; for (int i = 0; i < n; i++) s += a[i]; return s; }\n",
+    );
+    settle();
+    for _ in 0..2 {
+        env.farm_ok(&["gcc", "-c", "-O2", "-march=native", "s.c", "-o", "s.o"]);
+    }
+    assert_eq!((env.hits(), env.misses()), (1, 1));
+    env.plain(&["gcc", "-c", "-O2", "-march=native", "s.c", "-o", "p.o"]);
+    assert_eq!(env.read("s.o"), env.read("p.o"));
+    let log = fs::read_to_string(&env.log).unwrap_or_default();
+    assert!(!log.contains("native_cpu_unknown"), "{log}");
+}
