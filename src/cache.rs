@@ -135,11 +135,7 @@ impl LocalStore {
     }
 
     fn add_size(&self, shard: &Path, bytes: i64, files: i64) -> io::Result<PutReport> {
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(shard.join("lock"))?;
+        let lock = fsutil::open_cache_file(&shard.join("lock"))?;
         let _guard = FileLock::lock(lock)?;
         let size_path = shard.join("size");
         let (b, f) = read_size_file(&size_path);
@@ -148,13 +144,13 @@ impl LocalStore {
         let limit = self.max_size / SHARDS;
         if nb > limit {
             let (kept_b, kept_f, evicted) = trim_shard(shard, limit - limit / 5)?;
-            fsutil::write_atomic(&size_path, format!("{kept_b} {kept_f}\n").as_bytes())?;
+            fsutil::write_cache_atomic(&size_path, format!("{kept_b} {kept_f}\n").as_bytes())?;
             return Ok(PutReport {
                 evicted_files: evicted,
                 cleaned: true,
             });
         }
-        fsutil::write_atomic(&size_path, format!("{nb} {nf}\n").as_bytes())?;
+        fsutil::write_cache_atomic(&size_path, format!("{nb} {nf}\n").as_bytes())?;
         Ok(PutReport::default())
     }
 }
@@ -305,12 +301,12 @@ impl Store for LocalStore {
         let data = encode_entry(payload).map_err(|e| werr(&path, e))?;
         let dir = path.parent().expect("entry has a parent");
         let old_len = fs::metadata(&path).map(|m| m.len() as i64).ok();
-        if let Err(e) = fsutil::write_atomic(&path, &data) {
+        if let Err(e) = fsutil::write_cache_atomic(&path, &data) {
             if e.kind() != io::ErrorKind::NotFound {
                 return Err(werr(&path, e));
             }
-            fs::create_dir_all(dir).map_err(|e| werr(dir, e))?;
-            fsutil::write_atomic(&path, &data).map_err(|e| werr(&path, e))?;
+            fsutil::create_cache_dir_all(dir).map_err(|e| werr(dir, e))?;
+            fsutil::write_cache_atomic(&path, &data).map_err(|e| werr(&path, e))?;
         }
         let (db, df) = match old_len {
             Some(old) => (data.len() as i64 - old, 0),

@@ -78,7 +78,9 @@ fn err(msg: impl std::fmt::Display) -> i32 {
 }
 
 fn load() -> Result<Config, i32> {
-    Config::load().map_err(err)
+    let cfg = Config::load().map_err(err)?;
+    crate::fsutil::set_cache_shared(cfg.cache_shared.value);
+    Ok(cfg)
 }
 
 pub fn run(args: &[OsString]) -> i32 {

@@ -103,6 +103,8 @@ pub struct Config {
     pub csc: Setting<Option<PathBuf>>,
     pub log: Setting<Option<PathBuf>>,
     pub disable: Setting<bool>,
+    /// The cache is shared by a group: directories 0770 and files 0660, not 0700/0600.
+    pub cache_shared: Setting<bool>,
     /// The local farmd's agent socket; `None` ("off") keeps every miss at home.
     pub agent: Setting<Option<PathBuf>>,
 }
@@ -128,6 +130,7 @@ struct FileConfig {
     csc: Option<toml::Spanned<String>>,
     log: Option<toml::Spanned<String>>,
     disable: Option<toml::Spanned<bool>>,
+    cache_shared: Option<toml::Spanned<bool>>,
     agent: Option<toml::Spanned<String>>,
 }
 
@@ -187,6 +190,39 @@ fn expand_home(s: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The most a config file may hold.
+pub const CONFIG_MAX_BYTES: u64 = 1 << 20;
+
+/// Reads a config file: a regular file of at most [`CONFIG_MAX_BYTES`], UTF-8. Opened
+/// non-blocking, so a FIFO or a device named by `FARM_CONFIG` is an error, not a hang.
+fn read_config_file(file: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(file)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > CONFIG_MAX_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("larger than {CONFIG_MAX_BYTES} bytes"),
+        ));
+    }
+    let mut data = Vec::new();
+    f.take(CONFIG_MAX_BYTES + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > CONFIG_MAX_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("larger than {CONFIG_MAX_BYTES} bytes"),
+        ));
+    }
+    String::from_utf8(data).map_err(|_| Error::new(ErrorKind::InvalidData, "not UTF-8"))
+}
+
 /// Default location of the config file.
 pub fn default_config_file() -> PathBuf {
     dirs::config_dir()
@@ -225,9 +261,10 @@ impl Config {
             csc: Setting::default(None),
             log: Setting::default(None),
             disable: Setting::default(false),
+            cache_shared: Setting::default(false),
             agent: Setting::default(Some(PathBuf::from(DEFAULT_AGENT_SOCKET))),
         };
-        match std::fs::read_to_string(&file) {
+        match read_config_file(&file) {
             Ok(text) => {
                 cfg.file_exists = true;
                 cfg.apply_file(&file, &text)?;
@@ -322,6 +359,12 @@ impl Config {
                 source: src(),
             };
         }
+        if let Some(v) = fc.cache_shared {
+            self.cache_shared = Setting {
+                value: *v.get_ref(),
+                source: src(),
+            };
+        }
         Ok(())
     }
 
@@ -395,6 +438,23 @@ impl Config {
                 source: Source::Env("FARM_DISABLE"),
             };
         }
+        if let Some(v) = get("FARM_CACHE_SHARED") {
+            let on = match v.as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "FARM_CACHE_SHARED",
+                        value: v,
+                        msg: "expected 1/0, true/false, yes/no or on/off".into(),
+                    })
+                }
+            };
+            self.cache_shared = Setting {
+                value: on,
+                source: Source::Env("FARM_CACHE_SHARED"),
+            };
+        }
         Ok(())
     }
 
@@ -442,6 +502,11 @@ impl Config {
                 "disable",
                 self.disable.value.to_string(),
                 self.disable.source.to_string(),
+            ),
+            (
+                "cache_shared",
+                self.cache_shared.value.to_string(),
+                self.cache_shared.source.to_string(),
             ),
         ]
     }

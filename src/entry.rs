@@ -125,17 +125,36 @@ fn fail(msg: impl std::fmt::Display) -> i32 {
     1
 }
 
+/// The log file's writer: a failed write (`/dev/full`, a full disk, a FIFO nobody
+/// reads) is dropped silently. Nothing farm logs may reach the compiler's stderr.
+struct SwallowErrors(std::fs::File);
+
+impl Write for SwallowErrors {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
+}
+
 fn init_logging(cfg: &Config) {
+    use std::os::unix::fs::OpenOptionsExt;
     let Some(path) = &cfg.log.value else { return };
+    // Non-blocking: a FIFO without a reader is no log rather than a hang.
     let Ok(file) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
     else {
         return;
     };
     let _ = tracing_subscriber::fmt()
-        .with_writer(std::sync::Mutex::new(file))
+        .with_writer(std::sync::Mutex::new(SwallowErrors(file)))
         .with_ansi(false)
         .with_target(false)
         .try_init();
@@ -257,6 +276,7 @@ fn compile(requested: Requested, args: Vec<OsString>) -> i32 {
         return shim::exec_compiler(&compiler, &arg0, &args);
     }
     init_logging(&cfg);
+    crate::fsutil::set_cache_shared(cfg.cache_shared.value);
     shim::run(&cfg, &compiler, &canonical, arg0, args)
 }
 

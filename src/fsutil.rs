@@ -26,6 +26,145 @@ pub fn temp_path_beside(dest: &Path) -> PathBuf {
     }
 }
 
+/// The directory of this user's scratch files (observation depfiles):
+/// `$TMPDIR/farm-<euid>`, created 0700 by [`create_private_file`]. Nothing is created
+/// here: the hit path only names paths in it.
+pub fn private_temp_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    std::env::temp_dir().join(format!("farm-{uid}"))
+}
+
+/// Scratch files older than this in the private directory are leftovers of killed
+/// shims, removed by the next file created there.
+const PRIVATE_LEFTOVER_SECS: u64 = 3600;
+
+/// Makes sure `dir` is this user's own directory, mode 0700, not a symlink: created
+/// if missing, refused (an error) if someone else planted it or it is open to others.
+pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let m = fs::symlink_metadata(dir)?;
+    // SAFETY: as above.
+    let uid = unsafe { libc::geteuid() };
+    if !m.file_type().is_dir() || m.uid() != uid || m.mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{}: not a private directory of this user", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates `path`, a fresh file in a private directory (see [`ensure_private_dir`]),
+/// mode 0600, with `O_EXCL`: never through a symlink, never someone else's file. A
+/// leftover of the same name (a killed process of the same pid) is replaced; files of
+/// killed shims older than an hour are removed on the way.
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    ensure_private_dir(dir)?;
+    remove_leftovers(dir);
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(path)?;
+            open()
+        }
+        other => other,
+    }
+}
+
+fn remove_leftovers(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for e in rd.flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        let old = m
+            .modified()
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age.as_secs() > PRIVATE_LEFTOVER_SECS);
+        if old {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+static CACHE_SHARED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether cache files are for a group (`cache_shared`): directories 0770 and files
+/// 0660, else 0700 and 0600. Set once from the config, before the cache is touched.
+pub fn set_cache_shared(shared: bool) {
+    CACHE_SHARED.store(shared, Ordering::Relaxed);
+}
+
+/// (directory mode, file mode) of what farm creates in a cache, whatever the umask.
+pub fn cache_modes() -> (u32, u32) {
+    if CACHE_SHARED.load(Ordering::Relaxed) {
+        (0o770, 0o660)
+    } else {
+        (0o700, 0o600)
+    }
+}
+
+/// `create_dir_all` for cache directories: each directory it creates gets exactly the
+/// cache's directory mode (existing ones are left as they are).
+pub fn create_cache_dir_all(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_cache_dir_all(parent)?;
+    }
+    let mode = cache_modes().0;
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(mode)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens (creating) a cache file read-write; a file it creates gets exactly the
+/// cache's file mode.
+pub fn open_cache_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = cache_modes().1;
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+    {
+        Ok(f) => {
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+            Ok(f)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            OpenOptions::new().read(true).write(true).open(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// [`write_atomic`] for a cache file: mode 0600 (0660 shared), whatever the umask.
+pub fn write_cache_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_mode(dest, &[data], Some(cache_modes().1))
+}
+
 /// Writes `data` to `dest` atomically. The file gets mode 0666 minus the umask,
 /// like a file the compiler itself creates.
 pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
@@ -34,13 +173,23 @@ pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
 
 /// Like [`write_atomic`], for data that comes in pieces (header + payload).
 pub fn write_atomic_parts(dest: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    write_atomic_mode(dest, parts, None)
+}
+
+/// `mode`: exactly this mode (set after creation, so the umask does not matter), or
+/// 0666 minus the umask.
+fn write_atomic_mode(dest: &Path, parts: &[&[u8]], mode: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = temp_path_beside(dest);
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o666)
+            .mode(mode.unwrap_or(0o666))
             .open(&tmp)?;
+        if let Some(m) = mode {
+            f.set_permissions(fs::Permissions::from_mode(m))?;
+        }
         for p in parts {
             f.write_all(p)?;
         }

@@ -19,8 +19,9 @@ use crate::cache::CacheKey;
 use crate::fsutil;
 use crate::lang::{Family, Invocation};
 
-/// Version of the key schema; part of every key.
-pub const SCHEMA: u32 = 1;
+/// Version of the key schema; part of every key. 2: `native-cpu` for `=native` flags,
+/// and no entry may stand for a header with `.incbin`/`#embed` (older ones could).
+pub const SCHEMA: u32 = 2;
 
 /// Inputs modified this close to (or after) a compile's start are "too new": their
 /// content may not be what the compiler read, so nothing is recorded for them.
@@ -107,8 +108,8 @@ pub fn compiler_identity(
         h.update(&digest);
     }
     let id = *h.finalize().as_bytes();
-    let _ = fs::create_dir_all(memo_dir);
-    let _ = fsutil::write_atomic(&memo, &id);
+    let _ = fsutil::create_cache_dir_all(memo_dir);
+    let _ = fsutil::write_cache_atomic(&memo, &id);
     Ok(id)
 }
 
@@ -197,8 +198,8 @@ pub fn digest_memo(path: &Path, memo_dir: &Path) -> io::Result<[u8; 32]> {
     }
     let d = fsutil::hash_file(path)?;
     if let Some(m) = &memo {
-        let _ = fs::create_dir_all(memo_dir);
-        let _ = fsutil::write_atomic(m, &d);
+        let _ = fsutil::create_cache_dir_all(memo_dir);
+        let _ = fsutil::write_cache_atomic(m, &d);
     }
     Ok(d)
 }

@@ -406,7 +406,6 @@ impl Ctx<'_> {
             Err(_) => return self.uncached("source unreadable", "source_unreadable"),
         };
         let mkey = key::finish(base, "source", &source);
-        drop(source);
         let manifest = match self.get(EntryKind::Manifest, &mkey) {
             Some(data) => match Manifest::decode(&data) {
                 Some(m) => m,
@@ -431,6 +430,13 @@ impl Ctx<'_> {
                 }
             }
         }
+        // A miss. Text that makes the compiler read files no key covers is never
+        // cached nor shipped. (No entry is ever recorded for such a source, since
+        // recording scans it and every header: the hit path need not scan.)
+        if let Err(p) = self.family.worker_source_check(&source) {
+            return self.uncached(&p.detail, p.reason);
+        }
+        drop(source);
         // Miss: the farm first (its cache, then a peer), when a farmd runs here.
         let mut home = Home::default();
         if !depend {
@@ -556,6 +562,10 @@ impl Ctx<'_> {
                     self.put(EntryKind::Manifest, mkey, &marker.encode());
                     self.tally
                         .add(format!("{}.{}", names::NOT_STORED, nr.reason), 1);
+                } else if nr.reason == lang::UNSUPPORTED_CODE_DIRECTIVE {
+                    // A header reads files no key covers: counted like the source's case.
+                    self.tally
+                        .add(format!("{}.{}", names::PASSTHROUGH, nr.reason), 1);
                 } else {
                     self.tally
                         .add(format!("{}.{}", names::NOT_STORED, nr.reason), 1);

@@ -6,7 +6,7 @@
 //! A damaged shard reads as the counters it can parse: statistics never fail a build.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -76,18 +76,11 @@ impl Stats {
 
     fn open_shard(&self, shard: u32) -> io::Result<FileLock> {
         let path = self.shard_path(shard);
-        let open = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-        };
+        let open = || crate::fsutil::open_cache_file(&path);
         let f = match open() {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&self.dir)?;
+                crate::fsutil::create_cache_dir_all(&self.dir)?;
                 open()?
             }
             Err(e) => return Err(e),

@@ -778,3 +778,309 @@ fn coloured_diagnostics_on_a_terminal_match_the_compiler() {
     assert_eq!(env.misses(), 2);
     assert_eq!(env.read("a.o"), env.read("c.o"));
 }
+
+/// asm `.incbin` reads a file no dependency output names: a source (or header) using
+/// it is never cached, so an edit of that file is never answered by a stale object.
+#[test]
+fn incbin_is_never_cached() {
+    require("gcc");
+    for mode in MODES {
+        for in_header in [false, true] {
+            let env = Env::new(mode);
+            let asm = "asm(\".section .rodata\\n.globl blob\\nblob:\\n.incbin \\\"data.bin\\\"\\n.previous\");\n";
+            if in_header {
+                env.write("blob.h", asm);
+                env.write("s.c", "#include \"blob.h\"\nint f(void) { return 1; }\n");
+            } else {
+                env.write("s.c", &format!("{asm}int f(void) {{ return 1; }}\n"));
+            }
+            for (round, data) in ["first data\n", "other data!\n"].iter().enumerate() {
+                env.write("data.bin", data);
+                settle();
+                env.farm_ok(&["gcc", "-c", "s.c", "-o", "s.o"]);
+                env.plain(&["gcc", "-c", "s.c", "-o", "p.o"]);
+                assert_eq!(
+                    env.read("s.o"),
+                    env.read("p.o"),
+                    "[{mode}] header={in_header} round {round}: stale object"
+                );
+            }
+            assert_eq!(env.hits(), 0, "[{mode}] header={in_header}");
+            assert_eq!(
+                env.counter(&["passthrough", "unsupported_code_directive"]),
+                2,
+                "[{mode}] header={in_header}"
+            );
+        }
+    }
+}
+
+/// A source that is a pipe can be read once: by the compiler, never by farm first
+/// (which gave an empty object from `<(…)` and hung on a FIFO). A response file that
+/// is a pipe is the compiler's too (gcc takes `@/dev/fd/N` literally, as a missing
+/// input: it is not seekable; farm used to expand it).
+#[test]
+fn source_that_is_not_a_regular_file_passes_through() {
+    require("gcc");
+    require("nm");
+    for mode in MODES {
+        let env = Env::new(mode);
+        let farm = farm_bin();
+        let script = format!(
+            "timeout 30 {farm} gcc -x c -c <(printf 'int from_pipe(void) {{ return 3; }}\\n') -o ps.o\n\
+             mkfifo fifo.c\n\
+             (printf 'int from_fifo(void) {{ return 4; }}\\n' > fifo.c) &\n\
+             timeout 30 {farm} gcc -x c -c fifo.c -o fifo.o\n\
+             wait\n\
+             printf 'int from_rsp(void) {{ return 5; }}\n' > r.c\n\
+             rc=0; timeout 30 {farm} gcc -c r.c @<(printf -- '-o rsp.o') 2>/dev/null || rc=$?\n\
+             test $rc = 1\n\
+             nm ps.o | grep -q from_pipe\n\
+             nm fifo.o | grep -q from_fifo\n\
+             ",
+            farm = farm.display()
+        );
+        let o = env.cmd("bash").arg("-ec").arg(&script).output().unwrap();
+        assert!(
+            o.status.success(),
+            "[{mode}] {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            env.counter(&["passthrough", "source_not_regular"]),
+            3,
+            "[{mode}]"
+        );
+    }
+}
+
+/// `-fbranch-probabilities` reads `<object>.gcda`, a file named by no flag: never
+/// cached, so a new profile is never answered by an object built from the old one.
+#[test]
+fn branch_probabilities_reads_an_unnamed_profile_and_passes_through() {
+    require("gcc");
+    let env = Env::new("direct");
+    env.write(
+        "s.c",
+        "int f(int x) { if (x > 3) return x * 2; return x + 1; }\nint main(int c, char **v) { (void)v; return f(c) & 1; }\n",
+    );
+    settle();
+    // A real profile beside the object.
+    env.plain(&["gcc", "-O2", "-fprofile-arcs", "s.c", "-o", "s"]);
+    sh(&env.work, "./s || true; ls *.gcda > gcda-list");
+    let gcda = String::from_utf8(env.read("gcda-list")).unwrap();
+    let gcda = gcda.trim();
+    fs::rename(env.work.join(gcda), env.work.join("s.gcda")).unwrap();
+    let args = [
+        "gcc",
+        "-c",
+        "-O2",
+        "-fbranch-probabilities",
+        "s.c",
+        "-o",
+        "s.o",
+    ];
+    for _ in 0..2 {
+        env.farm_ok(&args);
+    }
+    assert_eq!(env.hits(), 0);
+    assert_eq!(env.counter(&["passthrough", "profile_use_implicit"]), 2);
+    // Bare `-fauto-profile` reads `fbdata.afdo` (gcc may fail without one; either way
+    // it ran untouched).
+    env.farm(&["gcc", "-c", "-fauto-profile", "s.c", "-o", "a.o"]);
+    assert_eq!(env.counter(&["passthrough", "profile_use_implicit"]), 3);
+}
+
+/// The observation depfile goes to `$TMPDIR/farm-<uid>`, a private 0700 directory,
+/// created with O_EXCL and removed afterwards; a directory planted there by someone
+/// else (here a symlink) is never written through, and leftovers of killed shims
+/// older than an hour are removed.
+#[test]
+fn scratch_files_are_private_and_cleaned() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = Env::new("direct");
+    project(&env);
+    let uid = fs::metadata(&env.work).unwrap().uid();
+    let tmp = env.root.path().join("tmp");
+    let elsewhere = env.root.path().join("elsewhere");
+    fs::create_dir_all(&tmp).unwrap();
+    fs::create_dir_all(&elsewhere).unwrap();
+    let private = tmp.join(format!("farm-{uid}"));
+    let compile = |out: &str| {
+        let o = env
+            .cmd(farm_bin())
+            .env("TMPDIR", &tmp)
+            .args(["gcc", "-c", "-Iinc", "src/a.c", "-o", out])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    // Planted: a symlink where the private directory goes.
+    std::os::unix::fs::symlink(&elsewhere, &private).unwrap();
+    compile("a.o");
+    assert_eq!(
+        fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "wrote through a symlink"
+    );
+    fs::remove_file(&private).unwrap();
+    // A directory open to others is not used either.
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o777)).unwrap();
+    compile("a.o");
+    assert_eq!(fs::read_dir(&private).unwrap().count(), 0);
+    assert_eq!(env.hits(), 0, "unobserved compiles are not stored");
+    fs::remove_dir(&private).unwrap();
+    // The real thing: created 0700, empty after the compile; an old leftover goes.
+    compile("a.o");
+    let m = fs::symlink_metadata(&private).unwrap();
+    assert!(m.is_dir());
+    assert_eq!(m.mode() & 0o777, 0o700);
+    assert_eq!(fs::read_dir(&private).unwrap().count(), 0);
+    let leftover = private.join("12345-0.d");
+    fs::write(&leftover, "x").unwrap();
+    set_mtime(&leftover, mtime_secs(&leftover) - 7200);
+    let fresh = private.join("12345-1.d");
+    fs::write(&fresh, "x").unwrap();
+    env.write("src/a.c", &format!("{SRC}int other;\n"));
+    settle();
+    compile("b.o");
+    assert!(!leftover.exists(), "an hour-old leftover stays");
+    assert!(fresh.exists(), "a live shim's file was removed");
+    assert_eq!(env.misses(), 4);
+    env.farm_ok(&["gcc", "-c", "-Iinc", "src/a.c", "-o", "c.o"]);
+    assert_eq!(env.hits(), 1);
+}
+
+/// A config path naming a FIFO or a device is one clear error, never a hang, and the
+/// compile still succeeds without the cache; a log that cannot be written never
+/// reaches the compiler's stderr.
+#[test]
+fn config_fifo_or_device_and_unwritable_log() {
+    let env = Env::new("direct");
+    project(&env);
+    env.plain(&["gcc", "-c", "-Iinc", "src/a.c", "-o", "plain.o"]);
+    let fifo = env.root.path().join("config.fifo");
+    sh(env.root.path(), "mkfifo config.fifo");
+    let big = env.root.path().join("big.toml");
+    fs::write(&big, format!("# {}\n", "x".repeat(2 << 20))).unwrap();
+    for cfg in [
+        fifo.as_path(),
+        std::path::Path::new("/dev/zero"),
+        big.as_path(),
+    ] {
+        let script = format!(
+            "timeout 30 {} gcc -c -Iinc src/a.c -o a.o",
+            farm_bin().display()
+        );
+        let o = env
+            .cmd("bash")
+            .arg("-c")
+            .arg(&script)
+            .env("FARM_CONFIG", cfg)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{}: {e}", cfg.display());
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+        assert!(
+            e.contains(&*cfg.to_string_lossy()) && e.contains("compiling without the cache"),
+            "{e}"
+        );
+        assert_eq!(env.read("a.o"), env.read("plain.o"));
+        let o = env
+            .cmd("timeout")
+            .args(["30".as_ref(), farm_bin().as_os_str(), "config".as_ref()])
+            .env("FARM_CONFIG", cfg)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", cfg.display());
+    }
+    // FARM_LOG=/dev/full: every write fails; the compiler's stderr stays its own.
+    for _ in 0..2 {
+        let o = env
+            .cmd(farm_bin())
+            .env("FARM_LOG", "/dev/full")
+            .args(["gcc", "-c", "-Iinc", "src/a.c", "-o", "a.o"])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        assert!(
+            o.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(env.read("a.o"), env.read("plain.o"));
+    }
+    assert_eq!(env.hits(), 1);
+}
+
+/// Everything farm creates in the cache is the user's alone (0700 directories, 0600
+/// files) whatever the umask, unless the config says the cache is shared (0770/0660).
+#[test]
+fn cache_files_are_private_unless_shared() {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u32, bool)>) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            out.push((e.path(), m.permissions().mode() & 0o777, m.is_dir()));
+            if m.is_dir() {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    for (shared, umask, dir_mode, file_mode) in
+        [(false, "000", 0o700, 0o600), (true, "077", 0o770, 0o660)]
+    {
+        let env = Env::new("direct");
+        project(&env);
+        let script = format!(
+            "umask {umask}; {farm} gcc -c -Iinc src/a.c -o a.o && {farm} gcc -c -Iinc src/a.c -o a.o",
+            farm = farm_bin().display()
+        );
+        let mut c = env.cmd("bash");
+        c.arg("-ec").arg(&script);
+        if shared {
+            c.env("FARM_CACHE_SHARED", "1");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(env.hits(), 1);
+        let mode = fs::metadata(&env.cache).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, dir_mode, "cache dir, shared={shared}");
+        let mut all = Vec::new();
+        walk(&env.cache, &mut all);
+        assert!(all.len() > 5, "{all:?}");
+        for (p, mode, is_dir) in all {
+            let want = if is_dir { dir_mode } else { file_mode };
+            assert_eq!(
+                mode,
+                want,
+                "{} (shared={shared}) mode {mode:o}",
+                p.display()
+            );
+        }
+    }
+}
+
+/// `-march=native` is keyed on this CPU (its `/proc/cpuinfo` identity): stable here,
+/// so the second compile hits, and never the same key as an explicit `-march`.
+#[test]
+fn march_native_is_keyed_on_this_cpu_and_hits_here() {
+    require("gcc");
+    let env = Env::new("direct");
+    env.write(
+        "s.c",
+        "int f(int *a, int n) { int s = 0; for (int i = 0; i < n; i++) s += a[i]; return s; }\n",
+    );
+    settle();
+    for _ in 0..2 {
+        env.farm_ok(&["gcc", "-c", "-O2", "-march=native", "s.c", "-o", "s.o"]);
+    }
+    assert_eq!((env.hits(), env.misses()), (1, 1));
+    env.plain(&["gcc", "-c", "-O2", "-march=native", "s.c", "-o", "p.o"]);
+    assert_eq!(env.read("s.o"), env.read("p.o"));
+    let log = fs::read_to_string(&env.log).unwrap_or_default();
+    assert!(!log.contains("native_cpu_unknown"), "{log}");
+}

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use super::{
     CompileRun, DepSource, DependencyFacts, Family, Invocation, NotRecordable, Output, Passthrough,
-    Plan,
+    Plan, UNSUPPORTED_CODE_DIRECTIVE,
 };
 use crate::fsutil::{self, DirCache, PathKind};
 
@@ -171,11 +171,29 @@ pub struct GccPlan {
 /// stays a literal argument, as gcc leaves it.
 pub fn expand_response_files(args: &[OsString]) -> Result<Vec<OsString>, Passthrough> {
     let mut out = Vec::with_capacity(args.len());
-    expand_into(args, &mut out, 0)?;
+    let mut budget = Budget::default();
+    expand_into(args, &mut out, 0, &mut budget)?;
     Ok(out)
 }
 
-fn expand_into(args: &[OsString], out: &mut Vec<OsString>, depth: u32) -> Result<(), Passthrough> {
+/// Bounds on what `@file` expansion may read: nested files can fan out (40 files of 40
+/// references, 5 deep, is 10^8 arguments). Past them the compiler gets argv unchanged.
+const RESPONSE_FILES_MAX: usize = 1000;
+const RESPONSE_ARGS_MAX: usize = 1_000_000;
+const RESPONSE_BYTES_MAX: u64 = 64 << 20;
+
+#[derive(Default)]
+struct Budget {
+    files: usize,
+    bytes: u64,
+}
+
+fn expand_into(
+    args: &[OsString],
+    out: &mut Vec<OsString>,
+    depth: u32,
+    budget: &mut Budget,
+) -> Result<(), Passthrough> {
     for a in args {
         let b = a.as_bytes();
         if b.len() > 1 && b[0] == b'@' {
@@ -185,11 +203,37 @@ fn expand_into(args: &[OsString], out: &mut Vec<OsString>, depth: u32) -> Result
                     a.to_string_lossy(),
                 ));
             }
+            budget.files += 1;
+            if budget.files > RESPONSE_FILES_MAX {
+                return Err(Passthrough::new(
+                    "response_file_limit",
+                    format!("more than {RESPONSE_FILES_MAX} response files"),
+                ));
+            }
             let path = Path::new(OsStr::from_bytes(&b[1..]));
-            match std::fs::read(path) {
-                Ok(data) => {
+            // A FIFO or device would block farm, or be consumed before the compiler
+            // reads it: the compiler alone reads it.
+            if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+                return Err(Passthrough::new("source_not_regular", a.to_string_lossy()));
+            }
+            let mut data = Vec::new();
+            let left = RESPONSE_BYTES_MAX - budget.bytes;
+            let read = std::fs::File::open(path).and_then(|f| {
+                use std::io::Read;
+                f.take(left + 1).read_to_end(&mut data)
+            });
+            match read {
+                Ok(n) => {
+                    if n as u64 > left {
+                        return Err(Passthrough::new(
+                            "response_file_limit",
+                            format!("more than {RESPONSE_BYTES_MAX} bytes of response files"),
+                        ));
+                    }
+                    budget.bytes += n as u64;
                     let inner = split_response_file(&data);
-                    expand_into(&inner, out, depth + 1)?;
+                    drop(data);
+                    expand_into(&inner, out, depth + 1, budget)?;
                 }
                 Err(_) => {
                     return Err(Passthrough::new(
@@ -199,6 +243,12 @@ fn expand_into(args: &[OsString], out: &mut Vec<OsString>, depth: u32) -> Result
                 }
             }
         } else {
+            if out.len() >= RESPONSE_ARGS_MAX {
+                return Err(Passthrough::new(
+                    "response_file_limit",
+                    format!("more than {RESPONSE_ARGS_MAX} arguments"),
+                ));
+            }
             out.push(a.clone());
         }
     }
@@ -390,6 +440,12 @@ const REFUSE: &[(&str, &str)] = &[
     ("-fcompare-debug*", "compare_debug"),
     ("-gsplit-dwarf=*", "split_dwarf_variant"),
     ("-fprofile-use", "profile_use_implicit"),
+    // Read a profile at a derived path (`<object>.gcda`, `fbdata.afdo`,
+    // `default.profdata`) that is in no key.
+    ("-fbranch-probabilities", "profile_use_implicit"),
+    ("-fauto-profile", "profile_use_implicit"),
+    ("-fprofile-instr-use", "profile_use_implicit"),
+    ("-fprofile-sample-use", "profile_use_implicit"),
     ("-fopt-info*=*", "dump_files"),
     ("-MJ*", "compilation_database"),
     ("--", "end_of_options"),
@@ -408,6 +464,11 @@ const INPUT_FILE_FLAGS: &[&str] = &[
     "-fsanitize-coverage-blocklist=",
     "-fsanitize-coverage-ignorelist=",
     "-fprofile-list=",
+    "-fprofile-remapping-file=",
+    "-fmemory-profile-use=",
+    "-fsanitize-system-ignorelist=",
+    "-fsanitize-system-blacklist=",
+    "-fthinlto-index=",
     "-fxray-attr-list=",
     "-fxray-always-instrument=",
     "-fxray-never-instrument=",
@@ -475,13 +536,86 @@ fn apply_prefix_maps(path: &Path, maps: &[(String, String)]) -> PathBuf {
     path.to_path_buf()
 }
 
+/// `-march=native`, `-mtune=native`, `-mcpu=native` (and `native+ext` forms): any
+/// `-m` flag whose value is `native`.
+fn is_native_cpu_flag(a: &str) -> bool {
+    a.starts_with("-m")
+        && a.split_once('=').is_some_and(|(_, v)| {
+            v == "native" || v.starts_with("native+") || v.starts_with("native,")
+        })
+}
+
+/// Lines of the first processor block of `/proc/cpuinfo` that say what `native`
+/// expands to (model, features, caches), without those that change at run time.
+const CPUINFO_FIELDS: &[&str] = &[
+    "vendor_id",
+    "cpu family",
+    "model",
+    "model name",
+    "stepping",
+    "flags",
+    "cache size",
+    "cache_alignment",
+    "address sizes",
+    "Features",
+    "CPU implementer",
+    "CPU architecture",
+    "CPU variant",
+    "CPU part",
+    "CPU revision",
+    "isa",
+    "uarch",
+    "cpu",
+];
+
+/// The digest of this CPU's identity as `native` sees it, from `/proc/cpuinfo`.
+fn native_cpu_digest() -> Option<String> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    std::fs::File::open("/proc/cpuinfo")
+        .ok()?
+        .take(256 << 10)
+        .read_to_end(&mut data)
+        .ok()?;
+    Some(cpuinfo_digest(&data))
+}
+
+fn cpuinfo_digest(data: &[u8]) -> String {
+    let text = String::from_utf8_lossy(data);
+    let mut h = blake3::Hasher::new();
+    h.update(b"farm-native-cpu-1\0");
+    let mut seen_field = false;
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            if seen_field {
+                break; // the end of the first processor block
+            }
+            continue;
+        }
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let k = k.trim();
+        if CPUINFO_FIELDS.contains(&k) {
+            seen_field = true;
+            h.update(k.as_bytes());
+            h.update(b"=");
+            h.update(v.trim().as_bytes());
+            h.update(b"\n");
+        }
+    }
+    fsutil::hex(&h.finalize().as_bytes()[..16])
+}
+
 fn tmp_depfile() -> PathBuf {
     let seq = {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         N.fetch_add(1, Ordering::Relaxed)
     };
-    std::env::temp_dir().join(format!("farm-{}-{seq}.d", std::process::id()))
+    // Only named here (the hit path creates nothing): the file is created, with
+    // O_EXCL in a private 0700 directory, when the compile is observed.
+    fsutil::private_temp_dir().join(format!("{}-{seq}.d", std::process::id()))
 }
 
 impl Gcc {
@@ -512,6 +646,7 @@ impl Gcc {
         let mut arch_count = 0;
         let mut other_input: Option<String> = None;
         let mut dep_args: Vec<OsString> = Vec::new();
+        let mut native: Option<String> = None;
 
         let mut i = 0;
         while i < expanded.len() {
@@ -552,6 +687,9 @@ impl Gcc {
             }
             if let Some(r) = refused(a) {
                 return Err(Passthrough::new(r, a));
+            }
+            if is_native_cpu_flag(a) {
+                native.get_or_insert_with(|| a.to_string());
             }
             // Separate-argument flags.
             if WITH_ARG.contains(&a) {
@@ -744,6 +882,19 @@ impl Gcc {
         if arch_count > 1 {
             return Err(Passthrough::new("multiple_arch", ""));
         }
+        // A pipe (`<(…)`, a FIFO) or a device can be read once: by the compiler. A
+        // missing source is the compiler's to report (`source_unreadable` later).
+        // The same for files named by flags, which the key hashes.
+        for p in std::iter::once(&src).chain(&extra_inputs) {
+            if let Ok(m) = std::fs::metadata(p) {
+                if !m.is_file() {
+                    return Err(Passthrough::new(
+                        "source_not_regular",
+                        p.display().to_string(),
+                    ));
+                }
+            }
+        }
         let object = output.clone().unwrap_or_else(|| default_object(&src));
         if object.as_os_str() == "-" {
             return Err(Passthrough::new("output_to_stdout", "-o -"));
@@ -805,7 +956,17 @@ impl Gcc {
         // Preprocessed-source distribution changes debug info (column numbers and
         // file digests differ from a compile of the source itself, checked with cmp),
         // and coverage/profiling record paths of the machine that compiles.
-        let remote_block = if debug {
+        // What `native` means is this machine's CPU: it enters the key, and no other
+        // machine compiles it.
+        if let Some(flag) = &native {
+            let Some(cpu) = native_cpu_digest() else {
+                return Err(Passthrough::new("native_cpu_unknown", flag.clone()));
+            };
+            key_extra.push(format!("native-cpu={cpu}"));
+        }
+        let remote_block = if let Some(flag) = native {
+            Some(("native_cpu", flag))
+        } else if debug {
             Some(("debug_info", String::new()))
         } else if coverage || profile_paths {
             Some(("coverage_or_profile", String::new()))
@@ -1015,6 +1176,68 @@ fn scan_text(t: &[u8]) -> Scan {
     s
 }
 
+/// Code directives that make the compiler or assembler read a file no dependency
+/// output names: asm `.incbin`/`.include`, `#pragma GCC pch_preprocess`, C23 `#embed`
+/// and `__has_embed`. Their file is in no key, so such a compile is never cached, never
+/// shipped. Over-approximates (a struct member named `include` reached as `s.include`
+/// also matches): that only costs a pass-through.
+pub fn code_directive(t: &[u8]) -> Option<&'static str> {
+    fn ident(c: u8) -> bool {
+        c.is_ascii_alphanumeric() || c == b'_'
+    }
+    for (pat, name) in [
+        (&b".incbin"[..], ".incbin"),
+        (b".include", ".include"),
+        (b"__has_embed", "__has_embed"),
+    ] {
+        for pos in memchr::memmem::find_iter(t, pat) {
+            if t.get(pos + pat.len()).map_or(true, |&c| !ident(c)) {
+                return Some(name);
+            }
+        }
+    }
+    if memchr::memmem::find(t, b"pch_preprocess").is_some() {
+        return Some("#pragma GCC pch_preprocess");
+    }
+    // `#embed`: a directive, `#` first on its line.
+    for pos in memchr::memmem::find_iter(t, b"embed") {
+        if t.get(pos + 5).is_some_and(|&c| ident(c)) {
+            continue;
+        }
+        let mut i = pos;
+        while i > 0 && matches!(t[i - 1], b' ' | b'\t') {
+            i -= 1;
+        }
+        if i == 0 || t[i - 1] != b'#' {
+            continue;
+        }
+        i -= 1;
+        while i > 0 && matches!(t[i - 1], b' ' | b'\t') {
+            i -= 1;
+        }
+        if i == 0 || t[i - 1] == b'\n' {
+            return Some("#embed");
+        }
+    }
+    None
+}
+
+/// [`code_directive`] as a pass-through: for a source, a header, preprocessed text
+/// about to be keyed or shipped, and shipped text a worker received.
+pub fn check_code_directives(text: &[u8], file: &str) -> Result<(), Passthrough> {
+    match code_directive(text) {
+        Some(d) => Err(Passthrough::new(
+            UNSUPPORTED_CODE_DIRECTIVE,
+            if file.is_empty() {
+                d.to_string()
+            } else {
+                format!("{d} in {file}")
+            },
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The include search list the compiler uses for these arguments.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SearchList {
@@ -1091,10 +1314,8 @@ fn search_list(inv: &Invocation, scratch: &Path) -> Result<SearchList, NotRecord
         "{}.search",
         fsutil::hex(&h.finalize().as_bytes()[..16])
     ));
-    if let Ok(data) = std::fs::read(&memo) {
-        if let Some(sl) = parse_search_list(&data) {
-            return Ok(sl);
-        }
+    if let Some(sl) = read_search_memo(&memo) {
+        return Ok(sl);
     }
     let lang = match p.lang {
         Lang::CPreprocessed => "c",
@@ -1122,6 +1343,17 @@ fn search_list(inv: &Invocation, scratch: &Path) -> Result<SearchList, NotRecord
             preprocessor_ok: true,
         })?;
     // Memo: only the lines we parse. A failed write just means asking again.
+    let text = search_memo_text(&sl);
+    let _ = fsutil::create_cache_dir_all(scratch);
+    let _ = fsutil::write_cache_atomic(&memo, &text);
+    Ok(sl)
+}
+
+const SEARCH_MEMO_MAGIC: &str = "farm-search-1 ";
+
+/// A search-list memo: a first line with the blake3 of the rest, then the lines of
+/// `-E -v` output farm parses.
+fn search_memo_text(sl: &SearchList) -> Vec<u8> {
     let mut text = String::new();
     for d in &sl.missing {
         text.push_str(&format!(
@@ -1138,9 +1370,21 @@ fn search_list(inv: &Invocation, scratch: &Path) -> Result<SearchList, NotRecord
         text.push_str(&format!(" {}\n", d.display()));
     }
     text.push_str("End of search list.\n");
-    let _ = std::fs::create_dir_all(scratch);
-    let _ = fsutil::write_atomic(&memo, text.as_bytes());
-    Ok(sl)
+    let sum = blake3::hash(text.as_bytes());
+    format!("{SEARCH_MEMO_MAGIC}{}\n{text}", sum.to_hex()).into_bytes()
+}
+
+/// The memoized search list, unless the memo is missing, from an older farm, or does
+/// not match its checksum (then it is computed again and rewritten).
+fn read_search_memo(memo: &Path) -> Option<SearchList> {
+    let data = fsutil::read_file(memo).ok()?;
+    let nl = memchr::memchr(b'\n', &data)?;
+    let sum = data[..nl].strip_prefix(SEARCH_MEMO_MAGIC.as_bytes())?;
+    let body = &data[nl + 1..];
+    if sum != blake3::hash(body).to_hex().as_bytes() {
+        return None;
+    }
+    parse_search_list(body)
 }
 
 fn join_include(dir: &Path, name: &str) -> PathBuf {
@@ -1171,6 +1415,7 @@ fn preprocessed_text(inv: &Invocation, out: std::process::Output) -> Result<Vec<
     if let Some(gch) = pch_beside_preprocessed(&out.stdout) {
         return Err(Passthrough::new("pch_use", gch.display().to_string()));
     }
+    check_code_directives(&out.stdout, &inv.source.display().to_string())?;
     Ok(out.stdout)
 }
 
@@ -1259,6 +1504,13 @@ fn record_lookups(
         let Ok(text) = fsutil::read_file(&f) else {
             continue;
         };
+        if let Err(p) = check_code_directives(&text, &f.display().to_string()) {
+            return Err(NotRecordable {
+                reason: p.reason,
+                detail: p.detail,
+                preprocessor_ok: false,
+            });
+        }
         let scan = scan_text(&text);
         if let Some(m) = scan.time_macro {
             return Err(NotRecordable {
@@ -1458,6 +1710,13 @@ fn read_deps(inv: &Invocation) -> Result<(Vec<PathBuf>, bool), NotRecordable> {
 fn scan_deps(inv: &Invocation) -> Result<Vec<PathBuf>, NotRecordable> {
     let p = plan(inv);
     let f = tmp_depfile();
+    if fsutil::create_private_file(&f).is_err() {
+        return Err(NotRecordable {
+            reason: "dependency_scan_failed",
+            detail: f.display().to_string(),
+            preprocessor_ok: false,
+        });
+    }
     let mut scan_args: Vec<OsString> = p.pp_args.clone();
     scan_args.pop(); // -E
     let status = Command::new(&inv.compiler)
@@ -1580,6 +1839,42 @@ const WORKER_DENY_PREFIX: &[&str] = &[
     "-Xlinker",
     "@",
 ];
+/// Words (between `-`, `=`, `,`, `:`) of a `-f`/`-m` flag a worker refuses, besides
+/// any word ending in `list` (`=list=`, sanitizer and xray lists): the flag reads or
+/// writes a file, turns preprocessing back on, or depends on the machine.
+const WORKER_DENY_WORDS: &[&str] = &[
+    "file",
+    "files",
+    "dir",
+    "directory",
+    "path",
+    "prefix",
+    "map",
+    "record",
+    "report",
+    "trace",
+    "stat",
+    "stats",
+    "profile",
+    "probabilities",
+    "afdo",
+    "gcda",
+    "preprocessed",
+    "directives",
+    "include",
+    "pch",
+    "plugin",
+    "load",
+    "dump",
+    "coverage",
+    "crash",
+    "diagnostics",
+    "output",
+    "temps",
+    "index",
+    "session",
+    "native",
+];
 const WORKER_EXACT_OK: &[&str] = &[
     "-ansi",
     "-w",
@@ -1642,6 +1937,19 @@ pub fn worker_arg_ok(a: &str) -> bool {
     }
     if a.starts_with("-g") {
         // Debug info is never made by a worker (see `remote_block`).
+        return false;
+    }
+    // Fail closed on the open-ended `-f`/`-m` families: any word that names a file,
+    // a directory, a list, a profile, a report or preprocessing, any `native` value
+    // (what it means differs per machine), and any path at all.
+    if a.contains('/') {
+        return false;
+    }
+    if (a.starts_with("-f") || a.starts_with("-m"))
+        && a[2..]
+            .split(['-', '=', ',', ':'])
+            .any(|w| WORKER_DENY_WORDS.contains(&w) || w.ends_with("list"))
+    {
         return false;
     }
     WORKER_EXACT_OK.contains(&a)
@@ -1789,7 +2097,7 @@ impl Gcc {
                 cmd.arg("-MQ").arg(&inv.outputs[0].path);
             }
         } else if let Some(f) = &p.observe_depfile {
-            if std::fs::File::create(f).is_err() {
+            if fsutil::create_private_file(f).is_err() {
                 return Ok(Err(Passthrough::new(
                     "observation_file",
                     f.display().to_string(),
@@ -1878,7 +2186,7 @@ impl Family for Gcc {
         // created (unwritable TMPDIR), the compile runs unobserved and is not stored.
         let observe = observe
             && match &plan(inv).observe_depfile {
-                Some(f) => std::fs::File::create(f).is_ok(),
+                Some(f) => fsutil::create_private_file(f).is_ok(),
                 None => true,
             };
         let extra: &[OsString] = if observe { &inv.observe_args } else { &[] };
@@ -1941,6 +2249,10 @@ impl Family for Gcc {
         output: &Path,
     ) -> Result<Vec<OsString>, Passthrough> {
         worker_args(lang, args, input, output)
+    }
+
+    fn worker_source_check(&self, source: &[u8]) -> Result<(), Passthrough> {
+        check_code_directives(source, "")
     }
 
     fn cleanup(&self, inv: &Invocation) {
@@ -2047,6 +2359,15 @@ mod tests {
             (&["-c", "a.c", "-o", "-"], "output_to_stdout"),
             (&["-c", "a.c", "-o"], "missing_argument"),
             (&["-c", "a.c", "x.o"], "non_source_input"),
+            (
+                &["-c", "a.c", "-fbranch-probabilities"],
+                "profile_use_implicit",
+            ),
+            (&["-c", "a.c", "-fauto-profile"], "profile_use_implicit"),
+            (
+                &["-c", "a.c", "-fprofile-instr-use"],
+                "profile_use_implicit",
+            ),
         ];
         for (args, reason) in cases {
             let r = parse(args).unwrap_err();
@@ -2265,7 +2586,210 @@ mod tests {
         ] {
             assert!(io(bad).is_err(), "{bad:?} accepted");
         }
+        // Preprocessing turned back on, files read or written, machine-dependent.
+        for bad in [
+            "-fno-preprocessed",
+            "-fdirectives-only",
+            "-foptimization-record-file=x",
+            "-fsave-optimization-record",
+            "-fsave-optimization-record=yaml",
+            "-fproc-stat-report",
+            "-fproc-stat-report=x",
+            "-fbasic-block-sections=list=x",
+            "-fbasic-block-sections=list=/etc/x",
+            "-ftime-trace",
+            "-ftime-trace=x",
+            "-ftime-trace-granularity=1",
+            "-fcrash-diagnostics-dir=x",
+            "-fcrash-diagnostics",
+            "-fprofile-use",
+            "-fprofile-arcs",
+            "-fprofile-sample-use=x",
+            "-fbranch-probabilities",
+            "-fauto-profile",
+            "-fauto-profile=x",
+            "-fcoverage-mapping",
+            "-fcoverage-compilation-dir=x",
+            "-fdebug-compilation-dir=x",
+            "-fdebug-compilation-dir",
+            "-fsanitize-ignorelist=x",
+            "-fsanitize-system-ignorelist=x",
+            "-fsanitize-coverage-allowlist=x",
+            "-fxray-attr-list=x",
+            "-finstrument-functions-exclude-file-list=x",
+            "-fmacro-prefix-map=a=b",
+            "-fdiagnostics-format=sarif-file",
+            "-fdiagnostics-add-output=sarif",
+            "-fmem-report",
+            "-march=native",
+            "-mtune=native",
+            "-mcpu=native",
+            "-fprofile-remapping-file=x",
+            "-fthinlto-index=x",
+            "-fpch-preprocess",
+            "-fmax-include-depth=5",
+        ] {
+            assert!(!worker_arg_ok(bad), "{bad} accepted");
+            assert!(io(&[bad]).is_err(), "{bad} accepted by worker_args");
+        }
+        for good in [
+            "-O2",
+            "-fPIC",
+            "-fno-plt",
+            "-fstack-protector-strong",
+            "-fcf-protection=full",
+            "-fbasic-block-sections=all",
+            "-ffunction-sections",
+            "-fsanitize=address",
+            "-mstack-protector-guard=global",
+            "-mindirect-branch=thunk",
+            "-march=x86-64-v3",
+            "-mtune=generic",
+            "-Wall",
+            "-std=c11",
+        ] {
+            assert!(worker_arg_ok(good), "{good} refused");
+        }
         assert!(worker_args("c", &[], Path::new("j.i"), Path::new("j.o")).is_err());
         assert!(io(&["-O2", "-march=x86-64-v2", "-Wa,--noexecstack", "-fno-plt"]).is_ok());
+    }
+
+    #[test]
+    fn code_directives_are_found() {
+        for (text, what) in [
+            (&b"asm(\".incbin \\\"data.bin\\\"\");"[..], ".incbin"),
+            (b"__asm__(\".include \\\"x.s\\\"\");", ".include"),
+            (
+                b"#pragma GCC pch_preprocess \"x.gch\"\n",
+                "#pragma GCC pch_preprocess",
+            ),
+            (b"int a[] = {\n  #  embed \"x\"\n};", "#embed"),
+            (b"#embed <x>\n", "#embed"),
+            (b"#if __has_embed(\"x\")\n#endif\n", "__has_embed"),
+        ] {
+            assert_eq!(
+                code_directive(text),
+                Some(what),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+            assert!(GCC.worker_source_check(text).is_err());
+        }
+        for text in [
+            &b"int incbin; int include_dirs; s.included = 1;"[..],
+            b"#include <stdio.h>\nint embed(void); int x = embed();\n",
+            b"/* embedded */ int embedded;",
+        ] {
+            assert_eq!(
+                code_directive(text),
+                None,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+            assert!(GCC.worker_source_check(text).is_ok());
+        }
+    }
+
+    #[test]
+    fn response_file_fan_out_is_bounded() {
+        // 5 levels of 40 files, each naming all 40 of the next level: 10^8 arguments
+        // if expanded; refused after the file budget instead.
+        let dir = tempfile::tempdir().unwrap();
+        for level in 0..5 {
+            for i in 0..40 {
+                let body: String = if level == 4 {
+                    "-DX=1 ".repeat(10)
+                } else {
+                    (0..40)
+                        .map(|j| format!("@{}/r{}_{j} ", dir.path().display(), level + 1))
+                        .collect()
+                };
+                std::fs::write(dir.path().join(format!("r{level}_{i}")), body).unwrap();
+            }
+        }
+        let top = format!("@{}/r0_0", dir.path().display());
+        let err = expand_response_files(&os(&["-c", &top, "a.c"])).unwrap_err();
+        assert_eq!(err.reason, "response_file_limit");
+        // Many arguments in one file: the argument budget.
+        let big = dir.path().join("big");
+        std::fs::write(&big, "-DX ".repeat(RESPONSE_ARGS_MAX + 1)).unwrap();
+        let err = expand_response_files(&os(&[&format!("@{}", big.display())])).unwrap_err();
+        assert_eq!(err.reason, "response_file_limit");
+        // A normal nested pair still expands.
+        std::fs::write(dir.path().join("inner"), "-O2 -DA=1").unwrap();
+        std::fs::write(
+            dir.path().join("outer"),
+            format!("-c @{}/inner", dir.path().display()),
+        )
+        .unwrap();
+        let got = expand_response_files(&os(&[&format!("@{}/outer", dir.path().display())]));
+        assert_eq!(got.unwrap(), os(&["-c", "-O2", "-DA=1"]));
+    }
+
+    #[test]
+    fn native_cpu_enters_the_key_and_stays_home() {
+        for flag in ["-march=native", "-mtune=native", "-mcpu=native"] {
+            let inv = parse(&["-c", flag, "a.c"]).unwrap();
+            let extra: Vec<_> = inv
+                .key_extra
+                .iter()
+                .filter(|e| e.starts_with("native-cpu="))
+                .collect();
+            assert_eq!(extra.len(), 1, "{flag}");
+            assert_eq!(
+                plan(&inv).remote_block.as_ref().map(|b| b.0),
+                Some("native_cpu"),
+                "{flag}"
+            );
+            assert!(GCC.remote_allowed(&inv).is_err());
+        }
+        let inv = parse(&["-c", "-march=x86-64-v2", "a.c"]).unwrap();
+        assert!(inv.key_extra.iter().all(|e| !e.starts_with("native-cpu=")));
+        // Another CPU model or feature set is another key; MHz and core ids are not.
+        let a = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel\t\t: 85\ncpu MHz\t\t: 2000.1\nflags\t\t: fpu sse avx2\n\nprocessor\t: 1\nflags\t: other\n";
+        let b = a
+            .replace("2000.1", "3100.7")
+            .replace("flags\t: other", "flags\t: x");
+        let c = a.replace("avx2", "avx512f");
+        let d = a.replace("model\t\t: 85", "model\t\t: 86");
+        assert_eq!(cpuinfo_digest(a.as_bytes()), cpuinfo_digest(b.as_bytes()));
+        assert_ne!(cpuinfo_digest(a.as_bytes()), cpuinfo_digest(c.as_bytes()));
+        assert_ne!(cpuinfo_digest(a.as_bytes()), cpuinfo_digest(d.as_bytes()));
+    }
+
+    #[test]
+    fn search_memo_is_checksummed() {
+        let dir = tempfile::tempdir().unwrap();
+        let memo = dir.path().join("x.search");
+        let sl = SearchList {
+            quote: vec![PathBuf::from("inc")],
+            angle: vec![
+                PathBuf::from("/usr/include"),
+                PathBuf::from("/usr/local/include"),
+            ],
+            missing: vec![PathBuf::from("/nonexistent")],
+        };
+        let text = search_memo_text(&sl);
+        std::fs::write(&memo, &text).unwrap();
+        assert_eq!(read_search_memo(&memo), Some(sl));
+        // Any flipped byte: the memo is not used.
+        for i in [
+            0,
+            SEARCH_MEMO_MAGIC.len() + 3,
+            text.len() / 2,
+            text.len() - 3,
+        ] {
+            let mut bad = text.clone();
+            bad[i] ^= 0x01;
+            std::fs::write(&memo, &bad).unwrap();
+            assert_eq!(read_search_memo(&memo), None, "byte {i}");
+        }
+        // A memo of an older farm (no checksum line) is not used either.
+        std::fs::write(
+            &memo,
+            &text[text.iter().position(|&c| c == b'\n').unwrap() + 1..],
+        )
+        .unwrap();
+        assert_eq!(read_search_memo(&memo), None);
     }
 }

@@ -45,6 +45,11 @@ impl fmt::Display for Passthrough {
     }
 }
 
+/// The pass-through reason for source text that makes the compiler read files no key
+/// covers (asm `.incbin`, `#embed`, ...). A header found so after the compile is
+/// counted under it too.
+pub const UNSUPPORTED_CODE_DIRECTIVE: &str = "unsupported_code_directive";
+
 /// One file the compile produces, with a stable role name stored in the cache entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Output {
@@ -321,6 +326,15 @@ pub trait Family: Sync {
     fn remote_prepare(&self, inv: &Invocation) -> std::io::Result<Result<RemoteJob, Passthrough>> {
         let _ = inv;
         Ok(Err(Passthrough::new("family", self.name())))
+    }
+
+    /// Checks source text before it is keyed or compiled from the wire: the primary
+    /// source (direct and depend modes) and shipped preprocessed text (the worker).
+    /// `Err`: text that makes the compiler read files no key covers (asm `.incbin`,
+    /// `#embed`, ...): never cached, never compiled by a worker.
+    fn worker_source_check(&self, source: &[u8]) -> Result<(), Passthrough> {
+        let _ = source;
+        Ok(())
     }
 
     /// Worker side: validates a job's language and arguments and builds the compiler

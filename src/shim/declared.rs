@@ -48,7 +48,7 @@ struct Scratch(PathBuf);
 impl Scratch {
     fn new(cache_dir: &Path) -> std::io::Result<Scratch> {
         let base = cache_dir.join("tmp");
-        std::fs::create_dir_all(&base)?;
+        fsutil::create_cache_dir_all(&base)?;
         for n in 0..1000u32 {
             let d = base.join(format!("tree-{}-{n}", std::process::id()));
             match std::fs::create_dir(&d) {

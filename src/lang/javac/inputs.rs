@@ -54,9 +54,9 @@ pub fn jar_facts(path: &Path, memo: &Path) -> Result<JarFacts, Passthrough> {
     }
     let facts = read_jar(&data).map_err(|e| err(&e))?;
     if let Some(s) = &stamp {
-        let _ = fs::create_dir_all(memo);
+        let _ = fsutil::create_cache_dir_all(memo);
         if let Ok(bytes) = postcard::to_allocvec(&facts) {
-            let _ = fsutil::write_atomic(&memo.join(memo_name(path, s)), &bytes);
+            let _ = fsutil::write_cache_atomic(&memo.join(memo_name(path, s)), &bytes);
         }
     }
     Ok(facts)
