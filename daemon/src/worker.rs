@@ -328,6 +328,12 @@ pub async fn run(node: &Node, peer: &str, job: Job) -> PeerResponse {
         Ok(a) => a,
         Err(p) => return refuse(node, format!("refused {}: {}", p.reason, p.detail)),
     };
+    // Shipped text is compiler input from someone we do not trust: directives that
+    // make the compiler or assembler read files are refused (the sandbox would show
+    // them nothing but the toolchain, but such a compile is not worth running here).
+    if let Err(p) = family.worker_source_check(&job.source) {
+        return refuse(node, format!("refused {}: {}", p.reason, p.detail));
+    }
     let slot = match Slot::take(node).await {
         Ok(s) => s,
         Err(why) => return refuse(node, why),
