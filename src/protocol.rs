@@ -402,6 +402,78 @@ pub async fn read_async<T: DeserializeOwned>(
     decode(&body, cap)
 }
 
+/// Frames needing at most this many bytes (body plus inflated payload) are read
+/// without taking from a [`ReadBudget`]: small control messages never wait behind
+/// large frames.
+pub const SMALL_FRAME: usize = 16 << 10;
+
+/// Bytes of request frames being read and decoded at once, shared by every peer
+/// connection of one farmd. A reader takes a frame's declared length from it before
+/// allocating the body, and the inflated size (from the zstd frame header, the cap
+/// when absent) before decompressing; both are given back once the frame is decoded.
+#[derive(Clone)]
+pub struct ReadBudget {
+    sem: std::sync::Arc<tokio::sync::Semaphore>,
+    total: u32,
+}
+
+impl ReadBudget {
+    pub fn new(bytes: usize) -> ReadBudget {
+        let total = bytes.clamp(1, u32::MAX as usize >> 1) as u32;
+        ReadBudget {
+            sem: std::sync::Arc::new(tokio::sync::Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Bytes not taken now.
+    pub fn available(&self) -> usize {
+        self.sem.available_permits()
+    }
+
+    async fn take(&self, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        // Never more than the whole budget: a frame larger than it waits for all of it.
+        let n = bytes.min(self.total as usize) as u32;
+        self.sem.clone().acquire_many_owned(n).await.ok()
+    }
+}
+
+/// [`read_async`] within a [`ReadBudget`]: at most the budget's bytes are allocated for
+/// frames read this way at once, however many streams send large frames.
+pub async fn read_async_budget<T: DeserializeOwned>(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    cap: usize,
+    budget: &ReadBudget,
+) -> Result<T, FrameError> {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 4];
+    r.read_exact(&mut header).await.map_err(header_error)?;
+    let len = body_len(header, cap)?;
+    let _body_permit = if len > SMALL_FRAME {
+        budget.take(len).await
+    } else {
+        None
+    };
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    if body[0] != FLAG_ZSTD {
+        return decode(&body, cap);
+    }
+    // The inflated payload is bounded by what its header declares (a frame that
+    // inflates past it fails), else by the cap.
+    let inflated = zstd::zstd_safe::get_frame_content_size(&body[1..])
+        .ok()
+        .flatten()
+        .map(|n| n.min(cap as u64) as usize)
+        .unwrap_or(cap);
+    let _inflate_permit = if len + inflated > SMALL_FRAME {
+        budget.take(inflated).await
+    } else {
+        None
+    };
+    decode(&body, inflated)
+}
+
 /// Writes one frame to an async writer.
 pub async fn write_async<T: Serialize>(
     w: &mut (impl tokio::io::AsyncWrite + Unpin),
