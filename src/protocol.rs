@@ -431,9 +431,18 @@ impl ReadBudget {
         self.sem.available_permits()
     }
 
-    async fn take(&self, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        // Never more than the whole budget: a frame larger than it waits for all of it.
-        let n = bytes.min(self.total as usize) as u32;
+    /// Takes `bytes`, less what this frame already holds if that would be more than
+    /// the whole budget: a frame larger than the budget waits for all of it.
+    async fn take(
+        &self,
+        bytes: usize,
+        held: Option<&tokio::sync::OwnedSemaphorePermit>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let held = held.map(|p| p.num_permits()).unwrap_or(0);
+        let n = bytes.min((self.total as usize).saturating_sub(held)) as u32;
+        if n == 0 {
+            return None;
+        }
         self.sem.clone().acquire_many_owned(n).await.ok()
     }
 }
@@ -449,8 +458,8 @@ pub async fn read_async_budget<T: DeserializeOwned>(
     let mut header = [0u8; 4];
     r.read_exact(&mut header).await.map_err(header_error)?;
     let len = body_len(header, cap)?;
-    let _body_permit = if len > SMALL_FRAME {
-        budget.take(len).await
+    let body_permit = if len > SMALL_FRAME {
+        budget.take(len, None).await
     } else {
         None
     };
@@ -467,11 +476,13 @@ pub async fn read_async_budget<T: DeserializeOwned>(
         .map(|n| n.min(cap as u64) as usize)
         .unwrap_or(cap);
     let _inflate_permit = if len + inflated > SMALL_FRAME {
-        budget.take(inflated).await
+        budget.take(inflated, body_permit.as_ref()).await
     } else {
         None
     };
-    decode(&body, inflated)
+    let r = decode(&body, inflated);
+    drop(body_permit);
+    r
 }
 
 /// Writes one frame to an async writer.
@@ -508,6 +519,72 @@ mod tests {
         assert_eq!(len, frame.len() - 4);
         let back: PeerRequest = decode(&frame[4..], MAX_FRAME).unwrap();
         assert_eq!(back, msg);
+    }
+
+    /// Two large frames within a budget that holds one: the second is not read (nor
+    /// allocated) until the first is decoded; small frames never wait.
+    #[test]
+    fn read_budget_bounds_frames_read_at_once() {
+        use tokio::io::AsyncWriteExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let budget = ReadBudget::new(3 << 20);
+            let big = encode(&PeerRequest::Put(Item {
+                kind: Kind::Result,
+                key: [1; 32],
+                data: {
+                    // Incompressible: the frame is as large as its payload.
+                    let mut x = 0x9e3779b97f4a7c15u64;
+                    (0..(2u32 << 20))
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect()
+                },
+            }));
+            assert!(big.len() > 2 << 20);
+            // The first frame arrives whole; the second declares its length and stalls.
+            let (mut w1, mut r1) = tokio::io::duplex(8 << 20);
+            let (mut w2, mut r2) = tokio::io::duplex(8 << 20);
+            w2.write_all(&big[..4]).await.unwrap();
+            let second = tokio::spawn({
+                let budget = budget.clone();
+                async move { read_async_budget::<PeerRequest>(&mut r2, MAX_FRAME, &budget).await }
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert!(
+                budget.available() < 1 << 20,
+                "the second frame took its length"
+            );
+            w1.write_all(&big).await.unwrap();
+            let first = tokio::time::timeout(std::time::Duration::from_millis(200), async {
+                read_async_budget::<PeerRequest>(&mut r1, MAX_FRAME, &budget).await
+            })
+            .await;
+            assert!(first.is_err(), "the first frame waits for the budget");
+            // A small frame is read whatever the budget holds.
+            let (mut w3, mut r3) = tokio::io::duplex(1 << 16);
+            w3.write_all(&encode(&PeerRequest::Have {
+                kind: Kind::Result,
+                key: [2; 32],
+            }))
+            .await
+            .unwrap();
+            let small: PeerRequest = read_async_budget(&mut r3, MAX_FRAME, &budget)
+                .await
+                .unwrap();
+            assert!(matches!(small, PeerRequest::Have { .. }));
+            // The second frame completes; its bytes go back to the budget.
+            w2.write_all(&big[4..]).await.unwrap();
+            assert!(second.await.unwrap().is_ok());
+            assert_eq!(budget.available(), 3 << 20);
+        });
     }
 
     #[test]
