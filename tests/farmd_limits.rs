@@ -459,3 +459,59 @@ fn state_dir_is_private() {
     assert_eq!(mode(&state), 0o700);
     assert_eq!(mode(&state.join("store")), 0o700);
 }
+
+/// Connections past `max_peer_connections` are refused; the ones held, node-a's
+/// included, keep working, and a slot freed is a connection accepted again.
+#[test]
+fn peer_connections_are_capped() {
+    let cl = Cluster::new(&["node-a", "node-b"], |i| {
+        if i == 1 {
+            "max_peer_connections = 3".into()
+        } else {
+            String::new()
+        }
+    });
+    cl.wait_all();
+    let b = &cl.nodes[1];
+    let tls = member(&cl, "mallory");
+    let b_addr: std::net::SocketAddr = b.addr().parse().unwrap();
+    let rt = rt();
+    let have = PeerRequest::Have {
+        kind: protocol::Kind::Result,
+        key: [3; 32],
+    };
+    rt.block_on(async {
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(tls.client);
+        let connect = || async {
+            let c = tokio::time::timeout(
+                Duration::from_secs(5),
+                ep.connect(b_addr, farm::net::SERVER_NAME).unwrap(),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("timeout"))??;
+            ask(&c, &have).await?;
+            anyhow::Ok(c)
+        };
+        // node-a holds one of the three.
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..4 {
+            match connect().await {
+                Ok(c) => held.push(c),
+                Err(_) => refused += 1,
+            }
+        }
+        assert_eq!(held.len(), 2, "{refused} refused");
+        for c in &held {
+            assert!(ask(c, &have).await.is_ok(), "a held connection still works");
+        }
+        held.pop().unwrap().close(0u32.into(), b"bye");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(connect().await.is_ok(), "a freed slot is taken again");
+    });
+    drop(rt);
+    cl.wait_live(0, 1);
+    let log = fs::read_to_string(b.dir.join("farmd.log")).unwrap();
+    assert!(log.contains("max_peer_connections reached"), "{log}");
+}
