@@ -182,7 +182,15 @@ async fn answer(node: &Node, peer: &str, remote: SocketAddr, req: PeerRequest) -
             // A peer that speaks to us is one we speak to as well, at the address it
             // advertises, if that is where it connects from: a member cannot fill the
             // table with addresses of machines it is not.
-            if addr_is_from(&a.addr, remote).await {
+            // An address this node already reached this peer at needs no new lookup.
+            let known = node
+                .peers
+                .lock()
+                .unwrap()
+                .get(&a.addr)
+                .map(|p| p.connected_once && p.node == peer)
+                .unwrap_or(false);
+            if known || addr_is_from(&a.addr, remote).await {
                 node.learn(&a.addr, Source::Verified);
             } else if let Some(suppressed) = ADDR_LOG.allow() {
                 tracing::debug!(peer = %peer, %remote, addr = %a.addr, suppressed,
