@@ -180,13 +180,22 @@ pub struct NodeTls {
     pub client: quinn::ClientConfig,
 }
 
+/// Concurrent request streams one connection may open.
+pub const MAX_STREAMS_PER_PEER: u32 = 64;
+/// Bytes one connection may have in flight to this side and not yet read.
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+
 fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // A peer that vanishes (kill -9, cable) is noticed within `idle`.
     t.keep_alive_interval(Some(Duration::from_millis(500)));
     t.max_idle_timeout(Some(idle.try_into().expect("idle timeout in range")));
-    t.max_concurrent_bidi_streams(256u32.into());
+    // What one peer may have open and unread at once (docs/security.md): requests
+    // beyond the stream limit wait for a free stream, and data beyond the
+    // connection's window waits for this side to read.
+    t.max_concurrent_bidi_streams(MAX_STREAMS_PER_PEER.into());
     t.max_concurrent_uni_streams(0u32.into());
+    t.receive_window(CONNECTION_WINDOW.into());
     Arc::new(t)
 }
 

@@ -402,6 +402,89 @@ pub async fn read_async<T: DeserializeOwned>(
     decode(&body, cap)
 }
 
+/// Frames needing at most this many bytes (body plus inflated payload) are read
+/// without taking from a [`ReadBudget`]: small control messages never wait behind
+/// large frames.
+pub const SMALL_FRAME: usize = 16 << 10;
+
+/// Bytes of request frames being read and decoded at once, shared by every peer
+/// connection of one farmd. A reader takes a frame's declared length from it before
+/// allocating the body, and the inflated size (from the zstd frame header, the cap
+/// when absent) before decompressing; both are given back once the frame is decoded.
+#[derive(Clone)]
+pub struct ReadBudget {
+    sem: std::sync::Arc<tokio::sync::Semaphore>,
+    total: u32,
+}
+
+impl ReadBudget {
+    pub fn new(bytes: usize) -> ReadBudget {
+        let total = bytes.clamp(1, u32::MAX as usize >> 1) as u32;
+        ReadBudget {
+            sem: std::sync::Arc::new(tokio::sync::Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Bytes not taken now.
+    pub fn available(&self) -> usize {
+        self.sem.available_permits()
+    }
+
+    /// Takes `bytes`, less what this frame already holds if that would be more than
+    /// the whole budget: a frame larger than the budget waits for all of it.
+    async fn take(
+        &self,
+        bytes: usize,
+        held: Option<&tokio::sync::OwnedSemaphorePermit>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let held = held.map(|p| p.num_permits()).unwrap_or(0);
+        let n = bytes.min((self.total as usize).saturating_sub(held)) as u32;
+        if n == 0 {
+            return None;
+        }
+        self.sem.clone().acquire_many_owned(n).await.ok()
+    }
+}
+
+/// [`read_async`] within a [`ReadBudget`]: at most the budget's bytes are allocated for
+/// frames read this way at once, however many streams send large frames.
+pub async fn read_async_budget<T: DeserializeOwned>(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    cap: usize,
+    budget: &ReadBudget,
+) -> Result<T, FrameError> {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 4];
+    r.read_exact(&mut header).await.map_err(header_error)?;
+    let len = body_len(header, cap)?;
+    let body_permit = if len > SMALL_FRAME {
+        budget.take(len, None).await
+    } else {
+        None
+    };
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    if body[0] != FLAG_ZSTD {
+        return decode(&body, cap);
+    }
+    // The inflated payload is bounded by what its header declares (a frame that
+    // inflates past it fails), else by the cap.
+    let inflated = zstd::zstd_safe::get_frame_content_size(&body[1..])
+        .ok()
+        .flatten()
+        .map(|n| n.min(cap as u64) as usize)
+        .unwrap_or(cap);
+    let _inflate_permit = if len + inflated > SMALL_FRAME {
+        budget.take(inflated, body_permit.as_ref()).await
+    } else {
+        None
+    };
+    let r = decode(&body, inflated);
+    drop(body_permit);
+    r
+}
+
 /// Writes one frame to an async writer.
 pub async fn write_async<T: Serialize>(
     w: &mut (impl tokio::io::AsyncWrite + Unpin),
@@ -436,6 +519,72 @@ mod tests {
         assert_eq!(len, frame.len() - 4);
         let back: PeerRequest = decode(&frame[4..], MAX_FRAME).unwrap();
         assert_eq!(back, msg);
+    }
+
+    /// Two large frames within a budget that holds one: the second is not read (nor
+    /// allocated) until the first is decoded; small frames never wait.
+    #[test]
+    fn read_budget_bounds_frames_read_at_once() {
+        use tokio::io::AsyncWriteExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let budget = ReadBudget::new(3 << 20);
+            let big = encode(&PeerRequest::Put(Item {
+                kind: Kind::Result,
+                key: [1; 32],
+                data: {
+                    // Incompressible: the frame is as large as its payload.
+                    let mut x = 0x9e3779b97f4a7c15u64;
+                    (0..(2u32 << 20))
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect()
+                },
+            }));
+            assert!(big.len() > 2 << 20);
+            // The first frame arrives whole; the second declares its length and stalls.
+            let (mut w1, mut r1) = tokio::io::duplex(8 << 20);
+            let (mut w2, mut r2) = tokio::io::duplex(8 << 20);
+            w2.write_all(&big[..4]).await.unwrap();
+            let second = tokio::spawn({
+                let budget = budget.clone();
+                async move { read_async_budget::<PeerRequest>(&mut r2, MAX_FRAME, &budget).await }
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert!(
+                budget.available() < 1 << 20,
+                "the second frame took its length"
+            );
+            w1.write_all(&big).await.unwrap();
+            let first = tokio::time::timeout(std::time::Duration::from_millis(200), async {
+                read_async_budget::<PeerRequest>(&mut r1, MAX_FRAME, &budget).await
+            })
+            .await;
+            assert!(first.is_err(), "the first frame waits for the budget");
+            // A small frame is read whatever the budget holds.
+            let (mut w3, mut r3) = tokio::io::duplex(1 << 16);
+            w3.write_all(&encode(&PeerRequest::Have {
+                kind: Kind::Result,
+                key: [2; 32],
+            }))
+            .await
+            .unwrap();
+            let small: PeerRequest = read_async_budget(&mut r3, MAX_FRAME, &budget)
+                .await
+                .unwrap();
+            assert!(matches!(small, PeerRequest::Have { .. }));
+            // The second frame completes; its bytes go back to the budget.
+            w2.write_all(&big[4..]).await.unwrap();
+            assert!(second.await.unwrap().is_ok());
+            assert_eq!(budget.available(), 3 << 20);
+        });
     }
 
     #[test]

@@ -230,7 +230,7 @@ async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
     loop {
         let req: AgentRequest = match tokio::time::timeout(
             SHIM_REQUEST_WAIT,
-            protocol::read_async(&mut stream, MAX_FRAME),
+            protocol::read_async_budget(&mut stream, MAX_FRAME, &node.agent_read_budget),
         )
         .await
         {

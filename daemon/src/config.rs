@@ -38,6 +38,8 @@ struct FileConfig {
     sandbox_paths: Vec<String>,
     #[serde(default)]
     trusted_publishers: Vec<String>,
+    max_peer_connections: Option<u32>,
+    peer_read_budget: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -78,7 +80,17 @@ pub struct DaemonConfig {
     pub sandbox_paths: Vec<PathBuf>,
     /// Users of this machine whose published entries every user is served.
     pub trusted_publishers: Vec<String>,
+    /// Peer connections (handshakes included) served at once.
+    pub max_peer_connections: u32,
+    /// Bytes of peers' request frames read and decoded at once, all peers together.
+    pub peer_read_budget: usize,
 }
+
+/// A job's ceiling: one day.
+const MAX_JOB_TIMEOUT_S: u64 = 86_400;
+/// Half a second (keep-alives go every 500 ms) to an hour.
+const IDLE_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 500..=3_600_000;
+const PEER_READ_BUDGET: std::ops::RangeInclusive<u64> = (64 << 20)..=(2 << 30);
 
 fn cores() -> u32 {
     std::thread::available_parallelism()
@@ -196,6 +208,48 @@ impl DaemonConfig {
             }
             sandbox_paths.push(p);
         }
+        if job_timeout > MAX_JOB_TIMEOUT_S {
+            return Err(bad(
+                "job_timeout",
+                format!("{job_timeout} is more than {MAX_JOB_TIMEOUT_S} seconds"),
+            ));
+        }
+        let local_slots = fc.local_slots.unwrap_or_else(cores);
+        if local_slots > 1024 {
+            return Err(bad(
+                "local_slots",
+                format!("{local_slots} is not between 0 and 1024"),
+            ));
+        }
+        let idle_timeout_ms = fc.idle_timeout_ms.unwrap_or(1500);
+        if !IDLE_TIMEOUT_MS.contains(&idle_timeout_ms) {
+            return Err(bad(
+                "idle_timeout_ms",
+                format!(
+                    "{idle_timeout_ms} is not between {} and {}",
+                    IDLE_TIMEOUT_MS.start(),
+                    IDLE_TIMEOUT_MS.end()
+                ),
+            ));
+        }
+        let max_peer_connections = fc.max_peer_connections.unwrap_or(256);
+        if max_peer_connections == 0 || max_peer_connections > 65536 {
+            return Err(bad(
+                "max_peer_connections",
+                format!("{max_peer_connections} is not between 1 and 65536"),
+            ));
+        }
+        let peer_read_budget = match &fc.peer_read_budget {
+            Some(s) => farm::config::parse_size(s)
+                .filter(|n| PEER_READ_BUDGET.contains(n))
+                .ok_or_else(|| {
+                    bad(
+                        "peer_read_budget",
+                        format!("{s:?} is not a size between 64M and 2G"),
+                    )
+                })?,
+            None => 512 << 20,
+        } as usize;
         let compilers = match fc.compilers {
             Some(list) => list.iter().map(|s| rel(s)).collect(),
             None => default_compilers(),
@@ -215,19 +269,21 @@ impl DaemonConfig {
             socket_mode,
             state_dir: rel(&fc.state_dir),
             slots,
-            local_slots: fc.local_slots.unwrap_or_else(cores),
+            local_slots,
             store_max_size,
             job_timeout: Duration::from_secs(job_timeout),
             revoked: fc.revoked,
             compilers,
             log: fc.log.map(|s| rel(&s)),
-            idle_timeout: Duration::from_millis(fc.idle_timeout_ms.unwrap_or(1500).max(500)),
+            idle_timeout: Duration::from_millis(idle_timeout_ms),
             same_host_jobs: fc.same_host_jobs.unwrap_or(false),
             job_memory,
             job_file_size,
             job_output_max,
             sandbox_paths,
             trusted_publishers: fc.trusted_publishers,
+            max_peer_connections,
+            peer_read_budget,
         })
     }
 }

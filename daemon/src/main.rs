@@ -129,6 +129,31 @@ fn allowed_compilers(cfg: &DaemonConfig) -> Vec<AllowedCompiler> {
     out
 }
 
+/// What farmd keeps under its state directory (all of it private to its user).
+const STATE_SUBDIRS: [&str; 5] = ["jobs", "store", "blobs", "memo", "jvm"];
+
+/// Creates `dir` (and missing parents) 0700 whatever the umask, and takes group and
+/// other access away from it if it already exists: sources, objects and cache
+/// entries of the whole farm pass through farmd's state directory.
+fn private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let ctx = || format!("state directory {}", dir.display());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(ctx)?;
+    let mode = std::fs::metadata(dir)
+        .with_context(ctx)?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))
+            .with_context(ctx)?;
+    }
+    Ok(())
+}
+
 fn start(file: PathBuf, check_only: bool) -> Result<()> {
     let cfg = DaemonConfig::load(&file)?;
     let tls = farm::net::load_node_tls(&cfg.ca, &cfg.cert, &cfg.key, cfg.idle_timeout)
@@ -148,12 +173,12 @@ fn start(file: PathBuf, check_only: bool) -> Result<()> {
         return Ok(());
     }
     init_log(&cfg)?;
-    std::fs::create_dir_all(cfg.state_dir.join("jobs"))
-        .with_context(|| format!("state directory {}", cfg.state_dir.display()))?;
+    private_dir(&cfg.state_dir)?;
     // Job directories of a previous run are leftovers.
     let _ = std::fs::remove_dir_all(cfg.state_dir.join("jobs"));
-    std::fs::create_dir_all(cfg.state_dir.join("jobs"))
-        .with_context(|| format!("state directory {}", cfg.state_dir.display()))?;
+    for sub in STATE_SUBDIRS {
+        private_dir(&cfg.state_dir.join(sub))?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -207,6 +232,11 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         agent_busy: 0.into(),
         changed: tokio::sync::Notify::new(),
         manifest_lock: Mutex::new(()),
+        peer_conns: Arc::new(tokio::sync::Semaphore::new(
+            cfg.max_peer_connections as usize,
+        )),
+        read_budget: farm::protocol::ReadBudget::new(cfg.peer_read_budget),
+        agent_read_budget: farm::protocol::ReadBudget::new(cfg.peer_read_budget),
         cfg,
     });
     let listener = agent::bind(&node)?;

@@ -16,6 +16,21 @@ use crate::config::DaemonConfig;
 /// A peer that has not answered an advert for this long leaves the table's live set.
 pub const LIVE_WINDOW: Duration = Duration::from_secs(5);
 const RECENT_FAILURES: usize = 5;
+/// Entries in the peer table, configured peers included.
+pub const MAX_PEERS: usize = 1024;
+/// A learned entry that has not been live for this long leaves the table.
+pub const PEER_EXPIRY: Duration = Duration::from_secs(60);
+
+/// Where an address in the peer table comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The configuration's `peers`: kept for good.
+    Config,
+    /// A peer's advert of its own address, from the address it connected from.
+    Verified,
+    /// A peer's list of its live peers: second-hand, never trusted over the others.
+    Gossip,
+}
 
 /// A compiler this node runs for peers.
 #[derive(Clone, Debug)]
@@ -47,6 +62,14 @@ pub struct Peer {
     pub last_job: Option<Instant>,
     /// Jobs sent there since its last advert (which cannot count them yet).
     pub sent_since_advert: u32,
+    /// Listed in the configuration: never expires, never evicted.
+    pub configured: bool,
+    /// Learned from the peer itself (or configured), not from another's list.
+    pub firsthand: bool,
+    /// This node connected there at least once.
+    pub connected_once: bool,
+    /// When it was learned, or last connected or answered an advert.
+    pub touched: Option<Instant>,
 }
 
 impl Peer {
@@ -123,6 +146,13 @@ pub struct Node {
     pub changed: Notify,
     /// Serializes manifest merges in the store.
     pub manifest_lock: Mutex<()>,
+    /// Peer connections served at once (`max_peer_connections`).
+    pub peer_conns: Arc<Semaphore>,
+    /// Bytes of peers' request frames being read at once (`peer_read_budget`).
+    pub read_budget: farm::protocol::ReadBudget,
+    /// The same for this machine's shims on the agent socket (a budget of its own, so
+    /// local users and peers cannot starve each other).
+    pub agent_read_budget: farm::protocol::ReadBudget,
 }
 
 pub fn ewma(old: f64, sample: f64) -> f64 {
@@ -225,19 +255,76 @@ impl Node {
         }
     }
 
-    /// Adds an address to the table (from config, or learned from a peer).
-    pub fn learn(&self, addr: &str) {
+    /// Adds an address to the table, or refreshes it. The table holds at most
+    /// [`MAX_PEERS`] entries and keeps room for the configured peers; when it is full,
+    /// the oldest learned entry this node never connected to makes room (second-hand
+    /// ones first; a second-hand address only ever replaces another). Returns whether
+    /// the address is in the table.
+    pub fn learn(&self, addr: &str, source: Source) -> bool {
         if addr == self.cfg.advertise || addr.is_empty() || addr.len() > 256 {
-            return;
+            return false;
         }
+        let now = Instant::now();
+        let configured = source == Source::Config || self.cfg.peers.iter().any(|p| p == addr);
+        let firsthand = configured || source == Source::Verified;
         let mut peers = self.peers.lock().unwrap();
-        if peers.len() >= 1024 {
-            return;
+        if let Some(p) = peers.get_mut(addr) {
+            p.configured |= configured;
+            if firsthand {
+                p.firsthand = true;
+                p.touched = Some(now);
+            }
+            return true;
         }
-        peers.entry(addr.to_string()).or_insert_with(|| Peer {
-            backoff: Duration::from_millis(250),
-            ..Peer::default()
+        if !configured {
+            let room = MAX_PEERS.saturating_sub(self.cfg.peers.len());
+            let learned = peers.values().filter(|p| !p.configured).count();
+            if learned >= room {
+                let victim = peers
+                    .iter()
+                    .filter(|(_, p)| {
+                        !p.configured
+                            && !p.connected_once
+                            && p.inflight == 0
+                            && (firsthand || !p.firsthand)
+                    })
+                    .min_by_key(|(_, p)| (p.firsthand, p.touched))
+                    .map(|(a, _)| a.clone());
+                match victim {
+                    Some(v) => {
+                        peers.remove(&v);
+                    }
+                    None => return false,
+                }
+            }
+        }
+        peers.insert(
+            addr.to_string(),
+            Peer {
+                backoff: Duration::from_millis(250),
+                configured,
+                firsthand,
+                touched: Some(now),
+                ..Peer::default()
+            },
+        );
+        true
+    }
+
+    /// Drops learned entries that have not been live for [`PEER_EXPIRY`].
+    pub fn expire_peers(&self) -> usize {
+        let now = Instant::now();
+        let mut peers = self.peers.lock().unwrap();
+        let before = peers.len();
+        peers.retain(|_, p| {
+            p.configured
+                || p.inflight > 0
+                || p.live(now)
+                || p.touched
+                    .map(|t| now.duration_since(t) < PEER_EXPIRY)
+                    .unwrap_or(false)
         });
+        before - peers.len()
     }
 
     /// The node that holds `key` in the farm's cache: rendezvous hashing over this

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
@@ -11,11 +11,55 @@ use farm::cache::{CacheKey, EntryKind, Store};
 use farm::key::Manifest;
 use farm::protocol::{self, Item, Kind, PeerRequest, PeerResponse, MAX_CONTROL_FRAME, MAX_FRAME};
 
-use crate::node::Node;
+use crate::node::{Node, Source};
 
 /// How long a peer has to send a whole request once it opened a stream.
 const REQUEST_READ: Duration = Duration::from_secs(30);
 const GOSSIP_EVERY: Duration = Duration::from_millis(1000);
+
+/// At most one log line a second for events anyone on the network can cause, with
+/// the count of those not logged since the last line.
+pub struct LogLimit(Mutex<(Option<Instant>, u64)>);
+
+impl LogLimit {
+    pub const fn new() -> LogLimit {
+        LogLimit(Mutex::new((None, 0)))
+    }
+
+    /// `Some(suppressed)` when a line may be logged now.
+    pub fn allow(&self) -> Option<u64> {
+        let mut g = self.0.lock().unwrap();
+        let now = Instant::now();
+        match g.0 {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
+                g.1 += 1;
+                None
+            }
+            _ => {
+                g.0 = Some(now);
+                Some(std::mem::take(&mut g.1))
+            }
+        }
+    }
+}
+
+/// Refused handshakes and connections: strangers can cause as many as they like.
+static REFUSED_LOG: LogLimit = LogLimit::new();
+/// Members' bad requests and adverts of addresses they do not connect from.
+static BAD_REQUEST_LOG: LogLimit = LogLimit::new();
+static ADDR_LOG: LogLimit = LogLimit::new();
+
+/// Whether `addr` (`host:port`) names the IP a peer connects from.
+async fn addr_is_from(addr: &str, remote: SocketAddr) -> bool {
+    let ip = remote.ip().to_canonical();
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        return sa.ip().to_canonical() == ip;
+    }
+    match tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(addr)).await {
+        Ok(Ok(mut found)) => found.any(|sa| sa.ip().to_canonical() == ip),
+        _ => false,
+    }
+}
 
 /// One request on a fresh stream of `conn`, answered within `deadline`.
 pub async fn request(
@@ -40,15 +84,26 @@ pub async fn request(
 /// Accepts peers until the endpoint closes.
 pub async fn serve(node: Arc<Node>) {
     while let Some(incoming) = node.endpoint.accept().await {
+        let remote = incoming.remote_address();
+        // Handshakes count: at most `max_peer_connections` at once, refused beyond.
+        let Ok(permit) = node.peer_conns.clone().try_acquire_owned() else {
+            if let Some(suppressed) = REFUSED_LOG.allow() {
+                tracing::warn!(%remote, suppressed, "connection refused: max_peer_connections reached");
+            }
+            incoming.refuse();
+            continue;
+        };
         let node = node.clone();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
+            let _permit = permit;
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
                     // Wrong CA, no certificate, wrong ALPN, garbage: refused here,
                     // before any application byte.
-                    tracing::warn!(%remote, error = %e, "handshake refused");
+                    if let Some(suppressed) = REFUSED_LOG.allow() {
+                        tracing::warn!(%remote, error = %e, suppressed, "handshake refused");
+                    }
                     return;
                 }
             };
@@ -57,17 +112,22 @@ pub async fn serve(node: Arc<Node>) {
                 return;
             };
             if node.cfg.revoked.contains(&name) {
-                tracing::warn!(%remote, peer = %name, "revoked node refused");
+                if let Some(suppressed) = REFUSED_LOG.allow() {
+                    tracing::warn!(%remote, peer = %name, suppressed, "revoked node refused");
+                }
                 conn.close(2u32.into(), b"revoked");
                 return;
             }
             tracing::info!(%remote, peer = %name, "peer connected");
+            let remote = conn.remote_address();
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let node = node.clone();
                 let name = name.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle_stream(&node, &name, send, recv).await {
-                        tracing::warn!(peer = %name, error = %e, "bad request");
+                    if let Err(e) = handle_stream(&node, &name, remote, send, recv).await {
+                        if let Some(suppressed) = BAD_REQUEST_LOG.allow() {
+                            tracing::warn!(peer = %name, error = %e, suppressed, "bad request");
+                        }
                     }
                 });
             }
@@ -78,12 +138,15 @@ pub async fn serve(node: Arc<Node>) {
 async fn handle_stream(
     node: &Node,
     peer: &str,
+    remote: SocketAddr,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<()> {
+    // Frames are read within the node's read budget: many peers sending large frames
+    // at once wait for each other instead of growing this process.
     let req: Result<PeerRequest, _> = match tokio::time::timeout(
         REQUEST_READ,
-        protocol::read_async(&mut recv, MAX_FRAME),
+        protocol::read_async_budget(&mut recv, MAX_FRAME, &node.read_budget),
     )
     .await
     {
@@ -97,7 +160,7 @@ async fn handle_stream(
         }
     };
     let resp = match req {
-        Ok(r) => answer(node, peer, r).await,
+        Ok(r) => answer(node, peer, remote, r).await,
         Err(e) => {
             // Garbage or an oversized frame: one clear answer, then the stream ends.
             let msg = format!("{}: malformed request: {e}", node.name);
@@ -113,11 +176,26 @@ async fn handle_stream(
     Ok(())
 }
 
-async fn answer(node: &Node, peer: &str, req: PeerRequest) -> PeerResponse {
+async fn answer(node: &Node, peer: &str, remote: SocketAddr, req: PeerRequest) -> PeerResponse {
     match req {
         PeerRequest::Advert(a) => {
-            // A peer that speaks to us is one we speak to as well.
-            node.learn(&a.addr);
+            // A peer that speaks to us is one we speak to as well, at the address it
+            // advertises, if that is where it connects from: a member cannot fill the
+            // table with addresses of machines it is not.
+            // An address this node already reached this peer at needs no new lookup.
+            let known = node
+                .peers
+                .lock()
+                .unwrap()
+                .get(&a.addr)
+                .map(|p| p.connected_once && p.node == peer)
+                .unwrap_or(false);
+            if known || addr_is_from(&a.addr, remote).await {
+                node.learn(&a.addr, Source::Verified);
+            } else if let Some(suppressed) = ADDR_LOG.allow() {
+                tracing::debug!(peer = %peer, %remote, addr = %a.addr, suppressed,
+                    "advertised address is not the one it connects from: ignored");
+            }
             PeerResponse::Advert(node.advert())
         }
         PeerRequest::Get { kind, key } => match node.store.get(entry_kind(kind), &CacheKey(key)) {
@@ -224,6 +302,8 @@ async fn dial(node: Arc<Node>, addr: String) {
             tracing::info!(peer = %name, %addr, "connected to peer");
             p.node = name;
             p.conn = Some(conn);
+            p.connected_once = true;
+            p.touched = Some(Instant::now());
             p.backoff = Duration::from_millis(250);
         }
         Err(e) => {
@@ -257,6 +337,7 @@ async fn exchange(node: Arc<Node>, addr: String, conn: quinn::Connection) {
                 }
                 p.rtt = conn.rtt().min(t0.elapsed());
                 p.last_heard = Some(Instant::now());
+                p.touched = p.last_heard;
                 learned = a.peers.clone();
                 p.advert = Some(a);
                 p.sent_since_advert = 0;
@@ -274,7 +355,7 @@ async fn exchange(node: Arc<Node>, addr: String, conn: quinn::Connection) {
         }
     }
     for a in learned {
-        node.learn(&a);
+        node.learn(&a, Source::Gossip);
     }
 }
 
@@ -282,10 +363,14 @@ async fn exchange(node: Arc<Node>, addr: String, conn: quinn::Connection) {
 /// about every second, sooner when this node's free capacity changes.
 pub async fn gossip(node: Arc<Node>) {
     for p in &node.cfg.peers {
-        node.learn(p);
+        node.learn(p, Source::Config);
     }
     let mut last_free = u32::MAX;
     loop {
+        let expired = node.expire_peers();
+        if expired > 0 {
+            tracing::debug!(expired, "learned peers not live for a minute dropped");
+        }
         let now = Instant::now();
         let mut dials = Vec::new();
         let mut talks = Vec::new();
