@@ -7,7 +7,7 @@
 //! capabilities, a new session (no terminal injection), cannot make further user
 //! namespaces, and cannot see, signal or ptrace anything outside its PID namespace.
 //! Resource limits are rlimits set before bubblewrap starts (inherited by the whole
-//! tree): CPU time, address space, file size, core dumps. Killing bubblewrap at the
+//! tree): CPU time, address space, file size, processes, core dumps. Killing bubblewrap at the
 //! deadline kills the whole tree (`--die-with-parent`, and the PID namespace dies with
 //! its first process). Output on stdout and stderr is read with a cap.
 
@@ -33,6 +33,12 @@ const ETC_PATHS: &[&str] = &[
 const SYSTEM_PATHS: &[&str] = &[
     "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt",
 ];
+
+/// Processes (threads included) farmd's user may have while a job forks: a runaway
+/// job stops here rather than at the machine's PID limit. Counted across the user's
+/// processes, so far above what farmd, its warm JVMs and its jobs use (the kernel does
+/// not apply it to root).
+const MAX_PROCESSES: u64 = 16384;
 
 /// Limits of one sandboxed process tree.
 #[derive(Clone, Copy, Debug)]
@@ -196,6 +202,7 @@ impl Sandbox {
                 set_limit(libc::RLIMIT_AS, rl.memory)?;
                 set_limit(libc::RLIMIT_FSIZE, rl.file_size)?;
                 set_limit(libc::RLIMIT_CORE, 0)?;
+                set_limit(libc::RLIMIT_NPROC, MAX_PROCESSES)?;
                 Ok(())
             });
         }
