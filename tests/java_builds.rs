@@ -1023,3 +1023,59 @@ fn internal_options_run_javac_untouched_except_gradles() {
     assert_eq!(env.counter(&["hits", "declared"]), 1);
     assert_same_classes(&dir.join("plain"), &dir.join("gout"), "-XDuseUnsharedTable");
 }
+
+/// javac instantiates every plugin service on the processor path (the class path when
+/// none is given), even under `-proc:none`: code from the path runs in javac. Such a
+/// compile runs the real javac untouched, every time, whichever path holds the plugin.
+#[test]
+fn a_plugin_on_a_search_path_runs_javac_untouched() {
+    javac();
+    let env = Env::new("direct");
+    env.write(
+        "plug/src/evil/Evil.java",
+        "package evil;\nimport com.sun.source.util.*;\npublic class Evil implements Plugin {\n  static { try { java.nio.file.Files.writeString(java.nio.file.Path.of(\"ran\"), \"x\"); } catch (Exception e) {} }\n  public String getName() { return \"Evil\"; }\n  public void init(JavacTask t, String... a) {}\n  public boolean autoStart() { return true; }\n}\n",
+    );
+    env.write(
+        "plug/cls/META-INF/services/com.sun.source.util.Plugin",
+        "evil.Evil\n",
+    );
+    let plug = env.work.join("plug");
+    ok(
+        run_javac(&env, false, &plug, &["-d", "cls", "src/evil/Evil.java"]),
+        "javac Evil",
+    );
+    let jar = Command::new(require("jar"))
+        .current_dir(plug.join("cls"))
+        .args(["cf", "../evil.jar", "."])
+        .output()
+        .unwrap();
+    assert!(jar.status.success());
+    env.write("plug/A.java", "class A { int x = 1; }\n");
+    let cases: [&[&str]; 3] = [
+        &["-proc:none", "-cp", "evil.jar", "-d", "o1", "A.java"],
+        &[
+            "-proc:none",
+            "-processorpath",
+            "evil.jar",
+            "-d",
+            "o2",
+            "A.java",
+        ],
+        &["-cp", "cls", "-d", "o3", "A.java"],
+    ];
+    for (i, args) in cases.iter().enumerate() {
+        for round in 0..2 {
+            let _ = fs::remove_file(plug.join("ran"));
+            ok(
+                run_javac(&env, true, &plug, args),
+                "farm-javac with a plugin",
+            );
+            assert!(
+                plug.join("ran").exists(),
+                "case {i}, round {round}: javac itself ran (and with it the plugin)"
+            );
+        }
+    }
+    assert_eq!(env.counter(&["passthrough", "compiler_plugin"]), 6);
+    assert_eq!(env.misses(), 0);
+}

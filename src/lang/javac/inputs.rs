@@ -16,6 +16,42 @@ use crate::lang::{DeclaredInputs, KeyInput, Passthrough};
 
 /// The service file that makes javac run annotation processors found on a path.
 pub const PROCESSOR_SERVICE: &str = "META-INF/services/javax.annotation.processing.Processor";
+/// The service file of javac plugins. javac instantiates every plugin it finds on the
+/// processor path (the class path when none is given), with or without `-Xplugin:` or
+/// `-proc:none`, to ask whether it starts itself: code from the path runs in javac.
+pub const PLUGIN_SERVICE: &str = "META-INF/services/com.sun.source.util.Plugin";
+
+fn plugin_found(where_: &Path) -> Passthrough {
+    Passthrough::new(
+        "compiler_plugin",
+        format!("{} declares a javac plugin", where_.display()),
+    )
+}
+
+/// `Err(compiler_plugin)` when `entry` (a jar or class directory) declares a javac
+/// plugin. For paths javac searches for plugins but farm does not key (the processor
+/// path under `-proc:none`).
+pub fn refuse_plugins(entry: &Path, memo: &Path) -> Result<(), Passthrough> {
+    match fs::metadata(entry) {
+        Ok(m) if m.is_dir() => {
+            if entry.join(PLUGIN_SERVICE).exists() {
+                return Err(plugin_found(entry));
+            }
+            Ok(())
+        }
+        Ok(m) if m.is_file() => {
+            if jar_facts(entry, memo)?.plugins {
+                return Err(plugin_found(entry));
+            }
+            Ok(())
+        }
+        Ok(_) => Err(Passthrough::new(
+            "classpath_special_file",
+            entry.display().to_string(),
+        )),
+        Err(_) => Ok(()),
+    }
+}
 
 /// What farm needs to know about one jar.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -26,6 +62,8 @@ pub struct JarFacts {
     pub raw: [u8; 32],
     /// It declares annotation processors.
     pub processors: bool,
+    /// It declares javac plugins.
+    pub plugins: bool,
     /// Its manifest's `Class-Path` entries, as written.
     pub class_path: Vec<String>,
 }
@@ -89,6 +127,7 @@ fn read_jar(data: &[u8]) -> Result<JarFacts, String> {
     let digest = *h.finalize().as_bytes();
     let raw = *blake3::hash(data).as_bytes();
     let processors = entries.iter().any(|(n, _)| n == PROCESSOR_SERVICE);
+    let plugins = entries.iter().any(|(n, _)| n == PLUGIN_SERVICE);
     let mut class_path = Vec::new();
     if let Ok(mut mf) = zip.by_name("META-INF/MANIFEST.MF") {
         let mut text = String::new();
@@ -100,6 +139,7 @@ fn read_jar(data: &[u8]) -> Result<JarFacts, String> {
         digest,
         raw,
         processors,
+        plugins,
         class_path,
     })
 }
@@ -240,6 +280,9 @@ pub fn add_entry(
         }
     };
     if meta.is_dir() {
+        if entry.join(PLUGIN_SERVICE).exists() {
+            return Err(plugin_found(entry));
+        }
         let (digest, processors, files) = dir_digest(entry, role)?;
         out.key.push(KeyInput {
             label: format!("{shown}/"),
@@ -258,6 +301,9 @@ pub fn add_entry(
         ));
     }
     let facts = jar_facts(entry, memo)?;
+    if facts.plugins {
+        return Err(plugin_found(entry));
+    }
     out.key.push(KeyInput {
         label: shown,
         digest: facts.digest,

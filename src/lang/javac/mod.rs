@@ -612,6 +612,11 @@ impl Declared for Javac {
                 Search::Module => DirRole::Everything,
                 Search::Processor => {
                     if !p.processing {
+                        // Not keyed (no processor runs), but javac still loads
+                        // plugins from it.
+                        for e in entries {
+                            inputs::refuse_plugins(e, memo)?;
+                        }
                         continue;
                     }
                     DirRole::Classes { sources: false }
@@ -777,6 +782,8 @@ impl Declared for Javac {
                 }
             };
             let new = match kind {
+                // Replaced below: nothing is ever looked up there on a worker.
+                Opt::Paths(Search::Processor) => continue,
                 Opt::Paths(Search::Source) if value.is_empty() => value,
                 Opt::Paths(_) => {
                     let mut parts = Vec::new();
@@ -812,6 +819,11 @@ impl Declared for Javac {
         if !proc_none {
             res.insert(0, "-proc:none".into());
         }
+        // javac instantiates every plugin on the processor path (the class path when
+        // none is given) even under -proc:none: an empty processor path means no code
+        // from a shipped jar ever runs. A sender ships no compile with a plugin on its
+        // paths, so this changes nothing of an honest job's output.
+        res.splice(0..0, ["-processorpath".to_string(), String::new()]);
         Ok(res)
     }
 }
@@ -1030,6 +1042,29 @@ mod tests {
     }
 
     #[test]
+    fn worker_never_searches_a_shipped_path_for_plugins() {
+        let outputs = vec![("classes".to_string(), "/o".to_string())];
+        let args: Vec<String> = ["-processorpath", "/p/evil.jar", "-d", "/o", "/s/A.java"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let got = JAVAC
+            .worker_tree_args(&args, &outputs, Path::new("/r"), Path::new("/out"))
+            .unwrap();
+        assert_eq!(
+            got,
+            [
+                "-processorpath",
+                "",
+                "-proc:none",
+                "-d",
+                "/out/classes",
+                "/r/s/A.java"
+            ]
+        );
+    }
+
+    #[test]
     fn worker_rebuilds_args_under_its_job_directory_and_refuses_the_rest() {
         let root = Path::new("/job/root");
         let out = Path::new("/job/out");
@@ -1051,6 +1086,8 @@ mod tests {
         assert_eq!(
             got,
             vec![
+                "-processorpath",
+                "",
                 "-proc:none",
                 "-d",
                 "/job/out/classes",
@@ -1096,7 +1133,7 @@ mod tests {
         let got = JAVAC
             .worker_tree_args(&gradle, &outputs, root, out)
             .unwrap();
-        assert_eq!(got[1], "-XDuseUnsharedTable=true");
+        assert_eq!(got[3], "-XDuseUnsharedTable=true");
     }
 
     #[test]
