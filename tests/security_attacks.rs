@@ -36,6 +36,7 @@
 //! "skipped: needs root" and returns.
 
 mod common;
+use common::farmd::run_ok;
 use common::secfarm::*;
 use common::*;
 
@@ -59,16 +60,39 @@ macro_rules! need_root {
 }
 
 /// A farm of `node-1` (home of the users, no CPUs of its own) and `node-2` (a worker),
-/// plus `extra_2` lines in node-2's config.
-fn home_and_worker(extra_2: &str) -> SecFarm {
+/// allowing `compilers`, plus `extra_2` lines in node-2's config.
+fn home_and_worker(compilers: &[&str], extra_2: &str) -> SecFarm {
     let extra_2 = extra_2.to_string();
-    SecFarm::new(2, move |i| {
+    SecFarm::new(2, compilers, move |i| {
         if i == 0 {
             "local_slots = 0".into()
         } else {
             extra_2.clone()
         }
     })
+}
+
+/// A one-line account of an answer, for the test's output.
+fn outcome(r: &Result<PeerResponse, String>) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(200)]).replace('\n', " | ");
+    match r {
+        Ok(PeerResponse::Refused(why)) => format!("refused: {why}"),
+        Ok(PeerResponse::Done(d)) => format!(
+            "done: exit {}, object {} bytes, stderr {} bytes: {}",
+            d.exit_code,
+            d.object.len(),
+            d.stderr.len(),
+            text(&d.stderr)
+        ),
+        Ok(PeerResponse::TreeDone(d)) => format!(
+            "tree done: exit {}, {} outputs, stderr: {}",
+            d.exit_code,
+            d.outputs.len(),
+            text(&d.stderr)
+        ),
+        Ok(other) => format!("{other:?}"),
+        Err(e) => format!("error: {e}"),
+    }
 }
 
 fn blake3_of(data: &[u8]) -> [u8; 32] {
@@ -123,11 +147,12 @@ fn javac(dir: &Path, args: &[&str]) {
     );
 }
 
-/// Every blob in a node's store still hashes to its name; returns how many there are.
-fn assert_blobs_intact(node: &SecNode, after: &str) -> usize {
+/// The blobs of a node's store, and those that no longer hash to their name.
+fn blob_check(node: &SecNode) -> (usize, Vec<String>) {
     let mut n = 0;
+    let mut bad = Vec::new();
     let Ok(shards) = fs::read_dir(node.state().join("blobs")) else {
-        return 0;
+        return (0, bad);
     };
     for s in shards.flatten() {
         for f in fs::read_dir(s.path()).unwrap().flatten() {
@@ -135,18 +160,14 @@ fn assert_blobs_intact(node: &SecNode, after: &str) -> usize {
             if name.len() != 64 {
                 continue;
             }
-            let data = fs::read(f.path()).unwrap();
-            let got = farm::fsutil::hex(&blake3_of(&data));
-            assert_eq!(
-                got, name,
-                "defence failed: blob store immutability (a job's output overwrote a hard-linked \
-                 blob) — after {after}, blob {name} on {} now hashes to {got}",
-                node.name
-            );
+            let got = farm::fsutil::hex(&blake3_of(&fs::read(f.path()).unwrap()));
+            if got != name {
+                bad.push(format!("blob {name} now hashes to {got}"));
+            }
             n += 1;
         }
     }
-    n
+    (n, bad)
 }
 
 // ------------------------------------------------------------------ 1, 2, 3: files
@@ -160,7 +181,7 @@ fn member_jobs_cannot_read_worker_files() {
     need_root!();
     let _serial = one_at_a_time();
     require("gcc");
-    let mut farm = home_and_worker("");
+    let mut farm = home_and_worker(&["gcc"], "");
     let worker = &farm.nodes[1];
     let key_path = worker.key_path();
     let secret = secret_lines(&fs::read(&key_path).unwrap());
@@ -200,27 +221,35 @@ fn member_jobs_cannot_read_worker_files() {
             format!("#include \"{key}\"\nint x;\n"),
         ),
     ];
+    let mut failed = Vec::new();
     for (what, args, source) in &cases {
-        match peer.ask(&gcc_job(args, source.as_bytes())) {
+        let r = peer.ask(&gcc_job(args, source.as_bytes()));
+        eprintln!("{what}: {}", outcome(&r));
+        match r {
             Ok(PeerResponse::Refused(_)) | Err(_) => {}
             Ok(PeerResponse::Done(r)) => {
                 let n = leaks(&r.object, &secret)
                     + leaks(&r.stderr, &secret)
                     + leaks(&r.stdout, &secret);
-                assert_eq!(
-                    n,
-                    0,
-                    "defence failed: worker sandbox (bwrap: a job sees only the toolchain and \
-                     its job dir) — {what}: {n} lines of {key} came back (exit {}, object {} \
-                     bytes, stderr {:?})",
-                    r.exit_code,
-                    r.object.len(),
-                    String::from_utf8_lossy(&r.stderr[..r.stderr.len().min(300)])
-                );
+                if n > 0 {
+                    failed.push(format!(
+                        "{what}: {n} lines of {key} came back (exit {}, object {} bytes, \
+                         stderr {} bytes)",
+                        r.exit_code,
+                        r.object.len(),
+                        r.stderr.len()
+                    ));
+                }
             }
-            Ok(other) => panic!("{what}: unexpected answer {other:?}"),
+            Ok(other) => failed.push(format!("{what}: unexpected answer {other:?}")),
         }
     }
+    assert!(
+        failed.is_empty(),
+        "defence failed: worker sandbox (bwrap: a job sees only the toolchain and its job \
+         dir) / argument check —\n{}",
+        failed.join("\n")
+    );
     farm.assert_still_serving(1, "file-read jobs");
 }
 
@@ -232,7 +261,7 @@ fn member_jobs_cannot_load_pch_images() {
     need_root!();
     let _serial = one_at_a_time();
     require("gcc");
-    let mut farm = home_and_worker("");
+    let mut farm = home_and_worker(&["gcc"], "");
     let tmp = tempfile::tempdir().unwrap();
     fs::write(
         tmp.path().join("h.h"),
@@ -275,7 +304,7 @@ fn member_jobs_cannot_use_clang_file_flags() {
     need_root!();
     let _serial = one_at_a_time();
     require("clang");
-    let mut farm = home_and_worker("");
+    let mut farm = home_and_worker(&["gcc", "clang"], "");
     let key = farm.nodes[1].key_path().display().to_string();
     let tag = std::process::id();
     let record = format!("/tmp/farmsec-record-{tag}");
@@ -286,6 +315,7 @@ fn member_jobs_cannot_use_clang_file_flags() {
         format!("-fproc-stat-report={stat}"),
         format!("-fbasic-block-sections=list={key}"),
     ];
+    let mut failed = Vec::new();
     for flag in &flags {
         let r = peer.ask(&compile_job(
             "clang",
@@ -293,41 +323,49 @@ fn member_jobs_cannot_use_clang_file_flags() {
             &["-O2", flag.as_str()],
             b"int f(int x) { return x * 3; }\n",
         ));
-        assert!(
-            matches!(r, Ok(PeerResponse::Refused(_))),
-            "defence failed: worker argument check (clang file flags) — `{flag}` was not \
-             refused: {r:?}"
-        );
+        eprintln!("{flag}: {}", outcome(&r));
+        if !matches!(r, Ok(PeerResponse::Refused(_))) {
+            failed.push(format!("`{flag}` was not refused: {}", outcome(&r)));
+        }
     }
     for p in [&record, &stat] {
-        let exists = Path::new(p).exists();
-        let _ = fs::remove_file(p);
-        assert!(
-            !exists,
-            "defence failed: worker sandbox — a job wrote {p} outside its job directory"
-        );
+        if Path::new(p).exists() {
+            let _ = fs::remove_file(p);
+            failed.push(format!("a job wrote {p} outside its job directory"));
+        }
     }
+    assert!(
+        failed.is_empty(),
+        "defence failed: worker argument check (clang file flags) / sandbox —\n{}",
+        failed.join("\n")
+    );
     farm.assert_still_serving(1, "clang file flags");
 }
 
 // ------------------------------------------------------------------ 4, 5: javac
 
-/// An evil javac plugin and annotation processor in a jar: each writes a marker
-/// file when javac loads it.
-fn evil_jar(dir: &Path, marker: &Path) -> Vec<u8> {
+/// Two evil jars: `plugin.jar` (a javac `Plugin` service; its constructor and its
+/// `init` append to `marker`) and `proc.jar` (an annotation processor service; its
+/// `init` and `process` append). The marker then says what ran.
+fn evil_jars(dir: &Path, marker: &Path) -> (Vec<u8>, Vec<u8>) {
     let m = marker.display();
-    let write = format!(
-        "try {{ java.nio.file.Files.writeString(java.nio.file.Path.of(\"{m}\"), \"pwned\"); }} \
-         catch (Exception e) {{ }}"
-    );
+    let write = |token: &str| {
+        format!(
+            "try {{ java.nio.file.Files.writeString(java.nio.file.Path.of(\"{m}\"), \"{token} \", \
+             java.nio.file.StandardOpenOption.CREATE, java.nio.file.StandardOpenOption.APPEND); }} \
+             catch (Exception x) {{ }}"
+        )
+    };
     fs::create_dir_all(dir.join("src")).unwrap();
     fs::write(
         dir.join("src/Evil.java"),
         format!(
             "public class Evil implements com.sun.source.util.Plugin {{\n\
-             static {{ {write} }}\n\
+             public Evil() {{ {} }}\n\
              public String getName() {{ return \"Evil\"; }}\n\
-             public void init(com.sun.source.util.JavacTask t, String... args) {{ {write} }}\n}}\n"
+             public void init(com.sun.source.util.JavacTask t, String... args) {{ {} }}\n}}\n",
+            write("plugin-loaded"),
+            write("plugin-started")
         ),
     )
     .unwrap();
@@ -336,114 +374,150 @@ fn evil_jar(dir: &Path, marker: &Path) -> Vec<u8> {
         format!(
             "@javax.annotation.processing.SupportedAnnotationTypes(\"*\")\n\
              public class EvilProc extends javax.annotation.processing.AbstractProcessor {{\n\
-             static {{ {write} }}\n\
+             public synchronized void init(javax.annotation.processing.ProcessingEnvironment e) {{\n\
+             super.init(e); {} }}\n\
              public boolean process(java.util.Set<? extends javax.lang.model.element.TypeElement> a,\n\
-             javax.annotation.processing.RoundEnvironment r) {{ {write} return false; }}\n}}\n"
+             javax.annotation.processing.RoundEnvironment r) {{ {} return false; }}\n}}\n",
+            write("processor-started"),
+            write("processor-ran")
         ),
     )
     .unwrap();
     javac(dir, &["-d", "cls", "src/Evil.java", "src/EvilProc.java"]);
-    fs::create_dir_all(dir.join("cls/META-INF/services")).unwrap();
-    fs::write(
-        dir.join("cls/META-INF/services/com.sun.source.util.Plugin"),
-        "Evil\n",
+    for (jar, class, service) in [
+        ("plugin.jar", "Evil", "com.sun.source.util.Plugin"),
+        (
+            "proc.jar",
+            "EvilProc",
+            "javax.annotation.processing.Processor",
+        ),
+    ] {
+        let d = dir.join(jar).with_extension("d");
+        fs::create_dir_all(d.join("META-INF/services")).unwrap();
+        fs::copy(
+            dir.join(format!("cls/{class}.class")),
+            d.join(format!("{class}.class")),
+        )
+        .unwrap();
+        fs::write(
+            d.join("META-INF/services").join(service),
+            format!("{class}\n"),
+        )
+        .unwrap();
+        sh(dir, &format!("jar cf {jar} -C {} .", d.display()));
+    }
+    (
+        fs::read(dir.join("plugin.jar")).unwrap(),
+        fs::read(dir.join("proc.jar")).unwrap(),
     )
-    .unwrap();
-    fs::write(
-        dir.join("cls/META-INF/services/javax.annotation.processing.Processor"),
-        "EvilProc\n",
-    )
-    .unwrap();
-    sh(dir, "jar cf evil.jar -C cls .");
-    fs::read(dir.join("evil.jar")).unwrap()
 }
 
-/// A member's javac tree jobs smuggle a plugin, an annotation processor and a
-/// file-writing debug option through `-XD`: each is refused and the plugin never
-/// runs.
+/// A member's javac tree jobs try to run code in the worker: a class-path jar with a
+/// `Plugin` service and no option at all (JDK 17's javac instantiates every Plugin
+/// service to ask `autoStart`), and a plugin, an annotation processor and a
+/// file-writing debug option smuggled through `-XD`. No code of the member's runs
+/// in the worker, the `-XD` jobs are refused, and no file appears outside the job
+/// directory.
 #[test]
 fn member_javac_jobs_cannot_run_code_or_write_files() {
     need_root!();
     let _serial = one_at_a_time();
     require("javac");
     require("jar");
-    let mut farm = home_and_worker("");
+    let mut farm = home_and_worker(&["gcc", "javac"], "");
     let tmp = tempfile::tempdir().unwrap();
     let tag = std::process::id();
     let marker = Path::new("/tmp").join(format!("farmsec-javac-marker-{tag}"));
     let dump = Path::new("/tmp").join(format!("farmsec-javac-dump-{tag}"));
     let _ = fs::remove_file(&marker);
     let _ = fs::remove_dir_all(&dump);
-    let jar = blob(evil_jar(tmp.path(), &marker));
+    // A directory farmsec-d could write, so a dump would land there and show.
+    fs::create_dir_all(&dump).unwrap();
+    run_ok(Command::new("chown").arg(DAEMON).arg(&dump));
+    let (plugin, proc) = evil_jars(tmp.path(), &marker);
+    let (plugin, proc) = (blob(plugin), blob(proc));
     let src = blob(
         b"public class A { java.util.List<String> l = java.util.List.of(\"a\"); \
           int n() { return l.size(); } }\n"
             .to_vec(),
     );
     let peer = farm.member_to(1);
-    put_blobs(&peer, vec![jar.clone(), src.clone()]);
-    let files = [("/w/lib/evil.jar", &jar), ("/w/src/A.java", &src)];
+    put_blobs(&peer, vec![plugin.clone(), proc.clone(), src.clone()]);
+    let files = [
+        ("/w/lib/plugin.jar", &plugin),
+        ("/w/lib/proc.jar", &proc),
+        ("/w/src/A.java", &src),
+    ];
     let out = [("classes", "/w/out")];
-    // The control: the same job without the smuggled option compiles.
-    let base = ["-d", "/w/out", "-classpath", "/w/lib/evil.jar"];
-    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-        let mut a: Vec<&str> = base.to_vec();
+    let job = |extra: &[&str]| {
+        let mut a = vec!["-d", "/w/out"];
         a.extend_from_slice(extra);
         a.push("/w/src/A.java");
-        a
-    }
-    match peer.ask(&javac_tree(&with(&base, &["-proc:none"]), &out, &files)) {
-        Ok(PeerResponse::TreeDone(r)) => assert_eq!(
-            r.exit_code,
-            0,
-            "set-up: the control javac job failed: {}",
-            String::from_utf8_lossy(&r.stderr)
-        ),
-        other => panic!("set-up: the control javac job did not run: {other:?}"),
-    }
-    assert!(!marker.exists(), "set-up: the control job ran no plugin");
+        javac_tree(&a, &out, &files)
+    };
     let dump_opt = format!("-XDdebug.dumpInferenceGraphsTo={}", dump.display());
-    let attacks: [(&str, Vec<&str>); 5] = [
-        ("-XD-Xplugin:=Evil", with(&base, &["-XD-Xplugin:=Evil"])),
+    // (what, job, must it be refused)
+    let cases = [
+        (
+            "a class-path jar with a Plugin service, no option",
+            job(&["-classpath", "/w/lib/plugin.jar"]),
+            false,
+        ),
+        (
+            "-XD-Xplugin:=Evil",
+            job(&["-classpath", "/w/lib/plugin.jar", "-XD-Xplugin:=Evil"]),
+            true,
+        ),
         (
             "-XD-Xplugin:=Evil with -processorpath",
-            with(
-                &base,
-                &["-processorpath", "/w/lib/evil.jar", "-XD-Xplugin:=Evil"],
-            ),
+            job(&["-processorpath", "/w/lib/plugin.jar", "-XD-Xplugin:=Evil"]),
+            true,
         ),
         (
             "-XD-processor=EvilProc",
-            with(&base, &["-XD-processor=EvilProc"]),
+            job(&["-classpath", "/w/lib/proc.jar", "-XD-processor=EvilProc"]),
+            true,
         ),
-        ("-XD-proc:=full", with(&base, &["-XD-proc:=full"])),
         (
-            "-XDdebug.dumpInferenceGraphsTo",
-            with(&base, &[dump_opt.as_str()]),
+            "-XD-proc:=full",
+            job(&["-classpath", "/w/lib/proc.jar", "-XD-proc:=full"]),
+            true,
         ),
+        ("-XDdebug.dumpInferenceGraphsTo", job(&[&dump_opt]), true),
     ];
-    for (what, args) in &attacks {
-        let r = peer.ask(&javac_tree(args, &out, &files));
-        let ran_code = marker.exists();
-        let wrote = dump.exists();
+    let mut failed = Vec::new();
+    for (what, req, must_refuse) in &cases {
+        let r = peer.ask(req);
+        eprintln!("{what}: {}", outcome(&r));
+        let ran = fs::read_to_string(&marker).unwrap_or_default();
         let _ = fs::remove_file(&marker);
-        let _ = fs::remove_dir_all(&dump);
-        assert!(
-            !ran_code,
-            "defence failed: javac -XD option filter / sandbox — `{what}` ran the member's \
-             plugin or processor code in the worker (marker written); answer: {r:?}"
-        );
-        assert!(
-            !wrote,
-            "defence failed: javac -XD option filter / sandbox — `{what}` wrote {} outside \
-             the job directory",
-            dump.display()
-        );
-        assert!(
-            matches!(r, Ok(PeerResponse::Refused(_))),
-            "defence failed: javac -XD option filter — `{what}` was not refused: {r:?}"
-        );
+        let dumped = fs::read_dir(&dump).map(|d| d.count()).unwrap_or(0);
+        if !ran.is_empty() {
+            failed.push(format!(
+                "`{what}` ran the member's code in the worker (marker: {})",
+                ran.trim()
+            ));
+        }
+        if dumped > 0 {
+            failed.push(format!(
+                "`{what}` wrote {dumped} files into {} outside the job directory",
+                dump.display()
+            ));
+        }
+        if *must_refuse && !matches!(r, Ok(PeerResponse::Refused(_))) {
+            let r = match r {
+                Ok(PeerResponse::TreeDone(t)) => format!("TreeDone(exit {})", t.exit_code),
+                other => format!("{other:?}"),
+            };
+            failed.push(format!("`{what}` was not refused: {r}"));
+        }
     }
+    let _ = fs::remove_dir_all(&dump);
+    assert!(
+        failed.is_empty(),
+        "defence failed: javac -XD option filter / no member code in the worker (sandbox) —\n{}",
+        failed.join("\n")
+    );
     farm.assert_still_serving(1, "javac -XD jobs");
 }
 
@@ -458,7 +532,7 @@ fn member_javac_job_cannot_tamper_with_blobs() {
     let _serial = one_at_a_time();
     require("javac");
     require("java");
-    let mut farm = home_and_worker("");
+    let mut farm = home_and_worker(&["gcc", "javac"], "");
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     fs::create_dir_all(t.join("orig")).unwrap();
@@ -486,7 +560,7 @@ fn member_javac_job_cannot_tamper_with_blobs() {
         &[("/w/cp/V.class", &v_class), ("/w/cp/V.java", &evil_src)],
     ));
     eprintln!("tampering job: {:?}", r.as_ref().map(|_| ()));
-    let n = assert_blobs_intact(&farm.nodes[1], "a javac job without -d");
+    let (n, tampered) = blob_check(&farm.nodes[1]);
     assert!(n >= 3, "set-up: the blobs are in the store ({n})");
     // The victim: Main against the class path's V, as a peer would compile it.
     let victim = peer.ask(&javac_tree(
@@ -510,11 +584,12 @@ fn member_javac_job_cannot_tamper_with_blobs() {
         .expect("Main.class came back");
     fs::write(run.join("Main.class"), &main.data).unwrap();
     let o = sh(&run, "java -cp . Main");
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout).trim(),
-        "1",
-        "defence failed: blob store immutability — the victim's program prints the \
-         attacker's constant, compiled against a tampered V.class"
+    let printed = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(
+        tampered.is_empty() && printed == "1",
+        "defence failed: blob store immutability (a job's output overwrote a hard-linked \
+         blob) — after a javac job without -d: {tampered:?} on node-2; the victim's program \
+         prints {printed} (plain javac: 1)"
     );
     farm.assert_still_serving(1, "a blob-tampering job");
 }
@@ -624,7 +699,7 @@ fn local_users_cannot_poison_each_other_and_outsiders_are_kept_out() {
     need_root!();
     let _serial = one_at_a_time();
     require("gcc");
-    let mut farm = home_and_worker("");
+    let mut farm = home_and_worker(&["gcc"], "");
     let home_sock = farm.nodes[0].socket();
     let shared = farm.shared_dir();
     let rec = Recorder::new(&shared);
@@ -674,12 +749,14 @@ fn local_users_cannot_poison_each_other_and_outsiders_are_kept_out() {
         &["-O2", "-c", "a.c", "-o", "a.o"],
     );
     let got = fs::read(shared.join("a.o")).unwrap();
-    assert!(
-        got == plain,
-        "defence failed: per-user scoping of agent-published entries (trusted_publishers) — \
-         alice's object is bob's forged one (farm hits: {})",
-        farm.stats_of(ALICE)["hits"]
-    );
+    let mut failed = Vec::new();
+    if got != plain {
+        failed.push(format!(
+            "per-user scoping of agent-published entries (trusted_publishers): alice's object \
+             is bob's forged one (alice's hits: {})",
+            farm.stats_of(ALICE)["hits"]
+        ));
+    }
     let _ = fs::remove_file(shared.join("a.o"));
 
     // An entry with no files under alice's key satisfies nothing.
@@ -721,19 +798,22 @@ fn local_users_cannot_poison_each_other_and_outsiders_are_kept_out() {
         &shared,
         &["-O2", "-c", "a.c", "-o", "a.o"],
     );
-    assert!(
-        fs::read(shared.join("a.o")).unwrap() == plain,
-        "defence failed: per-user scoping of agent-published entries — an entry with no files \
-         from bob changed alice's object"
-    );
+    if fs::read(shared.join("a.o")).unwrap() != plain {
+        failed.push(
+            "per-user scoping of agent-published entries: an entry with no files from bob \
+             changed alice's object"
+                .to_string(),
+        );
+    }
 
     // Eve is not in group farmsec: no connection at all, and her build still works.
-    let e = connect_as(&home_sock, EVE);
-    assert!(
-        e.is_err(),
-        "defence failed: agent socket permissions (dir 2750 group farmsec, socket 0660) — \
-         eve, not in group farmsec, connected to the agent"
-    );
+    if connect_as(&home_sock, EVE).is_ok() {
+        failed.push(
+            "agent socket permissions (dir 2750 group farmsec, socket 0660): eve, not in group \
+             farmsec, connected to the agent"
+                .to_string(),
+        );
+    }
     let eve = farm.user_dir(EVE).join("work");
     fs::write(eve.join("e.c"), good).unwrap();
     Command::new("chown")
@@ -748,19 +828,26 @@ fn local_users_cannot_poison_each_other_and_outsiders_are_kept_out() {
         "eve's object differs from plain gcc's"
     );
     farm.assert_still_serving(1, "forged publishes");
+    assert!(
+        failed.is_empty(),
+        "defence failed: {}",
+        failed.join("\ndefence failed: ")
+    );
 }
 
 // ------------------------------------------------------------------ 7: resources
 
-/// C++ whose compile runs for many minutes (hundreds of separate constexpr
-/// evaluations, each just under gcc's operation limit).
+/// C++ whose compile runs for many minutes and prints nothing meanwhile (a thousand
+/// separate constexpr evaluations of about a second each, every one under gcc's
+/// operation limit: a diagnostic would end it early by SIGPIPE once farmd stops
+/// reading).
 fn endless_cxx() -> Vec<u8> {
     let mut s = String::from(
-        "template <int N> constexpr long spin() { long s = N; for (long i = 0; i < 2000; ++i) \
-         for (long j = 0; j < 2000; ++j) s += i ^ j; return s; }\n\
+        "template <int N> constexpr long spin() { long s = N; for (long i = 0; i < 1000; ++i) \
+         for (long j = 0; j < 1000; ++j) s += i ^ j; return s; }\n\
          template <int N> constexpr long val = spin<N>();\nlong f() { return 0",
     );
-    for i in 1..400 {
+    for i in 1..1000 {
         s.push_str(&format!(" + val<{i}>"));
     }
     s.push_str("; }\n");
@@ -774,7 +861,7 @@ fn endless_job_is_killed_whole_at_its_deadline() {
     need_root!();
     let _serial = one_at_a_time();
     require("g++");
-    let mut farm = home_and_worker("job_timeout = 3");
+    let mut farm = home_and_worker(&["gcc", "g++"], "job_timeout = 3");
     let peer = farm.member_to(1);
     let t0 = Instant::now();
     let r = peer.ask(&compile_job(
@@ -784,9 +871,11 @@ fn endless_job_is_killed_whole_at_its_deadline() {
         &endless_cxx(),
     ));
     let took = t0.elapsed();
+    eprintln!("endless job after {took:?}: {}", outcome(&r));
     assert!(
         !matches!(&r, Ok(PeerResponse::Done(d)) if d.exit_code == 0),
-        "set-up: the endless job finished: {r:?}"
+        "set-up: the endless job finished: {}",
+        outcome(&r)
     );
     assert!(
         took < Duration::from_secs(10),
@@ -824,7 +913,7 @@ fn huge_job_output_is_capped() {
     need_root!();
     let _serial = one_at_a_time();
     require("gcc");
-    let mut farm = home_and_worker("");
+    let mut farm = home_and_worker(&["gcc"], "");
     let mut src = Vec::new();
     for _ in 0..3 {
         src.extend_from_slice(b"#pragma GCC warning \"");
@@ -839,11 +928,13 @@ fn huge_job_output_is_capped() {
         Ok(PeerResponse::Refused(why)) => assert!(!why.is_empty()),
         Ok(PeerResponse::Done(d)) => assert!(
             d.stderr.len() <= 16 << 20,
-            "defence failed: job_output_max — the worker returned {} bytes of stderr",
+            "defence failed: job_output_max — the worker returned {} bytes of stderr (its \
+             farmd peaked at {hwm} kB)",
             d.stderr.len()
         ),
-        other => panic!(
-            "defence failed: job_output_max — no clear answer to a job with huge output: {other:?}"
+        _ => panic!(
+            "defence failed: job_output_max — no clear answer to a job with huge output: {}",
+            outcome(&r)
         ),
     }
     assert!(
@@ -860,7 +951,7 @@ fn huge_job_output_is_capped() {
 fn agent_socket_slow_clients_cannot_exhaust_farmd() {
     need_root!();
     let _serial = one_at_a_time();
-    let mut farm = home_and_worker("");
+    let mut farm = home_and_worker(&["gcc"], "");
     let home = &farm.nodes[0];
     let rss0 = home.mem_kb("VmRSS");
     let chunk = vec![0x5au8; 64 << 10];
@@ -904,7 +995,7 @@ fn agent_socket_slow_clients_cannot_exhaust_farmd() {
 fn advert_flood_does_not_fill_the_peer_table() {
     need_root!();
     let _serial = one_at_a_time();
-    let mut farm = home_and_worker("");
+    let mut farm = home_and_worker(&["gcc"], "");
     let peer = farm.member_to(0);
     let mut junk = Vec::new();
     for i in 0..2000u32 {

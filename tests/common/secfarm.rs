@@ -245,7 +245,9 @@ pub struct SecFarm {
 impl SecFarm {
     /// Nodes `node-1`…: every node but the first knows the first. `extra(i)` adds
     /// config lines to node i. Waits until every node sees every other.
-    pub fn new(n: usize, extra: impl Fn(usize) -> String) -> SecFarm {
+    /// Every node allows only `compilers` (names on PATH): farmd hashes each at start.
+    pub fn new(n: usize, compilers: &[&str], extra: impl Fn(usize) -> String) -> SecFarm {
+        let t0 = Instant::now();
         setup_users();
         let root = tempfile::Builder::new()
             .prefix("farmsec")
@@ -286,15 +288,22 @@ impl SecFarm {
             } else {
                 format!("\"127.0.0.1:{first}\"")
             };
-            let node = farm.make_node(&format!("node-{}", i + 1), port, &peers, &extra(i));
+            let node = farm.make_node(
+                &format!("node-{}", i + 1),
+                port,
+                &peers,
+                &format!("{}\n{}", compilers_line(compilers), extra(i)),
+            );
             farm.nodes.push(node);
         }
+        eprintln!("set-up: files in {:?}", t0.elapsed());
         for node in &mut farm.nodes {
             node.start();
         }
         for i in 0..n {
             farm.wait_live(i, n - 1);
         }
+        eprintln!("set-up: farm of {n} ready in {:?}", t0.elapsed());
         farm
     }
 
@@ -480,6 +489,15 @@ impl SecFarm {
             ),
         }
     }
+}
+
+/// A `compilers = [...]` line with the full paths of these compilers.
+pub fn compilers_line(names: &[&str]) -> String {
+    let paths: Vec<String> = names
+        .iter()
+        .map(|n| format!("{:?}", which::which(n).unwrap().display().to_string()))
+        .collect();
+    format!("compilers = [{}]", paths.join(", "))
 }
 
 /// The identity of a compiler as a worker computes it.
