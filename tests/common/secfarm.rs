@@ -460,8 +460,8 @@ impl SecFarm {
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
-    /// farmd still serves: status answers on every node, and a member's ordinary job
-    /// runs on node `worker`.
+    /// farmd still serves: status answers on every node, a member's ordinary job runs
+    /// on node `worker`, and alice's build through node-1 gives plain gcc's object.
     pub fn assert_still_serving(&mut self, worker: usize, after: &str) {
         for n in &mut self.nodes {
             assert!(
@@ -488,6 +488,38 @@ impl SecFarm {
                 self.nodes[worker].name
             ),
         }
+        let work = self.user_dir(ALICE).join("work");
+        let src = work.join("still.c");
+        fs::write(
+            &src,
+            format!(
+                "int still_{}(int x) {{ return x + 7; }}\n",
+                std::process::id()
+            ),
+        )
+        .unwrap();
+        run_ok(Command::new("chown").arg(format!("{ALICE}:")).arg(&src));
+        super::set_mtime(&src, 1_600_000_000);
+        let plain_o = self.root.path().join("still-plain.o");
+        let o = Command::new("gcc")
+            .args(["-O2", "-c", "still.c", "-o"])
+            .arg(&plain_o)
+            .current_dir(&work)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let agent = self.nodes[0].socket();
+        self.cc_as(
+            ALICE,
+            &agent,
+            &work,
+            &["-O2", "-c", "still.c", "-o", "still.o"],
+        );
+        assert!(
+            fs::read(work.join("still.o")).unwrap() == fs::read(&plain_o).unwrap(),
+            "after {after}: alice's build through the farm differs from plain gcc's"
+        );
+        let _ = fs::remove_file(work.join("still.o"));
     }
 }
 
@@ -498,6 +530,15 @@ pub fn compilers_line(names: &[&str]) -> String {
         .map(|n| format!("{:?}", which::which(n).unwrap().display().to_string()))
         .collect();
     format!("compilers = [{}]", paths.join(", "))
+}
+
+impl Drop for SecFarm {
+    /// farmd stops before its directories go.
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill9();
+        }
+    }
 }
 
 /// The identity of a compiler as a worker computes it.
