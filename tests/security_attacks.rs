@@ -172,10 +172,12 @@ fn blob_check(node: &SecNode) -> (usize, Vec<String>) {
 
 // ------------------------------------------------------------------ 1, 2, 3: files
 
-/// A member's gcc jobs try to read the worker's private key: `.incbin` by absolute and
-/// relative path (into the object), `.include` (into the assembler's error messages),
-/// and `-fno-preprocessed` with `#include`. Each is refused, or runs without a byte of
-/// the key in what comes back.
+/// A member's gcc jobs try to read the worker's files: its private key by `.incbin`
+/// with an absolute and relative path (into the object), `.include` (into the
+/// assembler's error messages), `-fno-preprocessed` with `#include`; and what the
+/// job's view should not hold at all (the sandbox check): farmd's config and a blob
+/// of its store (another tenant's input). Each is refused, or runs without a line of
+/// the file in what comes back.
 #[test]
 fn member_jobs_cannot_read_worker_files() {
     need_root!();
@@ -184,57 +186,89 @@ fn member_jobs_cannot_read_worker_files() {
     let mut farm = home_and_worker(&["gcc"], "");
     let worker = &farm.nodes[1];
     let key_path = worker.key_path();
-    let secret = secret_lines(&fs::read(&key_path).unwrap());
-    assert!(!secret.is_empty());
+    let key_secret = secret_lines(&fs::read(&key_path).unwrap());
+    assert!(!key_secret.is_empty());
     let key = key_path.display().to_string();
+    let config = worker.config.display().to_string();
+    let config_secret: Vec<Vec<u8>> = fs::read_to_string(&worker.config)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("listen") || l.starts_with("socket ="))
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    assert_eq!(config_secret.len(), 2);
     let peer = farm.member_to(1);
-    let cases: Vec<(String, Vec<&str>, String)> = vec![
+    let tenant = format!(
+        "FARMSEC another tenant's source {} {:?}\n",
+        std::process::id(),
+        Instant::now()
+    );
+    let tenant_blob = blob(tenant.repeat(4).into_bytes());
+    let hex = farm::fsutil::hex(&tenant_blob.digest);
+    let stored = worker.state().join("blobs").join(&hex[..2]).join(&hex);
+    put_blobs(&peer, vec![tenant_blob]);
+    let tenant_secret = vec![tenant.trim_end().as_bytes().to_vec()];
+    let incbin = |p: &str| format!("__asm__(\".incbin \\\"{p}\\\"\");\nint x;\n");
+    // (what, args, source, the lines that must not come back)
+    type Case<'a> = (String, Vec<&'a str>, String, &'a Vec<Vec<u8>>);
+    let cases: Vec<Case> = vec![
         (
             "`.incbin` of the worker's key by absolute path".into(),
             vec!["-O2"],
-            format!("__asm__(\".incbin \\\"{key}\\\"\");\nint x;\n"),
+            incbin(&key),
+            &key_secret,
         ),
         (
             "`.incbin` of the worker's key by a relative ../../.. path".into(),
             vec!["-O2"],
-            format!(
-                "__asm__(\".incbin \\\"../../../{}.key\\\"\");\nint x;\n",
-                worker.name
-            ),
+            incbin(&format!("../../../{}.key", worker.name)),
+            &key_secret,
         ),
         (
             "`.incbin` of the worker's key through /proc/self/cwd".into(),
             vec!["-O2"],
-            format!(
-                "__asm__(\".incbin \\\"/proc/self/cwd/../../../{}.key\\\"\");\nint x;\n",
-                worker.name
-            ),
+            incbin(&format!("/proc/self/cwd/../../../{}.key", worker.name)),
+            &key_secret,
         ),
         (
-            "`.include` of the worker's key (its lines echoed in errors)".into(),
+            "`.include` of the worker's key (its lines quoted in errors)".into(),
             vec!["-O2"],
             format!("__asm__(\".include \\\"{key}\\\"\");\nint x;\n"),
+            &key_secret,
         ),
         (
             "`-fno-preprocessed` with `#include` of the worker's key".into(),
             vec!["-O2", "-fno-preprocessed"],
             format!("#include \"{key}\"\nint x;\n"),
+            &key_secret,
+        ),
+        (
+            "`.incbin` of farmd's config (the job's view)".into(),
+            vec!["-O2"],
+            incbin(&config),
+            &config_secret,
+        ),
+        (
+            "`.incbin` of a blob in farmd's store (the job's view)".into(),
+            vec!["-O2"],
+            incbin(&stored.display().to_string()),
+            &tenant_secret,
         ),
     ];
     let mut failed = Vec::new();
-    for (what, args, source) in &cases {
+    for (what, args, source, secret) in &cases {
         let r = peer.ask(&gcc_job(args, source.as_bytes()));
         eprintln!("{what}: {}", outcome(&r));
         match r {
             Ok(PeerResponse::Refused(_)) | Err(_) => {}
             Ok(PeerResponse::Done(r)) => {
-                let n = leaks(&r.object, &secret)
-                    + leaks(&r.stderr, &secret)
-                    + leaks(&r.stdout, &secret);
+                let n =
+                    leaks(&r.object, secret) + leaks(&r.stderr, secret) + leaks(&r.stdout, secret);
                 if n > 0 {
                     failed.push(format!(
-                        "{what}: {n} lines of {key} came back (exit {}, object {} bytes, \
-                         stderr {} bytes)",
+                        "{what}: {n} of {} lines came back (exit {}, object {} bytes, stderr \
+                         {} bytes)",
+                        secret.len(),
                         r.exit_code,
                         r.object.len(),
                         r.stderr.len()

@@ -670,8 +670,14 @@ pub fn secret_lines(secret: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// How many of the secret's lines show in `what`, ignoring ASCII case (the
+/// assembler lower-cases what it takes for a mnemonic when it quotes a line).
 pub fn leaks(what: &[u8], secret: &[Vec<u8>]) -> usize {
-    secret.iter().filter(|l| contains(what, l)).count()
+    let what = what.to_ascii_lowercase();
+    secret
+        .iter()
+        .filter(|l| contains(&what, &l.to_ascii_lowercase()))
+        .count()
 }
 
 /// Processes named `comm` whose working directory is under `under`.
