@@ -593,7 +593,7 @@ fn member_javac_job_cannot_tamper_with_blobs() {
         &[],
         &[("/w/cp/V.class", &v_class), ("/w/cp/V.java", &evil_src)],
     ));
-    eprintln!("tampering job: {:?}", r.as_ref().map(|_| ()));
+    eprintln!("tampering job: {}", outcome(&r));
     let (n, tampered) = blob_check(&farm.nodes[1]);
     assert!(n >= 3, "set-up: the blobs are in the store ({n})");
     // The victim: Main against the class path's V, as a peer would compile it.
