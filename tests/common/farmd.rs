@@ -14,7 +14,24 @@ pub fn farmd_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let o = Command::new(env!("CARGO"))
+            let mut cargo = Command::new(env!("CARGO"));
+            // What `cargo test` sets for this test binary (CARGO_MANIFEST_DIR,
+            // CARGO_PKG_*) is also what build scripts (ring's) watch with
+            // rerun-if-env-changed: inherited, it rebuilds them on every run.
+            for (k, _) in std::env::vars_os() {
+                let k = k.to_string_lossy().into_owned();
+                if k.starts_with("CARGO_PKG_")
+                    || k.starts_with("CARGO_MANIFEST_")
+                    || k.starts_with("CARGO_CRATE_")
+                    || k.starts_with("CARGO_BIN_")
+                    || k == "CARGO_PRIMARY_PACKAGE"
+                    || k == "CARGO_TARGET_TMPDIR"
+                    || k == "OUT_DIR"
+                {
+                    cargo.env_remove(k);
+                }
+            }
+            let o = cargo
                 .args(["build", "-p", "farmd"])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .output()

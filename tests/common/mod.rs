@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod farmd;
+pub mod secfarm;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
