@@ -196,6 +196,7 @@ impl WarmJvms {
                         ("HOME", &tmp_s),
                         ("TMPDIR", &tmp_s),
                     ],
+                    proc: true,
                 };
                 args.extend(["-cp".into(), classes.to_string_lossy().into_owned()]);
                 args.push("FarmJavacHelper".into());

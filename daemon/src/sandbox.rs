@@ -1,8 +1,8 @@
 //! The job sandbox: every compile a worker runs for a peer (and every warm javac JVM
 //! that serves peers) runs under bubblewrap, rootless. Inside, a job sees the
 //! toolchain read-only (`/usr`, the `/lib*` and `/bin` links, the few `/etc` files
-//! compilers and the JVM read), its own job directory, a private `/proc` of its own
-//! PID namespace and a minimal `/dev`; not farmd's state directory, keys, blob store
+//! compilers and the JVM read), its own job directory, a minimal `/dev`, and where
+//! asked a `/proc` of its own PID namespace; not farmd's state directory, keys, blob store
 //! or caches, not other jobs. It has no network (a new, empty network namespace), no
 //! capabilities, a new session (no terminal injection), cannot make further user
 //! namespaces, and cannot see, signal or ptrace anything outside its PID namespace.
@@ -62,6 +62,8 @@ pub struct View<'a> {
     pub ro: &'a [&'a Path],
     pub cwd: &'a Path,
     pub env: &'a [(&'a str, &'a str)],
+    /// Mount a /proc of the job's own PID namespace.
+    pub proc: bool,
 }
 
 /// bubblewrap and the read-only paths every job sees.
@@ -124,6 +126,7 @@ impl Sandbox {
             ro: &[],
             cwd: Path::new("/"),
             env: &[],
+            proc: true,
         };
         let limits = Limits {
             cpu: Duration::from_secs(10),
@@ -168,11 +171,14 @@ impl Sandbox {
             "--new-session",
             "--cap-drop",
             "ALL",
-            "--proc",
-            "/proc",
             "--dev",
             "/dev",
         ]);
+        // A private /proc costs a mount per job (about a millisecond); only what reads
+        // /proc (a JVM, mono) gets one.
+        if view.proc {
+            cmd.args(["--proc", "/proc"]);
+        }
         cmd.args(&self.system);
         // The sandbox's root is an empty tmpfs: the job's directories are created in it.
         for p in view.rw {
@@ -341,6 +347,7 @@ mod tests {
             ro: &[&input],
             cwd: job.path(),
             env: &[("PATH", "/usr/bin:/bin")],
+            proc: true,
         };
         let script = format!(
             "cat {secret} 2>/dev/null && echo LEAK; \
@@ -383,6 +390,7 @@ mod tests {
             ro: &[],
             cwd: job.path(),
             env: &[],
+            proc: true,
         };
         let r = sb
             .run(
@@ -413,6 +421,7 @@ mod tests {
             ro: &[],
             cwd: job.path(),
             env: &[],
+            proc: true,
         };
         let marker = format!("farm-sandbox-test-{}", std::process::id());
         // A grandchild that ignores SIGTERM and outlives its parent shell.
@@ -454,6 +463,7 @@ mod tests {
             ro: &[],
             cwd: job.path(),
             env: &[],
+            proc: true,
         };
         let r = sb
             .run(
@@ -477,6 +487,7 @@ mod tests {
             ro: &[],
             cwd: job.path(),
             env: &[],
+            proc: true,
         };
         let mut l = limits();
         l.file_size = 1 << 20;

@@ -288,6 +288,8 @@ async fn run_fresh(
             ("TMPDIR", &tmp_s),
             ("LC_ALL", "C.UTF-8"),
         ],
+        // Tree-job compilers run on managed runtimes, which read /proc.
+        proc: true,
     };
     sandbox
         .run(
@@ -394,6 +396,8 @@ async fn run_in(
             ("TMPDIR", &tmp_s),
             ("LC_ALL", "C"),
         ],
+        // Compilers of preprocessed text read nothing of /proc.
+        proc: false,
     };
     let out = sandbox
         .run(
