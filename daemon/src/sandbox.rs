@@ -6,12 +6,11 @@
 //! or caches, not other jobs. It has no network (a new, empty network namespace), no
 //! capabilities, a new session (no terminal injection), cannot make further user
 //! namespaces, and cannot see, signal or ptrace anything outside its PID namespace.
-//! Resource limits are rlimits set before bubblewrap starts (inherited by the whole
-//! tree): CPU time, address space, file size, processes, core dumps. Killing bubblewrap at the
+//! Resource limits are rlimits set (by util-linux's `prlimit`) before bubblewrap
+//! starts, inherited by the whole tree: CPU time, address space, file size, processes, core dumps. Killing bubblewrap at the
 //! deadline kills the whole tree (`--die-with-parent`, and the PID namespace dies with
 //! its first process). Output on stdout and stderr is read with a cap.
 
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -70,6 +69,7 @@ pub struct View<'a> {
 #[derive(Clone, Debug)]
 pub struct Sandbox {
     bwrap: PathBuf,
+    prlimit: PathBuf,
     system: Vec<String>,
 }
 
@@ -91,6 +91,11 @@ impl Sandbox {
             .map(PathBuf::from)
             .find(|p| p.is_file())
             .ok_or("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")?;
+        let prlimit = ["/usr/bin/prlimit", "/bin/prlimit"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or("prlimit (util-linux) is not installed")?;
         let mut system = Vec::new();
         for p in SYSTEM_PATHS.iter().chain(ETC_PATHS) {
             let path = Path::new(p);
@@ -120,7 +125,11 @@ impl Sandbox {
             let s = path_str(p)?;
             system.extend(["--ro-bind".into(), s.clone(), s]);
         }
-        let sb = Sandbox { bwrap, system };
+        let sb = Sandbox {
+            bwrap,
+            prlimit,
+            system,
+        };
         let view = View {
             rw: &[],
             ro: &[],
@@ -162,7 +171,17 @@ impl Sandbox {
         view: &View,
         limits: Limits,
     ) -> Result<tokio::process::Command, String> {
-        let mut cmd = tokio::process::Command::new(&self.bwrap);
+        // The limits are set by util-linux's prlimit, which then runs bubblewrap:
+        // setting them between fork and exec would make farmd fork (copying its page
+        // tables, milliseconds per job) where it can otherwise spawn.
+        let mut cmd = tokio::process::Command::new(&self.prlimit);
+        cmd.arg(format!("--cpu={}", limits.cpu.as_secs().max(1)))
+            .arg(format!("--as={}", limits.memory))
+            .arg(format!("--fsize={}", limits.file_size))
+            .arg(format!("--nproc={MAX_PROCESSES}"))
+            .arg("--core=0")
+            .arg("--")
+            .arg(&self.bwrap);
         cmd.args([
             "--unshare-all",
             "--unshare-user",
@@ -200,18 +219,6 @@ impl Sandbox {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let rl = limits;
-        // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
-        unsafe {
-            cmd.as_std_mut().pre_exec(move || {
-                set_limit(libc::RLIMIT_CPU, rl.cpu.as_secs().max(1))?;
-                set_limit(libc::RLIMIT_AS, rl.memory)?;
-                set_limit(libc::RLIMIT_FSIZE, rl.file_size)?;
-                set_limit(libc::RLIMIT_CORE, 0)?;
-                set_limit(libc::RLIMIT_NPROC, MAX_PROCESSES)?;
-                Ok(())
-            });
-        }
         Ok(cmd)
     }
 
@@ -274,18 +281,6 @@ fn path_str(p: &Path) -> Result<String, String> {
     p.to_str()
         .map(str::to_string)
         .ok_or_else(|| format!("{} is not UTF-8", p.display()))
-}
-
-fn set_limit(what: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: value,
-        rlim_max: value,
-    };
-    // SAFETY: setrlimit with a valid pointer to a local struct.
-    if unsafe { libc::setrlimit(what, &lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Reads a pipe to its end, keeping at most `cap` bytes; past that the job is an
