@@ -279,13 +279,27 @@ pub fn clean_path(p: &Path) -> PathBuf {
 /// empty list when `dir` does not exist. A non-UTF-8 name or anything but files and
 /// directories is an error: such a tree cannot be stored and restored exactly.
 pub fn collect_tree(dir: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
-    fn walk(root: &Path, rel: &Path, out: &mut Vec<(String, Vec<u8>)>) -> io::Result<()> {
+    collect_tree_capped(dir, u64::MAX)
+}
+
+/// [`collect_tree`] for a tree someone else wrote (a worker's job): no symbolic link
+/// is followed anywhere (the tree's root, its directories, its files, which are opened
+/// with `O_NOFOLLOW`), only regular files count, and more than `max_total` bytes in all
+/// is an error before they are read.
+pub fn collect_tree_capped(dir: &Path, max_total: u64) -> io::Result<Vec<(String, Vec<u8>)>> {
+    fn walk(
+        root: &Path,
+        rel: &Path,
+        left: &mut u64,
+        out: &mut Vec<(String, Vec<u8>)>,
+    ) -> io::Result<()> {
         for e in fs::read_dir(root.join(rel))? {
             let e = e?;
             let sub = rel.join(e.file_name());
+            // The entry's own type: a symbolic link is neither a directory nor a file.
             let ft = e.file_type()?;
             if ft.is_dir() {
-                walk(root, &sub, out)?;
+                walk(root, &sub, left, out)?;
             } else if ft.is_file() {
                 let Some(name) = sub.to_str() else {
                     return Err(io::Error::other(format!(
@@ -293,7 +307,21 @@ pub fn collect_tree(dir: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
                         sub.display()
                     )));
                 };
-                out.push((name.to_string(), read_file(&root.join(&sub))?));
+                let f = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(root.join(&sub))?;
+                let meta = f.metadata()?;
+                if !meta.is_file() || meta.len() > *left {
+                    return Err(io::Error::other(format!(
+                        "output {} is not a regular file or is too large",
+                        sub.display()
+                    )));
+                }
+                *left -= meta.len();
+                let mut data = Vec::with_capacity(meta.len() as usize);
+                f.take(meta.len()).read_to_end(&mut data)?;
+                out.push((name.to_string(), data));
             } else {
                 return Err(io::Error::other(format!(
                     "output {} is not a regular file",
@@ -304,8 +332,19 @@ pub fn collect_tree(dir: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
         Ok(())
     }
     let mut out = Vec::new();
-    if dir.exists() {
-        walk(dir, Path::new(""), &mut out)?;
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            let mut left = max_total;
+            walk(dir, Path::new(""), &mut left, &mut out)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::other(format!(
+                "{} is not a directory",
+                dir.display()
+            )))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
     out.sort();
     Ok(out)
@@ -526,6 +565,35 @@ mod tests {
                 "{p}"
             );
         }
+    }
+
+    #[test]
+    fn a_tree_someone_else_wrote_is_read_without_following_links() {
+        let d = tempfile::tempdir().unwrap();
+        let secret = d.path().join("secret");
+        fs::write(&secret, "key").unwrap();
+        let out = d.path().join("out");
+        fs::create_dir_all(out.join("p")).unwrap();
+        fs::write(out.join("p/A.class"), "ok").unwrap();
+        assert_eq!(
+            collect_tree_capped(&out, 100).unwrap(),
+            vec![("p/A.class".to_string(), b"ok".to_vec())]
+        );
+        assert!(collect_tree_capped(&out, 1).is_err(), "over the cap");
+        std::os::unix::fs::symlink(&secret, out.join("p/B.class")).unwrap();
+        assert!(collect_tree_capped(&out, 100).is_err(), "a linked file");
+        fs::remove_file(out.join("p/B.class")).unwrap();
+        std::os::unix::fs::symlink(d.path(), out.join("q")).unwrap();
+        assert!(
+            collect_tree_capped(&out, 100).is_err(),
+            "a linked directory"
+        );
+        let linked_root = d.path().join("root");
+        std::os::unix::fs::symlink(&out, &linked_root).unwrap();
+        assert!(
+            collect_tree_capped(&linked_root, 100).is_err(),
+            "a linked root"
+        );
     }
 
     #[test]

@@ -628,6 +628,40 @@ fn member_javac_job_cannot_tamper_with_blobs() {
     farm.assert_still_serving(1, "a blob-tampering job");
 }
 
+/// The same path named twice in one tree job (also as `/w/./cp/V.class`): the worker
+/// must never write the second file through the first, a hard link into its blob
+/// store (that replaced a public blob's bytes for every later job).
+#[test]
+fn member_tree_job_cannot_overwrite_a_blob_through_a_repeated_path() {
+    need_root!();
+    let _serial = one_at_a_time();
+    require("javac");
+    let mut farm = home_and_worker(&["gcc", "javac"], "");
+    let good = blob(b"public class V { public static final int VALUE = 1; }\n".to_vec());
+    let evil = blob(b"public class V { public static final int VALUE = 666; }\n".to_vec());
+    let peer = farm.member_to(1);
+    put_blobs(&peer, vec![good.clone(), evil.clone()]);
+    for second in ["/w/cp/V.java", "/w/./cp/V.java", "/w/x/../cp/V.java"] {
+        let r = peer.ask(&javac_tree(
+            &["-d", "/w/out", "/w/cp/V.java"],
+            &[("classes", "/w/out")],
+            &[("/w/cp/V.java", &good), (second, &evil)],
+        ));
+        assert!(
+            matches!(r, Ok(PeerResponse::Refused(_))),
+            "defence failed: a tree job naming {second} twice was not refused: {}",
+            outcome(&r)
+        );
+        let (n, tampered) = blob_check(&farm.nodes[1]);
+        assert!(n >= 2, "set-up: the blobs are in the store ({n})");
+        assert!(
+            tampered.is_empty(),
+            "defence failed: blob store immutability — naming {second} twice rewrote {tampered:?}"
+        );
+    }
+    farm.assert_still_serving(1, "a repeated-path tree job");
+}
+
 // ------------------------------------------------------------------ 6: users
 
 /// A fake agent that records what a shim asks (its keys, and the entries it

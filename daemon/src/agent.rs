@@ -165,7 +165,11 @@ pub async fn serve(node: Arc<Node>, listener: UnixListener) {
         if node.stopping.load(Ordering::Relaxed) {
             return;
         }
-        let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+        // Entries are scoped by user: a connection whose user is unknown is not served.
+        let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else {
+            refused_log.warn(u32::MAX, "agent connection refused: no peer credentials");
+            continue;
+        };
         let Ok(permit) = sessions.clone().try_acquire_owned() else {
             refused_log.warn(uid, "agent connection refused: too many connections");
             continue;

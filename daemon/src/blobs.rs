@@ -54,6 +54,9 @@ impl BlobStore {
                 std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
             }
             farm::fsutil::write_atomic(&p, &b.data).map_err(|e| format!("{}: {e}", p.display()))?;
+            // Read-only, so even a write by farmd's user through a link fails.
+            use std::os::unix::fs::PermissionsExt as _;
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444));
             n += b.data.len() as u64;
         }
         if self.written.fetch_add(n, Ordering::Relaxed) + n > self.cap / 10 {
@@ -67,18 +70,31 @@ impl BlobStore {
         std::fs::read(self.path(digest)).ok()
     }
 
-    /// Puts a blob at `dest` (a hard link when it can, a copy when not).
+    /// Puts a blob at `dest`, which must not exist (a hard link when it can, a copy
+    /// into a new file when not). Never writes through an existing name: that could be
+    /// a link to another blob.
     pub fn materialize(&self, digest: &[u8; 32], dest: &Path) -> Result<(), String> {
         let src = self.path(digest);
         if let Some(d) = dest.parent() {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
         }
-        if std::fs::hard_link(&src, dest).is_ok() {
-            return Ok(());
+        let shown = || farm::fsutil::hex(&digest[..8]);
+        match std::fs::hard_link(&src, dest) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(format!("blob {}: {} twice", shown(), dest.display()))
+            }
+            Err(_) => {}
         }
-        std::fs::copy(&src, dest)
+        let mut from = std::fs::File::open(&src).map_err(|e| format!("blob {}: {e}", shown()))?;
+        let mut to = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .map_err(|e| format!("blob {}: {}: {e}", shown(), dest.display()))?;
+        std::io::copy(&mut from, &mut to)
             .map(|_| ())
-            .map_err(|e| format!("blob {}: {e}", farm::fsutil::hex(&digest[..8])))
+            .map_err(|e| format!("blob {}: {e}", shown()))
     }
 
     /// Removes the least recently written blobs until the store is under 90 % of its cap.
@@ -136,6 +152,14 @@ mod tests {
         assert!(s.put(&[bad]).is_err());
         let out = d.path().join("job/x/A.class");
         s.materialize(&good.digest, &out).unwrap();
-        assert_eq!(std::fs::read(out).unwrap(), b"class");
+        assert_eq!(std::fs::read(&out).unwrap(), b"class");
+        // A second file at the same name is refused, never written through the first.
+        let other = Blob {
+            digest: *blake3::hash(b"other").as_bytes(),
+            data: b"other".to_vec(),
+        };
+        s.put(std::slice::from_ref(&other)).unwrap();
+        assert!(s.materialize(&other.digest, &out).is_err());
+        assert_eq!(std::fs::read(s.path(&good.digest)).unwrap(), b"class");
     }
 }

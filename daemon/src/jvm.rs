@@ -200,7 +200,13 @@ impl WarmJvms {
                 };
                 args.extend(["-cp".into(), classes.to_string_lossy().into_owned()]);
                 args.push("FarmJavacHelper".into());
-                let c = sandbox.command(&java, &args, &view, *limits)?;
+                // One JVM serves many compiles: its CPU limit is theirs together (each
+                // compile's own deadline is the wall-clock limit of `run_on`).
+                let limits = crate::sandbox::Limits {
+                    cpu: limits.cpu * RECYCLE_AFTER_JOBS,
+                    ..*limits
+                };
+                let c = sandbox.command(&java, &args, &view, limits)?;
                 area = Some(dir);
                 c
             }

@@ -101,6 +101,15 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
     let Some(sandbox) = &node.sandbox else {
         return refuse(node, format!("{}: no job sandbox", node.name));
     };
+    // Checked before a warm JVM is taken: a refused job costs no JVM.
+    if let Err(p) = decl.worker_tree_args(
+        &job.args,
+        &job.outputs,
+        Path::new("/job/in"),
+        Path::new("/job/out"),
+    ) {
+        return refuse(node, format!("refused {}: {}", p.reason, p.detail));
+    }
     // A warm JVM (sandboxed, this peer's own) has a fixed area: the job goes there.
     // A fresh compiler gets the slot's directory.
     let mut lease = None;
@@ -191,7 +200,9 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
     let mut total = 0usize;
     if run.exit_code == 0 {
         for (role, _) in &job.outputs {
-            let files = match farm::fsutil::collect_tree(&out.join(role)) {
+            // Written by the job: no link is followed, and reading stops at the cap.
+            let left = (MAX_FRAME - (1 << 20)).saturating_sub(total) as u64;
+            let files = match farm::fsutil::collect_tree_capped(&out.join(role), left) {
                 Ok(f) => f,
                 Err(e) => {
                     cleanup();
@@ -234,6 +245,27 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
         compile_ms,
         worker: node.name.clone(),
     })
+}
+
+/// Reads a file the job wrote: a regular file reached without following a link, at
+/// most `cap` bytes.
+fn read_output(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.len() > cap {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file of at most {cap} bytes",
+            path.display()
+        )));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.take(meta.len()).read_to_end(&mut data)?;
+    Ok(data)
 }
 
 /// An exit code other than success or an ordinary compile error (a compiler crash, a
@@ -415,19 +447,8 @@ async fn run_in(
     let compile_ms = out.elapsed.as_millis() as u64;
     let code = out.exit_code;
     let object = if code == 0 {
-        let meta = tokio::fs::metadata(dir.join("job.o"))
-            .await
-            .map_err(|e| format!("{}: no object: {e}", node.name))?;
-        if meta.len() as usize > MAX_FRAME - 4096 {
-            return Err(format!(
-                "{}: object of {} bytes is too large",
-                node.name,
-                meta.len()
-            ));
-        }
-        tokio::fs::read(dir.join("job.o"))
-            .await
-            .map_err(|e| format!("{}: cannot read object: {e}", node.name))?
+        read_output(&dir.join("job.o"), (MAX_FRAME - 4096) as u64)
+            .map_err(|e| format!("{}: object: {e}", node.name))?
     } else {
         Vec::new()
     };
