@@ -4,13 +4,13 @@
 
 mod common;
 use common::farmd::*;
+use common::rawpeer::*;
 use common::*;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use farm::protocol::{self, CompilerAd, Job, PeerRequest, PeerResponse};
@@ -439,58 +439,6 @@ fn agent_killed_mid_build() {
 
 // ------------------------------------------------------------------ security
 
-/// A raw peer client built from the library, for what a shim never sends.
-struct RawPeer {
-    rt: tokio::runtime::Runtime,
-    conn: quinn::Connection,
-}
-
-impl RawPeer {
-    fn connect(ca: &Path, cert: &Path, key: &Path, addr: &str) -> Result<RawPeer, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let tls = farm::net::load_node_tls(ca, cert, key, Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
-        let conn = rt.block_on(async {
-            let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-            ep.set_default_client_config(tls.client);
-            let c = ep
-                .connect(addr.parse().unwrap(), farm::net::SERVER_NAME)
-                .map_err(|e| e.to_string())?
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(c)
-        })?;
-        Ok(RawPeer { rt, conn })
-    }
-
-    fn ask(&self, req: &PeerRequest) -> Result<PeerResponse, String> {
-        self.rt.block_on(async {
-            let (mut s, mut r) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
-            protocol::write_async(&mut s, req)
-                .await
-                .map_err(|e| e.to_string())?;
-            s.finish().map_err(|e| e.to_string())?;
-            protocol::read_async(&mut r, protocol::MAX_FRAME)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-
-    fn raw(&self, bytes: &[u8]) -> Result<PeerResponse, String> {
-        self.rt.block_on(async {
-            let (mut s, mut r) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
-            s.write_all(bytes).await.map_err(|e| e.to_string())?;
-            s.finish().map_err(|e| e.to_string())?;
-            protocol::read_async(&mut r, protocol::MAX_FRAME)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-}
-
 fn gcc_ad() -> CompilerAd {
     let gcc = fs::canonicalize(which::which("gcc").unwrap()).unwrap();
     let memo = tempfile::tempdir().unwrap();
@@ -670,22 +618,8 @@ fn strangers_garbage_and_unsafe_jobs_are_refused() {
         .build()
         .unwrap()
         .block_on(async {
-            let mut roots = rustls::RootCertStore::empty();
-            let pem = fs::read(&ca).unwrap();
-            use rustls::pki_types::pem::PemObject;
-            for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                roots.add(c.unwrap()).unwrap();
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            cfg.alpn_protocols = vec![protocol::ALPN.to_vec()];
-            let qc = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
             let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-            ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(qc)));
+            ep.set_default_client_config(client_without_certificate(&ca));
             let conn = ep
                 .connect(cl.nodes[0].addr().parse().unwrap(), farm::net::SERVER_NAME)
                 .unwrap()

@@ -5,6 +5,7 @@
 
 mod common;
 use common::farmd::*;
+use common::rawpeer::*;
 use common::*;
 
 use std::fs;
@@ -334,22 +335,8 @@ fn refused_handshakes_are_logged_a_few_times() {
     let rt = rt();
     let no_cert = |n: usize| {
         rt.block_on(async {
-            let mut roots = rustls::RootCertStore::empty();
-            let pem = fs::read(&ca).unwrap();
-            use rustls::pki_types::pem::PemObject;
-            for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                roots.add(c.unwrap()).unwrap();
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            cfg.alpn_protocols = vec![protocol::ALPN.to_vec()];
-            let qc = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
             let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-            ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(qc)));
+            ep.set_default_client_config(client_without_certificate(&ca));
             let mut tasks = Vec::new();
             for _ in 0..n {
                 let connecting = ep.connect(addr, farm::net::SERVER_NAME).unwrap();

@@ -175,7 +175,9 @@ impl Sandbox {
         // setting them between fork and exec would make farmd fork (copying its page
         // tables, milliseconds per job) where it can otherwise spawn.
         let mut cmd = tokio::process::Command::new(&self.prlimit);
-        cmd.arg(format!("--cpu={}", limits.cpu.as_secs().max(1)))
+        // SIGXCPU at the limit (a clear reason), SIGKILL a little later if ignored.
+        let cpu = limits.cpu.as_secs().max(1);
+        cmd.arg(format!("--cpu={cpu}:{}", cpu + 5))
             .arg(format!("--as={}", limits.memory))
             .arg(format!("--fsize={}", limits.file_size))
             .arg(format!("--nproc={MAX_PROCESSES}"))
@@ -257,16 +259,27 @@ impl Sandbox {
             Err(_) => return Err(format!("job ran past {} s", deadline.as_secs())),
         };
         use std::os::unix::process::ExitStatusExt as _;
-        let exit_code = match (status.code(), status.signal()) {
-            (Some(c), _) => c,
-            (None, Some(libc::SIGXCPU)) => {
+        // bubblewrap exits with 128 + the signal that ended the job's process.
+        let signal = match (status.code(), status.signal()) {
+            (Some(c), _) if c > 128 && c < 128 + 65 => Some(c - 128),
+            (None, s) => s,
+            _ => None,
+        };
+        let exit_code = match signal {
+            Some(libc::SIGXCPU) => {
                 return Err(format!(
                     "job used more than {} s of CPU",
                     limits.cpu.as_secs()
                 ))
             }
-            (None, Some(s)) => return Err(format!("job killed by signal {s}")),
-            _ => -1,
+            Some(libc::SIGXFSZ) => {
+                return Err(format!(
+                    "job wrote a file larger than {} bytes",
+                    limits.file_size
+                ))
+            }
+            Some(s) => return Err(format!("job killed by signal {s}")),
+            None => status.code().unwrap_or(-1),
         };
         Ok(Run {
             exit_code,
@@ -471,6 +484,32 @@ mod tests {
             .await;
         let e = r.err().expect("unbounded stderr accepted");
         assert!(e.contains("stderr"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn cpu_time_is_limited() {
+        let Some(sb) = sandbox().await else { return };
+        let job = tempfile::tempdir().unwrap();
+        let view = View {
+            rw: &[job.path()],
+            ro: &[],
+            cwd: job.path(),
+            env: &[],
+            proc: false,
+        };
+        let mut l = limits();
+        l.cpu = Duration::from_secs(1);
+        let r = sb
+            .run(
+                Path::new("/bin/sh"),
+                &sh("while :; do :; done"),
+                &view,
+                l,
+                Duration::from_secs(30),
+            )
+            .await;
+        let e = r.err().expect("a CPU-bound job ran past its CPU limit");
+        assert!(e.contains("CPU"), "{e}");
     }
 
     #[tokio::test]

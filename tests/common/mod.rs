@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod farmd;
+pub mod rawpeer;
 pub mod secfarm;
 
 use std::collections::BTreeMap;

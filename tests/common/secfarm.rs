@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use farm::protocol::{self, AgentRequest, AgentResponse, CompilerAd, PeerRequest, PeerResponse};
 
 use super::farmd::{farmd_bin, free_port, run_ok};
+pub use super::rawpeer::RawPeer;
 use super::{farm_bin, farm_cc_bin};
 
 pub const GROUP: &str = "farmsec";
@@ -577,48 +578,6 @@ pub fn compile_job(compiler: &str, lang: &str, args: &[&str], source: &[u8]) -> 
         args: args.iter().map(|s| s.to_string()).collect(),
         source: source.to_vec(),
     })
-}
-
-/// A raw peer client built from the library: a cluster member sending what no shim
-/// would.
-pub struct RawPeer {
-    pub rt: tokio::runtime::Runtime,
-    pub conn: quinn::Connection,
-}
-
-impl RawPeer {
-    pub fn connect(ca: &Path, cert: &Path, key: &Path, addr: &str) -> Result<RawPeer, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let tls = farm::net::load_node_tls(ca, cert, key, Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
-        let conn = rt.block_on(async {
-            let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-            ep.set_default_client_config(tls.client);
-            let c = ep
-                .connect(addr.parse().unwrap(), farm::net::SERVER_NAME)
-                .map_err(|e| e.to_string())?
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(c)
-        })?;
-        Ok(RawPeer { rt, conn })
-    }
-
-    pub fn ask(&self, req: &PeerRequest) -> Result<PeerResponse, String> {
-        self.rt.block_on(async {
-            let (mut s, mut r) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
-            protocol::write_async(&mut s, req)
-                .await
-                .map_err(|e| e.to_string())?;
-            s.finish().map_err(|e| e.to_string())?;
-            protocol::read_async(&mut r, protocol::MAX_FRAME)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
 }
 
 /// Connects to a Unix socket with `user`'s credentials (uid, gid and supplementary
