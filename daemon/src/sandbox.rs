@@ -389,27 +389,33 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&input).unwrap(), "data");
     }
 
-    #[tokio::test]
-    async fn has_no_network() {
-        let Some(sb) = sandbox().await else { return };
+    /// Runs `program` in a sandbox whose only writable place is a fresh directory.
+    async fn in_job(
+        program: &str,
+        args: &[String],
+        limits: Limits,
+        deadline: Duration,
+    ) -> (tempfile::TempDir, Result<Run, String>) {
+        let sb = Sandbox::probe(&[]).await.expect("the job sandbox");
         let job = tempfile::tempdir().unwrap();
         let view = View {
             rw: &[job.path()],
             ro: &[],
             cwd: job.path(),
-            env: &[],
+            env: &[("PATH", "/usr/bin:/bin")],
             proc: true,
         };
         let r = sb
-            .run(
-                Path::new("/bin/cat"),
-                &["/proc/net/dev".into()],
-                &view,
-                limits(),
-                Duration::from_secs(20),
-            )
-            .await
-            .unwrap();
+            .run(Path::new(program), args, &view, limits, deadline)
+            .await;
+        (job, r)
+    }
+
+    #[tokio::test]
+    async fn has_no_network() {
+        let args = ["/proc/net/dev".to_string()];
+        let (_job, r) = in_job("/bin/cat", &args, limits(), Duration::from_secs(20)).await;
+        let r = r.unwrap();
         let out = String::from_utf8_lossy(&r.stdout);
         let ifaces: Vec<&str> = out
             .lines()
@@ -422,28 +428,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_deadline_kills_the_whole_tree() {
-        let Some(sb) = sandbox().await else { return };
-        let job = tempfile::tempdir().unwrap();
-        let view = View {
-            rw: &[job.path()],
-            ro: &[],
-            cwd: job.path(),
-            env: &[],
-            proc: true,
-        };
         let marker = format!("farm-sandbox-test-{}", std::process::id());
         // A grandchild that ignores SIGTERM and outlives its parent shell.
         let script = format!("(trap '' TERM; exec -a {marker} sleep 300) & sleep 300");
         let t0 = Instant::now();
-        let r = sb
-            .run(
-                Path::new("/bin/sh"),
-                &sh(&script),
-                &view,
-                limits(),
-                Duration::from_secs(1),
-            )
-            .await;
+        let (_job, r) = in_job("/bin/sh", &sh(&script), limits(), Duration::from_secs(1)).await;
         assert!(r.is_err());
         assert!(t0.elapsed() < Duration::from_secs(10));
         // The kernel needs a moment to tear the namespace down.
@@ -464,78 +453,50 @@ mod tests {
 
     #[tokio::test]
     async fn output_past_the_cap_is_an_error() {
-        let Some(sb) = sandbox().await else { return };
-        let job = tempfile::tempdir().unwrap();
-        let view = View {
-            rw: &[job.path()],
-            ro: &[],
-            cwd: job.path(),
-            env: &[],
-            proc: true,
-        };
-        let r = sb
-            .run(
-                Path::new("/bin/sh"),
-                &sh("yes warning >&2"),
-                &view,
-                limits(),
-                Duration::from_secs(20),
-            )
-            .await;
+        let script = sh("yes warning >&2");
+        let (_job, r) = in_job("/bin/sh", &script, limits(), Duration::from_secs(20)).await;
         let e = r.err().expect("unbounded stderr accepted");
         assert!(e.contains("stderr"), "{e}");
     }
 
     #[tokio::test]
     async fn cpu_time_is_limited() {
-        let Some(sb) = sandbox().await else { return };
-        let job = tempfile::tempdir().unwrap();
-        let view = View {
-            rw: &[job.path()],
-            ro: &[],
-            cwd: job.path(),
-            env: &[],
-            proc: false,
-        };
         let mut l = limits();
         l.cpu = Duration::from_secs(1);
-        let r = sb
-            .run(
-                Path::new("/bin/sh"),
-                &sh("while :; do :; done"),
-                &view,
-                l,
-                Duration::from_secs(30),
-            )
-            .await;
+        let script = sh("while :; do :; done");
+        let (_job, r) = in_job("/bin/sh", &script, l, Duration::from_secs(30)).await;
         let e = r.err().expect("a CPU-bound job ran past its CPU limit");
         assert!(e.contains("CPU"), "{e}");
     }
 
     #[tokio::test]
-    async fn file_size_and_memory_are_limited() {
-        let Some(sb) = sandbox().await else { return };
-        let job = tempfile::tempdir().unwrap();
-        let view = View {
-            rw: &[job.path()],
-            ro: &[],
-            cwd: job.path(),
-            env: &[],
-            proc: true,
-        };
+    async fn file_size_is_limited() {
         let mut l = limits();
         l.file_size = 1 << 20;
-        let r = sb
-            .run(
-                Path::new("/bin/sh"),
-                &sh("head -c 5000000 /dev/zero > big; echo $?"),
-                &view,
-                l,
-                Duration::from_secs(20),
-            )
-            .await
-            .unwrap();
+        let script = sh("head -c 5000000 /dev/zero > big; echo $?");
+        let (job, r) = in_job("/bin/sh", &script, l, Duration::from_secs(20)).await;
+        let r = r.unwrap();
         assert!(std::fs::metadata(job.path().join("big")).unwrap().len() <= 1 << 20);
         assert_ne!(String::from_utf8_lossy(&r.stdout).trim(), "0");
+    }
+
+    #[tokio::test]
+    async fn memory_is_limited() {
+        let mut l = limits();
+        l.memory = 256 << 20;
+        // 512 MiB in one allocation: refused by the address-space limit (and
+        // granted without it).
+        let script = sh("python3 -c 'bytearray(512 << 20)' 2>/dev/null; echo $?");
+        let (_job, r) = in_job("/bin/sh", &script, l, Duration::from_secs(60)).await;
+        let out = String::from_utf8_lossy(&r.unwrap().stdout)
+            .trim()
+            .to_string();
+        assert_eq!(out, "1", "512 MiB allocated under a 256 MiB limit");
+        l.memory = 4 << 30;
+        let (_job, r) = in_job("/bin/sh", &script, l, Duration::from_secs(60)).await;
+        let out = String::from_utf8_lossy(&r.unwrap().stdout)
+            .trim()
+            .to_string();
+        assert_eq!(out, "0", "512 MiB refused under a 4 GiB limit");
     }
 }
