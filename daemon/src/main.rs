@@ -198,6 +198,19 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         }
     };
     let limits = worker::job_limits(&cfg);
+    // Memory is limited per process, not per job (no cgroups): say so when the jobs
+    // this node may run at once could together exceed the machine.
+    if let Some(total) = mem_total_bytes() {
+        let worst = cfg.job_memory.saturating_mul(cfg.slots as u64);
+        if worst > total {
+            tracing::warn!(
+                job_memory = cfg.job_memory,
+                slots = cfg.slots,
+                mem_total = total,
+                "slots × job_memory exceeds this machine's memory"
+            );
+        }
+    }
     let mut endpoint = quinn::Endpoint::server(tls.server, cfg.listen)
         .with_context(|| format!("cannot listen on udp {}", cfg.listen))?;
     endpoint.set_default_client_config(tls.client);
@@ -275,4 +288,17 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), node.endpoint.wait_idle()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The machine's memory (`MemTotal` of /proc/meminfo).
+fn mem_total_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
