@@ -65,13 +65,8 @@ impl Lease {
     }
 }
 
-/// What one warm compile printed and returned.
-pub struct WarmRun {
-    pub exit_code: i32,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub elapsed: Duration,
-}
+/// What one warm compile printed and returned: the same as a sandboxed process run.
+pub use crate::sandbox::Run as WarmRun;
 
 pub struct WarmJvms {
     state_dir: PathBuf,

@@ -167,11 +167,7 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
     }
     let t0 = Instant::now();
     let run = match &mut lease {
-        Some(l) => node
-            .jvms
-            .run_on(l, &args, node.cfg.job_timeout)
-            .await
-            .map(|r| sandbox_run(r.exit_code, r.stdout, r.stderr)),
+        Some(l) => node.jvms.run_on(l, &args, node.cfg.job_timeout).await,
         None => run_fresh(node, sandbox, &compiler, &slot.dir, &root, &args).await,
     };
     let run = match run {
@@ -275,15 +271,6 @@ fn abnormal(exit_code: i32) -> Option<String> {
     (!matches!(exit_code, 0 | 1)).then(|| format!("job ended with exit code {exit_code}"))
 }
 
-fn sandbox_run(exit_code: i32, stdout: Vec<u8>, stderr: Vec<u8>) -> crate::sandbox::Run {
-    crate::sandbox::Run {
-        exit_code,
-        stdout,
-        stderr,
-        elapsed: Default::default(),
-    }
-}
-
 /// The limits of one job from farmd's configuration.
 pub fn job_limits(cfg: &crate::config::DaemonConfig) -> crate::sandbox::Limits {
     crate::sandbox::Limits {
@@ -323,14 +310,20 @@ async fn run_fresh(
         // Tree-job compilers run on managed runtimes, which read /proc.
         proc: true,
     };
+    run_compiler(node, sandbox, compiler, args, &view).await
+}
+
+/// Runs an allow-listed compiler in the sandbox with this node's job limits.
+async fn run_compiler(
+    node: &Node,
+    sandbox: &crate::sandbox::Sandbox,
+    compiler: &AllowedCompiler,
+    args: &[String],
+    view: &crate::sandbox::View<'_>,
+) -> Result<crate::sandbox::Run, String> {
+    let limits = job_limits(&node.cfg);
     sandbox
-        .run(
-            &compiler.path,
-            args,
-            &view,
-            job_limits(&node.cfg),
-            node.cfg.job_timeout,
-        )
+        .run(&compiler.path, args, view, limits, node.cfg.job_timeout)
         .await
 }
 
@@ -431,14 +424,7 @@ async fn run_in(
         // Compilers of preprocessed text read nothing of /proc.
         proc: false,
     };
-    let out = sandbox
-        .run(
-            &compiler.path,
-            args,
-            &view,
-            job_limits(&node.cfg),
-            node.cfg.job_timeout,
-        )
+    let out = run_compiler(node, sandbox, compiler, args, &view)
         .await
         .map_err(|e| format!("{}: {e}", node.name))?;
     if let Some(why) = abnormal(out.exit_code) {
