@@ -662,6 +662,78 @@ fn member_tree_job_cannot_overwrite_a_blob_through_a_repeated_path() {
     farm.assert_still_serving(1, "a repeated-path tree job");
 }
 
+/// A tree job's output role is a directory name inside the job's `out/`: an absolute
+/// role (`/etc/farm`, the node's own directory) once made the worker create that
+/// directory and send back every file in it, the node key included, to a member and,
+/// through the agent, to any local user of the socket.
+#[test]
+fn tree_job_output_roles_cannot_name_worker_directories() {
+    need_root!();
+    let _serial = one_at_a_time();
+    require("javac");
+    let mut farm = home_and_worker(&["gcc", "javac"], "");
+    let src = blob(b"public class A { }\n".to_vec());
+    let node_dir = farm.nodes[1].dir.to_string_lossy().into_owned();
+    let created = format!("{node_dir}/made-by-a-job");
+    let key = fs::read(farm.nodes[1].key_path()).unwrap();
+    let leaked = |outputs: &[farm::protocol::TreeOutput]| {
+        outputs
+            .iter()
+            .any(|o| o.data == key || o.path.ends_with(".key") || o.path.ends_with(".toml"))
+    };
+    let peer = farm.member_to(1);
+    put_blobs(&peer, vec![src.clone()]);
+    let double = format!("/{node_dir}");
+    for role in [
+        node_dir.as_str(),
+        double.as_str(),
+        created.as_str(),
+        ".",
+        "a/b",
+    ] {
+        let r = peer.ask(&javac_tree(
+            &["-d", "/w/out", "/w/A.java"],
+            &[("classes", "/w/out"), (role, "/w/x")],
+            &[("/w/A.java", &src)],
+        ));
+        if let Ok(PeerResponse::TreeDone(d)) = &r {
+            assert!(
+                !leaked(&d.outputs),
+                "defence failed: output role {role:?} sent the worker's files back to a member"
+            );
+        }
+        assert!(
+            matches!(r, Ok(PeerResponse::Refused(_))),
+            "defence failed: output role {role:?} was not refused: {}",
+            outcome(&r)
+        );
+    }
+    assert!(
+        !Path::new(&created).exists(),
+        "defence failed: a job's output role created {created}"
+    );
+    // The same job from a local user through the agent.
+    let mut s = connect_as(&farm.nodes[0].socket(), "farmsec-bob").unwrap();
+    agent_ask(&mut s, &AgentRequest::PutBlobs(vec![src.clone()])).unwrap();
+    let PeerRequest::TreeJob(job) = javac_tree(
+        &["-d", "/w/out", "/w/A.java"],
+        &[("classes", "/w/out"), (node_dir.as_str(), "/w/x")],
+        &[("/w/A.java", &src)],
+    ) else {
+        unreachable!()
+    };
+    match agent_ask(&mut s, &AgentRequest::CompileTree(job)) {
+        Ok(AgentResponse::TreeCompiled(d)) => assert!(
+            !leaked(&d.outputs) && d.outputs.iter().all(|o| o.path.starts_with("classes/")),
+            "defence failed: through the agent, bob received {:?}",
+            d.outputs.iter().map(|o| &o.path).collect::<Vec<_>>()
+        ),
+        Ok(AgentResponse::Local(_)) => {}
+        other => panic!("unexpected agent answer: {other:?}"),
+    }
+    farm.assert_still_serving(1, "jobs with absolute output roles");
+}
+
 // ------------------------------------------------------------------ 6: users
 
 /// A fake agent that records what a shim asks (its keys, and the entries it

@@ -563,6 +563,14 @@ fn deadline(node: &Node, job: &Job, rtt: Duration) -> Duration {
 
 /// A tree job on a peer, one retry on another; `Local` (home) when none could.
 async fn compile_tree(node: &Node, job: &TreeJob) -> AgentResponse {
+    // Workers check this too; a shim never sends such a role.
+    if !job
+        .outputs
+        .iter()
+        .all(|(r, _)| farm::lang::valid_output_role(r))
+    {
+        return AgentResponse::Local("bad_request".into());
+    }
     match on_peers(node, &job.compiler, Work::Tree(job)).await {
         Ok(PeerResponse::TreeDone(r)) => AgentResponse::TreeCompiled(r),
         Ok(_) => AgentResponse::Local("fallback.protocol".into()),

@@ -101,7 +101,16 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
     let Some(sandbox) = &node.sandbox else {
         return refuse(node, format!("{}: no job sandbox", node.name));
     };
-    // Checked before a warm JVM is taken: a refused job costs no JVM.
+    // Checked before a warm JVM is taken: a refused job costs no JVM. An output role
+    // is one plain name: `out.join("/etc/farm")` would be /etc/farm, whose files
+    // farmd would then send back.
+    if let Some((role, _)) = job
+        .outputs
+        .iter()
+        .find(|(r, _)| !farm::lang::valid_output_role(r))
+    {
+        return refuse(node, format!("refused output role {role:?}"));
+    }
     if let Err(p) = decl.worker_tree_args(
         &job.args,
         &job.outputs,
@@ -158,9 +167,7 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
         );
     }
     for (role, _) in &job.outputs {
-        if farm::lang::reroot(&out, &format!("/{role}")).is_none()
-            || std::fs::create_dir_all(out.join(role)).is_err()
-        {
+        if std::fs::create_dir_all(out.join(role)).is_err() {
             cleanup();
             return refuse(node, format!("refused output role {role:?}"));
         }

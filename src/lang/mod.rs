@@ -224,6 +224,18 @@ pub struct DeclaredInputs {
     pub files: Vec<(PathBuf, [u8; 32])>,
 }
 
+/// An output role from the wire (`classes`, `sources`, ...): a name a job directory's
+/// `out/` may hold, one plain path component. Anything else (`/etc/farm`, `//x`, `.`,
+/// `a/b`) would make `out.join(role)` leave the job directory.
+pub fn valid_output_role(role: &str) -> bool {
+    let mut parts = Path::new(role).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    ) && !role.contains('/')
+        && !role.contains('\0')
+}
+
 /// An absolute path from the wire re-rooted under `root`, or `None` when it is not
 /// absolute. `..` is resolved lexically first, so the result stays under `root`.
 pub fn reroot(root: &Path, wire: &str) -> Option<PathBuf> {
@@ -406,5 +418,29 @@ pub fn family_for(compiler_name: &str) -> Option<&'static dyn Family> {
         Some(&csc::CSC)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_roles_are_one_plain_name() {
+        for ok in ["classes", "sources", "headers", "out"] {
+            assert!(valid_output_role(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "/etc/farm",
+            "//etc",
+            "a/b",
+            "classes/",
+            "a\0b",
+        ] {
+            assert!(!valid_output_role(bad), "{bad:?}");
+        }
     }
 }

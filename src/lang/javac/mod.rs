@@ -744,6 +744,7 @@ impl Declared for Javac {
         let mut i = 0;
         let mut proc_none = false;
         let mut classes_dir = false;
+        let mut class_path = false;
         while i < args.len() {
             let a = args[i].as_str();
             i += 1;
@@ -781,6 +782,7 @@ impl Declared for Javac {
                     v.clone()
                 }
             };
+            class_path |= kind == Opt::Paths(Search::Class);
             let new = match kind {
                 // Replaced below: nothing is ever looked up there on a worker.
                 Opt::Paths(Search::Processor) => continue,
@@ -824,6 +826,12 @@ impl Declared for Javac {
         // from a shipped jar ever runs. A sender ships no compile with a plugin on its
         // paths, so this changes nothing of an honest job's output.
         res.splice(0..0, ["-processorpath".to_string(), String::new()]);
+        // Without a class path, javac in a JVM searches that JVM's own (the helper's
+        // classes), where a fresh javac would search the directory it runs in. A
+        // sender always names one; a job without gets an empty one.
+        if !class_path {
+            res.splice(0..0, ["-classpath".to_string(), String::new()]);
+        }
         Ok(res)
     }
 }
@@ -1054,6 +1062,8 @@ mod tests {
         assert_eq!(
             got,
             [
+                "-classpath",
+                "",
                 "-processorpath",
                 "",
                 "-proc:none",
