@@ -10,7 +10,6 @@
 
 pub mod agent_client;
 pub mod buildtools;
-pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod entry;
@@ -22,3 +21,7 @@ pub mod net;
 pub mod protocol;
 pub mod shim;
 pub mod stats;
+pub mod store;
+
+/// The store's old name, kept while callers move to [`store`].
+pub use store as cache;

@@ -23,13 +23,9 @@ const FLAG_ZSTD: u8 = 1;
 
 pub type Key = [u8; 32];
 
-/// What a key names in the farm's cache: a compile result, or a direct-mode manifest
-/// (which lists the inputs that lead to result keys).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Result,
-    Manifest,
-}
+/// What a key names in the farm's cache: the store's one kind type (its variant
+/// order is part of the encoding).
+pub use crate::store::EntryKind as Kind;
 
 /// One entry for the farm's cache.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

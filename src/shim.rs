@@ -11,13 +11,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::agent_client::AgentClient;
-use crate::cache::{CacheError, CacheKey, EntryKind, LocalStore, Store};
 use crate::config::{Config, Mode};
 use crate::fsutil;
 use crate::key::{self, Manifest, ManifestEntry, OutputBlob, RecordError, ResultEntry};
 use crate::lang::{self, CompileRun, DepSource, Family, Invocation};
 use crate::protocol::{AgentRequest, AgentResponse, CompilerAd, Item, Job, Kind};
 use crate::stats::{names, Stats};
+use crate::store::{CacheError, CacheKey, EntryKind, LocalStore, Tier};
 
 mod declared;
 
@@ -271,7 +271,7 @@ impl Ctx<'_> {
         };
         if ResultEntry::decode(&data).is_none() {
             self.tally.add(names::CORRUPT_ENTRY, 1);
-            let _ = std::fs::remove_file(self.store.entry_path(EntryKind::Result, rkey));
+            let _ = self.store.remove(EntryKind::Result, rkey);
             return false;
         }
         self.restore_bytes(&data, hit_counter)

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use farm::cache::{CacheKey, Store};
 use farm::protocol::{
     self, AgentRequest, AgentResponse, Blob, CompilerAd, Item, Job, JobResult, Kind, PeerRequest,
     PeerResponse, TreeJob, MAX_CONTROL_FRAME, MAX_FRAME,
 };
+use farm::store::{CacheKey, Tier};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::node::{contention, ewma, Node};

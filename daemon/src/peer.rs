@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use farm::cache::{CacheKey, EntryKind, Store};
 use farm::key::Manifest;
 use farm::protocol::{self, Item, Kind, PeerRequest, PeerResponse, MAX_CONTROL_FRAME, MAX_FRAME};
+use farm::store::{CacheKey, EntryKind, Tier};
 
 use crate::node::{Node, Source};
 
@@ -207,8 +207,8 @@ async fn answer(node: &Node, peer: &str, remote: SocketAddr, req: PeerRequest) -
         },
         PeerRequest::Have { kind, key } => PeerResponse::Have(
             node.store
-                .entry_path(entry_kind(kind), &CacheKey(key))
-                .exists(),
+                .have(entry_kind(kind), &CacheKey(key))
+                .unwrap_or(false),
         ),
         PeerRequest::Put(item) => match store_item(node, item) {
             Ok(()) => PeerResponse::Stored,
@@ -225,10 +225,7 @@ async fn answer(node: &Node, peer: &str, remote: SocketAddr, req: PeerRequest) -
 }
 
 pub fn entry_kind(kind: Kind) -> EntryKind {
-    match kind {
-        Kind::Result => EntryKind::Result,
-        Kind::Manifest => EntryKind::Manifest,
-    }
+    kind
 }
 
 /// Stores an entry for the farm's cache. Results must decode as result entries;
@@ -237,6 +234,8 @@ pub fn entry_kind(kind: Kind) -> EntryKind {
 pub fn store_item(node: &Node, item: Item) -> Result<(), String> {
     let key = CacheKey(item.key);
     match item.kind {
+        // Blobs travel with the tree jobs that read them, never as cache items.
+        Kind::Blob => return Err("a blob is not a cache item".into()),
         Kind::Result => {
             if farm::key::ResultEntry::decode(&item.data).is_none() {
                 return Err("not a result entry".into());

@@ -6,12 +6,12 @@
 use std::path::{Component, Path, PathBuf};
 
 use super::{emit, exit_code, Ctx, Tally};
-use crate::cache::EntryKind;
 use crate::fsutil;
 use crate::key::{self, OutputBlob, ResultEntry};
 use crate::lang::{CompileRun, Declared, OutputDir, WarmJob};
 use crate::protocol::{AgentRequest, AgentResponse, Blob, Item, Kind, TreeFile, TreeJob};
 use crate::stats::names;
+use crate::store::{EntryKind, Tier};
 
 /// A relative path from a cache entry that stays inside its output directory.
 fn safe_relative(rel: &str) -> Option<&Path> {
@@ -118,7 +118,7 @@ impl Ctx<'_> {
                 return 0;
             }
             self.tally.add(names::CORRUPT_ENTRY, 1);
-            let _ = std::fs::remove_file(self.store.entry_path(EntryKind::Result, &rkey));
+            let _ = self.store.remove(EntryKind::Result, &rkey);
         }
         let mut agent = self.farm_agent();
         if let Some(a) = agent.as_mut() {

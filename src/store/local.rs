@@ -1,4 +1,4 @@
-//! Content-addressed storage. Knows keys, entries and bytes — never compilers.
+//! The local disk tier.
 //!
 //! An entry on disk is `MAGIC | blake3(payload) | zstd(payload)`; the checksum is
 //! verified on every read, and a bad entry is removed and reported as corrupt (the
@@ -9,13 +9,27 @@
 //! the key (16 eviction shards) and `<xx>` the next two. Each shard keeps a `size`
 //! file ("bytes files") under its `lock`; when a put takes a shard over its share of
 //! `max_size`, that shard alone is trimmed, oldest mtime first (hits refresh mtime).
+//!
+//! Blobs (tree jobs' inputs, in farmd's blob store) are stored raw, read-only, under
+//! the digest of their content, so a worker can hard-link them into a job; they are
+//! checked against their key when written and when read.
 
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use super::{CacheError, CacheKey, EntryKind, PutReport, Tier, Usage};
 use crate::fsutil::{self, FileLock};
+
+/// The file-name suffix of each kind.
+fn suffix(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Result => "r",
+        EntryKind::Manifest => "m",
+        EntryKind::Blob => "b",
+    }
+}
 
 const MAGIC: &[u8; 8] = b"FARMENT1";
 const HEADER: usize = 8 + 32;
@@ -25,58 +39,6 @@ const SHARDS: u64 = 16;
 const TOUCH_AFTER: Duration = Duration::from_secs(600);
 /// Temp files older than this are leftovers of killed processes.
 const STALE_TMP: Duration = Duration::from_secs(3600);
-
-/// A 256-bit content key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, serde::Serialize, serde::Deserialize)]
-pub struct CacheKey(pub [u8; 32]);
-
-impl CacheKey {
-    pub fn hex(&self) -> String {
-        fsutil::hex(&self.0)
-    }
-}
-
-/// What an entry holds; the suffix of its file name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EntryKind {
-    /// A compile result (outputs, stdout, stderr).
-    Result,
-    /// A direct-mode manifest (which inputs lead to which result).
-    Manifest,
-}
-
-impl EntryKind {
-    fn suffix(self) -> &'static str {
-        match self {
-            EntryKind::Result => "r",
-            EntryKind::Manifest => "m",
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    #[error("cache entry {path}: {what}")]
-    Corrupt { path: PathBuf, what: &'static str },
-    #[error("cache read {path}: {err}")]
-    Read { path: PathBuf, err: io::Error },
-    #[error("cache write {path}: {err}")]
-    Write { path: PathBuf, err: io::Error },
-}
-
-/// One storage tier. Local disk now; peers and remote caches implement the same trait.
-pub trait Store {
-    fn get(&self, kind: EntryKind, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError>;
-    fn put(&self, kind: EntryKind, key: &CacheKey, payload: &[u8])
-        -> Result<PutReport, CacheError>;
-}
-
-/// What a put did besides storing.
-#[derive(Default, Debug)]
-pub struct PutReport {
-    pub evicted_files: u64,
-    pub cleaned: bool,
-}
 
 /// The local disk tier.
 #[derive(Clone, Debug)]
@@ -102,12 +64,76 @@ impl LocalStore {
         self.root.join(&h[0..1])
     }
 
-    pub fn entry_path(&self, kind: EntryKind, key: &CacheKey) -> PathBuf {
+    fn entry_path(&self, kind: EntryKind, key: &CacheKey) -> PathBuf {
         let h = key.hex();
         self.root
             .join(&h[0..1])
             .join(&h[1..3])
-            .join(format!("{h}.{}", kind.suffix()))
+            .join(format!("{h}.{}", suffix(kind)))
+    }
+
+    /// Puts a blob at `dest`, which must not exist (a hard link when it can, a copy
+    /// into a new file when not). Never writes through an existing name: that could be
+    /// a link to another blob.
+    pub fn link_blob(&self, key: &CacheKey, dest: &Path) -> Result<(), String> {
+        let src = self.entry_path(EntryKind::Blob, key);
+        if let Some(d) = dest.parent() {
+            fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let shown = || fsutil::hex(&key.0[..8]);
+        match fs::hard_link(&src, dest) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(format!("blob {}: {} twice", shown(), dest.display()))
+            }
+            Err(_) => {}
+        }
+        let mut from = fs::File::open(&src).map_err(|e| format!("blob {}: {e}", shown()))?;
+        let mut to = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .map_err(|e| format!("blob {}: {}: {e}", shown(), dest.display()))?;
+        io::copy(&mut from, &mut to)
+            .map(|_| ())
+            .map_err(|e| format!("blob {}: {e}", shown()))
+    }
+
+    /// Stores a blob raw and read-only (even a write by its owner through a hard link
+    /// fails), when its content matches its key.
+    fn put_blob(&self, key: &CacheKey, data: &[u8]) -> Result<PutReport, CacheError> {
+        if blake3::hash(data).as_bytes() != &key.0 {
+            return Err(CacheError::Mismatch {
+                key: fsutil::hex(&key.0[..8]),
+            });
+        }
+        let path = self.entry_path(EntryKind::Blob, key);
+        if path.is_file() {
+            return Ok(PutReport::default());
+        }
+        self.write(&path, data)?;
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o444));
+        let shard = self.shard_dir(key);
+        self.add_size(&shard, data.len() as i64, 1)
+            .map_err(|err| CacheError::Write { path: shard, err })
+    }
+
+    /// Writes `data` at an entry path atomically, making its directory when needed.
+    fn write(&self, path: &Path, data: &[u8]) -> Result<(), CacheError> {
+        let werr = |path: &Path, err| CacheError::Write {
+            path: path.to_path_buf(),
+            err,
+        };
+        let dir = path.parent().expect("entry has a parent");
+        if let Err(e) = fsutil::write_cache_atomic(path, data) {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(werr(path, e));
+            }
+            fsutil::create_cache_dir_all(dir).map_err(|e| werr(dir, e))?;
+            fsutil::write_cache_atomic(path, data).map_err(|e| werr(path, e))?;
+        }
+        Ok(())
     }
 
     /// Total (bytes, files) from the shards' size files.
@@ -172,7 +198,7 @@ fn count_files(dir: &Path) -> u64 {
                 Ok(_) => {
                     let name = e.file_name();
                     let name = name.to_string_lossy();
-                    if name.ends_with(".r") || name.ends_with(".m") {
+                    if name.ends_with(".r") || name.ends_with(".m") || name.ends_with(".b") {
                         n += 1
                     }
                 }
@@ -256,7 +282,11 @@ pub fn decode_entry(data: &[u8]) -> Result<Vec<u8>, &'static str> {
     Ok(payload)
 }
 
-impl Store for LocalStore {
+impl Tier for LocalStore {
+    fn name(&self) -> &str {
+        "local"
+    }
+
     fn get(&self, kind: EntryKind, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {
         let path = self.entry_path(kind, key);
         let (data, meta) = match fsutil::read_file_meta(&path) {
@@ -264,7 +294,12 @@ impl Store for LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(err) => return Err(CacheError::Read { path, err }),
         };
-        match decode_entry(&data) {
+        let decoded = match kind {
+            EntryKind::Blob if blake3::hash(&data).as_bytes() == &key.0 => Ok(data),
+            EntryKind::Blob => Err("does not match its key"),
+            _ => decode_entry(&data),
+        };
+        match decoded {
             Ok(payload) => {
                 let old = meta
                     .modified()
@@ -272,7 +307,7 @@ impl Store for LocalStore {
                     .and_then(|m| SystemTime::now().duration_since(m).ok())
                     .map(|age| age > TOUCH_AFTER)
                     .unwrap_or(false);
-                if old {
+                if old && kind != EntryKind::Blob {
                     // LRU clock; failure (read-only cache) only weakens eviction order.
                     if let Ok(f) = OpenOptions::new().write(true).open(&path) {
                         let _ = f.set_modified(SystemTime::now());
@@ -293,27 +328,41 @@ impl Store for LocalStore {
         key: &CacheKey,
         payload: &[u8],
     ) -> Result<PutReport, CacheError> {
-        let path = self.entry_path(kind, key);
-        let werr = |path: &Path, err| CacheError::Write {
-            path: path.to_path_buf(),
-            err,
-        };
-        let data = encode_entry(payload).map_err(|e| werr(&path, e))?;
-        let dir = path.parent().expect("entry has a parent");
-        let old_len = fs::metadata(&path).map(|m| m.len() as i64).ok();
-        if let Err(e) = fsutil::write_cache_atomic(&path, &data) {
-            if e.kind() != io::ErrorKind::NotFound {
-                return Err(werr(&path, e));
-            }
-            fsutil::create_cache_dir_all(dir).map_err(|e| werr(dir, e))?;
-            fsutil::write_cache_atomic(&path, &data).map_err(|e| werr(&path, e))?;
+        if kind == EntryKind::Blob {
+            return self.put_blob(key, payload);
         }
+        let path = self.entry_path(kind, key);
+        let data = encode_entry(payload).map_err(|err| CacheError::Write {
+            path: path.clone(),
+            err,
+        })?;
+        let old_len = fs::metadata(&path).map(|m| m.len() as i64).ok();
+        self.write(&path, &data)?;
         let (db, df) = match old_len {
             Some(old) => (data.len() as i64 - old, 0),
             None => (data.len() as i64, 1),
         };
         let shard = self.shard_dir(key);
-        self.add_size(&shard, db, df).map_err(|e| werr(&shard, e))
+        self.add_size(&shard, db, df)
+            .map_err(|err| CacheError::Write { path: shard, err })
+    }
+
+    fn have(&self, kind: EntryKind, key: &CacheKey) -> Result<bool, CacheError> {
+        Ok(self.entry_path(kind, key).is_file())
+    }
+
+    fn remove(&self, kind: EntryKind, key: &CacheKey) -> Result<(), CacheError> {
+        let path = self.entry_path(kind, key);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(CacheError::Write { path, err }),
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        let (bytes, entries) = LocalStore::usage(self);
+        Some(Usage { bytes, entries })
     }
 }
 
@@ -385,6 +434,28 @@ mod tests {
             }
             assert!(real <= 64 * 1024, "shard {sh} holds {real}");
         }
+    }
+
+    #[test]
+    fn blobs_are_stored_raw_only_under_their_digest() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(d.path(), 1 << 30);
+        let good = CacheKey(*blake3::hash(b"class").as_bytes());
+        assert!(matches!(
+            s.put(EntryKind::Blob, &good, b"other"),
+            Err(CacheError::Mismatch { .. })
+        ));
+        assert!(!s.have(EntryKind::Blob, &good).unwrap());
+        s.put(EntryKind::Blob, &good, b"class").unwrap();
+        assert!(s.have(EntryKind::Blob, &good).unwrap());
+        assert_eq!(s.get(EntryKind::Blob, &good).unwrap().unwrap(), b"class");
+        let dest = d.path().join("job/in/A.class");
+        s.link_blob(&good, &dest).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"class");
+        // Never through an existing name.
+        assert!(s.link_blob(&good, &dest).is_err());
+        s.remove(EntryKind::Blob, &good).unwrap();
+        assert!(!s.have(EntryKind::Blob, &good).unwrap());
     }
 
     #[test]
