@@ -1,12 +1,11 @@
 //! `farm <command>`: the commands people run by hand.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Write;
 
 use crate::cache::LocalStore;
 use crate::config::{format_size, Config};
-use crate::stats::{names, Stats};
+use crate::stats::{Outcome, ReasonFamily, Stats, Summary};
 
 const COMMANDS: &[&str] = &[
     "stats",
@@ -121,31 +120,6 @@ fn flags<'a>(rest: &'a [String], allowed: &[&str], cmd: &str) -> Result<Vec<&'a 
     Ok(v)
 }
 
-/// Counters grouped for display.
-pub struct Summary {
-    pub counters: BTreeMap<String, u64>,
-}
-
-impl Summary {
-    fn get(&self, k: &str) -> u64 {
-        self.counters.get(k).copied().unwrap_or(0)
-    }
-    fn group(&self, prefix: &str) -> BTreeMap<String, u64> {
-        let p = format!("{prefix}.");
-        self.counters
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix(&p).map(|r| (r.to_string(), *v)))
-            .collect()
-    }
-    pub fn hits(&self) -> u64 {
-        self.get(names::HIT_DIRECT)
-            + self.get(names::HIT_PREPROCESSOR)
-            + self.get(names::HIT_DEPEND)
-            + self.get(names::HIT_DECLARED)
-            + self.get(names::HIT_FARM)
-    }
-}
-
 fn stats(rest: &[String]) -> i32 {
     let f = match flags(rest, &["--json", "--zero", "-z"], "stats") {
         Ok(f) => f,
@@ -173,43 +147,43 @@ fn stats(rest: &[String]) -> i32 {
     };
     let store = LocalStore::new(&cfg.dir.value, cfg.max_size.value);
     let (bytes, files) = store.usage();
-    let passthrough = s.group(names::PASSTHROUGH);
-    let not_stored = s.group(names::NOT_STORED);
-    let errors = s.get(names::CACHE_ERROR);
+    let passthrough = s.group(ReasonFamily::Passthrough);
+    let not_stored = s.group(ReasonFamily::NotStored);
+    let errors = s.get(&Outcome::CacheError);
     let hits = s.hits();
-    let misses = s.get(names::MISS);
+    let misses = s.get(&Outcome::Miss);
     if f.contains(&"--json") {
         let j = serde_json::json!({
             "cache_dir": cfg.dir.value,
             "hits": {
-                "direct": s.get(names::HIT_DIRECT),
-                "preprocessor": s.get(names::HIT_PREPROCESSOR),
-                "depend": s.get(names::HIT_DEPEND),
-                "declared": s.get(names::HIT_DECLARED),
-                "farm": s.get(names::HIT_FARM),
+                "direct": s.get(&Outcome::HitDirect),
+                "preprocessor": s.get(&Outcome::HitPreprocessor),
+                "depend": s.get(&Outcome::HitDepend),
+                "declared": s.get(&Outcome::HitDeclared),
+                "farm": s.get(&Outcome::HitFarm),
                 "total": hits,
             },
             "farm": {
-                "remote": s.get(names::FARM_REMOTE),
-                "home": s.group(names::FARM_HOME),
-                "fallback": s.group(names::FALLBACK),
+                "remote": s.get(&Outcome::FarmRemote),
+                "home": s.group(ReasonFamily::FarmHome),
+                "fallback": s.group(ReasonFamily::Fallback),
             },
             "misses": misses,
             "warm": {
-                "compiled": s.get(names::WARM),
-                "declined": s.group(names::WARM_DECLINED),
+                "compiled": s.get(&Outcome::WarmCompiled),
+                "declined": s.group(ReasonFamily::WarmDeclined),
             },
             "passthrough": passthrough,
             "not_stored": not_stored,
-            "compile_failed": s.get(names::COMPILE_FAILED),
-            "errors": { "cache": errors, "corrupt_entries": s.get(names::CORRUPT_ENTRY) },
-            "evicted_files": s.get(names::EVICTED_FILES),
-            "cleanups": s.get(names::CLEANUPS),
+            "compile_failed": s.get(&Outcome::CompileFailed),
+            "errors": { "cache": errors, "corrupt_entries": s.get(&Outcome::CorruptEntry) },
+            "evicted_files": s.get(&Outcome::EvictedFiles),
+            "cleanups": s.get(&Outcome::Cleanups),
             "entries": files,
             "size_bytes": bytes,
             "max_size_bytes": cfg.max_size.value,
-            "time_saved_ms": s.get(names::TIME_SAVED_MS),
-            "compile_ms": s.get(names::COMPILE_MS),
+            "time_saved_ms": s.get(&Outcome::TimeSavedMs),
+            "compile_ms": s.get(&Outcome::CompileMs),
         });
         out(&format!(
             "{}\n",
@@ -224,26 +198,34 @@ fn stats(rest: &[String]) -> i32 {
         cfg.dir.value.display()
     ));
     line(&mut t, "hits", hits.to_string());
-    line(&mut t, "  direct", s.get(names::HIT_DIRECT).to_string());
+    line(&mut t, "  direct", s.get(&Outcome::HitDirect).to_string());
     line(
         &mut t,
         "  preprocessor",
-        s.get(names::HIT_PREPROCESSOR).to_string(),
+        s.get(&Outcome::HitPreprocessor).to_string(),
     );
-    line(&mut t, "  depend", s.get(names::HIT_DEPEND).to_string());
-    line(&mut t, "  declared", s.get(names::HIT_DECLARED).to_string());
-    line(&mut t, "  farm", s.get(names::HIT_FARM).to_string());
+    line(&mut t, "  depend", s.get(&Outcome::HitDepend).to_string());
+    line(
+        &mut t,
+        "  declared",
+        s.get(&Outcome::HitDeclared).to_string(),
+    );
+    line(&mut t, "  farm", s.get(&Outcome::HitFarm).to_string());
     line(&mut t, "misses", misses.to_string());
     line(
         &mut t,
         "  compiled by peers",
-        s.get(names::FARM_REMOTE).to_string(),
+        s.get(&Outcome::FarmRemote).to_string(),
     );
-    line(&mut t, "  in a warm JVM", s.get(names::WARM).to_string());
-    for (k, v) in &s.group(names::WARM_DECLINED) {
+    line(
+        &mut t,
+        "  in a warm JVM",
+        s.get(&Outcome::WarmCompiled).to_string(),
+    );
+    for (k, v) in &s.group(ReasonFamily::WarmDeclined) {
         line(&mut t, &format!("    cold: {k}"), v.to_string());
     }
-    let home = s.group(names::FARM_HOME);
+    let home = s.group(ReasonFamily::FarmHome);
     if !home.is_empty() {
         line(
             &mut t,
@@ -254,7 +236,7 @@ fn stats(rest: &[String]) -> i32 {
             line(&mut t, &format!("    {k}"), v.to_string());
         }
     }
-    let fallback = s.group(names::FALLBACK);
+    let fallback = s.group(ReasonFamily::Fallback);
     line(
         &mut t,
         "farm fallbacks",
@@ -289,18 +271,18 @@ fn stats(rest: &[String]) -> i32 {
     line(
         &mut t,
         "compile failed",
-        s.get(names::COMPILE_FAILED).to_string(),
+        s.get(&Outcome::CompileFailed).to_string(),
     );
     line(&mut t, "cache errors", errors.to_string());
     line(
         &mut t,
         "corrupt entries",
-        s.get(names::CORRUPT_ENTRY).to_string(),
+        s.get(&Outcome::CorruptEntry).to_string(),
     );
     line(
         &mut t,
         "evicted files",
-        s.get(names::EVICTED_FILES).to_string(),
+        s.get(&Outcome::EvictedFiles).to_string(),
     );
     line(&mut t, "entries", files.to_string());
     line(
@@ -315,7 +297,7 @@ fn stats(rest: &[String]) -> i32 {
     line(
         &mut t,
         "time saved (est.)",
-        format!("{:.1} s", s.get(names::TIME_SAVED_MS) as f64 / 1000.0),
+        format!("{:.1} s", s.get(&Outcome::TimeSavedMs) as f64 / 1000.0),
     );
     t.push_str(&format!(
         "summary: hits={hits} misses={misses} passthrough={} errors={errors}\n",
