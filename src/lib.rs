@@ -6,14 +6,13 @@
 //! - [`cache`]: content-addressed storage; knows nothing about compilers.
 //! - [`shim`]: the per-compile flow (hit, miss, pass-through).
 //! - [`entry`]: entry points (`farm-cc`, `farm-c++`, launcher, masquerade).
-//! - [`cli`], [`config`], [`stats`], [`fsutil`].
+//! - [`cli`] (one file per `farm` command), [`config`], [`stats`] (typed outcomes), [`fsutil`].
 
 pub mod agent_client;
 pub mod buildtools;
 pub mod cli;
 pub mod config;
 pub mod entry;
-pub mod farmcli;
 pub mod fsutil;
 pub mod key;
 pub mod lang;

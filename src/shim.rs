@@ -11,31 +11,15 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::agent_client::AgentClient;
+use crate::cache::{CacheError, CacheKey, EntryKind, LocalStore, Store};
 use crate::config::{Config, Mode};
 use crate::fsutil;
 use crate::key::{self, Manifest, ManifestEntry, OutputBlob, RecordError, ResultEntry};
 use crate::lang::{self, CompileRun, DepSource, Family, Invocation};
 use crate::protocol::{AgentRequest, AgentResponse, CompilerAd, Item, Job, Kind};
-use crate::stats::{names, Stats};
-use crate::store::{CacheError, CacheKey, EntryKind, LocalStore, Tier};
+use crate::stats::{Outcome, Stats, Tally};
 
 mod declared;
-
-/// Counters gathered during one compile, written once at the end.
-#[derive(Default)]
-struct Tally(Vec<(String, u64)>);
-
-impl Tally {
-    fn add(&mut self, name: impl Into<String>, n: u64) {
-        self.0.push((name.into(), n));
-    }
-    fn flush(&self, stats: &Stats) {
-        let refs: Vec<(&str, u64)> = self.0.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        if let Err(e) = stats.add(&refs) {
-            tracing::warn!(error = %e, "cannot update statistics");
-        }
-    }
-}
 
 /// Replaces this process with the real compiler, argv untouched. Returns only if the
 /// exec itself failed.
@@ -152,10 +136,10 @@ pub fn run(
 ) -> i32 {
     let t0 = Instant::now();
     let stats = Stats::new(&cfg.dir.value);
-    let passthrough = |reason: &str, detail: &str| {
+    let passthrough = |reason: &'static str, detail: &str| {
         tracing::info!(compiler = %compiler.display(), reason, detail, "passthrough");
         let mut t = Tally::default();
-        t.add(format!("{}.{reason}", names::PASSTHROUGH), 1);
+        t.count(Outcome::Passthrough(reason.into()));
         t.flush(&stats);
         exec_compiler(compiler, &arg0, &args)
     };
@@ -228,11 +212,11 @@ impl Ctx<'_> {
         match e {
             CacheError::Corrupt { .. } => {
                 tracing::warn!(error = %e, "corrupt cache entry removed");
-                self.tally.add(names::CORRUPT_ENTRY, 1);
+                self.tally.count(Outcome::CorruptEntry);
             }
             _ => {
                 tracing::warn!(error = %e, "cache error");
-                self.tally.add(names::CACHE_ERROR, 1);
+                self.tally.count(Outcome::CacheError);
             }
         }
     }
@@ -251,8 +235,8 @@ impl Ctx<'_> {
         match self.store.put(kind, key, payload) {
             Ok(r) => {
                 if r.cleaned {
-                    self.tally.add(names::CLEANUPS, 1);
-                    self.tally.add(names::EVICTED_FILES, r.evicted_files);
+                    self.tally.count(Outcome::Cleanups);
+                    self.tally.add(Outcome::EvictedFiles, r.evicted_files);
                 }
                 true
             }
@@ -265,32 +249,32 @@ impl Ctx<'_> {
 
     /// Restores a result's outputs and replays its output streams. `false` when the
     /// entry is missing, damaged or does not fit this invocation.
-    fn restore(&mut self, rkey: &CacheKey, hit_counter: &str) -> bool {
+    fn restore(&mut self, rkey: &CacheKey, hit_counter: &Outcome) -> bool {
         let Some(data) = self.get(EntryKind::Result, rkey) else {
             return false;
         };
         if ResultEntry::decode(&data).is_none() {
-            self.tally.add(names::CORRUPT_ENTRY, 1);
-            let _ = self.store.remove(EntryKind::Result, rkey);
+            self.tally.count(Outcome::CorruptEntry);
+            let _ = std::fs::remove_file(self.store.entry_path(EntryKind::Result, rkey));
             return false;
         }
         self.restore_bytes(&data, hit_counter)
     }
 
     /// A hit's outputs are in place: replays what the compile printed, and counts it.
-    fn replay_hit(&mut self, entry: &ResultEntry, hit_counter: &str) {
+    fn replay_hit(&mut self, entry: &ResultEntry, hit_counter: &Outcome) {
         emit(entry.stdout, entry.stderr);
         let elapsed = self.t0.elapsed().as_millis() as u64;
-        self.tally.add(hit_counter, 1);
+        self.tally.count(hit_counter.clone());
         self.tally.add(
-            names::TIME_SAVED_MS,
+            Outcome::TimeSavedMs,
             entry.compile_ms.saturating_sub(elapsed),
         );
-        tracing::info!(source = %self.inv.source.display(), hit = hit_counter, "hit");
+        tracing::info!(source = %self.inv.source.display(), hit = hit_counter.counter().as_ref(), "hit");
     }
 
     /// Restores outputs from an encoded result entry (local or from the farm).
-    fn restore_bytes(&mut self, data: &[u8], hit_counter: &str) -> bool {
+    fn restore_bytes(&mut self, data: &[u8], hit_counter: &Outcome) -> bool {
         let Some(entry) = ResultEntry::decode(data) else {
             return false;
         };
@@ -322,7 +306,7 @@ impl Ctx<'_> {
                 tracing::warn!(error = %e, "cannot run compiler");
                 self.family.cleanup(&self.inv);
                 self.tally
-                    .add(format!("{}.spawn_failed", names::PASSTHROUGH), 1);
+                    .count(Outcome::Passthrough("spawn_failed".into()));
                 self.tally.flush(&self.stats);
                 self.tally = Tally::default();
                 Err(exec_compiler(
@@ -341,12 +325,12 @@ impl Ctx<'_> {
         emit(&run.stdout, &run.stderr);
         if !run.status.success() {
             self.family.cleanup(&self.inv);
-            self.tally.add(names::COMPILE_FAILED, 1);
+            self.tally.count(Outcome::CompileFailed);
             return Err(exit_code(run.status));
         }
-        self.tally.add(names::MISS, 1);
+        self.tally.count(Outcome::Miss);
         self.tally
-            .add(names::COMPILE_MS, run.elapsed.as_millis() as u64);
+            .add(Outcome::CompileMs, run.elapsed.as_millis() as u64);
         Ok(run)
     }
 
@@ -363,7 +347,7 @@ impl Ctx<'_> {
                 Err(e) => {
                     tracing::warn!(path = %out.path.display(), error = %e, "expected output missing");
                     self.tally
-                        .add(format!("{}.missing_output", names::NOT_STORED), 1);
+                        .count(Outcome::NotStored("missing_output".into()));
                     return None;
                 }
             }
@@ -389,9 +373,9 @@ impl Ctx<'_> {
     fn direct_mode(&mut self) -> i32 {
         let depend = self.cfg.mode.value == Mode::Depend;
         let hit_counter = if depend {
-            names::HIT_DEPEND
+            &Outcome::HitDepend
         } else {
-            names::HIT_DIRECT
+            &Outcome::HitDirect
         };
         let base = match key::base_hasher("direct", self.family, &self.identity, &self.inv) {
             Ok(h) => h,
@@ -410,7 +394,7 @@ impl Ctx<'_> {
             Some(data) => match Manifest::decode(&data) {
                 Some(m) => m,
                 None => {
-                    self.tally.add(names::CORRUPT_ENTRY, 1);
+                    self.tally.count(Outcome::CorruptEntry);
                     Manifest::default()
                 }
             },
@@ -539,13 +523,12 @@ impl Ctx<'_> {
                     }
                     Err(RecordError::TooNew(p)) => {
                         tracing::info!(path = %p.display(), "input modified during the compile: not stored");
-                        self.tally
-                            .add(format!("{}.input_too_new", names::NOT_STORED), 1);
+                        self.tally.count(Outcome::NotStored("input_too_new".into()));
                     }
                     Err(RecordError::Unreadable(p)) => {
                         tracing::info!(path = %p.display(), "input unreadable after the compile: not stored");
                         self.tally
-                            .add(format!("{}.input_unreadable", names::NOT_STORED), 1);
+                            .count(Outcome::NotStored("input_unreadable".into()));
                     }
                 }
             }
@@ -560,15 +543,12 @@ impl Ctx<'_> {
                         entries: Vec::new(),
                     };
                     self.put(EntryKind::Manifest, mkey, &marker.encode());
-                    self.tally
-                        .add(format!("{}.{}", names::NOT_STORED, nr.reason), 1);
+                    self.tally.count(Outcome::NotStored(nr.reason.into()));
                 } else if nr.reason == lang::UNSUPPORTED_CODE_DIRECTIVE {
                     // A header reads files no key covers: counted like the source's case.
-                    self.tally
-                        .add(format!("{}.{}", names::PASSTHROUGH, nr.reason), 1);
+                    self.tally.count(Outcome::Passthrough(nr.reason.into()));
                 } else {
-                    self.tally
-                        .add(format!("{}.{}", names::NOT_STORED, nr.reason), 1);
+                    self.tally.count(Outcome::NotStored(nr.reason.into()));
                 }
             }
         }
@@ -588,10 +568,9 @@ impl Ctx<'_> {
     }
 
     /// Runs the compile without caching it (still counted), output passed through.
-    fn uncached(&mut self, detail: &str, reason: &str) -> i32 {
+    fn uncached(&mut self, detail: &str, reason: &'static str) -> i32 {
         tracing::info!(detail, reason, "compiling uncached");
-        self.tally
-            .add(format!("{}.{reason}", names::PASSTHROUGH), 1);
+        self.tally.count(Outcome::Passthrough(reason.into()));
         self.tally.flush(&self.stats);
         self.tally = Tally::default();
         self.family.cleanup(&self.inv);
@@ -608,13 +587,13 @@ impl Ctx<'_> {
             // A preprocessor error is reported by the compiler in its own words.
             Err(p) => return self.uncached(&p.detail, p.reason),
         };
-        if self.restore(&rkey, names::HIT_PREPROCESSOR) {
+        if self.restore(&rkey, &Outcome::HitPreprocessor) {
             return 0;
         }
         let mut home = Home::default();
         if let Some(mut agent) = self.farm_agent() {
             match self.farm_fetch(&mut agent, Kind::Result, &rkey) {
-                Ok(Some(entry)) if self.restore_bytes(&entry, names::HIT_FARM) => {
+                Ok(Some(entry)) if self.restore_bytes(&entry, &Outcome::HitFarm) => {
                     self.put(EntryKind::Result, &rkey, &entry);
                     return 0;
                 }
@@ -692,10 +671,10 @@ impl Ctx<'_> {
     /// (`fallback.<why>`, the agent tried two: one fallback) or placement chose home.
     fn count_sent_home(&mut self, reason: &str) {
         let counter = match reason.strip_prefix("fallback.") {
-            Some(why) => format!("{}.{why}", names::FALLBACK),
-            None => format!("{}.{}", names::FARM_HOME, reason),
+            Some(why) => Outcome::Fallback(why.to_string().into()),
+            None => Outcome::FarmHome(reason.to_string().into()),
         };
-        self.tally.add(counter, 1);
+        self.tally.count(counter);
     }
 
     /// One request to the agent; `None` when the call failed (counted).
@@ -711,14 +690,12 @@ impl Ctx<'_> {
 
     /// The agent answered something its protocol does not allow here.
     fn off_protocol(&mut self) {
-        self.tally
-            .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+        self.tally.count(Outcome::Fallback("agent_protocol".into()));
     }
 
     fn agent_failed(&mut self, e: &dyn std::fmt::Display) {
         tracing::warn!(error = %e, "agent failed");
-        self.tally
-            .add(format!("{}.agent_error", names::FALLBACK), 1);
+        self.tally.count(Outcome::Fallback("agent_error".into()));
     }
 
     /// The farm's cache. `Err` when the agent failed (the farm is then left alone).
@@ -735,8 +712,7 @@ impl Ctx<'_> {
             }
             Ok(AgentResponse::Missing) => Ok(None),
             Ok(_) => {
-                self.tally
-                    .add(format!("{}.agent_protocol", names::FALLBACK), 1);
+                self.tally.count(Outcome::Fallback("agent_protocol".into()));
                 Err(())
             }
             Err(e) => {
@@ -767,10 +743,10 @@ impl Ctx<'_> {
                 continue;
             }
             if let Some(result) = self.farm_fetch(agent, Kind::Result, &e.result)? {
-                if self.restore_bytes(&result, names::HIT_FARM) {
+                if self.restore_bytes(&result, &Outcome::HitFarm) {
                     return Ok(Some((result, e)));
                 }
-                self.tally.add(format!("{}.bad_entry", names::FALLBACK), 1);
+                self.tally.count(Outcome::Fallback("bad_entry".into()));
             }
         }
         Ok(None)
@@ -788,8 +764,7 @@ impl Ctx<'_> {
         };
         if let Err(p) = self.family.remote_allowed(&self.inv) {
             tracing::info!(reason = p.reason, detail = %p.detail, "compiled at home");
-            self.tally
-                .add(format!("{}.{}", names::FARM_HOME, p.reason), 1);
+            self.tally.count(Outcome::FarmHome(p.reason.into()));
             return home(Some(agent), false, false);
         }
         let compiler = self.compiler_ad();
@@ -799,8 +774,7 @@ impl Ctx<'_> {
         match self.ask(&mut agent, &place) {
             Some(AgentResponse::Ship) => {}
             Some(AgentResponse::Local(reason)) => {
-                self.tally
-                    .add(format!("{}.{}", names::FARM_HOME, reason), 1);
+                self.tally.count(Outcome::FarmHome(reason.into()));
                 return home(Some(agent), false, true);
             }
             Some(_) => {
@@ -813,14 +787,12 @@ impl Ctx<'_> {
             Ok(Ok(j)) => j,
             // A preprocessor error is the compiler's to report, from a real compile.
             Ok(Err(p)) => {
-                self.tally
-                    .add(format!("{}.{}", names::FARM_HOME, p.reason), 1);
+                self.tally.count(Outcome::FarmHome(p.reason.into()));
                 return home(Some(agent), false, false);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot run the preprocessor for the farm");
-                self.tally
-                    .add(format!("{}.preprocessor", names::FALLBACK), 1);
+                self.tally.count(Outcome::Fallback("preprocessor".into()));
                 return home(Some(agent), false, false);
             }
         };
@@ -840,23 +812,21 @@ impl Ctx<'_> {
                     // The compiler's messages must be its own, from this machine
                     // (source lines, colours, paths): compile here to show them.
                     tracing::info!(worker = %r.worker, exit = r.exit_code, "remote compile had diagnostics: compiling here");
-                    self.tally
-                        .add(format!("{}.diagnostics", names::FARM_HOME), 1);
+                    self.tally.count(Outcome::FarmHome("diagnostics".into()));
                     return home(Some(agent), true, false);
                 }
                 let object = &self.inv.outputs[0].path;
                 if let Err(e) = fsutil::write_atomic(object, &r.object) {
                     tracing::warn!(path = %object.display(), error = %e, "cannot write remote object");
-                    self.tally
-                        .add(format!("{}.write_output", names::FALLBACK), 1);
+                    self.tally.count(Outcome::Fallback("write_output".into()));
                     return home(Some(agent), true, false);
                 }
                 let Some(payload) = self.payload_from_disk(&[], &[], r.compile_ms) else {
                     return home(Some(agent), true, false);
                 };
-                self.tally.add(names::MISS, 1);
-                self.tally.add(names::FARM_REMOTE, 1);
-                self.tally.add(names::COMPILE_MS, r.compile_ms);
+                self.tally.count(Outcome::Miss);
+                self.tally.count(Outcome::FarmRemote);
+                self.tally.add(Outcome::CompileMs, r.compile_ms);
                 tracing::info!(
                     worker = %r.worker,
                     ms = r.compile_ms,

@@ -1,11 +1,16 @@
-//! Persistent counters behind `farm stats`.
+//! Persistent counters behind `farm stats`, and the typed outcomes they count.
 //!
 //! Counters live in 16 small text files under `<dir>/stats/`; a process updates the
 //! shard picked by its pid, so parallel compiles rarely wait on each other. Each update
 //! locks the shard (flock), reads it, adds, and writes it back in place.
 //! A damaged shard reads as the counters it can parse: statistics never fail a build.
+//!
+//! What is counted is an [`Outcome`]; its [`counter`](Outcome::counter) name is what
+//! the shard files, `farm stats` and `farm stats --json` show (docs/stats.md).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -15,36 +20,265 @@ use crate::fsutil::FileLock;
 
 const SHARDS: u32 = 16;
 
-/// Stable counter names; `passthrough.*` and `not_stored.*` carry a reason suffix.
-pub mod names {
-    pub const HIT_DIRECT: &str = "hit.direct";
-    pub const HIT_PREPROCESSOR: &str = "hit.preprocessor";
-    pub const HIT_DEPEND: &str = "hit.depend";
-    /// A declared-input compile (javac) found by its inputs' content.
-    pub const HIT_DECLARED: &str = "hit.declared";
-    /// A miss compiled in farmd's warm compiler process (javac's JVM).
-    pub const WARM: &str = "warm.compiled";
-    /// A miss that ran a fresh compiler although a warm one was asked, by reason.
-    pub const WARM_DECLINED: &str = "warm.declined";
-    /// Answered by the farm's cache (the key's home peer).
-    pub const HIT_FARM: &str = "hit.farm";
-    /// Compiled by a peer's worker.
-    pub const FARM_REMOTE: &str = "farm.remote";
-    /// Compiled at home although an agent was running, by reason (placement chose
-    /// home, or this compile cannot be distributed).
-    pub const FARM_HOME: &str = "farm.home";
-    /// A farm failure that ended in a local compile, by reason.
-    pub const FALLBACK: &str = "fallback";
-    pub const MISS: &str = "miss";
-    pub const COMPILE_FAILED: &str = "compile_failed";
-    pub const CACHE_ERROR: &str = "error.cache";
-    pub const CORRUPT_ENTRY: &str = "error.corrupt_entry";
-    pub const TIME_SAVED_MS: &str = "time_saved_ms";
-    pub const COMPILE_MS: &str = "compile_ms";
-    pub const PASSTHROUGH: &str = "passthrough";
-    pub const NOT_STORED: &str = "not_stored";
-    pub const EVICTED_FILES: &str = "evicted.files";
-    pub const CLEANUPS: &str = "evicted.cleanups";
+/// Why an outcome happened, as its counter names it: mostly a `&'static str` from
+/// the compiler family (borrowed, so counting it allocates nothing), sometimes text
+/// from farmd's agent (owned).
+pub type Reason = Cow<'static, str>;
+
+/// The counters that carry a reason: `<prefix>.<reason>`, one counter per reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReasonFamily {
+    /// Invocations farm did not cache and ran untouched.
+    Passthrough,
+    /// Compiles that ran and succeeded but recorded nothing.
+    NotStored,
+    /// Compiled at home although an agent was running (placement chose home, or
+    /// this compile cannot be distributed).
+    FarmHome,
+    /// A farm failure that ended in a local compile.
+    Fallback,
+    /// A miss that ran a fresh compiler although a warm one was asked.
+    WarmDeclined,
+}
+
+impl ReasonFamily {
+    /// Every family.
+    pub const ALL: [ReasonFamily; 5] = [
+        ReasonFamily::Passthrough,
+        ReasonFamily::NotStored,
+        ReasonFamily::FarmHome,
+        ReasonFamily::Fallback,
+        ReasonFamily::WarmDeclined,
+    ];
+
+    /// The counter name before `.<reason>`.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            ReasonFamily::Passthrough => "passthrough",
+            ReasonFamily::NotStored => "not_stored",
+            ReasonFamily::FarmHome => "farm.home",
+            ReasonFamily::Fallback => "fallback",
+            ReasonFamily::WarmDeclined => "warm.declined",
+        }
+    }
+
+    /// The outcome of this family with `reason`.
+    pub fn with(self, reason: impl Into<Reason>) -> Outcome {
+        let reason = reason.into();
+        match self {
+            ReasonFamily::Passthrough => Outcome::Passthrough(reason),
+            ReasonFamily::NotStored => Outcome::NotStored(reason),
+            ReasonFamily::FarmHome => Outcome::FarmHome(reason),
+            ReasonFamily::Fallback => Outcome::Fallback(reason),
+            ReasonFamily::WarmDeclined => Outcome::WarmDeclined(reason),
+        }
+    }
+}
+
+/// One thing `farm stats` counts. Fixed outcomes have one counter each; the others
+/// carry a [`Reason`] and count under `<family prefix>.<reason>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// `hit.direct`: found by a direct-mode manifest.
+    HitDirect,
+    /// `hit.preprocessor`: found by the preprocessed text.
+    HitPreprocessor,
+    /// `hit.depend`: found by a depend-mode manifest.
+    HitDepend,
+    /// `hit.declared`: a declared-input compile (javac, C#) found by its inputs' content.
+    HitDeclared,
+    /// `hit.farm`: answered by the farm's cache (the key's home peer).
+    HitFarm,
+    /// `miss`: a cacheable compile that ran the compiler, here or on a peer.
+    Miss,
+    /// `warm.compiled`: a miss compiled in farmd's warm compiler process (javac's JVM).
+    WarmCompiled,
+    /// `farm.remote`: a miss compiled by a peer's worker.
+    FarmRemote,
+    /// `compile_failed`: the compiler exited non-zero.
+    CompileFailed,
+    /// `error.cache`: the cache could not be read or written.
+    CacheError,
+    /// `error.corrupt_entry`: an entry failed its checksum or format and was removed.
+    CorruptEntry,
+    /// `time_saved_ms`: per hit, the original compile time minus the hit's own.
+    TimeSavedMs,
+    /// `compile_ms`: per miss, how long the compile took.
+    CompileMs,
+    /// `evicted.files`: entries removed to keep the cache under `max_size`.
+    EvictedFiles,
+    /// `evicted.cleanups`: cleanups run to keep the cache under `max_size`.
+    Cleanups,
+    /// `passthrough.<reason>`: not cached, the compiler ran untouched.
+    Passthrough(Reason),
+    /// `not_stored.<reason>`: compiled and succeeded, nothing recorded.
+    NotStored(Reason),
+    /// `farm.home.<reason>`: compiled at home although an agent was running.
+    FarmHome(Reason),
+    /// `fallback.<reason>`: a farm failure that ended in a local compile.
+    Fallback(Reason),
+    /// `warm.declined.<reason>`: a fresh compiler ran although a warm one was asked.
+    WarmDeclined(Reason),
+}
+
+impl Outcome {
+    /// Every outcome without a reason (with [`ReasonFamily::ALL`], every counter
+    /// there can be).
+    pub const FIXED: [Outcome; 15] = [
+        Outcome::HitDirect,
+        Outcome::HitPreprocessor,
+        Outcome::HitDepend,
+        Outcome::HitDeclared,
+        Outcome::HitFarm,
+        Outcome::Miss,
+        Outcome::WarmCompiled,
+        Outcome::FarmRemote,
+        Outcome::CompileFailed,
+        Outcome::CacheError,
+        Outcome::CorruptEntry,
+        Outcome::TimeSavedMs,
+        Outcome::CompileMs,
+        Outcome::EvictedFiles,
+        Outcome::Cleanups,
+    ];
+
+    /// Splits the outcome into its family and reason: a fixed outcome is its own
+    /// counter name with no reason; a reasoned one is its family's prefix and the
+    /// reason. (Metrics use the first as the name, the second as a label value.)
+    pub fn split(&self) -> (&'static str, Option<&str>) {
+        match self.reason() {
+            Some((family, reason)) => (family.prefix(), Some(reason)),
+            None => (self.fixed_name().unwrap_or_default(), None),
+        }
+    }
+
+    /// The reason's family and the reason, for outcomes that carry one.
+    pub fn reason(&self) -> Option<(ReasonFamily, &str)> {
+        let (family, reason) = match self {
+            Outcome::Passthrough(r) => (ReasonFamily::Passthrough, r),
+            Outcome::NotStored(r) => (ReasonFamily::NotStored, r),
+            Outcome::FarmHome(r) => (ReasonFamily::FarmHome, r),
+            Outcome::Fallback(r) => (ReasonFamily::Fallback, r),
+            Outcome::WarmDeclined(r) => (ReasonFamily::WarmDeclined, r),
+            _ => return None,
+        };
+        Some((family, reason))
+    }
+
+    /// The counter name of a fixed outcome; `None` for one with a reason.
+    pub const fn fixed_name(&self) -> Option<&'static str> {
+        Some(match self {
+            Outcome::HitDirect => "hit.direct",
+            Outcome::HitPreprocessor => "hit.preprocessor",
+            Outcome::HitDepend => "hit.depend",
+            Outcome::HitDeclared => "hit.declared",
+            Outcome::HitFarm => "hit.farm",
+            Outcome::Miss => "miss",
+            Outcome::WarmCompiled => "warm.compiled",
+            Outcome::FarmRemote => "farm.remote",
+            Outcome::CompileFailed => "compile_failed",
+            Outcome::CacheError => "error.cache",
+            Outcome::CorruptEntry => "error.corrupt_entry",
+            Outcome::TimeSavedMs => "time_saved_ms",
+            Outcome::CompileMs => "compile_ms",
+            Outcome::EvictedFiles => "evicted.files",
+            Outcome::Cleanups => "evicted.cleanups",
+            Outcome::Passthrough(_)
+            | Outcome::NotStored(_)
+            | Outcome::FarmHome(_)
+            | Outcome::Fallback(_)
+            | Outcome::WarmDeclined(_) => return None,
+        })
+    }
+
+    /// The counter name in the stats files and `farm stats --json`: borrowed (no
+    /// allocation) for a fixed outcome, `<prefix>.<reason>` for the others.
+    pub fn counter(&self) -> Cow<'static, str> {
+        match self.split() {
+            (name, None) => Cow::Borrowed(name),
+            (prefix, Some(reason)) => Cow::Owned(format!("{prefix}.{reason}")),
+        }
+    }
+
+    /// The outcome a counter name stands for; `None` for a name farm never writes.
+    pub fn parse(counter: &str) -> Option<Outcome> {
+        if let Some(o) = Outcome::FIXED
+            .iter()
+            .find(|o| o.fixed_name() == Some(counter))
+        {
+            return Some(o.clone());
+        }
+        ReasonFamily::ALL.into_iter().find_map(|family| {
+            let reason = counter.strip_prefix(family.prefix())?.strip_prefix('.')?;
+            (!reason.is_empty()).then(|| family.with(reason.to_string()))
+        })
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.split() {
+            (name, None) => f.write_str(name),
+            (prefix, Some(reason)) => write!(f, "{prefix}.{reason}"),
+        }
+    }
+}
+
+/// Outcomes gathered during one compile, written once at the end.
+#[derive(Default)]
+pub struct Tally(Vec<(Outcome, u64)>);
+
+impl Tally {
+    /// Counts one `outcome`.
+    pub fn count(&mut self, outcome: Outcome) {
+        self.add(outcome, 1);
+    }
+
+    /// Adds `n` to `outcome`'s counter (milliseconds, files).
+    pub fn add(&mut self, outcome: Outcome, n: u64) {
+        self.0.push((outcome, n));
+    }
+
+    /// Adds what was gathered to `stats`; a failure is logged, never the build's.
+    pub fn flush(&self, stats: &Stats) {
+        if let Err(e) = stats.add(&self.0) {
+            tracing::warn!(error = %e, "cannot update statistics");
+        }
+    }
+}
+
+/// Counters as read back, grouped for display.
+pub struct Summary {
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl Summary {
+    /// A fixed outcome's count (0 when never counted); a reasoned outcome's count for
+    /// its one reason.
+    pub fn get(&self, outcome: &Outcome) -> u64 {
+        self.counters
+            .get(outcome.counter().as_ref())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The counts of one reason family, by reason.
+    pub fn group(&self, family: ReasonFamily) -> BTreeMap<String, u64> {
+        let p = format!("{}.", family.prefix());
+        self.counters
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(&p).map(|r| (r.to_string(), *v)))
+            .collect()
+    }
+
+    /// Hits of every kind.
+    pub fn hits(&self) -> u64 {
+        self.get(&Outcome::HitDirect)
+            + self.get(&Outcome::HitPreprocessor)
+            + self.get(&Outcome::HitDepend)
+            + self.get(&Outcome::HitDeclared)
+            + self.get(&Outcome::HitFarm)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -91,7 +325,7 @@ impl Stats {
     /// Adds `delta` to the counters. The shard is updated in place under its lock
     /// (one small `pwrite`, no rename: this runs on every compile). Errors are
     /// returned for logging; callers never fail a compile on them.
-    pub fn add(&self, delta: &[(&str, u64)]) -> io::Result<()> {
+    pub fn add(&self, delta: &[(Outcome, u64)]) -> io::Result<()> {
         if delta.is_empty() {
             return Ok(());
         }
@@ -101,8 +335,14 @@ impl Stats {
         f.read_to_end(&mut raw)?;
         let mut counters = BTreeMap::new();
         parse_into(&String::from_utf8_lossy(&raw), &mut counters);
-        for (k, v) in delta {
-            *counters.entry((*k).to_string()).or_insert(0) += v;
+        for (outcome, n) in delta {
+            let name = outcome.counter();
+            match counters.get_mut(name.as_ref()) {
+                Some(v) => *v += n,
+                None => {
+                    counters.insert(name.into_owned(), *n);
+                }
+            }
         }
         let mut out = String::with_capacity(counters.len() * 24);
         for (k, v) in &counters {
@@ -149,10 +389,11 @@ mod tests {
     fn add_read_zero() {
         let d = tempfile::tempdir().unwrap();
         let s = Stats::new(d.path());
-        s.add(&[(names::MISS, 1), ("passthrough.link", 2)]).unwrap();
-        s.add(&[(names::MISS, 3)]).unwrap();
+        s.add(&[(Outcome::Miss, 1), (Outcome::Passthrough("link".into()), 2)])
+            .unwrap();
+        s.add(&[(Outcome::Miss, 3)]).unwrap();
         let c = s.read();
-        assert_eq!(c[names::MISS], 4);
+        assert_eq!(c["miss"], 4);
         assert_eq!(c["passthrough.link"], 2);
         s.zero().unwrap();
         assert!(s.read().is_empty());
@@ -168,7 +409,146 @@ mod tests {
             b"miss x\n\xff\xfe junk",
         )
         .unwrap();
-        s.add(&[(names::MISS, 1)]).unwrap();
-        assert_eq!(s.read()[names::MISS], 1);
+        s.add(&[(Outcome::Miss, 1)]).unwrap();
+        assert_eq!(s.read()["miss"], 1);
+    }
+
+    /// Every outcome's counter name, as the stats files and `farm stats --json` have
+    /// always written it (changing one breaks every existing stats directory).
+    const NAMES: [(Outcome, &str); 20] = [
+        (Outcome::HitDirect, "hit.direct"),
+        (Outcome::HitPreprocessor, "hit.preprocessor"),
+        (Outcome::HitDepend, "hit.depend"),
+        (Outcome::HitDeclared, "hit.declared"),
+        (Outcome::HitFarm, "hit.farm"),
+        (Outcome::Miss, "miss"),
+        (Outcome::WarmCompiled, "warm.compiled"),
+        (Outcome::FarmRemote, "farm.remote"),
+        (Outcome::CompileFailed, "compile_failed"),
+        (Outcome::CacheError, "error.cache"),
+        (Outcome::CorruptEntry, "error.corrupt_entry"),
+        (Outcome::TimeSavedMs, "time_saved_ms"),
+        (Outcome::CompileMs, "compile_ms"),
+        (Outcome::EvictedFiles, "evicted.files"),
+        (Outcome::Cleanups, "evicted.cleanups"),
+        (
+            Outcome::Passthrough(Cow::Borrowed("link")),
+            "passthrough.link",
+        ),
+        (
+            Outcome::NotStored(Cow::Borrowed("input_too_new")),
+            "not_stored.input_too_new",
+        ),
+        (
+            Outcome::FarmHome(Cow::Borrowed("placed_home")),
+            "farm.home.placed_home",
+        ),
+        (
+            Outcome::Fallback(Cow::Borrowed("timeout")),
+            "fallback.timeout",
+        ),
+        (
+            Outcome::WarmDeclined(Cow::Borrowed("locale")),
+            "warm.declined.locale",
+        ),
+    ];
+
+    #[test]
+    fn every_outcome_keeps_its_counter_name() {
+        for (outcome, name) in &NAMES {
+            assert_eq!(outcome.counter(), *name);
+            assert_eq!(outcome.to_string(), *name);
+            assert_eq!(Outcome::parse(name).as_ref(), Some(outcome), "{name}");
+        }
+        // The table covers every fixed outcome and every family.
+        for o in &Outcome::FIXED {
+            assert!(NAMES.iter().any(|(n, _)| n == o), "{o}");
+            assert!(matches!(o.counter(), Cow::Borrowed(_)), "{o}");
+        }
+        for f in ReasonFamily::ALL {
+            assert!(NAMES
+                .iter()
+                .any(|(n, _)| n.reason().map(|r| r.0) == Some(f)));
+        }
+        assert_eq!(
+            Outcome::FarmHome(Cow::Owned("no_peer".to_string())).counter(),
+            "farm.home.no_peer"
+        );
+    }
+
+    #[test]
+    fn outcomes_split_into_family_and_reason() {
+        assert_eq!(Outcome::HitFarm.split(), ("hit.farm", None));
+        assert_eq!(
+            Outcome::Fallback("peer_error".into()).split(),
+            ("fallback", Some("peer_error"))
+        );
+        assert_eq!(
+            Outcome::WarmDeclined("failed".into()).reason(),
+            Some((ReasonFamily::WarmDeclined, "failed"))
+        );
+        assert_eq!(Outcome::Miss.reason(), None);
+        for f in ReasonFamily::ALL {
+            assert_eq!(f.with("x").split(), (f.prefix(), Some("x")));
+        }
+        // Fixed names are never mistaken for a family's reason, nor the reverse.
+        assert_eq!(Outcome::parse("farm.remote"), Some(Outcome::FarmRemote));
+        assert_eq!(Outcome::parse("warm.compiled"), Some(Outcome::WarmCompiled));
+        assert_eq!(Outcome::parse("passthrough"), None);
+        assert_eq!(Outcome::parse("passthrough."), None);
+        assert_eq!(Outcome::parse("passthroughx.link"), None);
+        assert_eq!(Outcome::parse("hit.nothing"), None);
+    }
+
+    /// docs/stats.md's counter table names every fixed counter and every family,
+    /// and nothing else.
+    #[test]
+    fn docs_list_every_counter() {
+        let doc = include_str!("../docs/stats.md");
+        let table = doc
+            .split("## Counter names")
+            .nth(1)
+            .expect("docs/stats.md has a `## Counter names` section");
+        let documented: Vec<&str> = table
+            .lines()
+            .take_while(|l| !l.starts_with("## "))
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        let mut expected: Vec<String> = Outcome::FIXED
+            .iter()
+            .map(|o| o.counter().into_owned())
+            .collect();
+        expected.extend(
+            ReasonFamily::ALL
+                .iter()
+                .map(|f| format!("{}.<reason>", f.prefix())),
+        );
+        let mut documented: Vec<String> = documented.iter().map(|s| s.to_string()).collect();
+        documented.sort();
+        expected.sort();
+        assert_eq!(documented, expected);
+    }
+
+    #[test]
+    fn summary_groups_by_family() {
+        let s = Summary {
+            counters: [
+                ("hit.direct", 2),
+                ("hit.farm", 3),
+                ("farm.home.no_peer", 4),
+                ("farm.remote", 5),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        };
+        assert_eq!(s.hits(), 5);
+        assert_eq!(s.get(&Outcome::FarmRemote), 5);
+        assert_eq!(s.get(&Outcome::Miss), 0);
+        assert_eq!(s.get(&Outcome::FarmHome("no_peer".into())), 4);
+        let home = s.group(ReasonFamily::FarmHome);
+        assert_eq!(home.len(), 1);
+        assert_eq!(home["no_peer"], 4);
     }
 }

@@ -5,13 +5,13 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use super::{emit, exit_code, Ctx, Tally};
+use super::{emit, exit_code, Ctx};
+use crate::cache::EntryKind;
 use crate::fsutil;
 use crate::key::{self, OutputBlob, ResultEntry};
 use crate::lang::{CompileRun, Declared, OutputDir, WarmJob};
 use crate::protocol::{AgentRequest, AgentResponse, Blob, Item, Kind, TreeFile, TreeJob};
-use crate::stats::names;
-use crate::store::{EntryKind, Tier};
+use crate::stats::{Outcome, Tally};
 
 /// A relative path from a cache entry that stays inside its output directory.
 fn safe_relative(rel: &str) -> Option<&Path> {
@@ -114,21 +114,21 @@ impl Ctx<'_> {
         let rkey = key::finish_declared(base, &inputs.key);
         let outs = decl.output_dirs(&self.inv);
         if let Some(data) = self.get(EntryKind::Result, &rkey) {
-            if self.restore_tree(&data, &outs, names::HIT_DECLARED) {
+            if self.restore_tree(&data, &outs, &Outcome::HitDeclared) {
                 return 0;
             }
-            self.tally.add(names::CORRUPT_ENTRY, 1);
-            let _ = self.store.remove(EntryKind::Result, &rkey);
+            self.tally.count(Outcome::CorruptEntry);
+            let _ = std::fs::remove_file(self.store.entry_path(EntryKind::Result, &rkey));
         }
         let mut agent = self.farm_agent();
         if let Some(a) = agent.as_mut() {
             match self.farm_fetch(a, Kind::Result, &rkey) {
-                Ok(Some(entry)) if self.restore_tree(&entry, &outs, names::HIT_FARM) => {
+                Ok(Some(entry)) if self.restore_tree(&entry, &outs, &Outcome::HitFarm) => {
                     self.put(EntryKind::Result, &rkey, &entry);
                     return 0;
                 }
                 Ok(Some(_)) => {
-                    self.tally.add(format!("{}.bad_entry", names::FALLBACK), 1);
+                    self.tally.count(Outcome::Fallback("bad_entry".into()));
                 }
                 Ok(None) => {}
                 Err(()) => agent = None,
@@ -164,7 +164,7 @@ impl Ctx<'_> {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the compile's outputs");
                 self.tally
-                    .add(format!("{}.missing_output", names::NOT_STORED), 1);
+                    .count(Outcome::NotStored("missing_output".into()));
                 self.place_outputs(&outs, &dirs);
                 return 0;
             }
@@ -175,8 +175,7 @@ impl Ctx<'_> {
             return self.uncached("output directory unwritable", "output_unwritable");
         }
         if ResultEntry::decode(&payload).is_some_and(|e| e.outputs.is_empty()) && !outs.is_empty() {
-            self.tally
-                .add(format!("{}.no_output", names::NOT_STORED), 1);
+            self.tally.count(Outcome::NotStored("no_output".into()));
             return 0;
         }
         self.put(EntryKind::Result, &rkey, &payload);
@@ -210,10 +209,8 @@ impl Ctx<'_> {
             match decl.warm_job(&self.inv, dirs) {
                 Err(p) => {
                     tracing::info!(reason = p.reason, detail = %p.detail, "not warm");
-                    self.tally
-                        .add(format!("{}.{}", names::WARM_DECLINED, p.reason), 1);
-                    self.tally
-                        .add(format!("{}.{}", names::FARM_HOME, p.reason), 1);
+                    self.tally.count(Outcome::WarmDeclined(p.reason.into()));
+                    self.tally.count(Outcome::FarmHome(p.reason.into()));
                 }
                 Ok(job) => {
                     match self.declared_remote(a, &job, files, dirs) {
@@ -240,9 +237,9 @@ impl Ctx<'_> {
                             match why_not {
                                 None => {
                                     emit(&r.stdout, &r.stderr);
-                                    self.tally.add(names::MISS, 1);
-                                    self.tally.add(names::WARM, 1);
-                                    self.tally.add(names::COMPILE_MS, r.compile_ms);
+                                    self.tally.count(Outcome::Miss);
+                                    self.tally.count(Outcome::WarmCompiled);
+                                    self.tally.add(Outcome::CompileMs, r.compile_ms);
                                     return Compiled::Done(CompileRun {
                                         status: std::os::unix::process::ExitStatusExt::from_raw(0),
                                         stdout: r.stdout,
@@ -252,7 +249,7 @@ impl Ctx<'_> {
                                     });
                                 }
                                 Some(why) => {
-                                    self.tally.add(format!("{}.{why}", names::WARM_DECLINED), 1);
+                                    self.tally.count(Outcome::WarmDeclined(why.into()));
                                     for d in dirs {
                                         let _ = std::fs::remove_dir_all(d);
                                         let _ = std::fs::create_dir_all(d);
@@ -262,8 +259,7 @@ impl Ctx<'_> {
                         }
                         Some(AgentResponse::Local(reason)) => {
                             tracing::info!(reason, "agent: no warm compiler");
-                            self.tally
-                                .add(format!("{}.{reason}", names::WARM_DECLINED), 1);
+                            self.tally.count(Outcome::WarmDeclined(reason.into()));
                         }
                         Some(_) => {
                             self.off_protocol();
@@ -289,7 +285,7 @@ impl Ctx<'_> {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot run compiler");
                 self.tally
-                    .add(format!("{}.spawn_failed", names::PASSTHROUGH), 1);
+                    .count(Outcome::Passthrough("spawn_failed".into()));
                 self.tally.flush(&self.stats);
                 self.tally = Tally::default();
                 return Compiled::Failed(super::exec_compiler(
@@ -301,12 +297,12 @@ impl Ctx<'_> {
         };
         emit(&run.stdout, &run.stderr);
         if !run.status.success() {
-            self.tally.add(names::COMPILE_FAILED, 1);
+            self.tally.count(Outcome::CompileFailed);
             return Compiled::Failed(exit_code(run.status));
         }
-        self.tally.add(names::MISS, 1);
+        self.tally.count(Outcome::Miss);
         self.tally
-            .add(names::COMPILE_MS, run.elapsed.as_millis() as u64);
+            .add(Outcome::CompileMs, run.elapsed.as_millis() as u64);
         Compiled::Done(run)
     }
 
@@ -327,8 +323,7 @@ impl Ctx<'_> {
         match self.ask(agent, &place) {
             Some(AgentResponse::Ship) => {}
             Some(AgentResponse::Local(reason)) => {
-                self.tally
-                    .add(format!("{}.{}", names::FARM_HOME, reason), 1);
+                self.tally.count(Outcome::FarmHome(reason.into()));
                 return Remote::Home { reserved: true };
             }
             Some(_) => {
@@ -367,8 +362,7 @@ impl Ctx<'_> {
             };
             if *blake3::hash(&data).as_bytes() != d {
                 // Changed since it was keyed: this compile must read it here.
-                self.tally
-                    .add(format!("{}.input_changed", names::FARM_HOME), 1);
+                self.tally.count(Outcome::FarmHome("input_changed".into()));
                 return Remote::Home { reserved: false };
             }
             batch_bytes += data.len();
@@ -412,7 +406,7 @@ impl Ctx<'_> {
         };
         if let Some(why) = untrusted(r.exit_code, &r.stdout, &r.stderr, job.paths_rewritten) {
             tracing::info!(worker = %r.worker, why, "remote compile not used: compiling here");
-            self.tally.add(format!("{}.{why}", names::FARM_HOME), 1);
+            self.tally.count(Outcome::FarmHome(why.into()));
             return Remote::Home { reserved: false };
         }
         for o in &r.outputs {
@@ -421,7 +415,7 @@ impl Ctx<'_> {
                 Some(dirs[i].join(safe_relative(rel)?))
             });
             let Some(path) = placed else {
-                self.tally.add(format!("{}.bad_output", names::FALLBACK), 1);
+                self.tally.count(Outcome::Fallback("bad_output".into()));
                 return Remote::Home { reserved: false };
             };
             let written = path
@@ -431,15 +425,14 @@ impl Ctx<'_> {
                 .and_then(|_| std::fs::write(&path, &o.data));
             if let Err(e) = written {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write remote output");
-                self.tally
-                    .add(format!("{}.write_output", names::FALLBACK), 1);
+                self.tally.count(Outcome::Fallback("write_output".into()));
                 return Remote::Home { reserved: false };
             }
         }
         emit(&r.stdout, &r.stderr);
-        self.tally.add(names::MISS, 1);
-        self.tally.add(names::FARM_REMOTE, 1);
-        self.tally.add(names::COMPILE_MS, r.compile_ms);
+        self.tally.count(Outcome::Miss);
+        self.tally.count(Outcome::FarmRemote);
+        self.tally.add(Outcome::CompileMs, r.compile_ms);
         tracing::info!(worker = %r.worker, ms = r.compile_ms, files = files.len(), "compiled by a peer");
         Remote::Done(CompileRun {
             status: std::os::unix::process::ExitStatusExt::from_raw(0),
@@ -525,7 +518,7 @@ impl Ctx<'_> {
     }
 
     /// A hit: the entry's files written, its messages replayed.
-    fn restore_tree(&mut self, data: &[u8], outs: &[OutputDir], hit_counter: &str) -> bool {
+    fn restore_tree(&mut self, data: &[u8], outs: &[OutputDir], hit_counter: &Outcome) -> bool {
         let Some(entry) = ResultEntry::decode(data) else {
             return false;
         };
