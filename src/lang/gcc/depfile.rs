@@ -67,6 +67,7 @@ pub(super) fn read_deps(inv: &Invocation) -> Result<(Vec<PathBuf>, bool), NotRec
                 reason: "no_dependency_file",
                 detail: String::new(),
                 preprocessor_ok: false,
+                uses_time: false,
             })
         }
     };
@@ -76,6 +77,7 @@ pub(super) fn read_deps(inv: &Invocation) -> Result<(Vec<PathBuf>, bool), NotRec
         reason: "no_dependency_file",
         detail: format!("{}: {e}", path.display()),
         preprocessor_ok: false,
+        uses_time: false,
     })?;
     Ok((parse_depfile(&text), complete))
 }

@@ -112,6 +112,7 @@ pub(super) fn search_list(inv: &Invocation, scratch: &Path) -> Result<SearchList
             reason: "search_list_failed",
             detail: e.to_string(),
             preprocessor_ok: true,
+            uses_time: false,
         })?;
     let sl = parse_search_list(&out.stderr)
         .filter(|_| out.status.success())
@@ -119,6 +120,7 @@ pub(super) fn search_list(inv: &Invocation, scratch: &Path) -> Result<SearchList
             reason: "search_list_failed",
             detail: "no search list in `-E -v` output".into(),
             preprocessor_ok: true,
+            uses_time: false,
         })?;
     // Memo: only the lines we parse. A failed write just means asking again.
     let text = search_memo_text(&sl);
@@ -275,6 +277,7 @@ pub(super) fn record_lookups(
             reason: "pch_use",
             detail: p.display().to_string(),
             preprocessor_ok: false,
+            uses_time: false,
         });
     }
     let (missing, not_file) = rec.classify();
@@ -338,8 +341,13 @@ fn path_key(p: &Path) -> Vec<u8> {
 impl Recorder {
     /// Scans each file of the work list and follows the lookups its directives make.
     /// Returns the directories of files whose includes are computed by a macro.
+    ///
+    /// A time macro decides the outcome (`time_macro`, the first file found is
+    /// named); the walk then goes on only to learn whether any file expands
+    /// `__TIME__`, with nothing else refused.
     fn walk(&mut self, chains: &SearchChains) -> Result<Vec<PathBuf>, NotRecordable> {
         let mut computed_dirs: Vec<PathBuf> = Vec::new();
+        let mut time_macro: Option<NotRecordable> = None;
         let mut scanned: HashSet<Vec<u8>> = HashSet::default();
         while let Some(f) = self.work.pop() {
             if !scanned.insert(path_key(&f)) {
@@ -348,42 +356,69 @@ impl Recorder {
             let Ok(text) = fsutil::read_file(&f) else {
                 continue;
             };
+            let dir = f.parent().unwrap_or(Path::new("")).to_path_buf();
+            if let Some(nr) = &mut time_macro {
+                let scan = scan_text(&text);
+                if scan.uses_time() {
+                    nr.uses_time = true;
+                    break;
+                }
+                // Without `closure` the work list already holds every file read.
+                if self.closure {
+                    self.follow(&scan, &dir, chains);
+                }
+                continue;
+            }
             if let Err(p) = check_code_directives(&text, &f.display().to_string()) {
                 return Err(NotRecordable {
                     reason: p.reason,
                     detail: p.detail,
                     preprocessor_ok: false,
+                    uses_time: false,
                 });
             }
             let scan = scan_text(&text);
-            if let Some(m) = scan.time_macro {
-                return Err(NotRecordable {
+            if let Some(m) = scan.first_time_macro() {
+                let nr = NotRecordable {
                     reason: "time_macro",
                     detail: format!("{m} in {}", f.display()),
                     preprocessor_ok: true,
-                });
+                    uses_time: scan.uses_time(),
+                };
+                if nr.uses_time {
+                    return Err(nr);
+                }
+                time_macro = Some(nr);
+                if self.closure {
+                    self.follow(&scan, &dir, chains);
+                }
+                continue;
             }
             if scan.computed_has_include {
                 return Err(NotRecordable {
                     reason: "computed_has_include",
                     detail: f.display().to_string(),
                     preprocessor_ok: true,
+                    uses_time: false,
                 });
             }
-            let dir = f.parent().unwrap_or(Path::new("")).to_path_buf();
             if scan.computed_include {
                 if self.closure {
                     return Err(NotRecordable {
                         reason: "computed_include",
                         detail: f.display().to_string(),
                         preprocessor_ok: true,
+                        uses_time: false,
                     });
                 }
                 computed_dirs.push(dir.clone());
             }
             self.follow(&scan, &dir, chains);
         }
-        Ok(computed_dirs)
+        match time_macro {
+            Some(nr) => Err(nr),
+            None => Ok(computed_dirs),
+        }
     }
 
     /// Visits the candidates of every lookup `scan` found in a file of `dir`.
@@ -506,6 +541,7 @@ pub(super) fn scan_deps(inv: &Invocation) -> Result<Vec<PathBuf>, NotRecordable>
             reason: "dependency_scan_failed",
             detail: f.display().to_string(),
             preprocessor_ok: false,
+            uses_time: false,
         });
     }
     let mut scan_args: Vec<OsString> = p.pp_args.clone();
@@ -527,6 +563,7 @@ pub(super) fn scan_deps(inv: &Invocation) -> Result<Vec<PathBuf>, NotRecordable>
             reason: "dependency_scan_failed",
             detail: inv.source.display().to_string(),
             preprocessor_ok: false,
+            uses_time: false,
         }),
     }
 }
@@ -582,5 +619,63 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read_search_memo(&memo), None);
+    }
+
+    /// `record_lookups` over files written to a temporary directory: `read` are the
+    /// files the compile read besides `src`.
+    fn lookups_of(files: &[(&str, &str)], read: &[&str], closure: bool) -> NotRecordable {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let read: Vec<PathBuf> = read.iter().map(|n| dir.path().join(n)).collect();
+        let src = dir.path().join("src.c");
+        record_lookups(&read, &src, &[], &SearchList::default(), closure).unwrap_err()
+    }
+
+    #[test]
+    fn time_macros_are_typed_facts() {
+        // __DATE__ and __TIME__ in one source: the first found is named, and the
+        // source uses the time.
+        let nr = lookups_of(
+            &[("src.c", "const char *d = __DATE__, *t = __TIME__;\n")],
+            &[],
+            false,
+        );
+        assert_eq!(nr.reason, "time_macro");
+        assert!(nr.detail.starts_with("__DATE__ in "), "{}", nr.detail);
+        assert!(nr.preprocessor_ok && nr.uses_time);
+        // __DATE__ only: the preprocessor mode may key it.
+        let nr = lookups_of(&[("src.c", "const char *d = __DATE__;\n")], &[], false);
+        assert_eq!(nr.reason, "time_macro");
+        assert!(nr.detail.starts_with("__DATE__ in "), "{}", nr.detail);
+        assert!(nr.preprocessor_ok && !nr.uses_time);
+        // __TIMESTAMP__ is not __TIME__.
+        let nr = lookups_of(&[("src.c", "const char *s = __TIMESTAMP__;\n")], &[], false);
+        assert!(nr.detail.starts_with("__TIMESTAMP__ in "), "{}", nr.detail);
+        assert!(!nr.uses_time);
+        // __TIME__ in a file scanned after the first time macro was found.
+        let nr = lookups_of(
+            &[
+                ("src.c", "#include \"d.h\"\nconst char *t = __TIME__;\n"),
+                ("d.h", "static const char *d = __DATE__;\n"),
+            ],
+            &["d.h"],
+            false,
+        );
+        assert!(nr.detail.starts_with("__DATE__ in "), "{}", nr.detail);
+        assert!(nr.detail.ends_with("d.h"), "{}", nr.detail);
+        assert!(nr.uses_time);
+        // A header only the closure walk reaches (-MMD output leaves it out).
+        let nr = lookups_of(
+            &[
+                ("src.c", "#include \"t.h\"\nconst char *d = __DATE__;\n"),
+                ("t.h", "static const char *t = __TIME__;\n"),
+            ],
+            &[],
+            true,
+        );
+        assert!(nr.detail.starts_with("__DATE__ in "), "{}", nr.detail);
+        assert!(nr.uses_time);
     }
 }

@@ -206,6 +206,7 @@ impl Family for Gcc {
                         reason: "depend_mode_mmd",
                         detail: nr.detail,
                         preprocessor_ok: false,
+                        uses_time: false,
                     });
                 }
                 let files = tidy(scan_deps(inv)?);

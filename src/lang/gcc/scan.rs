@@ -13,13 +13,29 @@ pub(super) struct Directive {
     pub(super) name: String,
 }
 
+/// The time macros, in the order the first one found is reported.
+pub(super) const TIME_MACROS: [&str; 3] = ["__TIMESTAMP__", "__DATE__", "__TIME__"];
+
 /// What [`scan_text`] found in one file.
 #[derive(Debug, Default)]
 pub(super) struct Scan {
     pub(super) directives: Vec<Directive>,
     pub(super) computed_include: bool,
     pub(super) computed_has_include: bool,
-    pub(super) time_macro: Option<&'static str>,
+    /// Every time macro the text names, in [`TIME_MACROS`] order.
+    pub(super) time_macros: Vec<&'static str>,
+}
+
+impl Scan {
+    /// The time macro a manifest marker names for this file: the first found.
+    pub(super) fn first_time_macro(&self) -> Option<&'static str> {
+        self.time_macros.first().copied()
+    }
+
+    /// Whether the text names `__TIME__` (a compile of it differs every second).
+    pub(super) fn uses_time(&self) -> bool {
+        self.time_macros.contains(&"__TIME__")
+    }
 }
 
 fn skip_ws(t: &[u8], mut i: usize) -> usize {
@@ -49,10 +65,9 @@ fn header_name(t: &[u8], i: usize) -> Option<(bool, String)> {
 /// the compiler made, which only ever costs a miss, never a wrong hit.
 pub(super) fn scan_text(t: &[u8]) -> Scan {
     let mut s = Scan::default();
-    for m in ["__TIMESTAMP__", "__DATE__", "__TIME__"] {
+    for m in TIME_MACROS {
         if memchr::memmem::find(t, m.as_bytes()).is_some() {
-            s.time_macro = Some(m);
-            break;
+            s.time_macros.push(m);
         }
     }
     // Directives: '#' first on a line, then include / include_next / import.
@@ -211,9 +226,21 @@ mod tests {
         // A comment that starts with `#include's` is not a computed include.
         assert!(!scan_text(b"   #include's protect themselves\n").computed_include);
         assert_eq!(
-            scan_text(b"const char *d = __DATE__;").time_macro,
+            scan_text(b"const char *d = __DATE__;").first_time_macro(),
             Some("__DATE__")
         );
+    }
+
+    #[test]
+    fn every_time_macro_is_recorded() {
+        let s = scan_text(b"const char *d = __DATE__, *t = __TIME__, *s = __TIMESTAMP__;");
+        assert_eq!(s.time_macros, ["__TIMESTAMP__", "__DATE__", "__TIME__"]);
+        assert_eq!(s.first_time_macro(), Some("__TIMESTAMP__"));
+        assert!(s.uses_time());
+        let s = scan_text(b"const char *d = __DATE__, *s = __TIMESTAMP__;");
+        assert_eq!(s.time_macros, ["__TIMESTAMP__", "__DATE__"]);
+        assert!(!s.uses_time());
+        assert!(scan_text(b"int x;").time_macros.is_empty());
     }
 
     #[test]
