@@ -123,6 +123,10 @@ pub struct NotRecordable {
     pub detail: String,
     /// True when the preprocessor mode is still safe for this source (e.g. `__DATE__`).
     pub preprocessor_ok: bool,
+    /// True when the source or a header it reads expands `__TIME__` (whatever other
+    /// time macros it also uses): its output changes every second, so it is not cached
+    /// in the preprocessor mode either.
+    pub uses_time: bool,
 }
 
 /// How a family answers "what did this compile read".
@@ -318,6 +322,7 @@ pub trait Family: Sync {
             reason: "declared_inputs",
             detail: String::new(),
             preprocessor_ok: false,
+            uses_time: false,
         })
     }
 

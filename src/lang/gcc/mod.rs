@@ -1,0 +1,267 @@
+//! gcc and clang: the only code in farm that knows their command lines.
+//!
+//! Cacheable: exactly one C, C++, Objective-C/C++, `.i`/`.ii` or assembler-with-cpp
+//! source compiled with `-c`, and only flags this module knows. Anything else runs the
+//! real compiler untouched (a [`Passthrough`] with a reason).
+//!
+//! By concern:
+//! - `names`: which drivers are gcc's, and a source's language (`-x`, extension);
+//! - `rsp`: response files (`@file`);
+//! - `flags`: flag tables (key material, refused, input files, assembler options);
+//! - `args`: the parse of one command line into an [`Invocation`];
+//! - `depfile`: dependency files (the user's, farm's observation);
+//! - `scan`: include, time-macro and code-directive scanning of source text;
+//! - `lookups`: the include search list and every lookup a compile made;
+//! - `remote`: what a farm worker may run, and the text a job ships;
+//! - `env`: environment in the key or keeping a compile home, `native` CPU identity.
+
+mod args;
+mod depfile;
+mod env;
+mod flags;
+mod lookups;
+mod names;
+mod remote;
+mod rsp;
+mod scan;
+
+pub use depfile::parse_depfile;
+pub use lookups::{parse_search_list, SearchList};
+pub use names::is_gcc_like;
+pub use remote::{worker_arg_ok, worker_args};
+pub use rsp::expand_response_files;
+pub use scan::{check_code_directives, code_directive};
+
+use crate::lang::RemoteJob;
+use rustc_hash::FxHashSet as HashSet;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::{
+    CompileRun, DepSource, DependencyFacts, Family, Invocation, NotRecordable, Passthrough, Plan,
+};
+use crate::fsutil;
+use depfile::read_deps;
+use env::{KEY_ENV, UNSAFE_ENV};
+use lookups::{preprocessed_text, record_lookups, scan_deps, search_list};
+
+pub struct Gcc;
+pub static GCC: Gcc = Gcc;
+
+/// Source language as gcc names it for `-x`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    C,
+    Cxx,
+    ObjC,
+    ObjCxx,
+    CPreprocessed,
+    CxxPreprocessed,
+    ObjCPreprocessed,
+    ObjCxxPreprocessed,
+    AsmCpp,
+}
+
+impl Lang {
+    /// The name `-x` takes.
+    fn x_name(self) -> &'static str {
+        match self {
+            Lang::C => "c",
+            Lang::Cxx => "c++",
+            Lang::ObjC => "objective-c",
+            Lang::ObjCxx => "objective-c++",
+            Lang::CPreprocessed => "cpp-output",
+            Lang::CxxPreprocessed => "c++-cpp-output",
+            Lang::ObjCPreprocessed => "objective-c-cpp-output",
+            Lang::ObjCxxPreprocessed => "objective-c++-cpp-output",
+            Lang::AsmCpp => "assembler-with-cpp",
+        }
+    }
+    /// Already preprocessed: no includes to track.
+    fn preprocessed(self) -> bool {
+        matches!(
+            self,
+            Lang::CPreprocessed
+                | Lang::CxxPreprocessed
+                | Lang::ObjCPreprocessed
+                | Lang::ObjCxxPreprocessed
+        )
+    }
+}
+
+/// Dependency-file flags the user gave.
+#[derive(Clone, Debug, Default)]
+pub struct UserDeps {
+    /// `-MD` (true) or `-MMD` (false), if any.
+    pub md: Option<bool>,
+    /// The dependency file the compile writes.
+    pub file: Option<PathBuf>,
+    /// `-MT`/`-MQ` given (the target does not derive from the object path).
+    pub explicit_target: bool,
+}
+
+/// What the gcc family remembers between parse and run.
+#[derive(Clone, Debug)]
+pub struct GccPlan {
+    pub lang: Lang,
+    pub deps: UserDeps,
+    /// Our own dependency file when the user asked for none.
+    pub observe_depfile: Option<PathBuf>,
+    /// Arguments for a preprocessor-only run (`-E` to stdout), response files expanded.
+    pub pp_args: Vec<OsString>,
+    /// Arguments that shape the include search list (for `-E -v`).
+    pub search_args: Vec<OsString>,
+    /// `-include`/`-imacros` names, looked up like `#include "name"` from the cwd.
+    pub forced_includes: Vec<String>,
+    /// `-o` was given (the dependency rule's target then derives from it).
+    pub output_given: bool,
+    /// The user's `-MT`/`-MQ`/`-MP` arguments, as given.
+    pub dep_args: Vec<OsString>,
+    /// Why this compile must run at home rather than on a worker, if it must.
+    pub remote_block: Option<(&'static str, String)>,
+}
+
+/// The gcc plan of an invocation this family parsed.
+fn plan(inv: &Invocation) -> &GccPlan {
+    match &inv.plan {
+        Plan::Gcc(p) => p,
+        _ => unreachable!("gcc invocation without a gcc plan"),
+    }
+}
+
+impl Family for Gcc {
+    fn name(&self) -> &'static str {
+        "gcc"
+    }
+
+    fn key_env(&self) -> &'static [&'static str] {
+        KEY_ENV
+    }
+
+    fn unsafe_env(&self) -> &'static [&'static str] {
+        UNSAFE_ENV
+    }
+
+    fn parse(
+        &self,
+        compiler: &Path,
+        arg0: &OsString,
+        args: &[OsString],
+        stderr_is_tty: bool,
+    ) -> Result<Invocation, Passthrough> {
+        self.parse_args(compiler, arg0, args, stderr_is_tty)
+    }
+
+    fn preprocess(&self, inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Passthrough>> {
+        let out = Command::new(&inv.compiler)
+            .arg0(&inv.arg0)
+            .args(&plan(inv).pp_args)
+            .stdin(Stdio::null())
+            .output()?;
+        Ok(preprocessed_text(inv, out))
+    }
+
+    fn compile(&self, inv: &Invocation, observe: bool) -> std::io::Result<CompileRun> {
+        // The observation must never be why a compile fails: if its file cannot be
+        // created (unwritable TMPDIR), the compile runs unobserved and is not stored.
+        let observe = observe
+            && match &plan(inv).observe_depfile {
+                Some(f) => fsutil::create_private_file(f).is_ok(),
+                None => true,
+            };
+        let extra: &[OsString] = if observe { &inv.observe_args } else { &[] };
+        super::run_compiler(inv, inv.args.iter().chain(extra))
+    }
+
+    fn dependencies(
+        &self,
+        inv: &Invocation,
+        source: DepSource,
+        scratch: &Path,
+    ) -> Result<DependencyFacts, NotRecordable> {
+        let p = plan(inv);
+        if p.lang.preprocessed() {
+            // Nothing is included: the key needs only the source.
+            return Ok(DependencyFacts::default());
+        }
+        let (files, complete) = read_deps(inv)?;
+        let src_clean = fsutil::clean_path(&inv.source);
+        let tidy = |mut files: Vec<PathBuf>| {
+            files.retain(|f| fsutil::clean_path(f) != src_clean);
+            let mut uniq = HashSet::default();
+            files.retain(|f| uniq.insert(fsutil::clean_path(f)));
+            files
+        };
+        let files = tidy(files);
+        let sl = search_list(inv, scratch)?;
+        match record_lookups(&files, &inv.source, &p.forced_includes, &sl, !complete) {
+            // -MMD output with a computed include among the system headers: only a
+            // dependency scan can list them.
+            Err(nr) if !complete && nr.reason == "computed_include" => {
+                tracing::info!(file = %nr.detail, "computed #include among headers -MMD leaves out: dependency scan");
+                if source == DepSource::CompileOnly {
+                    return Err(NotRecordable {
+                        reason: "depend_mode_mmd",
+                        detail: nr.detail,
+                        preprocessor_ok: false,
+                        uses_time: false,
+                    });
+                }
+                let files = tidy(scan_deps(inv)?);
+                record_lookups(&files, &inv.source, &p.forced_includes, &sl, false)
+            }
+            other => other,
+        }
+    }
+
+    fn remote_allowed(&self, inv: &Invocation) -> Result<(), Passthrough> {
+        self.remote_plan(inv).map(|_| ())
+    }
+
+    fn remote_prepare(&self, inv: &Invocation) -> std::io::Result<Result<RemoteJob, Passthrough>> {
+        self.remote_prepare_impl(inv)
+    }
+
+    fn worker_args(
+        &self,
+        lang: &str,
+        args: &[String],
+        input: &Path,
+        output: &Path,
+    ) -> Result<Vec<OsString>, Passthrough> {
+        worker_args(lang, args, input, output)
+    }
+
+    fn worker_source_check(&self, source: &[u8]) -> Result<(), Passthrough> {
+        check_code_directives(source, "")
+    }
+
+    fn cleanup(&self, inv: &Invocation) {
+        if let Some(f) = &plan(inv).observe_depfile {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod test_util {
+    use super::GCC;
+    use crate::lang::{Family, Invocation, Passthrough};
+    use std::ffi::OsString;
+    use std::path::Path;
+
+    pub(super) fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    pub(super) fn parse(v: &[&str]) -> Result<Invocation, Passthrough> {
+        GCC.parse(
+            Path::new("/usr/bin/gcc"),
+            &OsString::from("gcc"),
+            &os(v),
+            false,
+        )
+    }
+}
