@@ -4,10 +4,15 @@
 mod agent;
 mod blobs;
 mod config;
+mod exec;
+mod farm_cache;
 mod jvm;
 mod node;
-mod peer;
+mod peers;
+mod placement;
 mod sandbox;
+mod server;
+mod store_role;
 mod worker;
 
 use std::io::Write;
@@ -214,7 +219,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
     let mut endpoint = quinn::Endpoint::server(tls.server, cfg.listen)
         .with_context(|| format!("cannot listen on udp {}", cfg.listen))?;
     endpoint.set_default_client_config(tls.client);
-    let store = farm::cache::LocalStore::new(&cfg.state_dir.join("store"), cfg.store_max_size);
+    let store = farm::store::LocalStore::new(&cfg.state_dir.join("store"), cfg.store_max_size);
     let node = Arc::new(Node {
         name: tls.name.clone(),
         host: node::host_id(),
@@ -261,8 +266,8 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         slots = node.cfg.slots,
         "farmd started"
     );
-    tokio::spawn(peer::serve(node.clone()));
-    tokio::spawn(peer::gossip(node.clone()));
+    tokio::spawn(server::serve(node.clone()));
+    tokio::spawn(peers::gossip(node.clone()));
     tokio::spawn(agent::serve(node.clone(), listener));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

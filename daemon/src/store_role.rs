@@ -1,0 +1,83 @@
+//! The store role: this node's share of the farm's cache, as other nodes (and this
+//! node's own agent, for keys whose home it is) read and write it. Entries by key
+//! (get, have, put: results checked, manifests merged) and the blobs of tree jobs.
+
+use farm::store::{CacheKey, EntryKind, Tier};
+use farm::key::Manifest;
+use farm::protocol::{Blob, Item, Kind, PeerResponse};
+
+use crate::node::Node;
+
+/// A peer's `Get`: the entry, or none.
+pub fn get(node: &Node, kind: Kind, key: [u8; 32]) -> PeerResponse {
+    match node.store.get(kind, &CacheKey(key)) {
+        Ok(v) => PeerResponse::Entry(v.map(serde_bytes::ByteBuf::from)),
+        Err(e) => {
+            tracing::warn!(error = %e, "store read failed");
+            PeerResponse::Entry(None)
+        }
+    }
+}
+
+/// A peer's `Have`: whether the entry is stored.
+pub fn have(node: &Node, kind: Kind, key: [u8; 32]) -> PeerResponse {
+    PeerResponse::Have(node.store.have(kind, &CacheKey(key)).unwrap_or(false))
+}
+
+/// A peer's `Put`.
+pub fn put(node: &Node, item: Item) -> PeerResponse {
+    match store_item(node, item) {
+        Ok(()) => PeerResponse::Stored,
+        Err(why) => PeerResponse::Refused(format!("{}: {why}", node.name)),
+    }
+}
+
+/// A peer's `HaveBlobs`: those of `digests` this node lacks.
+pub fn have_blobs(node: &Node, digests: &[[u8; 32]]) -> PeerResponse {
+    PeerResponse::MissingBlobs(node.blobs.missing(digests))
+}
+
+/// A peer's `PutBlobs`.
+pub fn put_blobs(node: &Node, blobs: &[Blob]) -> PeerResponse {
+    match node.blobs.put(blobs) {
+        Ok(()) => PeerResponse::Stored,
+        Err(why) => PeerResponse::Refused(format!("{}: {why}", node.name)),
+    }
+}
+
+/// Stores an entry for the farm's cache. Results must decode as result entries;
+/// manifests are merged with the one stored (newest entries first, capped), so every
+/// machine's recordings of one source are kept.
+pub fn store_item(node: &Node, item: Item) -> Result<(), String> {
+    let key = CacheKey(item.key);
+    match item.kind {
+        // Blobs travel with the tree jobs that read them, never as cache items.
+        Kind::Blob => return Err("a blob is not a cache item".into()),
+        Kind::Result => {
+            if farm::key::ResultEntry::decode(&item.data).is_none() {
+                return Err("not a result entry".into());
+            }
+            node.store
+                .put(EntryKind::Result, &key, &item.data)
+                .map_err(|e| format!("store: {e}"))?;
+        }
+        Kind::Manifest => {
+            let Some(new) = Manifest::decode(&item.data) else {
+                return Err("not a manifest".into());
+            };
+            // One writer at a time per node: merges must not lose entries.
+            let _guard = node.manifest_lock.lock().unwrap();
+            let mut merged = match node.store.get(EntryKind::Manifest, &key) {
+                Ok(Some(old)) => Manifest::decode(&old).unwrap_or_default(),
+                _ => Manifest::default(),
+            };
+            for e in new.entries.into_iter().rev() {
+                merged.add(e.portable());
+            }
+            node.store
+                .put(EntryKind::Manifest, &key, &merged.encode())
+                .map_err(|e| format!("store: {e}"))?;
+        }
+    }
+    Ok(())
+}
