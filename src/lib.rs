@@ -13,6 +13,7 @@ pub mod buildtools;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod digest;
 pub mod entry;
 pub mod farmcli;
 pub mod fsutil;

@@ -393,7 +393,15 @@ impl Ctx<'_> {
         } else {
             names::HIT_DIRECT
         };
-        let base = match key::base_hasher("direct", self.family, &self.identity, &self.inv) {
+        let base = match key::base_hasher(
+            "direct",
+            key::KeyScheme {
+                family: self.family.name(),
+                env: self.family.key_env(),
+            },
+            &self.identity,
+            &self.inv,
+        ) {
             Ok(h) => h,
             Err(e) => return self.uncached(&format!("{e}"), "input_unreadable"),
         };
@@ -582,8 +590,16 @@ impl Ctx<'_> {
             Ok(Err(p)) => return Err(p),
             Err(e) => return Err(lang::Passthrough::new("preprocessor_error", e.to_string())),
         };
-        let base = key::base_hasher("preprocessor", self.family, &self.identity, &self.inv)
-            .map_err(|e| lang::Passthrough::new("input_unreadable", e.to_string()))?;
+        let base = key::base_hasher(
+            "preprocessor",
+            key::KeyScheme {
+                family: self.family.name(),
+                env: self.family.key_env(),
+            },
+            &self.identity,
+            &self.inv,
+        )
+        .map_err(|e| lang::Passthrough::new("input_unreadable", e.to_string()))?;
         Ok(key::finish(base, "preprocessed", &text))
     }
 
