@@ -14,7 +14,9 @@ use crate::agent_client::AgentClient;
 use crate::cache::{CacheError, CacheKey, EntryKind, LocalStore, Store};
 use crate::config::{Config, Mode};
 use crate::fsutil;
-use crate::key::{self, Manifest, ManifestEntry, OutputBlob, RecordError, ResultEntry};
+use crate::key::{
+    self, Manifest, ManifestEntry, OutputBlob, PreprocessorOnly, RecordError, ResultEntry,
+};
 use crate::lang::{self, CompileRun, DepSource, Family, Invocation};
 use crate::protocol::{AgentRequest, AgentResponse, CompilerAd, Item, Job, Kind};
 use crate::stats::{names, Stats};
@@ -424,9 +426,9 @@ impl Ctx<'_> {
             },
             None => Manifest::default(),
         };
-        if let Some(reason) = manifest.preprocessor_only.clone() {
+        if let Some(marker) = &manifest.preprocessor_only {
             if !depend {
-                return self.preprocessor_mode(Some(&reason));
+                return self.preprocessor_mode(Some(marker));
             }
         }
         let mut memo = key::CheckMemo::default();
@@ -564,7 +566,11 @@ impl Ctx<'_> {
                     // This result is not stored: a key computed now, after the compile,
                     // could describe inputs edited while it ran.
                     let marker = Manifest {
-                        preprocessor_only: Some(format!("{}: {}", nr.reason, nr.detail)),
+                        preprocessor_only: Some(PreprocessorOnly {
+                            reason: format!("{}: {}", nr.reason, nr.detail),
+                            // interim: the lead wires NotRecordable's typed fact on merge.
+                            uses_time: nr.detail.contains("__TIME__"),
+                        }),
                         entries: Vec::new(),
                     };
                     self.put(EntryKind::Manifest, mkey, &marker.encode());
@@ -615,8 +621,8 @@ impl Ctx<'_> {
     }
 
     /// Preprocessor mode; `marker` is set when direct mode sent this source here.
-    fn preprocessor_mode(&mut self, marker: Option<&str>) -> i32 {
-        if marker.map(|m| m.contains("__TIME__")).unwrap_or(false) {
+    fn preprocessor_mode(&mut self, marker: Option<&PreprocessorOnly>) -> i32 {
+        if marker.is_some_and(|m| m.uses_time) {
             return self.uncached("uses __TIME__", "time_macro");
         }
         let rkey = match self.preprocessed_key() {

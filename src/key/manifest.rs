@@ -53,12 +53,21 @@ pub struct ManifestEntry {
     pub result: CacheKey,
 }
 
+/// Why a source cannot be keyed directly; such compiles go to preprocessor mode.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PreprocessorOnly {
+    /// The reason, for people (the family's reason and detail).
+    pub reason: String,
+    /// The source or a header expands `__TIME__`: the preprocessed text would differ
+    /// on every compile, so such a source is not cached at all.
+    pub uses_time: bool,
+}
+
 /// All known ways a (compiler, arguments, source) has compiled.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Manifest {
-    /// Set when this source cannot be keyed directly (e.g. it uses `__TIME__`): the
-    /// reason; such compiles go to preprocessor mode.
-    pub preprocessor_only: Option<String>,
+    /// Set when this source cannot be keyed directly (e.g. it uses `__DATE__`).
+    pub preprocessor_only: Option<PreprocessorOnly>,
     pub entries: Vec<ManifestEntry>,
 }
 
@@ -352,5 +361,16 @@ mod tests {
             record_entry(&CacheKey([0; 32]), &src, &[], &[], &[], started),
             Err(RecordError::TooNew(_))
         ));
+    }
+    #[test]
+    fn preprocessor_only_marker_roundtrips() {
+        let m = Manifest {
+            preprocessor_only: Some(PreprocessorOnly {
+                reason: "time_macro: __TIME__ in a.c".into(),
+                uses_time: true,
+            }),
+            entries: vec![],
+        };
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
     }
 }

@@ -26,13 +26,15 @@ use crate::lang::{Invocation, KeyInput};
 pub use identity::compiler_identity;
 pub use manifest::{
     entry_matches, record_entry, result_key, CheckMemo, FileDigest, Manifest, ManifestEntry,
-    MissingPath, RecordError, MAX_MANIFEST_ENTRIES, TOO_NEW_SLACK_NS,
+    MissingPath, PreprocessorOnly, RecordError, MAX_MANIFEST_ENTRIES, TOO_NEW_SLACK_NS,
 };
 pub use result::{OutputBlob, ResultEntry};
 
 /// Version of the key schema; part of every key. 2: `native-cpu` for `=native` flags,
 /// and no entry may stand for a header with `.incbin`/`#embed` (older ones could).
-pub const SCHEMA: u32 = 2;
+/// 3: a manifest's preprocessor-only marker is typed ([`PreprocessorOnly`]), so
+/// manifests stored under 2 no longer decode and must never be looked up.
+pub const SCHEMA: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
