@@ -1,6 +1,6 @@
 //! Direct-mode manifests: every way a source has compiled (the files it read, the
 //! lookups that found nothing, the result they lead to), how an entry is checked
-//! against the file system and recorded after a compile.
+//! against the file system, recorded after a compile, and merged across machines.
 
 use rustc_hash::FxHashMap as HashMap;
 use std::ffi::OsStr;
@@ -102,7 +102,32 @@ impl Manifest {
         self.entries.insert(0, e);
         self.entries.truncate(MAX_MANIFEST_ENTRIES);
     }
+
+    /// Takes another machine's manifest in: its entries go in front, in their order,
+    /// without that machine's stat stamps, identical older ones dropped, the oldest
+    /// beyond the limit dropped (whatever was stored, the result is within it). Only
+    /// entries are taken: a preprocessor-only marker is the decision of the machine
+    /// that recorded it (shims never publish one), so this manifest's own marker stays
+    /// as it is.
+    pub fn merge(&mut self, incoming: Manifest) {
+        for e in incoming.entries.into_iter().rev() {
+            self.add(e.portable());
+        }
+        self.entries.truncate(MAX_MANIFEST_ENTRIES);
+    }
 }
+
+/// Merges an encoded manifest another machine sent into the encoded one stored (see
+/// [`Manifest::merge`]); `None` when `incoming` is not a manifest. A stored manifest
+/// that does not decode counts as none. No I/O: a store that can only read and write
+/// whole values (Redis, S3) merges with it too, under its own lock or compare-and-set.
+pub fn merge(stored: Option<&[u8]>, incoming: &[u8]) -> Option<Vec<u8>> {
+    let incoming = Manifest::decode(incoming)?;
+    let mut merged = stored.and_then(Manifest::decode).unwrap_or_default();
+    merged.merge(incoming);
+    Some(merged.encode())
+}
+
 /// The result key of a manifest entry: the manifest key plus everything the entry
 /// checks.
 pub fn result_key(
@@ -362,6 +387,100 @@ mod tests {
             Err(RecordError::TooNew(_))
         ));
     }
+
+    fn entry(n: u8, stamped: bool) -> ManifestEntry {
+        let stamp = stamped.then_some(StatStamp {
+            dev: 1,
+            ino: n as u64,
+            size: 3,
+            mtime_ns: 5,
+            ctime_ns: 7,
+        });
+        ManifestEntry {
+            files: vec![FileDigest {
+                path: format!("h{n}.h").into_bytes(),
+                digest: [n; 32],
+                stamp,
+            }],
+            missing: vec![MissingPath {
+                path: format!("m{n}").into_bytes(),
+                parent_stamp: stamp,
+            }],
+            not_file: vec![],
+            result: CacheKey([n; 32]),
+        }
+    }
+
+    fn manifest(
+        marker: Option<&str>,
+        entries: impl IntoIterator<Item = ManifestEntry>,
+    ) -> Manifest {
+        Manifest {
+            preprocessor_only: marker.map(|r| PreprocessorOnly {
+                reason: r.into(),
+                uses_time: false,
+            }),
+            entries: entries.into_iter().collect(),
+        }
+    }
+
+    fn results(m: &[u8]) -> Vec<u8> {
+        Manifest::decode(m)
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| e.result.0[0])
+            .collect()
+    }
+
+    #[test]
+    fn merge_puts_incoming_entries_first_without_stamps() {
+        let incoming = manifest(None, [entry(1, true), entry(2, true)]).encode();
+        let merged = merge(None, &incoming).unwrap();
+        let m = Manifest::decode(&merged).unwrap();
+        assert_eq!(
+            m.entries,
+            vec![entry(1, true).portable(), entry(2, true).portable()]
+        );
+        assert!(m.entries[0].files[0].stamp.is_none());
+        assert!(m.entries[0].missing[0].parent_stamp.is_none());
+
+        let stored = manifest(None, [entry(3, false), entry(2, false), entry(4, false)]).encode();
+        let merged = merge(Some(&stored), &incoming).unwrap();
+        // The incoming entries in their order, then the stored ones, a duplicate once.
+        assert_eq!(results(&merged), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn merge_caps_keeping_the_newest() {
+        let stored = manifest(None, (0..30).map(|n| entry(n, false))).encode();
+        let incoming = manifest(None, (100..105).map(|n| entry(n, false))).encode();
+        let merged = results(&merge(Some(&stored), &incoming).unwrap());
+        assert_eq!(merged.len(), MAX_MANIFEST_ENTRIES);
+        assert_eq!(&merged[..5], &[100, 101, 102, 103, 104]);
+        assert_eq!(merged[5..], (0..27).collect::<Vec<u8>>()[..]);
+    }
+
+    #[test]
+    fn merge_rejects_non_manifests_and_replaces_damaged_stored_ones() {
+        let incoming = manifest(None, [entry(1, false)]).encode();
+        assert_eq!(merge(None, b"\xff\xff\xff"), None);
+        assert_eq!(merge(Some(&incoming), b"\xff\xff\xff"), None);
+        let merged = merge(Some(b"\xff\xff\xff"), &incoming).unwrap();
+        assert_eq!(results(&merged), vec![1]);
+    }
+
+    #[test]
+    fn merge_keeps_the_stored_marker_and_never_takes_one() {
+        let incoming = manifest(Some("time_macro: __DATE__ in a.c"), [entry(1, false)]).encode();
+        let merged = Manifest::decode(&merge(None, &incoming).unwrap()).unwrap();
+        assert_eq!(merged.preprocessor_only, None);
+        let stored = manifest(Some("search_list"), []).encode();
+        let merged = Manifest::decode(&merge(Some(&stored), &incoming).unwrap()).unwrap();
+        assert_eq!(merged.preprocessor_only.unwrap().reason, "search_list");
+        assert_eq!(merged.entries.len(), 1);
+    }
+
     #[test]
     fn preprocessor_only_marker_roundtrips() {
         let m = Manifest {

@@ -7,7 +7,7 @@
 //! reused across schema versions.
 //!
 //! - [`identity`]: a compiler's content identity.
-//! - [`manifest`]: direct-mode manifests (match, record).
+//! - [`manifest`]: direct-mode manifests (match, record, merge).
 //! - [`result`]: result entries.
 
 pub mod identity;
