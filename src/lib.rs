@@ -12,6 +12,7 @@ pub mod agent_client;
 pub mod buildtools;
 pub mod cli;
 pub mod config;
+pub mod digest;
 pub mod entry;
 pub mod fsutil;
 pub mod key;

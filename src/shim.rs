@@ -14,7 +14,9 @@ use crate::agent_client::AgentClient;
 use crate::cache::{CacheError, CacheKey, EntryKind, LocalStore, Store};
 use crate::config::{Config, Mode};
 use crate::fsutil;
-use crate::key::{self, Manifest, ManifestEntry, OutputBlob, RecordError, ResultEntry};
+use crate::key::{
+    self, Manifest, ManifestEntry, OutputBlob, PreprocessorOnly, RecordError, ResultEntry,
+};
 use crate::lang::{self, CompileRun, DepSource, Family, Invocation};
 use crate::protocol::{AgentRequest, AgentResponse, CompilerAd, Item, Job, Kind};
 use crate::stats::{Outcome, Stats, Tally};
@@ -377,7 +379,15 @@ impl Ctx<'_> {
         } else {
             &Outcome::HitDirect
         };
-        let base = match key::base_hasher("direct", self.family, &self.identity, &self.inv) {
+        let base = match key::base_hasher(
+            "direct",
+            key::KeyScheme {
+                family: self.family.name(),
+                env: self.family.key_env(),
+            },
+            &self.identity,
+            &self.inv,
+        ) {
             Ok(h) => h,
             Err(e) => return self.uncached(&format!("{e}"), "input_unreadable"),
         };
@@ -400,9 +410,9 @@ impl Ctx<'_> {
             },
             None => Manifest::default(),
         };
-        if let Some(reason) = manifest.preprocessor_only.clone() {
+        if let Some(marker) = &manifest.preprocessor_only {
             if !depend {
-                return self.preprocessor_mode(Some(&reason));
+                return self.preprocessor_mode(Some(marker));
             }
         }
         let mut memo = key::CheckMemo::default();
@@ -539,7 +549,11 @@ impl Ctx<'_> {
                     // This result is not stored: a key computed now, after the compile,
                     // could describe inputs edited while it ran.
                     let marker = Manifest {
-                        preprocessor_only: Some(format!("{}: {}", nr.reason, nr.detail)),
+                        preprocessor_only: Some(PreprocessorOnly {
+                            reason: format!("{}: {}", nr.reason, nr.detail),
+                            // interim: the lead wires NotRecordable's typed fact on merge.
+                            uses_time: nr.detail.contains("__TIME__"),
+                        }),
                         entries: Vec::new(),
                     };
                     self.put(EntryKind::Manifest, mkey, &marker.encode());
@@ -562,8 +576,16 @@ impl Ctx<'_> {
             Ok(Err(p)) => return Err(p),
             Err(e) => return Err(lang::Passthrough::new("preprocessor_error", e.to_string())),
         };
-        let base = key::base_hasher("preprocessor", self.family, &self.identity, &self.inv)
-            .map_err(|e| lang::Passthrough::new("input_unreadable", e.to_string()))?;
+        let base = key::base_hasher(
+            "preprocessor",
+            key::KeyScheme {
+                family: self.family.name(),
+                env: self.family.key_env(),
+            },
+            &self.identity,
+            &self.inv,
+        )
+        .map_err(|e| lang::Passthrough::new("input_unreadable", e.to_string()))?;
         Ok(key::finish(base, "preprocessed", &text))
     }
 
@@ -578,8 +600,8 @@ impl Ctx<'_> {
     }
 
     /// Preprocessor mode; `marker` is set when direct mode sent this source here.
-    fn preprocessor_mode(&mut self, marker: Option<&str>) -> i32 {
-        if marker.map(|m| m.contains("__TIME__")).unwrap_or(false) {
+    fn preprocessor_mode(&mut self, marker: Option<&PreprocessorOnly>) -> i32 {
+        if marker.is_some_and(|m| m.uses_time) {
             return self.uncached("uses __TIME__", "time_macro");
         }
         let rkey = match self.preprocessed_key() {

@@ -3,7 +3,7 @@
 //! (get, have, put: results checked, manifests merged) and the blobs of tree jobs.
 
 use farm::store::{CacheKey, EntryKind, Tier};
-use farm::key::Manifest;
+use farm::key::manifest;
 use farm::protocol::{Blob, Item, Kind, PeerResponse};
 
 use crate::node::Node;
@@ -62,20 +62,14 @@ pub fn store_item(node: &Node, item: Item) -> Result<(), String> {
                 .map_err(|e| format!("store: {e}"))?;
         }
         Kind::Manifest => {
-            let Some(new) = Manifest::decode(&item.data) else {
-                return Err("not a manifest".into());
-            };
             // One writer at a time per node: merges must not lose entries.
             let _guard = node.manifest_lock.lock().unwrap();
-            let mut merged = match node.store.get(EntryKind::Manifest, &key) {
-                Ok(Some(old)) => Manifest::decode(&old).unwrap_or_default(),
-                _ => Manifest::default(),
+            let stored = node.store.get(EntryKind::Manifest, &key).ok().flatten();
+            let Some(merged) = manifest::merge(stored.as_deref(), &item.data) else {
+                return Err("not a manifest".into());
             };
-            for e in new.entries.into_iter().rev() {
-                merged.add(e.portable());
-            }
             node.store
-                .put(EntryKind::Manifest, &key, &merged.encode())
+                .put(EntryKind::Manifest, &key, &merged)
                 .map_err(|e| format!("store: {e}"))?;
         }
     }

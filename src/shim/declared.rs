@@ -107,7 +107,15 @@ impl Ctx<'_> {
             Ok(i) => i,
             Err(p) => return self.uncached(&p.detail, p.reason),
         };
-        let base = match key::base_hasher("declared", self.family, &self.identity, &self.inv) {
+        let base = match key::base_hasher(
+            "declared",
+            key::KeyScheme {
+                family: self.family.name(),
+                env: self.family.key_env(),
+            },
+            &self.identity,
+            &self.inv,
+        ) {
             Ok(h) => h,
             Err(e) => return self.uncached(&e.to_string(), "input_unreadable"),
         };

@@ -509,7 +509,7 @@ impl Declared for Csc {
         let p = plan(inv);
         let mut out = DeclaredInputs::default();
         let mut add = |label: String, path: &Path, required: bool| -> Result<(), Passthrough> {
-            match crate::key::digest_memo(path, memo) {
+            match crate::digest::digest_memo(path, memo) {
                 Ok(d) => {
                     out.key.push(KeyInput { label, digest: d });
                     out.files.push((path.to_path_buf(), d));

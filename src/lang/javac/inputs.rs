@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::digest::StatStamp;
 use crate::fsutil;
-use crate::key::StatStamp;
 use crate::lang::{DeclaredInputs, KeyInput, Passthrough};
 
 /// The service file that makes javac run annotation processors found on a path.

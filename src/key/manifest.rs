@@ -1,268 +1,26 @@
-//! Cache keys, direct-mode manifests and result entries (docs/cache-key.md).
-//!
-//! Knows invocations (family-agnostic) and files; never a compiler's flags. Every
-//! field that enters a key is listed in docs/cache-key.md; changing what a key covers
-//! means bumping [`SCHEMA`], so old entries are never reused across schema versions.
+//! Direct-mode manifests: every way a source has compiled (the files it read, the
+//! lookups that found nothing, the result they lead to), how an entry is checked
+//! against the file system, recorded after a compile, and merged across machines.
 
 use rustc_hash::FxHashMap as HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
+use super::put_field;
 use crate::cache::CacheKey;
+use crate::digest::StatStamp;
 use crate::fsutil;
-use crate::lang::{Family, Invocation};
-
-/// Version of the key schema; part of every key. 2: `native-cpu` for `=native` flags,
-/// and no entry may stand for a header with `.incbin`/`#embed` (older ones could).
-pub const SCHEMA: u32 = 2;
 
 /// Inputs modified this close to (or after) a compile's start are "too new": their
 /// content may not be what the compiler read, so nothing is recorded for them.
 /// The margin is one tick of the coarse kernel clock that stamps files (10 ms at
 /// HZ=100, the slowest common setting).
 pub const TOO_NEW_SLACK_NS: i128 = 10_000_000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("compiler {path}: {err}")]
-    Compiler { path: PathBuf, err: io::Error },
-    #[error("input {path}: {err}")]
-    Input { path: PathBuf, err: io::Error },
-}
-
-/// Content identity of a compiler: blake3 of the binary plus its `-v` output,
-/// memoized by path, size, mtime, ctime and inode in `memo_dir`. `canonical` is the
-/// compiler's path with every link resolved.
-pub fn compiler_identity(
-    canonical: &Path,
-    probe: &crate::lang::IdentityProbe,
-    memo_dir: &Path,
-) -> Result<[u8; 32], KeyError> {
-    let err = |err| KeyError::Compiler {
-        path: canonical.to_path_buf(),
-        err,
-    };
-    let meta = fs::metadata(canonical).map_err(err)?;
-    let mut h = blake3::Hasher::new();
-    h.update(b"farm-compiler-memo-1\0");
-    h.update(canonical.as_os_str().as_bytes());
-    let mut stamps = vec![meta.clone()];
-    for f in &probe.files {
-        h.update(b"\0probe\0");
-        h.update(f.as_os_str().as_bytes());
-        stamps.push(fs::metadata(f).map_err(|err| KeyError::Compiler {
-            path: f.clone(),
-            err,
-        })?);
-    }
-    for meta in &stamps {
-        for v in [
-            meta.size() as i64,
-            meta.mtime(),
-            meta.mtime_nsec(),
-            meta.ctime(),
-            meta.ctime_nsec(),
-            meta.ino() as i64,
-            meta.dev() as i64,
-        ] {
-            h.update(&v.to_le_bytes());
-        }
-    }
-    let memo = memo_dir.join(format!(
-        "{}.id",
-        fsutil::hex(&h.finalize().as_bytes()[..16])
-    ));
-    if let Ok(data) = fs::read(&memo) {
-        if let Ok(d) = <[u8; 32]>::try_from(data.as_slice()) {
-            return Ok(d);
-        }
-    }
-    let binary = fsutil::read_file(canonical).map_err(err)?;
-    let version = Command::new(canonical)
-        .args(&probe.version_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(err)?;
-    let mut h = blake3::Hasher::new();
-    h.update(b"farm-compiler-identity-1\0");
-    h.update(blake3::hash(&binary).as_bytes());
-    h.update(&version.stdout);
-    h.update(b"\0");
-    h.update(&version.stderr);
-    for f in &probe.files {
-        h.update(b"\0file\0");
-        h.update(f.as_os_str().as_bytes());
-        let digest = fsutil::hash_file(f).map_err(|err| KeyError::Compiler {
-            path: f.clone(),
-            err,
-        })?;
-        h.update(&digest);
-    }
-    let id = *h.finalize().as_bytes();
-    let _ = fsutil::create_cache_dir_all(memo_dir);
-    let _ = fsutil::write_cache_atomic(&memo, &id);
-    Ok(id)
-}
-
-fn put_field(h: &mut blake3::Hasher, tag: &str, value: &[u8]) {
-    h.update(tag.as_bytes());
-    h.update(&(value.len() as u64).to_le_bytes());
-    h.update(value);
-}
-
-/// Everything in a key except the source's content: schema, key class, family,
-/// compiler identity, how it was invoked, normalized arguments, key-only facts, the
-/// environment that matters, the working directory when it reaches the outputs, and
-/// the content of files named by flags.
-pub fn base_hasher(
-    class: &str,
-    family: &dyn Family,
-    identity: &[u8; 32],
-    inv: &Invocation,
-) -> Result<blake3::Hasher, KeyError> {
-    let mut h = blake3::Hasher::new();
-    put_field(&mut h, "schema", &SCHEMA.to_le_bytes());
-    put_field(&mut h, "class", class.as_bytes());
-    put_field(&mut h, "family", family.name().as_bytes());
-    put_field(&mut h, "compiler", identity);
-    let invoked_as = Path::new(&inv.arg0)
-        .file_name()
-        .unwrap_or(OsStr::new(""))
-        .as_bytes();
-    put_field(&mut h, "invoked-as", invoked_as);
-    put_field(&mut h, "argc", &(inv.key_args.len() as u64).to_le_bytes());
-    for a in &inv.key_args {
-        put_field(&mut h, "arg", a.as_bytes());
-    }
-    for e in &inv.key_extra {
-        put_field(&mut h, "extra", e.as_bytes());
-    }
-    for var in family.key_env() {
-        match std::env::var_os(var) {
-            Some(v) => {
-                put_field(&mut h, "env", var.as_bytes());
-                put_field(&mut h, "=", v.as_bytes());
-            }
-            None => put_field(&mut h, "noenv", var.as_bytes()),
-        }
-    }
-    if let Some(cwd) = &inv.cwd_in_key {
-        put_field(&mut h, "cwd", cwd.as_os_str().as_bytes());
-    }
-    for p in &inv.extra_inputs {
-        let data = fsutil::read_file(p).map_err(|err| KeyError::Input {
-            path: p.clone(),
-            err,
-        })?;
-        put_field(&mut h, "input", p.as_os_str().as_bytes());
-        put_field(&mut h, "content", blake3::hash(&data).as_bytes());
-    }
-    Ok(h)
-}
-
-/// Finishes a key with the main content (the source in direct mode, the preprocessed
-/// text in preprocessor mode).
-pub fn finish(mut h: blake3::Hasher, content_tag: &str, content: &[u8]) -> CacheKey {
-    put_field(&mut h, content_tag, blake3::hash(content).as_bytes());
-    CacheKey(*h.finalize().as_bytes())
-}
-
-/// blake3 of a file's content, memoized in `memo_dir` under its path and stat stamp
-/// once the stamp can be trusted (see [`StatStamp::trusted`]): class libraries and
-/// referenced assemblies are read once, not on every compile.
-pub fn digest_memo(path: &Path, memo_dir: &Path) -> io::Result<[u8; 32]> {
-    let meta = fs::metadata(path)?;
-    let stamp = StatStamp::trusted(&meta, fsutil::now_ns());
-    let memo = stamp.map(|s| {
-        let mut h = blake3::Hasher::new();
-        h.update(b"farm-digest-memo-1\0");
-        h.update(path.as_os_str().as_bytes());
-        h.update(&postcard::to_allocvec(&s).unwrap_or_default());
-        memo_dir.join(format!("d-{}", fsutil::hex(&h.finalize().as_bytes()[..16])))
-    });
-    if let Some(m) = &memo {
-        if let Ok(d) = fs::read(m) {
-            if let Ok(d) = <[u8; 32]>::try_from(d.as_slice()) {
-                return Ok(d);
-            }
-        }
-    }
-    let d = fsutil::hash_file(path)?;
-    if let Some(m) = &memo {
-        let _ = fsutil::create_cache_dir_all(memo_dir);
-        let _ = fsutil::write_cache_atomic(m, &d);
-    }
-    Ok(d)
-}
-
-/// Finishes a declared-input key with every input, labelled, in the family's order.
-pub fn finish_declared(mut h: blake3::Hasher, inputs: &[crate::lang::KeyInput]) -> CacheKey {
-    put_field(&mut h, "inputs", &(inputs.len() as u64).to_le_bytes());
-    for i in inputs {
-        put_field(&mut h, "input", i.label.as_bytes());
-        put_field(&mut h, "digest", &i.digest);
-    }
-    CacheKey(*h.finalize().as_bytes())
-}
-
-// ------------------------------------------------------------------ manifests
-
-/// A file's identity on this machine: device, inode, size and change times. A file
-/// whose stamp is unchanged since a recording has unchanged content, provided its
-/// ctime was already [`STAMP_TRUST_NS`] old when recorded (ctime cannot be set back
-/// by a user, and the margin covers the file system's clock and granularity).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct StatStamp {
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-}
-
-/// How old a file's mtime and ctime must be for its stamp to stand in for its content,
-/// on a file system that keeps nanoseconds (a ctime with non-zero nanoseconds shows
-/// it): two ticks of the coarse kernel clock that stamps files.
-pub const STAMP_TRUST_NS: i128 = 20_000_000;
-/// The same on a file system with whole-second (or 2 s) timestamps.
-pub const STAMP_TRUST_COARSE_NS: i128 = 2_000_000_000;
-
-impl StatStamp {
-    pub fn of(meta: &fs::Metadata) -> StatStamp {
-        StatStamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-        }
-    }
-
-    /// The stamp, if the file is old enough for it to be trusted later.
-    pub fn trusted(meta: &fs::Metadata, now_ns: i128) -> Option<StatStamp> {
-        let s = StatStamp::of(meta);
-        let window = if meta.ctime_nsec() != 0 {
-            STAMP_TRUST_NS
-        } else {
-            STAMP_TRUST_COARSE_NS
-        };
-        let limit = now_ns - window;
-        ((s.mtime_ns as i128) < limit && (s.ctime_ns as i128) < limit).then_some(s)
-    }
-
-    fn current(p: &Path) -> Option<StatStamp> {
-        fs::metadata(p).ok().map(|m| StatStamp::of(&m))
-    }
-}
 
 /// One file the compile read, by content.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -295,12 +53,21 @@ pub struct ManifestEntry {
     pub result: CacheKey,
 }
 
+/// Why a source cannot be keyed directly; such compiles go to preprocessor mode.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PreprocessorOnly {
+    /// The reason, for people (the family's reason and detail).
+    pub reason: String,
+    /// The source or a header expands `__TIME__`: the preprocessed text would differ
+    /// on every compile, so such a source is not cached at all.
+    pub uses_time: bool,
+}
+
 /// All known ways a (compiler, arguments, source) has compiled.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Manifest {
-    /// Set when this source cannot be keyed directly (e.g. it uses `__TIME__`): the
-    /// reason; such compiles go to preprocessor mode.
-    pub preprocessor_only: Option<String>,
+    /// Set when this source cannot be keyed directly (e.g. it uses `__DATE__`).
+    pub preprocessor_only: Option<PreprocessorOnly>,
     pub entries: Vec<ManifestEntry>,
 }
 
@@ -335,6 +102,30 @@ impl Manifest {
         self.entries.insert(0, e);
         self.entries.truncate(MAX_MANIFEST_ENTRIES);
     }
+
+    /// Takes another machine's manifest in: its entries go in front, in their order,
+    /// without that machine's stat stamps, identical older ones dropped, the oldest
+    /// beyond the limit dropped (whatever was stored, the result is within it). Only
+    /// entries are taken: a preprocessor-only marker is the decision of the machine
+    /// that recorded it (shims never publish one), so this manifest's own marker stays
+    /// as it is.
+    pub fn merge(&mut self, incoming: Manifest) {
+        for e in incoming.entries.into_iter().rev() {
+            self.add(e.portable());
+        }
+        self.entries.truncate(MAX_MANIFEST_ENTRIES);
+    }
+}
+
+/// Merges an encoded manifest another machine sent into the encoded one stored (see
+/// [`Manifest::merge`]); `None` when `incoming` is not a manifest. A stored manifest
+/// that does not decode counts as none. No I/O: a store that can only read and write
+/// whole values (Redis, S3) merges with it too, under its own lock or compare-and-set.
+pub fn merge(stored: Option<&[u8]>, incoming: &[u8]) -> Option<Vec<u8>> {
+    let incoming = Manifest::decode(incoming)?;
+    let mut merged = stored.and_then(Manifest::decode).unwrap_or_default();
+    merged.merge(incoming);
+    Some(merged.encode())
 }
 
 /// The result key of a manifest entry: the manifest key plus everything the entry
@@ -515,37 +306,6 @@ pub fn record_entry(
     })
 }
 
-// ------------------------------------------------------------------ results
-
-/// One output file of a result, by role.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct OutputBlob<'a> {
-    pub role: &'a str,
-    #[serde(with = "serde_bytes")]
-    pub data: &'a [u8],
-}
-
-/// A successful compile: outputs, what it printed, and how long it took.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct ResultEntry<'a> {
-    #[serde(with = "serde_bytes")]
-    pub stdout: &'a [u8],
-    #[serde(with = "serde_bytes")]
-    pub stderr: &'a [u8],
-    #[serde(borrow)]
-    pub outputs: Vec<OutputBlob<'a>>,
-    pub compile_ms: u64,
-}
-
-impl<'a> ResultEntry<'a> {
-    pub fn decode(data: &'a [u8]) -> Option<ResultEntry<'a>> {
-        postcard::from_bytes(data).ok()
-    }
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("result serializes")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,21 +388,108 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn result_roundtrip() {
-        let r = ResultEntry {
-            stdout: b"out",
-            stderr: b"warning: x\n",
-            outputs: vec![OutputBlob {
-                role: "object",
-                data: b"\x7fELF",
+    fn entry(n: u8, stamped: bool) -> ManifestEntry {
+        let stamp = stamped.then_some(StatStamp {
+            dev: 1,
+            ino: n as u64,
+            size: 3,
+            mtime_ns: 5,
+            ctime_ns: 7,
+        });
+        ManifestEntry {
+            files: vec![FileDigest {
+                path: format!("h{n}.h").into_bytes(),
+                digest: [n; 32],
+                stamp,
             }],
-            compile_ms: 42,
+            missing: vec![MissingPath {
+                path: format!("m{n}").into_bytes(),
+                parent_stamp: stamp,
+            }],
+            not_file: vec![],
+            result: CacheKey([n; 32]),
+        }
+    }
+
+    fn manifest(
+        marker: Option<&str>,
+        entries: impl IntoIterator<Item = ManifestEntry>,
+    ) -> Manifest {
+        Manifest {
+            preprocessor_only: marker.map(|r| PreprocessorOnly {
+                reason: r.into(),
+                uses_time: false,
+            }),
+            entries: entries.into_iter().collect(),
+        }
+    }
+
+    fn results(m: &[u8]) -> Vec<u8> {
+        Manifest::decode(m)
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| e.result.0[0])
+            .collect()
+    }
+
+    #[test]
+    fn merge_puts_incoming_entries_first_without_stamps() {
+        let incoming = manifest(None, [entry(1, true), entry(2, true)]).encode();
+        let merged = merge(None, &incoming).unwrap();
+        let m = Manifest::decode(&merged).unwrap();
+        assert_eq!(
+            m.entries,
+            vec![entry(1, true).portable(), entry(2, true).portable()]
+        );
+        assert!(m.entries[0].files[0].stamp.is_none());
+        assert!(m.entries[0].missing[0].parent_stamp.is_none());
+
+        let stored = manifest(None, [entry(3, false), entry(2, false), entry(4, false)]).encode();
+        let merged = merge(Some(&stored), &incoming).unwrap();
+        // The incoming entries in their order, then the stored ones, a duplicate once.
+        assert_eq!(results(&merged), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn merge_caps_keeping_the_newest() {
+        let stored = manifest(None, (0..30).map(|n| entry(n, false))).encode();
+        let incoming = manifest(None, (100..105).map(|n| entry(n, false))).encode();
+        let merged = results(&merge(Some(&stored), &incoming).unwrap());
+        assert_eq!(merged.len(), MAX_MANIFEST_ENTRIES);
+        assert_eq!(&merged[..5], &[100, 101, 102, 103, 104]);
+        assert_eq!(merged[5..], (0..27).collect::<Vec<u8>>()[..]);
+    }
+
+    #[test]
+    fn merge_rejects_non_manifests_and_replaces_damaged_stored_ones() {
+        let incoming = manifest(None, [entry(1, false)]).encode();
+        assert_eq!(merge(None, b"\xff\xff\xff"), None);
+        assert_eq!(merge(Some(&incoming), b"\xff\xff\xff"), None);
+        let merged = merge(Some(b"\xff\xff\xff"), &incoming).unwrap();
+        assert_eq!(results(&merged), vec![1]);
+    }
+
+    #[test]
+    fn merge_keeps_the_stored_marker_and_never_takes_one() {
+        let incoming = manifest(Some("time_macro: __DATE__ in a.c"), [entry(1, false)]).encode();
+        let merged = Manifest::decode(&merge(None, &incoming).unwrap()).unwrap();
+        assert_eq!(merged.preprocessor_only, None);
+        let stored = manifest(Some("search_list"), []).encode();
+        let merged = Manifest::decode(&merge(Some(&stored), &incoming).unwrap()).unwrap();
+        assert_eq!(merged.preprocessor_only.unwrap().reason, "search_list");
+        assert_eq!(merged.entries.len(), 1);
+    }
+
+    #[test]
+    fn preprocessor_only_marker_roundtrips() {
+        let m = Manifest {
+            preprocessor_only: Some(PreprocessorOnly {
+                reason: "time_macro: __TIME__ in a.c".into(),
+                uses_time: true,
+            }),
+            entries: vec![],
         };
-        let bytes = r.encode();
-        let back = ResultEntry::decode(&bytes).unwrap();
-        assert_eq!(back.stderr, b"warning: x\n");
-        assert_eq!(back.outputs[0].data, b"\x7fELF");
-        assert_eq!(back.compile_ms, 42);
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
     }
 }
