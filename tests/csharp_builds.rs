@@ -514,7 +514,7 @@ fn remote_mcs_ships_references_once_and_matches_plain() {
     ok(o, "farm-csc, farm hit");
     assert_eq!(other.counter(&["hits", "farm"]), 1);
     assert_eq!(outputs(&w.join("farm2")), outputs(&w.join("farm")));
-    let blobs = files_with_ext(&farm.nodes[1].dir.join("state/blobs"), "").len();
+    let blobs = files_with_ext(&farm.nodes[1].dir.join("state/blobs"), "b").len();
     assert_eq!(blobs, 3, "two sources and the reference");
     std::thread::sleep(std::time::Duration::from_millis(30));
     write(
@@ -525,7 +525,7 @@ fn remote_mcs_ships_references_once_and_matches_plain() {
     ok(run("farm", true), "farm-csc");
     assert_eq!(env.counter(&["farm", "remote"]), 2);
     assert_eq!(
-        files_with_ext(&farm.nodes[1].dir.join("state/blobs"), "").len(),
+        files_with_ext(&farm.nodes[1].dir.join("state/blobs"), "b").len(),
         blobs + 1,
         "only the edited source crosses again"
     );

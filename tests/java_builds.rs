@@ -150,6 +150,59 @@ fn javac_misses_hits_and_replays_like_plain_javac() {
     assert_eq!(env.counter(&["passthrough", "information"]), 3);
 }
 
+/// A hit whose output directory cannot be written is the user's error, not a damaged
+/// entry: javac runs as it would and says why, and the entry stays for the next
+/// compile (it used to be counted corrupt and deleted).
+#[test]
+fn an_unwritable_output_directory_on_a_hit_keeps_the_entry() {
+    javac();
+    let env = Env::new("direct");
+    write_project(&env);
+    let proj = env.work.join("proj");
+    let args = |out: &str| {
+        vec![
+            "-d".to_string(),
+            format!("../{out}"),
+            "-proc:none".into(),
+            "-cp".into(),
+            String::new(),
+            "src/p/A.java".into(),
+            "src/p/B.java".into(),
+            "src/q/C.java".into(),
+        ]
+    };
+    let run = |farm: bool, out: &str| {
+        let a = args(out);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        run_javac(&env, farm, &proj, &a)
+    };
+    ok(run(true, "first"), "farm-javac");
+    assert_eq!(env.misses(), 1);
+    // A regular file where javac must make the package directory `p`: no user,
+    // root included, can write there.
+    fs::create_dir_all(env.work.join("blocked")).unwrap();
+    fs::write(env.work.join("blocked/p"), "not a directory").unwrap();
+    let plain = run(false, "blocked");
+    assert_ne!(
+        plain.status.code(),
+        Some(0),
+        "set-up: javac cannot write there"
+    );
+    let farm = run(true, "blocked");
+    assert_eq!(
+        (farm.status.code(), &farm.stdout, &farm.stderr),
+        (plain.status.code(), &plain.stdout, &plain.stderr),
+        "javac's own failure"
+    );
+    assert_eq!(env.counter(&["errors", "corrupt_entries"]), 0);
+    assert_eq!(env.counter(&["passthrough", "output_unwritable"]), 1);
+    // The entry stayed.
+    ok(run(true, "again"), "farm-javac");
+    assert_eq!(env.counter(&["hits", "declared"]), 1);
+    assert_eq!(env.misses(), 1);
+    assert_same_classes(&env.work.join("first"), &env.work.join("again"), "hit");
+}
+
 /// Builds a jar from `files` (path → Java source) compiled against `cp`, with an
 /// optional manifest Class-Path and extra raw entries.
 fn make_jar(
@@ -795,9 +848,9 @@ fn commons_io_from_debian_cold_then_warm() {
     assert_eq!((env.misses(), env.counter(&["hits", "declared"])), (1, 1));
 }
 
-/// Blobs a farmd keeps, by file count.
+/// Blobs a farmd keeps, by file count (the store's `.b` files).
 fn blob_count(node: &Node) -> usize {
-    files_with_ext(&node.dir.join("state/blobs"), "").len()
+    files_with_ext(&node.dir.join("state/blobs"), "b").len()
 }
 
 #[test]

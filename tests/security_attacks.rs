@@ -42,7 +42,7 @@ use common::*;
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -147,25 +147,34 @@ fn javac(dir: &Path, args: &[&str]) {
     );
 }
 
+/// Where a node's blob store keeps a blob (the local tier's layout for kind Blob:
+/// `v1/<first hex digit>/<next two>/<hex>.b`).
+fn blob_path(node: &SecNode, hex: &str) -> PathBuf {
+    node.state()
+        .join("blobs/v1")
+        .join(&hex[..1])
+        .join(&hex[1..3])
+        .join(format!("{hex}.b"))
+}
+
 /// The blobs of a node's store, and those that no longer hash to their name.
 fn blob_check(node: &SecNode) -> (usize, Vec<String>) {
     let mut n = 0;
     let mut bad = Vec::new();
-    let Ok(shards) = fs::read_dir(node.state().join("blobs")) else {
+    if !node.state().join("blobs").is_dir() {
         return (0, bad);
-    };
-    for s in shards.flatten() {
-        for f in fs::read_dir(s.path()).unwrap().flatten() {
-            let name = f.file_name().to_string_lossy().into_owned();
-            if name.len() != 64 {
-                continue;
-            }
-            let got = farm::fsutil::hex(&blake3_of(&fs::read(f.path()).unwrap()));
-            if got != name {
-                bad.push(format!("blob {name} now hashes to {got}"));
-            }
-            n += 1;
+    }
+    for (rel, data) in files_with_ext(&node.state().join("blobs"), "b") {
+        let name = Path::new(&rel)
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let got = farm::fsutil::hex(&blake3_of(&data));
+        if got != name {
+            bad.push(format!("blob {name} now hashes to {got}"));
         }
+        n += 1;
     }
     (n, bad)
 }
@@ -205,7 +214,7 @@ fn member_jobs_cannot_read_worker_files() {
     );
     let tenant_blob = blob(tenant.repeat(4).into_bytes());
     let hex = farm::fsutil::hex(&tenant_blob.digest);
-    let stored = worker.state().join("blobs").join(&hex[..2]).join(&hex);
+    let stored = blob_path(worker, &hex);
     put_blobs(&peer, vec![tenant_blob]);
     let tenant_secret = vec![tenant.trim_end().as_bytes().to_vec()];
     let incbin = |p: &str| format!("__asm__(\".incbin \\\"{p}\\\"\");\nint x;\n");
@@ -307,11 +316,7 @@ fn member_jobs_cannot_load_pch_images() {
     let hex = farm::fsutil::hex(&pch.digest);
     let peer = farm.member_to(1);
     put_blobs(&peer, vec![pch]);
-    let stored = farm.nodes[1]
-        .state()
-        .join("blobs")
-        .join(&hex[..2])
-        .join(&hex);
+    let stored = blob_path(&farm.nodes[1], &hex);
     assert!(stored.is_file(), "set-up: the PCH blob is at {stored:?}");
     let source = format!(
         "#pragma GCC pch_preprocess \"{}\"\nint use(void) {{ return from_pch(); }}\n",

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use farm::store::{CacheKey, Tier};
 use farm::protocol::{Item, Kind, PeerRequest, PeerResponse, MAX_CONTROL_FRAME, MAX_FRAME};
+use farm::store::{CacheKey, Tier};
 
 use crate::exec::peer::request;
 use crate::node::Node;

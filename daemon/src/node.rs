@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use farm::store::LocalStore;
 use farm::protocol::{Advert, CompilerAd, PeerStatus, StatusReport, VERSION};
+use farm::store::LocalStore;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::DaemonConfig;

@@ -2,9 +2,9 @@
 //! node's own agent, for keys whose home it is) read and write it. Entries by key
 //! (get, have, put: results checked, manifests merged) and the blobs of tree jobs.
 
-use farm::store::{CacheKey, EntryKind, Tier};
 use farm::key::manifest;
 use farm::protocol::{Blob, Item, Kind, PeerResponse};
+use farm::store::{CacheKey, EntryKind, Tier};
 
 use crate::node::Node;
 

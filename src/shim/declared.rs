@@ -1,45 +1,26 @@
-//! The flow of declared-input families (javac; csc next): every input is named on the
-//! command line, so the key is computed up front from their content, with no
+//! Declared mode, for families whose every input is named on the command line
+//! (javac, csc): the key is computed up front from those inputs' content, with no
 //! manifest; outputs are trees of files, found by compiling into fresh directories
 //! and restored file by file (each written atomically).
 
 use std::path::{Component, Path, PathBuf};
 
-use super::{emit, exit_code, Ctx};
-use crate::cache::EntryKind;
+use super::exec;
+use super::farm::Farm;
+use super::flow::{self, Lookup, Mode, Ran};
+use super::{Ctx, Restored};
 use crate::fsutil;
 use crate::key::{self, OutputBlob, ResultEntry};
-use crate::lang::{CompileRun, Declared, OutputDir, WarmJob};
-use crate::protocol::{AgentRequest, AgentResponse, Blob, Item, Kind, TreeFile, TreeJob};
-use crate::stats::{Outcome, Tally};
+use crate::lang::{self, CompileRun, OutputDir};
+use crate::protocol::Item;
+use crate::stats::Outcome;
+use crate::store::{CacheKey, EntryKind, Tiered};
 
 /// A relative path from a cache entry that stays inside its output directory.
-fn safe_relative(rel: &str) -> Option<&Path> {
+pub(super) fn safe_relative(rel: &str) -> Option<&Path> {
     let p = Path::new(rel);
     let ok = !rel.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
     ok.then_some(p)
-}
-
-/// Why a compile that ran outside this process (warm JVM, peer) cannot stand for a
-/// fresh compiler here, if it cannot: it failed (the real compiler shows that in its
-/// own words), or it printed messages that could differ (paths made absolute, text a
-/// non-UTF-8 locale would show otherwise).
-fn untrusted(
-    exit_code: i32,
-    stdout: &[u8],
-    stderr: &[u8],
-    paths_rewritten: bool,
-) -> Option<&'static str> {
-    let printed = !stdout.is_empty() || !stderr.is_empty();
-    if exit_code != 0 {
-        Some("failed")
-    } else if printed && paths_rewritten {
-        Some("diagnostics_paths")
-    } else if printed && !(stdout.is_ascii() && stderr.is_ascii()) {
-        Some("non_ascii_output")
-    } else {
-        None
-    }
 }
 
 /// A private directory for one compile's fresh output directories.
@@ -78,394 +59,122 @@ impl Drop for Scratch {
     }
 }
 
-/// Blobs per request to the agent: well under a frame's limit.
-const BLOB_BATCH: usize = 16 << 20;
-
-/// How a remote attempt ended.
-enum Remote {
-    /// A peer compiled it; the outputs are in the scratch directories.
-    Done(CompileRun),
-    /// Compile at home; `reserved` when the agent counts it against home's slots.
-    Home { reserved: bool },
-    /// The agent failed: leave it alone for the rest of this compile.
-    AgentGone,
+/// A declared-input compile: its inputs, key and output directories.
+pub(super) struct Declared {
+    decl: &'static dyn lang::Declared,
+    files: Vec<(PathBuf, [u8; 32])>,
+    rkey: CacheKey,
+    outs: Vec<OutputDir>,
 }
 
-/// How a miss was compiled.
-enum Compiled {
-    /// The outputs are in the scratch directories.
-    Done(CompileRun),
-    /// The compiler failed: its exit code (its messages are already shown).
-    Failed(i32),
-}
-
-impl Ctx<'_> {
-    /// Runs one declared-input compile through the cache.
-    pub(super) fn declared_mode(&mut self, decl: &dyn Declared) -> i32 {
-        let memo = self.cfg.dir.value.join("memo");
-        let inputs = match decl.inputs(&self.inv, &memo) {
-            Ok(i) => i,
-            Err(p) => return self.uncached(&p.detail, p.reason),
-        };
-        let base = match key::base_hasher(
-            "declared",
-            key::KeyScheme {
-                family: self.family.name(),
-                env: self.family.key_env(),
-            },
-            &self.identity,
-            &self.inv,
-        ) {
-            Ok(h) => h,
-            Err(e) => return self.uncached(&e.to_string(), "input_unreadable"),
-        };
-        let rkey = key::finish_declared(base, &inputs.key);
-        let outs = decl.output_dirs(&self.inv);
-        if let Some(data) = self.get(EntryKind::Result, &rkey) {
-            if self.restore_tree(&data, &outs, &Outcome::HitDeclared) {
-                return 0;
-            }
-            self.tally.count(Outcome::CorruptEntry);
-            let _ = std::fs::remove_file(self.store.entry_path(EntryKind::Result, &rkey));
-        }
-        let mut agent = self.farm_agent();
-        if let Some(a) = agent.as_mut() {
-            match self.farm_fetch(a, Kind::Result, &rkey) {
-                Ok(Some(entry)) if self.restore_tree(&entry, &outs, &Outcome::HitFarm) => {
-                    self.put(EntryKind::Result, &rkey, &entry);
-                    return 0;
-                }
-                Ok(Some(_)) => {
-                    self.tally.count(Outcome::Fallback("bad_entry".into()));
-                }
-                Ok(None) => {}
-                Err(()) => agent = None,
-            }
-        }
-        let scratch = match Scratch::new(&self.cfg.dir.value) {
-            Ok(s) => s,
-            Err(e) => return self.uncached(&e.to_string(), "scratch_unwritable"),
-        };
-        let dirs = match scratch.dirs(&outs) {
-            Ok(d) => d,
-            Err(e) => return self.uncached(&e.to_string(), "scratch_unwritable"),
-        };
-        let mut reserved = false;
-        let run = match self.declared_compile(
+impl Declared {
+    pub fn new(decl: &'static dyn lang::Declared) -> Declared {
+        Declared {
             decl,
-            &mut agent,
-            &inputs.files,
-            &dirs,
-            &scratch.0,
-            &mut reserved,
-        ) {
-            Compiled::Done(run) => run,
-            Compiled::Failed(code) => {
+            files: Vec::new(),
+            rkey: CacheKey([0; 32]),
+            outs: Vec::new(),
+        }
+    }
+}
+
+impl Mode for Declared {
+    fn key(&mut self, ctx: &mut Ctx, _: &mut Tiered) -> Result<(), i32> {
+        let memo = ctx.cfg.dir.value.join("memo");
+        let inputs = match self.decl.inputs(&ctx.inv, &memo) {
+            Ok(i) => i,
+            Err(p) => return Err(ctx.uncached(&p.detail, p.reason)),
+        };
+        let base = match ctx.base_hasher("declared") {
+            Ok(h) => h,
+            Err(e) => return Err(ctx.uncached(&e.to_string(), "input_unreadable")),
+        };
+        self.rkey = key::finish_declared(base, &inputs.key);
+        self.files = inputs.files;
+        self.outs = self.decl.output_dirs(&ctx.inv);
+        Ok(())
+    }
+
+    fn lookup(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, i: usize) -> Lookup {
+        let hit = flow::hit_outcome(i, Outcome::HitDeclared);
+        let outs = &self.outs;
+        flow::lookup_result(ctx, tiers, i, &self.rkey, true, &mut |c, d, _| {
+            c.restore_tree(d, outs, hit.clone())
+        })
+    }
+
+    fn execute(&mut self, ctx: &mut Ctx, farm: &Farm) -> Result<Ran, i32> {
+        let scratch = match Scratch::new(&ctx.cfg.dir.value) {
+            Ok(s) => s,
+            Err(e) => return Err(ctx.uncached(&e.to_string(), "scratch_unwritable")),
+        };
+        let dirs = match scratch.dirs(&self.outs) {
+            Ok(d) => d,
+            Err(e) => return Err(ctx.uncached(&e.to_string(), "scratch_unwritable")),
+        };
+        let run = exec::declared(ctx, farm, self.decl, &self.files, &dirs, &scratch.0);
+        let run = match run {
+            Ok(run) => run,
+            Err(code) => {
                 // Whatever the compiler wrote before failing is where it would be.
-                self.place_outputs(&outs, &dirs);
-                return code;
+                ctx.place_outputs(&self.outs, &dirs);
+                return Err(code);
             }
         };
         let ms = run.elapsed.as_millis() as u64;
-        let payload = match self.tree_payload(&outs, &dirs, &run) {
+        let started_ns = run.started_ns;
+        let payload = match ctx.tree_payload(&self.outs, &dirs, &run) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the compile's outputs");
-                self.tally
-                    .count(Outcome::NotStored("missing_output".into()));
-                self.place_outputs(&outs, &dirs);
-                return 0;
+                ctx.tally.count(Outcome::NotStored("missing_output".into()));
+                ctx.place_outputs(&self.outs, &dirs);
+                return Ok(Ran {
+                    payload: None,
+                    local_ms: ms,
+                    remote: false,
+                    started_ns,
+                });
             }
         };
-        if !self.write_tree(&payload, &outs) {
-            // The outputs cannot be put in place (an unwritable -d): javac itself
-            // must say why, so it runs once more, untouched.
-            return self.uncached("output directory unwritable", "output_unwritable");
+        if !ctx.write_tree(&payload, &self.outs) {
+            // The outputs cannot be put in place (an unwritable -d): the compiler
+            // itself must say why, so it runs once more, untouched.
+            return Err(ctx.uncached("output directory unwritable", "output_unwritable"));
         }
-        if ResultEntry::decode(&payload).is_some_and(|e| e.outputs.is_empty()) && !outs.is_empty() {
-            self.tally.count(Outcome::NotStored("no_output".into()));
-            return 0;
-        }
-        self.put(EntryKind::Result, &rkey, &payload);
-        if let Some(a) = agent.as_mut() {
-            let item = Item {
-                kind: Kind::Result,
-                key: rkey.0,
-                data: payload,
-            };
-            a.tell(&AgentRequest::Publish {
-                items: vec![item],
-                local_ms: if reserved { ms } else { 0 },
+        let empty = ResultEntry::decode(&payload).is_some_and(|e| e.outputs.is_empty());
+        if empty && !self.outs.is_empty() {
+            ctx.tally.count(Outcome::NotStored("no_output".into()));
+            return Ok(Ran {
+                payload: None,
+                local_ms: ms,
+                remote: false,
+                started_ns,
             });
         }
-        tracing::info!(source = %self.inv.source.display(), ms, "declared miss stored");
-        0
-    }
-
-    /// Compiles a miss into `dirs`: in the agent's warm compiler when it can take
-    /// it and the result is certain to be what a fresh compiler gives, else here.
-    fn declared_compile(
-        &mut self,
-        decl: &dyn Declared,
-        agent: &mut Option<crate::agent_client::AgentClient>,
-        files: &[(PathBuf, [u8; 32])],
-        dirs: &[PathBuf],
-        scratch: &Path,
-        reserved: &mut bool,
-    ) -> Compiled {
-        if let Some(a) = agent.as_mut() {
-            match decl.warm_job(&self.inv, dirs) {
-                Err(p) => {
-                    tracing::info!(reason = p.reason, detail = %p.detail, "not warm");
-                    self.tally.count(Outcome::WarmDeclined(p.reason.into()));
-                    self.tally.count(Outcome::FarmHome(p.reason.into()));
-                }
-                Ok(job) => {
-                    match self.declared_remote(a, &job, files, dirs) {
-                        Remote::Done(run) => return Compiled::Done(run),
-                        Remote::Home { reserved: r } => *reserved = r,
-                        Remote::AgentGone => {
-                            *agent = None;
-                            return self.declared_fresh(decl, dirs, scratch);
-                        }
-                    }
-                    if !job.warm_here {
-                        return self.declared_fresh(decl, dirs, scratch);
-                    }
-                    let t0 = std::time::Instant::now();
-                    let started_ns = fsutil::now_ns();
-                    let req = AgentRequest::Warm {
-                        home: job.home.to_string_lossy().into_owned(),
-                        args: job.args,
-                    };
-                    match self.ask(a, &req) {
-                        Some(AgentResponse::Compiled(r)) => {
-                            let why_not =
-                                untrusted(r.exit_code, &r.stdout, &r.stderr, job.paths_rewritten);
-                            match why_not {
-                                None => {
-                                    emit(&r.stdout, &r.stderr);
-                                    self.tally.count(Outcome::Miss);
-                                    self.tally.count(Outcome::WarmCompiled);
-                                    self.tally.add(Outcome::CompileMs, r.compile_ms);
-                                    return Compiled::Done(CompileRun {
-                                        status: std::os::unix::process::ExitStatusExt::from_raw(0),
-                                        stdout: r.stdout,
-                                        stderr: r.stderr,
-                                        elapsed: t0.elapsed(),
-                                        started_ns,
-                                    });
-                                }
-                                Some(why) => {
-                                    self.tally.count(Outcome::WarmDeclined(why.into()));
-                                    for d in dirs {
-                                        let _ = std::fs::remove_dir_all(d);
-                                        let _ = std::fs::create_dir_all(d);
-                                    }
-                                }
-                            }
-                        }
-                        Some(AgentResponse::Local(reason)) => {
-                            tracing::info!(reason, "agent: no warm compiler");
-                            self.tally.count(Outcome::WarmDeclined(reason.into()));
-                        }
-                        Some(_) => {
-                            self.off_protocol();
-                            *agent = None;
-                        }
-                        None => *agent = None,
-                    }
-                }
-            }
-        }
-        self.declared_fresh(decl, dirs, scratch)
-    }
-
-    /// Compiles a miss here with a fresh compiler process.
-    fn declared_fresh(
-        &mut self,
-        decl: &dyn Declared,
-        dirs: &[PathBuf],
-        scratch: &Path,
-    ) -> Compiled {
-        let run = match decl.compile_into(&self.inv, dirs, scratch) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot run compiler");
-                self.tally
-                    .count(Outcome::Passthrough("spawn_failed".into()));
-                self.tally.flush(&self.stats);
-                self.tally = Tally::default();
-                return Compiled::Failed(super::exec_compiler(
-                    &self.inv.compiler,
-                    &self.inv.arg0,
-                    &self.inv.args,
-                ));
-            }
-        };
-        emit(&run.stdout, &run.stderr);
-        if !run.status.success() {
-            self.tally.count(Outcome::CompileFailed);
-            return Compiled::Failed(exit_code(run.status));
-        }
-        self.tally.count(Outcome::Miss);
-        self.tally
-            .add(Outcome::CompileMs, run.elapsed.as_millis() as u64);
-        Compiled::Done(run)
-    }
-
-    /// Ships a miss to a peer when the agent's placement says so. Its inputs go as
-    /// blobs the agent lacks (the agent forwards those its peer lacks); the outputs
-    /// land in `dirs`.
-    fn declared_remote(
-        &mut self,
-        agent: &mut crate::agent_client::AgentClient,
-        job: &WarmJob,
-        files: &[(PathBuf, [u8; 32])],
-        dirs: &[PathBuf],
-    ) -> Remote {
-        let compiler = self.compiler_ad();
-        let place = AgentRequest::Place {
-            compiler: compiler.clone(),
-        };
-        match self.ask(agent, &place) {
-            Some(AgentResponse::Ship) => {}
-            Some(AgentResponse::Local(reason)) => {
-                self.tally.count(Outcome::FarmHome(reason.into()));
-                return Remote::Home { reserved: true };
-            }
-            Some(_) => {
-                self.off_protocol();
-                return Remote::AgentGone;
-            }
-            None => return Remote::AgentGone,
-        }
-        let cwd = std::env::current_dir().unwrap_or_default();
-        let mut tree_files = Vec::with_capacity(files.len());
-        let mut local_of = std::collections::HashMap::new();
-        for (p, d) in files {
-            let abs = fsutil::clean_path(&cwd.join(p));
-            tree_files.push(TreeFile {
-                path: abs.to_string_lossy().into_owned(),
-                digest: *d,
-            });
-            local_of.insert(*d, p.clone());
-        }
-        let mut digests: Vec<[u8; 32]> = local_of.keys().copied().collect();
-        digests.sort();
-        let missing = match self.ask(agent, &AgentRequest::MissingBlobs(digests)) {
-            Some(AgentResponse::MissingBlobs(m)) => m,
-            Some(_) => {
-                self.off_protocol();
-                return Remote::AgentGone;
-            }
-            None => return Remote::AgentGone,
-        };
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0usize;
-        for d in missing {
-            let Some(p) = local_of.get(&d) else { continue };
-            let Ok(data) = fsutil::read_file(p) else {
-                return Remote::Home { reserved: false };
-            };
-            if *blake3::hash(&data).as_bytes() != d {
-                // Changed since it was keyed: this compile must read it here.
-                self.tally.count(Outcome::FarmHome("input_changed".into()));
-                return Remote::Home { reserved: false };
-            }
-            batch_bytes += data.len();
-            batch.push(Blob { digest: d, data });
-            if batch_bytes > BLOB_BATCH {
-                if !self.send_blobs(agent, std::mem::take(&mut batch)) {
-                    return Remote::AgentGone;
-                }
-                batch_bytes = 0;
-            }
-        }
-        if !batch.is_empty() && !self.send_blobs(agent, batch) {
-            return Remote::AgentGone;
-        }
-        let tree = TreeJob {
-            family: self.family.name().to_string(),
-            compiler,
-            args: job.args.clone(),
-            outputs: self
-                .inv
-                .outputs
-                .iter()
-                .zip(dirs)
-                .map(|(o, d)| (o.role.to_string(), d.to_string_lossy().into_owned()))
-                .collect(),
-            files: tree_files,
-        };
-        let t0 = std::time::Instant::now();
-        let started_ns = fsutil::now_ns();
-        let r = match self.ask(agent, &AgentRequest::CompileTree(tree)) {
-            Some(AgentResponse::TreeCompiled(r)) => r,
-            Some(AgentResponse::Local(reason)) => {
-                self.count_sent_home(&reason);
-                return Remote::Home { reserved: true };
-            }
-            Some(_) => {
-                self.off_protocol();
-                return Remote::AgentGone;
-            }
-            None => return Remote::AgentGone,
-        };
-        if let Some(why) = untrusted(r.exit_code, &r.stdout, &r.stderr, job.paths_rewritten) {
-            tracing::info!(worker = %r.worker, why, "remote compile not used: compiling here");
-            self.tally.count(Outcome::FarmHome(why.into()));
-            return Remote::Home { reserved: false };
-        }
-        for o in &r.outputs {
-            let placed = o.path.split_once('/').and_then(|(role, rel)| {
-                let i = self.inv.outputs.iter().position(|x| x.role == role)?;
-                Some(dirs[i].join(safe_relative(rel)?))
-            });
-            let Some(path) = placed else {
-                self.tally.count(Outcome::Fallback("bad_output".into()));
-                return Remote::Home { reserved: false };
-            };
-            let written = path
-                .parent()
-                .map(std::fs::create_dir_all)
-                .unwrap_or(Ok(()))
-                .and_then(|_| std::fs::write(&path, &o.data));
-            if let Err(e) = written {
-                tracing::warn!(path = %path.display(), error = %e, "cannot write remote output");
-                self.tally.count(Outcome::Fallback("write_output".into()));
-                return Remote::Home { reserved: false };
-            }
-        }
-        emit(&r.stdout, &r.stderr);
-        self.tally.count(Outcome::Miss);
-        self.tally.count(Outcome::FarmRemote);
-        self.tally.add(Outcome::CompileMs, r.compile_ms);
-        tracing::info!(worker = %r.worker, ms = r.compile_ms, files = files.len(), "compiled by a peer");
-        Remote::Done(CompileRun {
-            status: std::os::unix::process::ExitStatusExt::from_raw(0),
-            stdout: r.stdout,
-            stderr: r.stderr,
-            elapsed: t0.elapsed(),
+        Ok(Ran {
+            payload: Some(payload),
+            local_ms: ms,
+            remote: false,
             started_ns,
         })
     }
 
-    fn send_blobs(
-        &mut self,
-        agent: &mut crate::agent_client::AgentClient,
-        blobs: Vec<Blob>,
-    ) -> bool {
-        match self.ask(agent, &AgentRequest::PutBlobs(blobs)) {
-            Some(AgentResponse::Published) => true,
-            Some(_) => {
-                self.off_protocol();
-                false
-            }
-            None => false,
-        }
+    fn store(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, ran: &Ran) -> Vec<Item> {
+        let Some(payload) = &ran.payload else {
+            return Vec::new();
+        };
+        flow::put_local(ctx, tiers, EntryKind::Result, &self.rkey, payload);
+        tracing::info!(source = %ctx.inv.source.display(), ms = ran.local_ms, "declared miss stored");
+        vec![Item {
+            kind: EntryKind::Result,
+            key: self.rkey.0,
+            data: payload.clone(),
+        }]
     }
+}
 
+impl Ctx<'_> {
     /// The result entry of a compile whose outputs are in `dirs`.
     fn tree_payload(
         &self,
@@ -497,50 +206,49 @@ impl Ctx<'_> {
         let Some(entry) = ResultEntry::decode(data) else {
             return false;
         };
+        match self.tree_plan(&entry, outs) {
+            Some(plan) => write_planned(plan),
+            None => false,
+        }
+    }
+
+    /// Where each file of an entry goes; `None` when one would leave its output
+    /// directory or names no output role of this compile (a damaged entry).
+    fn tree_plan<'e>(
+        &self,
+        entry: &ResultEntry<'e>,
+        outs: &[OutputDir],
+    ) -> Option<Vec<(PathBuf, &'e [u8])>> {
         let mut plan = Vec::with_capacity(entry.outputs.len());
         for b in &entry.outputs {
-            let Some((role, rel)) = b.role.split_once('/') else {
-                return false;
-            };
-            let Some(out) = outs.iter().find(|o| o.role == role) else {
-                return false;
-            };
-            let Some(rel) = safe_relative(rel) else {
-                return false;
-            };
-            plan.push((out.path.join(rel), b.data));
+            let (role, rel) = b.role.split_once('/')?;
+            let out = outs.iter().find(|o| o.role == role)?;
+            plan.push((out.path.join(safe_relative(rel)?), b.data));
         }
-        for (path, data) in plan {
-            if let Some(parent) = path.parent() {
-                if let Err(e) = std::fs::create_dir_all(parent) {
-                    tracing::warn!(path = %parent.display(), error = %e, "cannot create output directory");
-                    return false;
-                }
-            }
-            if let Err(e) = fsutil::write_atomic(&path, data) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot write output");
-                return false;
-            }
-        }
-        true
+        Some(plan)
     }
 
     /// A hit: the entry's files written, its messages replayed.
-    fn restore_tree(&mut self, data: &[u8], outs: &[OutputDir], hit_counter: &Outcome) -> bool {
+    fn restore_tree(&mut self, data: &[u8], outs: &[OutputDir], hit: Outcome) -> Restored {
         let Some(entry) = ResultEntry::decode(data) else {
-            return false;
+            return Restored::Corrupt;
         };
         // An entry with no files never stands for a compile that writes into output
         // directories (such an entry, from anyone, would otherwise match any compile);
         // such compiles are not stored either.
         if entry.outputs.is_empty() && !outs.is_empty() {
-            return false;
+            return Restored::Corrupt;
         }
-        if !self.write_tree(data, outs) {
-            return false;
+        match self.tree_plan(&entry, outs) {
+            None => return Restored::Corrupt,
+            Some(plan) => {
+                if !write_planned(plan) {
+                    return Restored::Unwritable;
+                }
+            }
         }
-        self.replay_hit(&entry, hit_counter);
-        true
+        self.replay_hit(&entry, hit);
+        Restored::Hit
     }
 
     /// Moves what a failed or unstorable compile wrote to where the compiler would
@@ -559,6 +267,23 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// Writes planned files, each atomically. `false` when one cannot be written.
+fn write_planned(plan: Vec<(PathBuf, &[u8])>) -> bool {
+    for (path, data) in plan {
+        if let Some(parent) = path.parent() {
+            if let Err(e) = std::fs::create_dir_all(parent) {
+                tracing::warn!(path = %parent.display(), error = %e, "cannot create output directory");
+                return false;
+            }
+        }
+        if let Err(e) = fsutil::write_atomic(&path, data) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write output");
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]

@@ -1,0 +1,310 @@
+//! Direct and depend modes: keyed by the source and a manifest of what its compiles
+//! read (checked by stat stamps and content here, by content alone for the farm's
+//! portable entries). No preprocessor runs on a hit.
+
+use super::exec::{self, Remote};
+use super::farm::Farm;
+use super::flow::{self, Lookup, Mode, Ran, FARM, LOCAL};
+use super::preprocessor::Preprocessor;
+use super::{Ctx, Restored};
+use crate::config::Mode as ConfigMode;
+use crate::fsutil;
+use crate::key::{self, Manifest, ManifestEntry, PreprocessorOnly, RecordError};
+use crate::lang::{self, DepSource};
+use crate::protocol::Item;
+use crate::stats::Outcome;
+use crate::store::{CacheKey, EntryKind, Tiered};
+
+pub(super) struct Direct {
+    /// Depend mode: only the compile's own dependency output is trusted, and the
+    /// farm takes no part.
+    depend: bool,
+    /// The manifest key (set by `key`).
+    mkey: CacheKey,
+    /// Inputs changed after this instant may not be what the key describes.
+    keyed_ns: i128,
+    source: Vec<u8>,
+    /// This machine's manifest for the key, to which new entries are added.
+    manifest: Manifest,
+}
+
+impl Direct {
+    pub fn new(depend: bool) -> Direct {
+        Direct {
+            depend,
+            mkey: CacheKey([0; 32]),
+            keyed_ns: 0,
+            source: Vec::new(),
+            manifest: Manifest::default(),
+        }
+    }
+
+    fn hit(&self) -> Outcome {
+        if self.depend {
+            Outcome::HitDepend
+        } else {
+            Outcome::HitDirect
+        }
+    }
+
+    /// The local manifest's entries, checked by stat stamp and content.
+    fn lookup_local(&mut self, ctx: &mut Ctx, tiers: &mut Tiered) -> Lookup {
+        let data = tiers.get_from(LOCAL, EntryKind::Manifest, &self.mkey, &mut |t, e| {
+            flow::count_error(ctx, t, e)
+        });
+        self.manifest = match data {
+            Some(data) => match Manifest::decode(&data) {
+                Some(m) => m,
+                None => {
+                    ctx.tally.count(Outcome::CorruptEntry);
+                    Manifest::default()
+                }
+            },
+            None => Manifest::default(),
+        };
+        if let Some(marker) = self.manifest.preprocessor_only.clone() {
+            if !self.depend {
+                return Lookup::Done(flow::run(ctx, &mut Preprocessor::new(Some(marker))));
+            }
+        }
+        let mut memo = key::CheckMemo::default();
+        let hit = self.hit();
+        for e in &self.manifest.entries {
+            if key::entry_matches(e, &mut memo) {
+                let r = e.result;
+                let looked = flow::lookup_result(ctx, tiers, LOCAL, &r, false, &mut |c, d, _| {
+                    c.restore_files(d, hit.clone())
+                });
+                if let Lookup::Hit = looked {
+                    return Lookup::Hit;
+                }
+            }
+        }
+        Lookup::Miss
+    }
+
+    /// Direct mode's lookup in the farm's cache: the manifest shared under the key,
+    /// checked here against this machine's files by content (entries travel without
+    /// stat stamps), then the result. A hit is kept here too.
+    fn lookup_farm(&mut self, ctx: &mut Ctx, tiers: &mut Tiered) -> Lookup {
+        let Some(data) = tiers.get_from(FARM, EntryKind::Manifest, &self.mkey, &mut |t, e| {
+            flow::count_error(ctx, t, e)
+        }) else {
+            return Lookup::Miss;
+        };
+        let Some(m) = Manifest::decode(&data) else {
+            return Lookup::Miss;
+        };
+        let mut memo = key::CheckMemo::default();
+        for e in m.entries {
+            let e = e.portable();
+            if !key::entry_matches(&e, &mut memo) {
+                continue;
+            }
+            let Some(result) = tiers.get_from(FARM, EntryKind::Result, &e.result, &mut |t, err| {
+                flow::count_error(ctx, t, err)
+            }) else {
+                if !tiers.usable(FARM) {
+                    return Lookup::Miss;
+                }
+                continue;
+            };
+            if ctx.restore_files(&result, Outcome::HitFarm) != Restored::Hit {
+                ctx.tally.count(Outcome::Fallback("bad_entry".into()));
+                continue;
+            }
+            // A farm hit: keep it here too.
+            if flow::put_local(ctx, tiers, EntryKind::Result, &e.result, &result) {
+                self.manifest.add(e);
+                let m = self.manifest.encode();
+                flow::put_local(ctx, tiers, EntryKind::Manifest, &self.mkey, &m);
+            }
+            return Lookup::Hit;
+        }
+        Lookup::Miss
+    }
+
+    /// Records a manifest entry for a result whose outputs are on disk, and stores
+    /// both here. The entry, when one could be recorded.
+    fn record(
+        &mut self,
+        ctx: &mut Ctx,
+        tiers: &mut Tiered,
+        started_ns: i128,
+        payload: &[u8],
+        dep_source: DepSource,
+    ) -> Option<ManifestEntry> {
+        let facts = ctx
+            .family
+            .dependencies(&ctx.inv, dep_source, &ctx.cfg.dir.value.join("memo"));
+        ctx.family.cleanup(&ctx.inv);
+        let nr = match facts {
+            Ok(f) => {
+                match key::record_entry(
+                    &self.mkey,
+                    &ctx.inv.source,
+                    &f.files,
+                    &f.missing,
+                    &f.not_file,
+                    started_ns,
+                ) {
+                    Ok(entry) => {
+                        if flow::put_local(ctx, tiers, EntryKind::Result, &entry.result, payload) {
+                            self.manifest.add(entry.clone());
+                            self.manifest.preprocessor_only = None;
+                            let m = self.manifest.encode();
+                            flow::put_local(ctx, tiers, EntryKind::Manifest, &self.mkey, &m);
+                        }
+                        return Some(entry);
+                    }
+                    Err(RecordError::TooNew(p)) => {
+                        tracing::info!(path = %p.display(), "input modified during the compile: not stored");
+                        ctx.tally.count(Outcome::NotStored("input_too_new".into()));
+                        return None;
+                    }
+                    Err(RecordError::Unreadable(p)) => {
+                        tracing::info!(path = %p.display(), "input unreadable after the compile: not stored");
+                        ctx.tally
+                            .count(Outcome::NotStored("input_unreadable".into()));
+                        return None;
+                    }
+                }
+            }
+            Err(nr) => nr,
+        };
+        tracing::info!(reason = nr.reason, detail = %nr.detail, "no direct-mode entry");
+        if nr.preprocessor_ok && !self.depend {
+            // Key this source by its preprocessed text from the next compile on.
+            // This result is not stored: a key computed now, after the compile,
+            // could describe inputs edited while it ran.
+            let marker = Manifest {
+                preprocessor_only: Some(PreprocessorOnly {
+                    reason: format!("{}: {}", nr.reason, nr.detail),
+                    uses_time: nr.uses_time,
+                }),
+                entries: Vec::new(),
+            };
+            flow::put_local(
+                ctx,
+                tiers,
+                EntryKind::Manifest,
+                &self.mkey,
+                &marker.encode(),
+            );
+            ctx.tally.count(Outcome::NotStored(nr.reason.into()));
+        } else if nr.reason == lang::UNSUPPORTED_CODE_DIRECTIVE {
+            // A header reads files no key covers: counted like the source's case.
+            ctx.tally.count(Outcome::Passthrough(nr.reason.into()));
+        } else {
+            ctx.tally.count(Outcome::NotStored(nr.reason.into()));
+        }
+        None
+    }
+}
+
+impl Mode for Direct {
+    fn key(&mut self, ctx: &mut Ctx, _: &mut Tiered) -> Result<(), i32> {
+        debug_assert_eq!(self.depend, ctx.cfg.mode.value == ConfigMode::Depend);
+        let base = match ctx.base_hasher("direct") {
+            Ok(h) => h,
+            Err(e) => return Err(ctx.uncached(&format!("{e}"), "input_unreadable")),
+        };
+        // The too-new check of what a miss records starts here, before the source is
+        // read for the key.
+        self.keyed_ns = fsutil::now_ns();
+        self.source = match fsutil::read_file(&ctx.inv.source) {
+            Ok(s) => s,
+            // The compiler reports a missing source in its own words.
+            Err(_) => return Err(ctx.uncached("source unreadable", "source_unreadable")),
+        };
+        self.mkey = key::finish(base, "source", &self.source);
+        Ok(())
+    }
+
+    fn lookup(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, i: usize) -> Lookup {
+        match i {
+            LOCAL => self.lookup_local(ctx, tiers),
+            _ => self.lookup_farm(ctx, tiers),
+        }
+    }
+
+    /// Text that makes the compiler read files no key covers is never cached nor
+    /// shipped. (No entry is ever recorded for such a source, since recording scans
+    /// it and every header: the hit path need not scan.)
+    fn before_miss(&mut self, ctx: &mut Ctx) -> Result<(), i32> {
+        let source = std::mem::take(&mut self.source);
+        match ctx.family.worker_source_check(&source) {
+            Ok(()) => Ok(()),
+            Err(p) => Err(ctx.uncached(&p.detail, p.reason)),
+        }
+    }
+
+    fn uses_farm(&self) -> bool {
+        !self.depend
+    }
+
+    fn execute(&mut self, ctx: &mut Ctx, farm: &Farm) -> Result<Ran, i32> {
+        let prepared = match exec::remote_text(ctx, farm) {
+            Remote::Done(payload) => {
+                return Ok(Ran {
+                    payload: Some(payload),
+                    local_ms: 0,
+                    remote: true,
+                    started_ns: self.keyed_ns,
+                })
+            }
+            Remote::Home { prepared } => prepared,
+        };
+        // Compile here, observing what the compile reads (unless the farm's
+        // preprocessor run already wrote the dependency file).
+        let run = exec::home_miss(ctx, !prepared)?;
+        let ms = run.elapsed.as_millis() as u64;
+        let payload = ctx.payload_from_disk(&run.stdout, &run.stderr, ms);
+        if payload.is_none() {
+            ctx.family.cleanup(&ctx.inv);
+        }
+        Ok(Ran {
+            payload,
+            local_ms: ms,
+            remote: false,
+            started_ns: run.started_ns,
+        })
+    }
+
+    fn store(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, ran: &Ran) -> Vec<Item> {
+        let Some(payload) = &ran.payload else {
+            return Vec::new();
+        };
+        let dep_source = if self.depend {
+            DepSource::CompileOnly
+        } else {
+            DepSource::ScanIfNeeded
+        };
+        let started = if ran.remote {
+            self.keyed_ns
+        } else {
+            self.keyed_ns.min(ran.started_ns)
+        };
+        let entry = self.record(ctx, tiers, started, payload, dep_source);
+        let Some(e) = entry else { return Vec::new() };
+        // Entries for the farm's cache: the result, and a manifest of this entry
+        // alone (the key's home merges it into the one it holds).
+        let result = e.result;
+        let m = Manifest {
+            preprocessor_only: None,
+            entries: vec![e.portable()],
+        };
+        vec![
+            Item {
+                kind: EntryKind::Result,
+                key: result.0,
+                data: payload.clone(),
+            },
+            Item {
+                kind: EntryKind::Manifest,
+                key: self.mkey.0,
+                data: m.encode(),
+            },
+        ]
+    }
+}

@@ -1,0 +1,190 @@
+//! The one compile flow: key, look up through the tiers (local, then the farm's
+//! cache), execute the miss (a peer, a warm compiler or home, see [`super::exec`]),
+//! store it here and publish it to the farm. Modes supply keys, restores and records;
+//! none has its own flow.
+
+use super::farm::Farm;
+use super::{Ctx, Restored};
+use crate::protocol::Item;
+use crate::stats::Outcome;
+use crate::store::{CacheError, CacheKey, EntryKind, LocalStore, Tier, Tiered};
+
+/// The tiers' positions in a compile's [`Tiered`].
+pub(super) const LOCAL: usize = 0;
+pub(super) const FARM: usize = 1;
+
+/// What a lookup in one tier found.
+pub(super) enum Lookup {
+    Hit,
+    Miss,
+    /// The compile already finished another way (it ran uncached, or another mode
+    /// took it): its exit code.
+    Done(i32),
+}
+
+/// A miss that ran: what to store, and home's share of its time.
+pub(super) struct Ran {
+    /// The result entry to store; `None` when nothing may be stored.
+    pub payload: Option<Vec<u8>>,
+    /// Milliseconds it kept home busy, for the agent's placement (0 when a peer ran it).
+    pub local_ms: u64,
+    /// A peer compiled it (its recording must not trust this compile's start time).
+    pub remote: bool,
+    /// When the compile started, ns since the epoch.
+    pub started_ns: i128,
+}
+
+/// What one mode supplies to the flow.
+pub(super) trait Mode {
+    /// Computes this compile's key. `Err`: it already ran another way (exit code).
+    fn key(&mut self, ctx: &mut Ctx, tiers: &mut Tiered) -> Result<(), i32>;
+
+    /// Looks the key up in tier `i` and restores a hit there, backfilling the tiers
+    /// before it.
+    fn lookup(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, i: usize) -> Lookup;
+
+    /// Checks before a miss is compiled or shipped. `Err`: it ran uncached.
+    fn before_miss(&mut self, ctx: &mut Ctx) -> Result<(), i32> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Whether the farm (its cache and its peers) takes part.
+    fn uses_farm(&self) -> bool {
+        true
+    }
+
+    /// Runs the miss through the executors. `Err`: the compile finished without a
+    /// result to store (failed, or ran as the real compiler): its exit code.
+    fn execute(&mut self, ctx: &mut Ctx, farm: &Farm) -> Result<Ran, i32>;
+
+    /// Stores what the miss produced in the local tier; the items for the farm.
+    fn store(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, ran: &Ran) -> Vec<Item>;
+}
+
+/// Runs one compile through the cache in `mode`.
+pub(super) fn run(ctx: &mut Ctx, mode: &mut dyn Mode) -> i32 {
+    let local = LocalStore::new(&ctx.cfg.dir.value, ctx.cfg.max_size.value);
+    let farm = Farm::new(ctx.cfg.agent.value.as_deref());
+    let mut tiers = if mode.uses_farm() {
+        Tiered::new(vec![&local as &dyn Tier, &farm])
+    } else {
+        Tiered::new(vec![&local as &dyn Tier])
+    };
+    let code = run_tiers(ctx, mode, &mut tiers, &farm);
+    farm.flush_counts(&mut ctx.tally);
+    code
+}
+
+fn run_tiers(ctx: &mut Ctx, mode: &mut dyn Mode, tiers: &mut Tiered, farm: &Farm) -> i32 {
+    if let Err(code) = mode.key(ctx, tiers) {
+        return code;
+    }
+    match mode.lookup(ctx, tiers, LOCAL) {
+        Lookup::Hit => return 0,
+        Lookup::Done(code) => return code,
+        Lookup::Miss => {}
+    }
+    if let Err(code) = mode.before_miss(ctx) {
+        return code;
+    }
+    for i in 1..tiers.len() {
+        if !tiers.usable(i) {
+            continue;
+        }
+        match mode.lookup(ctx, tiers, i) {
+            Lookup::Hit => return 0,
+            Lookup::Done(code) => return code,
+            Lookup::Miss => {}
+        }
+    }
+    let ran = match mode.execute(ctx, farm) {
+        Ok(r) => r,
+        Err(code) => {
+            farm.done(Vec::new(), 0);
+            return code;
+        }
+    };
+    let items = mode.store(ctx, tiers, &ran);
+    farm.done(items, ran.local_ms);
+    0
+}
+
+/// Counts a tier's error: the local disk's by kind, the farm's as its agent failing.
+pub(super) fn count_error(ctx: &mut Ctx, tier: usize, e: &CacheError) {
+    if tier == LOCAL {
+        ctx.cache_error(e);
+    } else {
+        tracing::warn!(error = %e, "farm cache failed");
+    }
+}
+
+/// The hit counter of tier `i` in `mode_hit`'s mode.
+pub(super) fn hit_outcome(tier: usize, mode_hit: Outcome) -> Outcome {
+    if tier == LOCAL {
+        mode_hit
+    } else {
+        Outcome::HitFarm
+    }
+}
+
+/// Looks up a result entry by its key in tier `i` and restores it with `restore`.
+/// A damaged local entry is counted and removed; a farm entry that cannot be used is
+/// counted as a bad entry; an entry whose outputs cannot be written here is the
+/// user's error: the real compiler runs and reports it, and the entry stays.
+pub(super) fn lookup_result(
+    ctx: &mut Ctx,
+    tiers: &mut Tiered,
+    i: usize,
+    key: &CacheKey,
+    unwritable_runs_real: bool,
+    restore: &mut dyn FnMut(&mut Ctx, &[u8], usize) -> Restored,
+) -> Lookup {
+    let Some(data) = tiers.get_from(i, EntryKind::Result, key, &mut |t, e| {
+        count_error(ctx, t, e)
+    }) else {
+        return Lookup::Miss;
+    };
+    match restore(ctx, &data, i) {
+        Restored::Hit => {
+            tiers.backfill(i, EntryKind::Result, key, &data, &mut |t, e| {
+                count_error(ctx, t, e)
+            });
+            Lookup::Hit
+        }
+        Restored::Unwritable if unwritable_runs_real => {
+            Lookup::Done(ctx.uncached("output directory unwritable", "output_unwritable"))
+        }
+        Restored::Unwritable | Restored::NotThis if i == LOCAL => Lookup::Miss,
+        Restored::Unwritable => Lookup::Miss,
+        Restored::Corrupt if i == LOCAL => {
+            ctx.tally.count(Outcome::CorruptEntry);
+            let _ = tiers.tier(LOCAL).remove(EntryKind::Result, key);
+            Lookup::Miss
+        }
+        _ => {
+            ctx.tally.count(Outcome::Fallback("bad_entry".into()));
+            Lookup::Miss
+        }
+    }
+}
+
+/// Puts an entry in the local tier, counting what the write did.
+pub(super) fn put_local(
+    ctx: &mut Ctx,
+    tiers: &mut Tiered,
+    kind: EntryKind,
+    key: &CacheKey,
+    data: &[u8],
+) -> bool {
+    match tiers.tier(LOCAL).put(kind, key, data) {
+        Ok(r) => {
+            ctx.put_report(&r);
+            true
+        }
+        Err(e) => {
+            ctx.cache_error(&e);
+            false
+        }
+    }
+}

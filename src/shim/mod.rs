@@ -1,0 +1,295 @@
+//! The per-compile flow: parse, key, look up through the tiers, execute (a peer, a
+//! warm compiler or home), store and publish. The flow is written once
+//! ([`flow::run`]); each mode ([`direct`], [`preprocessor`], [`declared`]) supplies
+//! its keys, how a hit is restored and what a miss records.
+//!
+//! Invariants (DESIGN.md): the hit path starts no runtime and touches no network;
+//! every farm failure ends in running the real compiler with a counted reason; the
+//! compiler's own exit code, stdout and stderr always reach the caller unchanged.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::time::Instant;
+
+use crate::config::{Config, Mode};
+use crate::fsutil;
+use crate::key::{self, OutputBlob, ResultEntry};
+use crate::lang::{self, Family, Invocation};
+use crate::stats::{Outcome, Stats, Tally};
+use crate::store::{CacheError, PutReport};
+
+mod declared;
+mod direct;
+mod exec;
+mod farm;
+mod flow;
+mod preprocessor;
+
+/// Replaces this process with the real compiler, argv untouched. Returns only if the
+/// exec itself failed.
+pub fn exec_compiler(compiler: &Path, arg0: &OsString, args: &[OsString]) -> i32 {
+    let err = std::process::Command::new(compiler)
+        .arg0(arg0)
+        .args(args)
+        .exec();
+    let _ = writeln!(
+        std::io::stderr(),
+        "farm: cannot execute compiler {}: {err}",
+        compiler.display()
+    );
+    127
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(1))
+}
+
+fn emit(stdout: &[u8], stderr: &[u8]) {
+    if !stdout.is_empty() {
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(stdout);
+        let _ = o.flush();
+    }
+    if !stderr.is_empty() {
+        let _ = std::io::stderr().lock().write_all(stderr);
+    }
+}
+
+fn stderr_is_tty() -> bool {
+    // SAFETY: isatty on a constant descriptor.
+    unsafe { libc::isatty(2) == 1 }
+}
+
+/// One compile's state, shared by the flow, the modes and the executors.
+struct Ctx<'a> {
+    cfg: &'a Config,
+    family: &'static dyn Family,
+    inv: Invocation,
+    identity: [u8; 32],
+    stats: Stats,
+    tally: Tally,
+    t0: Instant,
+}
+
+/// Runs one compiler invocation through the cache. `compiler` is the resolved real
+/// compiler and `canonical` the file it resolves to; `arg0` what it is started as;
+/// `args` the arguments after argv[0].
+pub fn run(
+    cfg: &Config,
+    compiler: &Path,
+    canonical: &Path,
+    arg0: OsString,
+    args: Vec<OsString>,
+) -> i32 {
+    let t0 = Instant::now();
+    let stats = Stats::new(&cfg.dir.value);
+    let passthrough = |reason: &str, detail: &str| {
+        tracing::info!(compiler = %compiler.display(), reason, detail, "passthrough");
+        let mut t = Tally::default();
+        t.count(Outcome::Passthrough(reason.to_string().into()));
+        t.flush(&stats);
+        exec_compiler(compiler, &arg0, &args)
+    };
+    let name = compiler
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(family) = lang::family_for(&name) else {
+        return passthrough("unknown_compiler", &name);
+    };
+    for var in family.unsafe_env() {
+        if std::env::var_os(var).is_some() {
+            return passthrough("unsafe_environment", var);
+        }
+    }
+    let inv = match family.parse(compiler, &arg0, &args, stderr_is_tty()) {
+        Ok(inv) => inv,
+        Err(p) => return passthrough(p.reason, &p.detail),
+    };
+    // A hit replaces outputs by rename: an output that is a device (`-o /dev/null`),
+    // a FIFO or a symlink must be written by the compiler itself. A declared-input
+    // family's outputs are directories (links to them are followed, as javac does).
+    let outputs_are_dirs = family.declared().is_some();
+    for out in &inv.outputs {
+        let meta = if outputs_are_dirs {
+            std::fs::metadata(&out.path)
+        } else {
+            std::fs::symlink_metadata(&out.path)
+        };
+        if let Ok(m) = meta {
+            let fits = if outputs_are_dirs {
+                m.is_dir()
+            } else {
+                m.file_type().is_file()
+            };
+            if !fits {
+                return passthrough("special_output", &out.path.display().to_string());
+            }
+        }
+    }
+    let probe = family.identity_probe(canonical);
+    let identity = match key::compiler_identity(canonical, &probe, &cfg.dir.value.join("memo")) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot identify compiler");
+            return passthrough("compiler_unidentified", &e.to_string());
+        }
+    };
+    let mut ctx = Ctx {
+        cfg,
+        family,
+        inv,
+        identity,
+        stats,
+        tally: Tally::default(),
+        t0,
+    };
+    let code = match (family.declared(), cfg.mode.value) {
+        (Some(decl), _) => flow::run(&mut ctx, &mut declared::Declared::new(decl)),
+        (None, Mode::Preprocessor) => {
+            flow::run(&mut ctx, &mut preprocessor::Preprocessor::new(None))
+        }
+        (None, Mode::Direct) => flow::run(&mut ctx, &mut direct::Direct::new(false)),
+        (None, Mode::Depend) => flow::run(&mut ctx, &mut direct::Direct::new(true)),
+    };
+    ctx.tally.flush(&ctx.stats);
+    code
+}
+
+/// How restoring an entry into this invocation's outputs went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Restored {
+    /// The outputs are in place and the messages replayed.
+    Hit,
+    /// The entry is damaged (it does not decode, or names outputs no compile of this
+    /// kind writes).
+    Corrupt,
+    /// A sound entry that does not fit this invocation (other outputs).
+    NotThis,
+    /// A sound entry whose outputs could not be written here (an unwritable output
+    /// directory, say): the user's error, which the real compiler reports.
+    Unwritable,
+}
+
+impl Ctx<'_> {
+    /// Every field of this compile's key but its main content, in `class`'s scheme.
+    fn base_hasher(&self, class: &str) -> Result<blake3::Hasher, key::KeyError> {
+        let scheme = key::KeyScheme {
+            family: self.family.name(),
+            env: self.family.key_env(),
+        };
+        key::base_hasher(class, scheme, &self.identity, &self.inv)
+    }
+
+    /// Counts a local tier error.
+    fn cache_error(&mut self, e: &CacheError) {
+        match e {
+            CacheError::Corrupt { .. } => {
+                tracing::warn!(error = %e, "corrupt cache entry removed");
+                self.tally.count(Outcome::CorruptEntry);
+            }
+            _ => {
+                tracing::warn!(error = %e, "cache error");
+                self.tally.count(Outcome::CacheError);
+            }
+        }
+    }
+
+    /// Counts what a local write did besides storing.
+    fn put_report(&mut self, r: &PutReport) {
+        if r.cleaned {
+            self.tally.count(Outcome::Cleanups);
+            self.tally.add(Outcome::EvictedFiles, r.evicted_files);
+        }
+    }
+
+    /// A hit's outputs are in place: replays what the compile printed, and counts it.
+    fn replay_hit(&mut self, entry: &ResultEntry, hit: Outcome) {
+        emit(entry.stdout, entry.stderr);
+        let elapsed = self.t0.elapsed().as_millis() as u64;
+        tracing::info!(source = %self.inv.source.display(), hit = %hit.counter(), "hit");
+        self.tally.count(hit);
+        self.tally.add(
+            Outcome::TimeSavedMs,
+            entry.compile_ms.saturating_sub(elapsed),
+        );
+    }
+
+    /// Restores a result entry whose outputs are this invocation's files.
+    fn restore_files(&mut self, data: &[u8], hit: Outcome) -> Restored {
+        let Some(entry) = ResultEntry::decode(data) else {
+            return Restored::Corrupt;
+        };
+        if entry.outputs.len() != self.inv.outputs.len() {
+            return Restored::NotThis;
+        }
+        let mut blobs = Vec::with_capacity(self.inv.outputs.len());
+        for out in &self.inv.outputs {
+            match entry.outputs.iter().find(|b| b.role == out.role) {
+                Some(b) => blobs.push((out, b.data)),
+                None => return Restored::NotThis,
+            }
+        }
+        for (out, data) in &blobs {
+            if let Err(e) = fsutil::write_atomic(&out.path, data) {
+                // The real compile will report (or fix) whatever stops this write.
+                tracing::warn!(path = %out.path.display(), error = %e, "cannot write output on hit");
+                return Restored::Unwritable;
+            }
+        }
+        self.replay_hit(&entry, hit);
+        Restored::Hit
+    }
+
+    /// Reads the output files the compiler wrote and frames them as a result entry.
+    fn payload_from_disk(&mut self, stdout: &[u8], stderr: &[u8], ms: u64) -> Option<Vec<u8>> {
+        let mut datas = Vec::with_capacity(self.inv.outputs.len());
+        for out in &self.inv.outputs {
+            match fsutil::read_file(&out.path) {
+                Ok(d) => datas.push(d),
+                Err(e) => {
+                    tracing::warn!(path = %out.path.display(), error = %e, "expected output missing");
+                    self.tally
+                        .count(Outcome::NotStored("missing_output".into()));
+                    return None;
+                }
+            }
+        }
+        let entry = ResultEntry {
+            stdout,
+            stderr,
+            outputs: self
+                .inv
+                .outputs
+                .iter()
+                .zip(&datas)
+                .map(|(o, d)| OutputBlob {
+                    role: o.role,
+                    data: d,
+                })
+                .collect(),
+            compile_ms: ms,
+        };
+        Some(entry.encode())
+    }
+
+    /// Runs the compile without caching it (still counted), output passed through.
+    fn uncached(&mut self, detail: &str, reason: &str) -> i32 {
+        tracing::info!(detail, reason, "compiling uncached");
+        self.tally
+            .count(Outcome::Passthrough(reason.to_string().into()));
+        self.run_real()
+    }
+
+    /// Flushes the counts and replaces this process with the real compiler.
+    fn run_real(&mut self) -> i32 {
+        self.tally.flush(&self.stats);
+        self.tally = Tally::default();
+        self.family.cleanup(&self.inv);
+        exec_compiler(&self.inv.compiler, &self.inv.arg0, &self.inv.args)
+    }
+}
