@@ -15,7 +15,7 @@ use crate::cache::{CacheError, CacheKey, EntryKind, LocalStore, Store};
 use crate::config::{Config, Mode};
 use crate::fsutil;
 use crate::key::{self, Manifest, ManifestEntry, OutputBlob, RecordError, ResultEntry};
-use crate::lang::{self, CompileRun, DepSource, Family, Invocation};
+use crate::lang::{self, CompileRun, DepSource, Family, Invocation, Keying, Observed};
 use crate::protocol::{AgentRequest, AgentResponse, CompilerAd, Item, Job, Kind};
 use crate::stats::{names, Stats};
 
@@ -178,7 +178,7 @@ pub fn run(
     // A hit replaces outputs by rename: an output that is a device (`-o /dev/null`),
     // a FIFO or a symlink must be written by the compiler itself. A declared-input
     // family's outputs are directories (links to them are followed, as javac does).
-    let outputs_are_dirs = family.declared().is_some();
+    let outputs_are_dirs = matches!(family.keying(), Keying::Declared(_));
     for out in &inv.outputs {
         let meta = if outputs_are_dirs {
             std::fs::metadata(&out.path)
@@ -214,16 +214,56 @@ pub fn run(
         tally: Tally::default(),
         t0,
     };
-    let code = match (family.declared(), cfg.mode.value) {
-        (Some(decl), _) => ctx.declared_mode(decl),
-        (None, Mode::Preprocessor) => ctx.preprocessor_mode(None),
-        (None, Mode::Direct | Mode::Depend) => ctx.direct_mode(),
+    let code = match (family.keying(), cfg.mode.value) {
+        (Keying::Declared(decl), _) => ctx.declared_mode(decl),
+        (Keying::Observed(_), Mode::Preprocessor) => ctx.preprocessor_mode(None),
+        (Keying::Observed(_), Mode::Direct | Mode::Depend) => ctx.direct_mode(),
     };
     ctx.tally.flush(&ctx.stats);
     code
 }
 
+/// The observing side of a family keyed by its declared inputs: nothing to observe.
+/// Direct, depend and preprocessor modes run only for families keyed by observation
+/// (see the dispatch in [`run`]); steps both flows share (`uncached`) reach this.
+struct NothingObserved;
+
+impl Observed for NothingObserved {
+    fn preprocess(&self, _: &Invocation) -> std::io::Result<Result<Vec<u8>, lang::Passthrough>> {
+        Ok(Err(lang::Passthrough::new("no_preprocessor", "declared")))
+    }
+
+    fn compile(&self, _: &Invocation, _: bool) -> std::io::Result<CompileRun> {
+        Err(std::io::Error::other(
+            "this family compiles through its declared-input flow",
+        ))
+    }
+
+    fn dependencies(
+        &self,
+        _: &Invocation,
+        _: DepSource,
+        _: &Path,
+    ) -> Result<lang::DependencyFacts, lang::NotRecordable> {
+        Err(lang::NotRecordable {
+            reason: "declared_inputs",
+            detail: String::new(),
+            preprocessor_ok: false,
+        })
+    }
+
+    fn cleanup(&self, _: &Invocation) {}
+}
+
 impl Ctx<'_> {
+    /// The family's observing side ([`NothingObserved`] for a declared-input family).
+    fn observed(&self) -> &'static dyn Observed {
+        match self.family.keying() {
+            Keying::Observed(o) => o,
+            Keying::Declared(_) => &NothingObserved,
+        }
+    }
+
     fn cache_error(&mut self, e: &CacheError) {
         match e {
             CacheError::Corrupt { .. } => {
@@ -316,11 +356,11 @@ impl Ctx<'_> {
     }
 
     fn compile(&mut self, observe: bool) -> Result<CompileRun, i32> {
-        match self.family.compile(&self.inv, observe) {
+        match self.observed().compile(&self.inv, observe) {
             Ok(run) => Ok(run),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot run compiler");
-                self.family.cleanup(&self.inv);
+                self.observed().cleanup(&self.inv);
                 self.tally
                     .add(format!("{}.spawn_failed", names::PASSTHROUGH), 1);
                 self.tally.flush(&self.stats);
@@ -340,7 +380,7 @@ impl Ctx<'_> {
         let run = self.compile(observe)?;
         emit(&run.stdout, &run.stderr);
         if !run.status.success() {
-            self.family.cleanup(&self.inv);
+            self.observed().cleanup(&self.inv);
             self.tally.add(names::COMPILE_FAILED, 1);
             return Err(exit_code(run.status));
         }
@@ -433,7 +473,7 @@ impl Ctx<'_> {
         // A miss. Text that makes the compiler read files no key covers is never
         // cached nor shipped. (No entry is ever recorded for such a source, since
         // recording scans it and every header: the hit path need not scan.)
-        if let Err(p) = self.family.worker_source_check(&source) {
+        if let Err(p) = self.observed().source_check(&source) {
             return self.uncached(&p.detail, p.reason);
         }
         drop(source);
@@ -490,7 +530,7 @@ impl Ctx<'_> {
             DepSource::ScanIfNeeded
         };
         let Some(payload) = self.result_payload(&run) else {
-            self.family.cleanup(&self.inv);
+            self.observed().cleanup(&self.inv);
             home.done(Vec::new(), ms);
             return 0;
         };
@@ -515,9 +555,9 @@ impl Ctx<'_> {
         dep_source: DepSource,
     ) -> Option<ManifestEntry> {
         let facts =
-            self.family
+            self.observed()
                 .dependencies(&self.inv, dep_source, &self.cfg.dir.value.join("memo"));
-        self.family.cleanup(&self.inv);
+        self.observed().cleanup(&self.inv);
         match facts {
             Ok(f) => {
                 match key::record_entry(
@@ -577,7 +617,7 @@ impl Ctx<'_> {
 
     /// The preprocessor-mode key, or why there is none.
     fn preprocessed_key(&mut self) -> Result<CacheKey, lang::Passthrough> {
-        let text = match self.family.preprocess(&self.inv) {
+        let text = match self.observed().preprocess(&self.inv) {
             Ok(Ok(t)) => t,
             Ok(Err(p)) => return Err(p),
             Err(e) => return Err(lang::Passthrough::new("preprocessor_error", e.to_string())),
@@ -594,7 +634,7 @@ impl Ctx<'_> {
             .add(format!("{}.{reason}", names::PASSTHROUGH), 1);
         self.tally.flush(&self.stats);
         self.tally = Tally::default();
-        self.family.cleanup(&self.inv);
+        self.observed().cleanup(&self.inv);
         exec_compiler(&self.inv.compiler, &self.inv.arg0, &self.inv.args)
     }
 
@@ -620,7 +660,7 @@ impl Ctx<'_> {
                 }
                 Ok(_) => match self.farm_compile(agent) {
                     Farmed::Served(payload, agent) => {
-                        self.family.cleanup(&self.inv);
+                        self.observed().cleanup(&self.inv);
                         self.put(EntryKind::Result, &rkey, &payload);
                         let item = Item {
                             kind: Kind::Result,
@@ -642,12 +682,12 @@ impl Ctx<'_> {
         let run = match self.compile_miss(false) {
             Ok(r) => r,
             Err(code) => {
-                self.family.cleanup(&self.inv);
+                self.observed().cleanup(&self.inv);
                 home.done(Vec::new(), 0);
                 return code;
             }
         };
-        self.family.cleanup(&self.inv);
+        self.observed().cleanup(&self.inv);
         let ms = run.elapsed.as_millis() as u64;
         match self.result_payload(&run) {
             Some(payload) => {
@@ -786,7 +826,12 @@ impl Ctx<'_> {
                 reserved,
             })
         };
-        if let Err(p) = self.family.remote_allowed(&self.inv) {
+        let text_jobs = self.family.text_jobs();
+        let allowed = match text_jobs {
+            Some(t) => t.allowed(&self.inv),
+            None => Err(lang::Passthrough::new("family", self.family.name())),
+        };
+        if let Err(p) = allowed {
             tracing::info!(reason = p.reason, detail = %p.detail, "compiled at home");
             self.tally
                 .add(format!("{}.{}", names::FARM_HOME, p.reason), 1);
@@ -809,7 +854,11 @@ impl Ctx<'_> {
             }
             None => return home(None, false, false),
         }
-        let job = match self.family.remote_prepare(&self.inv) {
+        let prepared = match text_jobs {
+            Some(t) => t.prepare(&self.inv),
+            None => Ok(Err(lang::Passthrough::new("family", self.family.name()))),
+        };
+        let job = match prepared {
             Ok(Ok(j)) => j,
             // A preprocessor error is the compiler's to report, from a real compile.
             Ok(Err(p)) => {
@@ -824,12 +873,14 @@ impl Ctx<'_> {
                 return home(Some(agent), false, false);
             }
         };
+        let outputs = job.outputs;
         let job = Job {
             family: self.family.name().to_string(),
             compiler,
-            lang: job.lang,
+            input: job.input,
             args: job.args,
             source: job.text,
+            outputs: outputs.iter().map(|o| o.name.clone()).collect(),
         };
         let asked = self.t0.elapsed();
         let answer = agent.call(&AgentRequest::Compile(job));
@@ -844,12 +895,26 @@ impl Ctx<'_> {
                         .add(format!("{}.diagnostics", names::FARM_HOME), 1);
                     return home(Some(agent), true, false);
                 }
-                let object = &self.inv.outputs[0].path;
-                if let Err(e) = fsutil::write_atomic(object, &r.object) {
-                    tracing::warn!(path = %object.display(), error = %e, "cannot write remote object");
-                    self.tally
-                        .add(format!("{}.write_output", names::FALLBACK), 1);
+                // Every file the job named, once, and nothing else.
+                let complete = r.outputs.len() == outputs.len()
+                    && outputs
+                        .iter()
+                        .all(|o| r.outputs.iter().filter(|f| f.path == o.name).count() == 1);
+                if !complete {
+                    tracing::warn!(worker = %r.worker, "remote outputs do not match the job");
+                    self.tally.add(format!("{}.bad_output", names::FALLBACK), 1);
                     return home(Some(agent), true, false);
+                }
+                for o in &outputs {
+                    let Some(f) = r.outputs.iter().find(|f| f.path == o.name) else {
+                        continue;
+                    };
+                    if let Err(e) = fsutil::write_atomic(&o.path, &f.data) {
+                        tracing::warn!(path = %o.path.display(), error = %e, "cannot write remote output");
+                        self.tally
+                            .add(format!("{}.write_output", names::FALLBACK), 1);
+                        return home(Some(agent), true, false);
+                    }
                 }
                 let Some(payload) = self.payload_from_disk(&[], &[], r.compile_ms) else {
                     return home(Some(agent), true, false);

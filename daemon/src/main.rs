@@ -4,10 +4,9 @@
 mod agent;
 mod blobs;
 mod config;
-mod jvm;
 mod node;
 mod peer;
-mod sandbox;
+mod warm;
 mod worker;
 
 use std::io::Write;
@@ -189,7 +188,7 @@ fn start(file: PathBuf, check_only: bool) -> Result<()> {
 
 async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
     let compilers = allowed_compilers(&cfg);
-    let sandbox = match sandbox::Sandbox::probe(&cfg.sandbox_paths).await {
+    let sandbox = match worker::sandbox::Sandbox::probe(&cfg.sandbox_paths).await {
         Ok(s) => Some(s),
         Err(e) => {
             // Fail closed: without a sandbox no peer's job runs here.
@@ -197,7 +196,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
             None
         }
     };
-    let limits = worker::job_limits(&cfg);
+    let limits = worker::spawn::job_limits(&cfg);
     // Memory is limited per process, not per job (no cgroups): say so when the jobs
     // this node may run at once could together exceed the machine.
     if let Some(total) = mem_total_bytes() {
@@ -219,7 +218,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         name: tls.name.clone(),
         host: node::host_id(),
         compilers,
-        jvms: jvm::WarmJvms::new(
+        warm: warm::WarmPool::new(
             &cfg.state_dir,
             cfg.local_slots.max(cfg.slots) as usize,
             sandbox.clone().map(|s| (s, limits)),

@@ -4,7 +4,7 @@
 //! source compiled with `-c`, and only flags this module knows. Anything else runs the
 //! real compiler untouched (a [`Passthrough`] with a reason).
 
-use crate::lang::RemoteJob;
+use crate::lang::{TextJob, TextOutput};
 use rustc_hash::FxHashSet as HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::{
-    CompileRun, DepSource, DependencyFacts, Family, Invocation, NotRecordable, Output, Passthrough,
-    Plan, UNSUPPORTED_CODE_DIRECTIVE,
+    CompileRun, DepSource, DependencyFacts, Family, Invocation, Keying, NotRecordable, Observed,
+    Output, Passthrough, Plan, TextJobs, UNSUPPORTED_CODE_DIRECTIVE,
 };
 use crate::fsutil::{self, DirCache, PathKind};
 
@@ -1906,6 +1906,46 @@ const WORKER_LANGS: &[&str] = &[
     "objective-c-cpp-output",
     "objective-c++-cpp-output",
 ];
+/// The language of a shipped text by the extension of its file name in the job
+/// directory: the client names the file so, the worker passes that `-x` language.
+const JOB_INPUT_EXT: &[(&str, &str)] = &[
+    ("cpp-output", "i"),
+    ("c++-cpp-output", "ii"),
+    ("objective-c-cpp-output", "mi"),
+    ("objective-c++-cpp-output", "mii"),
+];
+/// The stem of a text job's files: `job.i` compiles into `job.o`.
+const JOB_STEM: &str = "job";
+
+/// A file name of a text job: one plain name that cannot pass for a flag or a path
+/// (it reaches the compiler as an argument).
+fn job_file_name_ok(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._".contains(&b))
+}
+
+/// Worker side of a text job's names: the `-x` language of `input`, and the one
+/// object file it compiles into.
+fn worker_job_files<'a>(
+    input: &str,
+    outputs: &'a [String],
+) -> Result<(&'static str, &'a str), Passthrough> {
+    let lang = Path::new(input)
+        .extension()
+        .and_then(|e| e.to_str())
+        .and_then(|e| JOB_INPUT_EXT.iter().find(|(_, x)| *x == e))
+        .filter(|_| job_file_name_ok(input))
+        .map(|(lang, _)| *lang)
+        .ok_or_else(|| Passthrough::new("language", input))?;
+    match outputs {
+        [o] if job_file_name_ok(o) && o.ends_with(".o") && o != input => Ok((lang, o)),
+        _ => Err(Passthrough::new("outputs", outputs.join(" "))),
+    }
+}
+
 /// Environment under which a compile must stay at home: it changes which programs
 /// the driver runs or how, and a worker runs with a clean environment.
 /// (`LD_LIBRARY_PATH` is in the key but does not keep a compile home: build tools set
@@ -2053,7 +2093,8 @@ pub fn worker_args(
 }
 
 impl Gcc {
-    /// The worker's language and arguments, or why no worker may compile this.
+    /// The worker's language (`-x` name) and arguments, or why no worker may compile
+    /// this.
     fn remote_plan(&self, inv: &Invocation) -> Result<(&'static str, Vec<String>), Passthrough> {
         let p = plan(inv);
         let lang = match p.lang {
@@ -2075,7 +2116,7 @@ impl Gcc {
     fn remote_prepare_impl(
         &self,
         inv: &Invocation,
-    ) -> std::io::Result<Result<RemoteJob, Passthrough>> {
+    ) -> std::io::Result<Result<TextJob, Passthrough>> {
         let (lang, args) = match self.remote_plan(inv) {
             Ok(x) => x,
             Err(p) => return Ok(Err(p)),
@@ -2106,10 +2147,17 @@ impl Gcc {
             cmd.args(&inv.observe_args);
         }
         let out = cmd.stdin(Stdio::null()).output()?;
-        Ok(preprocessed_text(inv, out).map(|text| RemoteJob {
-            lang: lang.to_string(),
+        let Some((_, ext)) = JOB_INPUT_EXT.iter().find(|(l, _)| *l == lang) else {
+            return Ok(Err(Passthrough::new("language", lang)));
+        };
+        Ok(preprocessed_text(inv, out).map(|text| TextJob {
+            input: format!("{JOB_STEM}.{ext}"),
             args,
             text,
+            outputs: vec![TextOutput {
+                name: format!("{JOB_STEM}.o"),
+                path: inv.outputs[0].path.clone(),
+            }],
         }))
     }
 }
@@ -2172,6 +2220,16 @@ impl Family for Gcc {
         self.parse_args(compiler, arg0, args, stderr_is_tty)
     }
 
+    fn keying(&self) -> Keying<'_> {
+        Keying::Observed(self)
+    }
+
+    fn text_jobs(&self) -> Option<&dyn TextJobs> {
+        Some(self)
+    }
+}
+
+impl Observed for Gcc {
     fn preprocess(&self, inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Passthrough>> {
         let out = Command::new(&inv.compiler)
             .arg0(&inv.arg0)
@@ -2233,25 +2291,7 @@ impl Family for Gcc {
         }
     }
 
-    fn remote_allowed(&self, inv: &Invocation) -> Result<(), Passthrough> {
-        self.remote_plan(inv).map(|_| ())
-    }
-
-    fn remote_prepare(&self, inv: &Invocation) -> std::io::Result<Result<RemoteJob, Passthrough>> {
-        self.remote_prepare_impl(inv)
-    }
-
-    fn worker_args(
-        &self,
-        lang: &str,
-        args: &[String],
-        input: &Path,
-        output: &Path,
-    ) -> Result<Vec<OsString>, Passthrough> {
-        worker_args(lang, args, input, output)
-    }
-
-    fn worker_source_check(&self, source: &[u8]) -> Result<(), Passthrough> {
+    fn source_check(&self, source: &[u8]) -> Result<(), Passthrough> {
         check_code_directives(source, "")
     }
 
@@ -2259,6 +2299,36 @@ impl Family for Gcc {
         if let Some(f) = &plan(inv).observe_depfile {
             let _ = std::fs::remove_file(f);
         }
+    }
+}
+
+impl TextJobs for Gcc {
+    fn allowed(&self, inv: &Invocation) -> Result<(), Passthrough> {
+        self.remote_plan(inv).map(|_| ())
+    }
+
+    fn prepare(&self, inv: &Invocation) -> std::io::Result<Result<TextJob, Passthrough>> {
+        self.remote_prepare_impl(inv)
+    }
+
+    fn worker_text_check(&self, text: &[u8]) -> Result<(), Passthrough> {
+        check_code_directives(text, "")
+    }
+
+    fn worker_text_args(
+        &self,
+        input: &str,
+        args: &[String],
+        outputs: &[String],
+    ) -> Result<Vec<String>, Passthrough> {
+        let (lang, object) = worker_job_files(input, outputs)?;
+        worker_args(lang, args, Path::new(input), Path::new(object))?
+            .into_iter()
+            .map(|a| {
+                a.into_string()
+                    .map_err(|a| Passthrough::new("flag", a.to_string_lossy()))
+            })
+            .collect()
     }
 }
 
@@ -2654,6 +2724,38 @@ mod tests {
         assert!(io(&["-O2", "-march=x86-64-v2", "-Wa,--noexecstack", "-fno-plt"]).is_ok());
     }
 
+    /// A text job names its files; the worker takes only plain names it can pass to
+    /// the compiler as files, the language from the input's extension, one object.
+    #[test]
+    fn worker_takes_file_names_from_the_job() {
+        let args = |input: &str, outputs: &[&str]| {
+            let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+            GCC.worker_text_args(input, &["-O2".to_string()], &outputs)
+        };
+        let w = args("job.ii", &["job.o"]).unwrap();
+        assert_eq!(w[..2], ["-x", "c++-cpp-output"]);
+        assert_eq!(w[w.len() - 4..], ["-c", "job.ii", "-o", "job.o"]);
+        for (lang, ext) in JOB_INPUT_EXT {
+            let w = args(&format!("job.{ext}"), &["job.o"]).unwrap();
+            assert_eq!(w[1], *lang);
+        }
+        for (input, outputs) in [
+            ("job.c", &["job.o"][..]),
+            ("job", &["job.o"]),
+            ("-fdump-tree-all.i", &["job.o"]),
+            (".i", &["job.o"]),
+            ("a/job.i", &["job.o"]),
+            ("job.i", &[]),
+            ("job.i", &["job.o", "job.d"]),
+            ("job.i", &["job.s"]),
+            ("job.i", &["-o.o"]),
+            ("job.i", &["../x.o"]),
+            ("job.i", &["job.i"]),
+        ] {
+            assert!(args(input, outputs).is_err(), "{input} {outputs:?}");
+        }
+    }
+
     #[test]
     fn code_directives_are_found() {
         for (text, what) in [
@@ -2673,7 +2775,7 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(text)
             );
-            assert!(GCC.worker_source_check(text).is_err());
+            assert!(GCC.worker_text_check(text).is_err());
         }
         for text in [
             &b"int incbin; int include_dirs; s.included = 1;"[..],
@@ -2686,7 +2788,7 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(text)
             );
-            assert!(GCC.worker_source_check(text).is_ok());
+            assert!(GCC.worker_text_check(text).is_ok());
         }
     }
 
@@ -2741,7 +2843,7 @@ mod tests {
                 Some("native_cpu"),
                 "{flag}"
             );
-            assert!(GCC.remote_allowed(&inv).is_err());
+            assert!(GCC.allowed(&inv).is_err());
         }
         let inv = parse(&["-c", "-march=x86-64-v2", "a.c"]).unwrap();
         assert!(inv.key_extra.iter().all(|e| !e.starts_with("native-cpu=")));

@@ -9,7 +9,7 @@ use super::{emit, exit_code, Ctx, Tally};
 use crate::cache::EntryKind;
 use crate::fsutil;
 use crate::key::{self, OutputBlob, ResultEntry};
-use crate::lang::{CompileRun, Declared, OutputDir, WarmJob};
+use crate::lang::{CompileRun, Declared, OutputDir, Passthrough, TreeArgs};
 use crate::protocol::{AgentRequest, AgentResponse, Blob, Item, Kind, TreeFile, TreeJob};
 use crate::stats::names;
 
@@ -207,7 +207,11 @@ impl Ctx<'_> {
         reserved: &mut bool,
     ) -> Compiled {
         if let Some(a) = agent.as_mut() {
-            match decl.warm_job(&self.inv, dirs) {
+            let tree = match self.family.tree_jobs() {
+                Some(t) => t.tree_args(&self.inv, dirs),
+                None => Err(Passthrough::new("family", self.family.name())),
+            };
+            match tree {
                 Err(p) => {
                     tracing::info!(reason = p.reason, detail = %p.detail, "not warm");
                     self.tally
@@ -215,8 +219,8 @@ impl Ctx<'_> {
                     self.tally
                         .add(format!("{}.{}", names::FARM_HOME, p.reason), 1);
                 }
-                Ok(job) => {
-                    match self.declared_remote(a, &job, files, dirs) {
+                Ok(tree) => {
+                    match self.declared_remote(a, &tree, files, dirs) {
                         Remote::Done(run) => return Compiled::Done(run),
                         Remote::Home { reserved: r } => *reserved = r,
                         Remote::AgentGone => {
@@ -224,13 +228,21 @@ impl Ctx<'_> {
                             return self.declared_fresh(decl, dirs, scratch);
                         }
                     }
-                    if !job.warm_here {
+                    let Some(warm) = self.family.warm() else {
                         return self.declared_fresh(decl, dirs, scratch);
-                    }
+                    };
+                    let job = match warm.warm_job(&self.inv, dirs) {
+                        Ok(j) => j,
+                        Err(p) => {
+                            self.tally
+                                .add(format!("{}.{}", names::WARM_DECLINED, p.reason), 1);
+                            return self.declared_fresh(decl, dirs, scratch);
+                        }
+                    };
                     let t0 = std::time::Instant::now();
                     let started_ns = fsutil::now_ns();
                     let req = AgentRequest::Warm {
-                        home: job.home.to_string_lossy().into_owned(),
+                        home: job.installation.to_string_lossy().into_owned(),
                         args: job.args,
                     };
                     match self.ask(a, &req) {
@@ -316,7 +328,7 @@ impl Ctx<'_> {
     fn declared_remote(
         &mut self,
         agent: &mut crate::agent_client::AgentClient,
-        job: &WarmJob,
+        job: &TreeArgs,
         files: &[(PathBuf, [u8; 32])],
         dirs: &[PathBuf],
     ) -> Remote {

@@ -1,4 +1,4 @@
-//! The job sandbox: every compile a worker runs for a peer (and every warm javac JVM
+//! The job sandbox: every compile a worker runs for a peer (and every warm compiler
 //! that serves peers) runs under bubblewrap, rootless. Inside, a job sees the
 //! toolchain read-only (`/usr`, the `/lib*` and `/bin` links, the few `/etc` files
 //! compilers and the JVM read), its own job directory, a minimal `/dev`, and where
