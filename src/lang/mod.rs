@@ -457,6 +457,12 @@ pub trait Family: Sync {
     /// How this family's compiles are keyed (and so which flow the shim takes).
     fn keying(&self) -> Keying<'_>;
 
+    /// Configuration this family's compilers read outside their installation (under
+    /// `/etc`), where present: a worker's job sandbox shows it read-only.
+    fn toolchain_config(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
     /// `Some` when a worker can compile one shipped text (gcc).
     fn text_jobs(&self) -> Option<&dyn TextJobs> {
         None
@@ -494,6 +500,11 @@ pub fn run_compiler(
         elapsed: t0.elapsed(),
         started_ns,
     })
+}
+
+/// Every family farm knows.
+pub fn families() -> [&'static dyn Family; 3] {
+    [&gcc::GCC, &javac::JAVAC, &csc::CSC]
 }
 
 /// The family a job names, for a worker.

@@ -739,6 +739,15 @@ impl Family for Csc {
         Keying::Declared(self)
     }
 
+    fn toolchain_config(&self) -> Vec<PathBuf> {
+        let mono = PathBuf::from("/etc/mono");
+        if mono.exists() {
+            vec![mono]
+        } else {
+            Vec::new()
+        }
+    }
+
     fn tree_jobs(&self) -> Option<&dyn TreeJobs> {
         Some(self)
     }

@@ -704,6 +704,24 @@ impl Family for Javac {
         Keying::Declared(self)
     }
 
+    fn toolchain_config(&self) -> Vec<PathBuf> {
+        // The JDKs' configuration lives in /etc/java-N-openjdk (linked from the JDK).
+        let Ok(rd) = std::fs::read_dir("/etc") else {
+            return Vec::new();
+        };
+        let mut java: Vec<PathBuf> = rd
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with("java-"))
+            })
+            .map(|e| e.path())
+            .collect();
+        java.sort();
+        java
+    }
+
     fn tree_jobs(&self) -> Option<&dyn TreeJobs> {
         Some(self)
     }
