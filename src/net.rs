@@ -200,7 +200,7 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
 }
 
 /// Loads the cluster CA and this node's certificate and key, and builds the server and
-/// client sides: TLS 1.3 only, ALPN `farm/1`, client certificates required and checked
+/// client sides: TLS 1.3 only, ALPN `farm/<version>` (`protocol::ALPN`), client certificates required and checked
 /// against the cluster CA, server certificates checked against the same CA.
 pub fn load_node_tls(
     ca: &Path,

@@ -8,10 +8,11 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-/// Protocol version, advertised by every farmd and checked on every advert.
-pub const VERSION: u32 = 1;
-/// TLS application protocol of the peer protocol.
-pub const ALPN: &[u8] = b"farm/1";
+/// Protocol version, advertised by every farmd and checked on every advert. 2: jobs
+/// name their input and output files (`Job`, `JobResult`).
+pub const VERSION: u32 = 2;
+/// TLS application protocol of the peer protocol (its version with it).
+pub const ALPN: &[u8] = b"farm/2";
 /// Largest frame any reader accepts (a preprocessed source or an object file).
 pub const MAX_FRAME: usize = 64 << 20;
 /// Largest frame of the control messages (adverts, have, get): a peer that sends more
@@ -86,19 +87,24 @@ pub struct Advert {
     pub peers: Vec<String>,
 }
 
-/// One compile for a worker. The worker rebuilds argv from these fields after
-/// validating them; nothing here is ever run as a command string.
+/// One compile of one shipped text for a worker (a text job). The worker rebuilds
+/// argv from these fields after its family module validated them; nothing here is
+/// ever run as a command string.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Job {
     /// Compiler family module (`gcc`).
     pub family: String,
     pub compiler: CompilerAd,
-    /// The family's name for the language of `source` (`cpp-output`, …).
-    pub lang: String,
+    /// The file name `source` is written to in the job directory: one plain name,
+    /// chosen by the family (its extension names the language: `job.i`).
+    pub input: String,
     /// Compile arguments, validated again by the worker.
     pub args: Vec<String>,
     #[serde(with = "serde_bytes")]
     pub source: Vec<u8>,
+    /// The files the compile writes in the job directory (plain names, `job.o`),
+    /// which the worker sends back.
+    pub outputs: Vec<String>,
 }
 
 /// A worker's answer to a job that ran.
@@ -109,9 +115,9 @@ pub struct JobResult {
     pub stdout: Vec<u8>,
     #[serde(with = "serde_bytes")]
     pub stderr: Vec<u8>,
-    /// The object file.
-    #[serde(with = "serde_bytes")]
-    pub object: Vec<u8>,
+    /// Every file the job named, by its name, when the compile succeeded (none when
+    /// it failed).
+    pub outputs: Vec<OutputFile>,
     pub compile_ms: u64,
     pub worker: String,
 }
@@ -132,11 +138,11 @@ pub struct TreeFile {
     pub digest: Key,
 }
 
-/// A compile with many inputs and many outputs (javac): its files travel as blobs a
-/// peer keeps, so a class path crosses the wire once per farm.
+/// A compile with many inputs and many outputs (javac, csc): its files travel as
+/// blobs a peer keeps, so a class path crosses the wire once per farm.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct TreeJob {
-    /// Compiler family module (`javac`).
+    /// Compiler family module (`javac`, `csc`).
     pub family: String,
     pub compiler: CompilerAd,
     /// Arguments with absolute paths of the sending machine; validated and re-rooted
@@ -147,9 +153,10 @@ pub struct TreeJob {
     pub files: Vec<TreeFile>,
 }
 
-/// One output file: `role/relative/path` and its content.
+/// One output file and its content: a text job's file by its name, a tree job's as
+/// `role/relative/path`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct TreeOutput {
+pub struct OutputFile {
     pub path: String,
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
@@ -164,7 +171,7 @@ pub struct TreeResult {
     pub stdout: Vec<u8>,
     #[serde(with = "serde_bytes")]
     pub stderr: Vec<u8>,
-    pub outputs: Vec<TreeOutput>,
+    pub outputs: Vec<OutputFile>,
     pub compile_ms: u64,
     pub worker: String,
 }
@@ -231,7 +238,7 @@ pub enum AgentRequest {
     Status,
     /// Run this compile in the warm compiler process of the installation at `home`
     /// (a JDK), on this machine, as the asking user: its outputs go to the
-    /// directories the arguments name. `Compiled` (no object) or `Local(reason)`.
+    /// directories the arguments name. `Compiled` (no outputs) or `Local(reason)`.
     /// Appended last: older agents refuse it as an unknown request.
     Warm {
         home: String,
@@ -504,9 +511,10 @@ mod tests {
                 name: "gcc".into(),
                 identity: [7; 32],
             },
-            lang: "cpp-output".into(),
+            input: "job.i".into(),
             args: vec!["-O2".into()],
             source: b"int x;\n".repeat(5000),
+            outputs: vec!["job.o".into()],
         };
         let msg = PeerRequest::Job(job);
         let frame = encode(&msg);

@@ -478,18 +478,20 @@ fn strangers_garbage_and_unsafe_jobs_are_refused() {
 
     // A good job runs (the control), a job with -fplugin= is refused by the worker.
     let job = |args: &[&str]| {
+        let (input, outputs) = job_files("cpp-output");
         PeerRequest::Job(Job {
             family: "gcc".into(),
             compiler: gcc_ad(),
-            lang: "cpp-output".into(),
+            input,
             args: args.iter().map(|s| s.to_string()).collect(),
             source: b"int answer(void) { return 42; }\n".to_vec(),
+            outputs,
         })
     };
     match peer.ask(&job(&["-O2"])).unwrap() {
         PeerResponse::Done(r) => {
             assert_eq!(r.exit_code, 0);
-            assert!(r.object.starts_with(b"\x7fELF"));
+            assert!(job_output(&r).starts_with(b"\x7fELF"));
         }
         other => panic!("good job not run: {other:?}"),
     }

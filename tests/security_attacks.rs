@@ -37,6 +37,7 @@
 
 mod common;
 use common::farmd::run_ok;
+use common::rawpeer::job_output;
 use common::secfarm::*;
 use common::*;
 
@@ -80,7 +81,7 @@ fn outcome(r: &Result<PeerResponse, String>) -> String {
         Ok(PeerResponse::Done(d)) => format!(
             "done: exit {}, object {} bytes, stderr {} bytes: {}",
             d.exit_code,
-            d.object.len(),
+            job_output(d).len(),
             d.stderr.len(),
             text(&d.stderr)
         ),
@@ -271,15 +272,16 @@ fn member_jobs_cannot_read_worker_files() {
         match r {
             Ok(PeerResponse::Refused(_)) | Err(_) => {}
             Ok(PeerResponse::Done(r)) => {
-                let n =
-                    leaks(&r.object, secret) + leaks(&r.stderr, secret) + leaks(&r.stdout, secret);
+                let n = leaks(&job_output(&r), secret)
+                    + leaks(&r.stderr, secret)
+                    + leaks(&r.stdout, secret);
                 if n > 0 {
                     failed.push(format!(
                         "{what}: {n} of {} lines came back (exit {}, object {} bytes, stderr \
                          {} bytes)",
                         secret.len(),
                         r.exit_code,
-                        r.object.len(),
+                        job_output(&r).len(),
                         r.stderr.len()
                     ));
                 }
@@ -681,7 +683,7 @@ fn tree_job_output_roles_cannot_name_worker_directories() {
     let node_dir = farm.nodes[1].dir.to_string_lossy().into_owned();
     let created = format!("{node_dir}/made-by-a-job");
     let key = fs::read(farm.nodes[1].key_path()).unwrap();
-    let leaked = |outputs: &[farm::protocol::TreeOutput]| {
+    let leaked = |outputs: &[farm::protocol::OutputFile]| {
         outputs
             .iter()
             .any(|o| o.data == key || o.path.ends_with(".key") || o.path.ends_with(".toml"))

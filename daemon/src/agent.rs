@@ -85,40 +85,45 @@ fn user_name(uid: u32) -> Option<String> {
     name.to_str().ok().map(str::to_string)
 }
 
-/// Runs a compile in a warm JVM for a shim of this machine. Only for shims of the
-/// user farmd runs as: the JVM reads and writes the paths the arguments name with
-/// farmd's rights, so another user's request could reach files that user cannot.
+/// Runs a compile in a warm compiler for a shim of this machine. Only for shims of
+/// the user farmd runs as: the server reads and writes the paths the arguments name
+/// with farmd's rights, so another user's request could reach files that user cannot.
 async fn warm(node: &Node, peer_uid: Option<u32>, home: &str, args: &[String]) -> AgentResponse {
     use std::os::unix::fs::MetadataExt;
     let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
     if peer_uid.is_none() || peer_uid != own_uid {
         return AgentResponse::Local("other_user".into());
     }
+    // The installation must be one of an allow-listed compiler whose family farmd
+    // keeps warm.
     let home = std::path::PathBuf::from(home);
-    let allowed = node.compilers.iter().any(|c| {
-        farm::lang::javac::is_javac(&c.name)
-            && std::fs::canonicalize(&c.path)
-                .map(|p| farm::lang::javac::java_home_of(&p) == home)
-                .unwrap_or(false)
+    let family = node.compilers.iter().find_map(|c| {
+        let family = farm::lang::family_for(&c.name)?;
+        let warm = family.warm()?;
+        let canonical = std::fs::canonicalize(&c.path).ok()?;
+        (warm.installation_of(&canonical) == home).then_some(family)
     });
-    if !allowed {
-        tracing::warn!(jdk = %home.display(), "warm javac refused: JDK not allow-listed");
+    let Some(family) = family else {
+        tracing::warn!(installation = %home.display(), "warm compile refused: installation not allow-listed");
         return AgentResponse::Local("jdk_not_allowed".into());
-    }
+    };
     node.local_running.fetch_add(1, Ordering::Relaxed);
-    let r = node.jvms.run(&home, args, node.cfg.job_timeout).await;
+    let r = node
+        .warm
+        .run(family, &home, args, node.cfg.job_timeout)
+        .await;
     node.local_running.fetch_sub(1, Ordering::Relaxed);
     match r {
         Ok(r) => AgentResponse::Compiled(JobResult {
             exit_code: r.exit_code,
             stdout: r.stdout,
             stderr: r.stderr,
-            object: Vec::new(),
+            outputs: Vec::new(),
             compile_ms: r.elapsed.as_millis() as u64,
             worker: node.name.clone(),
         }),
         Err(e) => {
-            tracing::warn!(error = %e, jdk = %home.display(), "warm javac failed");
+            tracing::warn!(error = %e, installation = %home.display(), "warm compile failed");
             AgentResponse::Local("warm_failed".into())
         }
     }

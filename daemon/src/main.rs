@@ -6,13 +6,12 @@ mod blobs;
 mod config;
 mod exec;
 mod farm_cache;
-mod jvm;
 mod node;
 mod peers;
 mod placement;
-mod sandbox;
 mod server;
 mod store_role;
+mod warm;
 mod worker;
 
 use std::io::Write;
@@ -194,7 +193,7 @@ fn start(file: PathBuf, check_only: bool) -> Result<()> {
 
 async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
     let compilers = allowed_compilers(&cfg);
-    let sandbox = match sandbox::Sandbox::probe(&cfg.sandbox_paths).await {
+    let sandbox = match worker::sandbox::Sandbox::probe(&cfg.sandbox_paths).await {
         Ok(s) => Some(s),
         Err(e) => {
             // Fail closed: without a sandbox no peer's job runs here.
@@ -202,7 +201,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
             None
         }
     };
-    let limits = worker::job_limits(&cfg);
+    let limits = worker::spawn::job_limits(&cfg);
     // Memory is limited per process, not per job (no cgroups): say so when the jobs
     // this node may run at once could together exceed the machine.
     if let Some(total) = mem_total_bytes() {
@@ -224,7 +223,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         name: tls.name.clone(),
         host: node::host_id(),
         compilers,
-        jvms: jvm::WarmJvms::new(
+        warm: warm::WarmPool::new(
             &cfg.state_dir,
             cfg.local_slots.max(cfg.slots) as usize,
             sandbox.clone().map(|s| (s, limits)),

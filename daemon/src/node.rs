@@ -29,11 +29,11 @@ pub struct Node {
     /// This machine's boot id (see `Advert::host`).
     pub host: String,
     pub compilers: Vec<AllowedCompiler>,
-    /// Warm javac JVMs for this machine's shims and for tree jobs.
-    pub jvms: crate::jvm::WarmJvms,
+    /// Warm compilers for this machine's shims and for tree jobs.
+    pub warm: crate::warm::WarmPool,
     /// The job sandbox; `None` when it cannot run here (then this node runs no jobs
     /// for peers and advertises no compilers).
-    pub sandbox: Option<crate::sandbox::Sandbox>,
+    pub sandbox: Option<crate::worker::sandbox::Sandbox>,
     /// Input files of tree jobs, by digest.
     pub blobs: crate::blobs::BlobStore,
     pub store: LocalStore,

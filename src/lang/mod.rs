@@ -2,10 +2,13 @@
 //! everything else sees an [`Invocation`] or a [`Passthrough`] reason.
 //!
 //! A family parses argv into an invocation (inputs, outputs, the normalized arguments
-//! that enter the key, how to run it), runs it for real while observing what it read,
-//! and reports those facts. The key, the cache and the shim stay family-agnostic, so
-//! javac and csc (many inputs, many outputs) are new modules here, not new branches in
-//! the hot path.
+//! that enter the key, how to run it) and says how it is keyed ([`Keying`]): by
+//! observing a real compile ([`Observed`]: gcc) or from the inputs its command line
+//! declares ([`Declared`]: javac, csc). What may run elsewhere is a capability of its
+//! own, used by the shim and farmd without naming the family: a job from one shipped
+//! text ([`TextJobs`]), a job from a shipped input tree ([`TreeJobs`]), a compiler
+//! farmd keeps warm ([`WarmCompiler`]). The key, the cache, the shim and the daemon
+//! stay family-agnostic; the registry at the bottom is the only list of families.
 
 pub mod csc;
 pub mod gcc;
@@ -163,24 +166,10 @@ pub struct OutputDir {
     pub path: PathBuf,
 }
 
-/// A compile run in a warm compiler process instead of a fresh one.
-#[derive(Clone, Debug)]
-pub struct WarmJob {
-    /// The installation the warm process must be (a JDK's home).
-    pub home: PathBuf,
-    /// The complete argument list, output directories already replaced.
-    pub args: Vec<String>,
-    /// Paths were made absolute: diagnostics would name them differently, so a warm
-    /// run that prints anything is not used.
-    pub paths_rewritten: bool,
-    /// This machine's farmd can run it in a warm process (javac's JVM); otherwise the
-    /// arguments serve only a peer.
-    pub warm_here: bool,
-}
-
 /// Families whose every input is named on the command line (javac, csc): keyed up
 /// front from those inputs' content, and writing trees of files, found by compiling
-/// into fresh directories.
+/// into fresh directories. How such a compile may run elsewhere is a separate
+/// capability ([`TreeJobs`], [`WarmCompiler`]).
 pub trait Declared: Sync {
     /// The output directories of this invocation (possibly none for some roles).
     fn output_dirs(&self, inv: &Invocation) -> Vec<OutputDir>;
@@ -197,14 +186,124 @@ pub trait Declared: Sync {
         dirs: &[PathBuf],
         scratch: &Path,
     ) -> std::io::Result<CompileRun>;
+}
 
-    /// The same compile for a warm compiler process, or why it must run as a fresh one.
-    fn warm_job(&self, inv: &Invocation, dirs: &[PathBuf]) -> Result<WarmJob, Passthrough>;
+/// Families keyed by observing the compile (gcc): by its preprocessed text, or by
+/// what it read (direct and depend modes).
+pub trait Observed: Sync {
+    /// The preprocessed text of the source (preprocessor mode), or why this compile
+    /// cannot be keyed by it.
+    fn preprocess(&self, inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Passthrough>>;
 
-    /// Worker side of a tree job: validates arguments from the wire and rebuilds them
-    /// with every input path re-rooted under `root` and each output directory (role,
-    /// path as named) replaced by `out/<role>`. Nothing from the wire reaches the
-    /// compiler unless this accepts it.
+    /// Runs the compile for real, with the observation arguments when `observe`.
+    fn compile(&self, inv: &Invocation, observe: bool) -> std::io::Result<CompileRun>;
+
+    /// After a successful observed compile: what it read and which lookups found
+    /// nothing. `scratch` is a directory the family may use for memo files.
+    fn dependencies(
+        &self,
+        inv: &Invocation,
+        source: DepSource,
+        scratch: &Path,
+    ) -> Result<DependencyFacts, NotRecordable>;
+
+    /// Removes files the observation wrote.
+    fn cleanup(&self, inv: &Invocation);
+
+    /// Checks source text before it is keyed or compiled: the primary source (direct
+    /// and depend modes). `Err`: text that makes the compiler read files no key
+    /// covers (asm `.incbin`, `#embed`, ...): never cached, never shipped.
+    fn source_check(&self, source: &[u8]) -> Result<(), Passthrough> {
+        let _ = source;
+        Ok(())
+    }
+}
+
+/// How a family's compiles are keyed: the shim takes one flow or the other.
+#[derive(Clone, Copy)]
+pub enum Keying<'a> {
+    /// By observing the compile (gcc): direct, depend and preprocessor modes.
+    Observed(&'a dyn Observed),
+    /// By the inputs the command line declares (javac, csc): the declared flow.
+    Declared(&'a dyn Declared),
+}
+
+/// A compile prepared for a worker as one text (gcc's preprocessed source): the
+/// worker writes `text` to `input` in an empty job directory, runs the compiler with
+/// the arguments its family rebuilds from `args`, and sends back the files named in
+/// `outputs`.
+#[derive(Clone, Debug)]
+pub struct TextJob {
+    /// The text's file name in the job directory, one plain name chosen by the family
+    /// (its extension names the language: `job.i`, `job.ii`).
+    pub input: String,
+    /// What the worker's family module rebuilds the compiler's arguments from (it
+    /// re-validates every one).
+    pub args: Vec<String>,
+    /// The source the worker compiles.
+    pub text: Vec<u8>,
+    /// The files the compile writes.
+    pub outputs: Vec<TextOutput>,
+}
+
+/// One file a text job writes: its plain name in the worker's job directory, and the
+/// path it is written to here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TextOutput {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// Families whose compiles a worker can run from one shipped text (gcc).
+pub trait TextJobs: Sync {
+    /// Client: whether a worker may compile this invocation (a cheap check: nothing
+    /// runs).
+    fn allowed(&self, inv: &Invocation) -> Result<(), Passthrough>;
+
+    /// Client: prepares the job: runs what must run here (gcc's preprocessor, which
+    /// also writes the dependency file the compile would write) and returns the job,
+    /// or why this compile stays at home.
+    fn prepare(&self, inv: &Invocation) -> std::io::Result<Result<TextJob, Passthrough>>;
+
+    /// Worker: checks shipped text before it is compiled. `Err`: text that makes the
+    /// compiler read files (asm `.incbin`, `#embed`, ...); such a job is refused.
+    fn worker_text_check(&self, text: &[u8]) -> Result<(), Passthrough>;
+
+    /// Worker: validates a job's file names (`input`, `outputs`: plain names in the
+    /// job directory, already checked with [`valid_output_role`]) and arguments, and
+    /// builds the compiler's arguments. Nothing from the wire reaches the compiler
+    /// unless this accepts it.
+    fn worker_text_args(
+        &self,
+        input: &str,
+        args: &[String],
+        outputs: &[String],
+    ) -> Result<Vec<String>, Passthrough>;
+}
+
+/// The arguments of a compile that runs elsewhere into directories of its own.
+#[derive(Clone, Debug)]
+pub struct TreeArgs {
+    /// The complete argument list, with this machine's absolute paths and the output
+    /// directories replaced by the fresh ones.
+    pub args: Vec<String>,
+    /// Paths were made absolute: diagnostics would name them differently, so a remote
+    /// or warm run that prints anything is not used.
+    pub paths_rewritten: bool,
+}
+
+/// Families whose compiles a worker can run from an input tree (javac, csc): every
+/// input travels as a blob by digest and is re-rooted under the job directory; every
+/// output directory becomes one under the job's `out/`.
+pub trait TreeJobs: Sync {
+    /// Client: the compile's arguments for a tree job that writes into `dirs` (same
+    /// order as [`Declared::output_dirs`]), or why no worker may run it.
+    fn tree_args(&self, inv: &Invocation, dirs: &[PathBuf]) -> Result<TreeArgs, Passthrough>;
+
+    /// Worker: validates arguments from the wire and rebuilds them with every input
+    /// path re-rooted under `root` and each output directory (role, path as named)
+    /// replaced by `out/<role>`. Nothing from the wire reaches the compiler unless
+    /// this accepts it.
     fn worker_tree_args(
         &self,
         args: &[String],
@@ -212,12 +311,85 @@ pub trait Declared: Sync {
         root: &Path,
         out: &Path,
     ) -> Result<Vec<String>, Passthrough>;
+}
 
-    /// A worker runs this family's jobs in its warm process (javac's JVM) rather than
-    /// starting the allow-listed compiler.
-    fn worker_runs_warm(&self) -> bool {
-        true
-    }
+/// A compile for a warm compiler process of this machine's farmd.
+#[derive(Clone, Debug)]
+pub struct WarmJob {
+    /// The installation the warm process must be (a JDK's home).
+    pub installation: PathBuf,
+    /// The complete argument list, output directories already replaced.
+    pub args: Vec<String>,
+    /// See [`TreeArgs::paths_rewritten`].
+    pub paths_rewritten: bool,
+}
+
+/// A program farmd runs for a warm compiler: to build its server, or to start it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WarmCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// What one compile in a warm server printed and returned, and the server's memory
+/// after it (farmd retires a server whose memory stays high).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WarmReply {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub memory_used: u64,
+    pub memory_max: u64,
+}
+
+/// A future of the warm-server exchange (boxed: the trait is used as `dyn`).
+pub type WarmFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<T>> + Send + 'a>>;
+/// The warm server's stdout, as farmd reads it.
+pub type WarmReader<'a> = &'a mut (dyn tokio::io::AsyncRead + Unpin + Send);
+/// The warm server's stdin, as farmd writes it.
+pub type WarmWriter<'a> = &'a mut (dyn tokio::io::AsyncWrite + Unpin + Send);
+
+/// Families whose compiler farmd keeps loaded in a long-lived server process (javac's
+/// JVM). The family supplies the server (its source, how to build and start it with
+/// an installation's own tools) and the byte protocol on its stdin/stdout; farmd owns
+/// the pools, the sandbox, the limits and recycling. A worker runs this family's tree
+/// jobs in a warm server rather than starting the allow-listed compiler.
+pub trait WarmCompiler: Sync {
+    /// Client: the compile for a warm server of this machine's farmd, or why it must
+    /// run as a fresh process.
+    fn warm_job(&self, inv: &Invocation, dirs: &[PathBuf]) -> Result<WarmJob, Passthrough>;
+
+    /// The installation a compiler binary (links resolved) belongs to: one warm pool
+    /// per installation.
+    fn installation_of(&self, canonical: &Path) -> PathBuf;
+
+    /// The server's source files as (file name, text); farmd writes them into an
+    /// empty directory and builds them once per installation.
+    fn server_sources(&self) -> &'static [(&'static str, &'static str)];
+
+    /// A file the build leaves in its output directory: there, the server is built.
+    fn server_built(&self) -> &'static str;
+
+    /// Builds the server from the sources in `src` into `out` with the
+    /// installation's own tools.
+    fn server_build(&self, installation: &Path, src: &Path, out: &Path) -> WarmCommand;
+
+    /// Starts the server built into `built`. `tmp`: its private temporary directory
+    /// when it runs sandboxed.
+    fn server_command(&self, installation: &Path, built: &Path, tmp: Option<&Path>) -> WarmCommand;
+
+    /// Reads the greeting a started server sends when it is ready.
+    fn ready<'a>(&'a self, from: WarmReader<'a>) -> WarmFuture<'a, ()>;
+
+    /// One compile: sends `args` to the server and reads its reply. Any error leaves
+    /// the server in an unknown state (farmd stops it).
+    fn exchange<'a>(
+        &'a self,
+        to: WarmWriter<'a>,
+        from: WarmReader<'a>,
+        args: &'a [String],
+    ) -> WarmFuture<'a, WarmReply>;
 }
 
 /// What a declared-input compile reads: the key's inputs, and every file by path as
@@ -255,7 +427,9 @@ pub fn reroot(root: &Path, wire: &str) -> Option<PathBuf> {
     ok.then(|| root.join(rel))
 }
 
-/// A compiler family.
+/// A compiler family: what it is and how it parses, how its compiles are keyed
+/// ([`Keying`]), and which kinds of remote work it can describe (capabilities a
+/// worker and farmd use without knowing the family).
 pub trait Family: Sync {
     fn name(&self) -> &'static str;
 
@@ -266,11 +440,6 @@ pub trait Family: Sync {
             files: Vec::new(),
             version_args: vec!["-v"],
         }
-    }
-
-    /// `Some` for declared-input families; they take the declared flow in the shim.
-    fn declared(&self) -> Option<&dyn Declared> {
-        None
     }
 
     /// Environment variables that change this family's outputs or diagnostics.
@@ -289,83 +458,28 @@ pub trait Family: Sync {
         stderr_is_tty: bool,
     ) -> Result<Invocation, Passthrough>;
 
-    // The four methods below serve families keyed by observing the compile (gcc).
-    // A declared-input family (`declared()` is `Some`) never reaches them: it keys,
-    // compiles and stores through `Declared`, so the defaults say so.
+    /// How this family's compiles are keyed (and so which flow the shim takes).
+    fn keying(&self) -> Keying<'_>;
 
-    /// The preprocessed text of the source (preprocessor mode), or why this compile
-    /// cannot be keyed by it.
-    fn preprocess(&self, inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Passthrough>> {
-        let _ = inv;
-        Ok(Err(Passthrough::new("no_preprocessor", self.name())))
+    /// Configuration this family's compilers read outside their installation (under
+    /// `/etc`), where present: a worker's job sandbox shows it read-only.
+    fn toolchain_config(&self) -> Vec<PathBuf> {
+        Vec::new()
     }
 
-    /// Runs the compile for real, with the observation arguments when `observe`.
-    fn compile(&self, inv: &Invocation, observe: bool) -> std::io::Result<CompileRun> {
-        let _ = (inv, observe);
-        Err(std::io::Error::other(format!(
-            "{} compiles through its declared-input flow",
-            self.name()
-        )))
+    /// `Some` when a worker can compile one shipped text (gcc).
+    fn text_jobs(&self) -> Option<&dyn TextJobs> {
+        None
     }
 
-    /// After a successful observed compile: what it read and which lookups found
-    /// nothing. `scratch` is a directory the family may use for memo files.
-    fn dependencies(
-        &self,
-        inv: &Invocation,
-        source: DepSource,
-        scratch: &Path,
-    ) -> Result<DependencyFacts, NotRecordable> {
-        let _ = (inv, source, scratch);
-        Err(NotRecordable {
-            reason: "declared_inputs",
-            detail: String::new(),
-            preprocessor_ok: false,
-            uses_time: false,
-        })
+    /// `Some` when a worker can compile a shipped input tree (javac, csc).
+    fn tree_jobs(&self) -> Option<&dyn TreeJobs> {
+        None
     }
 
-    /// Removes files the observation wrote.
-    fn cleanup(&self, inv: &Invocation) {
-        let _ = inv;
-    }
-
-    /// Whether a worker may compile this invocation (a cheap check: nothing runs).
-    fn remote_allowed(&self, inv: &Invocation) -> Result<(), Passthrough> {
-        let _ = inv;
-        Err(Passthrough::new("family", self.name()))
-    }
-
-    /// Prepares a job a worker can compile: runs what must run here (the
-    /// preprocessor, which also writes the dependency file the compile would write)
-    /// and returns the job, or why this compile stays at home.
-    fn remote_prepare(&self, inv: &Invocation) -> std::io::Result<Result<RemoteJob, Passthrough>> {
-        let _ = inv;
-        Ok(Err(Passthrough::new("family", self.name())))
-    }
-
-    /// Checks source text before it is keyed or compiled from the wire: the primary
-    /// source (direct and depend modes) and shipped preprocessed text (the worker).
-    /// `Err`: text that makes the compiler read files no key covers (asm `.incbin`,
-    /// `#embed`, ...): never cached, never compiled by a worker.
-    fn worker_source_check(&self, source: &[u8]) -> Result<(), Passthrough> {
-        let _ = source;
-        Ok(())
-    }
-
-    /// Worker side: validates a job's language and arguments and builds the compiler
-    /// arguments for `input` and `output` (both in the job directory). Nothing from
-    /// the wire reaches the compiler unless this accepts it.
-    fn worker_args(
-        &self,
-        lang: &str,
-        args: &[String],
-        input: &Path,
-        output: &Path,
-    ) -> Result<Vec<OsString>, Passthrough> {
-        let _ = (lang, args, input, output);
-        Err(Passthrough::new("family", self.name()))
+    /// `Some` when farmd keeps this compiler warm (javac).
+    fn warm(&self) -> Option<&dyn WarmCompiler> {
+        None
     }
 }
 
@@ -392,15 +506,9 @@ pub fn run_compiler(
     })
 }
 
-/// A compile prepared for a worker.
-#[derive(Clone, Debug)]
-pub struct RemoteJob {
-    /// The family's name for the shipped text's language.
-    pub lang: String,
-    /// What the worker passes to the compiler (it re-validates every one).
-    pub args: Vec<String>,
-    /// The preprocessed source.
-    pub text: Vec<u8>,
+/// Every family farm knows.
+pub fn families() -> [&'static dyn Family; 3] {
+    [&gcc::GCC, &javac::JAVAC, &csc::CSC]
 }
 
 /// The family a job names, for a worker.

@@ -10,12 +10,13 @@ use super::{Ctx, Restored};
 use crate::config::Mode as ConfigMode;
 use crate::fsutil;
 use crate::key::{self, Manifest, ManifestEntry, PreprocessorOnly, RecordError};
-use crate::lang::{self, DepSource};
+use crate::lang::{self, DepSource, Observed};
 use crate::protocol::Item;
 use crate::stats::Outcome;
 use crate::store::{CacheKey, EntryKind, Tiered};
 
 pub(super) struct Direct {
+    obs: &'static dyn Observed,
     /// Depend mode: only the compile's own dependency output is trusted, and the
     /// farm takes no part.
     depend: bool,
@@ -29,8 +30,9 @@ pub(super) struct Direct {
 }
 
 impl Direct {
-    pub fn new(depend: bool) -> Direct {
+    pub fn new(obs: &'static dyn Observed, depend: bool) -> Direct {
         Direct {
+            obs,
             depend,
             mkey: CacheKey([0; 32]),
             keyed_ns: 0,
@@ -64,7 +66,10 @@ impl Direct {
         };
         if let Some(marker) = self.manifest.preprocessor_only.clone() {
             if !self.depend {
-                return Lookup::Done(flow::run(ctx, &mut Preprocessor::new(Some(marker))));
+                return Lookup::Done(flow::run(
+                    ctx,
+                    &mut Preprocessor::new(self.obs, Some(marker)),
+                ));
             }
         }
         let mut memo = key::CheckMemo::default();
@@ -134,10 +139,10 @@ impl Direct {
         payload: &[u8],
         dep_source: DepSource,
     ) -> Option<ManifestEntry> {
-        let facts = ctx
-            .family
+        let facts = self
+            .obs
             .dependencies(&ctx.inv, dep_source, &ctx.cfg.dir.value.join("memo"));
-        ctx.family.cleanup(&ctx.inv);
+        self.obs.cleanup(&ctx.inv);
         let nr = match facts {
             Ok(f) => {
                 match key::record_entry(
@@ -233,7 +238,7 @@ impl Mode for Direct {
     /// it and every header: the hit path need not scan.)
     fn before_miss(&mut self, ctx: &mut Ctx) -> Result<(), i32> {
         let source = std::mem::take(&mut self.source);
-        match ctx.family.worker_source_check(&source) {
+        match self.obs.source_check(&source) {
             Ok(()) => Ok(()),
             Err(p) => Err(ctx.uncached(&p.detail, p.reason)),
         }
@@ -257,11 +262,11 @@ impl Mode for Direct {
         };
         // Compile here, observing what the compile reads (unless the farm's
         // preprocessor run already wrote the dependency file).
-        let run = exec::home_miss(ctx, !prepared)?;
+        let run = exec::home_miss(ctx, self.obs, !prepared)?;
         let ms = run.elapsed.as_millis() as u64;
         let payload = ctx.payload_from_disk(&run.stdout, &run.stderr, ms);
         if payload.is_none() {
-            ctx.family.cleanup(&ctx.inv);
+            self.obs.cleanup(&ctx.inv);
         }
         Ok(Ran {
             payload,

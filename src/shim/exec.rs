@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::farm::Farm;
 use super::{emit, exit_code, Ctx};
 use crate::fsutil;
-use crate::lang::{CompileRun, Declared, WarmJob};
+use crate::lang::{self, CompileRun, Declared, Observed, TreeArgs};
 use crate::protocol::{AgentRequest, AgentResponse, Blob, CompilerAd, Job, TreeFile, TreeJob};
 use crate::stats::Outcome;
 
@@ -92,12 +92,16 @@ fn placed_remote(ctx: &mut Ctx, farm: &Farm, compiler: &CompilerAd) -> Result<()
 
 /// A home compile of an observed family, with the observation arguments when
 /// `observe`. A spawn failure runs the real compiler as it is (its exit code).
-pub(super) fn home_compile(ctx: &mut Ctx, observe: bool) -> Result<CompileRun, i32> {
-    match ctx.family.compile(&ctx.inv, observe) {
+pub(super) fn home_compile(
+    ctx: &mut Ctx,
+    obs: &dyn Observed,
+    observe: bool,
+) -> Result<CompileRun, i32> {
+    match obs.compile(&ctx.inv, observe) {
         Ok(run) => Ok(run),
         Err(e) => {
             tracing::warn!(error = %e, "cannot run compiler");
-            ctx.family.cleanup(&ctx.inv);
+            obs.cleanup(&ctx.inv);
             ctx.tally.count(Outcome::Passthrough("spawn_failed".into()));
             Err(ctx.run_real())
         }
@@ -106,11 +110,15 @@ pub(super) fn home_compile(ctx: &mut Ctx, observe: bool) -> Result<CompileRun, i
 
 /// A home compile that passes its output on and is counted. A failed compile ends
 /// here with the compiler's exit code (never cached).
-pub(super) fn home_miss(ctx: &mut Ctx, observe: bool) -> Result<CompileRun, i32> {
-    let run = home_compile(ctx, observe)?;
+pub(super) fn home_miss(
+    ctx: &mut Ctx,
+    obs: &dyn Observed,
+    observe: bool,
+) -> Result<CompileRun, i32> {
+    let run = home_compile(ctx, obs, observe)?;
     emit(&run.stdout, &run.stderr);
     if !run.status.success() {
-        ctx.family.cleanup(&ctx.inv);
+        obs.cleanup(&ctx.inv);
         ctx.tally.count(Outcome::CompileFailed);
         return Err(exit_code(run.status));
     }
@@ -127,7 +135,12 @@ pub(super) fn remote_text(ctx: &mut Ctx, farm: &Farm) -> Remote<Vec<u8>> {
     if !farm.up() {
         return home(false);
     }
-    if let Err(p) = ctx.family.remote_allowed(&ctx.inv) {
+    let text_jobs = ctx.family.text_jobs();
+    let allowed = match text_jobs {
+        Some(t) => t.allowed(&ctx.inv),
+        None => Err(lang::Passthrough::new("family", ctx.family.name())),
+    };
+    if let Err(p) = allowed {
         tracing::info!(reason = p.reason, detail = %p.detail, "compiled at home");
         ctx.tally.count(Outcome::FarmHome(p.reason.into()));
         return home(false);
@@ -136,7 +149,11 @@ pub(super) fn remote_text(ctx: &mut Ctx, farm: &Farm) -> Remote<Vec<u8>> {
     if placed_remote(ctx, farm, &compiler).is_err() {
         return home(false);
     }
-    let job = match ctx.family.remote_prepare(&ctx.inv) {
+    let prepared = match text_jobs {
+        Some(t) => t.prepare(&ctx.inv),
+        None => Ok(Err(lang::Passthrough::new("family", ctx.family.name()))),
+    };
+    let job = match prepared {
         Ok(Ok(j)) => j,
         // A preprocessor error is the compiler's to report, from a real compile.
         Ok(Err(p)) => {
@@ -149,12 +166,14 @@ pub(super) fn remote_text(ctx: &mut Ctx, farm: &Farm) -> Remote<Vec<u8>> {
             return home(false);
         }
     };
+    let outputs = job.outputs;
     let job = Job {
         family: ctx.family.name().to_string(),
         compiler,
-        lang: job.lang,
+        input: job.input,
         args: job.args,
         source: job.text,
+        outputs: outputs.iter().map(|o| o.name.clone()).collect(),
     };
     let asked = ctx.t0.elapsed();
     let answer = farm.ask(&AgentRequest::Compile(job));
@@ -168,11 +187,25 @@ pub(super) fn remote_text(ctx: &mut Ctx, farm: &Farm) -> Remote<Vec<u8>> {
                 ctx.tally.count(Outcome::FarmHome("diagnostics".into()));
                 return home(true);
             }
-            let object = &ctx.inv.outputs[0].path;
-            if let Err(e) = fsutil::write_atomic(object, &r.object) {
-                tracing::warn!(path = %object.display(), error = %e, "cannot write remote object");
-                ctx.tally.count(Outcome::Fallback("write_output".into()));
+            // Every file the job named, once, and nothing else.
+            let complete = r.outputs.len() == outputs.len()
+                && outputs
+                    .iter()
+                    .all(|o| r.outputs.iter().filter(|f| f.path == o.name).count() == 1);
+            if !complete {
+                tracing::warn!(worker = %r.worker, "remote outputs do not match the job");
+                ctx.tally.count(Outcome::Fallback("bad_output".into()));
                 return home(true);
+            }
+            for o in &outputs {
+                let Some(f) = r.outputs.iter().find(|f| f.path == o.name) else {
+                    continue;
+                };
+                if let Err(e) = fsutil::write_atomic(&o.path, &f.data) {
+                    tracing::warn!(path = %o.path.display(), error = %e, "cannot write remote output");
+                    ctx.tally.count(Outcome::Fallback("write_output".into()));
+                    return home(true);
+                }
             }
             let Some(payload) = ctx.payload_from_disk(&[], &[], r.compile_ms) else {
                 return home(true);
@@ -215,18 +248,22 @@ pub(super) fn declared(
     scratch: &Path,
 ) -> Result<CompileRun, i32> {
     if farm.up() {
-        match decl.warm_job(&ctx.inv, dirs) {
+        let tree = match ctx.family.tree_jobs() {
+            Some(t) => t.tree_args(&ctx.inv, dirs),
+            None => Err(lang::Passthrough::new("family", ctx.family.name())),
+        };
+        match tree {
             Err(p) => {
                 tracing::info!(reason = p.reason, detail = %p.detail, "not warm");
                 ctx.tally.count(Outcome::WarmDeclined(p.reason.into()));
                 ctx.tally.count(Outcome::FarmHome(p.reason.into()));
             }
-            Ok(job) => {
-                if let Remote::Done(run) = remote_tree(ctx, farm, &job, files, dirs) {
+            Ok(tree) => {
+                if let Remote::Done(run) = remote_tree(ctx, farm, &tree, files, dirs) {
                     return Ok(run);
                 }
-                if job.warm_here && farm.up() {
-                    if let Remote::Done(run) = warm(ctx, farm, job, dirs) {
+                if farm.up() {
+                    if let Remote::Done(run) = warm(ctx, farm, dirs) {
                         return Ok(run);
                     }
                 }
@@ -236,12 +273,24 @@ pub(super) fn declared(
     fresh(ctx, decl, dirs, scratch)
 }
 
-/// The agent's warm compiler (this machine's farmd user only).
-fn warm(ctx: &mut Ctx, farm: &Farm, job: WarmJob, dirs: &[PathBuf]) -> Remote<CompileRun> {
+/// The agent's warm compiler (this machine's farmd user only), for a family that has
+/// one.
+fn warm(ctx: &mut Ctx, farm: &Farm, dirs: &[PathBuf]) -> Remote<CompileRun> {
+    let home = Remote::Home { prepared: false };
+    let Some(warm) = ctx.family.warm() else {
+        return home;
+    };
+    let job = match warm.warm_job(&ctx.inv, dirs) {
+        Ok(j) => j,
+        Err(p) => {
+            ctx.tally.count(Outcome::WarmDeclined(p.reason.into()));
+            return home;
+        }
+    };
     let t0 = std::time::Instant::now();
     let started_ns = fsutil::now_ns();
     let req = AgentRequest::Warm {
-        home: job.home.to_string_lossy().into_owned(),
+        home: job.installation.to_string_lossy().into_owned(),
         args: job.args,
     };
     match farm.ask(&req) {
@@ -311,7 +360,7 @@ fn fresh(
 fn remote_tree(
     ctx: &mut Ctx,
     farm: &Farm,
-    job: &WarmJob,
+    job: &TreeArgs,
     files: &[(PathBuf, [u8; 32])],
     dirs: &[PathBuf],
 ) -> Remote<CompileRun> {

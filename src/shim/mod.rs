@@ -16,7 +16,7 @@ use std::time::Instant;
 use crate::config::{Config, Mode};
 use crate::fsutil;
 use crate::key::{self, OutputBlob, ResultEntry};
-use crate::lang::{self, Family, Invocation};
+use crate::lang::{self, Family, Invocation, Keying, Observed};
 use crate::stats::{Outcome, Stats, Tally};
 use crate::store::{CacheError, PutReport};
 
@@ -68,6 +68,9 @@ fn stderr_is_tty() -> bool {
 struct Ctx<'a> {
     cfg: &'a Config,
     family: &'static dyn Family,
+    /// The family's observing side (gcc), whose observation files a compile that
+    /// leaves the flow removes.
+    observed: Option<&'static dyn Observed>,
     inv: Invocation,
     identity: [u8; 32],
     stats: Stats,
@@ -113,7 +116,7 @@ pub fn run(
     // A hit replaces outputs by rename: an output that is a device (`-o /dev/null`),
     // a FIFO or a symlink must be written by the compiler itself. A declared-input
     // family's outputs are directories (links to them are followed, as javac does).
-    let outputs_are_dirs = family.declared().is_some();
+    let outputs_are_dirs = matches!(family.keying(), Keying::Declared(_));
     for out in &inv.outputs {
         let meta = if outputs_are_dirs {
             std::fs::metadata(&out.path)
@@ -142,19 +145,27 @@ pub fn run(
     let mut ctx = Ctx {
         cfg,
         family,
+        observed: match family.keying() {
+            Keying::Observed(o) => Some(o),
+            Keying::Declared(_) => None,
+        },
         inv,
         identity,
         stats,
         tally: Tally::default(),
         t0,
     };
-    let code = match (family.declared(), cfg.mode.value) {
-        (Some(decl), _) => flow::run(&mut ctx, &mut declared::Declared::new(decl)),
-        (None, Mode::Preprocessor) => {
-            flow::run(&mut ctx, &mut preprocessor::Preprocessor::new(None))
+    let code = match (family.keying(), cfg.mode.value) {
+        (Keying::Declared(decl), _) => flow::run(&mut ctx, &mut declared::Declared::new(decl)),
+        (Keying::Observed(obs), Mode::Preprocessor) => {
+            flow::run(&mut ctx, &mut preprocessor::Preprocessor::new(obs, None))
         }
-        (None, Mode::Direct) => flow::run(&mut ctx, &mut direct::Direct::new(false)),
-        (None, Mode::Depend) => flow::run(&mut ctx, &mut direct::Direct::new(true)),
+        (Keying::Observed(obs), Mode::Direct) => {
+            flow::run(&mut ctx, &mut direct::Direct::new(obs, false))
+        }
+        (Keying::Observed(obs), Mode::Depend) => {
+            flow::run(&mut ctx, &mut direct::Direct::new(obs, true))
+        }
     };
     ctx.tally.flush(&ctx.stats);
     code
@@ -289,7 +300,9 @@ impl Ctx<'_> {
     fn run_real(&mut self) -> i32 {
         self.tally.flush(&self.stats);
         self.tally = Tally::default();
-        self.family.cleanup(&self.inv);
+        if let Some(obs) = self.observed {
+            obs.cleanup(&self.inv);
+        }
         exec_compiler(&self.inv.compiler, &self.inv.arg0, &self.inv.args)
     }
 }

@@ -6,19 +6,21 @@ use super::farm::Farm;
 use super::flow::{self, Lookup, Mode, Ran};
 use super::Ctx;
 use crate::key::{self, PreprocessorOnly};
-use crate::lang;
+use crate::lang::{self, Observed};
 use crate::protocol::Item;
 use crate::store::{CacheKey, EntryKind, Tiered};
 
 pub(super) struct Preprocessor {
+    obs: &'static dyn Observed,
     /// Why direct mode sent this source here, when it did.
     marker: Option<PreprocessorOnly>,
     rkey: CacheKey,
 }
 
 impl Preprocessor {
-    pub fn new(marker: Option<PreprocessorOnly>) -> Preprocessor {
+    pub fn new(obs: &'static dyn Observed, marker: Option<PreprocessorOnly>) -> Preprocessor {
         Preprocessor {
+            obs,
             marker,
             rkey: CacheKey([0; 32]),
         }
@@ -26,8 +28,8 @@ impl Preprocessor {
 }
 
 /// The preprocessor-mode key, or why there is none.
-fn preprocessed_key(ctx: &mut Ctx) -> Result<CacheKey, lang::Passthrough> {
-    let text = match ctx.family.preprocess(&ctx.inv) {
+fn preprocessed_key(ctx: &mut Ctx, obs: &dyn Observed) -> Result<CacheKey, lang::Passthrough> {
+    let text = match obs.preprocess(&ctx.inv) {
         Ok(Ok(t)) => t,
         Ok(Err(p)) => return Err(p),
         Err(e) => return Err(lang::Passthrough::new("preprocessor_error", e.to_string())),
@@ -44,7 +46,7 @@ impl Mode for Preprocessor {
         if self.marker.as_ref().is_some_and(|m| m.uses_time) {
             return Err(ctx.uncached("uses __TIME__", "time_macro"));
         }
-        match preprocessed_key(ctx) {
+        match preprocessed_key(ctx, self.obs) {
             Ok(k) => {
                 self.rkey = k;
                 Ok(())
@@ -63,7 +65,7 @@ impl Mode for Preprocessor {
 
     fn execute(&mut self, ctx: &mut Ctx, farm: &Farm) -> Result<Ran, i32> {
         if let Remote::Done(payload) = exec::remote_text(ctx, farm) {
-            ctx.family.cleanup(&ctx.inv);
+            self.obs.cleanup(&ctx.inv);
             return Ok(Ran {
                 payload: Some(payload),
                 local_ms: 0,
@@ -71,8 +73,8 @@ impl Mode for Preprocessor {
                 started_ns: 0,
             });
         }
-        let run = exec::home_miss(ctx, false);
-        ctx.family.cleanup(&ctx.inv);
+        let run = exec::home_miss(ctx, self.obs, false);
+        self.obs.cleanup(&ctx.inv);
         let run = run?;
         let ms = run.elapsed.as_millis() as u64;
         let payload = ctx.payload_from_disk(&run.stdout, &run.stderr, ms);

@@ -5,7 +5,28 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use farm::protocol::{self, PeerRequest, PeerResponse};
+use farm::protocol::{self, JobResult, PeerRequest, PeerResponse};
+
+/// The files a text job sent back, one after another: a gcc job's object.
+pub fn job_output(r: &JobResult) -> Vec<u8> {
+    r.outputs
+        .iter()
+        .flat_map(|o| o.data.iter().copied())
+        .collect()
+}
+
+/// A text job's file names for a language as gcc names it for `-x`, as a shim names
+/// them: the input `job.i` (`job.ii`, ...), the object `job.o`.
+pub fn job_files(lang: &str) -> (String, Vec<String>) {
+    let ext = match lang {
+        "cpp-output" => "i",
+        "c++-cpp-output" => "ii",
+        "objective-c-cpp-output" => "mi",
+        "objective-c++-cpp-output" => "mii",
+        other => other,
+    };
+    (format!("job.{ext}"), vec!["job.o".to_string()])
+}
 
 /// A cluster member: a client holding a node certificate of the cluster CA.
 pub struct RawPeer {

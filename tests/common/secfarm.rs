@@ -482,7 +482,7 @@ impl SecFarm {
         match peer.ask(&gcc_job(&["-O2"], b"int answer(void) { return 42; }\n")) {
             Ok(PeerResponse::Done(r)) => {
                 assert_eq!(r.exit_code, 0, "ordinary job after {after}: {r:?}");
-                assert!(r.object.starts_with(b"\x7fELF"));
+                assert!(super::rawpeer::job_output(&r).starts_with(b"\x7fELF"));
             }
             other => panic!(
                 "an ordinary job no longer runs on {} after {after}: {other:?}",
@@ -571,12 +571,14 @@ pub fn compile_job(compiler: &str, lang: &str, args: &[&str], source: &[u8]) -> 
             }
         }
     };
+    let (input, outputs) = super::rawpeer::job_files(lang);
     PeerRequest::Job(protocol::Job {
         family: "gcc".into(),
         compiler: ad,
-        lang: lang.into(),
+        input,
         args: args.iter().map(|s| s.to_string()).collect(),
         source: source.to_vec(),
+        outputs,
     })
 }
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     reroot, CompileRun, Declared, DeclaredInputs, Family, IdentityProbe, Invocation, KeyInput,
-    Output, OutputDir, Passthrough, Plan, WarmJob,
+    Keying, Output, OutputDir, Passthrough, Plan, TreeArgs, TreeJobs,
 };
 use crate::fsutil;
 
@@ -229,8 +229,6 @@ pub struct CscPlan {
     tokens: Vec<(String, Token)>,
     /// Outputs: role, the file as named.
     outs: Vec<(&'static str, PathBuf)>,
-    /// The compiler's class library directory (`lib/mono/4.5`).
-    sdk: PathBuf,
 }
 
 fn plan(inv: &Invocation) -> &CscPlan {
@@ -289,12 +287,14 @@ impl Csc {
         args: &[OsString],
     ) -> Result<Invocation, Passthrough> {
         let canonical = std::fs::canonicalize(compiler).unwrap_or_else(|_| compiler.to_path_buf());
-        let Some(sdk) = sdk_dir(&canonical) else {
+        // Without its class library directory (`lib/mono/4.5`) the identity probe
+        // would miss the assemblies the compiler loads: not cached.
+        if sdk_dir(&canonical).is_none() {
             return Err(Passthrough::new(
                 "compiler_layout",
                 canonical.display().to_string(),
             ));
-        };
+        }
         // Roslyn's csc reads response files in place, Mono's mcs appends them.
         let how = match canonical.file_name().and_then(|n| n.to_str()) {
             Some("csc") => args::Expansion::InPlace,
@@ -420,7 +420,7 @@ impl Csc {
                 None
             },
             observe_args: Vec::new(),
-            plan: Plan::Csc(CscPlan { tokens, outs, sdk }),
+            plan: Plan::Csc(CscPlan { tokens, outs }),
         })
     }
 
@@ -568,8 +568,10 @@ impl Declared for Csc {
         let (args, _) = self.rewritten(plan(inv), dirs, None);
         super::run_compiler(inv, args)
     }
+}
 
-    fn warm_job(&self, inv: &Invocation, dirs: &[PathBuf]) -> Result<WarmJob, Passthrough> {
+impl TreeJobs for Csc {
+    fn tree_args(&self, inv: &Invocation, dirs: &[PathBuf]) -> Result<TreeArgs, Passthrough> {
         let p = plan(inv);
         let cwd = std::env::current_dir()
             .map_err(|e| Passthrough::new("working_directory", e.to_string()))?;
@@ -585,11 +587,9 @@ impl Declared for Csc {
         if let Err(why) = self.worker_tree_args(&args, &outputs, Path::new("/"), Path::new("/")) {
             return Err(Passthrough::new("flag", why.detail));
         }
-        Ok(WarmJob {
-            home: p.sdk.clone(),
+        Ok(TreeArgs {
             args,
             paths_rewritten: moved,
-            warm_here: false,
         })
     }
 
@@ -684,10 +684,6 @@ impl Declared for Csc {
         }
         Ok(res)
     }
-
-    fn worker_runs_warm(&self) -> bool {
-        false
-    }
 }
 
 impl Family for Csc {
@@ -739,7 +735,20 @@ impl Family for Csc {
         }
     }
 
-    fn declared(&self) -> Option<&dyn Declared> {
+    fn keying(&self) -> Keying<'_> {
+        Keying::Declared(self)
+    }
+
+    fn toolchain_config(&self) -> Vec<PathBuf> {
+        let mono = PathBuf::from("/etc/mono");
+        if mono.exists() {
+            vec![mono]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn tree_jobs(&self) -> Option<&dyn TreeJobs> {
         Some(self)
     }
 
@@ -881,7 +890,7 @@ mod tests {
             }
             let a: Vec<OsString> = a.iter().map(OsString::from).collect();
             let inv = CSC.parse_args(&mcs, &OsString::from("mcs"), &a).unwrap();
-            CSC.warm_job(&inv, &[PathBuf::from("/tmp/fresh")])
+            CSC.tree_args(&inv, &[PathBuf::from("/tmp/fresh")])
         };
         let shipped = job("/optimize+").unwrap();
         assert!(shipped.args.contains(&"/out:/tmp/fresh/L.dll".to_string()));

@@ -504,7 +504,7 @@ mod tests {
     use crate::lang::gcc::plan;
     use crate::lang::gcc::test_util::{os, parse};
     use crate::lang::gcc::GCC;
-    use crate::lang::Family;
+    use crate::lang::TextJobs;
 
     #[test]
     fn simple_compile() {
@@ -635,7 +635,7 @@ mod tests {
                 Some("native_cpu"),
                 "{flag}"
             );
-            assert!(GCC.remote_allowed(&inv).is_err());
+            assert!(GCC.allowed(&inv).is_err());
         }
         let inv = parse(&["-c", "-march=x86-64-v2", "a.c"]).unwrap();
         assert!(inv.key_extra.iter().all(|e| !e.starts_with("native-cpu=")));

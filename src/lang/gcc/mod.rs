@@ -32,7 +32,6 @@ pub use remote::{worker_arg_ok, worker_args};
 pub use rsp::expand_response_files;
 pub use scan::{check_code_directives, code_directive};
 
-use crate::lang::RemoteJob;
 use rustc_hash::FxHashSet as HashSet;
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -40,7 +39,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::{
-    CompileRun, DepSource, DependencyFacts, Family, Invocation, NotRecordable, Passthrough, Plan,
+    CompileRun, DepSource, DependencyFacts, Family, Invocation, Keying, NotRecordable, Observed,
+    Passthrough, Plan, TextJob, TextJobs,
 };
 use crate::fsutil;
 use depfile::read_deps;
@@ -154,6 +154,16 @@ impl Family for Gcc {
         self.parse_args(compiler, arg0, args, stderr_is_tty)
     }
 
+    fn keying(&self) -> Keying<'_> {
+        Keying::Observed(self)
+    }
+
+    fn text_jobs(&self) -> Option<&dyn TextJobs> {
+        Some(self)
+    }
+}
+
+impl Observed for Gcc {
     fn preprocess(&self, inv: &Invocation) -> std::io::Result<Result<Vec<u8>, Passthrough>> {
         let out = Command::new(&inv.compiler)
             .arg0(&inv.arg0)
@@ -216,25 +226,7 @@ impl Family for Gcc {
         }
     }
 
-    fn remote_allowed(&self, inv: &Invocation) -> Result<(), Passthrough> {
-        self.remote_plan(inv).map(|_| ())
-    }
-
-    fn remote_prepare(&self, inv: &Invocation) -> std::io::Result<Result<RemoteJob, Passthrough>> {
-        self.remote_prepare_impl(inv)
-    }
-
-    fn worker_args(
-        &self,
-        lang: &str,
-        args: &[String],
-        input: &Path,
-        output: &Path,
-    ) -> Result<Vec<OsString>, Passthrough> {
-        worker_args(lang, args, input, output)
-    }
-
-    fn worker_source_check(&self, source: &[u8]) -> Result<(), Passthrough> {
+    fn source_check(&self, source: &[u8]) -> Result<(), Passthrough> {
         check_code_directives(source, "")
     }
 
@@ -242,6 +234,36 @@ impl Family for Gcc {
         if let Some(f) = &plan(inv).observe_depfile {
             let _ = std::fs::remove_file(f);
         }
+    }
+}
+
+impl TextJobs for Gcc {
+    fn allowed(&self, inv: &Invocation) -> Result<(), Passthrough> {
+        self.remote_plan(inv).map(|_| ())
+    }
+
+    fn prepare(&self, inv: &Invocation) -> std::io::Result<Result<TextJob, Passthrough>> {
+        self.remote_prepare_impl(inv)
+    }
+
+    fn worker_text_check(&self, text: &[u8]) -> Result<(), Passthrough> {
+        check_code_directives(text, "")
+    }
+
+    fn worker_text_args(
+        &self,
+        input: &str,
+        args: &[String],
+        outputs: &[String],
+    ) -> Result<Vec<String>, Passthrough> {
+        let (lang, object) = remote::worker_job_files(input, outputs)?;
+        worker_args(lang, args, Path::new(input), Path::new(object))?
+            .into_iter()
+            .map(|a| {
+                a.into_string()
+                    .map_err(|a| Passthrough::new("flag", a.to_string_lossy()))
+            })
+            .collect()
     }
 }
 

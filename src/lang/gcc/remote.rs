@@ -7,7 +7,7 @@ use super::flags::{refused, ASM_OK, INPUT_FILE_FLAGS, WITH_ARG};
 use super::lookups::preprocessed_text;
 use super::{plan, Gcc, Lang};
 use crate::fsutil;
-use crate::lang::{Invocation, Passthrough, RemoteJob};
+use crate::lang::{Invocation, Passthrough, TextJob, TextOutput};
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -177,6 +177,45 @@ const WORKER_LANGS: &[&str] = &[
     "objective-c-cpp-output",
     "objective-c++-cpp-output",
 ];
+/// The language of a shipped text by the extension of its file name in the job
+/// directory: the client names the file so, the worker passes that `-x` language.
+pub(super) const JOB_INPUT_EXT: &[(&str, &str)] = &[
+    ("cpp-output", "i"),
+    ("c++-cpp-output", "ii"),
+    ("objective-c-cpp-output", "mi"),
+    ("objective-c++-cpp-output", "mii"),
+];
+/// The stem of a text job's files: `job.i` compiles into `job.o`.
+const JOB_STEM: &str = "job";
+
+/// A file name of a text job: one plain name that cannot pass for a flag or a path
+/// (it reaches the compiler as an argument).
+fn job_file_name_ok(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._".contains(&b))
+}
+
+/// Worker side of a text job's names: the `-x` language of `input`, and the one
+/// object file it compiles into.
+pub(super) fn worker_job_files<'a>(
+    input: &str,
+    outputs: &'a [String],
+) -> Result<(&'static str, &'a str), Passthrough> {
+    let lang = Path::new(input)
+        .extension()
+        .and_then(|e| e.to_str())
+        .and_then(|e| JOB_INPUT_EXT.iter().find(|(_, x)| *x == e))
+        .filter(|_| job_file_name_ok(input))
+        .map(|(lang, _)| *lang)
+        .ok_or_else(|| Passthrough::new("language", input))?;
+    match outputs {
+        [o] if job_file_name_ok(o) && o.ends_with(".o") && o != input => Ok((lang, o)),
+        _ => Err(Passthrough::new("outputs", outputs.join(" "))),
+    }
+}
 
 /// Whether a worker may pass `a` to a compile of preprocessed source. The worker
 /// calls this on every argument it receives; the client calls it first, so a job it
@@ -339,7 +378,7 @@ impl Gcc {
     pub(super) fn remote_prepare_impl(
         &self,
         inv: &Invocation,
-    ) -> std::io::Result<Result<RemoteJob, Passthrough>> {
+    ) -> std::io::Result<Result<TextJob, Passthrough>> {
         let (lang, args) = match self.remote_plan(inv) {
             Ok(x) => x,
             Err(p) => return Ok(Err(p)),
@@ -370,10 +409,17 @@ impl Gcc {
             cmd.args(&inv.observe_args);
         }
         let out = cmd.stdin(Stdio::null()).output()?;
-        Ok(preprocessed_text(inv, out).map(|text| RemoteJob {
-            lang: lang.to_string(),
+        let Some((_, ext)) = JOB_INPUT_EXT.iter().find(|(l, _)| *l == lang) else {
+            return Ok(Err(Passthrough::new("language", lang)));
+        };
+        Ok(preprocessed_text(inv, out).map(|text| TextJob {
+            input: format!("{JOB_STEM}.{ext}"),
             args,
             text,
+            outputs: vec![TextOutput {
+                name: format!("{JOB_STEM}.o"),
+                path: inv.outputs[0].path.clone(),
+            }],
         }))
     }
 }
@@ -382,6 +428,40 @@ impl Gcc {
 mod tests {
     use super::*;
     use crate::lang::gcc::test_util::parse;
+    use crate::lang::gcc::GCC;
+    use crate::lang::TextJobs;
+
+    /// A text job names its files; the worker takes only plain names it can pass to
+    /// the compiler as files, the language from the input's extension, one object.
+    #[test]
+    fn worker_takes_file_names_from_the_job() {
+        let args = |input: &str, outputs: &[&str]| {
+            let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+            GCC.worker_text_args(input, &["-O2".to_string()], &outputs)
+        };
+        let w = args("job.ii", &["job.o"]).unwrap();
+        assert_eq!(w[..2], ["-x", "c++-cpp-output"]);
+        assert_eq!(w[w.len() - 4..], ["-c", "job.ii", "-o", "job.o"]);
+        for (lang, ext) in JOB_INPUT_EXT {
+            let w = args(&format!("job.{ext}"), &["job.o"]).unwrap();
+            assert_eq!(w[1], *lang);
+        }
+        for (input, outputs) in [
+            ("job.c", &["job.o"][..]),
+            ("job", &["job.o"]),
+            ("-fdump-tree-all.i", &["job.o"]),
+            (".i", &["job.o"]),
+            ("a/job.i", &["job.o"]),
+            ("job.i", &[]),
+            ("job.i", &["job.o", "job.d"]),
+            ("job.i", &["job.s"]),
+            ("job.i", &["-o.o"]),
+            ("job.i", &["../x.o"]),
+            ("job.i", &["job.i"]),
+        ] {
+            assert!(args(input, outputs).is_err(), "{input} {outputs:?}");
+        }
+    }
 
     #[test]
     fn remote_args_keep_compile_flags_only() {

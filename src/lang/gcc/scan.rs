@@ -193,7 +193,7 @@ pub fn check_code_directives(text: &[u8], file: &str) -> Result<(), Passthrough>
 mod tests {
     use super::*;
     use crate::lang::gcc::GCC;
-    use crate::lang::Family;
+    use crate::lang::TextJobs;
 
     #[test]
     fn scanning() {
@@ -262,7 +262,7 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(text)
             );
-            assert!(GCC.worker_source_check(text).is_err());
+            assert!(GCC.worker_text_check(text).is_err());
         }
         for text in [
             &b"int incbin; int include_dirs; s.included = 1;"[..],
@@ -275,7 +275,7 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(text)
             );
-            assert!(GCC.worker_source_check(text).is_ok());
+            assert!(GCC.worker_text_check(text).is_ok());
         }
     }
 }

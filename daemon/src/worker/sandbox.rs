@@ -1,4 +1,4 @@
-//! The job sandbox: every compile a worker runs for a peer (and every warm javac JVM
+//! The job sandbox: every compile a worker runs for a peer (and every warm compiler
 //! that serves peers) runs under bubblewrap, rootless. Inside, a job sees the
 //! toolchain read-only (`/usr`, the `/lib*` and `/bin` links, the few `/etc` files
 //! compilers and the JVM read), its own job directory, a minimal `/dev`, and where
@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt as _;
 
-/// `/etc` entries compilers and the JVM read; nothing else of `/etc` is visible (it may
-/// hold farmd's configuration and keys).
+/// `/etc` entries every compiler's loader reads; with each family's own configuration
+/// ([`farm::lang::Family::toolchain_config`]) nothing else of `/etc` is visible (it
+/// may hold farmd's configuration and keys).
 const ETC_PATHS: &[&str] = &[
     "/etc/alternatives",
     "/etc/ld.so.cache",
     "/etc/ld.so.conf",
     "/etc/ld.so.conf.d",
-    "/etc/mono",
 ];
 
 /// Top-level toolchain paths, bound read-only (or re-created as the same symlink on a
@@ -108,17 +108,10 @@ impl Sandbox {
                 Err(_) => {}
             }
         }
-        // The JDKs' configuration lives in /etc/java-N-openjdk (linked from the JDK).
-        if let Ok(rd) = std::fs::read_dir("/etc") {
-            let mut java: Vec<String> = rd
-                .flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with("java-"))
-                .map(|n| format!("/etc/{n}"))
-                .collect();
-            java.sort();
-            for p in java {
-                system.extend(["--ro-bind".into(), p.clone(), p]);
+        for f in farm::lang::families() {
+            for p in f.toolchain_config() {
+                let s = path_str(&p)?;
+                system.extend(["--ro-bind".into(), s.clone(), s]);
             }
         }
         for p in extra {

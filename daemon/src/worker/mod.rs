@@ -1,0 +1,93 @@
+//! The worker role: runs peers' jobs. It executes nothing it did not build itself:
+//! the family module validates every argument and file name and builds argv, the
+//! compiler is one of this node's allow-listed binaries matched by identity digest,
+//! and it runs with a clean environment in a private job directory, inside the job
+//! sandbox ([`sandbox`]): the job sees the toolchain and its own directory, its inputs
+//! read-only.
+//!
+//! The worker knows job kinds, not compilers: a text job ([`text`]) is one shipped
+//! source for a family with [`farm::lang::TextJobs`], a tree job ([`tree`]) an input
+//! tree for a family with [`farm::lang::TreeJobs`], run in a warm compiler
+//! (`crate::warm`) when the family has one. What to run and which files come back
+//! are the job's and its family's to say.
+
+pub mod sandbox;
+pub mod spawn;
+mod text;
+mod tree;
+
+use std::sync::atomic::Ordering;
+
+use farm::protocol::PeerResponse;
+
+use crate::node::{AllowedCompiler, Node};
+
+pub use text::run;
+pub use tree::run_tree;
+
+fn refuse(node: &Node, why: String) -> PeerResponse {
+    node.jobs_refused.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(reason = %why, "job refused");
+    PeerResponse::Refused(why)
+}
+
+/// A worker slot held for one job, with its private job directory; both are given
+/// back on drop.
+struct Slot<'a> {
+    node: &'a Node,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    dir: std::path::PathBuf,
+}
+
+impl<'a> Slot<'a> {
+    /// Slots cap concurrent jobs; a long queue is refused so the client goes elsewhere.
+    async fn take(node: &'a Node) -> Result<Slot<'a>, String> {
+        let waiting = node.queue.fetch_add(1, Ordering::Relaxed);
+        if waiting >= node.cfg.slots * 2 {
+            node.queue.fetch_sub(1, Ordering::Relaxed);
+            return Err(format!("{}: queue full", node.name));
+        }
+        let permit = node.slots.clone().acquire_owned().await;
+        node.queue.fetch_sub(1, Ordering::Relaxed);
+        let Ok(permit) = permit else {
+            return Err(format!("{}: stopping", node.name));
+        };
+        node.running.fetch_add(1, Ordering::Relaxed);
+        node.changed.notify_one();
+        let seq = node.job_seq.fetch_add(1, Ordering::Relaxed);
+        let dir = node
+            .cfg
+            .state_dir
+            .join("jobs")
+            .join(format!("{}-{seq}", std::process::id()));
+        Ok(Slot {
+            node,
+            _permit: permit,
+            dir,
+        })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.node.running.fetch_sub(1, Ordering::Relaxed);
+        self.node.changed.notify_one();
+    }
+}
+
+/// The allow-listed compiler a job names, by name and identity.
+fn allowed(node: &Node, ad: &farm::protocol::CompilerAd) -> Result<AllowedCompiler, String> {
+    node.compilers
+        .iter()
+        .find(|c| c.identity == ad.identity && c.name == ad.name)
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "compiler {:?} with identity {} is not allowed on {}",
+                ad.name,
+                farm::fsutil::hex(&ad.identity[..8]),
+                node.name
+            )
+        })
+}
