@@ -1,12 +1,22 @@
 //! farm: a drop-in compiler cache (and, with farmd, a compiler farm).
 //!
-//! Code map (docs/architecture.md has the full picture):
-//! - [`lang`]: one module per compiler family; the only code that knows flags.
-//! - [`key`]: cache keys, direct-mode manifests, result entries.
-//! - [`cache`]: content-addressed storage; knows nothing about compilers.
-//! - [`shim`]: the per-compile flow (hit, miss, pass-through).
-//! - [`entry`]: entry points (`farm-cc`, `farm-c++`, launcher, masquerade).
-//! - [`cli`] (one file per `farm` command), [`config`], [`stats`] (typed outcomes), [`fsutil`].
+//! Code map, top to bottom (arrows point down only; docs/architecture.md has the full
+//! picture and the invariants):
+//! - [`entry`]: entry points (`farm-cc`, `farm-c++`, launcher, masquerade); [`cli`]: one
+//!   file per `farm` command.
+//! - [`shim`]: the per-compile flow, written once (key, look up through the tiers,
+//!   execute, store, publish); its modes supply keys; its executors run a miss.
+//! - [`key`]: base keys, compiler identity, manifests (match, record, merge), result
+//!   entries.
+//! - [`store`]: the `Tier` trait and `Tiered` (order + backfill); the local disk tier.
+//!   Knows keys, kinds and bytes, never compilers.
+//! - [`lang`]: one folder per compiler family behind `Family` and its capabilities
+//!   (observed or declared keying; text jobs, tree jobs, warm compilers); the only code
+//!   that knows flags.
+//! - [`digest`]: content digests, stat stamps, the digest memo (below everything that
+//!   keys).
+//! - [`protocol`] (messages, framing), [`net`] (TLS), [`agent_client`], [`config`],
+//!   [`stats`] (typed outcomes), [`fsutil`].
 
 pub mod agent_client;
 pub mod buildtools;
@@ -22,6 +32,3 @@ pub mod protocol;
 pub mod shim;
 pub mod stats;
 pub mod store;
-
-/// The store's old name, kept while callers move to [`store`].
-pub use store as cache;

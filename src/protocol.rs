@@ -26,12 +26,12 @@ pub type Key = [u8; 32];
 
 /// What a key names in the farm's cache: the store's one kind type (its variant
 /// order is part of the encoding).
-pub use crate::store::EntryKind as Kind;
+pub use crate::store::EntryKind;
 
 /// One entry for the farm's cache.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Item {
-    pub kind: Kind,
+    pub kind: EntryKind,
     pub key: Key,
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
@@ -181,11 +181,11 @@ pub struct TreeResult {
 pub enum PeerRequest {
     Advert(Advert),
     Get {
-        kind: Kind,
+        kind: EntryKind,
         key: Key,
     },
     Have {
-        kind: Kind,
+        kind: EntryKind,
         key: Key,
     },
     /// Stores an entry; a manifest is merged with the one already there.
@@ -215,7 +215,7 @@ pub enum PeerResponse {
 pub enum AgentRequest {
     /// The farm's cache: the entry from the key's home node.
     Fetch {
-        kind: Kind,
+        kind: EntryKind,
         key: Key,
     },
     /// A miss this compiler could run on a worker: home or a peer? `Local` reserves a
@@ -537,7 +537,7 @@ mod tests {
         rt.block_on(async {
             let budget = ReadBudget::new(3 << 20);
             let big = encode(&PeerRequest::Put(Item {
-                kind: Kind::Result,
+                kind: EntryKind::Result,
                 key: [1; 32],
                 data: {
                     // Incompressible: the frame is as large as its payload.
@@ -575,7 +575,7 @@ mod tests {
             // A small frame is read whatever the budget holds.
             let (mut w3, mut r3) = tokio::io::duplex(1 << 16);
             w3.write_all(&encode(&PeerRequest::Have {
-                kind: Kind::Result,
+                kind: EntryKind::Result,
                 key: [2; 32],
             }))
             .await

@@ -636,7 +636,7 @@ fn strangers_garbage_and_unsafe_jobs_are_refused() {
                         protocol::write_async(
                             &mut s,
                             &PeerRequest::Have {
-                                kind: protocol::Kind::Result,
+                                kind: protocol::EntryKind::Result,
                                 key: [0; 32],
                             },
                         )

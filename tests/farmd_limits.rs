@@ -296,7 +296,7 @@ fn large_frames_from_a_member_stay_within_the_read_budget() {
             ask(
                 &c,
                 &PeerRequest::Have {
-                    kind: protocol::Kind::Result,
+                    kind: protocol::EntryKind::Result,
                     key: [1; 32],
                 },
             ),
@@ -466,7 +466,7 @@ fn peer_connections_are_capped() {
     let b_addr: std::net::SocketAddr = b.addr().parse().unwrap();
     let rt = rt();
     let have = PeerRequest::Have {
-        kind: protocol::Kind::Result,
+        kind: protocol::EntryKind::Result,
         key: [3; 32],
     };
     rt.block_on(async {

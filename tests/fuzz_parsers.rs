@@ -5,7 +5,6 @@
 use std::ffi::OsString;
 use std::path::Path;
 
-use farm::cache::{decode_entry, encode_entry};
 use farm::digest::StatStamp;
 use farm::key::manifest::{self, MAX_MANIFEST_ENTRIES};
 use farm::key::{
@@ -13,7 +12,8 @@ use farm::key::{
 };
 use farm::lang::gcc::{expand_response_files, parse_depfile, parse_search_list, GCC};
 use farm::lang::Family;
-use farm::protocol::{Item, Kind, PeerRequest};
+use farm::protocol::{EntryKind, Item, PeerRequest};
+use farm::store::{decode_entry, encode_entry};
 use proptest::prelude::*;
 
 const VOCAB: &[&str] = &[
@@ -291,7 +291,7 @@ fn manifest_strategy() -> impl Strategy<Value = Manifest> {
                 .into_iter()
                 .map(serde_bytes::ByteBuf::from)
                 .collect(),
-            result: farm::cache::CacheKey([result; 32]),
+            result: farm::store::CacheKey([result; 32]),
         });
     (
         prop::option::of(("[ -~]{0,24}", any::<bool>())),
@@ -329,7 +329,7 @@ proptest! {
         next in bytes(64),
     ) {
         use farm::protocol::{body_len, decode, encode, read_sync, FrameError, MAX_FRAME};
-        let msg = PeerRequest::Put(Item { kind: Kind::Manifest, key, data });
+        let msg = PeerRequest::Put(Item { kind: EntryKind::Manifest, key, data });
         let frame = encode(&msg);
         let n = body_len(frame[..4].try_into().unwrap(), MAX_FRAME).unwrap();
         prop_assert_eq!(n, frame.len() - 4);

@@ -48,7 +48,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use farm::protocol::{
-    AgentRequest, AgentResponse, Blob, Item, Kind, PeerRequest, PeerResponse, TreeFile, TreeJob,
+    AgentRequest, AgentResponse, Blob, EntryKind, Item, PeerRequest, PeerResponse, TreeFile,
+    TreeJob,
 };
 
 macro_rules! need_root {
@@ -794,10 +795,10 @@ impl Recorder {
         for r in self.log.lock().unwrap().drain(..) {
             match r {
                 AgentRequest::Publish { items: i, .. } => {
-                    items.extend(i.into_iter().filter(|i| i.kind == Kind::Result))
+                    items.extend(i.into_iter().filter(|i| i.kind == EntryKind::Result))
                 }
                 AgentRequest::Fetch {
-                    kind: Kind::Result,
+                    kind: EntryKind::Result,
                     key,
                 } => keys.push(key),
                 _ => {}
@@ -861,7 +862,7 @@ fn local_users_cannot_poison_each_other_and_outsiders_are_kept_out() {
         &mut bob,
         &AgentRequest::Publish {
             items: vec![Item {
-                kind: Kind::Result,
+                kind: EntryKind::Result,
                 key: alices.key,
                 data: forged.data.clone(),
             }],
@@ -876,7 +877,7 @@ fn local_users_cannot_poison_each_other_and_outsiders_are_kept_out() {
         if let Ok(AgentResponse::Cached { .. }) = agent_ask(
             &mut b,
             &AgentRequest::Fetch {
-                kind: Kind::Result,
+                kind: EntryKind::Result,
                 key: alices.key,
             },
         ) {
@@ -916,8 +917,8 @@ fn local_users_cannot_poison_each_other_and_outsiders_are_kept_out() {
         compile_ms: 1,
     }
     .encode();
-    let zero = if farm::cache::decode_entry(&alices2.data).is_ok() {
-        farm::cache::encode_entry(&zero).unwrap()
+    let zero = if farm::store::decode_entry(&alices2.data).is_ok() {
+        farm::store::encode_entry(&zero).unwrap()
     } else {
         zero
     };
@@ -926,7 +927,7 @@ fn local_users_cannot_poison_each_other_and_outsiders_are_kept_out() {
         &mut bob,
         &AgentRequest::Publish {
             items: vec![Item {
-                kind: Kind::Result,
+                kind: EntryKind::Result,
                 key: alices2.key,
                 data: zero,
             }],

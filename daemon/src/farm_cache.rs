@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use farm::protocol::{Item, Kind, PeerRequest, PeerResponse, MAX_CONTROL_FRAME, MAX_FRAME};
+use farm::protocol::{EntryKind, Item, PeerRequest, PeerResponse, MAX_CONTROL_FRAME, MAX_FRAME};
 use farm::store::{CacheKey, Tier};
 
 use crate::exec::peer::request;
@@ -40,7 +40,7 @@ fn home_of(node: &Node, key: &[u8; 32]) -> Option<(String, quinn::Connection)> {
 }
 
 /// The entry under `key` from its home (this node or a peer), and who that is.
-pub async fn lookup(node: &Node, kind: Kind, key: &[u8; 32]) -> Option<(Vec<u8>, String)> {
+pub async fn lookup(node: &Node, kind: EntryKind, key: &[u8; 32]) -> Option<(Vec<u8>, String)> {
     match home_of(node, key) {
         None => match node.store.get(kind, &CacheKey(*key)) {
             Ok(Some(e)) => Some((e, node.name.clone())),
@@ -71,7 +71,7 @@ pub async fn publish(node: &Node, item: Item) {
             }
         }
         Some((name, conn)) => {
-            if item.kind == Kind::Result {
+            if item.kind == EntryKind::Result {
                 let have = PeerRequest::Have {
                     kind: item.kind,
                     key: item.key,

@@ -3,13 +3,13 @@
 //! (get, have, put: results checked, manifests merged) and the blobs of tree jobs.
 
 use farm::key::manifest;
-use farm::protocol::{Blob, Item, Kind, PeerResponse};
+use farm::protocol::{Blob, Item, PeerResponse};
 use farm::store::{CacheKey, EntryKind, Tier};
 
 use crate::node::Node;
 
 /// A peer's `Get`: the entry, or none.
-pub fn get(node: &Node, kind: Kind, key: [u8; 32]) -> PeerResponse {
+pub fn get(node: &Node, kind: EntryKind, key: [u8; 32]) -> PeerResponse {
     match node.store.get(kind, &CacheKey(key)) {
         Ok(v) => PeerResponse::Entry(v.map(serde_bytes::ByteBuf::from)),
         Err(e) => {
@@ -20,7 +20,7 @@ pub fn get(node: &Node, kind: Kind, key: [u8; 32]) -> PeerResponse {
 }
 
 /// A peer's `Have`: whether the entry is stored.
-pub fn have(node: &Node, kind: Kind, key: [u8; 32]) -> PeerResponse {
+pub fn have(node: &Node, kind: EntryKind, key: [u8; 32]) -> PeerResponse {
     PeerResponse::Have(node.store.have(kind, &CacheKey(key)).unwrap_or(false))
 }
 
@@ -52,8 +52,8 @@ pub fn store_item(node: &Node, item: Item) -> Result<(), String> {
     let key = CacheKey(item.key);
     match item.kind {
         // Blobs travel with the tree jobs that read them, never as cache items.
-        Kind::Blob => return Err("a blob is not a cache item".into()),
-        Kind::Result => {
+        EntryKind::Blob => return Err("a blob is not a cache item".into()),
+        EntryKind::Result => {
             if farm::key::ResultEntry::decode(&item.data).is_none() {
                 return Err("not a result entry".into());
             }
@@ -61,7 +61,7 @@ pub fn store_item(node: &Node, item: Item) -> Result<(), String> {
                 .put(EntryKind::Result, &key, &item.data)
                 .map_err(|e| format!("store: {e}"))?;
         }
-        Kind::Manifest => {
+        EntryKind::Manifest => {
             // One writer at a time per node: merges must not lose entries.
             let _guard = node.manifest_lock.lock().unwrap();
             let stored = node.store.get(EntryKind::Manifest, &key).ok().flatten();

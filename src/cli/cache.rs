@@ -1,7 +1,7 @@
 //! `farm cache clear | dir`.
 
 use super::{err, load, out};
-use crate::cache::LocalStore;
+use crate::store::LocalStore;
 
 pub(super) fn run(rest: &[String]) -> i32 {
     let cfg = match load() {

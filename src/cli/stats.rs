@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt::Display;
 
 use super::{err, flags, load, out};
-use crate::cache::LocalStore;
 use crate::config::{format_size, Config};
 use crate::stats::{Outcome, ReasonFamily, Stats, Summary};
+use crate::store::LocalStore;
 
 pub(super) fn run(rest: &[String]) -> i32 {
     let f = match flags(rest, &["--json", "--zero", "-z"], "stats") {

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::put_field;
-use crate::cache::CacheKey;
 use crate::digest::StatStamp;
 use crate::fsutil;
+use crate::store::CacheKey;
 
 /// Inputs modified this close to (or after) a compile's start are "too new": their
 /// content may not be what the compiler read, so nothing is recorded for them.

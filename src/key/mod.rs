@@ -19,9 +19,9 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::cache::CacheKey;
 use crate::fsutil;
 use crate::lang::{Invocation, KeyInput};
+use crate::store::CacheKey;
 
 pub use identity::compiler_identity;
 pub use manifest::{

@@ -14,6 +14,7 @@ pub mod csc;
 pub mod gcc;
 pub mod javac;
 
+use std::any::Any;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -88,12 +89,49 @@ pub struct Invocation {
     pub plan: Plan,
 }
 
-/// What each family needs to remember between parse and run.
-#[derive(Clone, Debug)]
-pub enum Plan {
-    Gcc(gcc::GccPlan),
-    Javac(javac::JavacPlan),
-    Csc(csc::CscPlan),
+/// What a family needs to remember between parse and run: its own type, opaque to
+/// everything but that family (which gets it back with [`Plan::get`]).
+#[derive(Debug)]
+pub struct Plan(Box<dyn FamilyPlan>);
+
+/// A family's plan type: anything cloneable, printable and shareable.
+trait FamilyPlan: Any + fmt::Debug + Send + Sync {
+    fn clone_box(&self) -> Box<dyn FamilyPlan>;
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Any + fmt::Debug + Clone + Send + Sync> FamilyPlan for T {
+    fn clone_box(&self) -> Box<dyn FamilyPlan> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl Clone for Plan {
+    fn clone(&self) -> Plan {
+        Plan(self.0.clone_box())
+    }
+}
+
+impl Plan {
+    pub fn new<T: Any + fmt::Debug + Clone + Send + Sync>(plan: T) -> Plan {
+        Plan(Box::new(plan))
+    }
+
+    /// The plan, when it is a `T` (the family that made it knows its type).
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref()
+    }
+
+    pub fn get_mut<T: Any>(&mut self) -> Option<&mut T> {
+        self.0.as_any_mut().downcast_mut()
+    }
 }
 
 /// A finished run of the real compiler.

@@ -232,10 +232,7 @@ pub struct CscPlan {
 }
 
 fn plan(inv: &Invocation) -> &CscPlan {
-    match &inv.plan {
-        Plan::Csc(p) => p,
-        _ => unreachable!("csc invocation without a csc plan"),
-    }
+    inv.plan.get().expect("csc invocation without a csc plan")
 }
 
 /// The assembly the `mcs`/`csc` launcher script runs (`…/lib/mono/4.5/mcs.exe`), and
@@ -420,7 +417,7 @@ impl Csc {
                 None
             },
             observe_args: Vec::new(),
-            plan: Plan::Csc(CscPlan { tokens, outs }),
+            plan: Plan::new(CscPlan { tokens, outs }),
         })
     }
 

@@ -323,7 +323,7 @@ impl Parsed {
             outputs: self.outputs,
             cwd_in_key,
             observe_args,
-            plan: Plan::Gcc(GccPlan {
+            plan: Plan::new(GccPlan {
                 lang,
                 deps: self.deps,
                 observe_depfile,

@@ -40,7 +40,7 @@ use std::process::{Command, Stdio};
 
 use super::{
     CompileRun, DepSource, DependencyFacts, Family, Invocation, Keying, NotRecordable, Observed,
-    Passthrough, Plan, TextJob, TextJobs,
+    Passthrough, TextJob, TextJobs,
 };
 use crate::fsutil;
 use depfile::read_deps;
@@ -125,10 +125,7 @@ pub struct GccPlan {
 
 /// The gcc plan of an invocation this family parsed.
 fn plan(inv: &Invocation) -> &GccPlan {
-    match &inv.plan {
-        Plan::Gcc(p) => p,
-        _ => unreachable!("gcc invocation without a gcc plan"),
-    }
+    inv.plan.get().expect("gcc invocation without a gcc plan")
 }
 
 impl Family for Gcc {

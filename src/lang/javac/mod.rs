@@ -261,10 +261,9 @@ pub struct JavacPlan {
 }
 
 fn plan(inv: &Invocation) -> &JavacPlan {
-    match &inv.plan {
-        Plan::Javac(p) => p,
-        _ => unreachable!("javac invocation without a javac plan"),
-    }
+    inv.plan
+        .get()
+        .expect("javac invocation without a javac plan")
 }
 
 fn split_path_list(value: &str) -> Vec<PathBuf> {
@@ -464,7 +463,7 @@ impl Javac {
             outputs,
             cwd_in_key: None,
             observe_args: Vec::new(),
-            plan: Plan::Javac(JavacPlan {
+            plan: Plan::new(JavacPlan {
                 user_args,
                 outs,
                 sources,
@@ -862,9 +861,7 @@ mod tests {
             }
         }
         // Whatever reached the plan, the warm JVM (and a worker) never gets it.
-        let Plan::Javac(p) = &mut inv.plan else {
-            unreachable!()
-        };
+        let p: &mut JavacPlan = inv.plan.get_mut().unwrap();
         p.user_args
             .insert(0, ("-XD-Xplugin:=Evil".to_string(), Token::Plain));
         assert_eq!(
