@@ -19,6 +19,14 @@ fi
 if cargo tree --workspace -i bincode >/dev/null 2>&1; then
   echo "bincode is in the dependency tree (use postcard)" >&2; exit 1
 fi
+# The layers (docs/architecture.md, invariant 10): lang/ knows nothing above it, and
+# farmd names no compiler family.
+if grep -rnE 'crate::(key|store|shim|protocol|agent_client)\b' src/lang; then
+  echo "src/lang uses a layer above it" >&2; exit 1
+fi
+if grep -rnE 'lang::(gcc|javac|csc)\b' daemon/src; then
+  echo "daemon/ names a compiler family (use the registry and capability traits)" >&2; exit 1
+fi
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee target/test.log
 # One closing line for the whole run.

@@ -241,6 +241,8 @@ pub enum AgentRequest {
     /// directories the arguments name. `Compiled` (no outputs) or `Local(reason)`.
     /// Appended last: older agents refuse it as an unknown request.
     Warm {
+        /// The family whose warm compiler runs it (its registry name).
+        family: String,
         home: String,
         args: Vec<String>,
     },

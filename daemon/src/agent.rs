@@ -88,22 +88,30 @@ fn user_name(uid: u32) -> Option<String> {
 /// Runs a compile in a warm compiler for a shim of this machine. Only for shims of
 /// the user farmd runs as: the server reads and writes the paths the arguments name
 /// with farmd's rights, so another user's request could reach files that user cannot.
-async fn warm(node: &Node, peer_uid: Option<u32>, home: &str, args: &[String]) -> AgentResponse {
+async fn warm(
+    node: &Node,
+    peer_uid: Option<u32>,
+    family: &str,
+    home: &str,
+    args: &[String],
+) -> AgentResponse {
     use std::os::unix::fs::MetadataExt;
     let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
     if peer_uid.is_none() || peer_uid != own_uid {
         return AgentResponse::Local("other_user".into());
     }
-    // The installation must be one of an allow-listed compiler whose family farmd
-    // keeps warm.
+    // The installation must be one of an allow-listed compiler of the named family,
+    // and that family must have a warm compiler.
     let home = std::path::PathBuf::from(home);
-    let family = node.compilers.iter().find_map(|c| {
-        let family = farm::lang::family_for(&c.name)?;
-        let warm = family.warm()?;
-        let canonical = std::fs::canonicalize(&c.path).ok()?;
-        (warm.installation_of(&canonical) == home).then_some(family)
+    let family = farm::lang::family_by_name(family).filter(|f| f.warm().is_some());
+    let allowed = family.filter(|f| {
+        node.compilers.iter().any(|c| {
+            let same = farm::lang::family_for(&c.name).is_some_and(|g| g.name() == f.name());
+            let canonical = std::fs::canonicalize(&c.path);
+            same && canonical.is_ok_and(|p| f.warm().is_some_and(|w| w.installation_of(&p) == home))
+        })
     });
-    let Some(family) = family else {
+    let Some(family) = allowed else {
         tracing::warn!(installation = %home.display(), "warm compile refused: installation not allow-listed");
         return AgentResponse::Local("jdk_not_allowed".into());
     };
@@ -300,7 +308,9 @@ async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
                 }
                 AgentResponse::Published
             }
-            AgentRequest::Warm { home, args } => warm(&node, peer_uid, &home, &args).await,
+            AgentRequest::Warm { family, home, args } => {
+                warm(&node, peer_uid, &family, &home, &args).await
+            }
             AgentRequest::MissingBlobs(digests) => {
                 AgentResponse::MissingBlobs(node.blobs.missing(&digests))
             }

@@ -10,6 +10,10 @@ use crate::node::Node;
 
 /// A peer's `Get`: the entry, or none.
 pub fn get(node: &Node, kind: EntryKind, key: [u8; 32]) -> PeerResponse {
+    // Blobs are not cache items: they are asked for and sent with tree jobs only.
+    if kind == EntryKind::Blob {
+        return PeerResponse::Entry(None);
+    }
     match node.store.get(kind, &CacheKey(key)) {
         Ok(v) => PeerResponse::Entry(v.map(serde_bytes::ByteBuf::from)),
         Err(e) => {
@@ -21,6 +25,9 @@ pub fn get(node: &Node, kind: EntryKind, key: [u8; 32]) -> PeerResponse {
 
 /// A peer's `Have`: whether the entry is stored.
 pub fn have(node: &Node, kind: EntryKind, key: [u8; 32]) -> PeerResponse {
+    if kind == EntryKind::Blob {
+        return PeerResponse::Have(false);
+    }
     PeerResponse::Have(node.store.have(kind, &CacheKey(key)).unwrap_or(false))
 }
 

@@ -471,6 +471,9 @@ pub fn reroot(root: &Path, wire: &str) -> Option<PathBuf> {
 pub trait Family: Sync {
     fn name(&self) -> &'static str;
 
+    /// Whether a compiler binary of this name (its basename) is this family's.
+    fn recognizes(&self, compiler_name: &str) -> bool;
+
     /// What identifies this compiler beyond the binary at `canonical`.
     fn identity_probe(&self, canonical: &Path) -> IdentityProbe {
         let _ = canonical;
@@ -544,32 +547,21 @@ pub fn run_compiler(
     })
 }
 
-/// Every family farm knows.
+/// Every family farm knows: the registry, the one list a new family joins (order
+/// matters only where two could claim one compiler name: the first wins).
 pub fn families() -> [&'static dyn Family; 3] {
     [&gcc::GCC, &javac::JAVAC, &csc::CSC]
 }
 
 /// The family a job names, for a worker.
 pub fn family_by_name(name: &str) -> Option<&'static dyn Family> {
-    match name {
-        "gcc" => Some(&gcc::GCC),
-        "javac" => Some(&javac::JAVAC),
-        "csc" => Some(&csc::CSC),
-        _ => None,
-    }
+    families().into_iter().find(|f| f.name() == name)
 }
 
-/// The family for a compiler name (basename of the binary), if farm knows it.
+/// The family for a compiler name (basename of the binary), if farm knows it; the
+/// first in [`families`] that recognizes it.
 pub fn family_for(compiler_name: &str) -> Option<&'static dyn Family> {
-    if gcc::is_gcc_like(compiler_name) {
-        Some(&gcc::GCC)
-    } else if javac::is_javac(compiler_name) {
-        Some(&javac::JAVAC)
-    } else if csc::is_csc(compiler_name) {
-        Some(&csc::CSC)
-    } else {
-        None
-    }
+    families().into_iter().find(|f| f.recognizes(compiler_name))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use super::exec::{self, Remote};
 use super::farm::Farm;
-use super::flow::{self, Lookup, Mode, Ran, FARM, LOCAL};
+use super::flow::{self, Lookup, Mode, Ran, LOCAL};
 use super::preprocessor::Preprocessor;
 use super::{Ctx, Restored};
 use crate::config::Mode as ConfigMode;
@@ -88,11 +88,12 @@ impl Direct {
         Lookup::Miss
     }
 
-    /// Direct mode's lookup in the farm's cache: the manifest shared under the key,
-    /// checked here against this machine's files by content (entries travel without
-    /// stat stamps), then the result. A hit is kept here too.
-    fn lookup_farm(&mut self, ctx: &mut Ctx, tiers: &mut Tiered) -> Lookup {
-        let Some(data) = tiers.get_from(FARM, EntryKind::Manifest, &self.mkey, &mut |t, e| {
+    /// Direct mode's lookup in a shared tier (the farm's cache): the manifest shared
+    /// under the key, checked here against this machine's files by content (shared
+    /// entries travel without stat stamps), then the result from the same tier. A hit
+    /// is kept here too.
+    fn lookup_shared(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, i: usize) -> Lookup {
+        let Some(data) = tiers.get_from(i, EntryKind::Manifest, &self.mkey, &mut |t, e| {
             flow::count_error(ctx, t, e)
         }) else {
             return Lookup::Miss;
@@ -106,23 +107,25 @@ impl Direct {
             if !key::entry_matches(&e, &mut memo) {
                 continue;
             }
-            let Some(result) = tiers.get_from(FARM, EntryKind::Result, &e.result, &mut |t, err| {
+            let Some(result) = tiers.get_from(i, EntryKind::Result, &e.result, &mut |t, err| {
                 flow::count_error(ctx, t, err)
             }) else {
-                if !tiers.usable(FARM) {
+                if !tiers.usable(i) {
                     return Lookup::Miss;
                 }
                 continue;
             };
-            if ctx.restore_files(&result, Outcome::HitFarm) != Restored::Hit {
+            if ctx.restore_files(&result, flow::hit_outcome(i, self.hit())) != Restored::Hit {
                 ctx.tally.count(Outcome::Fallback("bad_entry".into()));
                 continue;
             }
-            // A farm hit: keep it here too.
-            if flow::put_local(ctx, tiers, EntryKind::Result, &e.result, &result) {
+            // A shared hit: keep it in the nearer tiers too (here: the local one, with
+            // the entry added to this machine's manifest).
+            // (No manifest entry where its result could not be kept.)
+            if flow::backfill(ctx, tiers, i, EntryKind::Result, &e.result, &result) {
                 self.manifest.add(e);
                 let m = self.manifest.encode();
-                flow::put_local(ctx, tiers, EntryKind::Manifest, &self.mkey, &m);
+                flow::backfill(ctx, tiers, i, EntryKind::Manifest, &self.mkey, &m);
             }
             return Lookup::Hit;
         }
@@ -229,7 +232,7 @@ impl Mode for Direct {
     fn lookup(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, i: usize) -> Lookup {
         match i {
             LOCAL => self.lookup_local(ctx, tiers),
-            _ => self.lookup_farm(ctx, tiers),
+            _ => self.lookup_shared(ctx, tiers, i),
         }
     }
 

@@ -290,6 +290,7 @@ fn warm(ctx: &mut Ctx, farm: &Farm, dirs: &[PathBuf]) -> Remote<CompileRun> {
     let t0 = std::time::Instant::now();
     let started_ns = fsutil::now_ns();
     let req = AgentRequest::Warm {
+        family: ctx.family.name().to_string(),
         home: job.installation.to_string_lossy().into_owned(),
         args: job.args,
     };

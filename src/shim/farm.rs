@@ -6,10 +6,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::path::Path;
+use std::rc::Rc;
 
 use crate::agent_client::AgentClient;
 use crate::protocol::{AgentRequest, AgentResponse, Item};
-use crate::stats::{Outcome, Tally};
+use crate::stats::Outcome;
 use crate::store::{CacheError, CacheKey, EntryKind, PutReport, Tier};
 
 pub(crate) struct Farm<'a> {
@@ -19,18 +20,19 @@ pub(crate) struct Farm<'a> {
     tried: Cell<bool>,
     /// The agent counts this compile against home's slots until told it is done.
     reserved: Cell<bool>,
-    /// Counts made inside tier calls, handed to the compile's tally at the end.
-    counts: RefCell<Vec<Outcome>>,
+    /// Counts made inside tier calls: the compile's own list, which goes into its
+    /// tally before the counts are written (also when the shim becomes the compiler).
+    counts: Rc<RefCell<Vec<Outcome>>>,
 }
 
 impl<'a> Farm<'a> {
-    pub fn new(socket: Option<&'a Path>) -> Farm<'a> {
+    pub fn new(socket: Option<&'a Path>, counts: Rc<RefCell<Vec<Outcome>>>) -> Farm<'a> {
         Farm {
             socket,
             agent: RefCell::new(None),
             tried: Cell::new(false),
             reserved: Cell::new(false),
-            counts: RefCell::new(Vec::new()),
+            counts,
         }
     }
 
@@ -52,12 +54,6 @@ impl<'a> Farm<'a> {
 
     pub fn count(&self, o: Outcome) {
         self.counts.borrow_mut().push(o);
-    }
-
-    pub fn flush_counts(&self, tally: &mut Tally) {
-        for o in self.counts.borrow_mut().drain(..) {
-            tally.count(o);
-        }
     }
 
     /// The agent now counts this compile against home's slots (or not).

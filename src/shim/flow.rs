@@ -9,9 +9,9 @@ use crate::protocol::Item;
 use crate::stats::Outcome;
 use crate::store::{CacheError, CacheKey, EntryKind, LocalStore, Tier, Tiered};
 
-/// The tiers' positions in a compile's [`Tiered`].
+/// The local tier's position in a compile's [`Tiered`]; shared tiers (the farm's
+/// cache; remote caches to come) follow it in order.
 pub(super) const LOCAL: usize = 0;
-pub(super) const FARM: usize = 1;
 
 /// What a lookup in one tier found.
 pub(super) enum Lookup {
@@ -65,14 +65,17 @@ pub(super) trait Mode {
 /// Runs one compile through the cache in `mode`.
 pub(super) fn run(ctx: &mut Ctx, mode: &mut dyn Mode) -> i32 {
     let local = LocalStore::new(&ctx.cfg.dir.value, ctx.cfg.max_size.value);
-    let farm = Farm::new(ctx.cfg.agent.value.as_deref());
+    // A mode without the farm (depend) never connects to the agent: not for its
+    // cache, not for its peers.
+    let socket = ctx.cfg.agent.value.as_deref().filter(|_| mode.uses_farm());
+    let farm = Farm::new(socket, ctx.farm_counts.clone());
     let mut tiers = if mode.uses_farm() {
         Tiered::new(vec![&local as &dyn Tier, &farm])
     } else {
         Tiered::new(vec![&local as &dyn Tier])
     };
     let code = run_tiers(ctx, mode, &mut tiers, &farm);
-    farm.flush_counts(&mut ctx.tally);
+    ctx.take_farm_counts();
     code
 }
 
@@ -119,7 +122,8 @@ pub(super) fn count_error(ctx: &mut Ctx, tier: usize, e: &CacheError) {
     }
 }
 
-/// The hit counter of tier `i` in `mode_hit`'s mode.
+/// The hit counter of tier `i` in `mode_hit`'s mode (every shared tier is the
+/// farm's cache today).
 pub(super) fn hit_outcome(tier: usize, mode_hit: Outcome) -> Outcome {
     if tier == LOCAL {
         mode_hit
@@ -147,9 +151,7 @@ pub(super) fn lookup_result(
     };
     match restore(ctx, &data, i) {
         Restored::Hit => {
-            tiers.backfill(i, EntryKind::Result, key, &data, &mut |t, e| {
-                count_error(ctx, t, e)
-            });
+            let _ = backfill(ctx, tiers, i, EntryKind::Result, key, &data);
             Lookup::Hit
         }
         Restored::Unwritable if unwritable_runs_real => {
@@ -167,6 +169,27 @@ pub(super) fn lookup_result(
             Lookup::Miss
         }
     }
+}
+
+/// Writes an entry found in tier `found` into the tiers before it (the local one
+/// counting what the write did). `false` when one of them did not take it.
+pub(super) fn backfill(
+    ctx: &mut Ctx,
+    tiers: &mut Tiered,
+    found: usize,
+    kind: EntryKind,
+    key: &CacheKey,
+    data: &[u8],
+) -> bool {
+    let mut all = true;
+    for t in 0..found {
+        all &= if t == LOCAL {
+            put_local(ctx, tiers, kind, key, data)
+        } else {
+            tiers.put_to(t, kind, key, data, &mut |t, e| count_error(ctx, t, e))
+        };
+    }
+    all
 }
 
 /// Puts an entry in the local tier, counting what the write did.

@@ -7,10 +7,12 @@
 //! every farm failure ends in running the real compiler with a counted reason; the
 //! compiler's own exit code, stdout and stderr always reach the caller unchanged.
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
+use std::rc::Rc;
 use std::time::Instant;
 
 use crate::config::{Config, Mode};
@@ -75,6 +77,8 @@ struct Ctx<'a> {
     identity: [u8; 32],
     stats: Stats,
     tally: Tally,
+    /// What the farm tier counted (it counts inside tier calls, which see no `Ctx`).
+    farm_counts: Rc<RefCell<Vec<Outcome>>>,
     t0: Instant,
 }
 
@@ -153,6 +157,7 @@ pub fn run(
         identity,
         stats,
         tally: Tally::default(),
+        farm_counts: Rc::default(),
         t0,
     };
     let code = match (family.keying(), cfg.mode.value) {
@@ -296,8 +301,17 @@ impl Ctx<'_> {
         self.run_real()
     }
 
+    /// Moves what the farm tier counted into this compile's tally.
+    fn take_farm_counts(&mut self) {
+        let counts = std::mem::take(&mut *self.farm_counts.borrow_mut());
+        for o in counts {
+            self.tally.count(o);
+        }
+    }
+
     /// Flushes the counts and replaces this process with the real compiler.
     fn run_real(&mut self) -> i32 {
+        self.take_farm_counts();
         self.tally.flush(&self.stats);
         self.tally = Tally::default();
         if let Some(obs) = self.observed {

@@ -115,7 +115,7 @@ impl LocalStore {
         use std::os::unix::fs::PermissionsExt as _;
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o444));
         let shard = self.shard_dir(key);
-        self.add_size(&shard, data.len() as i64, 1)
+        self.add_size(&shard, data.len() as i64, 1, &path)
             .map_err(|err| CacheError::Write { path: shard, err })
     }
 
@@ -160,7 +160,15 @@ impl LocalStore {
         Ok(removed)
     }
 
-    fn add_size(&self, shard: &Path, bytes: i64, files: i64) -> io::Result<PutReport> {
+    /// Accounts a write to `shard`, trimming it when it passes its share; `written`
+    /// (the entry just stored) is never what the trim removes.
+    fn add_size(
+        &self,
+        shard: &Path,
+        bytes: i64,
+        files: i64,
+        written: &Path,
+    ) -> io::Result<PutReport> {
         let lock = fsutil::open_cache_file(&shard.join("lock"))?;
         let _guard = FileLock::lock(lock)?;
         let size_path = shard.join("size");
@@ -169,7 +177,7 @@ impl LocalStore {
         let nf = (f as i64 + files).max(0) as u64;
         let limit = self.max_size / SHARDS;
         if nb > limit {
-            let (kept_b, kept_f, evicted) = trim_shard(shard, limit - limit / 5)?;
+            let (kept_b, kept_f, evicted) = trim_shard(shard, limit - limit / 5, written)?;
             fsutil::write_cache_atomic(&size_path, format!("{kept_b} {kept_f}\n").as_bytes())?;
             return Ok(PutReport {
                 evicted_files: evicted,
@@ -210,8 +218,10 @@ fn count_files(dir: &Path) -> u64 {
 }
 
 /// Deletes the oldest entries of one shard until it holds at most `target` bytes, and
-/// temp files left by killed writers. Returns (bytes kept, files kept, files removed).
-fn trim_shard(shard: &Path, target: u64) -> io::Result<(u64, u64, u64)> {
+/// temp files left by killed writers, never `keep` (the entry whose write asked for the
+/// trim: an entry larger than its shard's share must not evict itself). Returns (bytes
+/// kept, files kept, files removed).
+fn trim_shard(shard: &Path, target: u64, keep: &Path) -> io::Result<(u64, u64, u64)> {
     let mut entries: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
     let now = SystemTime::now();
     for sub in fs::read_dir(shard)?.flatten() {
@@ -239,6 +249,9 @@ fn trim_shard(shard: &Path, target: u64) -> io::Result<(u64, u64, u64)> {
     for (_, len, path) in &entries {
         if total <= target {
             break;
+        }
+        if path == keep {
+            continue;
         }
         if fs::remove_file(path).is_ok() {
             total -= len;
@@ -343,7 +356,7 @@ impl Tier for LocalStore {
             None => (data.len() as i64, 1),
         };
         let shard = self.shard_dir(key);
-        self.add_size(&shard, db, df)
+        self.add_size(&shard, db, df, &path)
             .map_err(|err| CacheError::Write { path: shard, err })
     }
 
@@ -456,6 +469,18 @@ mod tests {
         assert!(s.link_blob(&good, &dest).is_err());
         s.remove(EntryKind::Blob, &good).unwrap();
         assert!(!s.have(EntryKind::Blob, &good).unwrap());
+    }
+
+    #[test]
+    fn an_entry_larger_than_its_share_does_not_evict_itself() {
+        let d = tempfile::tempdir().unwrap();
+        // 16 shards x 4 KiB; a blob of 16 KiB is four times its shard's share.
+        let s = LocalStore::new(d.path(), 16 * 4096);
+        let big: Vec<u8> = (0..16384u32).map(|i| (i * 7 % 251) as u8).collect();
+        let k = CacheKey(*blake3::hash(&big).as_bytes());
+        s.put(EntryKind::Blob, &k, &big).unwrap();
+        assert!(s.have(EntryKind::Blob, &k).unwrap());
+        assert_eq!(s.get(EntryKind::Blob, &k).unwrap().unwrap(), big);
     }
 
     #[test]

@@ -59,9 +59,9 @@ impl<'a> Tiered<'a> {
         match self.tiers[i].get(kind, key) {
             Ok(v) => v,
             Err(e) => {
-                // A damaged entry is that entry's fault (the tier removed or will
-                // replace it); anything else is the tier's.
-                if !matches!(e, CacheError::Corrupt { .. } | CacheError::Mismatch { .. }) {
+                // A tier that is down is skipped from now on; a damaged entry or a
+                // file the disk would not give is that entry's fault alone.
+                if matches!(e, CacheError::Unavailable { .. }) {
                     self.failed[i] = true;
                 }
                 on_error(i, &e);
@@ -121,7 +121,9 @@ impl<'a> Tiered<'a> {
         match self.tiers[i].put(kind, key, data) {
             Ok(_) => true,
             Err(e) => {
-                self.failed[i] = true;
+                if matches!(e, CacheError::Unavailable { .. }) {
+                    self.failed[i] = true;
+                }
                 on_error(i, &e);
                 false
             }

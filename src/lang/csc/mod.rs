@@ -688,6 +688,10 @@ impl Family for Csc {
         "csc"
     }
 
+    fn recognizes(&self, compiler_name: &str) -> bool {
+        is_csc(compiler_name)
+    }
+
     fn key_env(&self) -> &'static [&'static str] {
         KEY_ENV
     }

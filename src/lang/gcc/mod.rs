@@ -133,6 +133,10 @@ impl Family for Gcc {
         "gcc"
     }
 
+    fn recognizes(&self, compiler_name: &str) -> bool {
+        is_gcc_like(compiler_name)
+    }
+
     fn key_env(&self) -> &'static [&'static str] {
         KEY_ENV
     }

@@ -676,6 +676,10 @@ impl Family for Javac {
         "javac"
     }
 
+    fn recognizes(&self, compiler_name: &str) -> bool {
+        is_javac(compiler_name)
+    }
+
     fn key_env(&self) -> &'static [&'static str] {
         KEY_ENV
     }
