@@ -3,11 +3,11 @@
 #
 # Measures farm side by side with plain compiles, ccache and sccache (and distcc/icecc
 # when asked with -w) in one run, using ../shared/bench/anchor-bench.sh: real Debian
-# projects (lua5.4, libzstd, taglib), cold and warm builds, and the latency of 200
-# hits on one small TU. Prints the anchor script's ratio tables. Not a test: timings
+# projects (lua5.4, taglib; libzstd's source is gone from the archive), cold and warm
+# builds, and the latency of 200 hits on one small TU. Prints the anchor script's ratio tables. Not a test: timings
 # on shared machines are noisy, so quote medians and ratios from one run.
 #
-#   scripts/bench.sh all                    # builds (lua,zstd,taglib; r=2) + hit latency
+#   scripts/bench.sh all                    # builds (lua,taglib; r=2) + hit latency
 #   scripts/bench.sh build -p lua -r 3      # pass anchor-bench options through
 #   FARM_BENCH_MODE=depend scripts/bench.sh hitlat
 #   FARM_BASELINE=/opt/farm-old scripts/bench.sh hitlat   # also an installed older farm
@@ -49,7 +49,7 @@ if [[ -n ${FARM_BASELINE:-} ]]; then
 fi
 if [[ $what == build || $what == all ]]; then
   out=$ANCHOR_WORK/results/build-farm-$(date +%Y%m%d-%H%M%S).tsv
-  args=("$@"); [[ $what == all || ${#args[@]} -eq 0 ]] && args=(-p lua,zstd,taglib -w none,ccache,sccache,farm -r 2)
+  args=("$@"); [[ $what == all || ${#args[@]} -eq 0 ]] && args=(-p lua,taglib -w none,ccache,sccache,farm -r 2)
   bash "$anchor" build "${args[@]}" -o "$out"
   results+=("$out")
   if [[ -n ${FARM_BASELINE:-} ]]; then

@@ -121,20 +121,13 @@ impl Mode for Declared {
                 return Err(code);
             }
         };
-        let ms = run.elapsed.as_millis() as u64;
-        let started_ns = run.started_ns;
         let payload = match ctx.tree_payload(&self.outs, &dirs, &run) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the compile's outputs");
                 ctx.tally.count(Outcome::NotStored("missing_output".into()));
                 ctx.place_outputs(&self.outs, &dirs);
-                return Ok(Ran {
-                    payload: None,
-                    local_ms: ms,
-                    remote: false,
-                    started_ns,
-                });
+                return Ok(Ran::home(&run, None));
             }
         };
         if !ctx.write_tree(&payload, &self.outs) {
@@ -145,19 +138,9 @@ impl Mode for Declared {
         let empty = ResultEntry::decode(&payload).is_some_and(|e| e.outputs.is_empty());
         if empty && !self.outs.is_empty() {
             ctx.tally.count(Outcome::NotStored("no_output".into()));
-            return Ok(Ran {
-                payload: None,
-                local_ms: ms,
-                remote: false,
-                started_ns,
-            });
+            return Ok(Ran::home(&run, None));
         }
-        Ok(Ran {
-            payload: Some(payload),
-            local_ms: ms,
-            remote: false,
-            started_ns,
-        })
+        Ok(Ran::home(&run, Some(payload)))
     }
 
     fn store(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, ran: &Ran) -> Vec<Item> {

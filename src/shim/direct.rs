@@ -253,14 +253,7 @@ impl Mode for Direct {
 
     fn execute(&mut self, ctx: &mut Ctx, farm: &Farm) -> Result<Ran, i32> {
         let prepared = match exec::remote_text(ctx, farm) {
-            Remote::Done(payload) => {
-                return Ok(Ran {
-                    payload: Some(payload),
-                    local_ms: 0,
-                    remote: true,
-                    started_ns: self.keyed_ns,
-                })
-            }
+            Remote::Done(payload) => return Ok(Ran::remote(payload, self.keyed_ns)),
             Remote::Home { prepared } => prepared,
         };
         // Compile here, observing what the compile reads (unless the farm's
@@ -271,12 +264,7 @@ impl Mode for Direct {
         if payload.is_none() {
             self.obs.cleanup(&ctx.inv);
         }
-        Ok(Ran {
-            payload,
-            local_ms: ms,
-            remote: false,
-            started_ns: run.started_ns,
-        })
+        Ok(Ran::home(&run, payload))
     }
 
     fn store(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, ran: &Ran) -> Vec<Item> {

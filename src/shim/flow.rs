@@ -5,6 +5,7 @@
 
 use super::farm::Farm;
 use super::{Ctx, Restored};
+use crate::lang::CompileRun;
 use crate::protocol::Item;
 use crate::stats::Outcome;
 use crate::store::{CacheError, CacheKey, EntryKind, LocalStore, Tier, Tiered};
@@ -32,6 +33,28 @@ pub(super) struct Ran {
     pub remote: bool,
     /// When the compile started, ns since the epoch.
     pub started_ns: i128,
+}
+
+impl Ran {
+    /// A compile that ran here: home's time, and what it left to store.
+    pub fn home(run: &CompileRun, payload: Option<Vec<u8>>) -> Ran {
+        Ran {
+            payload,
+            local_ms: run.elapsed.as_millis() as u64,
+            remote: false,
+            started_ns: run.started_ns,
+        }
+    }
+
+    /// A compile a peer ran, for a key computed at `keyed_ns`.
+    pub fn remote(payload: Vec<u8>, keyed_ns: i128) -> Ran {
+        Ran {
+            payload: Some(payload),
+            local_ms: 0,
+            remote: true,
+            started_ns: keyed_ns,
+        }
+    }
 }
 
 /// What one mode supplies to the flow.

@@ -66,24 +66,14 @@ impl Mode for Preprocessor {
     fn execute(&mut self, ctx: &mut Ctx, farm: &Farm) -> Result<Ran, i32> {
         if let Remote::Done(payload) = exec::remote_text(ctx, farm) {
             self.obs.cleanup(&ctx.inv);
-            return Ok(Ran {
-                payload: Some(payload),
-                local_ms: 0,
-                remote: true,
-                started_ns: 0,
-            });
+            return Ok(Ran::remote(payload, 0));
         }
         let run = exec::home_miss(ctx, self.obs, false);
         self.obs.cleanup(&ctx.inv);
         let run = run?;
         let ms = run.elapsed.as_millis() as u64;
         let payload = ctx.payload_from_disk(&run.stdout, &run.stderr, ms);
-        Ok(Ran {
-            payload,
-            local_ms: ms,
-            remote: false,
-            started_ns: run.started_ns,
-        })
+        Ok(Ran::home(&run, payload))
     }
 
     fn store(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, ran: &Ran) -> Vec<Item> {
