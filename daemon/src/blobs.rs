@@ -13,7 +13,9 @@ pub struct BlobStore(LocalStore);
 
 impl BlobStore {
     pub fn new(state_dir: &Path, cap: u64) -> BlobStore {
-        BlobStore(LocalStore::new(&state_dir.join("blobs"), cap.max(64 << 20)))
+        let dir = state_dir.join("blobs");
+        remove_old_layout(&dir);
+        BlobStore(LocalStore::new(&dir, cap.max(64 << 20)))
     }
 
     pub fn has(&self, digest: &[u8; 32]) -> bool {
@@ -49,9 +51,45 @@ impl BlobStore {
     }
 }
 
+/// Removes blobs a farmd before the store's tier layout kept (`blobs/<xx>/<hex>`):
+/// nothing reads or trims them any more, so they would hold their disk for good.
+fn remove_old_layout(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let old = name.len() == 2
+            && name
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit());
+        if old && e.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_old_layout_is_removed_and_the_new_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let old = d.path().join("blobs/ab");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("ab01"), "old").unwrap();
+        let s = BlobStore::new(d.path(), 1 << 30);
+        let b = Blob {
+            digest: *blake3::hash(b"kept").as_bytes(),
+            data: b"kept".to_vec(),
+        };
+        s.put(std::slice::from_ref(&b)).unwrap();
+        assert!(!old.exists());
+        let again = BlobStore::new(d.path(), 1 << 30);
+        assert_eq!(again.get(&b.digest).unwrap(), b"kept");
+    }
 
     #[test]
     fn stores_only_matching_content() {
