@@ -66,6 +66,8 @@ cd "$work/lua/src"
 echo
 echo "== a farm: three farmd on loopback, each with its own certificate (scripts/farm-cluster.sh)"
 # (--same-host-jobs: these peers share this machine's CPUs; real peers are other machines)
+# (A `ready` file left by an earlier demo must not let this one start before the farm is up.)
+rm -rf "$work/farm"
 FARM_BIN_DIR=$work/prefix/bin bash "$root/scripts/farm-cluster.sh" "$work/farm" 3 --local-slots 0 --same-host-jobs &
 cluster=$!
 trap 'kill $cluster 2>/dev/null; wait $cluster 2>/dev/null' EXIT
