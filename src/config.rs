@@ -107,6 +107,8 @@ pub struct Config {
     pub cache_shared: Setting<bool>,
     /// The local farmd's agent socket; `None` ("off") keeps every miss at home.
     pub agent: Setting<Option<PathBuf>>,
+    /// Remote tiers after the local cache (`remote_storage`, `FARM_REMOTE_STORAGE`).
+    pub remote_storage: Setting<Vec<crate::store::remote::RemoteSpec>>,
 }
 
 /// Where farmd listens for its machine's shims unless configured otherwise.
@@ -132,6 +134,7 @@ struct FileConfig {
     disable: Option<toml::Spanned<bool>>,
     cache_shared: Option<toml::Spanned<bool>>,
     agent: Option<toml::Spanned<String>>,
+    remote_storage: Option<toml::Spanned<String>>,
 }
 
 /// Parses "5G", "500MiB", "10 GB", "1048576" into bytes. K/M/G/T and KiB/MiB/GiB/TiB
@@ -263,6 +266,7 @@ impl Config {
             disable: Setting::default(false),
             cache_shared: Setting::default(false),
             agent: Setting::default(Some(PathBuf::from(DEFAULT_AGENT_SOCKET))),
+            remote_storage: Setting::default(Vec::new()),
         };
         match read_config_file(&file) {
             Ok(text) => {
@@ -365,6 +369,14 @@ impl Config {
                 source: src(),
             };
         }
+        if let Some(v) = fc.remote_storage {
+            let list = crate::store::remote::spec::parse_list(v.get_ref())
+                .map_err(|e| err_at(v.span().start, format!("key `remote_storage`: {e}")))?;
+            self.remote_storage = Setting {
+                value: list,
+                source: src(),
+            };
+        }
         Ok(())
     }
 
@@ -378,6 +390,19 @@ impl Config {
                     source: Source::Env(var),
                 };
             }
+        }
+        if let Some(v) = env("FARM_REMOTE_STORAGE") {
+            // Set but empty: no remote tiers (overrides the file).
+            let list =
+                crate::store::remote::spec::parse_list(&v).map_err(|e| ConfigError::Env {
+                    var: "FARM_REMOTE_STORAGE",
+                    value: v.clone(),
+                    msg: e.to_string(),
+                })?;
+            self.remote_storage = Setting {
+                value: list,
+                source: Source::Env("FARM_REMOTE_STORAGE"),
+            };
         }
         if let Some(v) = get("FARM_MAX_SIZE") {
             let bytes = parse_size(&v).ok_or_else(|| ConfigError::Env {
@@ -497,6 +522,23 @@ impl Config {
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| "off".into()),
                 self.agent.source.to_string(),
+            ),
+            (
+                "remote_storage",
+                if self.remote_storage.value.is_empty() {
+                    "(none)".into()
+                } else {
+                    self.remote_storage
+                        .value
+                        .iter()
+                        .map(|r| {
+                            let ro = if r.read_only { "|read-only" } else { "" };
+                            format!("{}{ro}", r.url)
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                },
+                self.remote_storage.source.to_string(),
             ),
             (
                 "disable",

@@ -89,6 +89,10 @@ pub enum Outcome {
     HitDeclared,
     /// `hit.farm`: answered by the farm's cache (the key's home peer).
     HitFarm,
+    /// `hit.remote`: answered by a remote tier (`remote_storage`: Redis, S3, WebDAV...).
+    HitRemote,
+    /// `error.remote`: a remote tier failed (it is then skipped for a while).
+    RemoteError,
     /// `miss`: a cacheable compile that ran the compiler, here or on a peer.
     Miss,
     /// `warm.compiled`: a miss compiled in farmd's warm compiler process (javac's JVM).
@@ -124,12 +128,14 @@ pub enum Outcome {
 impl Outcome {
     /// Every outcome without a reason (with [`ReasonFamily::ALL`], every counter
     /// there can be).
-    pub const FIXED: [Outcome; 15] = [
+    pub const FIXED: [Outcome; 17] = [
         Outcome::HitDirect,
         Outcome::HitPreprocessor,
         Outcome::HitDepend,
         Outcome::HitDeclared,
         Outcome::HitFarm,
+        Outcome::HitRemote,
+        Outcome::RemoteError,
         Outcome::Miss,
         Outcome::WarmCompiled,
         Outcome::FarmRemote,
@@ -173,6 +179,8 @@ impl Outcome {
             Outcome::HitDepend => "hit.depend",
             Outcome::HitDeclared => "hit.declared",
             Outcome::HitFarm => "hit.farm",
+            Outcome::HitRemote => "hit.remote",
+            Outcome::RemoteError => "error.remote",
             Outcome::Miss => "miss",
             Outcome::WarmCompiled => "warm.compiled",
             Outcome::FarmRemote => "farm.remote",
@@ -278,6 +286,7 @@ impl Summary {
             + self.get(&Outcome::HitDepend)
             + self.get(&Outcome::HitDeclared)
             + self.get(&Outcome::HitFarm)
+            + self.get(&Outcome::HitRemote)
     }
 }
 
@@ -415,12 +424,14 @@ mod tests {
 
     /// Every outcome's counter name, as the stats files and `farm stats --json` have
     /// always written it (changing one breaks every existing stats directory).
-    const NAMES: [(Outcome, &str); 20] = [
+    const NAMES: [(Outcome, &str); 22] = [
         (Outcome::HitDirect, "hit.direct"),
         (Outcome::HitPreprocessor, "hit.preprocessor"),
         (Outcome::HitDepend, "hit.depend"),
         (Outcome::HitDeclared, "hit.declared"),
         (Outcome::HitFarm, "hit.farm"),
+        (Outcome::HitRemote, "hit.remote"),
+        (Outcome::RemoteError, "error.remote"),
         (Outcome::Miss, "miss"),
         (Outcome::WarmCompiled, "warm.compiled"),
         (Outcome::FarmRemote, "farm.remote"),

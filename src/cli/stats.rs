@@ -57,6 +57,7 @@ fn json(cfg: &Config, s: &Summary, (bytes, files): (u64, u64)) -> serde_json::Va
             "depend": s.get(&Outcome::HitDepend),
             "declared": s.get(&Outcome::HitDeclared),
             "farm": s.get(&Outcome::HitFarm),
+            "remote": s.get(&Outcome::HitRemote),
             "total": s.hits(),
         },
         "farm": {
@@ -75,6 +76,7 @@ fn json(cfg: &Config, s: &Summary, (bytes, files): (u64, u64)) -> serde_json::Va
         "errors": {
             "cache": s.get(&Outcome::CacheError),
             "corrupt_entries": s.get(&Outcome::CorruptEntry),
+            "remote": s.get(&Outcome::RemoteError),
         },
         "evicted_files": s.get(&Outcome::EvictedFiles),
         "cleanups": s.get(&Outcome::Cleanups),
@@ -128,6 +130,7 @@ fn text(cfg: &Config, s: &Summary, (bytes, files): (u64, u64)) -> String {
     let errors = s.get(&Outcome::CacheError);
     t.line("cache errors", errors);
     t.line("corrupt entries", s.get(&Outcome::CorruptEntry));
+    t.line("remote errors", s.get(&Outcome::RemoteError));
     t.line("evicted files", s.get(&Outcome::EvictedFiles));
     t.line("entries", files);
     let size = format!(
@@ -153,6 +156,7 @@ fn hits_and_misses(t: &mut Table, s: &Summary) {
     t.line("  depend", s.get(&Outcome::HitDepend));
     t.line("  declared", s.get(&Outcome::HitDeclared));
     t.line("  farm", s.get(&Outcome::HitFarm));
+    t.line("  remote", s.get(&Outcome::HitRemote));
     t.line("misses", s.get(&Outcome::Miss));
     t.line("  compiled by peers", s.get(&Outcome::FarmRemote));
     t.line("  in a warm JVM", s.get(&Outcome::WarmCompiled));

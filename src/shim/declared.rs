@@ -96,7 +96,7 @@ impl Mode for Declared {
     }
 
     fn lookup(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, i: usize) -> Lookup {
-        let hit = flow::hit_outcome(i, Outcome::HitDeclared);
+        let hit = flow::hit_outcome(ctx, i, Outcome::HitDeclared);
         let outs = &self.outs;
         flow::lookup_result(ctx, tiers, i, &self.rkey, true, &mut |c, d, _| {
             c.restore_tree(d, outs, hit.clone())

@@ -115,7 +115,8 @@ impl Direct {
                 }
                 continue;
             };
-            if ctx.restore_files(&result, flow::hit_outcome(i, self.hit())) != Restored::Hit {
+            let hit = flow::hit_outcome(ctx, i, self.hit());
+            if ctx.restore_files(&result, hit) != Restored::Hit {
                 ctx.tally.count(Outcome::Fallback("bad_entry".into()));
                 continue;
             }

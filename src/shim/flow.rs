@@ -8,6 +8,7 @@ use super::{Ctx, Restored};
 use crate::lang::CompileRun;
 use crate::protocol::Item;
 use crate::stats::Outcome;
+use crate::store::remote::RemoteTier;
 use crate::store::{CacheError, CacheKey, EntryKind, LocalStore, Tier, Tiered};
 
 /// The local tier's position in a compile's [`Tiered`]; shared tiers (the farm's
@@ -92,11 +93,22 @@ pub(super) fn run(ctx: &mut Ctx, mode: &mut dyn Mode) -> i32 {
     // cache, not for its peers.
     let socket = ctx.cfg.agent.value.as_deref().filter(|_| mode.uses_farm());
     let farm = Farm::new(socket, ctx.farm_counts.clone());
-    let mut tiers = if mode.uses_farm() {
-        Tiered::new(vec![&local as &dyn Tier, &farm])
-    } else {
-        Tiered::new(vec![&local as &dyn Tier])
-    };
+    // Local disk, then the remote tiers in the configured order, then the farm.
+    let remotes: Vec<RemoteTier> = ctx
+        .cfg
+        .remote_storage
+        .value
+        .iter()
+        .map(|spec| RemoteTier::new(spec.clone(), &ctx.cfg.dir.value))
+        .collect();
+    let mut order: Vec<&dyn Tier> = Vec::with_capacity(2 + remotes.len());
+    order.push(&local);
+    order.extend(remotes.iter().map(|r| r as &dyn Tier));
+    if mode.uses_farm() {
+        ctx.farm_at = order.len();
+        order.push(&farm);
+    }
+    let mut tiers = Tiered::new(order);
     let code = run_tiers(ctx, mode, &mut tiers, &farm);
     ctx.take_farm_counts();
     code
@@ -132,6 +144,7 @@ fn run_tiers(ctx: &mut Ctx, mode: &mut dyn Mode, tiers: &mut Tiered, farm: &Farm
         }
     };
     let items = mode.store(ctx, tiers, &ran);
+    store_remote(ctx, tiers, &items);
     farm.done(items, ran.local_ms);
     0
 }
@@ -140,18 +153,56 @@ fn run_tiers(ctx: &mut Ctx, mode: &mut dyn Mode, tiers: &mut Tiered, farm: &Farm
 pub(super) fn count_error(ctx: &mut Ctx, tier: usize, e: &CacheError) {
     if tier == LOCAL {
         ctx.cache_error(e);
-    } else {
+    } else if tier == ctx.farm_at {
         tracing::warn!(error = %e, "farm cache failed");
+    } else if let CacheError::Corrupt { .. } = e {
+        // A damaged or truncated remote entry: a miss, counted, never served.
+        tracing::warn!(error = %e, "corrupt remote entry");
+        ctx.tally.count(Outcome::CorruptEntry);
+    } else {
+        // (The remote's breaker logged the failure that tripped it.)
+        tracing::debug!(error = %e, "remote storage");
+        ctx.tally.count(Outcome::RemoteError);
     }
 }
 
-/// The hit counter of tier `i` in `mode_hit`'s mode (every shared tier is the
-/// farm's cache today).
-pub(super) fn hit_outcome(tier: usize, mode_hit: Outcome) -> Outcome {
+/// The hit counter of tier `i` in `mode_hit`'s mode.
+pub(super) fn hit_outcome(ctx: &Ctx, tier: usize, mode_hit: Outcome) -> Outcome {
     if tier == LOCAL {
         mode_hit
-    } else {
+    } else if tier == ctx.farm_at {
         Outcome::HitFarm
+    } else {
+        Outcome::HitRemote
+    }
+}
+
+/// Writes what a miss stored into the writable remote tiers (not the farm's, which
+/// takes them in one publication). A manifest is merged with the one the remote
+/// holds, so every machine's recordings of a source are kept.
+fn store_remote(ctx: &mut Ctx, tiers: &mut Tiered, items: &[Item]) {
+    for t in LOCAL + 1..tiers.len() {
+        if t == ctx.farm_at || !tiers.usable(t) {
+            continue;
+        }
+        for item in items {
+            let key = CacheKey(item.key);
+            let data = match item.kind {
+                EntryKind::Manifest => {
+                    let stored = tiers.get_from(t, EntryKind::Manifest, &key, &mut |t, e| {
+                        count_error(ctx, t, e)
+                    });
+                    match crate::key::manifest::merge(stored.as_deref(), &item.data) {
+                        Some(m) => m,
+                        None => continue,
+                    }
+                }
+                _ => item.data.clone(),
+            };
+            tiers.put_to(t, item.kind, &key, &data, &mut |t, e| {
+                count_error(ctx, t, e)
+            });
+        }
     }
 }
 

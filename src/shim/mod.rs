@@ -79,6 +79,8 @@ struct Ctx<'a> {
     tally: Tally,
     /// What the farm tier counted (it counts inside tier calls, which see no `Ctx`).
     farm_counts: Rc<RefCell<Vec<Outcome>>>,
+    /// The farm tier's position in this compile's tiers (after the remote ones).
+    farm_at: usize,
     t0: Instant,
 }
 
@@ -158,6 +160,7 @@ pub fn run(
         stats,
         tally: Tally::default(),
         farm_counts: Rc::default(),
+        farm_at: usize::MAX,
         t0,
     };
     let code = match (family.keying(), cfg.mode.value) {

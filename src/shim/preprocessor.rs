@@ -57,7 +57,7 @@ impl Mode for Preprocessor {
     }
 
     fn lookup(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, i: usize) -> Lookup {
-        let hit = flow::hit_outcome(i, crate::stats::Outcome::HitPreprocessor);
+        let hit = flow::hit_outcome(ctx, i, crate::stats::Outcome::HitPreprocessor);
         flow::lookup_result(ctx, tiers, i, &self.rkey, false, &mut |c, d, _| {
             c.restore_files(d, hit.clone())
         })

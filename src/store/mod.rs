@@ -8,6 +8,7 @@
 //! before it, so the next lookup stops earlier.
 
 mod local;
+pub mod remote;
 mod tiered;
 
 pub use local::{decode_entry, encode_entry, LocalStore};

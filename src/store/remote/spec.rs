@@ -1,0 +1,251 @@
+//! `remote_storage`: a space-separated list of remote tiers, each a URL with
+//! `|attribute` suffixes, as ccache writes them:
+//! `redis://cache:6379/2|read-only s3://bucket/farm|endpoint=http://minio:9000|region=eu`.
+
+use std::time::Duration;
+
+/// What kind of server a remote tier is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Redis,
+    Rediss,
+    S3,
+    /// WebDAV (PUT, MKCOL): nginx's dav module, Apache mod_dav.
+    WebDav,
+    /// Plain HTTP(S): GET and PUT, as bazel-remote serves; `|layout=bazel` for its
+    /// `ac/` + `cas/` paths.
+    Http,
+    /// The GitHub Actions cache (from the runner's environment).
+    Gha,
+}
+
+/// How entries are named on the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `<prefix>/<kind>/<xx>/<hex key>`.
+    Farm,
+    /// The Bazel remote-cache layout: results and manifests under `ac/<hex>`, blobs
+    /// under `cas/<hex>`.
+    Bazel,
+}
+
+/// One remote tier, as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteSpec {
+    /// The URL as written (without attributes), for messages and `farm config`.
+    pub url: String,
+    pub scheme: Scheme,
+    /// Host and port (or S3 endpoint), as the server's client wants it.
+    pub endpoint: String,
+    /// The path inside the server: an S3 bucket's prefix, a WebDAV directory, a
+    /// Redis database number.
+    pub path: String,
+    /// S3: the bucket.
+    pub bucket: String,
+    pub read_only: bool,
+    pub connect_timeout: Duration,
+    /// Per-operation limit (a read or a write).
+    pub op_timeout: Duration,
+    /// Prepended to every key (teams sharing one bucket, say).
+    pub key_prefix: String,
+    pub layout: Layout,
+    /// S3: region and an explicit endpoint (MinIO, moto, Ceph).
+    pub region: Option<String>,
+    pub s3_endpoint: Option<String>,
+}
+
+/// A configuration error, naming the URL and what is wrong with it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("remote storage {url:?}: {msg}")]
+pub struct SpecError {
+    pub url: String,
+    pub msg: String,
+}
+
+fn duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let (num, mult) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        (v, 1)
+    };
+    let n: u64 = num.trim().parse().ok()?;
+    let ms = n.checked_mul(mult)?;
+    (ms > 0 && ms <= 600_000).then(|| Duration::from_millis(ms))
+}
+
+/// Parses a `remote_storage` value: empty means none.
+pub fn parse_list(value: &str) -> Result<Vec<RemoteSpec>, SpecError> {
+    value.split_whitespace().map(parse_one).collect()
+}
+
+/// Parses one `URL|attr|attr=value` item.
+pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
+    let mut parts = item.split('|');
+    let url = parts.next().unwrap_or_default().to_string();
+    let err = |msg: String| SpecError {
+        url: url.clone(),
+        msg,
+    };
+    let (scheme_name, rest) = match url.split_once("://") {
+        Some(x) => x,
+        None if url == "gha" => ("gha", ""),
+        None => {
+            return Err(err(
+                "not a URL (redis://, rediss://, s3://, http(s)://, webdav(s)://, gha)".into(),
+            ))
+        }
+    };
+    let scheme = match scheme_name {
+        "redis" => Scheme::Redis,
+        "rediss" => Scheme::Rediss,
+        "s3" => Scheme::S3,
+        "http" | "https" => Scheme::Http,
+        "webdav" | "webdavs" | "dav" | "davs" => Scheme::WebDav,
+        "gha" => Scheme::Gha,
+        other => return Err(err(format!("unknown scheme {other:?}"))),
+    };
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, p.trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if authority.is_empty() && !matches!(scheme, Scheme::Gha) {
+        return Err(err("no host".into()));
+    }
+    let mut spec = RemoteSpec {
+        url: url.clone(),
+        scheme,
+        endpoint: match scheme {
+            Scheme::Redis => format!("redis://{authority}"),
+            Scheme::Rediss => format!("rediss://{authority}"),
+            Scheme::Http => format!("{scheme_name}://{authority}"),
+            Scheme::WebDav if scheme_name.ends_with('s') => format!("https://{authority}"),
+            Scheme::WebDav => format!("http://{authority}"),
+            Scheme::S3 | Scheme::Gha => String::new(),
+        },
+        path: path.to_string(),
+        bucket: if scheme == Scheme::S3 {
+            authority.to_string()
+        } else {
+            String::new()
+        },
+        read_only: false,
+        connect_timeout: Duration::from_millis(100),
+        op_timeout: Duration::from_millis(2000),
+        key_prefix: String::new(),
+        layout: Layout::Farm,
+        region: None,
+        s3_endpoint: None,
+    };
+    let redis = scheme == Scheme::Redis || scheme == Scheme::Rediss;
+    if redis && !path.is_empty() && path.parse::<u32>().is_err() {
+        return Err(err(format!("Redis database {path:?} is not a number")));
+    }
+    for attr in parts {
+        let (name, value) = match attr.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (attr.trim(), None),
+        };
+        let need = |v: Option<&str>| {
+            v.filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| err(format!("attribute {name:?} needs a value")))
+        };
+        match name {
+            "read-only" => spec.read_only = true,
+            "connect-timeout" => {
+                spec.connect_timeout = duration(&need(value)?).ok_or_else(|| {
+                    err(format!(
+                        "connect-timeout {value:?}: use milliseconds, e.g. 100ms"
+                    ))
+                })?
+            }
+            "operation-timeout" | "timeout" => {
+                spec.op_timeout = duration(&need(value)?).ok_or_else(|| {
+                    err(format!(
+                        "{name} {value:?}: use milliseconds or seconds, e.g. 2s"
+                    ))
+                })?
+            }
+            "key-prefix" => spec.key_prefix = need(value)?,
+            "layout" => {
+                spec.layout = match need(value)?.as_str() {
+                    "farm" => Layout::Farm,
+                    "bazel" => Layout::Bazel,
+                    other => return Err(err(format!("layout {other:?}: farm or bazel"))),
+                }
+            }
+            "region" if scheme == Scheme::S3 => spec.region = Some(need(value)?),
+            "endpoint" if scheme == Scheme::S3 => spec.s3_endpoint = Some(need(value)?),
+            "" => {}
+            other => return Err(err(format!("unknown attribute {other:?}"))),
+        }
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_attributes() {
+        let l = parse_list(
+            "redis://127.0.0.1:6379/2|read-only  s3://bucket/team/farm|endpoint=http://127.0.0.1:9000|region=eu-west-1 \
+             https://cache.example/farm|layout=bazel|connect-timeout=50ms|timeout=3s gha",
+        )
+        .unwrap();
+        assert_eq!(l.len(), 4);
+        assert_eq!(
+            (
+                l[0].scheme,
+                l[0].endpoint.as_str(),
+                l[0].path.as_str(),
+                l[0].read_only
+            ),
+            (Scheme::Redis, "redis://127.0.0.1:6379", "2", true)
+        );
+        assert_eq!(
+            (
+                l[1].bucket.as_str(),
+                l[1].path.as_str(),
+                l[1].s3_endpoint.as_deref()
+            ),
+            ("bucket", "team/farm", Some("http://127.0.0.1:9000"))
+        );
+        assert_eq!(l[1].region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            (l[2].layout, l[2].connect_timeout, l[2].op_timeout),
+            (
+                Layout::Bazel,
+                Duration::from_millis(50),
+                Duration::from_secs(3)
+            )
+        );
+        assert_eq!(l[3].scheme, Scheme::Gha);
+        assert!(parse_list("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_url_and_the_problem() {
+        for (item, want) in [
+            ("ftp://x", "unknown scheme"),
+            ("redis://x/abc", "not a number"),
+            ("redis://x|bogus", "unknown attribute"),
+            ("redis://x|connect-timeout=soon", "connect-timeout"),
+            ("redis://x|key-prefix", "needs a value"),
+            ("cache.example", "not a URL"),
+            ("redis://", "no host"),
+            ("https://x|layout=flat", "layout"),
+        ] {
+            let e = parse_one(item).unwrap_err();
+            assert!(e.to_string().contains(want), "{item}: {e}");
+            assert!(
+                e.to_string().contains(item.split('|').next().unwrap()),
+                "{item}: {e}"
+            );
+        }
+    }
+}
