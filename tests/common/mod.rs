@@ -5,6 +5,7 @@
 pub mod farmd;
 pub mod rawpeer;
 pub mod secfarm;
+pub mod servers;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

@@ -1,0 +1,170 @@
+//! Real cache servers on loopback for the remote-tier tests: Debian's redis-server and
+//! nginx with its WebDAV modules (../shared/ENGINES.md). Each binds a free port in a
+//! temporary directory and is killed when dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::require;
+
+/// A free TCP port on loopback (bound, then released for the server to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("{what} exited at start: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{what} did not listen on {port} within 10 s");
+}
+
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Stops the server now (a remote that dies mid-build).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// redis-server with `maxmemory` (and the policy for when it is full).
+pub fn redis(maxmemory: &str, policy: &str) -> Server {
+    let bin = require("redis-server");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(bin)
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--maxmemory", maxmemory, "--maxmemory-policy", policy])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "redis-server", &mut child);
+    Server {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+/// nginx serving WebDAV (PUT, MKCOL, PROPFIND) from a temporary directory.
+pub fn nginx_webdav() -> (Server, PathBuf) {
+    let bin = require("nginx");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = dir.path();
+    let root = d.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let conf = format!(
+        r#"load_module /usr/lib/nginx/modules/ngx_http_dav_ext_module.so;
+daemon off;
+master_process off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      root {root};
+      dav_methods PUT DELETE MKCOL COPY MOVE;
+      dav_ext_methods PROPFIND OPTIONS;
+      create_full_put_path on;
+      client_max_body_size 0;
+    }}
+  }}
+}}
+"#,
+        d = d.display(),
+        root = root.display(),
+    );
+    std::fs::write(d.join("nginx.conf"), conf).unwrap();
+    let mut child = Command::new(bin)
+        .arg("-c")
+        .arg(d.join("nginx.conf"))
+        .arg("-p")
+        .arg(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "nginx", &mut child);
+    (
+        Server {
+            child,
+            port,
+            _dir: dir,
+        },
+        root,
+    )
+}
+
+/// A TCP server that accepts connections and never answers (a hung remote).
+pub fn silent() -> (std::thread::JoinHandle<()>, u16) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+            if held.len() > 1000 {
+                break;
+            }
+        }
+    });
+    (h, port)
+}
+
+/// Every file under `dir` (a WebDAV root), by path.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    walk(dir, &mut out);
+    out
+}

@@ -1,0 +1,186 @@
+//! Remote tiers on real servers (redis-server, nginx WebDAV) started on loopback:
+//! lua5.4 from its Debian source built in checkout A, then in checkout B at another
+//! path with another empty local cache, which the remote answers; and every way a
+//! remote can fail, each ending in a build whose objects are a plain build's.
+
+mod common;
+use common::servers::*;
+use common::*;
+use std::path::{Path, PathBuf};
+
+/// `make -j2 linux` of lua in `tree` with `cc`, in `env` with `remote` configured.
+fn make(env: &Env, tree: &Path, cc: &str, remote: &str) {
+    let o = env
+        .cmd("make")
+        .current_dir(tree.join("src"))
+        .env("FARM_REMOTE_STORAGE", remote)
+        .args(["-j2", "linux", &format!("CC={cc} -std=gnu99")])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "make failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Two checkouts of lua at different paths and their plain objects.
+struct Checkouts {
+    _root: tempfile::TempDir,
+    a: PathBuf,
+    b: PathBuf,
+    plain_b: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+fn checkouts() -> Checkouts {
+    require("gcc");
+    require("make");
+    let src = sources("lua5.4");
+    let root = tempfile::tempdir().unwrap();
+    let a = root.path().join("home/a/src/lua");
+    let b = root.path().join("ci/build/1234/lua");
+    for d in [&a, &b] {
+        std::fs::create_dir_all(d.parent().unwrap()).unwrap();
+    }
+    copy_tree(&src, &a);
+    copy_tree(&src, &b);
+    let env = Env::new("direct");
+    make(&env, &b, "gcc", "");
+    let plain_b = objects(&b);
+    assert!(plain_b.len() >= 30);
+    sh(&b.join("src"), "make clean >/dev/null");
+    Checkouts {
+        _root: root,
+        a,
+        b,
+        plain_b,
+    }
+}
+
+/// A builds with `remote` and an empty cache; then B, with another empty cache, is
+/// answered from the remote, its objects identical to a plain build in B.
+fn two_checkouts(remote: &str) {
+    let c = checkouts();
+    let n = c.plain_b.len() as u64;
+    let farm_cc = farm_cc_bin().display().to_string();
+    let env_a = Env::new("direct");
+    make(&env_a, &c.a, &farm_cc, remote);
+    assert_eq!(env_a.misses(), n, "{}", env_a.stats());
+    let env_b = Env::new("direct");
+    make(&env_b, &c.b, &farm_cc, remote);
+    assert_same_objects(&c.plain_b, &objects(&c.b), "checkout B from the remote");
+    assert_eq!(
+        env_b.counter(&["hits", "remote"]),
+        n,
+        "every TU of B hits the remote: {}",
+        env_b.stats()
+    );
+    assert_eq!(env_b.misses(), 0);
+    // The remote's hits were kept here: B again hits the local cache.
+    sh(&c.b.join("src"), "make clean >/dev/null");
+    make(&env_b, &c.b, &farm_cc, remote);
+    assert_eq!(env_b.counter(&["hits", "direct"]), n, "{}", env_b.stats());
+}
+
+#[test]
+fn checkout_b_is_answered_from_redis() {
+    let r = redis("256mb", "allkeys-lru");
+    two_checkouts(&format!("redis://127.0.0.1:{}", r.port));
+}
+
+#[test]
+fn checkout_b_is_answered_from_webdav() {
+    let (n, root) = nginx_webdav();
+    two_checkouts(&format!("webdav://127.0.0.1:{}/cache", n.port));
+    assert!(!files_under(&root).is_empty());
+}
+
+/// A remote that refuses, one that never answers, one killed mid-build and one that
+/// is full: every build succeeds with a plain build's objects, and a dead remote is
+/// skipped after its first failure (not waited for by every compile).
+#[test]
+fn a_failing_remote_never_fails_a_build() {
+    let c = checkouts();
+    let n = c.plain_b.len() as u64;
+    let farm_cc = farm_cc_bin().display().to_string();
+    let refused = format!("redis://127.0.0.1:{}", free_port());
+    let (_h, silent_port) = silent();
+    let hung = format!("redis://127.0.0.1:{silent_port}|connect-timeout=100ms|timeout=300ms");
+    for remote in [refused, hung] {
+        let env = Env::new("direct");
+        let t0 = std::time::Instant::now();
+        make(&env, &c.b, &farm_cc, &remote);
+        assert_same_objects(&c.plain_b, &objects(&c.b), &remote);
+        assert_eq!(env.misses(), n, "{remote}: {}", env.stats());
+        assert!(env.counter(&["errors", "remote"]) >= 1, "{}", env.stats());
+        // One timeout per parallel job at most, not one per compile.
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "{remote}: {:?}",
+            t0.elapsed()
+        );
+        sh(&c.b.join("src"), "make clean >/dev/null");
+    }
+    // Killed mid-build: the compiles after it go on without it.
+    let mut r = redis("256mb", "allkeys-lru");
+    let remote = format!("redis://127.0.0.1:{}", r.port);
+    let env = Env::new("direct");
+    let farm_cc2 = farm_cc.clone();
+    let tree = c.b.clone();
+    std::thread::scope(|s| {
+        let build = s.spawn(|| make(&env, &tree, &farm_cc2, &remote));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        r.kill();
+        build.join().unwrap();
+    });
+    assert_same_objects(&c.plain_b, &objects(&c.b), "killed mid-build");
+    sh(&c.b.join("src"), "make clean >/dev/null");
+    // Full: writes fail (noeviction), reads work; the build is a plain one.
+    let full = redis("1mb", "noeviction");
+    let env = Env::new("direct");
+    make(
+        &env,
+        &c.b,
+        &farm_cc,
+        &format!("redis://127.0.0.1:{}", full.port),
+    );
+    assert_same_objects(&c.plain_b, &objects(&c.b), "full redis");
+    assert_eq!(env.misses(), n);
+}
+
+/// A damaged entry on the remote is a miss, counted, never restored.
+#[test]
+fn a_corrupt_remote_entry_is_a_counted_miss() {
+    let c = checkouts();
+    let n = c.plain_b.len() as u64;
+    let farm_cc = farm_cc_bin().display().to_string();
+    let (ng, root) = nginx_webdav();
+    let remote = format!("webdav://127.0.0.1:{}/cache", ng.port);
+    make(&Env::new("direct"), &c.a, &farm_cc, &remote);
+    // Flip a byte in every stored result (truncate half of them).
+    let mut damaged = 0;
+    for (i, f) in files_under(&root).into_iter().enumerate() {
+        if !f.to_string_lossy().contains("/farm/r/") {
+            continue;
+        }
+        let mut d = std::fs::read(&f).unwrap();
+        if i % 2 == 0 {
+            d.truncate(d.len() / 2);
+        } else {
+            let k = d.len() - 1;
+            d[k] ^= 0x5a;
+        }
+        std::fs::write(&f, d).unwrap();
+        damaged += 1;
+    }
+    assert!(
+        damaged as u64 >= n,
+        "set-up: results on the remote ({damaged})"
+    );
+    let env = Env::new("direct");
+    make(&env, &c.b, &farm_cc, &remote);
+    assert_same_objects(&c.plain_b, &objects(&c.b), "corrupt remote");
+    assert_eq!(env.counter(&["hits", "remote"]), 0, "{}", env.stats());
+    assert_eq!(env.misses(), n);
+    assert!(env.counter(&["errors", "corrupt_entries"]) >= n);
+}
