@@ -6,14 +6,15 @@
 #            Debian's offline repository (maven-debian-helper) and the compiler and
 #            resources plugins, junit4 (jars in /usr/share/java) for the javac tests;
 #            Mono's mcs and xbuild for the C# tests; redis-server, and nginx with its
-#            WebDAV module, the remote cache servers of tests/remote_storage.rs
+#            WebDAV module, the remote cache servers of tests/remote_storage.rs, and
+#            moto's S3 server from PyPI in target/test-venv (pip, in a venv)
 #   --bench: also ccache hyperfine distcc icecc sccache python3, the comparison tools
 #            of scripts/bench.sh and scripts/bench-farm.sh
 set -euo pipefail
 pkgs=(gcc g++ clang make cmake ninja-build dpkg-dev xz-utils bzip2 util-linux ca-certificates iproute2 coreutils bubblewrap python3
   default-jdk-headless gradle maven maven-debian-helper libmaven-compiler-plugin-java
   libmaven-resources-plugin-java junit4 mono-mcs mono-devel mono-xbuild
-  redis-server nginx libnginx-mod-http-dav-ext)
+  redis-server nginx libnginx-mod-http-dav-ext python3-venv)
 [[ ${1:-} == --bench ]] && pkgs+=(ccache hyperfine distcc icecc sccache python3)
 missing=()
 for p in "${pkgs[@]}"; do
@@ -33,4 +34,11 @@ fi
 if ! command -v cargo >/dev/null; then
   echo "install-deps: cargo not found. farm needs Rust 1.80 or newer (https://rustup.rs)." >&2
   exit 1
+fi
+# The S3 server of the remote-storage tests: moto, from PyPI, in a venv of its own.
+venv=$(cd "$(dirname "$0")/.." && pwd)/target/test-venv
+if [[ ! -x $venv/bin/moto_server ]]; then
+  echo "install-deps: moto[server] into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "moto[server]"
 fi

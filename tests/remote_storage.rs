@@ -89,6 +89,19 @@ fn checkout_b_is_answered_from_redis() {
 }
 
 #[test]
+fn checkout_b_is_answered_from_s3() {
+    let s3 = moto_s3();
+    // Credentials from the usual AWS variables (set for the whole test process: every
+    // test gives moto the same fake ones).
+    std::env::set_var("AWS_ACCESS_KEY_ID", "farm");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "farm");
+    two_checkouts(&format!(
+        "s3://farm-cache/team|endpoint=http://127.0.0.1:{}|region=us-east-1",
+        s3.port
+    ));
+}
+
+#[test]
 fn checkout_b_is_answered_from_webdav() {
     let (n, root) = nginx_webdav();
     two_checkouts(&format!("webdav://127.0.0.1:{}/cache", n.port));

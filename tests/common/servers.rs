@@ -168,3 +168,39 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     walk(dir, &mut out);
     out
 }
+
+/// moto's S3 server (from PyPI, installed by scripts/install-deps.sh into
+/// target/test-venv) with one bucket, `farm-cache`. Signed requests with any key.
+pub fn moto_s3() -> Server {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin");
+    let bin = venv.join("moto_server");
+    assert!(
+        bin.exists(),
+        "{} missing: run scripts/install-deps.sh",
+        bin.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(&bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "moto_server", &mut child);
+    let made = Command::new(venv.join("python"))
+        .arg("-c")
+        .arg(format!(
+            "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', \
+             aws_access_key_id='farm', aws_secret_access_key='farm', region_name='us-east-1')\
+             .create_bucket(Bucket='farm-cache')"
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success(), "creating the bucket on moto failed");
+    Server {
+        child,
+        port,
+        _dir: dir,
+    }
+}
