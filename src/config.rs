@@ -396,7 +396,7 @@ impl Config {
             let list =
                 crate::store::remote::spec::parse_list(&v).map_err(|e| ConfigError::Env {
                     var: "FARM_REMOTE_STORAGE",
-                    value: v.clone(),
+                    value: crate::store::remote::spec::redact_list(&v),
                     msg: e.to_string(),
                 })?;
             self.remote_storage = Setting {

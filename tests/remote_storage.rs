@@ -8,12 +8,19 @@ use common::servers::*;
 use common::*;
 use std::path::{Path, PathBuf};
 
+/// Credentials for moto's S3 server (any will do), on every build's command line.
+const AWS: [(&str, &str); 2] = [
+    ("AWS_ACCESS_KEY_ID", "farm"),
+    ("AWS_SECRET_ACCESS_KEY", "farm"),
+];
+
 /// `make -j2 linux` of lua in `tree` with `cc`, in `env` with `remote` configured.
 fn make(env: &Env, tree: &Path, cc: &str, remote: &str) {
     let o = env
         .cmd("make")
         .current_dir(tree.join("src"))
         .env("FARM_REMOTE_STORAGE", remote)
+        .envs(AWS)
         .args(["-j2", "linux", &format!("CC={cc} -std=gnu99")])
         .output()
         .unwrap();
@@ -91,10 +98,7 @@ fn checkout_b_is_answered_from_redis() {
 #[test]
 fn checkout_b_is_answered_from_s3() {
     let s3 = moto_s3();
-    // Credentials from the usual AWS variables (set for the whole test process: every
-    // test gives moto the same fake ones).
-    std::env::set_var("AWS_ACCESS_KEY_ID", "farm");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "farm");
+    // (Credentials from the usual AWS variables, which `make` sets.)
     two_checkouts(&format!(
         "s3://farm-cache/team|endpoint=http://127.0.0.1:{}|region=us-east-1",
         s3.port
@@ -117,9 +121,9 @@ fn a_failing_remote_never_fails_a_build() {
     let n = c.plain_b.len() as u64;
     let farm_cc = farm_cc_bin().display().to_string();
     let refused = format!("redis://127.0.0.1:{}", free_port());
-    let (_h, silent_port) = silent();
+    let (accepted, silent_port) = silent();
     let hung = format!("redis://127.0.0.1:{silent_port}|connect-timeout=100ms|timeout=300ms");
-    for remote in [refused, hung] {
+    for remote in [refused, hung.clone()] {
         let env = Env::new("direct");
         let t0 = std::time::Instant::now();
         make(&env, &c.b, &farm_cc, &remote);
@@ -134,6 +138,13 @@ fn a_failing_remote_never_fails_a_build() {
         );
         sh(&c.b.join("src"), "make clean >/dev/null");
     }
+    // The hung remote was tried by the compiles running when it first failed, then
+    // skipped by the rest of the build: a few connections, not one per compile.
+    let tried = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=6).contains(&tried),
+        "{tried} connections to the hung remote for {n} compiles"
+    );
     // Killed mid-build: the compiles after it go on without it.
     let mut r = redis("256mb", "allkeys-lru");
     let remote = format!("redis://127.0.0.1:{}", r.port);
@@ -148,17 +159,37 @@ fn a_failing_remote_never_fails_a_build() {
     });
     assert_same_objects(&c.plain_b, &objects(&c.b), "killed mid-build");
     sh(&c.b.join("src"), "make clean >/dev/null");
-    // Full: writes fail (noeviction), reads work; the build is a plain one.
-    let full = redis("1mb", "noeviction");
+    // Full (noeviction): writes fail, reads still answer. A fills it, then it is
+    // made full: B still gets every object from it, and a build with other flags
+    // (every compile a miss whose write fails) is a plain build.
+    let full = redis("256mb", "noeviction");
+    let remote = format!("redis://127.0.0.1:{}", full.port);
+    make(&Env::new("direct"), &c.a, &farm_cc, &remote);
+    let o = std::process::Command::new(require("redis-cli"))
+        .args([
+            "-p",
+            &full.port.to_string(),
+            "config",
+            "set",
+            "maxmemory",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let env = Env::new("direct");
-    make(
-        &env,
-        &c.b,
-        &farm_cc,
-        &format!("redis://127.0.0.1:{}", full.port),
-    );
-    assert_same_objects(&c.plain_b, &objects(&c.b), "full redis");
-    assert_eq!(env.misses(), n);
+    make(&env, &c.b, &farm_cc, &remote);
+    assert_same_objects(&c.plain_b, &objects(&c.b), "full redis, reads");
+    assert_eq!(env.counter(&["hits", "remote"]), n, "{}", env.stats());
+    sh(&c.b.join("src"), "make clean >/dev/null");
+    let env = Env::new("direct");
+    make(&env, &c.b, &format!("{farm_cc} -O1"), &remote);
+    assert_eq!(env.misses(), n, "{}", env.stats());
+    assert!(env.counter(&["errors", "remote"]) >= 1, "{}", env.stats());
+    let again = objects(&c.b);
+    sh(&c.b.join("src"), "make clean >/dev/null");
+    make(&Env::new("direct"), &c.b, "gcc -O1", "");
+    assert_same_objects(&objects(&c.b), &again, "full redis, writes");
 }
 
 /// A damaged entry on the remote is a miss, counted, never restored.

@@ -104,6 +104,14 @@ impl Direct {
         let mut memo = key::CheckMemo::default();
         for e in m.entries {
             let e = e.portable();
+            // A shared manifest's entry must name the result its own inputs lead to:
+            // one filed under the wrong key (a server's mix-up, a hostile writer)
+            // would otherwise pass the content check and serve another compile's
+            // object.
+            if e.result != key::result_key(&self.mkey, &e.files, &e.missing, &e.not_file) {
+                ctx.tally.count(Outcome::Fallback("bad_entry".into()));
+                continue;
+            }
             if !key::entry_matches(&e, &mut memo) {
                 continue;
             }
@@ -120,13 +128,20 @@ impl Direct {
                 ctx.tally.count(Outcome::Fallback("bad_entry".into()));
                 continue;
             }
-            // A shared hit: keep it in the nearer tiers too (here: the local one, with
-            // the entry added to this machine's manifest).
-            // (No manifest entry where its result could not be kept.)
+            // A shared hit: keep it in the nearer tiers too. The local manifest gains
+            // the entry (not where its result could not be kept); shared tiers before
+            // this one get the result, and the entry merged into their manifest (never
+            // this machine's whole manifest, which would replace other machines').
             if flow::backfill(ctx, tiers, i, EntryKind::Result, &e.result, &result) {
+                let portable = Manifest {
+                    preprocessor_only: None,
+                    entries: vec![e.clone()],
+                }
+                .encode();
                 self.manifest.add(e);
                 let m = self.manifest.encode();
-                flow::backfill(ctx, tiers, i, EntryKind::Manifest, &self.mkey, &m);
+                flow::put_local(ctx, tiers, EntryKind::Manifest, &self.mkey, &m);
+                flow::merge_into_shared(ctx, tiers, i, &self.mkey, &portable);
             }
             return Lookup::Hit;
         }

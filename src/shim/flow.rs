@@ -11,8 +11,8 @@ use crate::stats::Outcome;
 use crate::store::remote::RemoteTier;
 use crate::store::{CacheError, CacheKey, EntryKind, LocalStore, Tier, Tiered};
 
-/// The local tier's position in a compile's [`Tiered`]; shared tiers (the farm's
-/// cache; remote caches to come) follow it in order.
+/// The local tier's position in a compile's [`Tiered`]; shared tiers (the remote
+/// tiers, then the farm's cache) follow it in order.
 pub(super) const LOCAL: usize = 0;
 
 /// What a lookup in one tier found.
@@ -182,26 +182,19 @@ pub(super) fn hit_outcome(ctx: &Ctx, tier: usize, mode_hit: Outcome) -> Outcome 
 /// holds, so every machine's recordings of a source are kept.
 fn store_remote(ctx: &mut Ctx, tiers: &mut Tiered, items: &[Item]) {
     for t in LOCAL + 1..tiers.len() {
-        if t == ctx.farm_at || !tiers.usable(t) {
+        if t == ctx.farm_at || !tiers.usable(t) || !tiers.tier(t).writable() {
             continue;
         }
         for item in items {
             let key = CacheKey(item.key);
-            let data = match item.kind {
-                EntryKind::Manifest => {
-                    let stored = tiers.get_from(t, EntryKind::Manifest, &key, &mut |t, e| {
+            match item.kind {
+                EntryKind::Manifest => merge_manifest(ctx, tiers, t, &key, &item.data),
+                _ => {
+                    tiers.put_to(t, item.kind, &key, &item.data, &mut |t, e| {
                         count_error(ctx, t, e)
                     });
-                    match crate::key::manifest::merge(stored.as_deref(), &item.data) {
-                        Some(m) => m,
-                        None => continue,
-                    }
                 }
-                _ => item.data.clone(),
-            };
-            tiers.put_to(t, item.kind, &key, &data, &mut |t, e| {
-                count_error(ctx, t, e)
-            });
+            }
         }
     }
 }
@@ -246,7 +239,7 @@ pub(super) fn lookup_result(
 }
 
 /// Writes an entry found in tier `found` into the tiers before it (the local one
-/// counting what the write did). `false` when one of them did not take it.
+/// counting what the write did). `false` when the local tier did not take it.
 pub(super) fn backfill(
     ctx: &mut Ctx,
     tiers: &mut Tiered,
@@ -255,15 +248,44 @@ pub(super) fn backfill(
     key: &CacheKey,
     data: &[u8],
 ) -> bool {
-    let mut all = true;
+    let mut local = true;
     for t in 0..found {
-        all &= if t == LOCAL {
-            put_local(ctx, tiers, kind, key, data)
-        } else {
-            tiers.put_to(t, kind, key, data, &mut |t, e| count_error(ctx, t, e))
-        };
+        if t == LOCAL {
+            local = put_local(ctx, tiers, kind, key, data);
+        } else if t != ctx.farm_at && tiers.tier(t).writable() {
+            tiers.put_to(t, kind, key, data, &mut |t, e| count_error(ctx, t, e));
+        }
     }
-    all
+    local
+}
+
+/// Merges a manifest (encoded) into the writable shared tiers before `found`.
+pub(super) fn merge_into_shared(
+    ctx: &mut Ctx,
+    tiers: &mut Tiered,
+    found: usize,
+    mkey: &CacheKey,
+    manifest: &[u8],
+) {
+    for t in LOCAL + 1..found {
+        merge_manifest(ctx, tiers, t, mkey, manifest);
+    }
+}
+
+/// Merges a manifest into the one shared tier `t` holds (read, merge, write: two
+/// writers at once may lose one entry, which only costs a later miss).
+fn merge_manifest(ctx: &mut Ctx, tiers: &mut Tiered, t: usize, mkey: &CacheKey, manifest: &[u8]) {
+    if t == ctx.farm_at || !tiers.usable(t) || !tiers.tier(t).writable() {
+        return;
+    }
+    let stored = tiers.get_from(t, EntryKind::Manifest, mkey, &mut |t, e| {
+        count_error(ctx, t, e)
+    });
+    if let Some(m) = crate::key::manifest::merge(stored.as_deref(), manifest) {
+        tiers.put_to(t, EntryKind::Manifest, mkey, &m, &mut |t, e| {
+            count_error(ctx, t, e)
+        });
+    }
 }
 
 /// Puts an entry in the local tier, counting what the write did.

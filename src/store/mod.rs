@@ -93,6 +93,11 @@ pub trait Tier {
     /// Forgets an entry (a good one the caller found unusable, say). Missing is fine.
     fn remove(&self, kind: EntryKind, key: &CacheKey) -> Result<(), CacheError>;
 
+    /// Whether writes reach the tier (a `read-only` remote takes none).
+    fn writable(&self) -> bool {
+        true
+    }
+
     /// What the tier holds; `None` when it cannot tell.
     fn usage(&self) -> Option<Usage> {
         None

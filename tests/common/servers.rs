@@ -134,20 +134,24 @@ http {{
     )
 }
 
-/// A TCP server that accepts connections and never answers (a hung remote).
-pub fn silent() -> (std::thread::JoinHandle<()>, u16) {
+/// A TCP server that accepts connections and never answers (a hung remote); the
+/// count of connections it accepted.
+pub fn silent() -> (std::sync::Arc<std::sync::atomic::AtomicUsize>, u16) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let h = std::thread::spawn(move || {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
         let mut held = Vec::new();
         for s in l.incoming().flatten() {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             held.push(s);
             if held.len() > 1000 {
                 break;
             }
         }
     });
-    (h, port)
+    (count, port)
 }
 
 /// Every file under `dir` (a WebDAV root), by path.

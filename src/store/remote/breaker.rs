@@ -29,18 +29,27 @@ impl Breaker {
         (until > SystemTime::now()).then_some(until)
     }
 
-    /// Records a failure: the remote is skipped for [`SKIP_FOR`]. `true` when this
-    /// call tripped it (the caller logs then, and only then).
-    pub fn trip(&self, why: &str) -> bool {
+    /// Records a failure: the remote is skipped for [`SKIP_FOR`]. `Ok(true)` when
+    /// this call tripped it (the caller logs then, and only then); `Err` when the skip
+    /// cannot be recorded (an unwritable cache directory).
+    pub fn trip(&self, why: &str) -> std::io::Result<bool> {
         let was_open = self.open_until().is_some();
         if let Some(d) = self.file.parent() {
-            let _ = crate::fsutil::create_cache_dir_all(d);
+            crate::fsutil::create_cache_dir_all(d)?;
         }
+        // Written aside with its time set, then renamed: no reader ever sees the file
+        // with a time in the past.
         let until = SystemTime::now() + SKIP_FOR;
-        let written = crate::fsutil::write_cache_atomic(&self.file, why.as_bytes())
-            .and_then(|_| fs::File::options().write(true).open(&self.file))
-            .and_then(|f| f.set_modified(until));
-        written.is_ok() && !was_open
+        let tmp = self
+            .file
+            .with_extension(format!("tmp{}", std::process::id()));
+        fs::write(&tmp, why.as_bytes())?;
+        fs::File::options()
+            .write(true)
+            .open(&tmp)?
+            .set_modified(until)?;
+        fs::rename(&tmp, &self.file)?;
+        Ok(!was_open)
     }
 
     /// Why the remote was skipped last (the failure that tripped it).
@@ -58,9 +67,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let b = Breaker::new(d.path(), "redis://127.0.0.1:1");
         assert!(b.open_until().is_none());
-        assert!(b.trip("connection refused"));
+        assert!(b.trip("connection refused").unwrap());
         assert!(b.open_until().is_some());
-        assert!(!b.trip("connection refused"), "already open: no second log");
+        assert!(
+            !b.trip("connection refused").unwrap(),
+            "already open: no second log"
+        );
         assert_eq!(b.reason().as_deref(), Some("connection refused"));
         // Another remote is not affected.
         assert!(Breaker::new(d.path(), "redis://127.0.0.1:2")

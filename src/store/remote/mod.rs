@@ -21,9 +21,67 @@ pub use spec::{Layout, RemoteSpec, Scheme, SpecError};
 /// One remote tier.
 pub struct RemoteTier {
     spec: RemoteSpec,
+    /// Skips every call after a failed read (the remote is down or hung).
     breaker: Breaker,
+    /// Skips writes only, after a failed write (full, or not writable for us).
+    write_breaker: Breaker,
     op: OnceLock<Result<Operator, String>>,
-    rt: OnceLock<Option<tokio::runtime::Runtime>>,
+}
+
+/// The one runtime every remote tier of this process runs on (made on first use,
+/// never dropped: exiting must not wait for a resolver thread a timed-out call left
+/// behind, and one HTTP client's pooled connections must live on one runtime).
+fn runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RT: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Remote entries carry their kind and key before the framed payload, so an entry
+/// found under another name (a server's mix-up, a copy, a hostile writer's swap) is
+/// refused rather than restored.
+const REMOTE_MAGIC: &[u8; 8] = b"FARMRMT1";
+
+fn kind_byte(kind: EntryKind) -> u8 {
+    match kind {
+        EntryKind::Result => b'r',
+        EntryKind::Manifest => b'm',
+        EntryKind::Blob => b'b',
+    }
+}
+
+/// An entry as a remote stores it: magic, kind, key, then the payload framed as on
+/// disk (checksum, zstd).
+pub fn remote_frame(kind: EntryKind, key: &CacheKey, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let body = encode_entry(payload)?;
+    let mut out = Vec::with_capacity(8 + 1 + 32 + body.len());
+    out.extend_from_slice(REMOTE_MAGIC);
+    out.push(kind_byte(kind));
+    out.extend_from_slice(&key.0);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The payload of a remote entry, when it is this kind's entry for this key and
+/// intact.
+pub fn remote_unframe(
+    kind: EntryKind,
+    key: &CacheKey,
+    data: &[u8],
+) -> Result<Vec<u8>, &'static str> {
+    if data.len() < 41 || &data[..8] != REMOTE_MAGIC {
+        return Err("bad header");
+    }
+    if data[8] != kind_byte(kind) || data[9..41] != key.0 {
+        return Err("another entry's (kind or key differs)");
+    }
+    decode_entry(&data[41..])
 }
 
 /// Installs what opendal's HTTP services need once per process: rustls on `ring`, and
@@ -36,6 +94,15 @@ fn install_http() {
     });
 }
 
+/// The region of an S3 tier without `|region=`: the usual AWS variables, else
+/// us-east-1.
+fn default_region() -> String {
+    ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|r| !r.is_empty()))
+        .unwrap_or_else(|| "us-east-1".into())
+}
+
 fn operator(spec: &RemoteSpec) -> opendal::Result<Operator> {
     let root = format!("/{}", spec.path);
     let op = match spec.scheme {
@@ -44,6 +111,12 @@ fn operator(spec: &RemoteSpec) -> opendal::Result<Operator> {
             if let Ok(db) = spec.path.parse::<i64>() {
                 b = b.db(db);
             }
+            if let Some(u) = &spec.username {
+                b = b.username(u);
+            }
+            if let Some(p) = &spec.password {
+                b = b.password(p);
+            }
             Operator::new(b)?
         }
         Scheme::S3 => {
@@ -51,7 +124,7 @@ fn operator(spec: &RemoteSpec) -> opendal::Result<Operator> {
             let mut b = services::S3::default()
                 .bucket(&spec.bucket)
                 .root(&root)
-                .region(spec.region.as_deref().unwrap_or("us-east-1"));
+                .region(&spec.region.clone().unwrap_or_else(default_region));
             if let Some(e) = &spec.s3_endpoint {
                 b = b.endpoint(e);
             }
@@ -60,10 +133,16 @@ fn operator(spec: &RemoteSpec) -> opendal::Result<Operator> {
         Scheme::WebDav | Scheme::Http => {
             install_http();
             // bazel-remote and plain HTTP caches take PUT without MKCOL.
-            let b = services::Webdav::default()
+            let mut b = services::Webdav::default()
                 .endpoint(&spec.endpoint)
                 .root(&root)
                 .disable_create_dir(spec.scheme == Scheme::Http);
+            if let Some(u) = &spec.username {
+                b = b.username(u);
+            }
+            if let Some(p) = &spec.password {
+                b = b.password(p);
+            }
             Operator::new(b)?
         }
         Scheme::Gha => {
@@ -81,11 +160,12 @@ fn operator(spec: &RemoteSpec) -> opendal::Result<Operator> {
 impl RemoteTier {
     /// A remote tier; `state` is where its breaker lives (the cache directory).
     pub fn new(spec: RemoteSpec, state: &Path) -> RemoteTier {
+        let dir = state.join("remote");
         RemoteTier {
-            breaker: Breaker::new(&state.join("remote"), &spec.url),
+            breaker: Breaker::new(&dir, &spec.url),
+            write_breaker: Breaker::new(&dir, &format!("{} (writes)", spec.url)),
             spec,
             op: OnceLock::new(),
-            rt: OnceLock::new(),
         }
     }
 
@@ -100,8 +180,14 @@ impl RemoteTier {
         match (self.spec.layout, kind) {
             (Layout::Bazel, EntryKind::Blob) => format!("{p}cas/{hex}"),
             (Layout::Bazel, EntryKind::Result) => format!("{p}ac/{hex}"),
-            // The Bazel layout has one action cache: a manifest key is another key.
-            (Layout::Bazel, EntryKind::Manifest) => format!("{p}ac/m{}", &hex[1..]),
+            // The Bazel layout has one action cache (64 hex digits a name): a
+            // manifest goes under a key derived from its own.
+            (Layout::Bazel, EntryKind::Manifest) => {
+                let mut h =
+                    blake3::Hasher::new_derive_key("farm manifest in a Bazel action cache v1");
+                h.update(&key.0);
+                format!("{p}ac/{}", crate::fsutil::hex(h.finalize().as_bytes()))
+            }
             (Layout::Farm, _) => {
                 let k = match kind {
                     EntryKind::Result => "r",
@@ -125,13 +211,18 @@ impl RemoteTier {
     fn call<T>(
         &self,
         what: &str,
+        write: bool,
         f: impl FnOnce(
             Operator,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = opendal::Result<T>> + Send>,
         >,
     ) -> Result<Option<T>, CacheError> {
-        if let Some(until) = self.breaker.open_until() {
+        let open = self
+            .breaker
+            .open_until()
+            .or_else(|| write.then(|| self.write_breaker.open_until()).flatten());
+        if let Some(until) = open {
             let left = until
                 .duration_since(std::time::SystemTime::now())
                 .unwrap_or_default();
@@ -144,29 +235,41 @@ impl RemoteTier {
             .get_or_init(|| operator(&self.spec).map_err(|e| e.to_string()))
         {
             Ok(op) => op.clone(),
-            Err(e) => return Err(self.fail(what, e)),
+            Err(e) => return Err(self.fail(what, write, e)),
         };
-        let Some(rt) = self.rt.get_or_init(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()
-        }) else {
+        let Some(rt) = runtime() else {
             return Err(self.unavailable("cannot start a runtime"));
         };
         let limit: Duration = self.spec.connect_timeout + self.spec.op_timeout;
         match rt.block_on(async { tokio::time::timeout(limit, f(op)).await }) {
             Ok(Ok(v)) => Ok(Some(v)),
             Ok(Err(e)) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
-            Ok(Err(e)) => Err(self.fail(what, &e.to_string())),
-            Err(_) => Err(self.fail(what, &format!("no answer within {} ms", limit.as_millis()))),
+            Ok(Err(e)) => Err(self.fail(what, write, &e.to_string())),
+            Err(_) => Err(self.fail(
+                what,
+                write,
+                &format!("no answer within {} ms", limit.as_millis()),
+            )),
         }
     }
 
-    fn fail(&self, what: &str, why: &str) -> CacheError {
+    /// Records a failure: a failed write skips writes only (a full or read-only
+    /// server still answers reads), anything else the whole remote.
+    fn fail(&self, what: &str, write: bool, why: &str) -> CacheError {
         let detail = format!("{what}: {why}");
-        if self.breaker.trip(&detail) {
-            tracing::warn!(remote = %self.spec.url, error = %detail, skip_s = breaker::SKIP_FOR.as_secs(), "remote storage failed: skipped for a while");
+        let breaker = if write {
+            &self.write_breaker
+        } else {
+            &self.breaker
+        };
+        match breaker.trip(&detail) {
+            Ok(true) => {
+                tracing::warn!(remote = %self.spec.url, error = %detail, skip_s = breaker::SKIP_FOR.as_secs(), "remote storage failed: skipped for a while")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(remote = %self.spec.url, error = %detail, breaker = %e, "remote storage failed, and the skip cannot be recorded: every compile will try it")
+            }
         }
         self.unavailable(detail)
     }
@@ -177,10 +280,16 @@ impl Tier for RemoteTier {
         &self.spec.url
     }
 
+    fn writable(&self) -> bool {
+        !self.spec.read_only
+    }
+
     fn get(&self, kind: EntryKind, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {
         let path = self.object(kind, key);
         let p = path.clone();
-        let Some(data) = self.call("read", move |op| Box::pin(async move { op.read(&p).await }))?
+        let Some(data) = self.call("read", false, move |op| {
+            Box::pin(async move { op.read(&p).await })
+        })?
         else {
             return Ok(None);
         };
@@ -188,7 +297,7 @@ impl Tier for RemoteTier {
         let payload = match kind {
             EntryKind::Blob if blake3::hash(&data).as_bytes() == &key.0 => Ok(data),
             EntryKind::Blob => Err("does not match its key"),
-            _ => decode_entry(&data),
+            _ => remote_unframe(kind, key, &data),
         };
         payload.map(Some).map_err(|what| CacheError::Corrupt {
             path: PathBuf::from(format!("{}/{path}", self.spec.url)),
@@ -202,10 +311,10 @@ impl Tier for RemoteTier {
         }
         let body = match kind {
             EntryKind::Blob => data.to_vec(),
-            _ => encode_entry(data).map_err(|e| self.unavailable(e.to_string()))?,
+            _ => remote_frame(kind, key, data).map_err(|e| self.unavailable(e.to_string()))?,
         };
         let path = self.object(kind, key);
-        self.call("write", move |op| {
+        self.call("write", true, move |op| {
             Box::pin(async move { op.write(&path, body).await.map(|_| ()) })
         })?;
         Ok(PutReport::default())
@@ -214,7 +323,7 @@ impl Tier for RemoteTier {
     fn have(&self, kind: EntryKind, key: &CacheKey) -> Result<bool, CacheError> {
         let path = self.object(kind, key);
         Ok(self
-            .call("stat", move |op| {
+            .call("stat", false, move |op| {
                 Box::pin(async move { op.exists(&path).await })
             })?
             .unwrap_or(false))
@@ -225,7 +334,7 @@ impl Tier for RemoteTier {
             return Ok(());
         }
         let path = self.object(kind, key);
-        self.call("delete", move |op| {
+        self.call("delete", true, move |op| {
             Box::pin(async move { op.delete(&path).await })
         })?;
         Ok(())

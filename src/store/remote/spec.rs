@@ -52,6 +52,10 @@ pub struct RemoteSpec {
     /// S3: region and an explicit endpoint (MinIO, moto, Ceph).
     pub region: Option<String>,
     pub s3_endpoint: Option<String>,
+    /// Credentials from `user:password@` (Redis, WebDAV/HTTP); never shown (`url`
+    /// has the password replaced by `***`).
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 /// A configuration error, naming the URL and what is wrong with it.
@@ -76,6 +80,34 @@ fn duration(v: &str) -> Option<Duration> {
     (ms > 0 && ms <= 600_000).then(|| Duration::from_millis(ms))
 }
 
+/// A `remote_storage` value with every password replaced by `***` (for messages).
+pub fn redact_list(value: &str) -> String {
+    value
+        .split_whitespace()
+        .map(|item| match item.split_once('|') {
+            Some((u, attrs)) => format!("{}|{attrs}", redact(u)),
+            None => redact(item),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `scheme://user:password@host/...` with the password replaced by `***`.
+fn redact(raw: &str) -> String {
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return raw.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((creds, _)) if creds.contains(':') => {
+            let user = creds.split_once(':').map(|c| c.0).unwrap_or("");
+            let host_and_path = &rest[creds.len() + 1..];
+            format!("{scheme}://{user}:***@{host_and_path}")
+        }
+        _ => raw.to_string(),
+    }
+}
+
 /// Parses a `remote_storage` value: empty means none.
 pub fn parse_list(value: &str) -> Result<Vec<RemoteSpec>, SpecError> {
     value.split_whitespace().map(parse_one).collect()
@@ -84,14 +116,16 @@ pub fn parse_list(value: &str) -> Result<Vec<RemoteSpec>, SpecError> {
 /// Parses one `URL|attr|attr=value` item.
 pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
     let mut parts = item.split('|');
-    let url = parts.next().unwrap_or_default().to_string();
+    let raw = parts.next().unwrap_or_default().to_string();
+    // The URL as shown anywhere: a password replaced by `***`.
+    let url = redact(&raw);
     let err = |msg: String| SpecError {
         url: url.clone(),
         msg,
     };
-    let (scheme_name, rest) = match url.split_once("://") {
+    let (scheme_name, rest) = match raw.split_once("://") {
         Some(x) => x,
-        None if url == "gha" => ("gha", ""),
+        None if raw == "gha" => ("gha", ""),
         None => {
             return Err(err(
                 "not a URL (redis://, rediss://, s3://, http(s)://, webdav(s)://, gha)".into(),
@@ -111,7 +145,26 @@ pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
         Some((a, p)) => (a, p.trim_end_matches('/')),
         None => (rest, ""),
     };
-    if authority.is_empty() && !matches!(scheme, Scheme::Gha) {
+    if path.contains(['?', '#']) {
+        return Err(err("a query or fragment has no meaning here".into()));
+    }
+    // `user:password@host`: kept apart, and kept out of every message.
+    let (username, password, authority) = match authority.rsplit_once('@') {
+        Some((creds, host)) => {
+            if scheme == Scheme::S3 || scheme == Scheme::Gha {
+                return Err(err(
+                    "credentials in the URL: use the AWS_* variables for S3".into(),
+                ));
+            }
+            let (u, p) = match creds.split_once(':') {
+                Some((u, p)) => (u, Some(p.to_string())),
+                None => (creds, None),
+            };
+            ((!u.is_empty()).then(|| u.to_string()), p, host)
+        }
+        None => (None, None, authority),
+    };
+    if authority.is_empty() && scheme != Scheme::Gha {
         return Err(err("no host".into()));
     }
     let mut spec = RemoteSpec {
@@ -138,6 +191,8 @@ pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
         layout: Layout::Farm,
         region: None,
         s3_endpoint: None,
+        username,
+        password,
     };
     let redis = scheme == Scheme::Redis || scheme == Scheme::Rediss;
     if redis && !path.is_empty() && path.parse::<u32>().is_err() {
@@ -154,7 +209,13 @@ pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
                 .ok_or_else(|| err(format!("attribute {name:?} needs a value")))
         };
         match name {
-            "read-only" => spec.read_only = true,
+            "read-only" => {
+                spec.read_only = match value {
+                    None | Some("true" | "yes" | "1") => true,
+                    Some("false" | "no" | "0") => false,
+                    Some(v) => return Err(err(format!("read-only={v:?}: true or false"))),
+                }
+            }
             "connect-timeout" => {
                 spec.connect_timeout = duration(&need(value)?).ok_or_else(|| {
                     err(format!(
@@ -169,7 +230,10 @@ pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
                     ))
                 })?
             }
-            "key-prefix" => spec.key_prefix = need(value)?,
+            "key-prefix" => {
+                let p = need(value)?;
+                spec.key_prefix = format!("{}/", p.trim_end_matches('/'));
+            }
             "layout" => {
                 spec.layout = match need(value)?.as_str() {
                     "farm" => Layout::Farm,
@@ -179,6 +243,7 @@ pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
             }
             "region" if scheme == Scheme::S3 => spec.region = Some(need(value)?),
             "endpoint" if scheme == Scheme::S3 => spec.s3_endpoint = Some(need(value)?),
+            "region" | "endpoint" => return Err(err(format!("{name} is for s3:// only"))),
             "" => {}
             other => return Err(err(format!("unknown attribute {other:?}"))),
         }
@@ -226,6 +291,30 @@ mod tests {
         );
         assert_eq!(l[3].scheme, Scheme::Gha);
         assert!(parse_list("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn credentials_are_kept_apart_and_never_shown() {
+        let r = parse_one("redis://farm:s3cret@127.0.0.1:6379/1|read-only=false").unwrap();
+        assert_eq!(
+            (
+                r.username.as_deref(),
+                r.password.as_deref(),
+                r.endpoint.as_str()
+            ),
+            (Some("farm"), Some("s3cret"), "redis://127.0.0.1:6379")
+        );
+        assert_eq!(r.url, "redis://farm:***@127.0.0.1:6379/1");
+        assert!(!r.read_only);
+        let e = parse_one("redis://u:s3cret@h|bogus")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+        assert!(parse_one("s3://k:s@bucket").is_err());
+        assert_eq!(
+            parse_one("redis://h|key-prefix=team").unwrap().key_prefix,
+            "team/"
+        );
     }
 
     #[test]
