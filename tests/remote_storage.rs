@@ -228,3 +228,50 @@ fn a_corrupt_remote_entry_is_a_counted_miss() {
     assert_eq!(env.misses(), n);
     assert!(env.counter(&["errors", "corrupt_entries"]) >= n);
 }
+
+/// `farm cache ping` tries each remote now: one line each, the password never shown,
+/// exit 1 when one failed.
+#[test]
+fn cache_ping_tries_every_remote() {
+    let r = redis("64mb", "allkeys-lru");
+    let env = Env::new("direct");
+    let remotes = format!(
+        "redis://127.0.0.1:{} redis://farm:s3cret@127.0.0.1:{}|read-only|timeout=300ms",
+        r.port,
+        free_port()
+    );
+    let o = env
+        .cmd(farm_bin())
+        .args(["cache", "ping"])
+        .env("FARM_REMOTE_STORAGE", &remotes)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].starts_with(&format!("redis://127.0.0.1:{}: ok (write ", r.port)),
+        "{text}"
+    );
+    assert!(lines[1].contains("(read-only): FAILED"), "{text}");
+    assert!(
+        !text.contains("s3cret") && lines[1].contains("farm:***@"),
+        "{text}"
+    );
+    let o = env
+        .cmd(farm_bin())
+        .args(["cache", "ping"])
+        .env(
+            "FARM_REMOTE_STORAGE",
+            format!("redis://127.0.0.1:{}", r.port),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

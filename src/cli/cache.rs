@@ -1,7 +1,40 @@
-//! `farm cache clear | dir`.
+//! `farm cache clear | dir | ping`.
 
 use super::{err, load, out};
+use crate::config::Config;
+use crate::store::remote::RemoteTier;
 use crate::store::LocalStore;
+
+/// `farm cache ping`: each remote tier, tried now (its skip after a failure reset):
+/// one line per remote; exit 1 when one failed.
+fn ping(cfg: &Config) -> i32 {
+    if cfg.remote_storage.value.is_empty() {
+        out(&format!(
+            "no remote storage configured ({})\n",
+            cfg.remote_storage.source
+        ));
+        return 0;
+    }
+    let mut failed = false;
+    for spec in &cfg.remote_storage.value {
+        let tier = RemoteTier::new(spec.clone(), &cfg.dir.value);
+        let ro = if spec.read_only { " (read-only)" } else { "" };
+        match tier.ping() {
+            Ok(steps) => {
+                let times: Vec<String> = steps
+                    .iter()
+                    .map(|(what, d)| format!("{what} {:.1} ms", d.as_secs_f64() * 1000.0))
+                    .collect();
+                out(&format!("{}{ro}: ok ({})\n", spec.url, times.join(", ")));
+            }
+            Err(e) => {
+                failed = true;
+                out(&format!("{}{ro}: FAILED: {e}\n", spec.url));
+            }
+        }
+    }
+    i32::from(failed)
+}
 
 pub(super) fn run(rest: &[String]) -> i32 {
     let cfg = match load() {
@@ -26,6 +59,7 @@ pub(super) fn run(rest: &[String]) -> i32 {
             out(&format!("{}\n", cfg.dir.value.display()));
             0
         }
-        _ => err("usage: farm cache clear | farm cache dir"),
+        Some("ping") if rest.len() == 1 => ping(&cfg),
+        _ => err("usage: farm cache clear | farm cache dir | farm cache ping"),
     }
 }

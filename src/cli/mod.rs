@@ -48,6 +48,7 @@ COMMANDS
   farm stats [--json] [--zero]   hits by mode, misses, pass-throughs by reason, errors, size
   farm cache clear               remove every cache entry (statistics are kept)
   farm cache dir                 print the cache directory
+  farm cache ping                try each remote tier now (remote_storage)
   farm config [--json]           effective configuration and where each value came from
   farm status [--json] [--watch] the farm as this machine's farmd sees it
   farm cluster init DIR          make a cluster CA (see `farm cluster help`)

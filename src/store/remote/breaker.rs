@@ -52,6 +52,11 @@ impl Breaker {
         Ok(!was_open)
     }
 
+    /// Closes the breaker (a user asked to try the remote now).
+    pub fn reset(&self) {
+        let _ = fs::remove_file(&self.file);
+    }
+
     /// Why the remote was skipped last (the failure that tripped it).
     pub fn reason(&self) -> Option<String> {
         fs::read_to_string(&self.file).ok()

@@ -173,6 +173,42 @@ impl RemoteTier {
         &self.spec
     }
 
+    /// Tries the remote now, whatever an earlier failure said: writes a probe entry
+    /// (unless read-only), reads it back, removes it. Each step's time, or the first
+    /// failure, named.
+    pub fn ping(&self) -> Result<Vec<(&'static str, Duration)>, String> {
+        self.breaker.reset();
+        self.write_breaker.reset();
+        let probe = format!(
+            "farm ping {} {:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        );
+        let key = CacheKey(*blake3::hash(probe.as_bytes()).as_bytes());
+        let mut steps = Vec::new();
+        let t = std::time::Instant::now();
+        if self.writable() {
+            self.put(EntryKind::Result, &key, probe.as_bytes())
+                .map_err(|e| format!("write: {e}"))?;
+            steps.push(("write", t.elapsed()));
+        }
+        let t = std::time::Instant::now();
+        let got = self
+            .get(EntryKind::Result, &key)
+            .map_err(|e| format!("read: {e}"))?;
+        steps.push(("read", t.elapsed()));
+        if self.writable() {
+            if got.as_deref() != Some(probe.as_bytes()) {
+                return Err("read: the probe just written did not come back".into());
+            }
+            let t = std::time::Instant::now();
+            self.remove(EntryKind::Result, &key)
+                .map_err(|e| format!("delete: {e}"))?;
+            steps.push(("delete", t.elapsed()));
+        }
+        Ok(steps)
+    }
+
     /// The object name of an entry on the server.
     fn object(&self, kind: EntryKind, key: &CacheKey) -> String {
         let hex = key.hex();
