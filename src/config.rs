@@ -109,6 +109,39 @@ pub struct Config {
     pub agent: Setting<Option<PathBuf>>,
     /// Remote tiers after the local cache (`remote_storage`, `FARM_REMOTE_STORAGE`).
     pub remote_storage: Setting<Vec<crate::store::remote::RemoteSpec>>,
+    /// Directories whose absolute paths enter keys relative to them (`base_dir`,
+    /// `FARM_BASE_DIR`): absolute, cleaned, never `/`.
+    pub base_dir: Setting<Vec<PathBuf>>,
+}
+
+/// Parses a `base_dir` value: directories separated by `:` (like `PATH`), each
+/// absolute and not `/`, at most [`crate::key::relocate::MAX_BASE_DIRS`].
+pub fn parse_base_dirs(v: &str) -> Result<Vec<PathBuf>, String> {
+    let mut dirs = Vec::new();
+    for part in v.split(':').filter(|p| !p.is_empty()) {
+        let p = Path::new(part);
+        if !p.is_absolute() {
+            return Err(format!("`{part}` is not an absolute path"));
+        }
+        let clean = crate::fsutil::clean_path(p);
+        if clean == Path::new("/") {
+            return Err(
+                "`/` would make every path relative: name the directories that hold checkouts"
+                    .into(),
+            );
+        }
+        if !dirs.contains(&clean) {
+            dirs.push(clean);
+        }
+    }
+    if dirs.len() > crate::key::relocate::MAX_BASE_DIRS {
+        return Err(format!(
+            "{} directories; at most {} are supported",
+            dirs.len(),
+            crate::key::relocate::MAX_BASE_DIRS
+        ));
+    }
+    Ok(dirs)
 }
 
 /// Where farmd listens for its machine's shims unless configured otherwise.
@@ -135,6 +168,7 @@ struct FileConfig {
     cache_shared: Option<toml::Spanned<bool>>,
     agent: Option<toml::Spanned<String>>,
     remote_storage: Option<toml::Spanned<String>>,
+    base_dir: Option<toml::Spanned<toml::Value>>,
 }
 
 /// Parses "5G", "500MiB", "10 GB", "1048576" into bytes. K/M/G/T and KiB/MiB/GiB/TiB
@@ -267,6 +301,7 @@ impl Config {
             cache_shared: Setting::default(false),
             agent: Setting::default(Some(PathBuf::from(DEFAULT_AGENT_SOCKET))),
             remote_storage: Setting::default(Vec::new()),
+            base_dir: Setting::default(Vec::new()),
         };
         match read_config_file(&file) {
             Ok(text) => {
@@ -377,6 +412,25 @@ impl Config {
                 source: src(),
             };
         }
+        if let Some(v) = fc.base_dir {
+            let text = match v.get_ref() {
+                toml::Value::String(s) => Some(s.clone()),
+                toml::Value::Array(a) => a
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .map(|parts| parts.join(":")),
+                _ => None,
+            };
+            let dirs = text
+                .ok_or_else(|| "a string or an array of strings".to_string())
+                .and_then(|t| parse_base_dirs(&t))
+                .map_err(|e| err_at(v.span().start, format!("key `base_dir`: {e}")))?;
+            self.base_dir = Setting {
+                value: dirs,
+                source: src(),
+            };
+        }
         Ok(())
     }
 
@@ -402,6 +456,18 @@ impl Config {
             self.remote_storage = Setting {
                 value: list,
                 source: Source::Env("FARM_REMOTE_STORAGE"),
+            };
+        }
+        if let Some(v) = env("FARM_BASE_DIR") {
+            // Set but empty: no base directories (overrides the file).
+            let dirs = parse_base_dirs(&v).map_err(|msg| ConfigError::Env {
+                var: "FARM_BASE_DIR",
+                value: v.clone(),
+                msg,
+            })?;
+            self.base_dir = Setting {
+                value: dirs,
+                source: Source::Env("FARM_BASE_DIR"),
             };
         }
         if let Some(v) = get("FARM_MAX_SIZE") {
@@ -539,6 +605,20 @@ impl Config {
                         .join(" ")
                 },
                 self.remote_storage.source.to_string(),
+            ),
+            (
+                "base_dir",
+                if self.base_dir.value.is_empty() {
+                    "(none)".into()
+                } else {
+                    self.base_dir
+                        .value
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(":")
+                },
+                self.base_dir.source.to_string(),
             ),
             (
                 "disable",

@@ -273,8 +273,10 @@ fn manifest_strategy() -> impl Strategy<Value = Manifest> {
         prop::collection::vec(bytes(16), 0..3),
         // Few distinct results, so merges meet duplicates.
         0u8..4,
+        prop::option::of(bytes(16)),
     )
-        .prop_map(|(files, missing, not_file, result)| ManifestEntry {
+        .prop_map(|(files, missing, not_file, result, pinned)| ManifestEntry {
+            pinned: pinned.map(serde_bytes::ByteBuf::from),
             files: files
                 .into_iter()
                 .map(|(path, digest, stamp)| FileDigest {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::put_field;
+use super::relocate::BaseDirs;
 use crate::digest::StatStamp;
 use crate::fsutil;
 use crate::store::CacheKey;
@@ -51,6 +52,9 @@ pub struct ManifestEntry {
     /// Paths that exist but are not regular files (a directory where a header could be).
     pub not_file: Vec<serde_bytes::ByteBuf>,
     pub result: CacheKey,
+    /// Set when the result depends on where the checkout is (`base_dir`): the base
+    /// directories it was compiled under ([`BaseDirs::pin`]); it matches only there.
+    pub pinned: Option<serde_bytes::ByteBuf>,
 }
 
 /// Why a source cannot be keyed directly; such compiles go to preprocessor mode.
@@ -75,6 +79,17 @@ pub struct Manifest {
 pub const MAX_MANIFEST_ENTRIES: usize = 32;
 
 impl ManifestEntry {
+    /// The result key this entry's own inputs lead to (see [`result_key`]).
+    pub fn expected_result(&self, manifest_key: &CacheKey) -> CacheKey {
+        result_key(
+            manifest_key,
+            &self.files,
+            &self.missing,
+            &self.not_file,
+            self.pinned.as_deref().map(|p| &p[..]),
+        )
+    }
+
     /// The entry without stat stamps: what another machine can check (by content),
     /// and nothing about this machine's inodes.
     pub fn portable(mut self) -> ManifestEntry {
@@ -129,12 +144,14 @@ pub fn merge(stored: Option<&[u8]>, incoming: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The result key of a manifest entry: the manifest key plus everything the entry
-/// checks.
+/// checks (paths as stored: relative to their base directory where one applies), and
+/// the base directories of a pinned entry.
 pub fn result_key(
     manifest_key: &CacheKey,
     files: &[FileDigest],
     missing: &[MissingPath],
     not_file: &[serde_bytes::ByteBuf],
+    pinned: Option<&[u8]>,
 ) -> CacheKey {
     let mut h = blake3::Hasher::new();
     put_field(&mut h, "manifest", &manifest_key.0);
@@ -147,6 +164,9 @@ pub fn result_key(
     }
     for m in not_file {
         put_field(&mut h, "not-file", m);
+    }
+    if let Some(p) = pinned {
+        put_field(&mut h, "pinned", p);
     }
     CacheKey(*h.finalize().as_bytes())
 }
@@ -185,35 +205,51 @@ fn parent_bytes(p: &[u8]) -> &[u8] {
     }
 }
 
-/// Does the file system still look the way this entry recorded?
-pub fn entry_matches(e: &ManifestEntry, memo: &mut CheckMemo) -> bool {
+/// Does the file system still look the way this entry recorded? Paths are put back
+/// under this checkout's base directories; a pinned entry matches only under the
+/// base directories it was compiled under.
+pub fn entry_matches(e: &ManifestEntry, memo: &mut CheckMemo, base: &BaseDirs) -> bool {
+    if let Some(p) = &e.pinned {
+        if p.as_slice() != base.pin().as_slice() {
+            return false;
+        }
+    }
     for m in &e.missing {
+        let Some(path) = base.absolute(&m.path) else {
+            return false;
+        };
         if let Some(ps) = &m.parent_stamp {
-            if memo.stamp(parent_bytes(&m.path)).as_ref() == Some(ps) {
+            if memo.stamp(parent_bytes(&path)).as_ref() == Some(ps) {
                 continue;
             }
         }
-        if !is_missing(Path::new(OsStr::from_bytes(&m.path))) {
+        if !is_missing(Path::new(OsStr::from_bytes(&path))) {
             return false;
         }
     }
     for m in &e.not_file {
-        let p = Path::new(OsStr::from_bytes(m));
+        let Some(path) = base.absolute(m) else {
+            return false;
+        };
+        let p = Path::new(OsStr::from_bytes(&path));
         if fs::metadata(p).map(|m| m.is_file()).unwrap_or(false) {
             return false;
         }
     }
     for f in &e.files {
+        let Some(path) = base.absolute(&f.path) else {
+            return false;
+        };
         if let Some(st) = &f.stamp {
-            if memo.stamp(&f.path).as_ref() == Some(st) {
+            if memo.stamp(&path).as_ref() == Some(st) {
                 continue;
             }
         }
-        let d = match memo.digests.get(f.path.as_slice()) {
+        let d = match memo.digests.get(path.as_ref()) {
             Some(d) => *d,
             None => {
-                let d = fsutil::hash_file(Path::new(OsStr::from_bytes(&f.path))).ok();
-                memo.digests.insert(f.path.clone(), d);
+                let d = fsutil::hash_file(Path::new(OsStr::from_bytes(&path))).ok();
+                memo.digests.insert(path.to_vec(), d);
                 d
             }
         };
@@ -235,7 +271,10 @@ pub enum RecordError {
 
 /// Digests the files a compile read and records its lookups that found nothing
 /// (`missing`: topmost missing components; `not_file`: non-files where a header could
-/// be). Refuses files modified at or after `started_ns` (minus slack).
+/// be). Refuses files modified at or after `started_ns` (minus slack). Paths under a
+/// base directory are stored relative to it; `pinned`: the result depends on where
+/// the checkout is, so the entry names this checkout's base directories.
+#[allow(clippy::too_many_arguments)]
 pub fn record_entry(
     manifest_key: &CacheKey,
     source: &Path,
@@ -243,6 +282,8 @@ pub fn record_entry(
     missing_paths: &[PathBuf],
     not_file_paths: &[PathBuf],
     started_ns: i128,
+    base: &BaseDirs,
+    pinned: bool,
 ) -> Result<ManifestEntry, RecordError> {
     let limit = started_ns - TOO_NEW_SLACK_NS;
     let now = fsutil::now_ns();
@@ -262,7 +303,7 @@ pub fn record_entry(
             fsutil::read_file_meta(p).map_err(|_| RecordError::Unreadable(p.clone()))?;
         check_new(p, &meta)?;
         digests.push(FileDigest {
-            path: p.as_os_str().as_bytes().to_vec(),
+            path: base.relative(p.as_os_str().as_bytes()).into_owned(),
             digest: *blake3::hash(&data).as_bytes(),
             stamp: StatStamp::trusted(&meta, now),
         });
@@ -284,26 +325,28 @@ pub fn record_entry(
                 _ => None,
             };
             MissingPath {
-                path: p.as_os_str().as_bytes().to_vec(),
+                path: base.relative(p.as_os_str().as_bytes()).into_owned(),
                 parent_stamp,
             }
         })
         .collect();
     let mut not_file: Vec<serde_bytes::ByteBuf> = not_file_paths
         .iter()
-        .map(|p| serde_bytes::ByteBuf::from(p.as_os_str().as_bytes().to_vec()))
+        .map(|p| serde_bytes::ByteBuf::from(base.relative(p.as_os_str().as_bytes()).into_owned()))
         .collect();
     missing.sort();
     missing.dedup();
     not_file.sort();
     not_file.dedup();
-    let result = result_key(manifest_key, &digests, &missing, &not_file);
-    Ok(ManifestEntry {
+    let mut entry = ManifestEntry {
         files: digests,
         missing,
         not_file,
-        result,
-    })
+        result: CacheKey([0; 32]),
+        pinned: pinned.then(|| serde_bytes::ByteBuf::from(base.pin())),
+    };
+    entry.result = entry.expected_result(manifest_key);
+    Ok(entry)
 }
 
 #[cfg(test)]
@@ -323,6 +366,7 @@ mod tests {
                 missing: vec![],
                 not_file: vec![],
                 result: CacheKey([i; 32]),
+                pinned: None,
             });
         }
         assert_eq!(m.entries.len(), MAX_MANIFEST_ENTRIES);
@@ -350,6 +394,8 @@ mod tests {
             &[d.path().join("sub")],
             std::slice::from_ref(&dirprobe),
             fsutil::now_ns() + 1_000_000_000,
+            &BaseDirs::default(),
+            false,
         )
         .unwrap();
         // The topmost missing component is recorded.
@@ -359,21 +405,45 @@ mod tests {
             d.path().join("sub").as_os_str().as_bytes().to_vec()
         );
         assert_eq!(e.not_file.len(), 1);
-        assert!(entry_matches(&e, &mut CheckMemo::default()));
+        assert!(entry_matches(
+            &e,
+            &mut CheckMemo::default(),
+            &BaseDirs::default()
+        ));
         // Same size, different content: no match.
         fs::write(&hdr, "two").unwrap();
-        assert!(!entry_matches(&e, &mut CheckMemo::default()));
+        assert!(!entry_matches(
+            &e,
+            &mut CheckMemo::default(),
+            &BaseDirs::default()
+        ));
         fs::write(&hdr, "one").unwrap();
-        assert!(entry_matches(&e, &mut CheckMemo::default()));
+        assert!(entry_matches(
+            &e,
+            &mut CheckMemo::default(),
+            &BaseDirs::default()
+        ));
         // A shadowing header appears.
         fs::create_dir_all(probe.parent().unwrap()).unwrap();
-        assert!(!entry_matches(&e, &mut CheckMemo::default()));
+        assert!(!entry_matches(
+            &e,
+            &mut CheckMemo::default(),
+            &BaseDirs::default()
+        ));
         fs::remove_dir_all(d.path().join("sub")).unwrap();
         fs::write(dirprobe.join("x"), "").unwrap();
-        assert!(entry_matches(&e, &mut CheckMemo::default()));
+        assert!(entry_matches(
+            &e,
+            &mut CheckMemo::default(),
+            &BaseDirs::default()
+        ));
         fs::remove_dir_all(&dirprobe).unwrap();
         fs::write(&dirprobe, "now a file").unwrap();
-        assert!(!entry_matches(&e, &mut CheckMemo::default()));
+        assert!(!entry_matches(
+            &e,
+            &mut CheckMemo::default(),
+            &BaseDirs::default()
+        ));
     }
 
     #[test]
@@ -383,7 +453,16 @@ mod tests {
         fs::write(&src, "x").unwrap();
         let started = fsutil::now_ns() - 1_000_000; // the file was written "during" the compile
         assert!(matches!(
-            record_entry(&CacheKey([0; 32]), &src, &[], &[], &[], started),
+            record_entry(
+                &CacheKey([0; 32]),
+                &src,
+                &[],
+                &[],
+                &[],
+                started,
+                &BaseDirs::default(),
+                false
+            ),
             Err(RecordError::TooNew(_))
         ));
     }
@@ -408,6 +487,7 @@ mod tests {
             }],
             not_file: vec![],
             result: CacheKey([n; 32]),
+            pinned: None,
         }
     }
 

@@ -12,6 +12,7 @@
 
 pub mod identity;
 pub mod manifest;
+pub mod relocate;
 pub mod result;
 
 use std::ffi::OsStr;
@@ -20,7 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::fsutil;
-use crate::lang::{Invocation, KeyInput};
+use crate::lang::{Invocation, KeyInput, KeyPath};
 use crate::store::CacheKey;
 
 pub use identity::compiler_identity;
@@ -28,13 +29,15 @@ pub use manifest::{
     entry_matches, record_entry, result_key, CheckMemo, FileDigest, Manifest, ManifestEntry,
     MissingPath, PreprocessorOnly, RecordError, MAX_MANIFEST_ENTRIES, TOO_NEW_SLACK_NS,
 };
+pub use relocate::BaseDirs;
 pub use result::{OutputBlob, ResultEntry};
 
 /// Version of the key schema; part of every key. 2: `native-cpu` for `=native` flags,
 /// and no entry may stand for a header with `.incbin`/`#embed` (older ones could).
 /// 3: a manifest's preprocessor-only marker is typed ([`PreprocessorOnly`]), so
 /// manifests stored under 2 no longer decode and must never be looked up.
-pub const SCHEMA: u32 = 3;
+/// 4: `base_dir` (relative paths, pinned entries, dependency files stored relative).
+pub const SCHEMA: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -61,12 +64,14 @@ fn put_field(h: &mut blake3::Hasher, tag: &str, value: &[u8]) {
 /// Everything in a key except the source's content: schema, key class, family,
 /// compiler identity, how it was invoked, normalized arguments, key-only facts, the
 /// environment that matters, the working directory when it reaches the outputs, and
-/// the content of files named by flags.
+/// the content of files named by flags. Paths the family marks, and the working
+/// directory, are relative to their base directory where one applies.
 pub fn base_hasher(
     class: &str,
     scheme: KeyScheme<'_>,
     identity: &[u8; 32],
     inv: &Invocation,
+    base: &BaseDirs,
 ) -> Result<blake3::Hasher, KeyError> {
     let mut h = blake3::Hasher::new();
     put_field(&mut h, "schema", &SCHEMA.to_le_bytes());
@@ -79,11 +84,26 @@ pub fn base_hasher(
         .as_bytes();
     put_field(&mut h, "invoked-as", invoked_as);
     put_field(&mut h, "argc", &(inv.key_args.len() as u64).to_le_bytes());
-    for a in &inv.key_args {
-        put_field(&mut h, "arg", a.as_bytes());
+    let mut marked = inv.paths.key_args.iter().peekable();
+    for (i, a) in inv.key_args.iter().enumerate() {
+        let mut arg = std::borrow::Cow::Borrowed(a.as_bytes());
+        while let Some(kp) = marked.next_if(|k| k.arg <= i) {
+            if kp.arg == i && !base.is_empty() {
+                arg = std::borrow::Cow::Owned(relative_arg(&arg, kp, base));
+            }
+        }
+        put_field(&mut h, "arg", &arg);
     }
-    for e in &inv.key_extra {
-        put_field(&mut h, "extra", e.as_bytes());
+    for (i, e) in inv.key_extra.iter().enumerate() {
+        let e = e.as_bytes();
+        match memchr::memchr(b'=', e) {
+            Some(eq) if !base.is_empty() && inv.paths.key_extra.contains(&i) => {
+                let mut rel = e[..=eq].to_vec();
+                rel.extend_from_slice(&base.relative(&e[eq + 1..]));
+                put_field(&mut h, "extra", &rel);
+            }
+            _ => put_field(&mut h, "extra", e),
+        }
     }
     for var in scheme.env {
         match std::env::var_os(var) {
@@ -95,7 +115,7 @@ pub fn base_hasher(
         }
     }
     if let Some(cwd) = &inv.cwd_in_key {
-        put_field(&mut h, "cwd", cwd.as_os_str().as_bytes());
+        put_field(&mut h, "cwd", &base.relative(cwd.as_os_str().as_bytes()));
     }
     for p in &inv.extra_inputs {
         let data = fsutil::read_file(p).map_err(|err| KeyError::Input {
@@ -108,6 +128,41 @@ pub fn base_hasher(
     Ok(h)
 }
 
+/// One argument with the path (or paths) `kp` marks made relative.
+fn relative_arg(arg: &[u8], kp: &KeyPath, base: &BaseDirs) -> Vec<u8> {
+    let Some(tail) = arg.get(kp.start..) else {
+        return arg.to_vec();
+    };
+    let mut out = arg[..kp.start].to_vec();
+    let (path, rest) = match kp.until.and_then(|u| memchr::memchr(u, tail)) {
+        Some(end) => tail.split_at(end),
+        None => (tail, &b""[..]),
+    };
+    match kp.list {
+        Some(sep) => {
+            for (n, p) in path.split(|c| *c == sep).enumerate() {
+                if n > 0 {
+                    out.push(sep);
+                }
+                out.extend_from_slice(&base.relative(p));
+            }
+        }
+        None => out.extend_from_slice(&base.relative(path)),
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// A key made apart for a result that depends on where the checkout is: the same
+/// key with this checkout's base directories (preprocessor and declared modes, whose
+/// keys are computed before the compile shows that).
+pub fn pinned(key: &CacheKey, base: &BaseDirs) -> CacheKey {
+    let mut h = blake3::Hasher::new();
+    put_field(&mut h, "key", &key.0);
+    put_field(&mut h, "pinned", &base.pin());
+    CacheKey(*h.finalize().as_bytes())
+}
+
 /// Finishes a key with the main content (the source in direct mode, the preprocessed
 /// text in preprocessor mode).
 pub fn finish(mut h: blake3::Hasher, content_tag: &str, content: &[u8]) -> CacheKey {
@@ -116,10 +171,14 @@ pub fn finish(mut h: blake3::Hasher, content_tag: &str, content: &[u8]) -> Cache
 }
 
 /// Finishes a declared-input key with every input, labelled, in the family's order.
-pub fn finish_declared(mut h: blake3::Hasher, inputs: &[KeyInput]) -> CacheKey {
+/// Paths in labels are relative to their base directory where one applies.
+pub fn finish_declared(mut h: blake3::Hasher, inputs: &[KeyInput], base: &BaseDirs) -> CacheKey {
     put_field(&mut h, "inputs", &(inputs.len() as u64).to_le_bytes());
     for i in inputs {
-        put_field(&mut h, "input", i.label.as_bytes());
+        match base.template(i.label.as_bytes()) {
+            Some(rel) => put_field(&mut h, "input", &rel),
+            None => put_field(&mut h, "input", i.label.as_bytes()),
+        }
         put_field(&mut h, "digest", &i.digest);
     }
     CacheKey(*h.finalize().as_bytes())

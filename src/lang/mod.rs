@@ -59,6 +59,53 @@ pub const UNSUPPORTED_CODE_DIRECTIVE: &str = "unsupported_code_directive";
 pub struct Output {
     pub role: &'static str,
     pub path: PathBuf,
+    /// The file is a text listing paths (a make dependency file): with `base_dir`
+    /// it is stored with relative paths and written back with this checkout's.
+    pub lists_paths: bool,
+}
+
+/// A path in the key's arguments: `key_args[arg][start..]` up to the first `until`
+/// byte (the old side of `old=new`), or each element of it when it is a list joined
+/// by `list` (a class path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyPath {
+    pub arg: usize,
+    pub start: usize,
+    pub until: Option<u8>,
+    pub list: Option<u8>,
+}
+
+impl KeyPath {
+    /// The whole argument from `start` on is one path.
+    pub fn at(arg: usize, start: usize) -> KeyPath {
+        KeyPath {
+            arg,
+            start,
+            until: None,
+            list: None,
+        }
+    }
+}
+
+/// Where paths sit in an invocation's key material, and where they reach its outputs
+/// in ways no key text shows: what `base_dir` needs to make keys relative without
+/// ever giving one checkout another's output. Only what a family marks here is
+/// made relative; every other argument stays as written (a `-D` value may end up in
+/// the object as it is).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PathFacts {
+    /// The paths among [`Invocation::key_args`].
+    pub key_args: Vec<KeyPath>,
+    /// Indices of [`Invocation::key_extra`] entries whose text after the first `=`
+    /// is a path.
+    pub key_extra: Vec<usize>,
+    /// `Some` when the outputs record the paths of what was compiled beyond any text
+    /// (debug info, coverage notes): the prefixes the compiler rewrites in them
+    /// (`-fdebug-prefix-map` old sides). `None`: they record none.
+    pub recorded: Option<Vec<PathBuf>>,
+    /// The prefixes the compiler rewrites where `__FILE__` and kin expand
+    /// (`-fmacro-prefix-map` old sides).
+    pub macro_maps: Vec<PathBuf>,
 }
 
 /// A compile farm understands well enough to cache.
@@ -85,6 +132,8 @@ pub struct Invocation {
     /// Arguments added to the executed command to observe dependencies, when the user's
     /// own flags do not produce a complete dependency file.
     pub observe_args: Vec<OsString>,
+    /// Where paths sit in the key and reach the outputs (for `base_dir`).
+    pub paths: PathFacts,
     /// Family-specific plan.
     pub plan: Plan,
 }
@@ -155,6 +204,12 @@ pub struct DependencyFacts {
     pub missing: Vec<PathBuf>,
     /// Where a lookup found something that is not a regular file (a directory).
     pub not_file: Vec<PathBuf>,
+    /// Files read (the source among them) that name `__FILE__` or kin: compiled,
+    /// these put the path of the file they expand in into the output.
+    pub path_macros: Vec<PathBuf>,
+    /// Absolute names in include directives: the compiler reads them wherever the
+    /// checkout is.
+    pub absolute_includes: Vec<PathBuf>,
 }
 
 /// Why a direct-mode manifest cannot be recorded for this compile.

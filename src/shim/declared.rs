@@ -64,6 +64,9 @@ pub(super) struct Declared {
     decl: &'static dyn lang::Declared,
     files: Vec<(PathBuf, [u8; 32])>,
     rkey: CacheKey,
+    /// With `base_dir`: the key a result that depends on where the checkout is
+    /// goes under (known only once it compiled), looked up after `rkey`.
+    pinned_key: Option<CacheKey>,
     outs: Vec<OutputDir>,
 }
 
@@ -73,6 +76,7 @@ impl Declared {
             decl,
             files: Vec::new(),
             rkey: CacheKey([0; 32]),
+            pinned_key: None,
             outs: Vec::new(),
         }
     }
@@ -89,7 +93,18 @@ impl Mode for Declared {
             Ok(h) => h,
             Err(e) => return Err(ctx.uncached(&e.to_string(), "input_unreadable")),
         };
-        self.rkey = key::finish_declared(base, &inputs.key);
+        self.rkey = key::finish_declared(base, &inputs.key, &ctx.base);
+        if !ctx.base.is_empty() {
+            let pinned = key::pinned(&self.rkey, &ctx.base);
+            // Outputs that record the sources' paths (debug symbols): pinned from
+            // the start.
+            let recorded = ctx.inv.paths.recorded.as_ref();
+            if recorded.is_some_and(|r| !ctx.base.covered_by(r)) {
+                self.rkey = pinned;
+            } else {
+                self.pinned_key = Some(pinned);
+            }
+        }
         self.files = inputs.files;
         self.outs = self.decl.output_dirs(&ctx.inv);
         Ok(())
@@ -98,9 +113,17 @@ impl Mode for Declared {
     fn lookup(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, i: usize) -> Lookup {
         let hit = flow::hit_outcome(ctx, i, Outcome::HitDeclared);
         let outs = &self.outs;
-        flow::lookup_result(ctx, tiers, i, &self.rkey, true, &mut |c, d, _| {
+        let found = flow::lookup_result(ctx, tiers, i, &self.rkey, true, &mut |c, d, _| {
             c.restore_tree(d, outs, hit.clone())
-        })
+        });
+        match (found, self.pinned_key) {
+            (Lookup::Miss, Some(pk)) if tiers.usable(i) => {
+                flow::lookup_result(ctx, tiers, i, &pk, true, &mut |c, d, _| {
+                    c.restore_tree(d, outs, hit.clone())
+                })
+            }
+            (found, _) => found,
+        }
     }
 
     fn execute(&mut self, ctx: &mut Ctx, farm: &Farm) -> Result<Ran, i32> {
@@ -147,11 +170,15 @@ impl Mode for Declared {
         let Some(payload) = &ran.payload else {
             return Vec::new();
         };
-        flow::put_local(ctx, tiers, EntryKind::Result, &self.rkey, payload);
+        let key = match self.pinned_key {
+            Some(pk) if ctx.pinned_result(payload) => pk,
+            _ => self.rkey,
+        };
+        flow::put_local(ctx, tiers, EntryKind::Result, &key, payload);
         tracing::info!(source = %ctx.inv.source.display(), ms = ran.local_ms, "declared miss stored");
         vec![Item {
             kind: EntryKind::Result,
-            key: self.rkey.0,
+            key: key.0,
             data: payload.clone(),
         }]
     }

@@ -75,7 +75,7 @@ impl Direct {
         let mut memo = key::CheckMemo::default();
         let hit = self.hit();
         for e in &self.manifest.entries {
-            if key::entry_matches(e, &mut memo) {
+            if key::entry_matches(e, &mut memo, &ctx.base) {
                 let r = e.result;
                 let looked = flow::lookup_result(ctx, tiers, LOCAL, &r, false, &mut |c, d, _| {
                     c.restore_files(d, hit.clone())
@@ -108,11 +108,11 @@ impl Direct {
             // one filed under the wrong key (a server's mix-up, a hostile writer)
             // would otherwise pass the content check and serve another compile's
             // object.
-            if e.result != key::result_key(&self.mkey, &e.files, &e.missing, &e.not_file) {
+            if e.result != e.expected_result(&self.mkey) {
                 ctx.tally.count(Outcome::Fallback("bad_entry".into()));
                 continue;
             }
-            if !key::entry_matches(&e, &mut memo) {
+            if !key::entry_matches(&e, &mut memo, &ctx.base) {
                 continue;
             }
             let Some(result) = tiers.get_from(i, EntryKind::Result, &e.result, &mut |t, err| {
@@ -164,6 +164,7 @@ impl Direct {
         self.obs.cleanup(&ctx.inv);
         let nr = match facts {
             Ok(f) => {
+                let pinned = ctx.pinned_result(payload) || pinned_by_reads(ctx, &f);
                 match key::record_entry(
                     &self.mkey,
                     &ctx.inv.source,
@@ -171,6 +172,8 @@ impl Direct {
                     &f.missing,
                     &f.not_file,
                     started_ns,
+                    &ctx.base,
+                    pinned,
                 ) {
                     Ok(entry) => {
                         if flow::put_local(ctx, tiers, EntryKind::Result, &entry.result, payload) {
@@ -224,6 +227,19 @@ impl Direct {
         }
         None
     }
+}
+
+/// Whether what the compile read makes its result depend on where the checkout is:
+/// a file under a base directory names `__FILE__` or kin (expanded, it is that path;
+/// unless a macro prefix map rewrites every base directory), or an include directive
+/// names a file under one by its absolute path (read there whatever the checkout).
+fn pinned_by_reads(ctx: &Ctx, facts: &lang::DependencyFacts) -> bool {
+    if ctx.base.is_empty() {
+        return false;
+    }
+    let macros = facts.path_macros.iter().any(|p| ctx.base.contains(p))
+        && !ctx.base.covered_by(&ctx.inv.paths.macro_maps);
+    macros || facts.absolute_includes.iter().any(|p| ctx.base.contains(p))
 }
 
 impl Mode for Direct {

@@ -81,6 +81,8 @@ struct Ctx<'a> {
     farm_counts: Rc<RefCell<Vec<Outcome>>>,
     /// The farm tier's position in this compile's tiers (after the remote ones).
     farm_at: usize,
+    /// `base_dir`: where paths enter keys relative.
+    base: key::BaseDirs,
     t0: Instant,
 }
 
@@ -161,6 +163,7 @@ pub fn run(
         tally: Tally::default(),
         farm_counts: Rc::default(),
         farm_at: usize::MAX,
+        base: key::BaseDirs::new(&cfg.base_dir.value),
         t0,
     };
     let code = match (family.keying(), cfg.mode.value) {
@@ -201,7 +204,32 @@ impl Ctx<'_> {
             family: self.family.name(),
             env: self.family.key_env(),
         };
-        key::base_hasher(class, scheme, &self.identity, &self.inv)
+        key::base_hasher(class, scheme, &self.identity, &self.inv, &self.base)
+    }
+
+    /// Whether a result depends on where the checkout is beyond what its key shows:
+    /// the outputs record paths under a base directory (debug info or coverage notes
+    /// no prefix map rewrites), or an output or message holds one (an expanded
+    /// `__FILE__`, a warning naming a header). Such a result is stored pinned to this
+    /// checkout's base directories. Dependency files are stored relative (see
+    /// [`Ctx::payload_from_disk`]) and are checked as stored.
+    fn pinned_result(&self, payload: &[u8]) -> bool {
+        if self.base.is_empty() {
+            return false;
+        }
+        if let Some(rewritten) = &self.inv.paths.recorded {
+            if !self.base.covered_by(rewritten) {
+                return true;
+            }
+        }
+        match ResultEntry::decode(payload) {
+            Some(e) => {
+                self.base.appears_in(e.stdout)
+                    || self.base.appears_in(e.stderr)
+                    || e.outputs.iter().any(|o| self.base.appears_in(o.data))
+            }
+            None => true,
+        }
     }
 
     /// Counts a local tier error.
@@ -249,7 +277,12 @@ impl Ctx<'_> {
         let mut blobs = Vec::with_capacity(self.inv.outputs.len());
         for out in &self.inv.outputs {
             match entry.outputs.iter().find(|b| b.role == out.role) {
-                Some(b) => blobs.push((out, b.data)),
+                // A list of paths stored relative: with this checkout's directories.
+                Some(b) if out.lists_paths => match self.base.fill(b.data) {
+                    Some(data) => blobs.push((out, data)),
+                    None => return Restored::NotThis,
+                },
+                Some(b) => blobs.push((out, std::borrow::Cow::Borrowed(b.data))),
                 None => return Restored::NotThis,
             }
         }
@@ -269,6 +302,8 @@ impl Ctx<'_> {
         let mut datas = Vec::with_capacity(self.inv.outputs.len());
         for out in &self.inv.outputs {
             match fsutil::read_file(&out.path) {
+                // A list of paths is stored relative to the base directories.
+                Ok(d) if out.lists_paths => datas.push(self.base.template(&d).unwrap_or(d)),
                 Ok(d) => datas.push(d),
                 Err(e) => {
                     tracing::warn!(path = %out.path.display(), error = %e, "expected output missing");

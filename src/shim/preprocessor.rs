@@ -15,6 +15,9 @@ pub(super) struct Preprocessor {
     /// Why direct mode sent this source here, when it did.
     marker: Option<PreprocessorOnly>,
     rkey: CacheKey,
+    /// With `base_dir`: the key a result that depends on where the checkout is
+    /// goes under (known only once it compiled), looked up after `rkey`.
+    pinned_key: Option<CacheKey>,
 }
 
 impl Preprocessor {
@@ -23,6 +26,7 @@ impl Preprocessor {
             obs,
             marker,
             rkey: CacheKey([0; 32]),
+            pinned_key: None,
         }
     }
 }
@@ -37,7 +41,13 @@ fn preprocessed_key(ctx: &mut Ctx, obs: &dyn Observed) -> Result<CacheKey, lang:
     let base = ctx
         .base_hasher("preprocessor")
         .map_err(|e| lang::Passthrough::new("input_unreadable", e.to_string()))?;
-    Ok(key::finish(base, "preprocessed", &text))
+    // Line markers name files relative to their base directory; an expanded
+    // `__FILE__` in the code stays as it is.
+    Ok(key::finish(
+        base,
+        "preprocessed",
+        &ctx.base.line_markers(&text),
+    ))
 }
 
 impl Mode for Preprocessor {
@@ -49,6 +59,17 @@ impl Mode for Preprocessor {
         match preprocessed_key(ctx, self.obs) {
             Ok(k) => {
                 self.rkey = k;
+                if !ctx.base.is_empty() {
+                    let pinned = key::pinned(&k, &ctx.base);
+                    // Debug info that records paths no map rewrites: pinned from
+                    // the start.
+                    let recorded = ctx.inv.paths.recorded.as_ref();
+                    if recorded.is_some_and(|r| !ctx.base.covered_by(r)) {
+                        self.rkey = pinned;
+                    } else {
+                        self.pinned_key = Some(pinned);
+                    }
+                }
                 Ok(())
             }
             // A preprocessor error is reported by the compiler in its own words.
@@ -58,9 +79,17 @@ impl Mode for Preprocessor {
 
     fn lookup(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, i: usize) -> Lookup {
         let hit = flow::hit_outcome(ctx, i, crate::stats::Outcome::HitPreprocessor);
-        flow::lookup_result(ctx, tiers, i, &self.rkey, false, &mut |c, d, _| {
+        let found = flow::lookup_result(ctx, tiers, i, &self.rkey, false, &mut |c, d, _| {
             c.restore_files(d, hit.clone())
-        })
+        });
+        match (found, self.pinned_key) {
+            (Lookup::Miss, Some(pk)) if tiers.usable(i) => {
+                flow::lookup_result(ctx, tiers, i, &pk, false, &mut |c, d, _| {
+                    c.restore_files(d, hit.clone())
+                })
+            }
+            (found, _) => found,
+        }
     }
 
     fn execute(&mut self, ctx: &mut Ctx, farm: &Farm) -> Result<Ran, i32> {
@@ -80,10 +109,14 @@ impl Mode for Preprocessor {
         let Some(payload) = &ran.payload else {
             return Vec::new();
         };
-        flow::put_local(ctx, tiers, EntryKind::Result, &self.rkey, payload);
+        let key = match self.pinned_key {
+            Some(pk) if ctx.pinned_result(payload) => pk,
+            _ => self.rkey,
+        };
+        flow::put_local(ctx, tiers, EntryKind::Result, &key, payload);
         vec![Item {
             kind: EntryKind::Result,
-            key: self.rkey.0,
+            key: key.0,
             data: payload.clone(),
         }]
     }

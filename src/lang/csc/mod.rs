@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     reroot, CompileRun, Declared, DeclaredInputs, Family, IdentityProbe, Invocation, KeyInput,
-    Keying, Output, OutputDir, Passthrough, Plan, TreeArgs, TreeJobs,
+    KeyPath, Keying, Output, OutputDir, Passthrough, PathFacts, Plan, TreeArgs, TreeJobs,
 };
 use crate::fsutil;
 
@@ -301,6 +301,7 @@ impl Csc {
         let mut tokens = Vec::with_capacity(expanded.len());
         let mut outs: Vec<(&'static str, PathBuf)> = Vec::new();
         let mut key_args = Vec::with_capacity(expanded.len());
+        let mut key_paths: Vec<KeyPath> = Vec::new();
         let mut sources = Vec::new();
         let mut debug = false;
         for a in &expanded {
@@ -313,6 +314,7 @@ impl Csc {
                 }
                 sources.push(a.clone());
                 tokens.push((a.clone(), Token::Source));
+                key_paths.push(KeyPath::at(key_args.len(), 0));
                 key_args.push(OsString::from(a));
                 continue;
             };
@@ -375,6 +377,19 @@ impl Csc {
                 Token::Out(sp, i) => format!("{sp}<{}>/{}", outs[*i].0, file_name(&outs[*i].1)),
                 _ => a.clone(),
             };
+            // Where the key holds paths (for base_dir): a file a flag names, a lone
+            // reference by path (sources are marked above).
+            let at = key_args.len();
+            match &tok {
+                Token::InFile(sp, _, _) => key_paths.push(KeyPath {
+                    until: Some(b','),
+                    ..KeyPath::at(at, sp.len())
+                }),
+                Token::Reference(items) if items.len() == 1 && items[0].0.is_none() => {
+                    key_paths.push(KeyPath::at(at, spelling.len()))
+                }
+                _ => {}
+            }
             key_args.push(OsString::from(key));
             tokens.push((a.clone(), tok));
         }
@@ -399,6 +414,7 @@ impl Csc {
             .map(|(role, p)| Output {
                 role,
                 path: out_role_dir(p),
+                lists_paths: false,
             })
             .collect();
         Ok(Invocation {
@@ -417,6 +433,12 @@ impl Csc {
                 None
             },
             observe_args: Vec::new(),
+            // Debug symbols record the sources' paths.
+            paths: PathFacts {
+                key_args: key_paths,
+                recorded: debug.then(Vec::new),
+                ..PathFacts::default()
+            },
             plan: Plan::new(CscPlan { tokens, outs }),
         })
     }

@@ -10,7 +10,7 @@ use super::flags::{
 use super::names::{lang_from_ext, lang_from_x, LangOf};
 use super::rsp::expand_response_files;
 use super::{Gcc, GccPlan, Lang, UserDeps};
-use crate::lang::{Invocation, Output, Passthrough, Plan};
+use crate::lang::{Invocation, KeyPath, Output, Passthrough, PathFacts, Plan};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -83,6 +83,10 @@ struct Parsed {
     profile_paths: bool,
     color_explicit: bool,
     prefix_maps: Vec<(String, String)>,
+    /// `-fmacro-prefix-map` and `-ffile-prefix-map` old sides.
+    macro_maps: Vec<PathBuf>,
+    /// The paths among `key_args`.
+    key_paths: Vec<KeyPath>,
     arch_count: u32,
     /// The first `-m…=native` flag.
     native: Option<String>,
@@ -124,9 +128,18 @@ impl Parsed {
                 self.source = Some((PathBuf::from(a), l));
             }
         }
+        self.key_path(0, None);
         self.key_args.push(raw.clone());
         self.pp_args.push(raw.clone());
         Ok(())
+    }
+
+    /// The next argument pushed to `key_args` is a path from byte `start` on (up to
+    /// the first `until`).
+    fn key_path(&mut self, start: usize, until: Option<u8>) {
+        let mut k = KeyPath::at(self.key_args.len(), start);
+        k.until = until;
+        self.key_paths.push(k);
     }
 
     /// A flag of [`WITH_ARG`] and its separate value.
@@ -149,6 +162,7 @@ impl Parsed {
             }
             "-MT" | "-MQ" => {
                 self.deps.explicit_target = true;
+                self.key_paths.push(KeyPath::at(self.key_args.len() + 1, 0));
                 push_pair(&mut self.key_args, raw, val);
                 push_pair(&mut self.dep_args, raw, val);
                 return;
@@ -157,6 +171,9 @@ impl Parsed {
             "-arch" => self.arch_count += 1,
             "-include" | "-imacros" => self.forced_includes.push(v.to_string()),
             _ => {}
+        }
+        if PATH_VALUED.contains(&a) {
+            self.key_paths.push(KeyPath::at(self.key_args.len() + 1, 0));
         }
         push_pair(&mut self.key_args, raw, val);
         push_pair(&mut self.pp_args, raw, val);
@@ -179,6 +196,9 @@ impl Parsed {
             _ => {}
         }
         self.option(a)?;
+        if let Some((start, until)) = joined_path_start(a) {
+            self.key_path(start, until);
+        }
         self.key_args.push(raw.clone());
         if a == "-c" {
             return Ok(());
@@ -199,6 +219,7 @@ impl Parsed {
             self.deps.file = Some(PathBuf::from(v));
         } else if a.starts_with("-MT") || a.starts_with("-MQ") {
             self.deps.explicit_target = true;
+            self.key_path(3, None);
             self.key_args.push(raw.clone());
             self.dep_args.push(raw.clone());
         } else if a == "-MD" || a == "-MMD" {
@@ -251,6 +272,13 @@ impl Parsed {
         {
             if let Some((old, new)) = m.split_once('=') {
                 self.prefix_maps.push((old.to_string(), new.to_string()));
+                if a.starts_with("-ffile") {
+                    self.macro_maps.push(PathBuf::from(old));
+                }
+            }
+        } else if let Some(m) = a.strip_prefix("-fmacro-prefix-map=") {
+            if let Some((old, _)) = m.split_once('=') {
+                self.macro_maps.push(PathBuf::from(old));
             }
         } else if a == "-ftest-coverage" || a == "-fprofile-arcs" {
             self.coverage |= a == "-ftest-coverage";
@@ -290,6 +318,7 @@ impl Parsed {
         self.outputs.push(Output {
             role: "object",
             path: object.clone(),
+            lists_paths: false,
         });
         let (observe_args, observe_depfile) = self.dependency_output(&src, &object, lang);
         let cwd_in_key = self.side_outputs(&object);
@@ -310,6 +339,7 @@ impl Parsed {
         }
         self.key_extra.sort();
         self.key_extra.dedup();
+        let paths = self.path_facts();
         self.pp_args.push(OsString::from("-E"));
         self.search_args.retain(|a| a != "-c");
         Ok(Invocation {
@@ -323,6 +353,7 @@ impl Parsed {
             outputs: self.outputs,
             cwd_in_key,
             observe_args,
+            paths,
             plan: Plan::new(GccPlan {
                 lang,
                 deps: self.deps,
@@ -388,6 +419,7 @@ impl Parsed {
             self.outputs.push(Output {
                 role: "depfile",
                 path: file,
+                lists_paths: true,
             });
             if !self.deps.explicit_target {
                 // The rule's target derives from the object path: it is output content.
@@ -415,6 +447,7 @@ impl Parsed {
             self.outputs.push(Output {
                 role: "dwo",
                 path: with_ext(object, "dwo"),
+                lists_paths: false,
             });
             self.key_extra
                 .push(format!("object-path={}", object.display()));
@@ -423,6 +456,7 @@ impl Parsed {
             self.outputs.push(Output {
                 role: "gcno",
                 path: with_ext(object, "gcno"),
+                lists_paths: false,
             });
         }
         if self.coverage || self.profile_paths {
@@ -436,6 +470,37 @@ impl Parsed {
                 .map(|d| apply_prefix_maps(&d, &self.prefix_maps))
         } else {
             None
+        }
+    }
+
+    /// Where the key holds paths, and where paths reach the outputs: debug info and
+    /// coverage notes record the compiled files' paths (those a prefix map rewrites
+    /// aside); `__FILE__` expands to one unless a macro prefix map rewrites it.
+    fn path_facts(&mut self) -> PathFacts {
+        let key_extra = self
+            .key_extra
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.starts_with("dep-target=") || e.starts_with("object-path="))
+            .map(|(i, _)| i)
+            .collect();
+        let recorded = if self.coverage || self.profile_paths {
+            Some(Vec::new())
+        } else if self.debug {
+            Some(
+                self.prefix_maps
+                    .iter()
+                    .map(|(old, _)| PathBuf::from(old))
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        PathFacts {
+            key_args: std::mem::take(&mut self.key_paths),
+            key_extra,
+            recorded,
+            macro_maps: std::mem::take(&mut self.macro_maps),
         }
     }
 
@@ -458,6 +523,33 @@ impl Parsed {
             None
         }
     }
+}
+
+/// Flags with a separate value that is a path where the compiler looks for files
+/// (their content is in the key through what the compile reads).
+const PATH_VALUED: &[&str] = &[
+    "-I",
+    "-isystem",
+    "-idirafter",
+    "-iquote",
+    "-include",
+    "-imacros",
+];
+
+/// Where the path starts in a joined flag that names one: `-I/x`, and the old side
+/// of a prefix map (`-ffile-prefix-map=/x=.`: the new side is output as written).
+fn joined_path_start(a: &str) -> Option<(usize, Option<u8>)> {
+    if a.starts_with("-I") && a.len() > 2 {
+        return Some((2, None));
+    }
+    [
+        "-fdebug-prefix-map=",
+        "-ffile-prefix-map=",
+        "-fmacro-prefix-map=",
+    ]
+    .iter()
+    .find(|p| a.starts_with(**p))
+    .map(|p| (p.len(), Some(b'=')))
 }
 
 /// `obj/a.o` → `obj/a.EXT`; the name the driver gives side outputs.

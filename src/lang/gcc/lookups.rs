@@ -287,6 +287,8 @@ pub(super) fn record_lookups(
         files,
         missing,
         not_file,
+        path_macros: rec.path_macros,
+        absolute_includes: rec.absolute_includes,
     })
 }
 
@@ -332,6 +334,10 @@ struct Recorder {
     extra: Vec<PathBuf>,
     pch: Option<PathBuf>,
     dirs: DirCache,
+    /// Files scanned that name a path macro (`__FILE__`, ...).
+    path_macros: Vec<PathBuf>,
+    /// Absolute names include directives gave.
+    absolute_includes: Vec<PathBuf>,
 }
 
 fn path_key(p: &Path) -> Vec<u8> {
@@ -394,6 +400,9 @@ impl Recorder {
                 }
                 continue;
             }
+            if scan.path_macro {
+                self.path_macros.push(f.clone());
+            }
             if scan.computed_has_include {
                 return Err(NotRecordable {
                     reason: "computed_has_include",
@@ -425,6 +434,7 @@ impl Recorder {
     fn follow(&mut self, scan: &Scan, dir: &Path, chains: &SearchChains) {
         for d in &scan.directives {
             if Path::new(&d.name).is_absolute() {
+                self.absolute_includes.push(PathBuf::from(&d.name));
                 self.visit(&mut std::iter::once(PathBuf::from(&d.name)), false);
             } else if d.quoted {
                 let mut it = std::iter::once(join_include(dir, &d.name))

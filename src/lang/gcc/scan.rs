@@ -16,6 +16,16 @@ pub(super) struct Directive {
 /// The time macros, in the order the first one found is reported.
 pub(super) const TIME_MACROS: [&str; 3] = ["__TIMESTAMP__", "__DATE__", "__TIME__"];
 
+/// What expands to the path of the file being compiled: `__FILE__`, `__BASE_FILE__`,
+/// gcc's and clang's builtins, and C++'s `source_location` (which uses them).
+/// `__FILE_NAME__` is only the last component: not among them.
+pub(super) const PATH_MACROS: [&str; 4] = [
+    "__FILE__",
+    "__BASE_FILE__",
+    "__builtin_FILE",
+    "source_location",
+];
+
 /// What [`scan_text`] found in one file.
 #[derive(Debug, Default)]
 pub(super) struct Scan {
@@ -24,6 +34,8 @@ pub(super) struct Scan {
     pub(super) computed_has_include: bool,
     /// Every time macro the text names, in [`TIME_MACROS`] order.
     pub(super) time_macros: Vec<&'static str>,
+    /// The text names a macro or builtin that expands to a file's path.
+    pub(super) path_macro: bool,
 }
 
 impl Scan {
@@ -70,6 +82,9 @@ pub(super) fn scan_text(t: &[u8]) -> Scan {
             s.time_macros.push(m);
         }
     }
+    s.path_macro = PATH_MACROS
+        .iter()
+        .any(|m| memchr::memmem::find(t, m.as_bytes()).is_some());
     // Directives: '#' first on a line, then include / include_next / import.
     let mut line_start = 0;
     while line_start < t.len() {

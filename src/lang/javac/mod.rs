@@ -17,8 +17,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::{
-    CompileRun, Declared, DeclaredInputs, Family, IdentityProbe, Invocation, KeyInput, Keying,
-    Output, OutputDir, Passthrough, Plan, TreeJobs, WarmCompiler,
+    CompileRun, Declared, DeclaredInputs, Family, IdentityProbe, Invocation, KeyInput, KeyPath,
+    Keying, Output, OutputDir, Passthrough, PathFacts, Plan, TreeJobs, WarmCompiler,
 };
 use crate::fsutil;
 use args::Arg;
@@ -317,6 +317,7 @@ impl Javac {
         let mut processing = true;
         let mut sourcepath_given = false;
         let mut key_args: Vec<OsString> = Vec::with_capacity(all.len());
+        let mut key_paths: Vec<KeyPath> = Vec::new();
         let mut i = 0;
         while i < all.len() {
             let a = &all[i];
@@ -324,6 +325,20 @@ impl Javac {
             let text = a.text.as_str();
             i += 1;
             let mut push = |t: &str, tok: Token, key: &str| {
+                // Where the key holds paths (for base_dir): sources and search paths.
+                let at = key_args.len();
+                match &tok {
+                    Token::Source => key_paths.push(KeyPath::at(at, 0)),
+                    Token::PathList(_) => key_paths.push(KeyPath {
+                        list: Some(b':'),
+                        ..KeyPath::at(at, 0)
+                    }),
+                    Token::PathsJoined(name) => key_paths.push(KeyPath {
+                        list: Some(b':'),
+                        ..KeyPath::at(at, name.len() + 1)
+                    }),
+                    _ => {}
+                }
                 if !in_env {
                     user_args.push((t.to_string(), tok));
                 }
@@ -450,6 +465,7 @@ impl Javac {
             .map(|(role, path)| Output {
                 role,
                 path: path.clone(),
+                lists_paths: false,
             })
             .collect();
         Ok(Invocation {
@@ -463,6 +479,10 @@ impl Javac {
             outputs,
             cwd_in_key: None,
             observe_args: Vec::new(),
+            paths: PathFacts {
+                key_args: key_paths,
+                ..PathFacts::default()
+            },
             plan: Plan::new(JavacPlan {
                 user_args,
                 outs,

@@ -1,0 +1,505 @@
+//! `base_dir`: hits across checkouts. An absolute path under a base directory enters
+//! keys and manifests as a *relative* path: a marker naming which base directory (its
+//! position in the configuration) followed by the rest of the path. The same project
+//! built in `/home/a/src` and `/ci/build/1234` then computes the same keys.
+//!
+//! Relative keys are only sound while the outputs do not depend on where the checkout
+//! is. Where they do, the entry is *pinned*: it also records this checkout's base
+//! directories and matches only where they are the same (docs/cache-key.md, "Hits
+//! across checkouts"). Text outputs that are lists of paths (a make dependency file)
+//! are stored relative too and written back with this checkout's directories.
+//!
+//! The marker is a NUL byte and a digit: no path, argument or dependency file can hold
+//! a NUL, so a relative key can never equal one written with real paths.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+/// At most this many base directories (the marker's digit).
+pub const MAX_BASE_DIRS: usize = 10;
+
+/// The configured base directories, cleaned, without a trailing `/`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BaseDirs {
+    dirs: Vec<Vec<u8>>,
+}
+
+/// Characters a make dependency file may put before a path.
+fn path_boundary(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b':')
+}
+
+impl BaseDirs {
+    /// Base directories from the configuration (absolute and cleaned already, see
+    /// `config`); at most [`MAX_BASE_DIRS`] are used.
+    pub fn new(dirs: &[PathBuf]) -> BaseDirs {
+        use std::os::unix::ffi::OsStrExt;
+        BaseDirs {
+            dirs: dirs
+                .iter()
+                .take(MAX_BASE_DIRS)
+                .map(|d| d.as_os_str().as_bytes().to_vec())
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
+
+    /// The base directory `p` lies under (the longest when they nest).
+    fn under(&self, p: &[u8]) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for (i, d) in self.dirs.iter().enumerate() {
+            let inside = p.starts_with(d) && (p.len() == d.len() || p[d.len()] == b'/');
+            if inside && best.map_or(true, |b| self.dirs[b].len() < d.len()) {
+                best = Some(i);
+            }
+        }
+        best
+    }
+
+    /// Whether an absolute path lies under a base directory.
+    pub fn contains(&self, p: &Path) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        self.under(p.as_os_str().as_bytes()).is_some()
+    }
+
+    /// `p` relative to its base directory (marker, then the rest), or `p` itself when
+    /// it lies under none.
+    pub fn relative<'a>(&self, p: &'a [u8]) -> Cow<'a, [u8]> {
+        match self.under(p) {
+            Some(i) => {
+                let rest = &p[self.dirs[i].len()..];
+                let mut out = Vec::with_capacity(rest.len() + 2);
+                out.extend_from_slice(&[0, b'0' + i as u8]);
+                out.extend_from_slice(rest);
+                Cow::Owned(out)
+            }
+            None => Cow::Borrowed(p),
+        }
+    }
+
+    /// A path from a key or manifest, with this checkout's base directory put back;
+    /// `None` when it names a base directory this configuration lacks.
+    pub fn absolute<'a>(&self, p: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+        if p.first() != Some(&0) {
+            return Some(Cow::Borrowed(p));
+        }
+        let i = p.get(1)?.checked_sub(b'0')? as usize;
+        let dir = self.dirs.get(i)?;
+        let rest = &p[2..];
+        let mut out = Vec::with_capacity(dir.len() + rest.len());
+        out.extend_from_slice(dir);
+        out.extend_from_slice(rest);
+        Some(Cow::Owned(out))
+    }
+
+    /// This checkout's base directories, for a pinned entry's key.
+    pub fn pin(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for d in &self.dirs {
+            out.extend_from_slice(&(d.len() as u64).to_le_bytes());
+            out.extend_from_slice(d);
+        }
+        out
+    }
+
+    /// Whether every base directory lies under one of `prefixes` (the old side of a
+    /// compiler's prefix maps): then no path under them reaches the output as is.
+    pub fn covered_by(&self, prefixes: &[PathBuf]) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        self.dirs.iter().all(|d| {
+            prefixes.iter().any(|p| {
+                let p = p.as_os_str().as_bytes();
+                let p = p.strip_suffix(b"/").unwrap_or(p);
+                d.starts_with(p) && (d.len() == p.len() || d[p.len()] == b'/' || p.is_empty())
+            })
+        })
+    }
+
+    /// A make dependency file with each path under a base directory made relative;
+    /// `None` when nothing changed. Paths of another length move the compiler's line
+    /// breaks: when the file is wrapped the way gcc or clang wrap, the stored form
+    /// says so and [`BaseDirs::fill`] wraps it again that way, so a restored file is
+    /// the one the compiler writes in this checkout, byte for byte.
+    pub fn template(&self, text: &[u8]) -> Option<Vec<u8>> {
+        let relative = self.relative_in_text(text)?;
+        let wrap = Wrap::ALL
+            .into_iter()
+            .find(|w| w.rewrap(text).as_deref() == Some(text));
+        match wrap {
+            // Stored on one line: the same in every checkout.
+            Some(w) => {
+                let (names, rest) = first_rule(&relative)?;
+                let mut out = vec![0, b'w', w as u8];
+                out.extend_from_slice(&names.join(&b' '));
+                out.push(b'\n');
+                out.extend_from_slice(rest);
+                Some(out)
+            }
+            None => Some(relative),
+        }
+    }
+
+    fn relative_in_text(&self, text: &[u8]) -> Option<Vec<u8>> {
+        if self.dirs.is_empty() {
+            return None;
+        }
+        let mut out: Option<Vec<u8>> = None;
+        let mut copied = 0;
+        let mut i = 0;
+        while i < text.len() {
+            if text[i] == b'/' && (i == 0 || path_boundary(text[i - 1])) {
+                if let Some(d) = self.under_at(text, i) {
+                    let o = out.get_or_insert_with(|| Vec::with_capacity(text.len()));
+                    o.extend_from_slice(&text[copied..i]);
+                    o.extend_from_slice(&[0, b'0' + d as u8]);
+                    i += self.dirs[d].len();
+                    copied = i;
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        let mut o = out?;
+        o.extend_from_slice(&text[copied..]);
+        Some(o)
+    }
+
+    /// The base directory whose path starts at `text[i..]` and ends where a path
+    /// component or the path does.
+    fn under_at(&self, text: &[u8], i: usize) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for (n, d) in self.dirs.iter().enumerate() {
+            let end = i + d.len();
+            let fits = text[i..].starts_with(d)
+                && (end == text.len()
+                    || matches!(text[end], b'/' | b'\\')
+                    || path_boundary(text[end]));
+            if fits && best.map_or(true, |b| self.dirs[b].len() < d.len()) {
+                best = Some(n);
+            }
+        }
+        best
+    }
+
+    /// A text made by [`BaseDirs::template`] with this checkout's base directories
+    /// put back (and wrapped again as the compiler wraps); `None` when it names one
+    /// this configuration lacks.
+    pub fn fill<'a>(&self, text: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+        if memchr::memchr(0, text).is_none() {
+            return Some(Cow::Borrowed(text));
+        }
+        let (wrap, text) = match text {
+            [0, b'w', style, rest @ ..] => (Some(Wrap::from_byte(*style)?), rest),
+            _ => (None, text),
+        };
+        let mut out = Vec::with_capacity(text.len() + 64);
+        let mut rest = text;
+        while let Some(z) = memchr::memchr(0, rest) {
+            out.extend_from_slice(&rest[..z]);
+            let i = rest.get(z + 1)?.checked_sub(b'0')? as usize;
+            out.extend_from_slice(self.dirs.get(i)?);
+            rest = &rest[z + 2..];
+        }
+        out.extend_from_slice(rest);
+        match wrap {
+            Some(w) => w.rewrap(&out).map(Cow::Owned),
+            None => Some(Cow::Owned(out)),
+        }
+    }
+
+    /// Whether `data` holds a base directory's name, as UTF-8 or as UTF-16 (the
+    /// string encoding of .NET assemblies): an output that does depends on where the
+    /// checkout is.
+    pub fn appears_in(&self, data: &[u8]) -> bool {
+        self.dirs.iter().any(|d| {
+            if memchr::memmem::find(data, d).is_some() {
+                return true;
+            }
+            let wide: Vec<u8> = String::from_utf8_lossy(d)
+                .encode_utf16()
+                .flat_map(|u| u.to_le_bytes())
+                .collect();
+            memchr::memmem::find(data, &wide).is_some()
+        })
+    }
+
+    /// A preprocessed text with the file names of its line markers (`# 12 "/x/a.h"`)
+    /// made relative. Only the markers: a path the code itself holds (an expanded
+    /// `__FILE__`) stays as it is, so it keeps the key apart.
+    pub fn line_markers<'a>(&self, text: &'a [u8]) -> Cow<'a, [u8]> {
+        if self.dirs.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        let mut out: Option<Vec<u8>> = None;
+        let mut copied = 0;
+        let mut line = 0;
+        while line < text.len() {
+            let end = memchr::memchr(b'\n', &text[line..])
+                .map(|e| line + e)
+                .unwrap_or(text.len());
+            let l = &text[line..end];
+            if let Some(q) = marker_name_at(l) {
+                let at = line + q;
+                if let Some(d) = self.under(&text[at..end]) {
+                    let o = out.get_or_insert_with(|| Vec::with_capacity(text.len()));
+                    o.extend_from_slice(&text[copied..at]);
+                    o.extend_from_slice(&[0, b'0' + d as u8]);
+                    copied = at + self.dirs[d].len();
+                }
+            }
+            line = end + 1;
+        }
+        match out {
+            Some(mut o) => {
+                o.extend_from_slice(&text[copied..]);
+                Cow::Owned(o)
+            }
+            None => Cow::Borrowed(text),
+        }
+    }
+}
+
+/// How a compiler breaks the lines of a make dependency file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wrap {
+    /// gcc's libcpp: a name goes on a new line when it would pass column 72.
+    Gcc = 1,
+    /// clang: lines kept under 75 columns, leaving room for a trailing ` \`.
+    Clang = 2,
+}
+
+impl Wrap {
+    const ALL: [Wrap; 2] = [Wrap::Gcc, Wrap::Clang];
+
+    fn from_byte(b: u8) -> Option<Wrap> {
+        Wrap::ALL.into_iter().find(|w| *w as u8 == b)
+    }
+
+    /// The file with its first rule (`targets: prerequisites`) wrapped this way;
+    /// what follows it (`-MP`'s `header:` lines) as it is. `None` when the text is
+    /// not one rule of names followed by such lines.
+    fn rewrap(self, text: &[u8]) -> Option<Vec<u8>> {
+        let (names, rest) = first_rule(text)?;
+        let colon = names.iter().position(|n| n.ends_with(b":"))?;
+        let (targets, deps) = names.split_at(colon + 1);
+        let mut out = Vec::with_capacity(text.len() + 16);
+        let mut col: usize = 0;
+        match self {
+            Wrap::Gcc => {
+                for (i, t) in targets.iter().enumerate() {
+                    // The colon is written after the last target, not counted in it.
+                    let t = if i == colon { &t[..t.len() - 1] } else { t };
+                    col = gcc_name(&mut out, t, col);
+                }
+                out.push(b':');
+                col += 1;
+                for d in deps {
+                    col = gcc_name(&mut out, d, col);
+                }
+            }
+            Wrap::Clang => {
+                for (i, t) in targets.iter().enumerate() {
+                    let t = if i == colon { &t[..t.len() - 1] } else { t };
+                    if col == 0 {
+                        col = t.len();
+                    } else if col + t.len() + 2 > 75 {
+                        col = t.len() + 2;
+                        out.extend_from_slice(b" \\\n  ");
+                    } else {
+                        col += t.len() + 1;
+                        out.push(b' ');
+                    }
+                    out.extend_from_slice(t);
+                }
+                out.push(b':');
+                col += 1;
+                for d in deps {
+                    if col + d.len() + 1 + 2 > 75 {
+                        out.extend_from_slice(b" \\\n ");
+                        col = 2;
+                    }
+                    out.push(b' ');
+                    out.extend_from_slice(d);
+                    col += d.len() + 1;
+                }
+            }
+        }
+        out.push(b'\n');
+        out.extend_from_slice(rest);
+        Some(out)
+    }
+}
+
+/// gcc's `make_write_name`: one name at column `col`, on a new line when it would
+/// pass column 72; the column after it.
+fn gcc_name(out: &mut Vec<u8>, name: &[u8], mut col: usize) -> usize {
+    if col > 0 {
+        if col + name.len() > 72 {
+            out.extend_from_slice(b" \\\n");
+            col = 0;
+        }
+        col += 1;
+        out.push(b' ');
+    }
+    out.extend_from_slice(name);
+    col + name.len()
+}
+
+/// The names of a make file's first rule (lines joined at ` \`, split at spaces no
+/// backslash escapes) and the text after it.
+fn first_rule(text: &[u8]) -> Option<(Vec<&[u8]>, &[u8])> {
+    let mut names = Vec::new();
+    let mut line_start = 0;
+    loop {
+        let end = line_start + memchr::memchr(b'\n', &text[line_start..])?;
+        let line = &text[line_start..end];
+        let (body, continued) = match line.strip_suffix(b"\\") {
+            Some(b) => (b, true),
+            None => (line, false),
+        };
+        let mut start = 0;
+        for i in 0..=body.len() {
+            let split = i == body.len() || (body[i] == b' ' && (i == 0 || body[i - 1] != b'\\'));
+            if split {
+                if i > start {
+                    names.push(&body[start..i]);
+                }
+                start = i + 1;
+            }
+        }
+        line_start = end + 1;
+        if !continued {
+            return Some((names, &text[line_start..]));
+        }
+    }
+}
+
+/// In a line marker (`# 12 "name" 1 3`, or `#line 12 "name"`), where the name starts.
+fn marker_name_at(l: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    if l.first() != Some(&b'#') {
+        return None;
+    }
+    i += 1;
+    if l[i..].starts_with(b"line") {
+        i += 4;
+    }
+    let digits_from = {
+        while l.get(i) == Some(&b' ') {
+            i += 1;
+        }
+        i
+    };
+    while l.get(i).is_some_and(|c| c.is_ascii_digit()) {
+        i += 1;
+    }
+    if i == digits_from || l.get(i) != Some(&b' ') || l.get(i + 1) != Some(&b'"') {
+        return None;
+    }
+    Some(i + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirs(d: &[&str]) -> BaseDirs {
+        BaseDirs::new(&d.iter().map(PathBuf::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn relative_and_back() {
+        let a = dirs(&["/home/a/src", "/home/a/src/sub"]);
+        let b = dirs(&["/ci/1234", "/ci/1234/sub"]);
+        for p in ["/home/a/src/x.h", "/home/a/src", "/home/a/src/sub/y.h"] {
+            let rel = a.relative(p.as_bytes()).into_owned();
+            assert_eq!(rel[0], 0, "{p}");
+            assert_eq!(a.absolute(&rel).unwrap(), p.as_bytes());
+            let there = b.absolute(&rel).unwrap().into_owned();
+            assert!(there.starts_with(b"/ci/1234"), "{p}");
+            assert_eq!(b.relative(&there), rel);
+        }
+        // The longest base directory wins.
+        assert_eq!(a.relative(b"/home/a/src/sub/y.h").as_ref(), b"\x001/y.h");
+        // Not under a base directory: unchanged, also for a name sharing a prefix.
+        for p in ["/home/a/srcx/x.h", "/usr/include/stdio.h", "rel/x.h"] {
+            assert_eq!(a.relative(p.as_bytes()).as_ref(), p.as_bytes());
+        }
+        // A marker this configuration lacks.
+        assert_eq!(dirs(&["/x"]).absolute(b"\x001/y.h"), None);
+    }
+
+    #[test]
+    fn dependency_files_round_trip() {
+        let a = dirs(&["/home/a/src"]);
+        let b = dirs(&["/ci/b"]);
+        // Not wrapped as gcc or clang would: filled as stored.
+        let d = b"o/x.o: /home/a/src/x.c /home/a/src/inc/x.h \\\n /usr/include/stdio.h /x/home/a/src/y.h\n/home/a/src/inc/x.h:\n";
+        let t = a.template(d).unwrap();
+        assert_eq!(a.fill(&t).unwrap(), &d[..]);
+        let there = b.fill(&t).unwrap();
+        assert_eq!(
+            there.as_ref(),
+            b"o/x.o: /ci/b/x.c /ci/b/inc/x.h \\\n /usr/include/stdio.h /x/home/a/src/y.h\n/ci/b/inc/x.h:\n"
+        );
+        assert_eq!(a.template(b"x.o: x.c /usr/include/a.h\n"), None);
+        assert_eq!(dirs(&[]).fill(&t), None);
+    }
+
+    #[test]
+    fn dependency_files_are_wrapped_again_as_the_compiler_wraps() {
+        // What gcc 12 writes for one compile in two checkouts (paths of different
+        // lengths break lines elsewhere), with -MP.
+        let a = dirs(&["/tmp/.tmpaZRY52/home/a/proj"]);
+        let b = dirs(&["/tmp/.tmpaZRY52/ci/build/1234/proj"]);
+        let in_a = b"o.o: /tmp/.tmpaZRY52/home/a/proj/src/x.c /usr/include/stdc-predef.h \\\n /tmp/.tmpaZRY52/home/a/proj/inc/h.h\n/usr/include/stdc-predef.h:\n/tmp/.tmpaZRY52/home/a/proj/inc/h.h:\n";
+        let in_b = b"o.o: /tmp/.tmpaZRY52/ci/build/1234/proj/src/x.c \\\n /usr/include/stdc-predef.h /tmp/.tmpaZRY52/ci/build/1234/proj/inc/h.h\n/usr/include/stdc-predef.h:\n/tmp/.tmpaZRY52/ci/build/1234/proj/inc/h.h:\n";
+        assert_eq!(Wrap::Gcc.rewrap(in_a).unwrap(), in_a);
+        assert_eq!(Wrap::Gcc.rewrap(in_b).unwrap(), in_b);
+        let stored = a.template(in_a).unwrap();
+        assert_eq!(b.template(in_b).unwrap(), stored);
+        assert_eq!(b.fill(&stored).unwrap().as_ref(), in_b);
+        assert_eq!(a.fill(&stored).unwrap().as_ref(), in_a);
+        // clang's wrapping.
+        let clang =
+            b"o.o: /tmp/.tmpaZRY52/home/a/proj/src/x.c \\\n  /tmp/.tmpaZRY52/home/a/proj/inc/h.h\n";
+        assert_eq!(Wrap::Clang.rewrap(clang).unwrap(), clang);
+        assert_ne!(Wrap::Gcc.rewrap(clang).unwrap(), clang);
+    }
+
+    #[test]
+    fn appears_in_utf8_and_utf16() {
+        let a = dirs(&["/home/a/src"]);
+        assert!(a.appears_in(b"..\x00/home/a/src/x.c\x00"));
+        let wide: Vec<u8> = "/home/a/src/P.cs"
+            .encode_utf16()
+            .flat_map(|u| u.to_le_bytes())
+            .collect();
+        assert!(a.appears_in(&wide));
+        assert!(!a.appears_in(b"/home/a/sr"));
+    }
+
+    #[test]
+    fn covered_by_prefix_maps() {
+        let a = dirs(&["/home/a/src", "/home/a/build"]);
+        assert!(a.covered_by(&[PathBuf::from("/home/a")]));
+        assert!(a.covered_by(&[PathBuf::from("/home/a/")]));
+        assert!(!a.covered_by(&[PathBuf::from("/home/a/src")]));
+        assert!(!a.covered_by(&[PathBuf::from("/home/a/sr")]));
+        assert!(a.covered_by(&[PathBuf::from("/home/a/src"), PathBuf::from("/home/a/build")]));
+    }
+
+    #[test]
+    fn only_line_markers_are_made_relative() {
+        let a = dirs(&["/home/a/src"]);
+        let t = b"# 1 \"/home/a/src/x.c\"\n# 1 \"<built-in>\"\nconst char *f = \"/home/a/src/x.c\";\n# 3 \"/home/a/src/x.h\" 2\n#line 7 \"/home/a/src/y.h\"\n";
+        let n = a.line_markers(t);
+        assert_eq!(
+            n.as_ref(),
+            &b"# 1 \"\x000/x.c\"\n# 1 \"<built-in>\"\nconst char *f = \"/home/a/src/x.c\";\n# 3 \"\x000/x.h\" 2\n#line 7 \"\x000/y.h\"\n"[..]
+        );
+    }
+}
