@@ -374,12 +374,14 @@ fn checkout_b_is_answered_from_redis_through_the_agent() {
         &farm_cc,
         &format!("redis://127.0.0.1:{}", direct.port),
     );
-    let want = RedisCli {
+    let direct_cli = RedisCli {
         port: direct.port,
         calls: Cell::new(0),
-    }
-    .keys();
+    };
+    let want = direct_cli.keys();
     assert!(want >= 2 * n, "results and manifests: {want}");
+    // (Without the agent, every compile connects.)
+    assert!(direct_cli.others_connections() >= n);
     sh(&c.a.join("src"), "make clean >/dev/null");
 
     let r = redis("256mb", "allkeys-lru");
@@ -420,10 +422,11 @@ fn checkout_b_is_answered_from_redis_through_the_agent() {
         env_b.stats()
     );
     assert_eq!(env_b.misses(), 0);
-    // Two builds of 2n compiles: Redis saw the agent's warm client only.
+    // Two builds of 2n compiles: Redis saw the agent's warm client only (its pool
+    // holds at most 10 connections), not one connection per compile.
     let conns = cli.others_connections();
     assert!(
-        (1..=4).contains(&conns),
+        (1..=10).contains(&conns),
         "{conns} connections to Redis for {} compiles",
         2 * n
     );
@@ -502,4 +505,93 @@ fn an_agent_without_remote_requests_leaves_the_shim_asking_directly() {
         "{}",
         env.stats()
     );
+}
+
+/// Depend mode asks the agent for its remote tiers and for nothing else: B is
+/// answered from Redis through the agent, and the farm's cache gets nothing.
+#[test]
+fn depend_mode_asks_the_agent_for_remote_tiers_only() {
+    let c = checkouts();
+    let n = c.plain_b.len() as u64;
+    let farm_cc = farm_cc_bin().display().to_string();
+    let farmd = lone_farmd();
+    let agent = farmd.nodes[0].socket();
+    let r = redis("256mb", "allkeys-lru");
+    let cli = RedisCli {
+        port: r.port,
+        calls: Cell::new(0),
+    };
+    let remote = format!("redis://127.0.0.1:{}", r.port);
+    let env_a = Env::new("depend");
+    make_with_agent(&env_a, &c.a, &farm_cc, &remote, &agent);
+    assert_eq!(env_a.misses(), n, "{}", env_a.stats());
+    assert!(cli.wait_keys(2 * n) >= 2 * n, "results and manifests");
+    let env_b = Env::new("depend");
+    make_with_agent(&env_b, &c.b, &farm_cc, &remote, &agent);
+    assert_same_objects(&c.plain_b, &objects(&c.b), "depend mode through the agent");
+    assert_eq!(env_b.counter(&["hits", "remote"]), n, "{}", env_b.stats());
+    assert_eq!(farmd.nodes[0].status()["store_entries"], 0);
+    let conns = cli.others_connections();
+    assert!(
+        (1..=10).contains(&conns),
+        "{conns} connections to Redis: only the agent's pool expected; {}",
+        env_b.stats()
+    );
+}
+
+/// Objects under `prefix` in moto's bucket (one listing page: enough here).
+fn s3_objects(port: u16, bucket: &str, prefix: &str) -> usize {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /{bucket}?list-type=2&prefix={prefix} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.matches("<Key>").count()
+}
+
+/// S3 through the agent, with the keys from the shim's environment (the agent has
+/// none of its own): A's writes reach the bucket from the agent's queue, B hits.
+#[test]
+fn checkout_b_is_answered_from_s3_through_the_agent() {
+    let c = checkouts();
+    let n = c.plain_b.len() as u64;
+    let farm_cc = farm_cc_bin().display().to_string();
+    let farmd = lone_farmd();
+    let agent = farmd.nodes[0].socket();
+    let s3 = moto_s3();
+    let remote = format!(
+        "s3://farm-cache/team|endpoint=http://127.0.0.1:{}|region=us-east-1",
+        s3.port
+    );
+    let env_a = Env::new("direct");
+    make_with_agent(&env_a, &c.a, &farm_cc, &remote, &agent);
+    assert_eq!(env_a.misses(), n, "{}", env_a.stats());
+    let t0 = std::time::Instant::now();
+    while (s3_objects(s3.port, "farm-cache", "team/") as u64) < 2 * n
+        && t0.elapsed() < std::time::Duration::from_secs(20)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(s3_objects(s3.port, "farm-cache", "team/") as u64 >= 2 * n);
+    let env_b = Env::new("direct");
+    make_with_agent(&env_b, &c.b, &farm_cc, &remote, &agent);
+    assert_same_objects(
+        &c.plain_b,
+        &objects(&c.b),
+        "checkout B from S3, through the agent",
+    );
+    assert_eq!(env_b.counter(&["hits", "remote"]), n, "{}", env_b.stats());
+    for env in [&env_a, &env_b] {
+        assert_eq!(
+            env.counter(&["farm", "fallback", "agent_remote"]),
+            0,
+            "{}",
+            env.stats()
+        );
+        assert_eq!(env.counter(&["errors", "remote"]), 0, "{}", env.stats());
+    }
 }
