@@ -33,6 +33,17 @@ impl AgentClient {
         protocol::read_sync(&mut self.stream, protocol::MAX_FRAME)
     }
 
+    /// Sends one request and waits at most `wait` for its answer (the connection is
+    /// then of no further use: a late answer would come next).
+    pub fn call_within(
+        &mut self,
+        req: &AgentRequest,
+        wait: Duration,
+    ) -> Result<AgentResponse, FrameError> {
+        self.stream.set_read_timeout(Some(wait))?;
+        self.call(req)
+    }
+
     /// Sends a request whose answer does not matter to this compile.
     pub fn tell(&mut self, req: &AgentRequest) {
         if let Err(e) = protocol::write_sync(&mut self.stream, req) {

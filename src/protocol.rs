@@ -28,6 +28,10 @@ pub type Key = [u8; 32];
 /// order is part of the encoding).
 pub use crate::store::EntryKind;
 
+/// A remote tier as a shim configured it (credentials included), for the agent that
+/// asks it on the shim's behalf.
+pub use crate::store::remote::RemoteSpec;
+
 /// One entry for the farm's cache.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Item {
@@ -252,6 +256,32 @@ pub enum AgentRequest {
     /// Compile this tree job on a peer (one retry on another); `TreeCompiled`, or
     /// `Local` if none could.
     CompileTree(TreeJob),
+    /// A remote tier's object for an entry, as the server stores it (the shim checks
+    /// it): `RemoteObject`, `RemoteFailed`, or `Local(reason)` when the agent will not
+    /// ask this remote (the shim then asks it itself). The agent keeps one client per
+    /// distinct `spec`, credentials included. Appended last, like the remote requests
+    /// after it: older agents refuse them as unknown requests.
+    RemoteGet {
+        spec: Box<RemoteSpec>,
+        kind: EntryKind,
+        key: Key,
+    },
+    /// Whether the remote holds an entry: `RemoteHas`, `RemoteFailed` or `Local`.
+    RemoteHave {
+        spec: Box<RemoteSpec>,
+        kind: EntryKind,
+        key: Key,
+    },
+    /// Writes an entry's object (in its stored form) in the background: answered at
+    /// once with `RemoteQueued`, or `RemoteFailed` (writes skipped after a failure),
+    /// or `Local`.
+    RemotePut {
+        spec: Box<RemoteSpec>,
+        kind: EntryKind,
+        key: Key,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -274,6 +304,14 @@ pub enum AgentResponse {
     Status(Box<StatusReport>),
     MissingBlobs(Vec<Key>),
     TreeCompiled(TreeResult),
+    /// The remote's object (`None`: the remote does not hold it), unchecked.
+    RemoteObject(Option<serde_bytes::ByteBuf>),
+    RemoteHas(bool),
+    /// The write was queued (`true`), or dropped because the agent's queue is full.
+    RemoteQueued(bool),
+    /// The remote failed, or is skipped after a failure: what happened (never a
+    /// credential).
+    RemoteFailed(String),
 }
 
 /// The farm as one agent sees it (`farm status`).

@@ -93,6 +93,9 @@ pub enum Outcome {
     HitRemote,
     /// `error.remote`: a remote tier failed (it is then skipped for a while).
     RemoteError,
+    /// `error.remote_write_dropped`: a write to a remote tier the agent's queue had
+    /// no room for (dropped, never waited for).
+    RemoteWriteDropped,
     /// `miss`: a cacheable compile that ran the compiler, here or on a peer.
     Miss,
     /// `warm.compiled`: a miss compiled in farmd's warm compiler process (javac's JVM).
@@ -128,7 +131,7 @@ pub enum Outcome {
 impl Outcome {
     /// Every outcome without a reason (with [`ReasonFamily::ALL`], every counter
     /// there can be).
-    pub const FIXED: [Outcome; 17] = [
+    pub const FIXED: [Outcome; 18] = [
         Outcome::HitDirect,
         Outcome::HitPreprocessor,
         Outcome::HitDepend,
@@ -136,6 +139,7 @@ impl Outcome {
         Outcome::HitFarm,
         Outcome::HitRemote,
         Outcome::RemoteError,
+        Outcome::RemoteWriteDropped,
         Outcome::Miss,
         Outcome::WarmCompiled,
         Outcome::FarmRemote,
@@ -181,6 +185,7 @@ impl Outcome {
             Outcome::HitFarm => "hit.farm",
             Outcome::HitRemote => "hit.remote",
             Outcome::RemoteError => "error.remote",
+            Outcome::RemoteWriteDropped => "error.remote_write_dropped",
             Outcome::Miss => "miss",
             Outcome::WarmCompiled => "warm.compiled",
             Outcome::FarmRemote => "farm.remote",
@@ -424,7 +429,7 @@ mod tests {
 
     /// Every outcome's counter name, as the stats files and `farm stats --json` have
     /// always written it (changing one breaks every existing stats directory).
-    const NAMES: [(Outcome, &str); 22] = [
+    const NAMES: [(Outcome, &str); 23] = [
         (Outcome::HitDirect, "hit.direct"),
         (Outcome::HitPreprocessor, "hit.preprocessor"),
         (Outcome::HitDepend, "hit.depend"),
@@ -432,6 +437,7 @@ mod tests {
         (Outcome::HitFarm, "hit.farm"),
         (Outcome::HitRemote, "hit.remote"),
         (Outcome::RemoteError, "error.remote"),
+        (Outcome::RemoteWriteDropped, "error.remote_write_dropped"),
         (Outcome::Miss, "miss"),
         (Outcome::WarmCompiled, "warm.compiled"),
         (Outcome::FarmRemote, "farm.remote"),

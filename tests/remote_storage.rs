@@ -275,3 +275,323 @@ fn cache_ping_tries_every_remote() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+// ---- Through this machine's farmd agent (warm connections, writes in the background).
+
+use common::farmd::Cluster;
+use std::cell::Cell;
+
+/// [`make`] with this machine's farmd agent at `agent`.
+fn make_with_agent(env: &Env, tree: &Path, cc: &str, remote: &str, agent: &Path) {
+    let o = env
+        .cmd("make")
+        .current_dir(tree.join("src"))
+        .env("FARM_REMOTE_STORAGE", remote)
+        .env("FARM_AGENT", agent)
+        .envs(AWS)
+        .args(["-j2", "linux", &format!("CC={cc} -std=gnu99")])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "make failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A lone farmd whose agent is up.
+fn lone_farmd() -> Cluster {
+    let c = Cluster::new(&["solo"], |_| String::new());
+    c.wait_live(0, 0);
+    c
+}
+
+/// redis-cli on one server, counting its own connections so that the server's count
+/// of connections received can be told apart from them.
+struct RedisCli {
+    port: u16,
+    calls: Cell<u64>,
+}
+
+impl RedisCli {
+    fn run(&self, args: &[&str]) -> String {
+        self.calls.set(self.calls.get() + 1);
+        let o = std::process::Command::new(require("redis-cli"))
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    fn keys(&self) -> u64 {
+        self.run(&["dbsize"]).parse().unwrap()
+    }
+
+    /// Connections the server received from anyone but this redis-cli.
+    fn others_connections(&self) -> u64 {
+        let info = self.run(&["info", "stats"]);
+        let total: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        total - self.calls.get()
+    }
+
+    /// Waits until the server holds `want` keys (a queue draining), at most 20 s.
+    fn wait_keys(&self, want: u64) -> u64 {
+        let t0 = std::time::Instant::now();
+        loop {
+            let k = self.keys();
+            if k >= want || t0.elapsed() > std::time::Duration::from_secs(20) {
+                return k;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// With a farmd agent up, the shim asks Redis through it: A's writes reach Redis
+/// from the agent's queue (as many keys as the shim's own writes make), B is answered
+/// from Redis through the agent with a plain build's objects, and Redis sees only the
+/// agent's few connections, not one per compile.
+#[test]
+fn checkout_b_is_answered_from_redis_through_the_agent() {
+    let c = checkouts();
+    let n = c.plain_b.len() as u64;
+    let farm_cc = farm_cc_bin().display().to_string();
+    let farmd = lone_farmd();
+    let agent = farmd.nodes[0].socket();
+    // What the shim's own writes leave in a Redis, for comparison.
+    let direct = redis("256mb", "allkeys-lru");
+    make(
+        &Env::new("direct"),
+        &c.a,
+        &farm_cc,
+        &format!("redis://127.0.0.1:{}", direct.port),
+    );
+    let direct_cli = RedisCli {
+        port: direct.port,
+        calls: Cell::new(0),
+    };
+    let want = direct_cli.keys();
+    assert!(want >= 2 * n, "results and manifests: {want}");
+    // (Without the agent, every compile connects.)
+    assert!(direct_cli.others_connections() >= n);
+    sh(&c.a.join("src"), "make clean >/dev/null");
+
+    let r = redis("256mb", "allkeys-lru");
+    let cli = RedisCli {
+        port: r.port,
+        calls: Cell::new(0),
+    };
+    let remote = format!("redis://127.0.0.1:{}", r.port);
+    let env_a = Env::new("direct");
+    make_with_agent(&env_a, &c.a, &farm_cc, &remote, &agent);
+    assert_eq!(env_a.misses(), n, "{}", env_a.stats());
+    assert_eq!(
+        cli.wait_keys(want),
+        want,
+        "the agent's queue drained into Redis"
+    );
+    assert_eq!(env_a.counter(&["errors", "remote"]), 0, "{}", env_a.stats());
+    assert_eq!(
+        env_a.counter(&["errors", "remote_write_dropped"]),
+        0,
+        "{}",
+        env_a.stats()
+    );
+    assert_eq!(
+        env_a.counter(&["farm", "fallback", "agent_remote"]),
+        0,
+        "{}",
+        env_a.stats()
+    );
+
+    let env_b = Env::new("direct");
+    make_with_agent(&env_b, &c.b, &farm_cc, &remote, &agent);
+    assert_same_objects(&c.plain_b, &objects(&c.b), "checkout B through the agent");
+    assert_eq!(
+        env_b.counter(&["hits", "remote"]),
+        n,
+        "every TU of B hits Redis through the agent: {}",
+        env_b.stats()
+    );
+    assert_eq!(env_b.misses(), 0);
+    // Two builds of 2n compiles: Redis saw the agent's warm client only (its pool
+    // holds at most 10 connections), not one connection per compile.
+    let conns = cli.others_connections();
+    assert!(
+        (1..=10).contains(&conns),
+        "{conns} connections to Redis for {} compiles",
+        2 * n
+    );
+}
+
+/// With a farmd agent up and a remote that never answers, or refuses: every build
+/// succeeds with a plain build's objects; the agent answers each request in time (no
+/// compile falls back to asking the remote itself after waiting for the agent), and
+/// the breaker skips the dead remote after its first failure, as on the direct path.
+#[test]
+fn a_dead_remote_costs_the_agent_path_what_it_costs_directly() {
+    let c = checkouts();
+    let n = c.plain_b.len() as u64;
+    let farm_cc = farm_cc_bin().display().to_string();
+    let farmd = lone_farmd();
+    let agent = farmd.nodes[0].socket();
+    let (accepted, silent_port) = silent();
+    let hung = format!("redis://127.0.0.1:{silent_port}|connect-timeout=100ms|timeout=300ms");
+    let refused = format!("redis://127.0.0.1:{}", free_port());
+    for remote in [hung, refused] {
+        let env = Env::new("direct");
+        make_with_agent(&env, &c.b, &farm_cc, &remote, &agent);
+        assert_same_objects(&c.plain_b, &objects(&c.b), &remote);
+        // (The second build finds the first's objects in the farm's cache.)
+        assert_eq!(
+            env.misses() + env.counter(&["hits", "farm"]),
+            n,
+            "{remote}: {}",
+            env.stats()
+        );
+        assert!(env.counter(&["errors", "remote"]) >= 1, "{}", env.stats());
+        assert_eq!(
+            env.counter(&["farm", "fallback", "agent_remote"]),
+            0,
+            "{remote}: {}",
+            env.stats()
+        );
+        sh(&c.b.join("src"), "make clean >/dev/null");
+    }
+    // The compiles running when the hung remote first failed tried it (through the
+    // agent), the rest skipped it: a few connections, as directly.
+    let tried = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=6).contains(&tried),
+        "{tried} connections to the hung remote for {n} compiles"
+    );
+}
+
+/// An agent that does not know the remote requests (an older farmd: it closes the
+/// connection on a request it cannot decode) costs nothing: the shim asks Redis
+/// itself, B hits, and the fallback is counted.
+#[test]
+fn an_agent_without_remote_requests_leaves_the_shim_asking_directly() {
+    use std::os::unix::net::UnixListener;
+    let c = checkouts();
+    let n = c.plain_b.len() as u64;
+    let farm_cc = farm_cc_bin().display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let l = UnixListener::bind(&socket).unwrap();
+    // (A stand-in for a fault: an agent that hangs up on every request.)
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            drop(s);
+        }
+    });
+    let r = redis("256mb", "allkeys-lru");
+    let remote = format!("redis://127.0.0.1:{}", r.port);
+    make_with_agent(&Env::new("direct"), &c.a, &farm_cc, &remote, &socket);
+    let env = Env::new("direct");
+    make_with_agent(&env, &c.b, &farm_cc, &remote, &socket);
+    assert_same_objects(&c.plain_b, &objects(&c.b), "checkout B, directly");
+    assert_eq!(env.counter(&["hits", "remote"]), n, "{}", env.stats());
+    assert!(
+        env.counter(&["farm", "fallback", "agent_remote"]) >= 1,
+        "{}",
+        env.stats()
+    );
+}
+
+/// Depend mode asks the agent for its remote tiers and for nothing else: B is
+/// answered from Redis through the agent, and the farm's cache gets nothing.
+#[test]
+fn depend_mode_asks_the_agent_for_remote_tiers_only() {
+    let c = checkouts();
+    let n = c.plain_b.len() as u64;
+    let farm_cc = farm_cc_bin().display().to_string();
+    let farmd = lone_farmd();
+    let agent = farmd.nodes[0].socket();
+    let r = redis("256mb", "allkeys-lru");
+    let cli = RedisCli {
+        port: r.port,
+        calls: Cell::new(0),
+    };
+    let remote = format!("redis://127.0.0.1:{}", r.port);
+    let env_a = Env::new("depend");
+    make_with_agent(&env_a, &c.a, &farm_cc, &remote, &agent);
+    assert_eq!(env_a.misses(), n, "{}", env_a.stats());
+    assert!(cli.wait_keys(2 * n) >= 2 * n, "results and manifests");
+    let env_b = Env::new("depend");
+    make_with_agent(&env_b, &c.b, &farm_cc, &remote, &agent);
+    assert_same_objects(&c.plain_b, &objects(&c.b), "depend mode through the agent");
+    assert_eq!(env_b.counter(&["hits", "remote"]), n, "{}", env_b.stats());
+    assert_eq!(farmd.nodes[0].status()["store_entries"], 0);
+    let conns = cli.others_connections();
+    assert!(
+        (1..=10).contains(&conns),
+        "{conns} connections to Redis: only the agent's pool expected; {}",
+        env_b.stats()
+    );
+}
+
+/// Objects under `prefix` in moto's bucket (one listing page: enough here).
+fn s3_objects(port: u16, bucket: &str, prefix: &str) -> usize {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /{bucket}?list-type=2&prefix={prefix} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.matches("<Key>").count()
+}
+
+/// S3 through the agent, with the keys from the shim's environment (the agent has
+/// none of its own): A's writes reach the bucket from the agent's queue, B hits.
+#[test]
+fn checkout_b_is_answered_from_s3_through_the_agent() {
+    let c = checkouts();
+    let n = c.plain_b.len() as u64;
+    let farm_cc = farm_cc_bin().display().to_string();
+    let farmd = lone_farmd();
+    let agent = farmd.nodes[0].socket();
+    let s3 = moto_s3();
+    let remote = format!(
+        "s3://farm-cache/team|endpoint=http://127.0.0.1:{}|region=us-east-1",
+        s3.port
+    );
+    let env_a = Env::new("direct");
+    make_with_agent(&env_a, &c.a, &farm_cc, &remote, &agent);
+    assert_eq!(env_a.misses(), n, "{}", env_a.stats());
+    let t0 = std::time::Instant::now();
+    while (s3_objects(s3.port, "farm-cache", "team/") as u64) < 2 * n
+        && t0.elapsed() < std::time::Duration::from_secs(20)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(s3_objects(s3.port, "farm-cache", "team/") as u64 >= 2 * n);
+    let env_b = Env::new("direct");
+    make_with_agent(&env_b, &c.b, &farm_cc, &remote, &agent);
+    assert_same_objects(
+        &c.plain_b,
+        &objects(&c.b),
+        "checkout B from S3, through the agent",
+    );
+    assert_eq!(env_b.counter(&["hits", "remote"]), n, "{}", env_b.stats());
+    for env in [&env_a, &env_b] {
+        assert_eq!(
+            env.counter(&["farm", "fallback", "agent_remote"]),
+            0,
+            "{}",
+            env.stats()
+        );
+        assert_eq!(env.counter(&["errors", "remote"]), 0, "{}", env.stats());
+    }
+}

@@ -16,6 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::farm_cache::{lookup, publish};
 use crate::node::Node;
 use crate::placement::{self, home_load, place, release_home, reserve_home, Place};
+use crate::remote_pool::RemotePool;
 
 /// How long a shim may take to send its request after connecting. The preprocessor
 /// runs between connect and request, so this is generous.
@@ -158,6 +159,8 @@ pub async fn serve(node: Arc<Node>, listener: UnixListener) {
     let sessions = Arc::new(tokio::sync::Semaphore::new(MAX_SESSIONS));
     let per_user: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>> = Default::default();
     let mut refused_log = RateLimitedLog::default();
+    // Warm clients of the remote tiers shims asked about, for every session.
+    let remotes = Arc::new(RemotePool::default());
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -192,8 +195,9 @@ pub async fn serve(node: Arc<Node>, listener: UnixListener) {
         }
         let node = node.clone();
         let per_user = per_user.clone();
+        let remotes = remotes.clone();
         tokio::spawn(async move {
-            shim_session(node, stream).await;
+            shim_session(node, remotes, uid, stream).await;
             drop(permit);
             let mut m = per_user.lock().unwrap();
             if let Some(n) = m.get_mut(&uid) {
@@ -229,9 +233,9 @@ impl RateLimitedLog {
     }
 }
 
-/// One shim connection. A home slot the agent granted is held until the shim says
-/// its compile is done or goes away.
-async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
+/// One shim connection (of user `uid`). A home slot the agent granted is held until
+/// the shim says its compile is done or goes away.
+async fn shim_session(node: Arc<Node>, remotes: Arc<RemotePool>, uid: u32, mut stream: UnixStream) {
     let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
     let scope = Scope::of(&node, peer_uid);
     let mut holds_home = false;
@@ -329,6 +333,16 @@ async fn shim_session(node: Arc<Node>, mut stream: UnixStream) {
                 }
                 r
             }
+            AgentRequest::RemoteGet { spec, kind, key } => remotes.get(uid, *spec, kind, key).await,
+            AgentRequest::RemoteHave { spec, kind, key } => {
+                remotes.have(uid, *spec, kind, key).await
+            }
+            AgentRequest::RemotePut {
+                spec,
+                kind,
+                key,
+                body,
+            } => remotes.put(uid, *spec, kind, key, body),
         };
         node.agent_busy.fetch_sub(1, Ordering::Relaxed);
         if protocol::write_async(&mut stream, &resp).await.is_err() {

@@ -9,6 +9,7 @@ mod farm_cache;
 mod node;
 mod peers;
 mod placement;
+mod remote_pool;
 mod server;
 mod store_role;
 mod warm;

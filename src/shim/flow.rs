@@ -3,6 +3,7 @@
 //! store it here and publish it to the farm. Modes supply keys, restores and records;
 //! none has its own flow.
 
+use super::agent_remote::{AgentLink, AgentRemote};
 use super::farm::Farm;
 use super::{Ctx, Restored};
 use crate::lang::CompileRun;
@@ -93,13 +94,16 @@ pub(super) fn run(ctx: &mut Ctx, mode: &mut dyn Mode) -> i32 {
     // cache, not for its peers.
     let socket = ctx.cfg.agent.value.as_deref().filter(|_| mode.uses_farm());
     let farm = Farm::new(socket, ctx.farm_counts.clone());
-    // Local disk, then the remote tiers in the configured order, then the farm.
-    let remotes: Vec<RemoteTier> = ctx
+    // Local disk, then the remote tiers in the configured order (through the agent
+    // when one answers, in every mode: it asks the same remotes; see agent_remote),
+    // then the farm.
+    let link = AgentLink::new(ctx.cfg.agent.value.as_deref(), ctx.farm_counts.clone());
+    let remotes: Vec<AgentRemote> = ctx
         .cfg
         .remote_storage
         .value
         .iter()
-        .map(|spec| RemoteTier::new(spec.clone(), &ctx.cfg.dir.value))
+        .map(|spec| AgentRemote::new(RemoteTier::new(spec.clone(), &ctx.cfg.dir.value), &link))
         .collect();
     let mut order: Vec<&dyn Tier> = Vec::with_capacity(2 + remotes.len());
     order.push(&local);

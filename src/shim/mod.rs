@@ -22,6 +22,7 @@ use crate::lang::{self, Family, Invocation, Keying, Observed};
 use crate::stats::{Outcome, Stats, Tally};
 use crate::store::{CacheError, PutReport};
 
+mod agent_remote;
 mod declared;
 mod direct;
 mod exec;

@@ -16,7 +16,7 @@ use opendal::{services, Operator};
 
 use super::{decode_entry, encode_entry, CacheError, CacheKey, EntryKind, PutReport, Tier};
 use breaker::Breaker;
-pub use spec::{Layout, RemoteSpec, Scheme, SpecError};
+pub use spec::{Layout, RemoteSpec, S3Keys, Scheme, SpecError};
 
 /// One remote tier.
 pub struct RemoteTier {
@@ -96,7 +96,7 @@ fn install_http() {
 
 /// The region of an S3 tier without `|region=`: the usual AWS variables, else
 /// us-east-1.
-fn default_region() -> String {
+pub fn default_region() -> String {
     ["AWS_REGION", "AWS_DEFAULT_REGION"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|r| !r.is_empty()))
@@ -127,6 +127,18 @@ fn operator(spec: &RemoteSpec) -> opendal::Result<Operator> {
                 .region(&spec.region.clone().unwrap_or_else(default_region));
             if let Some(e) = &spec.s3_endpoint {
                 b = b.endpoint(e);
+            }
+            if let Some(k) = &spec.s3_keys {
+                // The keys a shim sent its agent, and nothing of the agent's own
+                // environment, profile files or instance role.
+                b = b
+                    .disable_config_load()
+                    .disable_ec2_metadata()
+                    .access_key_id(&k.access_key_id)
+                    .secret_access_key(&k.secret_access_key);
+                if let Some(t) = &k.session_token {
+                    b = b.session_token(t);
+                }
             }
             Operator::new(b)?
         }
@@ -169,8 +181,126 @@ impl RemoteTier {
         }
     }
 
+    /// A remote tier whose breakers live in this process only (farmd's agent, which
+    /// keeps one per remote and credentials).
+    pub fn in_process(spec: RemoteSpec) -> RemoteTier {
+        RemoteTier {
+            breaker: Breaker::in_memory(),
+            write_breaker: Breaker::in_memory(),
+            spec,
+            op: OnceLock::new(),
+        }
+    }
+
     pub fn spec(&self) -> &RemoteSpec {
         &self.spec
+    }
+
+    /// `Err` while this remote (or, for a write, its writes) is being skipped after a
+    /// failure: one `stat`.
+    pub fn check_skip(&self, write: bool) -> Result<(), CacheError> {
+        let open = self
+            .breaker
+            .open_until()
+            .or_else(|| write.then(|| self.write_breaker.open_until()).flatten());
+        match open {
+            Some(until) => {
+                let left = until
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                Err(self.unavailable(format!("skipped for {}s after a failure", left.as_secs())))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// How long one call may take in all (connect and operation).
+    pub fn call_limit(&self) -> Duration {
+        self.spec.connect_timeout + self.spec.op_timeout
+    }
+
+    /// The object as the server stores it, unchecked (`None`: not there).
+    pub async fn read_stored(
+        &self,
+        kind: EntryKind,
+        key: &CacheKey,
+    ) -> Result<Option<Vec<u8>>, CacheError> {
+        let p = self.object(kind, key);
+        let data = self
+            .call_async("read", false, move |op| {
+                Box::pin(async move { op.read(&p).await })
+            })
+            .await?;
+        Ok(data.map(|d| d.to_vec()))
+    }
+
+    /// The entry in an object as the server stored it, when it is this kind's entry
+    /// for this key and intact; else `Corrupt`, naming the object.
+    pub fn verify_stored(
+        &self,
+        kind: EntryKind,
+        key: &CacheKey,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>, CacheError> {
+        let payload = match kind {
+            EntryKind::Blob if blake3::hash(&data).as_bytes() == &key.0 => Ok(data),
+            EntryKind::Blob => Err("does not match its key"),
+            _ => remote_unframe(kind, key, &data),
+        };
+        payload.map_err(|what| CacheError::Corrupt {
+            path: PathBuf::from(format!("{}/{}", self.spec.url, self.object(kind, key))),
+            what,
+        })
+    }
+
+    /// The object the server stores for an entry.
+    pub fn stored_form(
+        &self,
+        kind: EntryKind,
+        key: &CacheKey,
+        data: &[u8],
+    ) -> Result<Vec<u8>, CacheError> {
+        match kind {
+            EntryKind::Blob => Ok(data.to_vec()),
+            _ => remote_frame(kind, key, data).map_err(|e| self.unavailable(e.to_string())),
+        }
+    }
+
+    /// Writes an object in its stored form ([`Self::stored_form`]).
+    pub async fn write_stored(
+        &self,
+        kind: EntryKind,
+        key: &CacheKey,
+        body: Vec<u8>,
+    ) -> Result<(), CacheError> {
+        let path = self.object(kind, key);
+        self.call_async("write", true, move |op| {
+            Box::pin(async move { op.write(&path, body).await.map(|_| ()) })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Whether the server holds the entry's object.
+    pub async fn exists(&self, kind: EntryKind, key: &CacheKey) -> Result<bool, CacheError> {
+        let path = self.object(kind, key);
+        Ok(self
+            .call_async("stat", false, move |op| {
+                Box::pin(async move { op.exists(&path).await })
+            })
+            .await?
+            .unwrap_or(false))
+    }
+
+    /// Runs `f` on this process's remote runtime.
+    fn block_on<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
+        match runtime() {
+            Some(rt) => rt.block_on(f),
+            None => Err(self.unavailable("cannot start a runtime")),
+        }
     }
 
     /// Tries the remote now, whatever an earlier failure said: writes a probe entry
@@ -244,7 +374,7 @@ impl RemoteTier {
 
     /// Runs one operation on the server with the tier's deadline; a failure trips the
     /// breaker (and is logged by the call that tripped it).
-    fn call<T>(
+    async fn call_async<T>(
         &self,
         what: &str,
         write: bool,
@@ -254,34 +384,20 @@ impl RemoteTier {
             Box<dyn std::future::Future<Output = opendal::Result<T>> + Send>,
         >,
     ) -> Result<Option<T>, CacheError> {
-        let open = self
-            .breaker
-            .open_until()
-            .or_else(|| write.then(|| self.write_breaker.open_until()).flatten());
-        if let Some(until) = open {
-            let left = until
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            return Err(
-                self.unavailable(format!("skipped for {}s after a failure", left.as_secs()))
-            );
-        }
+        self.check_skip(write)?;
         let op = match self
             .op
             .get_or_init(|| operator(&self.spec).map_err(|e| e.to_string()))
         {
             Ok(op) => op.clone(),
-            Err(e) => return Err(self.fail(what, write, e)),
+            Err(e) => return Err(self.record_failure(what, write, e)),
         };
-        let Some(rt) = runtime() else {
-            return Err(self.unavailable("cannot start a runtime"));
-        };
-        let limit: Duration = self.spec.connect_timeout + self.spec.op_timeout;
-        match rt.block_on(async { tokio::time::timeout(limit, f(op)).await }) {
+        let limit = self.call_limit();
+        match tokio::time::timeout(limit, f(op)).await {
             Ok(Ok(v)) => Ok(Some(v)),
             Ok(Err(e)) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
-            Ok(Err(e)) => Err(self.fail(what, write, &e.to_string())),
-            Err(_) => Err(self.fail(
+            Ok(Err(e)) => Err(self.record_failure(what, write, &e.to_string())),
+            Err(_) => Err(self.record_failure(
                 what,
                 write,
                 &format!("no answer within {} ms", limit.as_millis()),
@@ -290,8 +406,9 @@ impl RemoteTier {
     }
 
     /// Records a failure: a failed write skips writes only (a full or read-only
-    /// server still answers reads), anything else the whole remote.
-    fn fail(&self, what: &str, write: bool, why: &str) -> CacheError {
+    /// server still answers reads), anything else the whole remote. (Also for a
+    /// failure farmd's agent met on this remote for the shim.)
+    pub fn record_failure(&self, what: &str, write: bool, why: &str) -> CacheError {
         let detail = format!("{what}: {why}");
         let breaker = if write {
             &self.write_breaker
@@ -321,48 +438,23 @@ impl Tier for RemoteTier {
     }
 
     fn get(&self, kind: EntryKind, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {
-        let path = self.object(kind, key);
-        let p = path.clone();
-        let Some(data) = self.call("read", false, move |op| {
-            Box::pin(async move { op.read(&p).await })
-        })?
-        else {
-            return Ok(None);
-        };
-        let data = data.to_vec();
-        let payload = match kind {
-            EntryKind::Blob if blake3::hash(&data).as_bytes() == &key.0 => Ok(data),
-            EntryKind::Blob => Err("does not match its key"),
-            _ => remote_unframe(kind, key, &data),
-        };
-        payload.map(Some).map_err(|what| CacheError::Corrupt {
-            path: PathBuf::from(format!("{}/{path}", self.spec.url)),
-            what,
-        })
+        match self.block_on(self.read_stored(kind, key))? {
+            Some(data) => self.verify_stored(kind, key, data).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn put(&self, kind: EntryKind, key: &CacheKey, data: &[u8]) -> Result<PutReport, CacheError> {
         if self.spec.read_only {
             return Ok(PutReport::default());
         }
-        let body = match kind {
-            EntryKind::Blob => data.to_vec(),
-            _ => remote_frame(kind, key, data).map_err(|e| self.unavailable(e.to_string()))?,
-        };
-        let path = self.object(kind, key);
-        self.call("write", true, move |op| {
-            Box::pin(async move { op.write(&path, body).await.map(|_| ()) })
-        })?;
+        let body = self.stored_form(kind, key, data)?;
+        self.block_on(self.write_stored(kind, key, body))?;
         Ok(PutReport::default())
     }
 
     fn have(&self, kind: EntryKind, key: &CacheKey) -> Result<bool, CacheError> {
-        let path = self.object(kind, key);
-        Ok(self
-            .call("stat", false, move |op| {
-                Box::pin(async move { op.exists(&path).await })
-            })?
-            .unwrap_or(false))
+        self.block_on(self.exists(kind, key))
     }
 
     fn remove(&self, kind: EntryKind, key: &CacheKey) -> Result<(), CacheError> {
@@ -370,9 +462,9 @@ impl Tier for RemoteTier {
             return Ok(());
         }
         let path = self.object(kind, key);
-        self.call("delete", true, move |op| {
+        self.block_on(self.call_async("delete", true, move |op| {
             Box::pin(async move { op.delete(&path).await })
-        })?;
+        }))?;
         Ok(())
     }
 }

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// What kind of server a remote tier is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Scheme {
     Redis,
     Rediss,
@@ -20,7 +22,7 @@ pub enum Scheme {
 }
 
 /// How entries are named on the server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Layout {
     /// `<prefix>/<kind>/<xx>/<hex key>`.
     Farm,
@@ -29,8 +31,9 @@ pub enum Layout {
     Bazel,
 }
 
-/// One remote tier, as configured.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One remote tier, as configured. (It travels to this machine's agent, credentials
+/// included, when the agent asks the remote for the shim: docs/protocol.md.)
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteSpec {
     /// The URL as written (without attributes), for messages and `farm config`.
     pub url: String,
@@ -56,6 +59,37 @@ pub struct RemoteSpec {
     /// has the password replaced by `***`).
     pub username: Option<String>,
     pub password: Option<String>,
+    /// S3 keys the shim took from its own environment for the agent, which must use
+    /// these and nothing from its own environment or files (`None` when parsed: the
+    /// shim's own S3 client finds credentials as AWS tools do).
+    pub s3_keys: Option<S3Keys>,
+}
+
+/// Debug output never shows a password or a secret key.
+impl std::fmt::Debug for RemoteSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteSpec")
+            .field("url", &self.url)
+            .field("scheme", &self.scheme)
+            .field("read_only", &self.read_only)
+            .field("key_prefix", &self.key_prefix)
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Explicit S3 credentials (for the agent's S3 client).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Keys {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for S3Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("S3Keys(***)")
+    }
 }
 
 /// A configuration error, naming the URL and what is wrong with it.
@@ -193,6 +227,7 @@ pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
         s3_endpoint: None,
         username,
         password,
+        s3_keys: None,
     };
     let redis = scheme == Scheme::Redis || scheme == Scheme::Rediss;
     if redis && !path.is_empty() && path.parse::<u32>().is_err() {
@@ -310,6 +345,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("s3cret"), "{e}");
+        assert!(!format!("{r:?}").contains("s3cret"), "{r:?}");
         assert!(parse_one("s3://k:s@bucket").is_err());
         assert_eq!(
             parse_one("redis://h|key-prefix=team").unwrap().key_prefix,
