@@ -11,9 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// A small C project in checkout `dir`: a header, a plain source, one using
-/// `assert`, one naming `__FILE__`, one with a warning.
-fn small_project(dir: &Path) {
-    let files: [(&str, &str); 5] = [
+/// `assert`, one naming `__FILE__`, one with a warning, one measuring `__FILE__`
+/// through a header outside the checkout (`ext`), one asking the compiler for its
+/// file name, one including a file by a macro that names checkout `a` (copied
+/// checkouts keep such generated paths).
+fn small_project(dir: &Path, a: &Path, ext: &Path) {
+    let paths_h = format!("#define CFG \"{}/inc/h.h\"\n", a.display());
+    let files: [(&str, &str); 8] = [
         ("inc/h.h", "#define V 3\n"),
         ("src/x.c", "#include \"h.h\"\nint f(void) { return V; }\n"),
         (
@@ -28,12 +32,33 @@ fn small_project(dir: &Path) {
             "src/w.c",
             "#include \"h.h\"\nint w(void) { int unused; return V; }\n",
         ),
+        (
+            "src/z.c",
+            "#include <log.h>\nint len(void) { return FILE_LEN; }\n",
+        ),
+        (
+            "src/bf.c",
+            "int len(void) { return __builtin_strlen(__builtin_FILE()); }\n",
+        ),
+        ("src/paths.h", &paths_h),
     ];
+    fs::create_dir_all(ext).unwrap();
+    fs::write(
+        ext.join("log.h"),
+        "#define FILE_LEN ((int)sizeof(__FILE__) - 1)\n",
+    )
+    .unwrap();
+
     for (rel, text) in files {
         let p = dir.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, text).unwrap();
     }
+    fs::write(
+        dir.join("src/c.c"),
+        "#include \"paths.h\"\n#include CFG\nint c(void) { return V; }\n",
+    )
+    .unwrap();
     fs::create_dir_all(dir.join("build")).unwrap();
     // Like a real checkout, not edited in the instant a build starts (farm records
     // nothing for inputs changed within a clock tick of a compile).
@@ -78,9 +103,9 @@ fn compile(env: &Env, cc: &str, farm: bool, checkout: &Path, args: &[String]) ->
     }
 }
 
-/// Each case: the arguments (with `@` for the checkout) and whether checkout B may
-/// hit what A stored.
-const CASES: [(&str, bool); 6] = [
+/// Each case: the arguments (with `@` for the checkout, `%` for the directory
+/// above both checkouts) and whether checkout B may hit what A stored.
+const CASES: [(&str, bool); 11] = [
     ("-O2 -c @/src/x.c -I@/inc", true),
     // assert() puts the source's path into the object.
     ("-O2 -c @/src/y.c -I@/inc", false),
@@ -89,13 +114,27 @@ const CASES: [(&str, bool); 6] = [
     ("-Wall -c @/src/w.c -I@/inc", false),
     // Debug info records the paths...
     ("-g -c @/src/x.c -I@/inc", false),
-    // ...unless a prefix map rewrites the checkout.
+    // ...unless a prefix map rewrites the checkout...
     ("-g -ffile-prefix-map=@=. -c @/src/x.c -I@/inc", true),
+    // ...itself: a map of a directory above it leaves the rest in the output.
+    ("-fmacro-prefix-map=%=~ -c @/src/f.c -I@/inc", false),
+    // LTO data records locations.
+    ("-O2 -flto -frandom-seed=1 -c @/src/x.c -I@/inc", false),
+    // A header elsewhere computes with the path of the file using it.
+    ("-O2 -c @/src/z.c -I%/ext", false),
+    // A builtin takes the path from the line markers.
+    ("-O2 -c @/src/bf.c", false),
+    // A macro names checkout A's header: B's compile reads A's.
+    ("-c @/src/c.c -I@/inc", false),
 ];
 
 fn args_in(case: &str, checkout: &Path) -> Vec<String> {
+    let above = checkout.ancestors().nth(3).unwrap();
     case.split(' ')
-        .map(|a| a.replace('@', checkout.to_str().unwrap()))
+        .map(|a| {
+            a.replace('@', checkout.to_str().unwrap())
+                .replace('%', above.to_str().unwrap())
+        })
         .collect()
 }
 
@@ -112,10 +151,13 @@ fn two_checkouts_share_entries_only_where_outputs_do_not_name_the_path() {
 fn checkouts_with(cc: &str, mode: &'static str) {
     let env = Env::new(mode);
     let root = tempfile::tempdir().unwrap();
+    // Both three levels below `root`; B's name holds a space, which dependency
+    // files escape.
     let a = root.path().join("home/a/proj");
-    let b = root.path().join("ci/build/1234/proj");
-    small_project(&a);
-    small_project(&b);
+    let b = root.path().join("ci/build 1234/proj");
+    let ext = root.path().join("ext");
+    small_project(&a, &a, &ext);
+    small_project(&b, &a, &ext);
     for (case, shared) in CASES {
         let what = format!("{cc}, {mode}: {case}");
         compile(&env, cc, true, &a, &args_in(case, &a));
@@ -126,9 +168,11 @@ fn checkouts_with(cc: &str, mode: &'static str) {
         let plain = compile(&env, cc, false, &b, &args_in(case, &b));
         assert_eq!(got, plain, "{what}: checkout B's outputs");
         let a_path = a.to_str().unwrap().as_bytes();
+        // (Except where the compiler itself reads checkout A's files.)
+        let reads_a = memchr::memmem::find(&plain.depfile, a_path).is_some();
         for (part, data) in [("depfile", &got.depfile), ("stderr", &got.stderr)] {
             assert!(
-                memchr::memmem::find(data, a_path).is_none(),
+                reads_a || memchr::memmem::find(data, a_path).is_none(),
                 "{what}: the {part} names checkout A"
             );
         }

@@ -175,7 +175,7 @@ pub fn finish(mut h: blake3::Hasher, content_tag: &str, content: &[u8]) -> Cache
 pub fn finish_declared(mut h: blake3::Hasher, inputs: &[KeyInput], base: &BaseDirs) -> CacheKey {
     put_field(&mut h, "inputs", &(inputs.len() as u64).to_le_bytes());
     for i in inputs {
-        match base.template(i.label.as_bytes()) {
+        match base.relative_in_text(i.label.as_bytes()) {
             Some(rel) => put_field(&mut h, "input", &rel),
             None => put_field(&mut h, "input", i.label.as_bytes()),
         }

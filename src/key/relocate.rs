@@ -15,6 +15,8 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
+use crate::lang::DepfileWrap;
+
 /// At most this many base directories (the marker's digit).
 pub const MAX_BASE_DIRS: usize = 10;
 
@@ -22,6 +24,8 @@ pub const MAX_BASE_DIRS: usize = 10;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BaseDirs {
     dirs: Vec<Vec<u8>>,
+    /// Each as a make dependency file writes it (spaces, `#`, `$` escaped).
+    escaped: Vec<Vec<u8>>,
 }
 
 /// Characters a make dependency file may put before a path.
@@ -34,13 +38,13 @@ impl BaseDirs {
     /// `config`); at most [`MAX_BASE_DIRS`] are used.
     pub fn new(dirs: &[PathBuf]) -> BaseDirs {
         use std::os::unix::ffi::OsStrExt;
-        BaseDirs {
-            dirs: dirs
-                .iter()
-                .take(MAX_BASE_DIRS)
-                .map(|d| d.as_os_str().as_bytes().to_vec())
-                .collect(),
-        }
+        let dirs: Vec<Vec<u8>> = dirs
+            .iter()
+            .take(MAX_BASE_DIRS)
+            .map(|d| d.as_os_str().as_bytes().to_vec())
+            .collect();
+        let escaped = dirs.iter().map(|d| make_escaped(d)).collect();
+        BaseDirs { dirs, escaped }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,45 +109,65 @@ impl BaseDirs {
         out
     }
 
-    /// Whether every base directory lies under one of `prefixes` (the old side of a
-    /// compiler's prefix maps): then no path under them reaches the output as is.
+    /// Whether every base directory is the old side of one of a compiler's prefix
+    /// maps (`prefixes`): then each path under one reaches the output as the map's
+    /// new side (the same in every checkout, it is in the key as written) and the
+    /// rest of the path. A map of a directory *above* a base directory would leave
+    /// the part between them in the output: that covers nothing.
     pub fn covered_by(&self, prefixes: &[PathBuf]) -> bool {
         use std::os::unix::ffi::OsStrExt;
         self.dirs.iter().all(|d| {
             prefixes.iter().any(|p| {
                 let p = p.as_os_str().as_bytes();
                 let p = p.strip_suffix(b"/").unwrap_or(p);
-                d.starts_with(p) && (d.len() == p.len() || d[p.len()] == b'/' || p.is_empty())
+                !p.is_empty() && d.as_slice() == p
             })
         })
     }
 
-    /// A make dependency file with each path under a base directory made relative;
-    /// `None` when nothing changed. Paths of another length move the compiler's line
-    /// breaks: when the file is wrapped the way gcc or clang wrap, the stored form
-    /// says so and [`BaseDirs::fill`] wraps it again that way, so a restored file is
-    /// the one the compiler writes in this checkout, byte for byte.
-    pub fn template(&self, text: &[u8]) -> Option<Vec<u8>> {
-        let relative = self.relative_in_text(text)?;
-        let wrap = Wrap::ALL
-            .into_iter()
-            .find(|w| w.rewrap(text).as_deref() == Some(text));
-        match wrap {
-            // Stored on one line: the same in every checkout.
-            Some(w) => {
-                let (names, rest) = first_rule(&relative)?;
-                let mut out = vec![0, b'w', w as u8];
-                out.extend_from_slice(&names.join(&b' '));
-                out.push(b'\n');
-                out.extend_from_slice(rest);
-                Some(out)
-            }
-            None => Some(relative),
-        }
+    /// A make dependency file with each path under a base directory made relative,
+    /// or `None`: nothing changed, or it cannot be written back exactly (then it is
+    /// stored as it is, and [`BaseDirs::appears_in`] pins the result). Paths of
+    /// another length move the compiler's line breaks, so the file is stored on one
+    /// line (the same in every checkout) with how `wrap` breaks lines, and
+    /// [`BaseDirs::fill`] breaks them that way again: a restored file is the one the
+    /// compiler writes in this checkout, byte for byte. When the driver's name does
+    /// not say how it wraps, the file must: one way that reproduces it, or both,
+    /// and then a fill where they differ is no hit.
+    pub fn template(&self, text: &[u8], wrap: DepfileWrap) -> Option<Vec<u8>> {
+        let relative = self.relative_in(text, &self.escaped)?;
+        let candidates: &[Wrap] = match wrap {
+            DepfileWrap::Gcc => &[Wrap::Gcc],
+            DepfileWrap::Clang => &[Wrap::Clang],
+            DepfileWrap::Unknown => &Wrap::ALL,
+        };
+        let fits: Vec<Wrap> = candidates
+            .iter()
+            .copied()
+            .filter(|w| w.rewrap(text).as_deref() == Some(text))
+            .collect();
+        let style = match fits[..] {
+            [w] => w as u8,
+            [_, _] => EITHER,
+            _ => return None,
+        };
+        let (names, rest) = first_rule(&relative)?;
+        let mut out = vec![0, b'w', style];
+        out.extend_from_slice(&names.join(&b' '));
+        out.push(b'\n');
+        out.extend_from_slice(rest);
+        Some(out)
     }
 
-    fn relative_in_text(&self, text: &[u8]) -> Option<Vec<u8>> {
-        if self.dirs.is_empty() {
+    /// A text with every path under a base directory that starts a word (after a
+    /// space or `:`, as in an input's label) made relative; `None` when none does.
+    pub fn relative_in_text(&self, text: &[u8]) -> Option<Vec<u8>> {
+        self.relative_in(text, &self.dirs)
+    }
+
+    /// [`BaseDirs::relative_in_text`] with the base directories written as `forms`.
+    fn relative_in(&self, text: &[u8], forms: &[Vec<u8>]) -> Option<Vec<u8>> {
+        if forms.is_empty() {
             return None;
         }
         let mut out: Option<Vec<u8>> = None;
@@ -151,11 +175,11 @@ impl BaseDirs {
         let mut i = 0;
         while i < text.len() {
             if text[i] == b'/' && (i == 0 || path_boundary(text[i - 1])) {
-                if let Some(d) = self.under_at(text, i) {
+                if let Some(d) = under_at(forms, text, i) {
                     let o = out.get_or_insert_with(|| Vec::with_capacity(text.len()));
                     o.extend_from_slice(&text[copied..i]);
                     o.extend_from_slice(&[0, b'0' + d as u8]);
-                    i += self.dirs[d].len();
+                    i += forms[d].len();
                     copied = i;
                     continue;
                 }
@@ -167,62 +191,51 @@ impl BaseDirs {
         Some(o)
     }
 
-    /// The base directory whose path starts at `text[i..]` and ends where a path
-    /// component or the path does.
-    fn under_at(&self, text: &[u8], i: usize) -> Option<usize> {
-        let mut best: Option<usize> = None;
-        for (n, d) in self.dirs.iter().enumerate() {
-            let end = i + d.len();
-            let fits = text[i..].starts_with(d)
-                && (end == text.len()
-                    || matches!(text[end], b'/' | b'\\')
-                    || path_boundary(text[end]));
-            if fits && best.map_or(true, |b| self.dirs[b].len() < d.len()) {
-                best = Some(n);
-            }
-        }
-        best
-    }
-
     /// A text made by [`BaseDirs::template`] with this checkout's base directories
-    /// put back (and wrapped again as the compiler wraps); `None` when it names one
+    /// (escaped as make files write them) put back (and wrapped again as the compiler wraps); `None` when it names one
     /// this configuration lacks.
     pub fn fill<'a>(&self, text: &'a [u8]) -> Option<Cow<'a, [u8]>> {
         if memchr::memchr(0, text).is_none() {
             return Some(Cow::Borrowed(text));
         }
         let (wrap, text) = match text {
+            [0, b'w', EITHER, rest @ ..] => (None, rest),
             [0, b'w', style, rest @ ..] => (Some(Wrap::from_byte(*style)?), rest),
-            _ => (None, text),
+            _ => return None,
         };
         let mut out = Vec::with_capacity(text.len() + 64);
         let mut rest = text;
         while let Some(z) = memchr::memchr(0, rest) {
             out.extend_from_slice(&rest[..z]);
             let i = rest.get(z + 1)?.checked_sub(b'0')? as usize;
-            out.extend_from_slice(self.dirs.get(i)?);
+            out.extend_from_slice(self.escaped.get(i)?);
             rest = &rest[z + 2..];
         }
         out.extend_from_slice(rest);
         match wrap {
             Some(w) => w.rewrap(&out).map(Cow::Owned),
-            None => Some(Cow::Owned(out)),
+            // Either way: only where both agree.
+            None => {
+                let gcc = Wrap::Gcc.rewrap(&out)?;
+                (Wrap::Clang.rewrap(&out)? == gcc).then_some(Cow::Owned(gcc))
+            }
         }
     }
 
-    /// Whether `data` holds a base directory's name, as UTF-8 or as UTF-16 (the
-    /// string encoding of .NET assemblies): an output that does depends on where the
-    /// checkout is.
+    /// Whether `data` holds a base directory's name: as UTF-8, as a make file
+    /// escapes it, as UTF-16 (.NET strings, Windows' `wchar_t`) or UTF-32 (Linux's
+    /// `wchar_t`). An output that does depends on where the checkout is.
     pub fn appears_in(&self, data: &[u8]) -> bool {
         self.dirs.iter().any(|d| {
-            if memchr::memmem::find(data, d).is_some() {
-                return true;
-            }
-            let wide: Vec<u8> = String::from_utf8_lossy(d)
-                .encode_utf16()
-                .flat_map(|u| u.to_le_bytes())
+            let text = String::from_utf8_lossy(d);
+            let utf16: Vec<u8> = text.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+            let utf32: Vec<u8> = text
+                .chars()
+                .flat_map(|c| (c as u32).to_le_bytes())
                 .collect();
-            memchr::memmem::find(data, &wide).is_some()
+            [d.clone(), make_escaped(d), utf16, utf32]
+                .iter()
+                .any(|form| memchr::memmem::find(data, form).is_some())
         })
     }
 
@@ -260,6 +273,52 @@ impl BaseDirs {
             None => Cow::Borrowed(text),
         }
     }
+}
+
+/// The base directory (of `forms`) whose path starts at `text[i..]` and ends where a
+/// path component or the path does.
+fn under_at(forms: &[Vec<u8>], text: &[u8], i: usize) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (n, d) in forms.iter().enumerate() {
+        let end = i + d.len();
+        let fits = text[i..].starts_with(d)
+            && (end == text.len() || text[end] == b'/' || path_boundary(text[end]));
+        if fits && best.map_or(true, |b| forms[b].len() < d.len()) {
+            best = Some(n);
+        }
+    }
+    best
+}
+
+/// The stored form's wrap byte for a file both ways reproduce.
+const EITHER: u8 = 3;
+
+/// A path as a make dependency file writes it (space, `#` and `$` escaped).
+fn make_escaped(d: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(d.len() + 4);
+    for &c in d {
+        match c {
+            b' ' | b'\t' | b'#' => out.extend_from_slice(&[b'\\', c]),
+            b'$' => out.extend_from_slice(b"$$"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// The length of a name before make escaping (`\ `, `\#`, `$$` count one).
+fn unescaped_len(name: &[u8]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i < name.len() {
+        let pair = matches!(
+            (name[i], name.get(i + 1)),
+            (b'\\', Some(b' ' | b'#')) | (b'$', Some(b'$'))
+        );
+        i += if pair { 2 } else { 1 };
+        n += 1;
+    }
+    n
 }
 
 /// How a compiler breaks the lines of a make dependency file.
@@ -316,14 +375,16 @@ impl Wrap {
                 }
                 out.push(b':');
                 col += 1;
+                // clang measures a prerequisite before it escapes it.
                 for d in deps {
-                    if col + d.len() + 1 + 2 > 75 {
+                    let n = unescaped_len(d);
+                    if col + n + 1 + 2 > 75 {
                         out.extend_from_slice(b" \\\n ");
                         col = 2;
                     }
                     out.push(b' ');
                     out.extend_from_slice(d);
-                    col += d.len() + 1;
+                    col += n + 1;
                 }
             }
         }
@@ -436,16 +497,24 @@ mod tests {
     fn dependency_files_round_trip() {
         let a = dirs(&["/home/a/src"]);
         let b = dirs(&["/ci/b"]);
-        // Not wrapped as gcc or clang would: filled as stored.
-        let d = b"o/x.o: /home/a/src/x.c /home/a/src/inc/x.h \\\n /usr/include/stdio.h /x/home/a/src/y.h\n/home/a/src/inc/x.h:\n";
-        let t = a.template(d).unwrap();
+        let one_line = b"o/x.o: /home/a/src/x.c /home/a/src/inc/x.h /usr/include/stdio.h /x/home/a/src/y.h /home/a/src/inc/z.h\n/home/a/src/inc/x.h:\n";
+        let d = Wrap::Gcc.rewrap(one_line).unwrap();
+        assert_ne!(&d[..], &one_line[..]);
+        let t = a.template(&d, DepfileWrap::Gcc).unwrap();
         assert_eq!(a.fill(&t).unwrap(), &d[..]);
         let there = b.fill(&t).unwrap();
+        let want = Wrap::Gcc
+            .rewrap(b"o/x.o: /ci/b/x.c /ci/b/inc/x.h /usr/include/stdio.h /x/home/a/src/y.h /ci/b/inc/z.h\n/ci/b/inc/x.h:\n")
+            .unwrap();
+        assert_eq!(there.as_ref(), &want[..]);
+        // Nothing to make relative; or not wrapped the way the compiler wraps (so
+        // it cannot be written back exactly): stored as it is.
         assert_eq!(
-            there.as_ref(),
-            b"o/x.o: /ci/b/x.c /ci/b/inc/x.h \\\n /usr/include/stdio.h /x/home/a/src/y.h\n/ci/b/inc/x.h:\n"
+            a.template(b"x.o: x.c /usr/include/a.h\n", DepfileWrap::Gcc),
+            None
         );
-        assert_eq!(a.template(b"x.o: x.c /usr/include/a.h\n"), None);
+        assert_eq!(a.template(one_line, DepfileWrap::Gcc), None);
+        // A stored form names a base directory this configuration lacks.
         assert_eq!(dirs(&[]).fill(&t), None);
     }
 
@@ -459,8 +528,10 @@ mod tests {
         let in_b = b"o.o: /tmp/.tmpaZRY52/ci/build/1234/proj/src/x.c \\\n /usr/include/stdc-predef.h /tmp/.tmpaZRY52/ci/build/1234/proj/inc/h.h\n/usr/include/stdc-predef.h:\n/tmp/.tmpaZRY52/ci/build/1234/proj/inc/h.h:\n";
         assert_eq!(Wrap::Gcc.rewrap(in_a).unwrap(), in_a);
         assert_eq!(Wrap::Gcc.rewrap(in_b).unwrap(), in_b);
-        let stored = a.template(in_a).unwrap();
-        assert_eq!(b.template(in_b).unwrap(), stored);
+        let stored = a.template(in_a, DepfileWrap::Gcc).unwrap();
+        assert_eq!(b.template(in_b, DepfileWrap::Gcc).unwrap(), stored);
+        // The driver's name did not say: gcc's way is the only one that fits A's.
+        assert_eq!(a.template(in_a, DepfileWrap::Unknown).unwrap(), stored);
         assert_eq!(b.fill(&stored).unwrap().as_ref(), in_b);
         assert_eq!(a.fill(&stored).unwrap().as_ref(), in_a);
         // clang's wrapping.
@@ -468,6 +539,26 @@ mod tests {
             b"o.o: /tmp/.tmpaZRY52/home/a/proj/src/x.c \\\n  /tmp/.tmpaZRY52/home/a/proj/inc/h.h\n";
         assert_eq!(Wrap::Clang.rewrap(clang).unwrap(), clang);
         assert_ne!(Wrap::Gcc.rewrap(clang).unwrap(), clang);
+        // clang measures names unescaped.
+        assert_eq!(unescaped_len(br"a\ b$$c\#d"), 7);
+        // One short line: either way fits, and a fill where they part is no hit.
+        let short = b"o.o: /a/x.c\n";
+        let t = dirs(&["/a"]).template(short, DepfileWrap::Unknown).unwrap();
+        assert_eq!(t[2], EITHER);
+        assert_eq!(dirs(&["/b"]).fill(&t).unwrap().as_ref(), b"o.o: /b/x.c\n");
+        let long = format!("/{}", "l".repeat(80));
+        assert_eq!(dirs(&[&long]).fill(&t), None);
+    }
+
+    #[test]
+    fn escaped_and_wide_forms_are_found() {
+        let a = dirs(&["/home/my dir/p$"]);
+        assert!(a.appears_in(br"x.o: /home/my\ dir/p$$/x.c"));
+        let wide: Vec<u8> = "/home/my dir/p$/x"
+            .chars()
+            .flat_map(|c| (c as u32).to_le_bytes())
+            .collect();
+        assert!(a.appears_in(&wide));
     }
 
     #[test]
@@ -485,10 +576,14 @@ mod tests {
     #[test]
     fn covered_by_prefix_maps() {
         let a = dirs(&["/home/a/src", "/home/a/build"]);
-        assert!(a.covered_by(&[PathBuf::from("/home/a")]));
-        assert!(a.covered_by(&[PathBuf::from("/home/a/")]));
+        // A map above the base directories leaves `src`/`build` in the output.
+        assert!(!a.covered_by(&[PathBuf::from("/home/a")]));
         assert!(!a.covered_by(&[PathBuf::from("/home/a/src")]));
         assert!(!a.covered_by(&[PathBuf::from("/home/a/sr")]));
+        assert!(a.covered_by(&[
+            PathBuf::from("/home/a/src/"),
+            PathBuf::from("/home/a/build")
+        ]));
         assert!(a.covered_by(&[PathBuf::from("/home/a/src"), PathBuf::from("/home/a/build")]));
     }
 

@@ -59,9 +59,20 @@ pub const UNSUPPORTED_CODE_DIRECTIVE: &str = "unsupported_code_directive";
 pub struct Output {
     pub role: &'static str,
     pub path: PathBuf,
-    /// The file is a text listing paths (a make dependency file): with `base_dir`
-    /// it is stored with relative paths and written back with this checkout's.
-    pub lists_paths: bool,
+    /// `Some` when the file is a make dependency file, wrapped as this compiler
+    /// wraps it: with `base_dir` it is stored with relative paths and written back
+    /// with this checkout's.
+    pub lists_paths: Option<DepfileWrap>,
+}
+
+/// Where a compiler breaks the lines of a make dependency file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DepfileWrap {
+    Gcc,
+    Clang,
+    /// The driver's name does not say (`cc`): the file itself must.
+    #[default]
+    Unknown,
 }
 
 /// A path in the key's arguments: `key_args[arg][start..]` up to the first `until`
@@ -210,6 +221,11 @@ pub struct DependencyFacts {
     /// Absolute names in include directives: the compiler reads them wherever the
     /// checkout is.
     pub absolute_includes: Vec<PathBuf>,
+    /// Files with an include computed by a macro (it may name an absolute path).
+    pub computed_includes: Vec<PathBuf>,
+    /// Include directories whose real path is not their name (a symlink or `..` on
+    /// the way): the compiler may name system headers there by their real path.
+    pub resolved_dirs: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Why a direct-mode manifest cannot be recorded for this compile.
@@ -302,6 +318,14 @@ pub trait Observed: Sync {
 
     /// Removes files the observation wrote.
     fn cleanup(&self, inv: &Invocation);
+
+    /// Whether preprocessed text asks the compiler for a file's path (a builtin the
+    /// preprocessor leaves for the compiler, which takes the path from the line
+    /// markers).
+    fn text_names_paths(&self, text: &[u8]) -> bool {
+        let _ = text;
+        false
+    }
 
     /// Checks source text before it is keyed or compiled: the primary source (direct
     /// and depend modes). `Err`: text that makes the compiler read files no key

@@ -230,16 +230,26 @@ impl Direct {
 }
 
 /// Whether what the compile read makes its result depend on where the checkout is:
-/// a file under a base directory names `__FILE__` or kin (expanded, it is that path;
-/// unless a macro prefix map rewrites every base directory), or an include directive
-/// names a file under one by its absolute path (read there whatever the checkout).
+/// a file names `__FILE__` or kin (expanded where it is used, it is that file's path,
+/// and the code may compute with it; the family leaves out its compiler's own
+/// headers, which pass it on as a string) unless a macro prefix map rewrites every
+/// base directory; an include directive names a file under a base directory by its
+/// absolute path, or a file there computes one (read there whatever the checkout);
+/// an include directory in or into a base directory is a link or goes through `..`
+/// (the compiler may name its headers by the real path, which is not relative).
 fn pinned_by_reads(ctx: &Ctx, facts: &lang::DependencyFacts) -> bool {
-    if ctx.base.is_empty() {
+    let base = &ctx.base;
+    if base.is_empty() {
         return false;
     }
-    let macros = facts.path_macros.iter().any(|p| ctx.base.contains(p))
-        && !ctx.base.covered_by(&ctx.inv.paths.macro_maps);
-    macros || facts.absolute_includes.iter().any(|p| ctx.base.contains(p))
+    let macros = !facts.path_macros.is_empty() && !base.covered_by(&ctx.inv.paths.macro_maps);
+    macros
+        || facts.absolute_includes.iter().any(|p| base.contains(p))
+        || facts.computed_includes.iter().any(|p| base.contains(p))
+        || facts
+            .resolved_dirs
+            .iter()
+            .any(|(named, real)| base.contains(named) || base.contains(real))
 }
 
 impl Mode for Direct {

@@ -279,7 +279,7 @@ impl Ctx<'_> {
         for out in &self.inv.outputs {
             match entry.outputs.iter().find(|b| b.role == out.role) {
                 // A list of paths stored relative: with this checkout's directories.
-                Some(b) if out.lists_paths => match self.base.fill(b.data) {
+                Some(b) if out.lists_paths.is_some() => match self.base.fill(b.data) {
                     Some(data) => blobs.push((out, data)),
                     None => return Restored::NotThis,
                 },
@@ -304,8 +304,10 @@ impl Ctx<'_> {
         for out in &self.inv.outputs {
             match fsutil::read_file(&out.path) {
                 // A list of paths is stored relative to the base directories.
-                Ok(d) if out.lists_paths => datas.push(self.base.template(&d).unwrap_or(d)),
-                Ok(d) => datas.push(d),
+                Ok(d) => match out.lists_paths {
+                    Some(wrap) => datas.push(self.base.template(&d, wrap).unwrap_or(d)),
+                    None => datas.push(d),
+                },
                 Err(e) => {
                     tracing::warn!(path = %out.path.display(), error = %e, "expected output missing");
                     self.tally

@@ -31,8 +31,12 @@ impl Preprocessor {
     }
 }
 
-/// The preprocessor-mode key, or why there is none.
-fn preprocessed_key(ctx: &mut Ctx, obs: &dyn Observed) -> Result<CacheKey, lang::Passthrough> {
+/// The preprocessor-mode key, and whether the text asks the compiler for a file's
+/// path (with `base_dir`); or why there is none.
+fn preprocessed_key(
+    ctx: &mut Ctx,
+    obs: &dyn Observed,
+) -> Result<(CacheKey, bool), lang::Passthrough> {
     let text = match obs.preprocess(&ctx.inv) {
         Ok(Ok(t)) => t,
         Ok(Err(p)) => return Err(p),
@@ -43,10 +47,10 @@ fn preprocessed_key(ctx: &mut Ctx, obs: &dyn Observed) -> Result<CacheKey, lang:
         .map_err(|e| lang::Passthrough::new("input_unreadable", e.to_string()))?;
     // Line markers name files relative to their base directory; an expanded
     // `__FILE__` in the code stays as it is.
-    Ok(key::finish(
-        base,
-        "preprocessed",
-        &ctx.base.line_markers(&text),
+    let names_paths = !ctx.base.is_empty() && obs.text_names_paths(&text);
+    Ok((
+        key::finish(base, "preprocessed", &ctx.base.line_markers(&text)),
+        names_paths,
     ))
 }
 
@@ -57,14 +61,15 @@ impl Mode for Preprocessor {
             return Err(ctx.uncached("uses __TIME__", "time_macro"));
         }
         match preprocessed_key(ctx, self.obs) {
-            Ok(k) => {
+            Ok((k, names_paths)) => {
                 self.rkey = k;
                 if !ctx.base.is_empty() {
                     let pinned = key::pinned(&k, &ctx.base);
-                    // Debug info that records paths no map rewrites: pinned from
-                    // the start.
+                    // Debug info that records paths no map rewrites, or a builtin
+                    // that takes a path from the (relative) line markers: pinned
+                    // from the start.
                     let recorded = ctx.inv.paths.recorded.as_ref();
-                    if recorded.is_some_and(|r| !ctx.base.covered_by(r)) {
+                    if recorded.is_some_and(|r| !ctx.base.covered_by(r)) || names_paths {
                         self.rkey = pinned;
                     } else {
                         self.pinned_key = Some(pinned);

@@ -414,7 +414,7 @@ impl Csc {
             .map(|(role, p)| Output {
                 role,
                 path: out_role_dir(p),
-                lists_paths: false,
+                lists_paths: None,
             })
             .collect();
         Ok(Invocation {
@@ -426,8 +426,10 @@ impl Csc {
             source: PathBuf::from(&sources[0]),
             extra_inputs: Vec::new(),
             outputs,
-            // Debug information records where the sources were.
-            cwd_in_key: if debug {
+            // Debug information records where the sources were, and so does a
+            // `[CallerFilePath]` argument: the compiler makes a relative source's
+            // path absolute with the cwd.
+            cwd_in_key: if debug || sources.iter().any(|s| !Path::new(s).is_absolute()) {
                 std::env::current_dir().ok()
             } else {
                 None

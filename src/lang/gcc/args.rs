@@ -7,10 +7,10 @@ use super::flags::{
     is_native_cpu_flag, plain_key_material, refused, shapes_search, tool_option, INPUT_FILE_FLAGS,
     WITH_ARG,
 };
-use super::names::{lang_from_ext, lang_from_x, LangOf};
+use super::names::{depfile_wrap, lang_from_ext, lang_from_x, LangOf};
 use super::rsp::expand_response_files;
 use super::{Gcc, GccPlan, Lang, UserDeps};
-use crate::lang::{Invocation, KeyPath, Output, Passthrough, PathFacts, Plan};
+use crate::lang::{DepfileWrap, Invocation, KeyPath, Output, Passthrough, PathFacts, Plan};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -27,6 +27,8 @@ impl Gcc {
     ) -> Result<Invocation, Passthrough> {
         let expanded = expand_response_files(args)?;
         let mut parsed = Parsed::with_capacity(expanded.len());
+        let name = compiler.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        parsed.depfile_wrap = depfile_wrap(name);
         let mut i = 0;
         while i < expanded.len() {
             let raw = &expanded[i];
@@ -87,6 +89,11 @@ struct Parsed {
     macro_maps: Vec<PathBuf>,
     /// The paths among `key_args`.
     key_paths: Vec<KeyPath>,
+    /// How this driver wraps dependency files.
+    depfile_wrap: DepfileWrap,
+    /// `-flto`: the object carries the compiler's intermediate form, which records
+    /// source locations and the cwd.
+    lto: bool,
     arch_count: u32,
     /// The first `-m…=native` flag.
     native: Option<String>,
@@ -280,6 +287,14 @@ impl Parsed {
             if let Some((old, _)) = m.split_once('=') {
                 self.macro_maps.push(PathBuf::from(old));
             }
+        } else if a.starts_with("-flto") {
+            // Key material as it is; noted, because the object then carries the
+            // compiler's intermediate form, which records locations and the cwd.
+            self.lto = a != "-flto=none";
+            return false;
+        } else if a == "-fno-lto" {
+            self.lto = false;
+            return false;
         } else if a == "-ftest-coverage" || a == "-fprofile-arcs" {
             self.coverage |= a == "-ftest-coverage";
             self.profile_paths = true;
@@ -318,7 +333,7 @@ impl Parsed {
         self.outputs.push(Output {
             role: "object",
             path: object.clone(),
-            lists_paths: false,
+            lists_paths: None,
         });
         let (observe_args, observe_depfile) = self.dependency_output(&src, &object, lang);
         let cwd_in_key = self.side_outputs(&object);
@@ -419,7 +434,7 @@ impl Parsed {
             self.outputs.push(Output {
                 role: "depfile",
                 path: file,
-                lists_paths: true,
+                lists_paths: Some(self.depfile_wrap),
             });
             if !self.deps.explicit_target {
                 // The rule's target derives from the object path: it is output content.
@@ -447,7 +462,7 @@ impl Parsed {
             self.outputs.push(Output {
                 role: "dwo",
                 path: with_ext(object, "dwo"),
-                lists_paths: false,
+                lists_paths: None,
             });
             self.key_extra
                 .push(format!("object-path={}", object.display()));
@@ -456,13 +471,16 @@ impl Parsed {
             self.outputs.push(Output {
                 role: "gcno",
                 path: with_ext(object, "gcno"),
-                lists_paths: false,
+                lists_paths: None,
             });
         }
         if self.coverage || self.profile_paths {
             // The .gcno records the cwd; the object embeds the .gcda path.
             self.key_extra
                 .push(format!("object-path={}", object.display()));
+            std::env::current_dir().ok()
+        } else if self.lto {
+            // LTO data records source locations, relative names with the cwd.
             std::env::current_dir().ok()
         } else if self.debug {
             std::env::current_dir()
@@ -484,7 +502,7 @@ impl Parsed {
             .filter(|(_, e)| e.starts_with("dep-target=") || e.starts_with("object-path="))
             .map(|(i, _)| i)
             .collect();
-        let recorded = if self.coverage || self.profile_paths {
+        let recorded = if self.coverage || self.profile_paths || self.lto {
             Some(Vec::new())
         } else if self.debug {
             Some(

@@ -289,6 +289,8 @@ pub(super) fn record_lookups(
         not_file,
         path_macros: rec.path_macros,
         absolute_includes: rec.absolute_includes,
+        computed_includes: rec.computed_includes,
+        resolved_dirs: Vec::new(),
     })
 }
 
@@ -338,6 +340,8 @@ struct Recorder {
     path_macros: Vec<PathBuf>,
     /// Absolute names include directives gave.
     absolute_includes: Vec<PathBuf>,
+    /// Files with an include a macro computes.
+    computed_includes: Vec<PathBuf>,
 }
 
 fn path_key(p: &Path) -> Vec<u8> {
@@ -421,6 +425,7 @@ impl Recorder {
                     });
                 }
                 computed_dirs.push(dir.clone());
+                self.computed_includes.push(f.clone());
             }
             self.follow(&scan, &dir, chains);
         }

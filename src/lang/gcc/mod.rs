@@ -207,7 +207,7 @@ impl Observed for Gcc {
         };
         let files = tidy(files);
         let sl = search_list(inv, scratch)?;
-        match record_lookups(&files, &inv.source, &p.forced_includes, &sl, !complete) {
+        let facts = match record_lookups(&files, &inv.source, &p.forced_includes, &sl, !complete) {
             // -MMD output with a computed include among the system headers: only a
             // dependency scan can list them.
             Err(nr) if !complete && nr.reason == "computed_include" => {
@@ -224,7 +224,14 @@ impl Observed for Gcc {
                 record_lookups(&files, &inv.source, &p.forced_includes, &sl, false)
             }
             other => other,
-        }
+        };
+        facts.map(|f| path_facts(f, &sl, &p.search_args))
+    }
+
+    fn text_names_paths(&self, text: &[u8]) -> bool {
+        ["__builtin_FILE", "__builtin_source_location"]
+            .iter()
+            .any(|b| memchr::memmem::find(text, b.as_bytes()).is_some())
     }
 
     fn source_check(&self, source: &[u8]) -> Result<(), Passthrough> {
@@ -236,6 +243,60 @@ impl Observed for Gcc {
             let _ = std::fs::remove_file(f);
         }
     }
+}
+
+/// What `base_dir` needs beyond the lookups: which path macros matter and which
+/// include directories the compiler may name by their real path.
+///
+/// A header of the compiler's own include directories (glibc's `assert`, libstdc++)
+/// names `__FILE__` only to pass it on as a string, which a compile that expands it
+/// leaves in its object, where farm looks for paths anyway: those files are dropped
+/// from `path_macros`. Any other file naming one stays (it may compute with the
+/// path: `sizeof(__FILE__)`).
+fn path_facts(
+    mut f: DependencyFacts,
+    sl: &SearchList,
+    search_args: &[OsString],
+) -> DependencyFacts {
+    let user_dirs = user_include_dirs(search_args);
+    let builtin: Vec<&Path> = sl
+        .angle
+        .iter()
+        .filter(|d| d.is_absolute() && !user_dirs.contains(&fsutil::clean_path(d)))
+        .map(|d| d.as_path())
+        .collect();
+    f.path_macros
+        .retain(|p| !builtin.iter().any(|d| p.starts_with(d)));
+    for d in sl.quote.iter().chain(&sl.angle) {
+        if let Ok(real) = std::fs::canonicalize(d) {
+            if real != fsutil::clean_path(d) {
+                f.resolved_dirs.push((d.clone(), real));
+            }
+        }
+    }
+    f
+}
+
+/// The include directories the command line names (`-I`, `-isystem`, `-idirafter`,
+/// `-iquote`, joined or not), cleaned.
+fn user_include_dirs(search_args: &[OsString]) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let mut it = search_args.iter().filter_map(|a| a.to_str());
+    while let Some(a) = it.next() {
+        match a {
+            "-I" | "-isystem" | "-idirafter" | "-iquote" => {
+                if let Some(v) = it.next() {
+                    dirs.push(fsutil::clean_path(Path::new(v)));
+                }
+            }
+            _ => {
+                if let Some(v) = a.strip_prefix("-I").filter(|v| !v.is_empty()) {
+                    dirs.push(fsutil::clean_path(Path::new(v)));
+                }
+            }
+        }
+    }
+    dirs
 }
 
 impl TextJobs for Gcc {

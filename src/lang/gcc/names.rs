@@ -2,6 +2,7 @@
 //! `-x` or its extension.
 
 use super::Lang;
+use crate::lang::DepfileWrap;
 use std::path::Path;
 
 /// Is this binary name a gcc or clang driver (`gcc`, `x86_64-linux-gnu-g++-12`,
@@ -30,6 +31,18 @@ pub fn is_gcc_like(name: &str) -> bool {
         }
     }
     false
+}
+
+/// How the driver of this name wraps dependency files: clang's or gcc's way, or not
+/// known from the name (`cc`, `c++`: either, through alternatives).
+pub(super) fn depfile_wrap(name: &str) -> DepfileWrap {
+    if name.starts_with("clang") {
+        DepfileWrap::Clang
+    } else if name.contains("gcc") || name.contains("g++") {
+        DepfileWrap::Gcc
+    } else {
+        DepfileWrap::Unknown
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -465,7 +465,7 @@ impl Javac {
             .map(|(role, path)| Output {
                 role,
                 path: path.clone(),
-                lists_paths: false,
+                lists_paths: None,
             })
             .collect();
         Ok(Invocation {
