@@ -102,6 +102,18 @@ impl TierKind {
         TierKind::Farm,
     ];
 
+    /// The kind a remote tier of `scheme` counts as.
+    pub const fn of_remote(scheme: crate::store::remote::Scheme) -> TierKind {
+        use crate::store::remote::Scheme;
+        match scheme {
+            Scheme::Redis | Scheme::Rediss => TierKind::Redis,
+            Scheme::S3 => TierKind::S3,
+            Scheme::Http => TierKind::Http,
+            Scheme::WebDav => TierKind::WebDav,
+            Scheme::Gha => TierKind::Gha,
+        }
+    }
+
     /// The name in counters (`tier.<name>.<measure>`) and in `farm stats`.
     pub const fn name(self) -> &'static str {
         match self {

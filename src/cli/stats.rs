@@ -7,7 +7,6 @@ use std::fmt::Display;
 use super::{err, flags, load, out};
 use crate::config::{format_size, Config};
 use crate::stats::{Outcome, ReasonFamily, Stats, Summary, TierKind, TierMeasure};
-use crate::store::remote::Scheme;
 use crate::store::LocalStore;
 
 pub(super) fn run(rest: &[String]) -> i32 {
@@ -107,16 +106,10 @@ fn tiers_json(s: &Summary) -> serde_json::Value {
 /// is configured or ever counted something.
 fn shown_tiers(cfg: &Config, s: &Summary) -> Vec<TierKind> {
     let configured = |kind: TierKind| {
-        cfg.remote_storage.value.iter().any(|r| {
-            matches!(
-                (r.scheme, kind),
-                (Scheme::Redis | Scheme::Rediss, TierKind::Redis)
-                    | (Scheme::S3, TierKind::S3)
-                    | (Scheme::Http, TierKind::Http)
-                    | (Scheme::WebDav, TierKind::WebDav)
-                    | (Scheme::Gha, TierKind::Gha)
-            )
-        })
+        cfg.remote_storage
+            .value
+            .iter()
+            .any(|r| TierKind::of_remote(r.scheme) == kind)
     };
     TierKind::ALL
         .into_iter()

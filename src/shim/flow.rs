@@ -8,7 +8,7 @@ use super::{Ctx, Restored};
 use crate::lang::CompileRun;
 use crate::protocol::Item;
 use crate::stats::{Outcome, TierKind, TierMeasure};
-use crate::store::remote::{RemoteTier, Scheme};
+use crate::store::remote::RemoteTier;
 use crate::store::{CacheError, CacheKey, EntryKind, LocalStore, Tier, Tiered};
 
 /// The local tier's position in a compile's [`Tiered`]; shared tiers (the remote
@@ -174,13 +174,7 @@ fn tier_kind(ctx: &Ctx, tiers: &Tiered, i: usize) -> Option<TierKind> {
         .value
         .iter()
         .find(|s| s.url == name)?;
-    Some(match spec.scheme {
-        Scheme::Redis | Scheme::Rediss => TierKind::Redis,
-        Scheme::S3 => TierKind::S3,
-        Scheme::Http => TierKind::Http,
-        Scheme::WebDav => TierKind::WebDav,
-        Scheme::Gha => TierKind::Gha,
-    })
+    Some(TierKind::of_remote(spec.scheme))
 }
 
 /// Counts a lookup in tier `i`: a hit, or a miss that goes on to the next tier
