@@ -196,6 +196,9 @@ fn count_lookup(ctx: &mut Ctx, tiers: &Tiered, farm: &Farm, i: usize, looked: &L
 fn count_traffic(ctx: &mut Ctx, tiers: &Tiered) {
     for i in 0..tiers.len() {
         let moved = tiers.traffic(i);
+        if moved == Default::default() {
+            continue;
+        }
         let Some(kind) = tier_kind(ctx, tiers, i) else {
             continue;
         };
