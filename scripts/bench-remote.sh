@@ -16,7 +16,8 @@
 #
 # Environment:
 #   PROJECTS   Debian source packages, space- or comma-separated: taglib (CMake,
-#              C++), json-c (CMake, C), lua5.4 (Makefile, relative paths). Default taglib.
+#              C++), json-c and zlib (CMake, C), lua5.4 (Makefile, relative paths).
+#              Default taglib.
 #   JOBS       parallel compiles (default: nproc)
 #   REPEATS    runs of each measurement; the median is shown (default 1)
 #   BACKENDS   redis s3 (default both)
@@ -115,9 +116,9 @@ run_id=0
 # Sets: kind (cmake|make), src_sub (the source dir inside a checkout).
 project_setup() {
   case $1 in
-    taglib | json-c) kind=cmake ;;
+    taglib | json-c | zlib) kind=cmake ;;
     lua5.4 | lua) kind=make ;;
-    *) die "unknown project $1 (taglib, json-c, lua5.4)" ;;
+    *) die "unknown project $1 (taglib, json-c, zlib, lua5.4)" ;;
   esac
 }
 
@@ -245,6 +246,8 @@ for project in $PROJECTS; do
   for co in "$A" "$B"; do
     mkdir -p "$co"
     cp -a "$SOURCES/$pkg" "$co/src"
+    # zlib's dfsg tarball drops win32/, which its CMakeLists lists (unused on Linux).
+    if [[ $pkg == zlib && ! -e $co/src/win32 ]]; then mkdir -p "$co/src/win32"; : >"$co/src/win32/zlib1.rc"; fi
   done
   log "$project: checkouts $A and $B"
 
