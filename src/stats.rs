@@ -75,6 +75,113 @@ impl ReasonFamily {
     }
 }
 
+/// A kind of cache tier, as `farm stats` counts them: the local disk, each kind of
+/// remote (every tier of one kind adds to one set of counters), the farm's cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TierKind {
+    Local,
+    Redis,
+    S3,
+    /// Plain HTTP(S) (bazel-remote, a Bazel-layout nginx).
+    Http,
+    WebDav,
+    /// The GitHub Actions cache.
+    Gha,
+    Farm,
+}
+
+impl TierKind {
+    /// Every kind, in the order `farm stats` shows them (nearest tier first).
+    pub const ALL: [TierKind; 7] = [
+        TierKind::Local,
+        TierKind::Redis,
+        TierKind::S3,
+        TierKind::Http,
+        TierKind::WebDav,
+        TierKind::Gha,
+        TierKind::Farm,
+    ];
+
+    /// The kind a remote tier of `scheme` counts as.
+    pub const fn of_remote(scheme: crate::store::remote::Scheme) -> TierKind {
+        use crate::store::remote::Scheme;
+        match scheme {
+            Scheme::Redis | Scheme::Rediss => TierKind::Redis,
+            Scheme::S3 => TierKind::S3,
+            Scheme::Http => TierKind::Http,
+            Scheme::WebDav => TierKind::WebDav,
+            Scheme::Gha => TierKind::Gha,
+        }
+    }
+
+    /// The name in counters (`tier.<name>.<measure>`) and in `farm stats`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TierKind::Local => "local",
+            TierKind::Redis => "redis",
+            TierKind::S3 => "s3",
+            TierKind::Http => "http",
+            TierKind::WebDav => "webdav",
+            TierKind::Gha => "gha",
+            TierKind::Farm => "farm",
+        }
+    }
+}
+
+/// What is counted per tier kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TierMeasure {
+    /// Compiles this tier answered.
+    Hits,
+    /// Lookups in this tier that found nothing usable (the compile went on to the
+    /// next tier, or compiled).
+    Misses,
+    /// Failed calls: the tier was down, refused a write, or held a damaged entry.
+    Errors,
+    /// Entry bytes read from the tier (payloads as stored, before any framing or
+    /// compression the tier adds).
+    BytesRead,
+    /// Entry bytes written to the tier (backfills, new results, manifests).
+    BytesWritten,
+}
+
+impl TierMeasure {
+    pub const ALL: [TierMeasure; 5] = [
+        TierMeasure::Hits,
+        TierMeasure::Misses,
+        TierMeasure::Errors,
+        TierMeasure::BytesRead,
+        TierMeasure::BytesWritten,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            TierMeasure::Hits => "hits",
+            TierMeasure::Misses => "misses",
+            TierMeasure::Errors => "errors",
+            TierMeasure::BytesRead => "bytes_read",
+            TierMeasure::BytesWritten => "bytes_written",
+        }
+    }
+}
+
+/// `tier.<kind>.<measure>` for every kind (in [`TierKind::ALL`] order) and measure
+/// (in [`TierMeasure::ALL`] order): static, so counting one allocates nothing.
+macro_rules! tier_counter_names {
+    ($($kind:literal),*) => {
+        [$([
+            concat!("tier.", $kind, ".hits"),
+            concat!("tier.", $kind, ".misses"),
+            concat!("tier.", $kind, ".errors"),
+            concat!("tier.", $kind, ".bytes_read"),
+            concat!("tier.", $kind, ".bytes_written"),
+        ]),*]
+    };
+}
+
+const TIER_COUNTERS: [[&str; 5]; 7] =
+    tier_counter_names!("local", "redis", "s3", "http", "webdav", "gha", "farm");
+
 /// One thing `farm stats` counts. Fixed outcomes have one counter each; the others
 /// carry a [`Reason`] and count under `<family prefix>.<reason>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -126,6 +233,8 @@ pub enum Outcome {
     Fallback(Reason),
     /// `warm.declined.<reason>`: a fresh compiler ran although a warm one was asked.
     WarmDeclined(Reason),
+    /// `tier.<kind>.<measure>`: one tier kind's hits, misses, errors or bytes.
+    Tier(TierKind, TierMeasure),
 }
 
 impl Outcome {
@@ -151,6 +260,15 @@ impl Outcome {
         Outcome::EvictedFiles,
         Outcome::Cleanups,
     ];
+
+    /// Every per-tier counter (fixed too, but many: kept apart from [`Self::FIXED`]).
+    pub fn tiers() -> impl Iterator<Item = Outcome> {
+        TierKind::ALL.into_iter().flat_map(|kind| {
+            TierMeasure::ALL
+                .into_iter()
+                .map(move |measure| Outcome::Tier(kind, measure))
+        })
+    }
 
     /// Splits the outcome into its family and reason: a fixed outcome is its own
     /// counter name with no reason; a reasoned one is its family's prefix and the
@@ -196,6 +314,7 @@ impl Outcome {
             Outcome::CompileMs => "compile_ms",
             Outcome::EvictedFiles => "evicted.files",
             Outcome::Cleanups => "evicted.cleanups",
+            Outcome::Tier(kind, measure) => TIER_COUNTERS[*kind as usize][*measure as usize],
             Outcome::Passthrough(_)
             | Outcome::NotStored(_)
             | Outcome::FarmHome(_)
@@ -220,6 +339,9 @@ impl Outcome {
             .find(|o| o.fixed_name() == Some(counter))
         {
             return Some(o.clone());
+        }
+        if let Some(o) = Outcome::tiers().find(|o| o.fixed_name() == Some(counter)) {
+            return Some(o);
         }
         ReasonFamily::ALL.into_iter().find_map(|family| {
             let reason = counter.strip_prefix(family.prefix())?.strip_prefix('.')?;
@@ -282,6 +404,16 @@ impl Summary {
             .iter()
             .filter_map(|(k, v)| k.strip_prefix(&p).map(|r| (r.to_string(), *v)))
             .collect()
+    }
+
+    /// One tier kind's count of `measure`.
+    pub fn tier(&self, kind: TierKind, measure: TierMeasure) -> u64 {
+        self.get(&Outcome::Tier(kind, measure))
+    }
+
+    /// Whether anything was ever counted for tier `kind`.
+    pub fn tier_used(&self, kind: TierKind) -> bool {
+        TierMeasure::ALL.into_iter().any(|m| self.tier(kind, m) > 0)
     }
 
     /// Hits of every kind.
@@ -487,6 +619,23 @@ mod tests {
                 .iter()
                 .any(|(n, _)| n.reason().map(|r| r.0) == Some(f)));
         }
+        // Per-tier counters: `tier.<kind>.<measure>`, static, parsed back, all distinct.
+        let tiers: Vec<Outcome> = Outcome::tiers().collect();
+        assert_eq!(tiers.len(), TierKind::ALL.len() * TierMeasure::ALL.len());
+        for o in &tiers {
+            let Outcome::Tier(kind, measure) = o else {
+                unreachable!()
+            };
+            let name = format!("tier.{}.{}", kind.name(), measure.name());
+            assert_eq!(o.counter(), name);
+            assert!(matches!(o.counter(), Cow::Borrowed(_)), "{o}");
+            assert_eq!(Outcome::parse(&name).as_ref(), Some(o), "{name}");
+        }
+        assert_eq!(
+            Outcome::Tier(TierKind::Redis, TierMeasure::BytesRead).counter(),
+            "tier.redis.bytes_read"
+        );
+        assert_eq!(Outcome::parse("tier.ftp.hits"), None);
         assert_eq!(
             Outcome::FarmHome(Cow::Owned("no_peer".to_string())).counter(),
             "farm.home.no_peer"
@@ -541,10 +690,22 @@ mod tests {
                 .iter()
                 .map(|f| format!("{}.<reason>", f.prefix())),
         );
+        expected.extend(
+            TierMeasure::ALL
+                .iter()
+                .map(|m| format!("tier.<kind>.{}", m.name())),
+        );
         let mut documented: Vec<String> = documented.iter().map(|s| s.to_string()).collect();
         documented.sort();
         expected.sort();
         assert_eq!(documented, expected);
+        // ... and `<kind>` is spelled out: every tier kind, and no other.
+        let kinds: Vec<String> = TierKind::ALL
+            .iter()
+            .map(|k| format!("`{}`", k.name()))
+            .collect();
+        let sentence = format!("`<kind>` is one of {}.", kinds.join(", "));
+        assert!(table.contains(&sentence), "docs/stats.md: {sentence}");
     }
 
     #[test]

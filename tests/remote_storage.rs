@@ -595,3 +595,187 @@ fn checkout_b_is_answered_from_s3_through_the_agent() {
         assert_eq!(env.counter(&["errors", "remote"]), 0, "{}", env.stats());
     }
 }
+
+/// Two sources and a header in `env`'s work dir, dated in the past (a file newer than
+/// the compile is never stored).
+fn small_project(env: &Env) {
+    env.write("inc/h.h", "#define TWICE(x) ((x) * 2)\nint y(int);\n");
+    env.write(
+        "src/x.c",
+        "#include \"h.h\"\nint x(int a) { return TWICE(a) + y(a); }\n",
+    );
+    env.write(
+        "src/y.c",
+        "#include \"h.h\"\nstatic const char msg[] = \"a remote tier\";\nint y(int a) { return TWICE(a) + msg[a & 7]; }\n",
+    );
+    for f in ["inc/h.h", "src/x.c", "src/y.c"] {
+        set_mtime(&env.work.join(f), 1_600_000_000);
+    }
+    // Past the few milliseconds a just-changed file (by its ctime) is not trusted.
+    std::thread::sleep(std::time::Duration::from_millis(120));
+}
+
+/// Compiles the small project in `env` through farm with `remote`.
+fn compile_small(env: &Env, remote: &str) {
+    for src in ["x", "y"] {
+        let o = env
+            .cmd(farm_bin())
+            .env("FARM_REMOTE_STORAGE", remote)
+            .args(["gcc", "-O2", "-c", "-Iinc"])
+            .arg(format!("src/{src}.c"))
+            .args(["-o", &format!("{src}.o")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+/// `farm stats` counts per tier what real compiles moved through a real Redis:
+/// checkout A's misses write results and manifests there; checkout B's hits read
+/// exactly those bytes back and write them into B's own cache, which B's next build
+/// reads back. `farm config` and `farm cache remotes` show the tier with every
+/// attribute in force and where it was set, never a password.
+#[test]
+fn stats_count_bytes_per_tier_and_config_shows_the_remote() {
+    let r = redis("64mb", "allkeys-lru");
+    let remote = format!("redis://127.0.0.1:{}|key-prefix=team", r.port);
+    let (a, b) = (Env::new("direct"), Env::new("direct"));
+    small_project(&a);
+    small_project(&b);
+    let tier = |env: &Env, kind: &str, what: &str| env.counter(&["tiers", kind, what]);
+
+    compile_small(&a, &remote);
+    assert_eq!(
+        a.counter(&["entries"]),
+        4,
+        "2 results, 2 manifests: {}",
+        a.stats()
+    );
+    let objects_size = (a.read("x.o").len() + a.read("y.o").len()) as u64;
+    assert_eq!(tier(&a, "local", "misses"), 2, "{}", a.stats());
+    assert_eq!(tier(&a, "redis", "misses"), 2, "{}", a.stats());
+    assert_eq!(tier(&a, "redis", "hits"), 0);
+    assert_eq!(tier(&a, "redis", "errors"), 0);
+    // Nothing was there to read; each result holds its object.
+    assert_eq!(tier(&a, "redis", "bytes_read"), 0);
+    let written_a = tier(&a, "redis", "bytes_written");
+    assert!(
+        written_a > objects_size,
+        "{written_a} <= {objects_size}: {}",
+        a.stats()
+    );
+    assert!(tier(&a, "local", "bytes_written") > objects_size);
+
+    compile_small(&b, &remote);
+    assert_eq!(b.read("x.o"), a.read("x.o"));
+    assert_eq!(b.read("y.o"), a.read("y.o"));
+    assert_eq!(tier(&b, "redis", "hits"), 2, "{}", b.stats());
+    assert_eq!(tier(&b, "redis", "misses"), 0);
+    assert_eq!(b.counter(&["hits", "remote"]), 2);
+    // B read back exactly what A wrote (each manifest and result), wrote nothing
+    // there, and kept what it read in its own cache.
+    assert_eq!(tier(&b, "redis", "bytes_read"), written_a, "{}", b.stats());
+    assert_eq!(tier(&b, "redis", "bytes_written"), 0);
+    assert_eq!(tier(&b, "local", "bytes_read"), 0);
+    let kept = tier(&b, "local", "bytes_written");
+    assert!(kept > objects_size, "{kept}");
+
+    // B again: local hits that read back what B kept, the remote not asked.
+    compile_small(&b, &remote);
+    assert_eq!(tier(&b, "local", "hits"), 2, "{}", b.stats());
+    assert_eq!(tier(&b, "local", "bytes_read"), kept);
+    assert_eq!(tier(&b, "redis", "hits"), 2);
+    assert_eq!(tier(&b, "redis", "bytes_read"), written_a);
+
+    // The table people read has a line for each kind that moved something.
+    let o = b
+        .cmd(farm_bin())
+        .env("FARM_REMOTE_STORAGE", &remote)
+        .arg("stats")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let redis_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("redis "))
+        .unwrap_or_else(|| panic!("no redis line: {text}"));
+    let cols: Vec<&str> = redis_line.split_whitespace().collect();
+    assert_eq!(&cols[..4], ["redis", "2", "0", "0"], "{text}");
+
+    // Where the tiers come from: the environment, then a config file (whose
+    // password is never shown).
+    let o = b
+        .cmd(farm_bin())
+        .env("FARM_REMOTE_STORAGE", &remote)
+        .arg("config")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("1 tier") && text.contains("(env FARM_REMOTE_STORAGE)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("1. redis://127.0.0.1:{}", r.port))
+            && text.contains("kind=redis access=read-write")
+            && text.contains("key-prefix=team")
+            && text.contains("timeout=2000ms"),
+        "{text}"
+    );
+    let cfg = b.root.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "remote_storage = \"redis://farm:s3cret@127.0.0.1:{}/3|read-only|connect-timeout=40ms s3://farm-cache/ci|region=eu-west-1\"\n",
+            r.port
+        ),
+    )
+    .unwrap();
+    for args in [
+        &["config"][..],
+        &["config", "--json"],
+        &["cache", "remotes"],
+    ] {
+        let o = b
+            .cmd(farm_bin())
+            .env("FARM_CONFIG", &cfg)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{args:?}: {text}");
+        assert!(!text.contains("s3cret"), "{args:?}: {text}");
+        assert!(
+            text.contains(&format!("redis://farm:***@127.0.0.1:{}/3", r.port))
+                && text.contains("read-only")
+                && text.contains("40ms")
+                && text.contains("s3://farm-cache/ci")
+                && text.contains("eu-west-1")
+                && text.contains(&format!("file {}", cfg.display())),
+            "{args:?}: {text}"
+        );
+    }
+    let o = b
+        .cmd(farm_bin())
+        .env("FARM_CONFIG", &cfg)
+        .args(["cache", "remotes"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        text.lines().count(),
+        5,
+        "a heading, two lines a tier: {text}"
+    );
+
+    // A Redis that refuses: its failed calls are that kind's errors, the build goes on.
+    let c = Env::new("direct");
+    small_project(&c);
+    compile_small(&c, &format!("redis://127.0.0.1:{}", free_port()));
+    assert_eq!(c.read("x.o"), a.read("x.o"));
+    assert!(tier(&c, "redis", "errors") >= 1, "{}", c.stats());
+    assert_eq!(tier(&c, "redis", "hits"), 0);
+    assert_eq!(tier(&c, "redis", "bytes_read"), 0);
+    assert_eq!(tier(&c, "redis", "bytes_written"), 0);
+    assert_eq!(c.misses(), 2);
+}

@@ -1,9 +1,49 @@
-//! `farm cache clear | dir | ping`.
+//! `farm cache clear | dir | remotes | ping`.
 
 use super::{err, load, out};
 use crate::config::Config;
 use crate::store::remote::RemoteTier;
 use crate::store::LocalStore;
+
+/// `farm cache remotes`: the remote tiers in the order a local miss asks them, each
+/// with its attributes in force, where the list was set, and whether this machine
+/// is skipping it after a failure. Asks no server.
+fn remotes(cfg: &Config) -> i32 {
+    let list = &cfg.remote_storage;
+    if list.value.is_empty() {
+        out(&format!("no remote storage configured ({})\n", list.source));
+        return 0;
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mut t = format!(
+        "remote storage ({}), asked in this order after a local miss:\n",
+        list.source
+    );
+    for (i, spec) in list.value.iter().enumerate() {
+        let attrs: Vec<String> = super::config::remote_attributes(spec, &env)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        t.push_str(&format!(
+            "  {}. {}\n     {}\n",
+            i + 1,
+            spec.url,
+            attrs.join(" ")
+        ));
+        let tier = RemoteTier::new(spec.clone(), &cfg.dir.value);
+        if let Some((until, what)) = tier.skipped_until() {
+            let left = until
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            t.push_str(&format!(
+                "     skipped ({what}) for {} s more after a failure (`farm cache ping` tries it now)\n",
+                left.as_secs()
+            ));
+        }
+    }
+    out(&t);
+    0
+}
 
 /// `farm cache ping`: each remote tier, tried now (its skip after a failure reset):
 /// one line per remote; exit 1 when one failed.
@@ -60,6 +100,7 @@ pub(super) fn run(rest: &[String]) -> i32 {
             0
         }
         Some("ping") if rest.len() == 1 => ping(&cfg),
-        _ => err("usage: farm cache clear | farm cache dir | farm cache ping"),
+        Some("remotes") if rest.len() == 1 => remotes(&cfg),
+        _ => err("usage: farm cache clear | farm cache dir | farm cache remotes | farm cache ping"),
     }
 }

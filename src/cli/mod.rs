@@ -48,6 +48,7 @@ COMMANDS
   farm stats [--json] [--zero]   hits by mode, misses, pass-throughs by reason, errors, size
   farm cache clear               remove every cache entry (statistics are kept)
   farm cache dir                 print the cache directory
+  farm cache remotes             list the remote tiers (remote_storage) and their attributes
   farm cache ping                try each remote tier now (remote_storage)
   farm config [--json]           effective configuration and where each value came from
   farm status [--json] [--watch] the farm as this machine's farmd sees it
@@ -68,6 +69,8 @@ ENVIRONMENT
   FARM_DISABLE=1  every entry point runs the real compiler untouched
   FARM_CONFIG     config file (default ~/.config/farm/config.toml)
   FARM_AGENT      farmd's agent socket (default /run/farm/agent.sock; off = local only)
+  FARM_REMOTE_STORAGE  remote tiers after the local cache: space-separated URLs with
+                  |attributes (redis://, s3://, http(s)://, webdav://, gha; docs/remote-storage.md)
 
 See docs/ for recipes (Make, CMake, Ninja), the configuration reference and how to
 read `farm stats`.

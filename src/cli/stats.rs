@@ -6,7 +6,7 @@ use std::fmt::Display;
 
 use super::{err, flags, load, out};
 use crate::config::{format_size, Config};
-use crate::stats::{Outcome, ReasonFamily, Stats, Summary};
+use crate::stats::{Outcome, ReasonFamily, Stats, Summary, TierKind, TierMeasure};
 use crate::store::LocalStore;
 
 pub(super) fn run(rest: &[String]) -> i32 {
@@ -86,7 +86,57 @@ fn json(cfg: &Config, s: &Summary, (bytes, files): (u64, u64)) -> serde_json::Va
         "max_size_bytes": cfg.max_size.value,
         "time_saved_ms": s.get(&Outcome::TimeSavedMs),
         "compile_ms": s.get(&Outcome::CompileMs),
+        "tiers": tiers_json(s),
     })
+}
+
+/// `tiers.<kind>.<measure>` for every tier kind.
+fn tiers_json(s: &Summary) -> serde_json::Value {
+    let mut kinds = serde_json::Map::new();
+    for kind in TierKind::ALL {
+        let measures: serde_json::Map<String, serde_json::Value> = TierMeasure::ALL
+            .iter()
+            .map(|&m| (m.name().to_string(), s.tier(kind, m).into()))
+            .collect();
+        kinds.insert(kind.name().to_string(), measures.into());
+    }
+    kinds.into()
+}
+
+/// The tier kinds `farm stats` shows a line for: the local disk, every kind that
+/// is configured or ever counted something.
+fn shown_tiers(cfg: &Config, s: &Summary) -> Vec<TierKind> {
+    let configured = |kind: TierKind| {
+        cfg.remote_storage
+            .value
+            .iter()
+            .any(|r| TierKind::of_remote(r.scheme) == kind)
+    };
+    TierKind::ALL
+        .into_iter()
+        .filter(|&k| k == TierKind::Local || configured(k) || s.tier_used(k))
+        .collect()
+}
+
+/// One line per tier kind: hits, misses, errors, bytes read and written.
+fn tier_table(cfg: &Config, s: &Summary) -> String {
+    let mut t = format!(
+        "  {:<10}{:>9}{:>9}{:>9}{:>12}{:>12}\n",
+        "tier", "hits", "misses", "errors", "read", "written"
+    );
+    for kind in shown_tiers(cfg, s) {
+        let n = |m| s.tier(kind, m);
+        t.push_str(&format!(
+            "  {:<10}{:>9}{:>9}{:>9}{:>12}{:>12}\n",
+            kind.name(),
+            n(TierMeasure::Hits),
+            n(TierMeasure::Misses),
+            n(TierMeasure::Errors),
+            format_size(n(TierMeasure::BytesRead)),
+            format_size(n(TierMeasure::BytesWritten)),
+        ));
+    }
+    t
 }
 
 /// The table people read: one right-aligned number per line.
@@ -143,6 +193,7 @@ fn text(cfg: &Config, s: &Summary, (bytes, files): (u64, u64)) -> String {
     t.line("size", size);
     let saved_s = s.get(&Outcome::TimeSavedMs) as f64 / 1000.0;
     t.line("time saved (est.)", format!("{saved_s:.1} s"));
+    t.0.push_str(&tier_table(cfg, s));
     t.0.push_str(&format!(
         "summary: hits={hits} misses={misses} passthrough={} errors={errors}\n",
         passthrough.values().sum::<u64>()

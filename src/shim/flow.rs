@@ -8,7 +8,7 @@ use super::farm::Farm;
 use super::{Ctx, Restored};
 use crate::lang::CompileRun;
 use crate::protocol::Item;
-use crate::stats::Outcome;
+use crate::stats::{Outcome, TierKind, TierMeasure};
 use crate::store::remote::RemoteTier;
 use crate::store::{CacheError, CacheKey, EntryKind, LocalStore, Tier, Tiered};
 
@@ -114,6 +114,7 @@ pub(super) fn run(ctx: &mut Ctx, mode: &mut dyn Mode) -> i32 {
     }
     let mut tiers = Tiered::new(order);
     let code = run_tiers(ctx, mode, &mut tiers, &farm);
+    count_traffic(ctx, &tiers);
     ctx.take_farm_counts();
     code
 }
@@ -122,7 +123,9 @@ fn run_tiers(ctx: &mut Ctx, mode: &mut dyn Mode, tiers: &mut Tiered, farm: &Farm
     if let Err(code) = mode.key(ctx, tiers) {
         return code;
     }
-    match mode.lookup(ctx, tiers, LOCAL) {
+    let looked = mode.lookup(ctx, tiers, LOCAL);
+    count_lookup(ctx, tiers, farm, LOCAL, &looked);
+    match looked {
         Lookup::Hit => return 0,
         Lookup::Done(code) => return code,
         Lookup::Miss => {}
@@ -134,7 +137,9 @@ fn run_tiers(ctx: &mut Ctx, mode: &mut dyn Mode, tiers: &mut Tiered, farm: &Farm
         if !tiers.usable(i) {
             continue;
         }
-        match mode.lookup(ctx, tiers, i) {
+        let looked = mode.lookup(ctx, tiers, i);
+        count_lookup(ctx, tiers, farm, i, &looked);
+        match looked {
             Lookup::Hit => return 0,
             Lookup::Done(code) => return code,
             Lookup::Miss => {}
@@ -149,8 +154,68 @@ fn run_tiers(ctx: &mut Ctx, mode: &mut dyn Mode, tiers: &mut Tiered, farm: &Farm
     };
     let items = mode.store(ctx, tiers, &ran);
     store_remote(ctx, tiers, &items);
+    if farm.up() && ctx.farm_at < tiers.len() {
+        let published: usize = items.iter().map(|i| i.data.len()).sum();
+        tiers.note_written(ctx.farm_at, published);
+    }
     farm.done(items, ran.local_ms);
     0
+}
+
+/// The kind of tier `i`, for its counters: the remote tiers are found by name among
+/// the configured ones (a tier not configured there is not counted per kind).
+fn tier_kind(ctx: &Ctx, tiers: &Tiered, i: usize) -> Option<TierKind> {
+    if i == LOCAL {
+        return Some(TierKind::Local);
+    }
+    if i == ctx.farm_at {
+        return Some(TierKind::Farm);
+    }
+    let name = tiers.tier(i).name();
+    let spec = ctx
+        .cfg
+        .remote_storage
+        .value
+        .iter()
+        .find(|s| s.url == name)?;
+    Some(TierKind::of_remote(spec.scheme))
+}
+
+/// Counts a lookup in tier `i`: a hit, or a miss that goes on to the next tier
+/// (not the farm's when no farmd answers: there was no farm to ask).
+fn count_lookup(ctx: &mut Ctx, tiers: &Tiered, farm: &Farm, i: usize, looked: &Lookup) {
+    let measure = match looked {
+        Lookup::Hit => TierMeasure::Hits,
+        Lookup::Miss if i == ctx.farm_at && !farm.up() => return,
+        Lookup::Miss => TierMeasure::Misses,
+        Lookup::Done(_) => return,
+    };
+    if let Some(kind) = tier_kind(ctx, tiers, i) {
+        ctx.tally.count(Outcome::Tier(kind, measure));
+    }
+}
+
+/// Adds what each tier moved in this compile (bytes, failed calls) to its kind's
+/// counters: counted in memory, written with the compile's other counts.
+fn count_traffic(ctx: &mut Ctx, tiers: &Tiered) {
+    for i in 0..tiers.len() {
+        let moved = tiers.traffic(i);
+        if moved == Default::default() {
+            continue;
+        }
+        let Some(kind) = tier_kind(ctx, tiers, i) else {
+            continue;
+        };
+        for (measure, n) in [
+            (TierMeasure::BytesRead, moved.read),
+            (TierMeasure::BytesWritten, moved.written),
+            (TierMeasure::Errors, moved.errors),
+        ] {
+            if n > 0 {
+                ctx.tally.add(Outcome::Tier(kind, measure), n);
+            }
+        }
+    }
 }
 
 /// Counts a tier's error: the local disk's by kind, the farm's as its agent failing.
@@ -232,6 +297,7 @@ pub(super) fn lookup_result(
         Restored::Unwritable => Lookup::Miss,
         Restored::Corrupt if i == LOCAL => {
             ctx.tally.count(Outcome::CorruptEntry);
+            tiers.note_error(LOCAL);
             let _ = tiers.tier(LOCAL).remove(EntryKind::Result, key);
             Lookup::Miss
         }
@@ -302,10 +368,12 @@ pub(super) fn put_local(
 ) -> bool {
     match tiers.tier(LOCAL).put(kind, key, data) {
         Ok(r) => {
+            tiers.note_written(LOCAL, data.len());
             ctx.put_report(&r);
             true
         }
         Err(e) => {
+            tiers.note_error(LOCAL);
             ctx.cache_error(&e);
             false
         }

@@ -12,7 +12,7 @@ pub mod remote;
 mod tiered;
 
 pub use local::{decode_entry, encode_entry, LocalStore};
-pub use tiered::{Found, Tiered};
+pub use tiered::{Found, TierTraffic, Tiered};
 
 use std::io;
 use std::path::PathBuf;

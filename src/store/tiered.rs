@@ -11,16 +11,52 @@ pub struct Found {
 
 /// Tiers asked in order (nearest first). A tier that fails is reported through the
 /// caller's `on_error` and then skipped for the rest of this composition's life: one
-/// compile never waits twice on a tier that already failed it.
+/// compile never waits twice on a tier that already failed it. What each tier did
+/// (entry bytes read and written, failed calls) is added up in memory, for the
+/// caller's statistics.
 pub struct Tiered<'a> {
     tiers: Vec<&'a dyn Tier>,
-    failed: Vec<bool>,
+    state: Vec<TierState>,
+}
+
+/// One tier's state in a composition.
+#[derive(Clone, Copy, Default)]
+struct TierState {
+    failed: bool,
+    traffic: TierTraffic,
+}
+
+/// What one tier did in a composition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TierTraffic {
+    /// Entry bytes read from the tier (payloads, before the tier's own framing).
+    pub read: u64,
+    /// Entry bytes written to the tier.
+    pub written: u64,
+    /// Calls that failed (reported to `on_error`, or noted by the caller).
+    pub errors: u64,
 }
 
 impl<'a> Tiered<'a> {
     pub fn new(tiers: Vec<&'a dyn Tier>) -> Tiered<'a> {
-        let failed = vec![false; tiers.len()];
-        Tiered { tiers, failed }
+        let state = vec![TierState::default(); tiers.len()];
+        Tiered { tiers, state }
+    }
+
+    /// What tier `i` did so far.
+    pub fn traffic(&self, i: usize) -> TierTraffic {
+        self.state[i].traffic
+    }
+
+    /// Adds a write the caller made to tier `i` directly (the local tier's writes,
+    /// whose own report the caller needs).
+    pub fn note_written(&mut self, i: usize, bytes: usize) {
+        self.state[i].traffic.written += bytes as u64;
+    }
+
+    /// Adds a failure the caller found in tier `i` (an entry it could not use).
+    pub fn note_error(&mut self, i: usize) {
+        self.state[i].traffic.errors += 1;
     }
 
     pub fn len(&self) -> usize {
@@ -37,12 +73,12 @@ impl<'a> Tiered<'a> {
 
     /// Whether tier `i` has not failed yet.
     pub fn usable(&self, i: usize) -> bool {
-        !self.failed[i]
+        !self.state[i].failed
     }
 
     /// Marks tier `i` failed: it is skipped from now on.
     pub fn fail(&mut self, i: usize) {
-        self.failed[i] = true;
+        self.state[i].failed = true;
     }
 
     /// One tier's entry; a failure marks the tier failed and is passed to `on_error`.
@@ -53,16 +89,20 @@ impl<'a> Tiered<'a> {
         key: &CacheKey,
         on_error: &mut dyn FnMut(usize, &CacheError),
     ) -> Option<Vec<u8>> {
-        if self.failed[i] {
+        if self.state[i].failed {
             return None;
         }
         match self.tiers[i].get(kind, key) {
-            Ok(v) => v,
+            Ok(v) => {
+                self.state[i].traffic.read += v.as_ref().map_or(0, |d| d.len() as u64);
+                v
+            }
             Err(e) => {
+                self.state[i].traffic.errors += 1;
                 // A tier that is down is skipped from now on; a damaged entry or a
                 // file the disk would not give is that entry's fault alone.
                 if matches!(e, CacheError::Unavailable { .. }) {
-                    self.failed[i] = true;
+                    self.state[i].failed = true;
                 }
                 on_error(i, &e);
                 None
@@ -115,14 +155,21 @@ impl<'a> Tiered<'a> {
         data: &[u8],
         on_error: &mut dyn FnMut(usize, &CacheError),
     ) -> bool {
-        if self.failed[i] {
+        if self.state[i].failed {
             return false;
         }
         match self.tiers[i].put(kind, key, data) {
-            Ok(_) => true,
+            Ok(_) => {
+                // (A read-only tier takes the call and writes nothing.)
+                if self.tiers[i].writable() {
+                    self.state[i].traffic.written += data.len() as u64;
+                }
+                true
+            }
             Err(e) => {
+                self.state[i].traffic.errors += 1;
                 if matches!(e, CacheError::Unavailable { .. }) {
-                    self.failed[i] = true;
+                    self.state[i].failed = true;
                 }
                 on_error(i, &e);
                 false
@@ -191,6 +238,13 @@ mod tests {
             near.get(EntryKind::Result, &key(1)).unwrap().unwrap(),
             b"far"
         );
+        // The bytes each tier moved: read from the far one, backfilled to the near.
+        let moved = |read, written| TierTraffic {
+            read,
+            written,
+            errors: 0,
+        };
+        assert_eq!((t.traffic(0), t.traffic(1)), (moved(0, 3), moved(3, 0)));
     }
 
     #[test]
@@ -226,5 +280,6 @@ mod tests {
         }
         assert!(!t.put_to(0, EntryKind::Result, &key(3), b"y", &mut |_, _| errors += 1));
         assert_eq!((errors, *broken.0.borrow()), (1, 1));
+        assert_eq!(t.traffic(0).errors, 1);
     }
 }

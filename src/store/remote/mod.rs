@@ -303,6 +303,15 @@ impl RemoteTier {
         }
     }
 
+    /// `Some(until)` while this machine skips the remote after a failure (reads and
+    /// writes), else `Some` of the write skip when only writes are skipped.
+    pub fn skipped_until(&self) -> Option<(std::time::SystemTime, &'static str)> {
+        self.breaker
+            .open_until()
+            .map(|t| (t, "all calls"))
+            .or_else(|| self.write_breaker.open_until().map(|t| (t, "writes")))
+    }
+
     /// Tries the remote now, whatever an earlier failure said: writes a probe entry
     /// (unless read-only), reads it back, removes it. Each step's time, or the first
     /// failure, named.
