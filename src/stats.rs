@@ -200,6 +200,9 @@ pub enum Outcome {
     HitRemote,
     /// `error.remote`: a remote tier failed (it is then skipped for a while).
     RemoteError,
+    /// `error.remote_skipped`: a remote tier not asked, because it failed a moment
+    /// ago (its breaker is open).
+    RemoteSkipped,
     /// `error.remote_write_dropped`: a write to a remote tier the agent's queue had
     /// no room for (dropped, never waited for).
     RemoteWriteDropped,
@@ -240,7 +243,7 @@ pub enum Outcome {
 impl Outcome {
     /// Every outcome without a reason (with [`ReasonFamily::ALL`], every counter
     /// there can be).
-    pub const FIXED: [Outcome; 18] = [
+    pub const FIXED: [Outcome; 19] = [
         Outcome::HitDirect,
         Outcome::HitPreprocessor,
         Outcome::HitDepend,
@@ -248,6 +251,7 @@ impl Outcome {
         Outcome::HitFarm,
         Outcome::HitRemote,
         Outcome::RemoteError,
+        Outcome::RemoteSkipped,
         Outcome::RemoteWriteDropped,
         Outcome::Miss,
         Outcome::WarmCompiled,
@@ -303,6 +307,7 @@ impl Outcome {
             Outcome::HitFarm => "hit.farm",
             Outcome::HitRemote => "hit.remote",
             Outcome::RemoteError => "error.remote",
+            Outcome::RemoteSkipped => "error.remote_skipped",
             Outcome::RemoteWriteDropped => "error.remote_write_dropped",
             Outcome::Miss => "miss",
             Outcome::WarmCompiled => "warm.compiled",
@@ -561,7 +566,7 @@ mod tests {
 
     /// Every outcome's counter name, as the stats files and `farm stats --json` have
     /// always written it (changing one breaks every existing stats directory).
-    const NAMES: [(Outcome, &str); 23] = [
+    const NAMES: [(Outcome, &str); 24] = [
         (Outcome::HitDirect, "hit.direct"),
         (Outcome::HitPreprocessor, "hit.preprocessor"),
         (Outcome::HitDepend, "hit.depend"),
@@ -569,6 +574,7 @@ mod tests {
         (Outcome::HitFarm, "hit.farm"),
         (Outcome::HitRemote, "hit.remote"),
         (Outcome::RemoteError, "error.remote"),
+        (Outcome::RemoteSkipped, "error.remote_skipped"),
         (Outcome::RemoteWriteDropped, "error.remote_write_dropped"),
         (Outcome::Miss, "miss"),
         (Outcome::WarmCompiled, "warm.compiled"),

@@ -112,6 +112,35 @@ fn checkout_b_is_answered_from_webdav() {
     assert!(!files_under(&root).is_empty());
 }
 
+/// A remote that answers every call, but slowly: each compile spends at most its
+/// budget (one operation timeout) there, then the machine skips it, so the build
+/// asks it a few times, not once per call, and is a plain build.
+#[test]
+fn a_slow_remote_is_skipped_after_one_compile_spent_its_budget() {
+    let c = checkouts();
+    let n = c.plain_b.len() as u64;
+    let farm_cc = farm_cc_bin().display().to_string();
+    let r = redis("256mb", "allkeys-lru");
+    let (answers, port) = slow_proxy(r.port, std::time::Duration::from_millis(400));
+    let remote = format!("redis://127.0.0.1:{port}|timeout=1s");
+    let env = Env::new("direct");
+    make(&env, &c.b, &farm_cc, &remote);
+    assert_same_objects(&c.plain_b, &objects(&c.b), "slow remote");
+    assert_eq!(env.misses(), n, "{}", env.stats());
+    assert!(env.counter(&["errors", "remote"]) >= 1, "{}", env.stats());
+    assert!(
+        env.counter(&["errors", "remote_skipped"]) >= n / 2,
+        "the rest of the build skips it: {}",
+        env.stats()
+    );
+    // Without a budget every compile would wait for each of its calls (34 compiles,
+    // several calls each): a handful of answers at most.
+    let asked = answers.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(asked <= 12, "{asked} slow answers for {n} compiles");
+    let log = std::fs::read_to_string(&env.log).unwrap_or_default();
+    assert!(log.contains("slow:"), "the reason is logged");
+}
+
 /// A remote that refuses, one that never answers, one killed mid-build and one that
 /// is full: every build succeeds with a plain build's objects, and a dead remote is
 /// skipped after its first failure (not waited for by every compile).

@@ -65,7 +65,7 @@ fn identity(spec: &RemoteSpec) -> [u8; 32] {
 /// What failed, for the shim (which names the remote itself).
 fn failure(e: CacheError) -> AgentResponse {
     AgentResponse::RemoteFailed(match e {
-        CacheError::Unavailable { detail, .. } => detail,
+        CacheError::Unavailable { detail, .. } | CacheError::Skipped { detail, .. } => detail,
         e => e.to_string(),
     })
 }

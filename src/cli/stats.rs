@@ -77,6 +77,7 @@ fn json(cfg: &Config, s: &Summary, (bytes, files): (u64, u64)) -> serde_json::Va
             "cache": s.get(&Outcome::CacheError),
             "corrupt_entries": s.get(&Outcome::CorruptEntry),
             "remote": s.get(&Outcome::RemoteError),
+            "remote_skipped": s.get(&Outcome::RemoteSkipped),
             "remote_write_dropped": s.get(&Outcome::RemoteWriteDropped),
         },
         "evicted_files": s.get(&Outcome::EvictedFiles),
@@ -182,6 +183,7 @@ fn text(cfg: &Config, s: &Summary, (bytes, files): (u64, u64)) -> String {
     t.line("cache errors", errors);
     t.line("corrupt entries", s.get(&Outcome::CorruptEntry));
     t.line("remote errors", s.get(&Outcome::RemoteError));
+    t.line("remote calls skipped", s.get(&Outcome::RemoteSkipped));
     t.line("remote writes dropped", s.get(&Outcome::RemoteWriteDropped));
     t.line("evicted files", s.get(&Outcome::EvictedFiles));
     t.line("entries", files);

@@ -188,7 +188,12 @@ impl<'a> AgentRemote<'a> {
                 Via::Direct
             }
             other => match take(other) {
-                Some(r) => Via::Done(r),
+                Some(r) => {
+                    if r.is_ok() {
+                        self.direct.record_success();
+                    }
+                    Via::Done(r)
+                }
                 None => {
                     // Off protocol: the agent is left alone (counted once).
                     self.link.fail();
@@ -210,6 +215,14 @@ impl Tier for AgentRemote<'_> {
 
     fn writable(&self) -> bool {
         self.direct.writable()
+    }
+
+    fn budget(&self) -> Option<Duration> {
+        self.direct.budget()
+    }
+
+    fn over_budget(&self, spent: Duration) -> CacheError {
+        self.direct.over_budget(spent)
     }
 
     fn get(&self, kind: EntryKind, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {

@@ -224,6 +224,8 @@ pub(super) fn count_error(ctx: &mut Ctx, tier: usize, e: &CacheError) {
         ctx.cache_error(e);
     } else if tier == ctx.farm_at {
         tracing::warn!(error = %e, "farm cache failed");
+    } else if let CacheError::Skipped { .. } = e {
+        ctx.tally.count(Outcome::RemoteSkipped);
     } else if let CacheError::Corrupt { .. } = e {
         // A damaged or truncated remote entry: a miss, counted, never served.
         tracing::warn!(error = %e, "corrupt remote entry");

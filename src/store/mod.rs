@@ -57,6 +57,10 @@ pub enum CacheError {
     /// A tier that is not on disk failed (it names itself in `tier`).
     #[error("{tier}: {detail}")]
     Unavailable { tier: String, detail: String },
+    /// A tier skipped after an earlier failure (its breaker is open): nothing was
+    /// asked. Skipped for the rest of the compile like an unavailable one.
+    #[error("{tier}: {detail}")]
+    Skipped { tier: String, detail: String },
 }
 
 /// What a put did besides storing.
@@ -101,5 +105,21 @@ pub trait Tier {
     /// What the tier holds; `None` when it cannot tell.
     fn usage(&self) -> Option<Usage> {
         None
+    }
+
+    /// The time one compile may spend in this tier's calls; `None`: no limit (it
+    /// answers from this machine).
+    fn budget(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// One compile spent `spent` (more than its [`Tier::budget`]) in this tier's
+    /// calls, each of which answered in time: the tier is too slow to be worth
+    /// asking. The error to count; the tier is skipped for the rest of the compile.
+    fn over_budget(&self, spent: std::time::Duration) -> CacheError {
+        CacheError::Unavailable {
+            tier: self.name().to_string(),
+            detail: format!("slow: {} ms in one compile", spent.as_millis()),
+        }
     }
 }

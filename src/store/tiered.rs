@@ -24,6 +24,9 @@ pub struct Tiered<'a> {
 struct TierState {
     failed: bool,
     traffic: TierTraffic,
+    /// The tier's [`Tier::budget`] and the time its calls took so far.
+    budget: Option<std::time::Duration>,
+    spent: std::time::Duration,
 }
 
 /// What one tier did in a composition.
@@ -39,7 +42,13 @@ pub struct TierTraffic {
 
 impl<'a> Tiered<'a> {
     pub fn new(tiers: Vec<&'a dyn Tier>) -> Tiered<'a> {
-        let state = vec![TierState::default(); tiers.len()];
+        let state = tiers
+            .iter()
+            .map(|t| TierState {
+                budget: t.budget(),
+                ..TierState::default()
+            })
+            .collect();
         Tiered { tiers, state }
     }
 
@@ -71,6 +80,28 @@ impl<'a> Tiered<'a> {
         self.tiers[i]
     }
 
+    /// Adds a call's time to tier `i`'s spending (timed when it has a budget): past
+    /// its budget, the tier is too slow for this compile and skipped from now on
+    /// (the tier decides what that means beyond it: a remote skips itself a while).
+    fn charge(
+        &mut self,
+        i: usize,
+        t0: Option<std::time::Instant>,
+        on_error: &mut dyn FnMut(usize, &CacheError),
+    ) {
+        let (Some(t0), Some(budget)) = (t0, self.state[i].budget) else {
+            return;
+        };
+        let st = &mut self.state[i];
+        st.spent += t0.elapsed();
+        if st.spent > budget && !st.failed {
+            st.failed = true;
+            st.traffic.errors += 1;
+            let e = self.tiers[i].over_budget(st.spent);
+            on_error(i, &e);
+        }
+    }
+
     /// Whether tier `i` has not failed yet.
     pub fn usable(&self, i: usize) -> bool {
         !self.state[i].failed
@@ -92,7 +123,10 @@ impl<'a> Tiered<'a> {
         if self.state[i].failed {
             return None;
         }
-        match self.tiers[i].get(kind, key) {
+        let t0 = self.state[i].budget.map(|_| std::time::Instant::now());
+        let got = self.tiers[i].get(kind, key);
+        self.charge(i, t0, on_error);
+        match got {
             Ok(v) => {
                 self.state[i].traffic.read += v.as_ref().map_or(0, |d| d.len() as u64);
                 v
@@ -101,7 +135,10 @@ impl<'a> Tiered<'a> {
                 self.state[i].traffic.errors += 1;
                 // A tier that is down is skipped from now on; a damaged entry or a
                 // file the disk would not give is that entry's fault alone.
-                if matches!(e, CacheError::Unavailable { .. }) {
+                if matches!(
+                    e,
+                    CacheError::Unavailable { .. } | CacheError::Skipped { .. }
+                ) {
                     self.state[i].failed = true;
                 }
                 on_error(i, &e);
@@ -158,7 +195,10 @@ impl<'a> Tiered<'a> {
         if self.state[i].failed {
             return false;
         }
-        match self.tiers[i].put(kind, key, data) {
+        let t0 = self.state[i].budget.map(|_| std::time::Instant::now());
+        let put = self.tiers[i].put(kind, key, data);
+        self.charge(i, t0, on_error);
+        match put {
             Ok(_) => {
                 // (A read-only tier takes the call and writes nothing.)
                 if self.tiers[i].writable() {
@@ -168,7 +208,10 @@ impl<'a> Tiered<'a> {
             }
             Err(e) => {
                 self.state[i].traffic.errors += 1;
-                if matches!(e, CacheError::Unavailable { .. }) {
+                if matches!(
+                    e,
+                    CacheError::Unavailable { .. } | CacheError::Skipped { .. }
+                ) {
                     self.state[i].failed = true;
                 }
                 on_error(i, &e);

@@ -154,6 +154,48 @@ pub fn silent() -> (std::sync::Arc<std::sync::atomic::AtomicUsize>, u16) {
     (count, port)
 }
 
+/// A proxy to `target` on loopback that holds each answer back `delay` (a remote
+/// that answers, but slowly: a fault no real server here can be made to show); the
+/// count of answers it passed on.
+pub fn slow_proxy(
+    target: u16,
+    delay: Duration,
+) -> (std::sync::Arc<std::sync::atomic::AtomicUsize>, u16) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let answers = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = answers.clone();
+    std::thread::spawn(move || {
+        for client in l.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                continue;
+            };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut s_out);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = s_in.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    std::thread::sleep(delay);
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    if c_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (answers, port)
+}
+
 /// Every file under `dir` (a WebDAV root), by path.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -15,7 +15,7 @@ use std::time::Duration;
 use opendal::{services, Operator};
 
 use super::{decode_entry, encode_entry, CacheError, CacheKey, EntryKind, PutReport, Tier};
-use breaker::Breaker;
+use breaker::{Breaker, Gate};
 pub use spec::{Layout, RemoteSpec, S3Keys, Scheme, SpecError};
 
 /// One remote tier.
@@ -26,6 +26,10 @@ pub struct RemoteTier {
     /// Skips writes only, after a failed write (full, or not writable for us).
     write_breaker: Breaker,
     op: OnceLock<Result<Operator, String>>,
+    /// A Redis server's port answered a plain connect (see [`RemoteTier::reachable`]).
+    reached: std::sync::atomic::AtomicBool,
+    /// This tier is the machine's probe of the remote after a skip.
+    probing: std::sync::atomic::AtomicBool,
 }
 
 /// The one runtime every remote tier of this process runs on (made on first use,
@@ -178,6 +182,8 @@ impl RemoteTier {
             write_breaker: Breaker::new(&dir, &format!("{} (writes)", spec.url)),
             spec,
             op: OnceLock::new(),
+            reached: std::sync::atomic::AtomicBool::new(false),
+            probing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -189,6 +195,8 @@ impl RemoteTier {
             write_breaker: Breaker::in_memory(),
             spec,
             op: OnceLock::new(),
+            reached: std::sync::atomic::AtomicBool::new(false),
+            probing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -197,20 +205,45 @@ impl RemoteTier {
     }
 
     /// `Err` while this remote (or, for a write, its writes) is being skipped after a
-    /// failure: one `stat`.
+    /// failure: one `stat`. When a skip has just ended, one compile of the machine
+    /// tries the remote again (this tier, for the rest of its calls) while the
+    /// others go on skipping it.
     pub fn check_skip(&self, write: bool) -> Result<(), CacheError> {
-        let open = self
-            .breaker
-            .open_until()
-            .or_else(|| write.then(|| self.write_breaker.open_until()).flatten());
-        match open {
-            Some(until) => {
-                let left = until
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or_default();
-                Err(self.unavailable(format!("skipped for {}s after a failure", left.as_secs())))
+        use std::sync::atomic::Ordering;
+        if self.probing.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let breakers: &[&Breaker] = if write {
+            &[&self.breaker, &self.write_breaker]
+        } else {
+            &[&self.breaker]
+        };
+        for b in breakers {
+            match b.gate() {
+                Gate::Closed => {}
+                Gate::Probe => self.probing.store(true, Ordering::Relaxed),
+                Gate::Open(until) => {
+                    let left = until
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default();
+                    return Err(CacheError::Skipped {
+                        tier: self.spec.url.clone(),
+                        detail: format!("skipped for {}s after a failure", left.as_secs()),
+                    });
+                }
             }
-            None => Ok(()),
+        }
+        Ok(())
+    }
+
+    /// A call answered: when this tier was trying the remote again after a skip,
+    /// the skip is over for every compile of the machine.
+    pub fn record_success(&self) {
+        use std::sync::atomic::Ordering;
+        if self.probing.swap(false, Ordering::Relaxed) {
+            tracing::info!(remote = %self.spec.url, "remote storage answers again");
+            self.breaker.reset();
+            self.write_breaker.reset();
         }
     }
 
@@ -394,6 +427,9 @@ impl RemoteTier {
         >,
     ) -> Result<Option<T>, CacheError> {
         self.check_skip(write)?;
+        if let Err(why) = self.reachable().await {
+            return Err(self.record_failure(what, write, &why));
+        }
         let op = match self
             .op
             .get_or_init(|| operator(&self.spec).map_err(|e| e.to_string()))
@@ -403,8 +439,14 @@ impl RemoteTier {
         };
         let limit = self.call_limit();
         match tokio::time::timeout(limit, f(op)).await {
-            Ok(Ok(v)) => Ok(Some(v)),
-            Ok(Err(e)) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Ok(Ok(v)) => {
+                self.record_success();
+                Ok(Some(v))
+            }
+            Ok(Err(e)) if e.kind() == opendal::ErrorKind::NotFound => {
+                self.record_success();
+                Ok(None)
+            }
             Ok(Err(e)) => Err(self.record_failure(what, write, &e.to_string())),
             Err(_) => Err(self.record_failure(
                 what,
@@ -414,10 +456,53 @@ impl RemoteTier {
         }
     }
 
+    /// Whether a Redis server's port takes a connection at all. Its client retries a
+    /// refused connection until the operation's deadline (2 s by default): a plain
+    /// connect first fails at once instead. Once per tier, and again after a failure.
+    async fn reachable(&self) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        let authority = match self.spec.scheme {
+            Scheme::Redis | Scheme::Rediss => self
+                .spec
+                .endpoint
+                .split_once("://")
+                .map(|(_, a)| a)
+                .unwrap_or(&self.spec.endpoint),
+            _ => return Ok(()),
+        };
+        if self.reached.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let addr = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !authority.ends_with(']')
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:6379")
+        };
+        match tokio::time::timeout(self.call_limit(), tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(_)) => {
+                self.reached.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
+            Err(_) => Err(format!(
+                "connect {addr}: no answer within {} ms",
+                self.call_limit().as_millis()
+            )),
+        }
+    }
+
     /// Records a failure: a failed write skips writes only (a full or read-only
     /// server still answers reads), anything else the whole remote. (Also for a
     /// failure farmd's agent met on this remote for the shim.)
     pub fn record_failure(&self, what: &str, write: bool, why: &str) -> CacheError {
+        self.reached
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.probing
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let detail = format!("{what}: {why}");
         let breaker = if write {
             &self.write_breaker
@@ -440,6 +525,21 @@ impl RemoteTier {
 impl Tier for RemoteTier {
     fn name(&self) -> &str {
         &self.spec.url
+    }
+
+    /// One compile's calls may take as long as one call may: a remote that answers,
+    /// but slowly, costs a compile at most about twice that, and then the machine
+    /// skips it a while.
+    fn budget(&self) -> Option<Duration> {
+        Some(self.spec.op_timeout)
+    }
+
+    fn over_budget(&self, spent: Duration) -> CacheError {
+        self.record_failure(
+            "calls",
+            false,
+            &format!("slow: {} ms in one compile", spent.as_millis()),
+        )
     }
 
     fn writable(&self) -> bool {
