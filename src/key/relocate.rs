@@ -51,6 +51,11 @@ impl BaseDirs {
         self.dirs.is_empty()
     }
 
+    /// The base directories, as bytes.
+    pub fn names(&self) -> &[Vec<u8>] {
+        &self.dirs
+    }
+
     /// The base directory `p` lies under (the longest when they nest).
     fn under(&self, p: &[u8]) -> Option<usize> {
         let mut best: Option<usize> = None;
@@ -222,6 +227,56 @@ impl BaseDirs {
         }
     }
 
+    /// A compiler's messages with the paths at their locations (`/x/a.c:3:5: warning`,
+    /// `In file included from /x/a.h:2`, colours allowed around them) made relative;
+    /// `None` when no base directory appears, or one still does elsewhere (in a
+    /// message's text: then the messages cannot be written for another checkout).
+    pub fn template_messages(&self, text: &[u8]) -> Option<Vec<u8>> {
+        if self.dirs.is_empty() || !self.appears_in(text) {
+            return None;
+        }
+        let mut out = vec![0, b'm'];
+        let mut copied = 0;
+        let mut i = 0;
+        while i < text.len() {
+            if text[i] == b'/' && at_location(text, i) {
+                if let Some(d) = under_at(&self.dirs, text, i) {
+                    out.extend_from_slice(&text[copied..i]);
+                    out.extend_from_slice(&[0, b'0' + d as u8]);
+                    i += self.dirs[d].len();
+                    copied = i;
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        out.extend_from_slice(&text[copied..]);
+        (!self.appears_in(&out)).then_some(out)
+    }
+
+    /// Messages as stored: made by [`BaseDirs::template_messages`] (written with
+    /// this checkout's directories; `None` when one is missing here), or as printed.
+    pub fn fill_messages<'a>(&self, text: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+        let Some(rest) = text.strip_prefix(&[0, b'm'][..]) else {
+            return Some(Cow::Borrowed(text));
+        };
+        let mut out = Vec::with_capacity(rest.len() + 64);
+        let mut rest = rest;
+        while let Some(z) = memchr::memchr(0, rest) {
+            out.extend_from_slice(&rest[..z]);
+            let i = rest.get(z + 1)?.checked_sub(b'0')? as usize;
+            out.extend_from_slice(self.dirs.get(i)?);
+            rest = &rest[z + 2..];
+        }
+        out.extend_from_slice(rest);
+        Some(Cow::Owned(out))
+    }
+
+    /// Whether messages are stored with relative paths.
+    pub fn messages_relative(text: &[u8]) -> bool {
+        text.starts_with(&[0, b'm'])
+    }
+
     /// Whether `data` holds a base directory's name: as UTF-8, as a make file
     /// escapes it, as UTF-16 (.NET strings, Windows' `wchar_t`) or UTF-32 (Linux's
     /// `wchar_t`). An output that does depends on where the checkout is.
@@ -288,6 +343,26 @@ fn under_at(forms: &[Vec<u8>], text: &[u8], i: usize) -> Option<usize> {
         }
     }
     best
+}
+
+/// Whether a path starting at `text[i]` is a message's location: first on its line,
+/// or after `from ` (`In file included from`, gcc's `                 from`), with
+/// terminal colour sequences (`ESC [ 01 m`, `ESC [ K`) allowed in between.
+fn at_location(text: &[u8], i: usize) -> bool {
+    let mut j = i;
+    // Back over colour sequences: ESC '[' digits/';' then a letter.
+    while j >= 3 && text[j - 1].is_ascii_alphabetic() {
+        let mut k = j - 1;
+        while k > 0 && (text[k - 1].is_ascii_digit() || text[k - 1] == b';') {
+            k -= 1;
+        }
+        if k >= 2 && text[k - 1] == b'[' && text[k - 2] == 0x1b {
+            j = k - 2;
+        } else {
+            break;
+        }
+    }
+    j == 0 || text[j - 1] == b'\n' || text[..j].ends_with(b"from ")
 }
 
 /// The stored form's wrap byte for a file both ways reproduce.
@@ -559,6 +634,30 @@ mod tests {
             .flat_map(|c| (c as u32).to_le_bytes())
             .collect();
         assert!(a.appears_in(&wide));
+    }
+
+    #[test]
+    fn messages_are_relative_at_their_locations_only() {
+        let a = dirs(&["/home/a/src"]);
+        let b = dirs(&["/ci/b"]);
+        let msg = b"In file included from /home/a/src/x.c:1:\n                 from /home/a/src/y.c:2:\n/home/a/src/h.h:3:5: warning: unused [-Wunused]\n    3 |   int unused;\n\x1b[01m\x1b[K/home/a/src/x.c:4:1:\x1b[m\x1b[K note: here\n";
+        let t = a.template_messages(msg).unwrap();
+        assert!(BaseDirs::messages_relative(&t));
+        assert_eq!(a.fill_messages(&t).unwrap().as_ref(), &msg[..]);
+        let there = b.fill_messages(&t).unwrap();
+        assert_eq!(
+            there.as_ref(),
+            &b"In file included from /ci/b/x.c:1:\n                 from /ci/b/y.c:2:\n/ci/b/h.h:3:5: warning: unused [-Wunused]\n    3 |   int unused;\n\x1b[01m\x1b[K/ci/b/x.c:4:1:\x1b[m\x1b[K note: here\n"[..]
+        );
+        // A base directory in a message's text (a quoted source line, a path the
+        // message names): not for another checkout.
+        assert_eq!(
+            a.template_messages(b"/home/a/src/x.c:1: warning: see /home/a/src/y\n"),
+            None
+        );
+        assert_eq!(a.template_messages(b"x.c:1: warning: w\n"), None);
+        // Messages as printed are written as they are.
+        assert_eq!(b.fill_messages(b"plain\n").unwrap().as_ref(), b"plain\n");
     }
 
     #[test]

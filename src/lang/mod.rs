@@ -223,6 +223,8 @@ pub struct DependencyFacts {
     pub absolute_includes: Vec<PathBuf>,
     /// Files with an include computed by a macro (it may name an absolute path).
     pub computed_includes: Vec<PathBuf>,
+    /// Files read whose text holds one of the strings the caller watched for.
+    pub files_naming: Vec<PathBuf>,
     /// Include directories whose real path is not their name (a symlink or `..` on
     /// the way): the compiler may name system headers there by their real path.
     pub resolved_dirs: Vec<(PathBuf, PathBuf)>,
@@ -308,12 +310,15 @@ pub trait Observed: Sync {
     fn compile(&self, inv: &Invocation, observe: bool) -> std::io::Result<CompileRun>;
 
     /// After a successful observed compile: what it read and which lookups found
-    /// nothing. `scratch` is a directory the family may use for memo files.
+    /// nothing. `scratch` is a directory the family may use for memo files; `watch`:
+    /// strings to look for in the text of every file read
+    /// ([`DependencyFacts::files_naming`]).
     fn dependencies(
         &self,
         inv: &Invocation,
         source: DepSource,
         scratch: &Path,
+        watch: &[Vec<u8>],
     ) -> Result<DependencyFacts, NotRecordable>;
 
     /// Removes files the observation wrote.

@@ -171,7 +171,7 @@ impl Mode for Declared {
             return Vec::new();
         };
         let key = match self.pinned_key {
-            Some(pk) if ctx.pinned_result(payload) => pk,
+            Some(pk) if ctx.pinned_result(payload, None) => pk,
             _ => self.rkey,
         };
         flow::put_local(ctx, tiers, EntryKind::Result, &key, payload);

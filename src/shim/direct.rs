@@ -158,13 +158,18 @@ impl Direct {
         payload: &[u8],
         dep_source: DepSource,
     ) -> Option<ManifestEntry> {
-        let facts = self
-            .obs
-            .dependencies(&ctx.inv, dep_source, &ctx.cfg.dir.value.join("memo"));
+        let facts = self.obs.dependencies(
+            &ctx.inv,
+            dep_source,
+            &ctx.cfg.dir.value.join("memo"),
+            ctx.base.names(),
+        );
         self.obs.cleanup(&ctx.inv);
         let nr = match facts {
             Ok(f) => {
-                let pinned = ctx.pinned_result(payload) || pinned_by_reads(ctx, &f);
+                let reads_name_base = !f.files_naming.is_empty();
+                let pinned =
+                    ctx.pinned_result(payload, Some(reads_name_base)) || pinned_by_reads(ctx, &f);
                 match key::record_entry(
                     &self.mkey,
                     &ctx.inv.source,

@@ -211,10 +211,13 @@ impl Ctx<'_> {
     /// Whether a result depends on where the checkout is beyond what its key shows:
     /// the outputs record paths under a base directory (debug info or coverage notes
     /// no prefix map rewrites), or an output or message holds one (an expanded
-    /// `__FILE__`, a warning naming a header). Such a result is stored pinned to this
-    /// checkout's base directories. Dependency files are stored relative (see
-    /// [`Ctx::payload_from_disk`]) and are checked as stored.
-    fn pinned_result(&self, payload: &[u8]) -> bool {
+    /// `__FILE__`, a message's text naming a file). Such a result is stored pinned to
+    /// this checkout's base directories. Dependency files and messages are stored
+    /// relative (see [`Ctx::payload_from_disk`]) and are checked as stored. Messages
+    /// with relative locations serve another checkout only when no file the compile
+    /// read holds a base directory's name (`reads_name_base == Some(false)`): a quoted
+    /// source line must stay as that file has it.
+    fn pinned_result(&self, payload: &[u8], reads_name_base: Option<bool>) -> bool {
         if self.base.is_empty() {
             return false;
         }
@@ -225,7 +228,10 @@ impl Ctx<'_> {
         }
         match ResultEntry::decode(payload) {
             Some(e) => {
-                self.base.appears_in(e.stdout)
+                let relative_messages = key::BaseDirs::messages_relative(e.stdout)
+                    || key::BaseDirs::messages_relative(e.stderr);
+                (relative_messages && reads_name_base != Some(false))
+                    || self.base.appears_in(e.stdout)
                     || self.base.appears_in(e.stderr)
                     || e.outputs.iter().any(|o| self.base.appears_in(o.data))
             }
@@ -257,7 +263,12 @@ impl Ctx<'_> {
 
     /// A hit's outputs are in place: replays what the compile printed, and counts it.
     fn replay_hit(&mut self, entry: &ResultEntry, hit: Outcome) {
-        emit(entry.stdout, entry.stderr);
+        self.replay_messages(entry, entry.stdout, entry.stderr, hit);
+    }
+
+    /// [`Ctx::replay_hit`] with the messages as this checkout prints them.
+    fn replay_messages(&mut self, entry: &ResultEntry, stdout: &[u8], stderr: &[u8], hit: Outcome) {
+        emit(stdout, stderr);
         let elapsed = self.t0.elapsed().as_millis() as u64;
         tracing::info!(source = %self.inv.source.display(), hit = %hit.counter(), "hit");
         self.tally.count(hit);
@@ -275,6 +286,13 @@ impl Ctx<'_> {
         if entry.outputs.len() != self.inv.outputs.len() {
             return Restored::NotThis;
         }
+        // Messages stored with relative locations: with this checkout's paths.
+        let (Some(stdout), Some(stderr)) = (
+            self.base.fill_messages(entry.stdout),
+            self.base.fill_messages(entry.stderr),
+        ) else {
+            return Restored::NotThis;
+        };
         let mut blobs = Vec::with_capacity(self.inv.outputs.len());
         for out in &self.inv.outputs {
             match entry.outputs.iter().find(|b| b.role == out.role) {
@@ -294,7 +312,7 @@ impl Ctx<'_> {
                 return Restored::Unwritable;
             }
         }
-        self.replay_hit(&entry, hit);
+        self.replay_messages(&entry, &stdout, &stderr, hit);
         Restored::Hit
     }
 
@@ -316,9 +334,13 @@ impl Ctx<'_> {
                 }
             }
         }
+        // Messages name this checkout's files where they locate something: stored
+        // relative to the base directories (see [`Ctx::pinned_result`]).
+        let stdout_rel = self.base.template_messages(stdout);
+        let stderr_rel = self.base.template_messages(stderr);
         let entry = ResultEntry {
-            stdout,
-            stderr,
+            stdout: stdout_rel.as_deref().unwrap_or(stdout),
+            stderr: stderr_rel.as_deref().unwrap_or(stderr),
             outputs: self
                 .inv
                 .outputs

@@ -247,10 +247,12 @@ pub(super) fn record_lookups(
     forced: &[String],
     sl: &SearchList,
     closure: bool,
+    watch: &[Vec<u8>],
 ) -> Result<DependencyFacts, NotRecordable> {
     let mut rec = Recorder {
         read_set: read.iter().map(|p| path_key(p)).collect(),
         closure,
+        watch: watch.to_vec(),
         ..Recorder::default()
     };
     rec.work.push(source.to_path_buf());
@@ -290,6 +292,7 @@ pub(super) fn record_lookups(
         path_macros: rec.path_macros,
         absolute_includes: rec.absolute_includes,
         computed_includes: rec.computed_includes,
+        files_naming: rec.files_naming,
         resolved_dirs: Vec::new(),
     })
 }
@@ -342,6 +345,9 @@ struct Recorder {
     absolute_includes: Vec<PathBuf>,
     /// Files with an include a macro computes.
     computed_includes: Vec<PathBuf>,
+    /// Strings to look for in every file scanned, and the files holding one.
+    watch: Vec<Vec<u8>>,
+    files_naming: Vec<PathBuf>,
 }
 
 fn path_key(p: &Path) -> Vec<u8> {
@@ -406,6 +412,13 @@ impl Recorder {
             }
             if scan.path_macro {
                 self.path_macros.push(f.clone());
+            }
+            if self
+                .watch
+                .iter()
+                .any(|w| memchr::memmem::find(&text, w).is_some())
+            {
+                self.files_naming.push(f.clone());
             }
             if scan.computed_has_include {
                 return Err(NotRecordable {
@@ -645,7 +658,7 @@ mod tests {
         }
         let read: Vec<PathBuf> = read.iter().map(|n| dir.path().join(n)).collect();
         let src = dir.path().join("src.c");
-        record_lookups(&read, &src, &[], &SearchList::default(), closure).unwrap_err()
+        record_lookups(&read, &src, &[], &SearchList::default(), closure, &[]).unwrap_err()
     }
 
     #[test]

@@ -191,6 +191,7 @@ impl Observed for Gcc {
         inv: &Invocation,
         source: DepSource,
         scratch: &Path,
+        watch: &[Vec<u8>],
     ) -> Result<DependencyFacts, NotRecordable> {
         let p = plan(inv);
         if p.lang.preprocessed() {
@@ -207,7 +208,14 @@ impl Observed for Gcc {
         };
         let files = tidy(files);
         let sl = search_list(inv, scratch)?;
-        let facts = match record_lookups(&files, &inv.source, &p.forced_includes, &sl, !complete) {
+        let facts = match record_lookups(
+            &files,
+            &inv.source,
+            &p.forced_includes,
+            &sl,
+            !complete,
+            watch,
+        ) {
             // -MMD output with a computed include among the system headers: only a
             // dependency scan can list them.
             Err(nr) if !complete && nr.reason == "computed_include" => {
@@ -221,7 +229,7 @@ impl Observed for Gcc {
                     });
                 }
                 let files = tidy(scan_deps(inv)?);
-                record_lookups(&files, &inv.source, &p.forced_includes, &sl, false)
+                record_lookups(&files, &inv.source, &p.forced_includes, &sl, false, watch)
             }
             other => other,
         };
