@@ -51,9 +51,16 @@ impl BaseDirs {
         self.dirs.is_empty()
     }
 
-    /// The base directories, as bytes.
-    pub fn names(&self) -> &[Vec<u8>] {
-        &self.dirs
+    /// What a file's text would hold for a line of it, quoted in a compiler's
+    /// message, to look like one of the locations [`BaseDirs::template_messages`]
+    /// rewrites: a base directory first on a line, or after `from `.
+    pub fn location_lookalikes(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.dirs.len() * 2);
+        for d in &self.dirs {
+            out.push([&b"\n"[..], d].concat());
+            out.push([&b"from "[..], d].concat());
+        }
+        out
     }
 
     /// The base directory `p` lies under (the longest when they nest).

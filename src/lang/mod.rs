@@ -311,8 +311,9 @@ pub trait Observed: Sync {
 
     /// After a successful observed compile: what it read and which lookups found
     /// nothing. `scratch` is a directory the family may use for memo files; `watch`:
-    /// strings to look for in the text of every file read
-    /// ([`DependencyFacts::files_naming`]).
+    /// strings to look for in the text of every file read (one that starts with a
+    /// newline also matches at the start of a file;
+    /// [`DependencyFacts::files_naming`]).
     fn dependencies(
         &self,
         inv: &Invocation,

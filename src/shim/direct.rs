@@ -5,7 +5,7 @@
 use super::exec::{self, Remote};
 use super::farm::Farm;
 use super::flow::{self, Lookup, Mode, Ran, LOCAL};
-use super::preprocessor::Preprocessor;
+use super::preprocessor::{preprocessed_key, Preprocessor};
 use super::{Ctx, Restored};
 use crate::config::Mode as ConfigMode;
 use crate::fsutil;
@@ -27,6 +27,18 @@ pub(super) struct Direct {
     source: Vec<u8>,
     /// This machine's manifest for the key, to which new entries are added.
     manifest: Manifest,
+    /// With `base_dir`, after a miss by manifest: the key of the preprocessed text
+    /// (see [`Direct::text_keys`]), under which the result is also stored.
+    text_key: Option<TextKey>,
+}
+
+/// The preprocessor-mode key of a direct-mode compile, and whether its result must
+/// be pinned whatever it prints (debug info no map rewrites, a builtin asking for a
+/// file name).
+#[derive(Clone, Copy)]
+struct TextKey {
+    key: CacheKey,
+    pinned_first: bool,
 }
 
 impl Direct {
@@ -38,6 +50,17 @@ impl Direct {
             keyed_ns: 0,
             source: Vec::new(),
             manifest: Manifest::default(),
+            text_key: None,
+        }
+    }
+
+    /// The keys a result of this preprocessed text may be stored under: the plain
+    /// one, then the one pinned to this checkout's base directories.
+    fn text_keys(&self, ctx: &Ctx) -> Vec<CacheKey> {
+        match self.text_key {
+            None => Vec::new(),
+            Some(t) if t.pinned_first => vec![key::pinned(&t.key, &ctx.base)],
+            Some(t) => vec![t.key, key::pinned(&t.key, &ctx.base)],
         }
     }
 
@@ -162,7 +185,7 @@ impl Direct {
             &ctx.inv,
             dep_source,
             &ctx.cfg.dir.value.join("memo"),
-            ctx.base.names(),
+            &ctx.base.location_lookalikes(),
         );
         self.obs.cleanup(&ctx.inv);
         let nr = match facts {
@@ -247,14 +270,35 @@ fn pinned_by_reads(ctx: &Ctx, facts: &lang::DependencyFacts) -> bool {
     if base.is_empty() {
         return false;
     }
-    let macros = !facts.path_macros.is_empty() && !base.covered_by(&ctx.inv.paths.macro_maps);
-    macros
-        || facts.absolute_includes.iter().any(|p| base.contains(p))
-        || facts.computed_includes.iter().any(|p| base.contains(p))
-        || facts
+    let why = if !facts.path_macros.is_empty() && !base.covered_by(&ctx.inv.paths.macro_maps) {
+        Some(format!(
+            "{} names __FILE__ or kin",
+            facts.path_macros[0].display()
+        ))
+    } else if let Some(p) = facts.absolute_includes.iter().find(|p| base.contains(p)) {
+        Some(format!(
+            "an include names {} by its absolute path",
+            p.display()
+        ))
+    } else if let Some(p) = facts.computed_includes.iter().find(|p| base.contains(p)) {
+        Some(format!("{} computes an include", p.display()))
+    } else {
+        facts
             .resolved_dirs
             .iter()
-            .any(|(named, real)| base.contains(named) || base.contains(real))
+            .find(|(named, real)| base.contains(named) || base.contains(real))
+            .map(|(named, real)| {
+                format!(
+                    "include directory {} is {}",
+                    named.display(),
+                    real.display()
+                )
+            })
+    };
+    if let Some(why) = &why {
+        tracing::info!(source = %ctx.inv.source.display(), why, "result pinned to this checkout's base directories");
+    }
+    why.is_some()
 }
 
 impl Mode for Direct {
@@ -298,6 +342,46 @@ impl Mode for Direct {
         !self.depend
     }
 
+    /// With `base_dir`, a compile no manifest entry matches is looked up by its
+    /// preprocessed text too, as preprocessor mode would: another checkout's
+    /// generated headers may differ from this one's only in where the checkout is
+    /// (a `config.h` naming its source directory) while the text compiled is the
+    /// same. Costs a preprocessor run on such a miss. Not in depend mode, which
+    /// runs nothing but the compile.
+    fn fallback(&mut self, ctx: &mut Ctx, tiers: &mut Tiered) -> Lookup {
+        if self.depend || ctx.base.is_empty() {
+            return Lookup::Miss;
+        }
+        let (k, names_paths) = match preprocessed_key(ctx, self.obs) {
+            Ok(k) => k,
+            // The compile reports a preprocessor error in its own words.
+            Err(p) => {
+                tracing::debug!(reason = p.reason, "no lookup by preprocessed text");
+                return Lookup::Miss;
+            }
+        };
+        let recorded = ctx.inv.paths.recorded.as_ref();
+        self.text_key = Some(TextKey {
+            key: k,
+            pinned_first: names_paths || recorded.is_some_and(|r| !ctx.base.covered_by(r)),
+        });
+        for i in 0..tiers.len() {
+            for key in self.text_keys(ctx) {
+                if !tiers.usable(i) {
+                    break;
+                }
+                let hit = flow::hit_outcome(ctx, i, Outcome::HitPreprocessor);
+                let looked = flow::lookup_result(ctx, tiers, i, &key, false, &mut |c, d, _| {
+                    c.restore_files(d, hit.clone())
+                });
+                if !matches!(looked, Lookup::Miss) {
+                    return looked;
+                }
+            }
+        }
+        Lookup::Miss
+    }
+
     fn execute(&mut self, ctx: &mut Ctx, farm: &Farm) -> Result<Ran, i32> {
         let prepared = match exec::remote_text(ctx, farm) {
             Remote::Done(payload) => return Ok(Ran::remote(payload, self.keyed_ns)),
@@ -333,11 +417,28 @@ impl Mode for Direct {
         // Entries for the farm's cache: the result, and a manifest of this entry
         // alone (the key's home merges it into the one it holds).
         let result = e.result;
+        let pinned = e.pinned.is_some();
         let m = Manifest {
             preprocessor_only: None,
             entries: vec![e.portable()],
         };
-        vec![
+        let mut items = Vec::with_capacity(3);
+        // Looked up by its text as well: stored under that key too (pinned as the
+        // manifest entry is).
+        if let Some(t) = self.text_key {
+            let key = if pinned || t.pinned_first {
+                key::pinned(&t.key, &ctx.base)
+            } else {
+                t.key
+            };
+            flow::put_local(ctx, tiers, EntryKind::Result, &key, payload);
+            items.push(Item {
+                kind: EntryKind::Result,
+                key: key.0,
+                data: payload.clone(),
+            });
+        }
+        items.extend([
             Item {
                 kind: EntryKind::Result,
                 key: result.0,
@@ -348,6 +449,7 @@ impl Mode for Direct {
                 key: self.mkey.0,
                 data: m.encode(),
             },
-        ]
+        ]);
+        items
     }
 }

@@ -74,6 +74,13 @@ pub(super) trait Mode {
         Ok(())
     }
 
+    /// After every tier missed: another way to look the compile up (direct mode's
+    /// lookup by preprocessed text, with `base_dir`). `Miss` by default.
+    fn fallback(&mut self, ctx: &mut Ctx, tiers: &mut Tiered) -> Lookup {
+        let _ = (ctx, tiers);
+        Lookup::Miss
+    }
+
     /// Whether the farm (its cache and its peers) takes part.
     fn uses_farm(&self) -> bool {
         true
@@ -144,6 +151,11 @@ fn run_tiers(ctx: &mut Ctx, mode: &mut dyn Mode, tiers: &mut Tiered, farm: &Farm
             Lookup::Done(code) => return code,
             Lookup::Miss => {}
         }
+    }
+    match mode.fallback(ctx, tiers) {
+        Lookup::Hit => return 0,
+        Lookup::Done(code) => return code,
+        Lookup::Miss => {}
     }
     let ran = match mode.execute(ctx, farm) {
         Ok(r) => r,

@@ -213,29 +213,42 @@ impl Ctx<'_> {
     /// no prefix map rewrites), or an output or message holds one (an expanded
     /// `__FILE__`, a message's text naming a file). Such a result is stored pinned to
     /// this checkout's base directories. Dependency files and messages are stored
-    /// relative (see [`Ctx::payload_from_disk`]) and are checked as stored. Messages
-    /// with relative locations serve another checkout only when no file the compile
-    /// read holds a base directory's name (`reads_name_base == Some(false)`): a quoted
+    /// relative (see [`Ctx::payload_from_disk`]) and are checked as stored (a base
+    /// directory left anywhere but a location pins). Messages with relative
+    /// locations serve another checkout only when no file the compile read has a line
+    /// that would look like a location (`reads_name_base == Some(false)`): a quoted
     /// source line must stay as that file has it.
     fn pinned_result(&self, payload: &[u8], reads_name_base: Option<bool>) -> bool {
+        let why = self.pinned_why(payload, reads_name_base);
+        if let Some(why) = why {
+            tracing::info!(source = %self.inv.source.display(), why, "result pinned to this checkout's base directories");
+        }
+        why.is_some()
+    }
+
+    /// Why [`Ctx::pinned_result`] pins, if it does.
+    fn pinned_why(&self, payload: &[u8], reads_name_base: Option<bool>) -> Option<&'static str> {
         if self.base.is_empty() {
-            return false;
+            return None;
         }
         if let Some(rewritten) = &self.inv.paths.recorded {
             if !self.base.covered_by(rewritten) {
-                return true;
+                return Some("debug info or coverage records paths no prefix map rewrites");
             }
         }
-        match ResultEntry::decode(payload) {
-            Some(e) => {
-                let relative_messages = key::BaseDirs::messages_relative(e.stdout)
-                    || key::BaseDirs::messages_relative(e.stderr);
-                (relative_messages && reads_name_base != Some(false))
-                    || self.base.appears_in(e.stdout)
-                    || self.base.appears_in(e.stderr)
-                    || e.outputs.iter().any(|o| self.base.appears_in(o.data))
-            }
-            None => true,
+        let Some(e) = ResultEntry::decode(payload) else {
+            return Some("undecodable entry");
+        };
+        let relative_messages = key::BaseDirs::messages_relative(e.stdout)
+            || key::BaseDirs::messages_relative(e.stderr);
+        if relative_messages && reads_name_base != Some(false) {
+            Some("messages name files, and a file read has a line naming the checkout")
+        } else if self.base.appears_in(e.stdout) || self.base.appears_in(e.stderr) {
+            Some("a message's text names the checkout")
+        } else if e.outputs.iter().any(|o| self.base.appears_in(o.data)) {
+            Some("an output holds the checkout's path")
+        } else {
+            None
         }
     }
 

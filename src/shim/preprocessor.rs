@@ -33,7 +33,7 @@ impl Preprocessor {
 
 /// The preprocessor-mode key, and whether the text asks the compiler for a file's
 /// path (with `base_dir`); or why there is none.
-fn preprocessed_key(
+pub(super) fn preprocessed_key(
     ctx: &mut Ctx,
     obs: &dyn Observed,
 ) -> Result<(CacheKey, bool), lang::Passthrough> {

@@ -413,11 +413,11 @@ impl Recorder {
             if scan.path_macro {
                 self.path_macros.push(f.clone());
             }
-            if self
-                .watch
-                .iter()
-                .any(|w| memchr::memmem::find(&text, w).is_some())
-            {
+            let watched = |w: &Vec<u8>| {
+                memchr::memmem::find(&text, w).is_some()
+                    || (w.first() == Some(&b'\n') && text.starts_with(&w[1..]))
+            };
+            if self.watch.iter().any(watched) {
                 self.files_naming.push(f.clone());
             }
             if scan.computed_has_include {
