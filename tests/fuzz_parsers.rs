@@ -293,6 +293,7 @@ fn manifest_strategy() -> impl Strategy<Value = Manifest> {
                 .into_iter()
                 .map(serde_bytes::ByteBuf::from)
                 .collect(),
+            present: vec![],
             result: farm::store::CacheKey([result; 32]),
         });
     (

@@ -51,6 +51,9 @@ pub struct ManifestEntry {
     pub missing: Vec<MissingPath>,
     /// Paths that exist but are not regular files (a directory where a header could be).
     pub not_file: Vec<serde_bytes::ByteBuf>,
+    /// Regular files a lookup finds that the compile did not read: they must still be
+    /// files (a `__has_include` answer), whatever they hold.
+    pub present: Vec<serde_bytes::ByteBuf>,
     pub result: CacheKey,
     /// Set when the result depends on where the checkout is (`base_dir`): the base
     /// directories it was compiled under ([`BaseDirs::pin`]); it matches only there.
@@ -86,6 +89,7 @@ impl ManifestEntry {
             &self.files,
             &self.missing,
             &self.not_file,
+            &self.present,
             self.pinned.as_deref().map(|p| &p[..]),
         )
     }
@@ -151,6 +155,7 @@ pub fn result_key(
     files: &[FileDigest],
     missing: &[MissingPath],
     not_file: &[serde_bytes::ByteBuf],
+    present: &[serde_bytes::ByteBuf],
     pinned: Option<&[u8]>,
 ) -> CacheKey {
     let mut h = blake3::Hasher::new();
@@ -164,6 +169,9 @@ pub fn result_key(
     }
     for m in not_file {
         put_field(&mut h, "not-file", m);
+    }
+    for p in present {
+        put_field(&mut h, "present", p);
     }
     if let Some(p) = pinned {
         put_field(&mut h, "pinned", p);
@@ -224,6 +232,7 @@ pub fn entry_matches(e: &ManifestEntry, memo: &mut CheckMemo, base: &BaseDirs) -
             }
         }
         if !is_missing(Path::new(OsStr::from_bytes(&path))) {
+            tracing::debug!(path = %String::from_utf8_lossy(&path), "manifest entry: a missing path exists");
             return false;
         }
     }
@@ -233,6 +242,15 @@ pub fn entry_matches(e: &ManifestEntry, memo: &mut CheckMemo, base: &BaseDirs) -
         };
         let p = Path::new(OsStr::from_bytes(&path));
         if fs::metadata(p).map(|m| m.is_file()).unwrap_or(false) {
+            return false;
+        }
+    }
+    for p in &e.present {
+        let Some(path) = base.absolute(p) else {
+            return false;
+        };
+        let p = Path::new(OsStr::from_bytes(&path));
+        if !fs::metadata(p).map(|m| m.is_file()).unwrap_or(false) {
             return false;
         }
     }
@@ -254,6 +272,7 @@ pub fn entry_matches(e: &ManifestEntry, memo: &mut CheckMemo, base: &BaseDirs) -
             }
         };
         if d.as_ref() != Some(&f.digest) {
+            tracing::debug!(path = %String::from_utf8_lossy(&path), "manifest entry: content differs");
             return false;
         }
     }
@@ -281,6 +300,7 @@ pub fn record_entry(
     files: &[PathBuf],
     missing_paths: &[PathBuf],
     not_file_paths: &[PathBuf],
+    present_paths: &[PathBuf],
     started_ns: i128,
     base: &BaseDirs,
     pinned: bool,
@@ -338,10 +358,17 @@ pub fn record_entry(
     missing.dedup();
     not_file.sort();
     not_file.dedup();
+    let mut present: Vec<serde_bytes::ByteBuf> = present_paths
+        .iter()
+        .map(|p| serde_bytes::ByteBuf::from(base.relative(p.as_os_str().as_bytes()).into_owned()))
+        .collect();
+    present.sort();
+    present.dedup();
     let mut entry = ManifestEntry {
         files: digests,
         missing,
         not_file,
+        present,
         result: CacheKey([0; 32]),
         pinned: pinned.then(|| serde_bytes::ByteBuf::from(base.pin())),
     };
@@ -365,6 +392,7 @@ mod tests {
                 }],
                 missing: vec![],
                 not_file: vec![],
+                present: vec![],
                 result: CacheKey([i; 32]),
                 pinned: None,
             });
@@ -393,6 +421,7 @@ mod tests {
             std::slice::from_ref(&hdr),
             &[d.path().join("sub")],
             std::slice::from_ref(&dirprobe),
+            &[],
             fsutil::now_ns() + 1_000_000_000,
             &BaseDirs::default(),
             false,
@@ -459,6 +488,7 @@ mod tests {
                 &[],
                 &[],
                 &[],
+                &[],
                 started,
                 &BaseDirs::default(),
                 false
@@ -486,6 +516,7 @@ mod tests {
                 parent_stamp: stamp,
             }],
             not_file: vec![],
+            present: vec![],
             result: CacheKey([n; 32]),
             pinned: None,
         }

@@ -215,6 +215,9 @@ pub struct DependencyFacts {
     pub missing: Vec<PathBuf>,
     /// Where a lookup found something that is not a regular file (a directory).
     pub not_file: Vec<PathBuf>,
+    /// Files a lookup finds that the compile did not read (a dead `#if` branch's
+    /// include, a `__has_include` probe): only that each is there matters.
+    pub present: Vec<PathBuf>,
     /// Files read (the source among them) that name `__FILE__` or kin: compiled,
     /// these put the path of the file they expand in into the output.
     pub path_macros: Vec<PathBuf>,

@@ -199,6 +199,7 @@ impl Direct {
                     &f.files,
                     &f.missing,
                     &f.not_file,
+                    &f.present,
                     started_ns,
                     &ctx.base,
                     pinned,

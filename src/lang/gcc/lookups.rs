@@ -284,11 +284,20 @@ pub(super) fn record_lookups(
     }
     let (missing, not_file) = rec.classify();
     let mut files = read.to_vec();
-    files.append(&mut rec.extra);
+    // With complete dependency output a file found but not read only has to stay
+    // there (a `__has_include` answer); without, it may be a system header the
+    // compile read, so its content counts.
+    let present = if closure {
+        files.append(&mut rec.extra);
+        Vec::new()
+    } else {
+        std::mem::take(&mut rec.extra)
+    };
     Ok(DependencyFacts {
         files,
         missing,
         not_file,
+        present,
         path_macros: rec.path_macros,
         absolute_includes: rec.absolute_includes,
         computed_includes: rec.computed_includes,
