@@ -349,16 +349,17 @@ impl Mode for Direct {
     /// (a `config.h` naming its source directory) while the text compiled is the
     /// same. Costs a preprocessor run on such a miss. Not in depend mode, which
     /// runs nothing but the compile.
-    fn fallback(&mut self, ctx: &mut Ctx, tiers: &mut Tiered) -> Lookup {
+    fn fallback(&mut self, ctx: &mut Ctx, tiers: &mut Tiered) -> (Lookup, usize) {
+        let miss = (Lookup::Miss, LOCAL);
         if self.depend || ctx.base.is_empty() {
-            return Lookup::Miss;
+            return miss;
         }
         let (k, names_paths) = match preprocessed_key(ctx, self.obs) {
             Ok(k) => k,
             // The compile reports a preprocessor error in its own words.
             Err(p) => {
                 tracing::debug!(reason = p.reason, "no lookup by preprocessed text");
-                return Lookup::Miss;
+                return miss;
             }
         };
         let recorded = ctx.inv.paths.recorded.as_ref();
@@ -376,11 +377,11 @@ impl Mode for Direct {
                     c.restore_files(d, hit.clone())
                 });
                 if !matches!(looked, Lookup::Miss) {
-                    return looked;
+                    return (looked, i);
                 }
             }
         }
-        Lookup::Miss
+        miss
     }
 
     fn execute(&mut self, ctx: &mut Ctx, farm: &Farm) -> Result<Ran, i32> {

@@ -75,10 +75,11 @@ pub(super) trait Mode {
     }
 
     /// After every tier missed: another way to look the compile up (direct mode's
-    /// lookup by preprocessed text, with `base_dir`). `Miss` by default.
-    fn fallback(&mut self, ctx: &mut Ctx, tiers: &mut Tiered) -> Lookup {
+    /// lookup by preprocessed text, with `base_dir`), and the tier that answered.
+    /// `Miss` by default.
+    fn fallback(&mut self, ctx: &mut Ctx, tiers: &mut Tiered) -> (Lookup, usize) {
         let _ = (ctx, tiers);
-        Lookup::Miss
+        (Lookup::Miss, LOCAL)
     }
 
     /// Whether the farm (its cache and its peers) takes part.
@@ -153,9 +154,12 @@ fn run_tiers(ctx: &mut Ctx, mode: &mut dyn Mode, tiers: &mut Tiered, farm: &Farm
         }
     }
     match mode.fallback(ctx, tiers) {
-        Lookup::Hit => return 0,
-        Lookup::Done(code) => return code,
-        Lookup::Miss => {}
+        (Lookup::Hit, i) => {
+            count_lookup(ctx, tiers, farm, i, &Lookup::Hit);
+            return 0;
+        }
+        (Lookup::Done(code), _) => return code,
+        (Lookup::Miss, _) => {}
     }
     let ran = match mode.execute(ctx, farm) {
         Ok(r) => r,

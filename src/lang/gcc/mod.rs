@@ -266,7 +266,7 @@ fn path_facts(
     sl: &SearchList,
     search_args: &[OsString],
 ) -> DependencyFacts {
-    let user_dirs = user_include_dirs(search_args);
+    let (user_dirs, user_system_dirs) = user_include_dirs(search_args);
     let builtin: Vec<&Path> = sl
         .angle
         .iter()
@@ -275,7 +275,13 @@ fn path_facts(
         .collect();
     f.path_macros
         .retain(|p| !builtin.iter().any(|d| p.starts_with(d)));
-    for d in sl.quote.iter().chain(&sl.angle) {
+    // gcc names headers of system directories by their real path
+    // (-fcanonical-system-headers); those of `-I` and `-iquote` as written.
+    let system = sl.angle.iter().filter(|d| {
+        let clean = fsutil::clean_path(d);
+        user_system_dirs.contains(&clean) || !user_dirs.contains(&clean)
+    });
+    for d in system {
         if let Ok(real) = std::fs::canonicalize(d) {
             if real != fsutil::clean_path(d) {
                 f.resolved_dirs.push((d.clone(), real));
@@ -286,15 +292,21 @@ fn path_facts(
 }
 
 /// The include directories the command line names (`-I`, `-isystem`, `-idirafter`,
-/// `-iquote`, joined or not), cleaned.
-fn user_include_dirs(search_args: &[OsString]) -> Vec<PathBuf> {
+/// `-iquote`, joined or not), cleaned; and those of them that are system
+/// directories (`-isystem`, `-idirafter`).
+fn user_include_dirs(search_args: &[OsString]) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let mut dirs = Vec::new();
+    let mut system = Vec::new();
     let mut it = search_args.iter().filter_map(|a| a.to_str());
     while let Some(a) = it.next() {
         match a {
             "-I" | "-isystem" | "-idirafter" | "-iquote" => {
                 if let Some(v) = it.next() {
-                    dirs.push(fsutil::clean_path(Path::new(v)));
+                    let d = fsutil::clean_path(Path::new(v));
+                    if a == "-isystem" || a == "-idirafter" {
+                        system.push(d.clone());
+                    }
+                    dirs.push(d);
                 }
             }
             _ => {
@@ -304,7 +316,7 @@ fn user_include_dirs(search_args: &[OsString]) -> Vec<PathBuf> {
             }
         }
     }
-    dirs
+    (dirs, system)
 }
 
 impl TextJobs for Gcc {
