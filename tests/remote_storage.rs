@@ -112,6 +112,26 @@ fn checkout_b_is_answered_from_webdav() {
     assert!(!files_under(&root).is_empty());
 }
 
+/// Plain HTTP (GET and PUT, as bazel-remote and nginx serve) in the Bazel
+/// remote-cache layout: every entry under `ac/` with a 64-hex name.
+#[test]
+fn checkout_b_is_answered_from_http_in_the_bazel_layout() {
+    let (n, root) = nginx_webdav();
+    two_checkouts(&format!("http://127.0.0.1:{}/bazel|layout=bazel", n.port));
+    let files = files_under(&root);
+    assert!(!files.is_empty());
+    for f in &files {
+        let rel = f.strip_prefix(&root).unwrap().to_str().unwrap().to_string();
+        let name = rel
+            .strip_prefix("bazel/ac/")
+            .unwrap_or_else(|| panic!("{rel}"));
+        assert!(
+            name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit()),
+            "{rel}"
+        );
+    }
+}
+
 /// A remote that answers every call, but slowly: each compile spends at most its
 /// budget (one operation timeout) there, then the machine skips it, so the build
 /// asks it a few times, not once per call, and is a plain build.

@@ -191,9 +191,62 @@ fn is_missing(p: &Path) -> bool {
 pub struct CheckMemo {
     stamps: HashMap<Vec<u8>, Option<StatStamp>>,
     digests: HashMap<Vec<u8>, Option<[u8; 32]>>,
+    /// Directory listings, for entries without stamps (another machine's), whose
+    /// thousands of missing paths would otherwise cost a `stat` each.
+    listings: HashMap<Vec<u8>, Listing>,
+}
+
+/// What a directory holds, as far as missing paths go.
+enum Listing {
+    /// The directory is not there (nothing under it exists).
+    Absent,
+    /// Its entries' names.
+    Names(rustc_hash::FxHashSet<Vec<u8>>),
+    /// It cannot be listed (no read permission): ask per path.
+    Unlisted,
 }
 
 impl CheckMemo {
+    /// Whether nothing exists at `p` (a path with a parent directory), from its
+    /// parent's listing when that can be read. A name listed is there, whatever it
+    /// is (a dangling link counts as there: at worst a miss).
+    fn missing(&mut self, p: &[u8]) -> bool {
+        let parent = parent_bytes(p);
+        let name = &p[parent.len()..];
+        let name = name.strip_prefix(b"/").unwrap_or(name);
+        if parent.is_empty() || name.is_empty() || name == b"." || name == b".." {
+            return is_missing(Path::new(OsStr::from_bytes(p)));
+        }
+        let listing = self.listings.entry(parent.to_vec()).or_insert_with(|| {
+            match fs::read_dir(Path::new(OsStr::from_bytes(parent))) {
+                Ok(rd) => {
+                    let mut names = rustc_hash::FxHashSet::default();
+                    for e in rd {
+                        match e {
+                            Ok(e) => {
+                                names.insert(e.file_name().as_bytes().to_vec());
+                            }
+                            Err(_) => return Listing::Unlisted,
+                        }
+                    }
+                    Listing::Names(names)
+                }
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                {
+                    Listing::Absent
+                }
+                Err(_) => Listing::Unlisted,
+            }
+        });
+        match listing {
+            Listing::Absent => true,
+            Listing::Names(names) => !names.contains(name),
+            Listing::Unlisted => is_missing(Path::new(OsStr::from_bytes(p))),
+        }
+    }
+
     fn stamp(&mut self, p: &[u8]) -> Option<StatStamp> {
         if let Some(s) = self.stamps.get(p) {
             return *s;
@@ -231,7 +284,7 @@ pub fn entry_matches(e: &ManifestEntry, memo: &mut CheckMemo, base: &BaseDirs) -
                 continue;
             }
         }
-        if !is_missing(Path::new(OsStr::from_bytes(&path))) {
+        if !memo.missing(&path) {
             tracing::debug!(path = %String::from_utf8_lossy(&path), "manifest entry: a missing path exists");
             return false;
         }
