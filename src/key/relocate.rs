@@ -215,15 +215,7 @@ impl BaseDirs {
             [0, b'w', style, rest @ ..] => (Some(Wrap::from_byte(*style)?), rest),
             _ => return None,
         };
-        let mut out = Vec::with_capacity(text.len() + 64);
-        let mut rest = text;
-        while let Some(z) = memchr::memchr(0, rest) {
-            out.extend_from_slice(&rest[..z]);
-            let i = rest.get(z + 1)?.checked_sub(b'0')? as usize;
-            out.extend_from_slice(self.escaped.get(i)?);
-            rest = &rest[z + 2..];
-        }
-        out.extend_from_slice(rest);
+        let out = put_back(text, &self.escaped)?;
         match wrap {
             Some(w) => w.rewrap(&out).map(Cow::Owned),
             // Either way: only where both agree.
@@ -267,16 +259,7 @@ impl BaseDirs {
         let Some(rest) = text.strip_prefix(&[0, b'm'][..]) else {
             return Some(Cow::Borrowed(text));
         };
-        let mut out = Vec::with_capacity(rest.len() + 64);
-        let mut rest = rest;
-        while let Some(z) = memchr::memchr(0, rest) {
-            out.extend_from_slice(&rest[..z]);
-            let i = rest.get(z + 1)?.checked_sub(b'0')? as usize;
-            out.extend_from_slice(self.dirs.get(i)?);
-            rest = &rest[z + 2..];
-        }
-        out.extend_from_slice(rest);
-        Some(Cow::Owned(out))
+        put_back(rest, &self.dirs).map(Cow::Owned)
     }
 
     /// Whether messages are stored with relative paths.
@@ -370,6 +353,21 @@ fn at_location(text: &[u8], i: usize) -> bool {
         }
     }
     j == 0 || text[j - 1] == b'\n' || text[..j].ends_with(b"from ")
+}
+
+/// A text with each marker (NUL, digit) replaced by that base directory written as
+/// `forms` has it; `None` when one names a directory `forms` lacks.
+fn put_back(text: &[u8], forms: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() + 64);
+    let mut rest = text;
+    while let Some(z) = memchr::memchr(0, rest) {
+        out.extend_from_slice(&rest[..z]);
+        let i = rest.get(z + 1)?.checked_sub(b'0')? as usize;
+        out.extend_from_slice(forms.get(i)?);
+        rest = &rest[z + 2..];
+    }
+    out.extend_from_slice(rest);
+    Some(out)
 }
 
 /// The stored form's wrap byte for a file both ways reproduce.
