@@ -330,6 +330,12 @@ fn cache_ping_tries_every_remote() {
 use common::farmd::Cluster;
 use std::cell::Cell;
 
+/// The most connections the agent's clients may open to one Redis over two builds:
+/// its pool (at most 10) and a plain connect check before a client's first call and
+/// after a failure. Well under the 34 compiles of one build, each of which connects
+/// on the direct path.
+const AGENT_CONNECTIONS: u64 = 20;
+
 /// [`make`] with this machine's farmd agent at `agent`.
 fn make_with_agent(env: &Env, tree: &Path, cc: &str, remote: &str, agent: &Path) {
     let o = env
@@ -472,10 +478,11 @@ fn checkout_b_is_answered_from_redis_through_the_agent() {
     );
     assert_eq!(env_b.misses(), 0);
     // Two builds of 2n compiles: Redis saw the agent's warm client only (its pool
-    // holds at most 10 connections), not one connection per compile.
+    // holds at most 10 connections, and its connect checks add a few), not one
+    // connection per compile (the direct path's, asserted above: at least n).
     let conns = cli.others_connections();
     assert!(
-        (1..=10).contains(&conns),
+        (1..=AGENT_CONNECTIONS).contains(&conns),
         "{conns} connections to Redis for {} compiles",
         2 * n
     );
@@ -582,7 +589,7 @@ fn depend_mode_asks_the_agent_for_remote_tiers_only() {
     assert_eq!(farmd.nodes[0].status()["store_entries"], 0);
     let conns = cli.others_connections();
     assert!(
-        (1..=10).contains(&conns),
+        (1..=AGENT_CONNECTIONS).contains(&conns),
         "{conns} connections to Redis: only the agent's pool expected; {}",
         env_b.stats()
     );
