@@ -32,3 +32,4 @@ pub mod protocol;
 pub mod shim;
 pub mod stats;
 pub mod store;
+pub mod toolchain;

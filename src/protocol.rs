@@ -9,10 +9,11 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Protocol version, advertised by every farmd and checked on every advert. 2: jobs
-/// name their input and output files (`Job`, `JobResult`).
-pub const VERSION: u32 = 2;
+/// name their input and output files (`Job`, `JobResult`). 3: same-path jobs
+/// (`PathJob`, toolchains by digest) and `Advert::toolchains`.
+pub const VERSION: u32 = 3;
 /// TLS application protocol of the peer protocol (its version with it).
-pub const ALPN: &[u8] = b"farm/2";
+pub const ALPN: &[u8] = b"farm/3";
 /// Largest frame any reader accepts (a preprocessed source or an object file).
 pub const MAX_FRAME: usize = 64 << 20;
 /// Largest frame of the control messages (adverts, have, get): a peer that sends more
@@ -89,6 +90,8 @@ pub struct Advert {
     pub compilers: Vec<CompilerAd>,
     /// Addresses of this node's live peers: how a farm learns its members.
     pub peers: Vec<String>,
+    /// Runs same-path jobs on a toolchain it is sent (not only its own compilers').
+    pub toolchains: bool,
 }
 
 /// One compile of one shipped text for a worker (a text job). The worker rebuilds
@@ -140,6 +143,62 @@ pub struct Blob {
 pub struct TreeFile {
     pub path: String,
     pub digest: Key,
+}
+
+/// One file of a toolchain package, at its absolute path on the sending machine.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ToolEntry {
+    pub path: String,
+    pub kind: ToolKind,
+}
+
+/// A toolchain file's content (a blob, executable or not) or a symbolic link's target
+/// as the link holds it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ToolKind {
+    File { digest: Key, exec: bool },
+    Link(String),
+}
+
+/// What a compiler needs to run, as icecc-create-env packs it: the driver, the
+/// programs it starts, the libraries they load and the loader's cache, each at its
+/// path. Its digest ([`crate::toolchain::digest`]) names it; its files travel as blobs.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Toolchain {
+    /// The driver the job runs (a path of `entries`).
+    pub driver: String,
+    /// Sorted by path.
+    pub entries: Vec<ToolEntry>,
+}
+
+/// A compile that runs on a worker at the same absolute paths as at home (gcc and
+/// clang with `-g`, coverage, split DWARF): the source and every header it can read
+/// travel as blobs and are laid out where the sender has them, inside a sandbox that
+/// holds nothing else but the toolchain, so outputs and diagnostics are the ones a
+/// home compile gives.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PathJob {
+    /// Compiler family module (`gcc`).
+    pub family: String,
+    /// The compiler's identity (placement prefers peers that have it).
+    pub compiler: CompilerAd,
+    pub toolchain: Toolchain,
+    /// argv[0] as the sender starts the driver.
+    pub arg0: String,
+    /// The arguments exactly as the sender runs them; validated by the worker's family
+    /// module.
+    pub args: Vec<String>,
+    /// The working directory (absolute).
+    pub cwd: String,
+    /// Environment variables the family lets a worker set.
+    pub env: Vec<(String, String)>,
+    /// Inputs at their absolute paths.
+    pub files: Vec<TreeFile>,
+    /// Directories that exist at home (the include search list), made empty if no
+    /// file lies in them.
+    pub dirs: Vec<String>,
+    /// Absolute paths of the files the compile writes, brought back if written.
+    pub outputs: Vec<String>,
 }
 
 /// A compile with many inputs and many outputs (javac, csc): its files travel as
@@ -199,6 +258,8 @@ pub enum PeerRequest {
     HaveBlobs(Vec<Key>),
     PutBlobs(Vec<Blob>),
     TreeJob(TreeJob),
+    /// Answered with `TreeDone` (outputs by their absolute paths).
+    PathJob(Box<PathJob>),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -282,6 +343,9 @@ pub enum AgentRequest {
         #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
+    /// A same-path job on a peer (its blobs sent before with `PutBlobs`):
+    /// `TreeCompiled` (outputs by absolute path) or `Local(reason)`.
+    CompilePaths(Box<PathJob>),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

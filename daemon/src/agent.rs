@@ -269,7 +269,7 @@ async fn shim_session(node: Arc<Node>, remotes: Arc<RemotePool>, uid: u32, mut s
                     None => AgentResponse::Missing,
                 }
             }
-            AgentRequest::Place { compiler } => match place(&node, &compiler, &[], true) {
+            AgentRequest::Place { compiler } => match place(&node, &compiler, &[], true, true) {
                 Ok(Place::Peer(..)) => AgentResponse::Ship,
                 Ok(Place::Home(factor)) => {
                     home_factor = factor;
@@ -316,7 +316,7 @@ async fn shim_session(node: Arc<Node>, remotes: Arc<RemotePool>, uid: u32, mut s
                 warm(&node, peer_uid, &family, &home, &args).await
             }
             AgentRequest::MissingBlobs(digests) => {
-                AgentResponse::MissingBlobs(node.blobs.missing(&digests))
+                AgentResponse::MissingBlobs(crate::store_role::missing_blobs(&node, &digests))
             }
             AgentRequest::PutBlobs(blobs) => match node.blobs.put(&blobs) {
                 Ok(()) => AgentResponse::Published,
@@ -327,6 +327,17 @@ async fn shim_session(node: Arc<Node>, remotes: Arc<RemotePool>, uid: u32, mut s
             },
             AgentRequest::CompileTree(job) => {
                 let r = compile_tree(&node, &job).await;
+                if matches!(&r, AgentResponse::Local(_)) {
+                    home_factor = home_load(&node);
+                    holds_home = reserve_home(&node, holds_home);
+                }
+                r
+            }
+            AgentRequest::CompilePaths(job) => {
+                let r = match placement::run_paths(&node, &job).await {
+                    Ok(r) => AgentResponse::TreeCompiled(r),
+                    Err(why) => AgentResponse::Local(why),
+                };
                 if matches!(&r, AgentResponse::Local(_)) {
                     home_factor = home_load(&node);
                     holds_home = reserve_home(&node, holds_home);

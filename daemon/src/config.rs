@@ -40,6 +40,7 @@ struct FileConfig {
     trusted_publishers: Vec<String>,
     max_peer_connections: Option<u32>,
     peer_read_budget: Option<String>,
+    accept_toolchains: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -84,6 +85,9 @@ pub struct DaemonConfig {
     pub max_peer_connections: u32,
     /// Bytes of peers' request frames read and decoded at once, all peers together.
     pub peer_read_budget: usize,
+    /// Runs same-path jobs on toolchains peers send (in the sandbox), not only on
+    /// its own compilers'.
+    pub accept_toolchains: bool,
 }
 
 /// A job's ceiling: one day.
@@ -284,6 +288,7 @@ impl DaemonConfig {
             trusted_publishers: fc.trusted_publishers,
             max_peer_connections,
             peer_read_budget,
+            accept_toolchains: fc.accept_toolchains.unwrap_or(true),
         })
     }
 }

@@ -12,6 +12,7 @@ mod placement;
 mod remote_pool;
 mod server;
 mod store_role;
+mod toolchains;
 mod warm;
 mod worker;
 
@@ -231,6 +232,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         ),
         sandbox,
         blobs: blobs::BlobStore::new(&cfg.state_dir, cfg.store_max_size / 2),
+        toolchains: toolchains::Toolchains::new(&cfg.state_dir, cfg.accept_toolchains),
         store,
         endpoint,
         slots: Arc::new(tokio::sync::Semaphore::new(cfg.slots as usize)),
@@ -266,6 +268,21 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         slots = node.cfg.slots,
         "farmd started"
     );
+    {
+        // The packages of this node's own compilers: hashed off the async threads.
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || {
+            let own: Vec<_> = node
+                .compilers
+                .iter()
+                .filter_map(|c| {
+                    let f = farm::lang::family_for(&c.name)?;
+                    Some((f, c.path.clone(), c.name.clone()))
+                })
+                .collect();
+            node.toolchains.add_own(&own);
+        });
+    }
     tokio::spawn(server::serve(node.clone()));
     tokio::spawn(peers::gossip(node.clone()));
     tokio::spawn(agent::serve(node.clone(), listener));

@@ -36,6 +36,8 @@ pub struct Node {
     pub sandbox: Option<crate::worker::sandbox::Sandbox>,
     /// Input files of tree jobs, by digest.
     pub blobs: crate::blobs::BlobStore,
+    /// Toolchains for same-path jobs: this node's own, and those peers send.
+    pub toolchains: crate::toolchains::Toolchains,
     pub store: LocalStore,
     pub endpoint: quinn::Endpoint,
     pub slots: Arc<Semaphore>,
@@ -157,6 +159,7 @@ impl Node {
                 .filter(|(_, p)| p.live(now))
                 .map(|(a, _)| a.clone())
                 .collect(),
+            toolchains: self.sandbox.is_some() && self.toolchains.accept,
         }
     }
 

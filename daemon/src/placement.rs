@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use farm::protocol::{CompilerAd, Job, JobResult, TreeJob, TreeResult};
+use farm::protocol::{CompilerAd, Job, JobResult, PathJob, TreeJob, TreeResult};
 
 use crate::exec::{ExecError, ExecFuture, Executor};
 use crate::node::Node;
@@ -62,6 +62,7 @@ pub fn place(
     compiler: &CompilerAd,
     tried: &[String],
     home_ok: bool,
+    toolchain_ok: bool,
 ) -> Result<Place, &'static str> {
     let now = Instant::now();
     let home_est = if home_ok && node.cfg.local_slots > 0 {
@@ -69,7 +70,7 @@ pub fn place(
     } else {
         f64::INFINITY
     };
-    let (mut cands, busy) = peer_candidates(node, compiler, tried, now);
+    let (mut cands, busy) = peer_candidates(node, compiler, tried, now, toolchain_ok);
     let best_peer = match cands.len() {
         0 => None,
         1 => Some(0),
@@ -100,12 +101,17 @@ fn peer_candidates(
     compiler: &CompilerAd,
     tried: &[String],
     now: Instant,
+    toolchain_ok: bool,
 ) -> (Vec<(f64, Candidate)>, bool) {
     let mut cands: Vec<(f64, Candidate)> = Vec::new();
     let mut busy = false;
     let peers = node.peers.lock().unwrap();
     for (addr, p) in peers.iter() {
-        if tried.contains(addr) || !p.live(now) || !p.runs(compiler) {
+        // A same-path job carries its toolchain: a peer that takes toolchains runs
+        // it without the compiler.
+        let runs =
+            p.runs(compiler) || (toolchain_ok && p.advert.as_ref().is_some_and(|a| a.toolchains));
+        if tried.contains(addr) || !p.live(now) || !runs {
             continue;
         }
         let Some(a) = &p.advert else { continue };
@@ -233,13 +239,19 @@ fn deadline(node: &Node, job: &Job, rtt: Duration) -> Duration {
 /// A text job on a peer, one retry on another. `Err` is the reason the shim compiles
 /// at home (and counts).
 pub async fn run_job(node: &Node, job: &Job) -> Result<JobResult, String> {
-    on_peers(node, &job.compiler, job).await
+    on_peers(node, &job.compiler, job, false).await
 }
 
 /// A tree job on a peer, one retry on another. `Err` is the reason the shim compiles
 /// at home (and counts).
 pub async fn run_tree(node: &Node, job: &TreeJob) -> Result<TreeResult, String> {
-    on_peers(node, &job.compiler, job).await
+    on_peers(node, &job.compiler, job, false).await
+}
+
+/// A same-path job on a peer (one with the compiler, or one that takes toolchains),
+/// one retry on another. `Err` is the reason the shim compiles at home.
+pub async fn run_paths(node: &Node, job: &PathJob) -> Result<TreeResult, String> {
+    on_peers(node, &job.compiler, job, true).await
 }
 
 /// What goes to an executor: how placement bounds it and runs it there.
@@ -294,18 +306,48 @@ impl Work for TreeJob {
     }
 }
 
+impl Work for PathJob {
+    type Done = TreeResult;
+    fn limit(&self, node: &Node, rtt: Duration) -> (Duration, usize) {
+        // A compile of one source: bounded like a text job of its inputs' size would
+        // be, which the measurements per MiB do not cover; the ceiling, generously.
+        let local = *node.local_ms.lock().unwrap();
+        let expected = if local > 0.0 { local } else { DEFAULT_JOB_MS };
+        let d = Duration::from_millis((expected * 8.0) as u64) + rtt * 8 + Duration::from_secs(10);
+        (d.min(node.cfg.job_timeout), 0)
+    }
+    fn run<'a>(
+        &'a self,
+        node: &'a Node,
+        executor: &'a dyn Executor,
+        limit: Duration,
+    ) -> ExecFuture<'a, TreeResult> {
+        Box::pin(async move {
+            let blobs = crate::toolchains::JobBlobs {
+                blobs: &node.blobs,
+                toolchains: &node.toolchains,
+            };
+            executor.run_paths(self, &blobs, limit).await
+        })
+    }
+    fn compile_ms(_: &TreeResult) -> Option<u64> {
+        None
+    }
+}
+
 /// Runs work on the peer placement picks, and once more on another after a failure.
 /// `Err` is the `Local` reason for the shim: why no peer could.
 async fn on_peers<W: Work>(
     node: &Node,
     compiler: &CompilerAd,
     work: &W,
+    toolchain_ok: bool,
 ) -> Result<W::Done, String> {
     let mut tried: Vec<String> = Vec::new();
     let mut last_failure = "";
     let mut none = "no_peer";
     for _ in 0..2 {
-        let cand = match place(node, compiler, &tried, false) {
+        let cand = match place(node, compiler, &tried, false, toolchain_ok) {
             Ok(Place::Peer(cand)) => cand,
             Ok(Place::Home(_)) => break,
             Err(why) => {

@@ -128,5 +128,6 @@ async fn answer(node: &Node, peer: &str, remote: SocketAddr, req: PeerRequest) -
         PeerRequest::HaveBlobs(digests) => store_role::have_blobs(node, &digests),
         PeerRequest::PutBlobs(blobs) => store_role::put_blobs(node, &blobs),
         PeerRequest::TreeJob(job) => crate::worker::run_tree(node, peer, job).await,
+        PeerRequest::PathJob(job) => crate::worker::run_paths(node, peer, *job).await,
     }
 }

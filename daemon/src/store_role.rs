@@ -41,7 +41,14 @@ pub fn put(node: &Node, item: Item) -> PeerResponse {
 
 /// A peer's `HaveBlobs`: those of `digests` this node lacks.
 pub fn have_blobs(node: &Node, digests: &[[u8; 32]]) -> PeerResponse {
-    PeerResponse::MissingBlobs(node.blobs.missing(digests))
+    PeerResponse::MissingBlobs(missing_blobs(node, digests))
+}
+
+/// Those of `digests` neither the blob store nor this node's own toolchains hold.
+pub fn missing_blobs(node: &Node, digests: &[[u8; 32]]) -> Vec<[u8; 32]> {
+    let mut m = node.blobs.missing(digests);
+    m.retain(|d| !node.toolchains.has_file(d));
+    m
 }
 
 /// A peer's `PutBlobs`.

@@ -15,7 +15,7 @@ pub mod gcc;
 pub mod javac;
 
 use std::any::Any;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -407,6 +407,54 @@ pub trait TextJobs: Sync {
     ) -> Result<Vec<String>, Passthrough>;
 }
 
+/// A compile that a worker runs at the same absolute paths as here, inside a sandbox
+/// holding only its inputs and the compiler's toolchain (gcc, clang): what the job
+/// carries besides the toolchain.
+#[derive(Clone, Debug, Default)]
+pub struct PathJobSpec {
+    /// The arguments exactly as they run here (observation arguments included).
+    pub args: Vec<String>,
+    /// Environment variables the worker sets (those that change outputs or messages).
+    pub env: Vec<(String, String)>,
+    /// Every file the compile can read (absolute): the source, each header any
+    /// include of it or of a header can reach, files named by flags.
+    pub inputs: Vec<PathBuf>,
+    /// Directories of the include search list (absolute).
+    pub dirs: Vec<PathBuf>,
+    /// Every file the compile may write (absolute).
+    pub outputs: Vec<PathBuf>,
+}
+
+/// Families whose compiles can run elsewhere at the same paths (`PathJob`): outputs,
+/// debug information and messages are then the ones a home compile gives.
+pub trait PathJobs: Sync {
+    /// Client, cheap (nothing runs): whether this compile may run elsewhere.
+    fn path_allowed(&self, inv: &Invocation) -> Result<(), Passthrough>;
+
+    /// Client: the job, its inputs found by following every include the source can
+    /// reach (dead branches too), or why it stays here. `scratch` holds memos.
+    fn path_job(&self, inv: &Invocation, scratch: &Path) -> Result<PathJobSpec, Passthrough>;
+
+    /// The files of the compiler's toolchain besides the driver (`compiler`, started
+    /// as `arg0`): the programs it starts and the files it probes to decide how to
+    /// run. Their libraries are added by the package builder.
+    fn toolchain_files(&self, compiler: &Path, arg0: &OsStr) -> std::io::Result<Vec<PathBuf>>;
+
+    /// Worker: checks a job from the wire by the rules the client applied: its
+    /// arguments parse to a compile farm understands, free of flags that load code
+    /// or write files beyond `outputs`, each output one the compile writes. `driver`
+    /// is the package's driver, `cwd` absolute.
+    fn worker_path_check(
+        &self,
+        driver: &Path,
+        arg0: &str,
+        args: &[String],
+        cwd: &Path,
+        outputs: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), Passthrough>;
+}
+
 /// The arguments of a compile that runs elsewhere into directories of its own.
 #[derive(Clone, Debug)]
 pub struct TreeArgs {
@@ -603,6 +651,11 @@ pub trait Family: Sync {
 
     /// `Some` when a worker can compile a shipped input tree (javac, csc).
     fn tree_jobs(&self) -> Option<&dyn TreeJobs> {
+        None
+    }
+
+    /// Same-path jobs, if this family's compiles can run elsewhere at the same paths.
+    fn path_jobs(&self) -> Option<&dyn PathJobs> {
         None
     }
 

@@ -385,7 +385,7 @@ impl Mode for Direct {
     }
 
     fn execute(&mut self, ctx: &mut Ctx, farm: &Farm) -> Result<Ran, i32> {
-        let prepared = match exec::remote_text(ctx, farm) {
+        let prepared = match exec::remote_observed(ctx, farm) {
             Remote::Done(payload) => return Ok(Ran::remote(payload, self.keyed_ns)),
             Remote::Home { prepared } => prepared,
         };

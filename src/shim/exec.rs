@@ -50,7 +50,7 @@ fn untrusted(
 
 /// Counts the agent's reason for sending a shipped compile home: peers failed
 /// (`fallback.<why>`, the agent tried two: one fallback) or placement chose home.
-fn count_sent_home(ctx: &mut Ctx, reason: &str) {
+pub(super) fn count_sent_home(ctx: &mut Ctx, reason: &str) {
     let o = match reason.strip_prefix("fallback.") {
         Some(why) => Outcome::Fallback(why.to_string().into()),
         None => Outcome::FarmHome(reason.to_string().into()),
@@ -128,6 +128,54 @@ pub(super) fn home_miss(
     Ok(run)
 }
 
+/// A miss of an observed family on a peer when placement says so: a same-path job
+/// when the family and this compile allow one (no preprocessor run here), else a
+/// text job. `Done` with the result entry once the outputs are written here.
+pub(super) fn remote_observed(ctx: &mut Ctx, farm: &Farm) -> Remote<Vec<u8>> {
+    let home = |prepared| Remote::Home { prepared };
+    if !farm.up() {
+        return home(false);
+    }
+    let path_jobs = ctx
+        .family
+        .path_jobs()
+        .filter(|pj| match pj.path_allowed(&ctx.inv) {
+            Ok(()) => true,
+            Err(p) => {
+                tracing::debug!(reason = p.reason, detail = %p.detail, "no same-path job");
+                false
+            }
+        });
+    let text_allowed = match ctx.family.text_jobs() {
+        Some(t) => t.allowed(&ctx.inv),
+        None => Err(lang::Passthrough::new("family", ctx.family.name())),
+    };
+    if path_jobs.is_none() {
+        if let Err(p) = &text_allowed {
+            tracing::info!(reason = p.reason, detail = %p.detail, "compiled at home");
+            ctx.tally.count(Outcome::FarmHome(p.reason.into()));
+            return home(false);
+        }
+    }
+    let compiler = compiler_ad(ctx);
+    if placed_remote(ctx, farm, &compiler).is_err() {
+        return home(false);
+    }
+    if let Some(pj) = path_jobs {
+        match super::path_job::ship(ctx, farm, pj, &compiler) {
+            super::path_job::PathAttempt::Ran(r) => return r,
+            super::path_job::PathAttempt::NotPath(p) => {
+                tracing::info!(reason = p.reason, detail = %p.detail, "no same-path job");
+                if text_allowed.is_err() {
+                    ctx.tally.count(Outcome::FarmHome(p.reason.into()));
+                    return home(false);
+                }
+            }
+        }
+    }
+    ship_text(ctx, farm, compiler)
+}
+
 /// A text job on a peer (the family's self-contained text: gcc's preprocessed
 /// source): `Done` with the result entry once the outputs are written here.
 pub(super) fn remote_text(ctx: &mut Ctx, farm: &Farm) -> Remote<Vec<u8>> {
@@ -149,6 +197,13 @@ pub(super) fn remote_text(ctx: &mut Ctx, farm: &Farm) -> Remote<Vec<u8>> {
     if placed_remote(ctx, farm, &compiler).is_err() {
         return home(false);
     }
+    ship_text(ctx, farm, compiler)
+}
+
+/// A text job once placement said to ship it.
+fn ship_text(ctx: &mut Ctx, farm: &Farm, compiler: CompilerAd) -> Remote<Vec<u8>> {
+    let home = |prepared| Remote::Home { prepared };
+    let text_jobs = ctx.family.text_jobs();
     let prepared = match text_jobs {
         Some(t) => t.prepare(&ctx.inv),
         None => Ok(Err(lang::Passthrough::new("family", ctx.family.name()))),

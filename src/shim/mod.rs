@@ -28,6 +28,7 @@ mod direct;
 mod exec;
 mod farm;
 mod flow;
+mod path_job;
 mod preprocessor;
 
 /// Replaces this process with the real compiler, argv untouched. Returns only if the

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use farm::protocol::{Job, JobResult, TreeJob, TreeResult};
+use farm::protocol::{Job, JobResult, PathJob, TreeJob, TreeResult};
 
 /// What an executor's calls return: a boxed future, so that `dyn Executor` works.
 pub type ExecFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ExecError>> + Send + 'a>>;
@@ -28,6 +28,15 @@ pub trait Executor: Send + Sync {
     fn run_tree<'a>(
         &'a self,
         job: &'a TreeJob,
+        blobs: &'a dyn BlobSource,
+        limit: Duration,
+    ) -> ExecFuture<'a, TreeResult>;
+
+    /// Runs a same-path job, answered within `limit`: first hands the executor the
+    /// input and toolchain blobs it lacks, from `blobs`.
+    fn run_paths<'a>(
+        &'a self,
+        job: &'a PathJob,
         blobs: &'a dyn BlobSource,
         limit: Duration,
     ) -> ExecFuture<'a, TreeResult>;

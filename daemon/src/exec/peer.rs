@@ -6,8 +6,8 @@ use std::fmt;
 use std::time::Duration;
 
 use farm::protocol::{
-    self, Blob, Job, JobResult, PeerRequest, PeerResponse, TreeJob, TreeResult, MAX_CONTROL_FRAME,
-    MAX_FRAME,
+    self, Blob, Job, JobResult, PathJob, PeerRequest, PeerResponse, ToolKind, TreeJob, TreeResult,
+    MAX_CONTROL_FRAME, MAX_FRAME,
 };
 
 use super::{BlobSource, ExecError, ExecFuture, Executor};
@@ -78,10 +78,53 @@ impl QuicPeer {
         blobs: &dyn BlobSource,
         limit: Duration,
     ) -> Result<TreeResult, ExecError> {
+        let digests: Vec<[u8; 32]> = job.files.iter().map(|f| f.digest).collect();
+        self.send_blobs(digests, blobs, limit).await?;
+        match request(
+            &self.conn,
+            &PeerRequest::TreeJob(job.clone()),
+            MAX_FRAME,
+            limit,
+        )
+        .await?
+        {
+            PeerResponse::TreeDone(r) => Ok(r),
+            other => Err(not_a_result(other)),
+        }
+    }
+
+    /// Gives the peer the blobs of a same-path job it lacks (inputs and toolchain
+    /// files), then the job.
+    async fn send_paths(
+        &self,
+        job: &PathJob,
+        blobs: &dyn BlobSource,
+        limit: Duration,
+    ) -> Result<TreeResult, ExecError> {
+        let mut digests: Vec<[u8; 32]> = job.files.iter().map(|f| f.digest).collect();
+        for e in &job.toolchain.entries {
+            if let ToolKind::File { digest, .. } = &e.kind {
+                digests.push(*digest);
+            }
+        }
+        self.send_blobs(digests, blobs, limit).await?;
+        let req = PeerRequest::PathJob(Box::new(job.clone()));
+        match request(&self.conn, &req, MAX_FRAME, limit).await? {
+            PeerResponse::TreeDone(r) => Ok(r),
+            other => Err(not_a_result(other)),
+        }
+    }
+
+    /// Asks which of `digests` the peer lacks and sends those from `blobs`.
+    async fn send_blobs(
+        &self,
+        mut digests: Vec<[u8; 32]>,
+        blobs: &dyn BlobSource,
+        limit: Duration,
+    ) -> Result<(), ExecError> {
         let conn = &self.conn;
         // What goes wrong in the blob exchange is a transport failure (`peer_error`)
         // unless the peer refuses; only the job's own answer can break the protocol.
-        let mut digests: Vec<[u8; 32]> = job.files.iter().map(|f| f.digest).collect();
         digests.sort();
         digests.dedup();
         let control = Duration::from_secs(10) + conn.rtt() * 4;
@@ -130,10 +173,7 @@ impl QuicPeer {
         if !batch.is_empty() {
             flush(batch).await?;
         }
-        match request(conn, &PeerRequest::TreeJob(job.clone()), MAX_FRAME, limit).await? {
-            PeerResponse::TreeDone(r) => Ok(r),
-            other => Err(not_a_result(other)),
-        }
+        Ok(())
     }
 }
 
@@ -162,6 +202,15 @@ impl Executor for QuicPeer {
         limit: Duration,
     ) -> ExecFuture<'a, TreeResult> {
         Box::pin(self.send_tree(job, blobs, limit))
+    }
+
+    fn run_paths<'a>(
+        &'a self,
+        job: &'a PathJob,
+        blobs: &'a dyn BlobSource,
+        limit: Duration,
+    ) -> ExecFuture<'a, TreeResult> {
+        Box::pin(self.send_paths(job, blobs, limit))
     }
 }
 

@@ -11,6 +11,7 @@
 //! (`crate::warm`) when the family has one. What to run and which files come back
 //! are the job's and its family's to say.
 
+mod paths;
 pub mod sandbox;
 pub mod spawn;
 mod text;
@@ -22,6 +23,7 @@ use farm::protocol::PeerResponse;
 
 use crate::node::{AllowedCompiler, Node};
 
+pub use paths::run_paths;
 pub use text::run;
 pub use tree::run_tree;
 

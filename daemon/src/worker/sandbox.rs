@@ -65,6 +65,19 @@ pub struct View<'a> {
     pub proc: bool,
 }
 
+/// What a same-path job sees: its own root (the toolchain and the inputs at their
+/// paths, read-only) with writable directories bound over it.
+pub struct RootedView {
+    pub root: PathBuf,
+    /// Writable directories: (this machine's directory, where the job sees it).
+    pub rw: Vec<(PathBuf, String)>,
+    /// Read-only files bound over a writable directory: (file here, path in the job).
+    pub ro: Vec<(PathBuf, String)>,
+    pub cwd: String,
+    pub env: Vec<(String, String)>,
+    pub proc: bool,
+}
+
 /// bubblewrap and the read-only paths every job sees.
 #[derive(Clone, Debug)]
 pub struct Sandbox {
@@ -217,6 +230,59 @@ impl Sandbox {
         Ok(cmd)
     }
 
+    /// The command that runs `program` (found by the sandbox's PATH when it names no
+    /// directory) in a sandbox whose `/` is `view.root` read-only: nothing of this
+    /// machine's own files is visible, only what the root holds.
+    pub fn command_rooted(
+        &self,
+        program: &str,
+        args: &[String],
+        view: &RootedView,
+        limits: Limits,
+    ) -> Result<tokio::process::Command, String> {
+        let mut cmd = tokio::process::Command::new(&self.prlimit);
+        let cpu = limits.cpu.as_secs().max(1);
+        cmd.arg(format!("--cpu={cpu}:{}", cpu + 5))
+            .arg(format!("--as={}", limits.memory))
+            .arg(format!("--fsize={}", limits.file_size))
+            .arg(format!("--nproc={MAX_PROCESSES}"))
+            .arg("--core=0")
+            .arg("--")
+            .arg(&self.bwrap);
+        cmd.args([
+            "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+        ]);
+        cmd.arg("--ro-bind").arg(&view.root).arg("/");
+        cmd.args(["--dev", "/dev"]);
+        if view.proc {
+            cmd.args(["--proc", "/proc"]);
+        }
+        for (host, dest) in &view.rw {
+            cmd.arg("--bind").arg(host).arg(dest);
+        }
+        for (host, dest) in &view.ro {
+            cmd.arg("--ro-bind").arg(host).arg(dest);
+        }
+        cmd.arg("--chdir").arg(&view.cwd);
+        cmd.arg("--clearenv");
+        for (k, v) in &view.env {
+            cmd.args(["--setenv", k, v]);
+        }
+        cmd.arg("--").arg(program).args(args);
+        cmd.env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
     /// Runs `program` in the sandbox to its end, its deadline or its output cap.
     pub async fn run(
         &self,
@@ -226,8 +292,30 @@ impl Sandbox {
         limits: Limits,
         deadline: Duration,
     ) -> Result<Run, String> {
+        let cmd = self.command(program, args, view, limits)?;
+        self.run_command(cmd, limits, deadline).await
+    }
+
+    /// Runs a same-path job's `program` in a sandbox rooted at `view.root`.
+    pub async fn run_rooted(
+        &self,
+        program: &str,
+        args: &[String],
+        view: &RootedView,
+        limits: Limits,
+        deadline: Duration,
+    ) -> Result<Run, String> {
+        let cmd = self.command_rooted(program, args, view, limits)?;
+        self.run_command(cmd, limits, deadline).await
+    }
+
+    async fn run_command(
+        &self,
+        mut cmd: tokio::process::Command,
+        limits: Limits,
+        deadline: Duration,
+    ) -> Result<Run, String> {
         let t0 = Instant::now();
-        let mut cmd = self.command(program, args, view, limits)?;
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.bwrap.display()))?;

@@ -21,6 +21,7 @@ mod env;
 mod flags;
 mod lookups;
 mod names;
+mod paths;
 mod remote;
 mod rsp;
 mod scan;
@@ -160,6 +161,10 @@ impl Family for Gcc {
     }
 
     fn text_jobs(&self) -> Option<&dyn TextJobs> {
+        Some(self)
+    }
+
+    fn path_jobs(&self) -> Option<&dyn super::PathJobs> {
         Some(self)
     }
 }

@@ -1,0 +1,161 @@
+//! Toolchains this node runs same-path jobs with: the packages of its own allow-listed
+//! compilers (their files served from where they are installed, never copied into
+//! the blob store), and packages peers send (their files arrive as blobs). A package
+//! is laid out once per digest under `<state>/toolchains/<hex>/`, each file by its
+//! index, executable where the package says, and hard-linked into each job's root.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use farm::protocol::{Key, ToolKind, Toolchain};
+
+use crate::blobs::BlobStore;
+
+pub struct Toolchains {
+    dir: PathBuf,
+    /// Files of this node's own packages by digest: where they are installed.
+    own_files: Mutex<HashMap<Key, PathBuf>>,
+    /// Digests of this node's own packages.
+    own: Mutex<Vec<Key>>,
+    /// Whether packages from peers are run (`accept_toolchains`).
+    pub accept: bool,
+}
+
+impl Toolchains {
+    pub fn new(state_dir: &Path, accept: bool) -> Toolchains {
+        Toolchains {
+            dir: state_dir.join("toolchains"),
+            own_files: Mutex::new(HashMap::new()),
+            own: Mutex::new(Vec::new()),
+            accept,
+        }
+    }
+
+    /// Builds the package of each allow-listed compiler of a family with same-path
+    /// jobs (`(family, compiler path, name)`), so that jobs naming them need no files
+    /// sent. Run off the async threads: it hashes the compilers' files.
+    pub fn add_own(&self, compilers: &[(&'static dyn farm::lang::Family, PathBuf, String)]) {
+        for (family, path, _name) in compilers {
+            let Some(pj) = family.path_jobs() else {
+                continue;
+            };
+            let files = match pj.toolchain_files(path, path.as_os_str()) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(compiler = %path.display(), error = %e, "no toolchain package");
+                    continue;
+                }
+            };
+            match farm::toolchain::build(path, &files) {
+                Ok(t) => {
+                    let mut own_files = self.own_files.lock().unwrap();
+                    for e in &t.entries {
+                        if let ToolKind::File { digest, .. } = &e.kind {
+                            own_files.insert(*digest, PathBuf::from(&e.path));
+                        }
+                    }
+                    let d = farm::toolchain::digest(&t);
+                    tracing::info!(compiler = %path.display(), toolchain = %farm::fsutil::hex(&d[..8]), files = t.entries.len(), "toolchain package");
+                    self.own.lock().unwrap().push(d);
+                }
+                Err(e) => {
+                    tracing::warn!(compiler = %path.display(), error = %e, "no toolchain package")
+                }
+            }
+        }
+    }
+
+    /// Whether this node may run a job on this package: any package when it accepts
+    /// them, else one made only of its own compilers' files.
+    pub fn runs(&self, t: &Toolchain, digest: &Key) -> bool {
+        if self.accept || self.own.lock().unwrap().contains(digest) {
+            return true;
+        }
+        let own = self.own_files.lock().unwrap();
+        t.entries.iter().all(|e| match &e.kind {
+            ToolKind::File { digest, .. } => own.contains_key(digest),
+            ToolKind::Link(_) => true,
+        })
+    }
+
+    /// Whether this node has a blob's content without the blob store (a file of its
+    /// own toolchains).
+    pub fn has_file(&self, digest: &Key) -> bool {
+        self.own_files.lock().unwrap().contains_key(digest)
+    }
+
+    /// A file of this node's own toolchains by digest, read and checked.
+    pub fn file(&self, digest: &Key) -> Option<Vec<u8>> {
+        let path = self.own_files.lock().unwrap().get(digest).cloned()?;
+        let data = farm::fsutil::read_file(&path).ok()?;
+        (*blake3::hash(&data).as_bytes() == *digest).then_some(data)
+    }
+
+    /// The directory holding `t`'s files (`f/<index>`), laid out from this node's own
+    /// files or the blob store the first time.
+    pub fn layout(
+        &self,
+        t: &Toolchain,
+        digest: &Key,
+        blobs: &BlobStore,
+    ) -> Result<PathBuf, String> {
+        let dir = self.dir.join(farm::fsutil::hex(digest));
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let tmp = self.dir.join(format!(
+            ".{}-{}-{}",
+            farm::fsutil::hex(&digest[..8]),
+            std::process::id(),
+            farm::fsutil::now_ns()
+        ));
+        let made = (|| -> Result<(), String> {
+            std::fs::create_dir_all(tmp.join("f"))
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            for (i, e) in t.entries.iter().enumerate() {
+                let ToolKind::File { digest, exec } = &e.kind else {
+                    continue;
+                };
+                let data = self
+                    .file(digest)
+                    .or_else(|| blobs.get(digest))
+                    .ok_or_else(|| format!("toolchain file {} is missing", e.path))?;
+                let dest = tmp.join("f").join(i.to_string());
+                std::fs::write(&dest, &data).map_err(|e| format!("{}: {e}", dest.display()))?;
+                use std::os::unix::fs::PermissionsExt;
+                let mode = if *exec { 0o555 } else { 0o444 };
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| format!("{}: {e}", dest.display()))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        // Another job may have laid it out meanwhile: either copy is the same.
+        if std::fs::rename(&tmp, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            if !dir.is_dir() {
+                return Err(format!("cannot lay out toolchain {}", dir.display()));
+            }
+        }
+        Ok(dir)
+    }
+}
+
+/// What an executor reads the blobs of a job from: the blob store, and this node's
+/// own toolchain files.
+pub struct JobBlobs<'a> {
+    pub blobs: &'a BlobStore,
+    pub toolchains: &'a Toolchains,
+}
+
+impl crate::exec::BlobSource for JobBlobs<'_> {
+    fn blob(&self, digest: &[u8; 32]) -> Option<Vec<u8>> {
+        self.blobs
+            .get(digest)
+            .or_else(|| self.toolchains.file(digest))
+    }
+}

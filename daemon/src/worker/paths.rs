@@ -1,0 +1,330 @@
+//! Same-path jobs: a compile run at the sender's absolute paths. The job's root holds
+//! its toolchain (hard links into the laid-out package) and its inputs (hard links
+//! into the blob store) where the sender has them, and nothing else of this machine;
+//! the sandbox sees that root read-only as `/`, with a fresh writable directory bound
+//! over each directory an output goes to (the inputs there bound again read-only) and
+//! over `/tmp`. What comes back is the outputs the job named, read without following
+//! links.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use farm::protocol::{OutputFile, PathJob, PeerResponse, ToolKind, TreeResult, MAX_FRAME};
+use farm::toolchain::{resolve_dir_in_root, resolve_in_root, valid_path};
+
+use super::sandbox::RootedView;
+use super::spawn::{abnormal, job_limits, read_output};
+use super::{refuse, Slot};
+use crate::node::Node;
+
+/// Most input files one job may name.
+const MAX_FILES: usize = 100_000;
+
+/// Runs one same-path job for `peer`.
+pub async fn run_paths(node: &Node, peer: &str, job: PathJob) -> PeerResponse {
+    if node.stopping.load(Ordering::Relaxed) {
+        return refuse(node, format!("{}: stopping", node.name));
+    }
+    let Some(family) = farm::lang::family_by_name(&job.family) else {
+        return refuse(node, format!("unknown family {:?}", job.family));
+    };
+    let Some(path_jobs) = family.path_jobs() else {
+        return refuse(node, format!("no same-path jobs for {:?}", job.family));
+    };
+    if let Err(why) = check_job(&job) {
+        return refuse(node, format!("refused job: {why}"));
+    }
+    let digest = farm::toolchain::digest(&job.toolchain);
+    if !node.toolchains.runs(&job.toolchain, &digest) {
+        return refuse(
+            node,
+            format!(
+                "{}: toolchain {} is not one of this node's (accept_toolchains = false)",
+                node.name,
+                farm::fsutil::hex(&digest[..8])
+            ),
+        );
+    }
+    if let Err(p) = path_jobs.worker_path_check(
+        Path::new(&job.toolchain.driver),
+        &job.arg0,
+        &job.args,
+        Path::new(&job.cwd),
+        &job.outputs,
+        &job.env,
+    ) {
+        return refuse(node, format!("refused {}: {}", p.reason, p.detail));
+    }
+    let Some(sandbox) = node.sandbox.clone() else {
+        return refuse(node, format!("{}: no job sandbox", node.name));
+    };
+    let slot = match Slot::take(node).await {
+        Ok(s) => s,
+        Err(why) => return refuse(node, why),
+    };
+    let tools = {
+        let (job_t, blobs) = (job.toolchain.clone(), &node.blobs);
+        let toolchains = &node.toolchains;
+        match tokio::task::block_in_place(|| toolchains.layout(&job_t, &digest, blobs)) {
+            Ok(d) => d,
+            Err(why) => return refuse(node, format!("{}: {why}", node.name)),
+        }
+    };
+    let t_setup = Instant::now();
+    let laid = tokio::task::block_in_place(|| lay_out(node, &job, &tools, &slot.dir));
+    let laid = match laid {
+        Ok(l) => l,
+        Err(why) => return refuse(node, format!("{}: {why}", node.name)),
+    };
+    let setup_ms = t_setup.elapsed().as_millis() as u64;
+    let mut env: Vec<(String, String)> = job.env.clone();
+    env.retain(|(k, _)| !matches!(k.as_str(), "PWD" | "TMPDIR" | "HOME"));
+    env.push(("PWD".into(), job.cwd.clone()));
+    env.push(("TMPDIR".into(), "/tmp".into()));
+    env.push(("HOME".into(), "/tmp".into()));
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
+    }
+    let view = RootedView {
+        root: laid.root.clone(),
+        rw: laid.rw.clone(),
+        ro: laid.ro.clone(),
+        cwd: job.cwd.clone(),
+        env,
+        // clang finds its resource directory from /proc/self/exe.
+        proc: true,
+    };
+    let t0 = Instant::now();
+    let limits = job_limits(&node.cfg);
+    let run = sandbox
+        .run_rooted(&job.arg0, &job.args, &view, limits, node.cfg.job_timeout)
+        .await;
+    let run = match run {
+        Ok(r) => r,
+        Err(why) => return refuse(node, format!("{}: {why}", node.name)),
+    };
+    if let Some(why) = abnormal(run.exit_code) {
+        return refuse(node, format!("{}: {why}", node.name));
+    }
+    let compile_ms = t0.elapsed().as_millis() as u64;
+    let mut outputs = Vec::new();
+    let mut total = 0usize;
+    if run.exit_code == 0 {
+        for o in &job.outputs {
+            let Some(host) = laid.output_at.get(o) else {
+                continue;
+            };
+            let left = (MAX_FRAME - (1 << 20)).saturating_sub(total) as u64;
+            match read_output(host, left) {
+                Ok(data) => {
+                    total += data.len();
+                    outputs.push(OutputFile {
+                        path: o.clone(),
+                        data,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return refuse(node, format!("{}: output {o}: {e}", node.name)),
+            }
+        }
+    }
+    drop(slot);
+    node.jobs_served.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        peer,
+        ms = compile_ms,
+        setup_ms,
+        exit = run.exit_code,
+        files = job.files.len(),
+        "same-path job done"
+    );
+    PeerResponse::TreeDone(TreeResult {
+        exit_code: run.exit_code,
+        stdout: run.stdout,
+        stderr: run.stderr,
+        outputs,
+        compile_ms,
+        worker: node.name.clone(),
+    })
+}
+
+/// Checks what a job names before anything is laid out: every path absolute and
+/// clean, bounded counts, no output that is also an input or the toolchain's.
+fn check_job(job: &PathJob) -> Result<(), String> {
+    farm::toolchain::check(&job.toolchain).map_err(|e| e.to_string())?;
+    if job.files.len() > MAX_FILES || job.dirs.len() > 4096 || job.outputs.len() > 64 {
+        return Err("too many files".into());
+    }
+    if job.arg0.is_empty() || job.arg0.contains('\0') {
+        return Err(format!("argv[0] {:?}", job.arg0));
+    }
+    for p in job
+        .files
+        .iter()
+        .map(|f| &f.path)
+        .chain(&job.dirs)
+        .chain(&job.outputs)
+        .chain(std::iter::once(&job.cwd))
+    {
+        if !valid_path(p) {
+            return Err(format!("path {p:?}"));
+        }
+    }
+    for o in &job.outputs {
+        if job.files.iter().any(|f| f.path == *o)
+            || job.toolchain.entries.iter().any(|e| e.path == *o)
+        {
+            return Err(format!("output {o:?} is an input"));
+        }
+    }
+    Ok(())
+}
+
+/// A job's root and the binds over it.
+struct Laid {
+    root: PathBuf,
+    rw: Vec<(PathBuf, String)>,
+    ro: Vec<(PathBuf, String)>,
+    /// Each output path of the job: where the job's write of it lands here.
+    output_at: HashMap<String, PathBuf>,
+}
+
+/// Lays out a job's root under `dir`: the toolchain from `tools`, the inputs from the
+/// blob store, the search directories and the cwd, writable directories for the
+/// outputs and `/tmp`.
+fn lay_out(node: &Node, job: &PathJob, tools: &Path, dir: &Path) -> Result<Laid, String> {
+    let root = dir.join("root");
+    let io = |what: &Path, e: std::io::Error| format!("{}: {e}", what.display());
+    std::fs::create_dir_all(&root).map_err(|e| io(&root, e))?;
+    for d in ["dev", "proc", "tmp"] {
+        std::fs::create_dir(root.join(d)).map_err(|e| io(&root, e))?;
+    }
+    // Links first, shallowest first, so that paths below them resolve through them.
+    let mut links: Vec<(&str, &str)> = job
+        .toolchain
+        .entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            ToolKind::Link(t) => Some((e.path.as_str(), t.as_str())),
+            ToolKind::File { .. } => None,
+        })
+        .collect();
+    links.sort_by_key(|(p, _)| p.matches('/').count());
+    for (path, target) in links {
+        let p = Path::new(path);
+        let at = resolve_in_root(&root, p, true).map_err(|e| io(p, e))?;
+        if std::fs::symlink_metadata(&at).is_ok() {
+            continue;
+        }
+        std::os::unix::fs::symlink(target, &at).map_err(|e| io(p, e))?;
+    }
+    for (i, e) in job.toolchain.entries.iter().enumerate() {
+        if let ToolKind::File { .. } = e.kind {
+            let at = resolve_in_root(&root, Path::new(&e.path), true)
+                .map_err(|err| io(Path::new(&e.path), err))?;
+            if std::fs::symlink_metadata(&at).is_ok() {
+                return Err(format!("toolchain path {} laid out twice", e.path));
+            }
+            std::fs::hard_link(tools.join("f").join(i.to_string()), &at)
+                .map_err(|err| io(&at, err))?;
+        }
+    }
+    let mut placed: HashMap<PathBuf, [u8; 32]> = HashMap::new();
+    for f in &job.files {
+        let at = resolve_in_root(&root, Path::new(&f.path), true)
+            .map_err(|e| io(Path::new(&f.path), e))?;
+        if let Some(d) = placed.get(&at) {
+            if *d != f.digest {
+                return Err(format!("input {} is two different files", f.path));
+            }
+            continue;
+        }
+        if std::fs::symlink_metadata(&at).is_ok() {
+            return Err(format!("input {} is a toolchain file", f.path));
+        }
+        node.blobs.materialize(&f.digest, &at)?;
+        placed.insert(at, f.digest);
+    }
+    for d in job.dirs.iter().chain(std::iter::once(&job.cwd)) {
+        resolve_dir_in_root(&root, Path::new(d), true).map_err(|e| io(Path::new(d), e))?;
+    }
+    // Writable directories: /tmp, and each output's directory not inside another.
+    let mut out_dirs: Vec<PathBuf> = vec![root.join("tmp")];
+    let mut output_parent: Vec<(String, PathBuf)> = Vec::new();
+    for o in &job.outputs {
+        let p = Path::new(o);
+        let parent = resolve_dir_in_root(&root, p.parent().unwrap_or(Path::new("/")), true)
+            .map_err(|e| io(p, e))?;
+        output_parent.push((o.clone(), parent.join(p.file_name().unwrap_or_default())));
+        out_dirs.push(parent);
+    }
+    out_dirs.sort_by_key(|d| d.as_os_str().len());
+    let mut bound: Vec<PathBuf> = Vec::new();
+    for d in out_dirs {
+        if !bound.iter().any(|b| d.starts_with(b)) {
+            bound.push(d);
+        }
+    }
+    let mut rw = Vec::new();
+    let mut ro = Vec::new();
+    let mut host_of: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for (n, d) in bound.iter().enumerate() {
+        let host = dir.join(format!("w{n}"));
+        std::fs::create_dir(&host).map_err(|e| io(&host, e))?;
+        let inside = in_job(&root, d);
+        // What the root holds there stays visible: directories made, files bound
+        // read-only over empty ones.
+        mirror(&root, d, &host, &mut ro)?;
+        rw.push((host.clone(), inside));
+        host_of.push((d.clone(), host));
+    }
+    let mut output_at = HashMap::new();
+    for (o, at) in output_parent {
+        if let Some((d, host)) = host_of.iter().find(|(d, _)| at.starts_with(d)) {
+            if let Ok(rel) = at.strip_prefix(d) {
+                output_at.insert(o, host.join(rel));
+            }
+        }
+    }
+    Ok(Laid {
+        root,
+        rw,
+        ro,
+        output_at,
+    })
+}
+
+/// The path inside the job of `at`, a path under `root`.
+fn in_job(root: &Path, at: &Path) -> String {
+    let rel = at.strip_prefix(root).unwrap_or(Path::new(""));
+    format!("/{}", rel.display())
+}
+
+/// Re-creates under `host` what the root holds under `dir`: directories and links as
+/// they are, each file as an empty one with the root's file bound read-only over it.
+fn mirror(
+    root: &Path,
+    dir: &Path,
+    host: &Path,
+    ro: &mut Vec<(PathBuf, String)>,
+) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for e in entries.flatten() {
+        let from = e.path();
+        let to = host.join(e.file_name());
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            std::fs::create_dir(&to).map_err(|e| format!("{}: {e}", to.display()))?;
+            mirror(root, &from, &to, ro)?;
+        } else if ft.is_symlink() {
+            let t = std::fs::read_link(&from).map_err(|e| format!("{}: {e}", from.display()))?;
+            std::os::unix::fs::symlink(t, &to).map_err(|e| format!("{}: {e}", to.display()))?;
+        } else {
+            std::fs::write(&to, b"").map_err(|e| format!("{}: {e}", to.display()))?;
+            ro.push((from.clone(), in_job(root, &from)));
+        }
+    }
+    Ok(())
+}
