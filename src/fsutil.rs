@@ -237,6 +237,14 @@ pub fn read_file_meta(path: &Path) -> io::Result<(Vec<u8>, fs::Metadata)> {
 
 /// blake3 of a file's content.
 pub fn hash_file(path: &Path) -> io::Result<[u8; 32]> {
+    let mut f = File::open(path)?;
+    // Headers in one read; a compiler's 30 MB program streamed, not held.
+    if f.metadata()?.len() > 1 << 20 {
+        let mut h = blake3::Hasher::new();
+        h.update_reader(&mut f)?;
+        return Ok(*h.finalize().as_bytes());
+    }
+    drop(f);
     let data = read_file(path)?;
     Ok(*blake3::hash(&data).as_bytes())
 }

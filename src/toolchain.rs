@@ -97,7 +97,11 @@ pub fn check(t: &Toolchain) -> Result<(), ToolchainError> {
 /// driver as found first, then the programs it starts and any file it probes):
 /// each with the links on its way, the libraries `ldd` lists for the executables, the
 /// loader's cache.
-pub fn build(driver: &Path, programs: &[PathBuf]) -> Result<Toolchain, ToolchainError> {
+pub fn build(
+    driver: &Path,
+    programs: &[PathBuf],
+    hash: &mut dyn FnMut(&Path) -> io::Result<Key>,
+) -> Result<Toolchain, ToolchainError> {
     let mut b = Builder::default();
     let driver_real = b.add(driver)?;
     for p in programs {
@@ -123,7 +127,7 @@ pub fn build(driver: &Path, programs: &[PathBuf]) -> Result<Toolchain, Toolchain
     let _ = driver_real;
     let mut entries = Vec::with_capacity(b.files.len() + b.links.len());
     for (p, exec) in &b.files {
-        let digest = fsutil::hash_file(p).map_err(|err| ToolchainError::Io {
+        let digest = hash(p).map_err(|err| ToolchainError::Io {
             path: p.clone(),
             err,
         })?;
@@ -311,7 +315,9 @@ pub fn memoized(
         path: driver.to_path_buf(),
         err,
     })?;
-    let toolchain = build(driver, &programs)?;
+    let toolchain = build(driver, &programs, &mut |p| {
+        crate::digest::digest_memo(p, memo_dir)
+    })?;
     let stamps = toolchain
         .entries
         .iter()
@@ -457,12 +463,13 @@ mod tests {
     #[test]
     fn a_package_of_this_machines_gcc() {
         let Ok(gcc) = which("gcc") else { return };
-        let t = build(&gcc, &[]).unwrap();
+        let t = build(&gcc, &[], &mut |p| fsutil::hash_file(p)).unwrap();
         check(&t).unwrap();
         assert!(t.entries.iter().any(|e| e.path.ends_with("libc.so.6")));
         assert_eq!(t.driver, gcc.to_str().unwrap());
         // The same files give the same digest.
-        assert_eq!(digest(&t), digest(&build(&gcc, &[]).unwrap()));
+        let again = build(&gcc, &[], &mut |p| fsutil::hash_file(p)).unwrap();
+        assert_eq!(digest(&t), digest(&again));
     }
 
     fn which(name: &str) -> Result<PathBuf, ()> {

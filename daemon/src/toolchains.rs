@@ -14,6 +14,7 @@ use crate::blobs::BlobStore;
 
 pub struct Toolchains {
     dir: PathBuf,
+    memo: PathBuf,
     /// Files of this node's own packages by digest: where they are installed.
     own_files: Mutex<HashMap<Key, PathBuf>>,
     /// Digests of this node's own packages.
@@ -26,6 +27,7 @@ impl Toolchains {
     pub fn new(state_dir: &Path, accept: bool) -> Toolchains {
         Toolchains {
             dir: state_dir.join("toolchains"),
+            memo: state_dir.join("memo"),
             own_files: Mutex::new(HashMap::new()),
             own: Mutex::new(Vec::new()),
             accept,
@@ -47,7 +49,9 @@ impl Toolchains {
                     continue;
                 }
             };
-            match farm::toolchain::build(path, &files) {
+            let memo = &self.memo;
+            let mut hash = |p: &Path| farm::digest::digest_memo(p, memo);
+            match farm::toolchain::build(path, &files, &mut hash) {
                 Ok(t) => {
                     let mut own_files = self.own_files.lock().unwrap();
                     for e in &t.entries {
@@ -117,12 +121,20 @@ impl Toolchains {
                 let ToolKind::File { digest, exec } = &e.kind else {
                     continue;
                 };
-                let data = self
-                    .file(digest)
-                    .or_else(|| blobs.get(digest))
-                    .ok_or_else(|| format!("toolchain file {} is missing", e.path))?;
                 let dest = tmp.join("f").join(i.to_string());
-                std::fs::write(&dest, &data).map_err(|e| format!("{}: {e}", dest.display()))?;
+                let own = self.own_files.lock().unwrap().get(digest).cloned();
+                // Own files are copied as they stream (a compiler's 30 MB program is
+                // never held), then checked; the blob store's are checked already.
+                let copied = own.is_some_and(|p| {
+                    std::fs::copy(&p, &dest).is_ok()
+                        && farm::fsutil::hash_file(&dest).ok().as_ref() == Some(digest)
+                });
+                if !copied {
+                    let data = blobs
+                        .get(digest)
+                        .ok_or_else(|| format!("toolchain file {} is missing", e.path))?;
+                    std::fs::write(&dest, &data).map_err(|e| format!("{}: {e}", dest.display()))?;
+                }
                 use std::os::unix::fs::PermissionsExt;
                 let mode = if *exec { 0o555 } else { 0o444 };
                 std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
