@@ -145,31 +145,8 @@ pub struct TreeFile {
     pub digest: Key,
 }
 
-/// One file of a toolchain package, at its absolute path on the sending machine.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ToolEntry {
-    pub path: String,
-    pub kind: ToolKind,
-}
-
-/// A toolchain file's content (a blob, executable or not) or a symbolic link's target
-/// as the link holds it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ToolKind {
-    File { digest: Key, exec: bool },
-    Link(String),
-}
-
-/// What a compiler needs to run, as icecc-create-env packs it: the driver, the
-/// programs it starts, the libraries they load and the loader's cache, each at its
-/// path. Its digest ([`crate::toolchain::digest`]) names it; its files travel as blobs.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-pub struct Toolchain {
-    /// The driver the job runs (a path of `entries`).
-    pub driver: String,
-    /// Sorted by path.
-    pub entries: Vec<ToolEntry>,
-}
+/// Toolchain packages travel in same-path jobs (their type lives with the builder).
+pub use crate::toolchain::{ToolEntry, ToolKind, Toolchain};
 
 /// A compile that runs on a worker at the same absolute paths as at home (gcc and
 /// clang with `-g`, coverage, split DWARF): the source and every header it can read

@@ -20,7 +20,37 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
-use crate::protocol::{Key, ToolEntry, ToolKind, Toolchain};
+
+/// A content digest.
+pub type Key = [u8; 32];
+
+/// One file of a toolchain package, at its absolute path on the sending machine.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ToolEntry {
+    pub path: String,
+    pub kind: ToolKind,
+}
+
+/// A toolchain file's content (a blob, executable or not) or a symbolic link's target
+/// as the link holds it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ToolKind {
+    File { digest: Key, exec: bool },
+    Link(String),
+}
+
+/// What a compiler needs to run, as icecc-create-env packs it: the driver, the
+/// programs it starts, the libraries they load and the loader's cache, each at its
+/// path. Its digest ([`digest`]) names it; its files travel as blobs.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Toolchain {
+    /// The driver the job runs (a path of `entries`).
+    pub driver: String,
+    /// Sorted by path.
+    pub entries: Vec<ToolEntry>,
+}
+
+
 
 /// Most entries a package may hold (a JDK-sized toolchain has a few hundred).
 pub const MAX_ENTRIES: usize = 4096;
@@ -37,6 +67,21 @@ pub fn digest(t: &Toolchain) -> Key {
     let mut h = blake3::Hasher::new();
     h.update(b"farm-toolchain-1\0");
     h.update(&postcard::to_allocvec(t).unwrap_or_default());
+    *h.finalize().as_bytes()
+}
+
+/// The digest of what in a package decides a compile's output: its programs and
+/// libraries, not the loader's cache or the locale data (they change whenever any
+/// library is installed, and change no object).
+pub fn identity_digest(t: &Toolchain) -> Key {
+    let mut h = blake3::Hasher::new();
+    h.update(b"farm-toolchain-identity-1\0");
+    for e in &t.entries {
+        if e.path == LD_SO_CACHE || Path::new(&e.path).starts_with(C_UTF8_LOCALE) {
+            continue;
+        }
+        h.update(&postcard::to_allocvec(e).unwrap_or_default());
+    }
     *h.finalize().as_bytes()
 }
 

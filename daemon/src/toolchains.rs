@@ -96,18 +96,20 @@ impl Toolchains {
         (*blake3::hash(&data).as_bytes() == *digest).then_some(data)
     }
 
-    /// The directory holding `t`'s files (`f/<index>`), laid out from this node's own
-    /// files or the blob store the first time.
-    pub fn layout(
-        &self,
-        t: &Toolchain,
-        digest: &Key,
-        blobs: &BlobStore,
-    ) -> Result<PathBuf, String> {
-        let dir = self.dir.join(farm::fsutil::hex(digest));
-        if dir.is_dir() {
-            return Ok(dir);
+    /// Where the content `digest` lies as a file of a toolchain (`exec`: mode 0555,
+    /// else 0444), made from this node's own file or the blob store the first time.
+    /// Files are kept by content, so packages that differ in one file (the loader's
+    /// cache) share the rest.
+    pub fn file_at(&self, digest: &Key, exec: bool, blobs: &BlobStore) -> Result<PathBuf, String> {
+        let at = self.dir.join(format!(
+            "{}-{}",
+            farm::fsutil::hex(digest),
+            if exec { "x" } else { "r" }
+        ));
+        if at.is_file() {
+            return Ok(at);
         }
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         let tmp = self.dir.join(format!(
             ".{}-{}-{}",
             farm::fsutil::hex(&digest[..8]),
@@ -115,45 +117,30 @@ impl Toolchains {
             farm::fsutil::now_ns()
         ));
         let made = (|| -> Result<(), String> {
-            std::fs::create_dir_all(tmp.join("f"))
-                .map_err(|e| format!("{}: {e}", tmp.display()))?;
-            for (i, e) in t.entries.iter().enumerate() {
-                let ToolKind::File { digest, exec } = &e.kind else {
-                    continue;
-                };
-                let dest = tmp.join("f").join(i.to_string());
-                let own = self.own_files.lock().unwrap().get(digest).cloned();
-                // Own files are copied as they stream (a compiler's 30 MB program is
-                // never held), then checked; the blob store's are checked already.
-                let copied = own.is_some_and(|p| {
-                    std::fs::copy(&p, &dest).is_ok()
-                        && farm::fsutil::hash_file(&dest).ok().as_ref() == Some(digest)
-                });
-                if !copied {
-                    let data = blobs
-                        .get(digest)
-                        .ok_or_else(|| format!("toolchain file {} is missing", e.path))?;
-                    std::fs::write(&dest, &data).map_err(|e| format!("{}: {e}", dest.display()))?;
-                }
-                use std::os::unix::fs::PermissionsExt;
-                let mode = if *exec { 0o555 } else { 0o444 };
-                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| format!("{}: {e}", dest.display()))?;
+            let own = self.own_files.lock().unwrap().get(digest).cloned();
+            // Own files are copied as they stream (a compiler's 30 MB program is never
+            // held), then checked; the blob store's are checked already.
+            let copied = own.is_some_and(|p| {
+                std::fs::copy(&p, &tmp).is_ok()
+                    && farm::fsutil::hash_file(&tmp).ok().as_ref() == Some(digest)
+            });
+            if !copied {
+                let data = blobs
+                    .get(digest)
+                    .ok_or_else(|| format!("toolchain file {} is missing", farm::fsutil::hex(&digest[..8])))?;
+                std::fs::write(&tmp, &data).map_err(|e| format!("{}: {e}", tmp.display()))?;
             }
-            Ok(())
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if exec { 0o555 } else { 0o444 };
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("{}: {e}", tmp.display()))
         })();
         if let Err(e) = made {
-            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        // Another job may have laid it out meanwhile: either copy is the same.
-        if std::fs::rename(&tmp, &dir).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-            if !dir.is_dir() {
-                return Err(format!("cannot lay out toolchain {}", dir.display()));
-            }
-        }
-        Ok(dir)
+        std::fs::rename(&tmp, &at).map_err(|e| format!("{}: {e}", at.display()))?;
+        Ok(at)
     }
 }
 

@@ -10,9 +10,12 @@ use super::KeyError;
 use crate::fsutil;
 use crate::lang::IdentityProbe;
 
-/// Content identity of a compiler: blake3 of the binary plus its `-v` output,
-/// memoized by path, size, mtime, ctime and inode in `memo_dir`. `canonical` is the
-/// compiler's path with every link resolved.
+/// Content identity of a compiler: blake3 of the binary plus its `-v` output, and of
+/// its toolchain package when the family lists one (the programs the driver starts,
+/// the libraries they load), memoized by path, size, mtime, ctime and inode in
+/// `memo_dir`; the memo also holds the stamps of the package's programs, so a
+/// compiler proper (`cc1`) replaced under an unchanged driver is a new identity.
+/// `canonical` is the compiler's path with every link resolved.
 pub fn compiler_identity(
     canonical: &Path,
     probe: &IdentityProbe,
@@ -24,7 +27,7 @@ pub fn compiler_identity(
     };
     let meta = fs::metadata(canonical).map_err(err)?;
     let mut h = blake3::Hasher::new();
-    h.update(b"farm-compiler-memo-1\0");
+    h.update(b"farm-compiler-memo-2\0");
     h.update(canonical.as_os_str().as_bytes());
     let mut stamps = vec![meta.clone()];
     for f in &probe.files {
@@ -53,7 +56,7 @@ pub fn compiler_identity(
         fsutil::hex(&h.finalize().as_bytes()[..16])
     ));
     if let Ok(data) = fs::read(&memo) {
-        if let Ok(d) = <[u8; 32]>::try_from(data.as_slice()) {
+        if let Some(d) = read_memo(&data) {
             return Ok(d);
         }
     }
@@ -80,8 +83,46 @@ pub fn compiler_identity(
         })?;
         h.update(&digest);
     }
+    let mut programs = Vec::new();
+    if let Some(list) = probe.programs {
+        let files = list(canonical, canonical.as_os_str()).map_err(err)?;
+        let t = crate::toolchain::build(canonical, &files, &mut |p| {
+            crate::digest::digest_memo(p, memo_dir)
+        })
+        .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+        h.update(b"\0toolchain\0");
+        h.update(&crate::toolchain::identity_digest(&t));
+        for f in files {
+            if let Some(s) = program_stamp(&f) {
+                programs.push((f.to_string_lossy().into_owned(), s));
+            }
+        }
+    }
     let id = *h.finalize().as_bytes();
+    let mut data = id.to_vec();
+    data.extend(postcard::to_allocvec(&programs).unwrap_or_default());
     let _ = fsutil::create_cache_dir_all(memo_dir);
-    let _ = fsutil::write_cache_atomic(&memo, &id);
+    let _ = fsutil::write_cache_atomic(&memo, &data);
     Ok(id)
+}
+
+/// What identifies a toolchain program's file without reading it.
+fn program_stamp(p: &Path) -> Option<[i64; 4]> {
+    let m = fs::metadata(p).ok()?;
+    Some([
+        m.size() as i64,
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        m.ino() as i64,
+    ])
+}
+
+/// The identity in a memo, if each program it lists is unchanged.
+fn read_memo(data: &[u8]) -> Option<[u8; 32]> {
+    let id = <[u8; 32]>::try_from(data.get(..32)?).ok()?;
+    let programs: Vec<(String, [i64; 4])> = postcard::from_bytes(&data[32..]).ok()?;
+    programs
+        .iter()
+        .all(|(p, s)| program_stamp(Path::new(p)).as_ref() == Some(s))
+        .then_some(id)
 }

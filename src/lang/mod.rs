@@ -262,7 +262,14 @@ pub struct IdentityProbe {
     pub files: Vec<PathBuf>,
     /// Arguments that make the driver print its version.
     pub version_args: Vec<&'static str>,
+    /// The programs the driver starts and the files it probes (the toolchain
+    /// package's files besides the driver): their content, and that of the libraries
+    /// they load, is part of the identity.
+    pub programs: Option<ToolchainFiles>,
 }
+
+/// Lists a compiler's toolchain files (driver path, argv[0]).
+pub type ToolchainFiles = fn(&Path, &OsStr) -> std::io::Result<Vec<PathBuf>>;
 
 /// One input of a declared-input compile, for the key: a label naming what it is
 /// (`source path`, `classpath entry`) and the digest of its content.
@@ -616,6 +623,7 @@ pub trait Family: Sync {
         IdentityProbe {
             files: Vec::new(),
             version_args: vec!["-v"],
+            programs: None,
         }
     }
 

@@ -64,16 +64,8 @@ pub async fn run_paths(node: &Node, peer: &str, job: PathJob) -> PeerResponse {
         Ok(s) => s,
         Err(why) => return refuse(node, why),
     };
-    let tools = {
-        let (job_t, blobs) = (job.toolchain.clone(), &node.blobs);
-        let toolchains = &node.toolchains;
-        match tokio::task::block_in_place(|| toolchains.layout(&job_t, &digest, blobs)) {
-            Ok(d) => d,
-            Err(why) => return refuse(node, format!("{}: {why}", node.name)),
-        }
-    };
     let t_setup = Instant::now();
-    let laid = tokio::task::block_in_place(|| lay_out(node, &job, &tools, &slot.dir));
+    let laid = tokio::task::block_in_place(|| lay_out(node, &job, &slot.dir));
     let laid = match laid {
         Ok(l) => l,
         Err(why) => return refuse(node, format!("{}: {why}", node.name)),
@@ -191,10 +183,10 @@ struct Laid {
     output_at: HashMap<String, PathBuf>,
 }
 
-/// Lays out a job's root under `dir`: the toolchain from `tools`, the inputs from the
-/// blob store, the search directories and the cwd, writable directories for the
-/// outputs and `/tmp`.
-fn lay_out(node: &Node, job: &PathJob, tools: &Path, dir: &Path) -> Result<Laid, String> {
+/// Lays out a job's root under `dir`: the toolchain's files (kept by content under
+/// the state directory), the inputs from the blob store, the search directories and
+/// the cwd, writable directories for the outputs and `/tmp`.
+fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
     let root = dir.join("root");
     let io = |what: &Path, e: std::io::Error| format!("{}: {e}", what.display());
     std::fs::create_dir_all(&root).map_err(|e| io(&root, e))?;
@@ -220,15 +212,15 @@ fn lay_out(node: &Node, job: &PathJob, tools: &Path, dir: &Path) -> Result<Laid,
         }
         std::os::unix::fs::symlink(target, &at).map_err(|e| io(p, e))?;
     }
-    for (i, e) in job.toolchain.entries.iter().enumerate() {
-        if let ToolKind::File { .. } = e.kind {
+    for e in &job.toolchain.entries {
+        if let ToolKind::File { digest, exec } = &e.kind {
+            let file = node.toolchains.file_at(digest, *exec, &node.blobs)?;
             let at = resolve_in_root(&root, Path::new(&e.path), true)
                 .map_err(|err| io(Path::new(&e.path), err))?;
             if std::fs::symlink_metadata(&at).is_ok() {
                 return Err(format!("toolchain path {} laid out twice", e.path));
             }
-            std::fs::hard_link(tools.join("f").join(i.to_string()), &at)
-                .map_err(|err| io(&at, err))?;
+            std::fs::hard_link(&file, &at).map_err(|err| io(&at, err))?;
         }
     }
     let mut placed: HashMap<PathBuf, [u8; 32]> = HashMap::new();

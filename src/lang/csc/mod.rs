@@ -752,6 +752,7 @@ impl Family for Csc {
             .map(|n| n.to_string_lossy().into_owned());
         IdentityProbe {
             files,
+            programs: None,
             version_args: if name.as_deref() == Some("csc") {
                 vec!["-version"]
             } else {

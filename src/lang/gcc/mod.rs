@@ -138,6 +138,14 @@ impl Family for Gcc {
         is_gcc_like(compiler_name)
     }
 
+    fn identity_probe(&self, _canonical: &Path) -> super::IdentityProbe {
+        super::IdentityProbe {
+            files: Vec::new(),
+            version_args: vec!["-v"],
+            programs: Some(paths::toolchain_files),
+        }
+    }
+
     fn key_env(&self) -> &'static [&'static str] {
         KEY_ENV
     }

@@ -206,31 +206,7 @@ impl PathJobs for Gcc {
     }
 
     fn toolchain_files(&self, compiler: &Path, arg0: &OsStr) -> std::io::Result<Vec<PathBuf>> {
-        let mut files = Vec::new();
-        // objcopy splits the DWARF of `-gsplit-dwarf` out of the object.
-        for prog in ["cc1", "cc1plus", "as", "objcopy"] {
-            if let Some(f) = program_file(compiler, arg0, prog)? {
-                files.push(f);
-            }
-        }
-        // clang picks the GCC installation whose C++ headers and start files it uses
-        // by finding `crtbegin.o` there; without it the search list would differ.
-        let out = Command::new(compiler)
-            .arg0(arg0)
-            .arg("-v")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()?;
-        for line in String::from_utf8_lossy(&out.stderr).lines() {
-            if let Some(dir) = line.strip_prefix("Selected GCC installation: ") {
-                let crt = Path::new(dir.trim()).join("crtbegin.o");
-                if crt.is_file() {
-                    files.push(crt);
-                }
-            }
-        }
-        Ok(files)
+        toolchain_files(compiler, arg0)
     }
 
     fn worker_path_check(
@@ -288,6 +264,37 @@ impl PathJobs for Gcc {
         Ok(())
     }
 }
+
+/// The programs gcc or clang starts for a compile and the files it probes to decide
+/// how (see [`PathJobs::toolchain_files`]).
+pub(super) fn toolchain_files(compiler: &Path, arg0: &OsStr) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    // objcopy splits the DWARF of `-gsplit-dwarf` out of the object.
+    for prog in ["cc1", "cc1plus", "as", "objcopy"] {
+        if let Some(f) = program_file(compiler, arg0, prog)? {
+            files.push(f);
+        }
+    }
+    // clang picks the GCC installation whose C++ headers and start files it uses
+    // by finding `crtbegin.o` there; without it the search list would differ.
+    let out = Command::new(compiler)
+        .arg0(arg0)
+        .arg("-v")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        if let Some(dir) = line.strip_prefix("Selected GCC installation: ") {
+            let crt = Path::new(dir.trim()).join("crtbegin.o");
+            if crt.is_file() {
+                files.push(crt);
+            }
+        }
+    }
+    Ok(files)
+}
+
 
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;

@@ -719,6 +719,7 @@ impl Family for Javac {
             .collect();
         IdentityProbe {
             files,
+            programs: None,
             version_args: vec!["-version"],
         }
     }
