@@ -558,7 +558,9 @@ class Icecc:
         w = fresh(WORK / "icecc-warm")
         (w / "w.c").write_text("int x(void){return 1;}\n")
         (w / "w.cpp").write_text("int x(){return 1;}\n")
-        for cc, f in (("gcc", "w.c"), ("g++", "w.cpp"), ("c++", "w.cpp")):
+        # Every spelling a build uses (CMake names the compiler by absolute path).
+        for cc, f in (("gcc", "w.c"), ("g++", "w.cpp"), ("c++", "w.cpp"), ("/usr/bin/cc", "w.c"),
+                      ("/usr/bin/gcc", "w.c"), ("/usr/bin/c++", "w.cpp"), ("/usr/bin/g++", "w.cpp")):
             run(farm.client(["icecc", cc, "-c", f, "-o", "w.o"]), env=self.env, cwd=w, check=False)
 
     def jobs(self):
