@@ -2,7 +2,7 @@
 # install-deps.sh [--bench]: installs what farm's build, tests and demo need, from
 # Debian's archive (apt-get; root or sudo). Idempotent: installed packages are skipped.
 #   always:  gcc g++ clang make cmake ninja-build dpkg-dev (apt-get source), xz/bzip2,
-#            iproute2 (ss, for scripts/farm-cluster.sh), bubblewrap (the worker's job sandbox), python3 (its memory-limit test); a JDK, Gradle, Maven with
+#            iproute2 (ss for scripts/farm-cluster.sh, ip netns and tc for tests/farm_netns.rs), bubblewrap (the worker's job sandbox), python3 (its memory-limit test); a JDK, Gradle, Maven with
 #            Debian's offline repository (maven-debian-helper) and the compiler and
 #            resources plugins, junit4 (jars in /usr/share/java) for the javac tests;
 #            Mono's mcs and xbuild for the C# tests; redis-server, and nginx with its

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod farmd;
+pub mod netns;
 pub mod rawpeer;
 pub mod secfarm;
 pub mod servers;

@@ -1,0 +1,168 @@
+//! The farm across network namespaces: three real farmd, each in its own namespace on a
+//! private subnet with a 2 ms round trip between them (tests/common/netns.rs), the shim
+//! and its home farmd in the first. A real Debian project (lua) is built through
+//! farm-cc and every output compared byte for byte with a plain build of the same tree.
+//! Needs root (`ip netns`).
+
+mod common;
+use common::netns::*;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const RTT_MS: f64 = 2.0;
+
+/// These tests start three farmd and `make -j8` each: one at a time.
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `make -j8 linux` of lua with `cc` and extra flags, asserting success; in the
+/// client's namespace through its agent when `cl` is given.
+fn lua_make(env: &Env, tree: &Path, cc: &str, cflags: &str, cl: Option<&NetnsCluster>) {
+    let mut c = match cl {
+        Some(cl) => cl.client_cmd(env, "make"),
+        None => env.cmd("make"),
+    };
+    c.current_dir(tree.join("src")).args([
+        "-j8",
+        "linux",
+        &format!("CC={cc} -std=gnu99"),
+        &format!("MYCFLAGS={cflags}"),
+    ]);
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "make failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Three farmd in namespaces; the home node keeps nothing for itself, so every
+/// distributable compile goes to a peer in another namespace.
+fn netns_farm() -> NetnsCluster {
+    require("gcc");
+    require("make");
+    let cl = NetnsCluster::new(&["home", "peer-b", "peer-c"], RTT_MS, |i| {
+        if i == 0 { "local_slots = 0" } else { "" }.to_string()
+    });
+    cl.wait_all();
+    // The delay is really there (and not wildly more than asked).
+    let rtt = cl.net.rtt_ms;
+    assert!(
+        (RTT_MS * 0.9..RTT_MS * 5.0).contains(&rtt),
+        "namespaces' round trip is {rtt} ms ({}), asked for {RTT_MS} ms",
+        cl.net.delay
+    );
+    eprintln!(
+        "farm_netns: namespaces {:?}, delay by {}, measured RTT {rtt} ms",
+        cl.net.names, cl.net.delay
+    );
+    cl
+}
+
+/// Every peer of the home node: its address (in another namespace) and the jobs it ran.
+fn peer_jobs(cl: &NetnsCluster) -> BTreeMap<String, (String, u64)> {
+    let st = cl.nodes[0].status();
+    st["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["node"].as_str().unwrap().to_string(),
+                (
+                    p["addr"].as_str().unwrap_or_default().to_string(),
+                    p["jobs_ok"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Asserts both peers, at their namespaces' addresses, compiled jobs for the build.
+fn assert_peers_compiled(cl: &NetnsCluster, env: &Env, n: u64) {
+    let remote = env.counter(&["farm", "remote"]);
+    assert!(remote > 0, "no TU was compiled by a peer: {}", env.stats());
+    let jobs = peer_jobs(cl);
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for (i, name) in ["peer-b", "peer-c"].iter().enumerate() {
+        let (addr, ok) = &jobs[*name];
+        assert_eq!(
+            addr,
+            &format!("{}:{FARMD_PORT}", cl.net.ips[i + 1]),
+            "{name} is reached in its own namespace"
+        );
+        assert!(*ok > 0, "{name} compiled no job: {jobs:?} {}", env.stats());
+    }
+    let sum: u64 = jobs.values().map(|(_, ok)| ok).sum();
+    assert!(
+        sum >= remote && remote <= n,
+        "peers ran {sum} jobs, the shims count {remote} remote of {n}: {}",
+        env.stats()
+    );
+}
+
+#[test]
+fn three_farmd_in_namespaces_build_lua_o2_identical_to_plain() {
+    let _one_at_a_time = heavy();
+    let src = sources("lua5.4");
+    let cl = netns_farm();
+    let env = Env::new("direct");
+    let tree = env.root.path().join("lua");
+    copy_tree(&src, &tree);
+    lua_make(&env, &tree, "gcc", "", None);
+    let plain = objects(&tree);
+    let n = plain.len() as u64;
+
+    copy_tree(&src, &tree);
+    let farm_cc = farm_cc_bin().display().to_string();
+    lua_make(&env, &tree, &farm_cc, "", Some(&cl));
+    assert_same_objects(
+        &plain,
+        &objects(&tree),
+        "built by peers in other namespaces",
+    );
+    assert_eq!(env.misses(), n, "{}", env.stats());
+    assert_peers_compiled(&cl, &env, n);
+    // Home offers no slots: a TU stays home only when no peer could take it.
+    let remote = env.counter(&["farm", "remote"]);
+    assert!(remote >= n / 2, "{}", env.stats());
+    let o = sh(&tree.join("src"), "./lua -e 'print(6*7)'");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "42");
+}
+
+#[test]
+#[ignore = "needs input-tree jobs"]
+fn three_farmd_in_namespaces_build_lua_o2_g_objects_and_deps_byte_identical() {
+    let _one_at_a_time = heavy();
+    // -g puts the build directory and every file name into DWARF; -MMD writes a .d per
+    // object. A peer must produce both exactly as this machine does.
+    let flags = "-g -MMD";
+    let src = sources("lua5.4");
+    let cl = netns_farm();
+    let env = Env::new("direct");
+    let tree = env.root.path().join("lua");
+    copy_tree(&src, &tree);
+    lua_make(&env, &tree, "gcc", flags, None);
+    let plain = objects(&tree);
+    let plain_deps = files_with_ext(&tree, "d");
+    let n = plain.len() as u64;
+    assert_eq!(plain_deps.len() as u64, n, "one .d per object");
+
+    copy_tree(&src, &tree);
+    let farm_cc = farm_cc_bin().display().to_string();
+    lua_make(&env, &tree, &farm_cc, flags, Some(&cl));
+    assert_same_objects(&plain, &objects(&tree), "-O2 -g objects built by peers");
+    assert_same_objects(
+        &plain_deps,
+        &files_with_ext(&tree, "d"),
+        "-O2 -g .d files built by peers",
+    );
+    assert_eq!(env.misses(), n, "{}", env.stats());
+    assert_peers_compiled(&cl, &env, n);
+    let remote = env.counter(&["farm", "remote"]);
+    assert!(remote >= n / 2, "{}", env.stats());
+}
