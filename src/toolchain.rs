@@ -50,8 +50,6 @@ pub struct Toolchain {
     pub entries: Vec<ToolEntry>,
 }
 
-
-
 /// Most entries a package may hold (a JDK-sized toolchain has a few hundred).
 pub const MAX_ENTRIES: usize = 4096;
 /// Links followed while resolving one path.

@@ -135,7 +135,7 @@ fn three_farmd_in_namespaces_build_lua_o2_identical_to_plain() {
 }
 
 #[test]
-#[ignore = "needs input-tree jobs"]
+
 fn three_farmd_in_namespaces_build_lua_o2_g_objects_and_deps_byte_identical() {
     let _one_at_a_time = heavy();
     // -g puts the build directory and every file name into DWARF; -MMD writes a .d per

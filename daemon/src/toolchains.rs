@@ -125,9 +125,12 @@ impl Toolchains {
                     && farm::fsutil::hash_file(&tmp).ok().as_ref() == Some(digest)
             });
             if !copied {
-                let data = blobs
-                    .get(digest)
-                    .ok_or_else(|| format!("toolchain file {} is missing", farm::fsutil::hex(&digest[..8])))?;
+                let data = blobs.get(digest).ok_or_else(|| {
+                    format!(
+                        "toolchain file {} is missing",
+                        farm::fsutil::hex(&digest[..8])
+                    )
+                })?;
                 std::fs::write(&tmp, &data).map_err(|e| format!("{}: {e}", tmp.display()))?;
             }
             use std::os::unix::fs::PermissionsExt;

@@ -249,9 +249,37 @@ pub(super) fn record_lookups(
     closure: bool,
     watch: &[Vec<u8>],
 ) -> Result<DependencyFacts, NotRecordable> {
+    walk_lookups(read, source, forced, sl, closure, false, watch)
+}
+
+/// Every file a compile of `source` could read, for a same-path job: the closure of
+/// [`record_lookups`], where an include a macro computes is allowed. Its name is
+/// unknown, so the set is made closed under shadowing instead: for each file found in
+/// a search directory, the same name in every earlier directory (and in the
+/// directories of files with computed includes) is taken too. A computed include then
+/// finds on a worker the file it finds here, or no file at all (a failed compile,
+/// which is done again here).
+pub(super) fn reachable_inputs(
+    source: &Path,
+    forced: &[String],
+    sl: &SearchList,
+) -> Result<DependencyFacts, NotRecordable> {
+    walk_lookups(&[], source, forced, sl, true, true, &[])
+}
+
+fn walk_lookups(
+    read: &[PathBuf],
+    source: &Path,
+    forced: &[String],
+    sl: &SearchList,
+    closure: bool,
+    computed_ok: bool,
+    watch: &[Vec<u8>],
+) -> Result<DependencyFacts, NotRecordable> {
     let mut rec = Recorder {
         read_set: read.iter().map(|p| path_key(p)).collect(),
         closure,
+        computed_ok,
         watch: watch.to_vec(),
         ..Recorder::default()
     };
@@ -272,8 +300,15 @@ pub(super) fn record_lookups(
             .map(|d| join_include(d, "stdc-predef.h"));
         rec.visit(&mut it, false);
     }
-    let computed_dirs = rec.walk(&chains)?;
-    rec.visit_shadowing(read, computed_dirs, &chains.quote);
+    let mut computed_dirs = rec.walk(&chains)?;
+    rec.visit_shadowing(read, computed_dirs.clone(), &chains.quote);
+    // A closure follows what shadowing found too, until nothing new turns up.
+    while rec.closure && !rec.work.is_empty() {
+        computed_dirs.extend(rec.walk(&chains)?);
+        computed_dirs.sort();
+        computed_dirs.dedup();
+        rec.visit_shadowing(read, computed_dirs.clone(), &chains.quote);
+    }
     if let Some(p) = rec.pch {
         return Err(NotRecordable {
             reason: "pch_use",
@@ -340,6 +375,8 @@ impl<'a> SearchChains<'a> {
 struct Recorder {
     read_set: HashSet<Vec<u8>>,
     closure: bool,
+    /// Computed includes are followed by shadowing rather than refused.
+    computed_ok: bool,
     /// Files still to scan for directives.
     work: Vec<PathBuf>,
     seen: HashSet<Vec<u8>>,
@@ -438,7 +475,7 @@ impl Recorder {
                 });
             }
             if scan.computed_include {
-                if self.closure {
+                if self.closure && !self.computed_ok {
                     return Err(NotRecordable {
                         reason: "computed_include",
                         detail: f.display().to_string(),

@@ -7,7 +7,7 @@
 
 use super::env::{HOME_ENV, KEY_ENV};
 use super::flags::ASM_OK;
-use super::lookups::{record_lookups, search_list};
+use super::lookups::{reachable_inputs, search_list};
 use super::{plan, Gcc};
 use crate::lang::{Family, Invocation, Passthrough, PathJobSpec, PathJobs};
 use std::ffi::{OsStr, OsString};
@@ -150,7 +150,7 @@ impl PathJobs for Gcc {
         let p = plan(inv);
         let cwd = std::env::current_dir().map_err(|e| Passthrough::new("cwd", e.to_string()))?;
         let sl = search_list(inv, scratch).map_err(|nr| Passthrough::new(nr.reason, nr.detail))?;
-        let facts = record_lookups(&[], &inv.source, &p.forced_includes, &sl, true, &[])
+        let facts = reachable_inputs(&inv.source, &p.forced_includes, &sl)
             .map_err(|nr| Passthrough::new(nr.reason, nr.detail))?;
         let mut inputs: Vec<PathBuf> = std::iter::once(&inv.source)
             .chain(&facts.files)
@@ -294,7 +294,6 @@ pub(super) fn toolchain_files(compiler: &Path, arg0: &OsStr) -> std::io::Result<
     }
     Ok(files)
 }
-
 
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
