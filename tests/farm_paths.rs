@@ -192,3 +192,174 @@ fn debug_coverage_and_split_dwarf_compile_on_a_peer_byte_for_byte() {
         );
     }
 }
+
+/// Bytes of the regular files under `dir`.
+fn tree_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A peer with no compiler of its own receives the toolchain once (its files then
+/// sit in its blob store), and compiles byte-identical objects with it; a peer that
+/// takes no toolchains is not sent the job, and the compile is done at home.
+#[test]
+fn a_peer_without_the_compiler_receives_the_toolchain_once() {
+    require("gcc");
+    let cl = Cluster::new(&["home", "bare", "strict"], |i| {
+        match i {
+            0 => "local_slots = 0",
+            1 => "compilers = []",
+            _ => "compilers = []\naccept_toolchains = false",
+        }
+        .to_string()
+    });
+    cl.wait_all();
+    // Only the bare peer takes jobs at first: the strict one is stopped.
+    let mut cl = cl;
+    cl.nodes[2].kill9();
+    cl.wait_live(0, 1);
+    let env = Env::new("direct");
+    env.write(
+        "a.c",
+        "#include <stdio.h>\nint main(void){puts(\"a\");return 0;}\n",
+    );
+    env.write(
+        "b.c",
+        "#include <string.h>\nint b(const char *s){return (int)strlen(s);}\n",
+    );
+    let blobs = cl.nodes[1].dir.join("state").join("blobs");
+    let before = tree_bytes(&blobs);
+    same_as_plain(
+        &env,
+        &cl,
+        "gcc",
+        &["-O2", "-g", "-c", "a.c", "-o", "a.o"],
+        &["a.o"],
+    );
+    let after_first = tree_bytes(&blobs);
+    assert!(
+        after_first > before + (10 << 20),
+        "the toolchain did not reach the bare peer: {before} -> {after_first} bytes"
+    );
+    same_as_plain(
+        &env,
+        &cl,
+        "gcc",
+        &["-O2", "-g", "-c", "b.c", "-o", "b.o"],
+        &["b.o"],
+    );
+    let after_second = tree_bytes(&blobs);
+    assert!(
+        after_second < after_first + (1 << 20),
+        "the toolchain was sent again: {after_first} -> {after_second} bytes"
+    );
+    // A peer that takes no toolchains: the compile is done here, unchanged.
+    cl.nodes[1].kill9();
+    cl.nodes[2].start();
+    cl.wait_live(0, 1);
+    env.write("c.c", "int c(int x){return x*3;}\n");
+    let plain = env
+        .cmd("gcc")
+        .args(["-g", "-c", "c.c", "-o", "c.o"])
+        .output()
+        .unwrap();
+    assert!(plain.status.success());
+    let want = env.read("c.o");
+    fs::remove_file(env.work.join("c.o")).unwrap();
+    let o = env
+        .cmd(farm_bin())
+        .args(["gcc", "-g", "-c", "c.c", "-o", "c.o"])
+        .env("FARM_AGENT", cl.nodes[0].socket())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(env.read("c.o") == want);
+    // It advertises neither compilers nor toolchains: placement does not even try it.
+    assert_eq!(
+        env.counter(&["farm", "home", "no_peer"]),
+        1,
+        "{}",
+        env.stats()
+    );
+}
+
+/// A header edited while its compile runs on a peer: the peer compiled what was
+/// sent, so the result is not used; the compile is done here with the header as it
+/// is now, and that is what the cache keeps.
+#[test]
+fn a_header_changed_while_the_job_runs_never_gives_a_stale_object() {
+    require("gcc");
+    let cl = Cluster::home_and_peer();
+    let env = Env::new("direct");
+    env.write("h.h", "#define VALUE 1\n");
+    let mut src = String::from("#include \"h.h\"\n");
+    for n in 0..700 {
+        src.push_str(&format!(
+            "int f{n}(int x){{int s=VALUE; for(int i=0;i<x;i++) s += (i*{n}) ^ (s>>3); return s;}}\n"
+        ));
+    }
+    env.write("slow.c", &src);
+    let jobs = cl.nodes[1].dir.join("state").join("jobs");
+    let mut child = env
+        .cmd(farm_bin())
+        .args(["gcc", "-O2", "-g", "-c", "slow.c", "-o", "slow.o"])
+        .env("FARM_AGENT", cl.nodes[0].socket())
+        .spawn()
+        .unwrap();
+    // Edit once the peer has laid the job out: its inputs were sent by then.
+    let t0 = std::time::Instant::now();
+    let running = || {
+        fs::read_dir(&jobs)
+            .map(|d| d.flatten().any(|e| e.path().join("root").is_dir()))
+            .unwrap_or(false)
+    };
+    while !running() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "the job never reached the peer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    env.write("h.h", "#define VALUE 2\n");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        env.counter(&["farm", "home", "input_changed"]),
+        1,
+        "{}",
+        env.stats()
+    );
+    let got = env.read("slow.o");
+    let plain = env
+        .cmd("gcc")
+        .args(["-O2", "-g", "-c", "slow.c", "-o", "slow.o"])
+        .output()
+        .unwrap();
+    assert!(plain.status.success());
+    assert!(
+        got == env.read("slow.o"),
+        "the object is not the one of the header as it is now"
+    );
+    // And the cache holds that object: a hit gives it back.
+    let o = env
+        .cmd(farm_bin())
+        .args(["gcc", "-O2", "-g", "-c", "slow.c", "-o", "slow.o"])
+        .env("FARM_AGENT", cl.nodes[0].socket())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(
+        env.hits() >= 1 || env.counter(&["farm", "remote"]) >= 1,
+        "{}",
+        env.stats()
+    );
+    assert!(env.read("slow.o") == got);
+}

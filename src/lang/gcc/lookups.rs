@@ -695,6 +695,42 @@ mod tests {
         assert_eq!(read_search_memo(&memo), None);
     }
 
+    #[test]
+    fn reachable_inputs_are_closed_under_shadowing() {
+        // src.c computes an include; `a/` comes before `b/` in the search list. The
+        // file `b/x.h` is reached from `b/y.h`'s own directory; `a/x.h`, which would shadow it
+        // for the computed one, must be taken too, and what it includes.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["a", "b", "c"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+        }
+        let w = |p: &str, t: &str| std::fs::write(d.join(p), t).unwrap();
+        w("src.c", "#define H <x.h>\n#include H\n#include \"y.h\"\n");
+        w("b/y.h", "#include \"x.h\"\n");
+        w("b/x.h", "int b;\n");
+        w("a/x.h", "#include <z.h>\n");
+        w("c/z.h", "int z;\n");
+        w("c/unrelated.h", "int u;\n");
+        let sl = SearchList {
+            quote: vec![],
+            angle: vec![d.join("a"), d.join("b"), d.join("c")],
+            missing: vec![],
+        };
+        let facts = reachable_inputs(&d.join("src.c"), &[], &sl).unwrap();
+        let mut names: Vec<String> = facts
+            .files
+            .iter()
+            .map(|p| p.strip_prefix(d).unwrap().display().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a/x.h", "b/x.h", "b/y.h", "c/z.h"]);
+        // A computed `__has_include` answers silently: still refused.
+        w("src.c", "#define H <q.h>\n#if __has_include(H)\n#endif\n");
+        let nr = reachable_inputs(&d.join("src.c"), &[], &sl).unwrap_err();
+        assert_eq!(nr.reason, "computed_has_include");
+    }
+
     /// `record_lookups` over files written to a temporary directory: `read` are the
     /// files the compile read besides `src`.
     fn lookups_of(files: &[(&str, &str)], read: &[&str], closure: bool) -> NotRecordable {
