@@ -184,7 +184,7 @@ def overhead():
             {"FARM_AGENT": cl.agent, "FARM_LOG": str(shim_log)})
     # The worker's own compile time of each job, from the shim's log: wall time minus
     # that is what distribution added to the compile itself.
-    logged = re.findall(r"compiled by a peer .*ms=(\d+) asked_at_us=(\d+) answered_at_us=(\d+)",
+    logged = re.findall(r"compiled by a peer.* ms=(\d+) .*asked_at_us=(\d+) answered_at_us=(\d+)",
                         shim_log.read_text())[-RUNS:]
     remote_wall = results["farm remote job (loopback)"]
     added = [w - int(c) for w, (c, _, _) in zip(remote_wall, logged)]

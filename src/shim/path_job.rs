@@ -233,7 +233,10 @@ pub(super) fn ship(
         outputs,
     };
     let sent = job.files.clone();
-    let r = match farm.ask(&AgentRequest::CompilePaths(Box::new(job))) {
+    let asked = ctx.t0.elapsed();
+    let answer = farm.ask(&AgentRequest::CompilePaths(Box::new(job)));
+    let answered = ctx.t0.elapsed();
+    let r = match answer {
         Some(AgentResponse::TreeCompiled(r)) => r,
         Some(AgentResponse::Local(reason)) => {
             tracing::info!(reason, "agent: compile at home");
@@ -311,6 +314,8 @@ pub(super) fn ship(
         worker = %r.worker,
         ms = r.compile_ms,
         files = sent.len(),
+        asked_at_us = asked.as_micros() as u64,
+        answered_at_us = answered.as_micros() as u64,
         "compiled by a peer at the same paths"
     );
     PathAttempt::Ran(Remote::Done(payload))
