@@ -4,11 +4,11 @@
 //! is laid out once per digest under `<state>/toolchains/<hex>/`, each file by its
 //! index, executable where the package says, and hard-linked into each job's root.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use farm::protocol::{Key, ToolKind, Toolchain};
+use farm::protocol::{Key, ToolEntry, ToolKind, Toolchain};
 
 use crate::blobs::BlobStore;
 
@@ -19,6 +19,11 @@ pub struct Toolchains {
     own_files: Mutex<HashMap<Key, PathBuf>>,
     /// Digests of this node's own packages.
     own: Mutex<Vec<Key>>,
+    /// Every entry of this node's own packages (path and content, or link target), and
+    /// the drivers: what a package from a peer may be made of when peers' packages
+    /// are not accepted.
+    own_entries: Mutex<HashSet<ToolEntry>>,
+    own_drivers: Mutex<HashSet<String>>,
     /// Whether packages from peers are run (`accept_toolchains`).
     pub accept: bool,
 }
@@ -30,6 +35,8 @@ impl Toolchains {
             memo: state_dir.join("memo"),
             own_files: Mutex::new(HashMap::new()),
             own: Mutex::new(Vec::new()),
+            own_entries: Mutex::new(HashSet::new()),
+            own_drivers: Mutex::new(HashSet::new()),
             accept,
         }
     }
@@ -59,6 +66,11 @@ impl Toolchains {
                             own_files.insert(*digest, PathBuf::from(&e.path));
                         }
                     }
+                    self.own_entries
+                        .lock()
+                        .unwrap()
+                        .extend(t.entries.iter().cloned());
+                    self.own_drivers.lock().unwrap().insert(t.driver.clone());
                     let d = farm::toolchain::digest(&t);
                     tracing::info!(compiler = %path.display(), toolchain = %farm::fsutil::hex(&d[..8]), files = t.entries.len(), "toolchain package");
                     self.own.lock().unwrap().push(d);
@@ -71,16 +83,17 @@ impl Toolchains {
     }
 
     /// Whether this node may run a job on this package: any package when it accepts
-    /// them, else one made only of its own compilers' files.
+    /// them, else one made only of its own compilers' entries, each at the path it has
+    /// here (the same file, executable or not, or the same link), driven by one of its
+    /// own drivers. Content alone is not enough: this machine's loader at a
+    /// compiler's path, or a link named `gcc` to it, runs whatever file it is given.
     pub fn runs(&self, t: &Toolchain, digest: &Key) -> bool {
         if self.accept || self.own.lock().unwrap().contains(digest) {
             return true;
         }
-        let own = self.own_files.lock().unwrap();
-        t.entries.iter().all(|e| match &e.kind {
-            ToolKind::File { digest, .. } => own.contains_key(digest),
-            ToolKind::Link(_) => true,
-        })
+        let own = self.own_entries.lock().unwrap();
+        self.own_drivers.lock().unwrap().contains(&t.driver)
+            && t.entries.iter().all(|e| own.contains(e))
     }
 
     /// Whether this node has a blob's content without the blob store (a file of its

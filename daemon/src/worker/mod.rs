@@ -72,9 +72,34 @@ impl<'a> Slot<'a> {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_job_dir(&self.dir);
         self.node.running.fetch_sub(1, Ordering::Relaxed);
         self.node.changed.notify_one();
+    }
+}
+
+/// Removes a job's directory, also where the job took the permissions off a directory
+/// it made (`chmod 000`: a plain removal would leave it, and its files, on the disk
+/// for good). Links are never followed.
+pub(crate) fn remove_job_dir(dir: &std::path::Path) {
+    if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
+        return;
+    }
+    fn open_up(d: &std::path::Path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
+        let Ok(entries) = std::fs::read_dir(d) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                open_up(&e.path());
+            }
+        }
+    }
+    open_up(dir);
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a job directory");
     }
 }
 

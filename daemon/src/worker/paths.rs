@@ -15,7 +15,7 @@ use farm::protocol::{OutputFile, PathJob, PeerResponse, ToolKind, TreeResult, MA
 use farm::toolchain::{resolve_dir_in_root, resolve_in_root, valid_path};
 
 use super::sandbox::RootedView;
-use super::spawn::{abnormal, job_limits, read_output};
+use super::spawn::{abnormal, job_limits};
 use super::{refuse, Slot};
 use crate::node::Node;
 
@@ -109,7 +109,7 @@ pub async fn run_paths(node: &Node, peer: &str, job: PathJob) -> PeerResponse {
                 continue;
             };
             let left = (MAX_FRAME - (1 << 20)).saturating_sub(total) as u64;
-            match read_output(host, left) {
+            match read_output_beneath(&host.0, &host.1, left) {
                 Ok(data) => {
                     total += data.len();
                     outputs.push(OutputFile {
@@ -179,8 +179,10 @@ struct Laid {
     root: PathBuf,
     rw: Vec<(PathBuf, String)>,
     ro: Vec<(PathBuf, String)>,
-    /// Each output path of the job: where the job's write of it lands here.
-    output_at: HashMap<String, PathBuf>,
+    /// Each output path of the job: where the job's write of it lands here, as the
+    /// writable directory and the path below it (the job may have replaced any
+    /// directory below with a link, so it is walked without following links).
+    output_at: HashMap<String, (PathBuf, PathBuf)>,
 }
 
 /// Lays out a job's root under `dir`: the toolchain's files (kept by content under
@@ -237,6 +239,13 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
             return Err(format!("input {} is a toolchain file", f.path));
         }
         node.blobs.materialize(&f.digest, &at)?;
+        if !node.toolchains.accept && is_elf(&at) {
+            return Err(format!(
+                "input {} is an executable or library (accept_toolchains = false: \
+                 jobs run only this node's own code)",
+                f.path
+            ));
+        }
         placed.insert(at, f.digest);
     }
     for d in job.dirs.iter().chain(std::iter::once(&job.cwd)) {
@@ -276,7 +285,7 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
     for (o, at) in output_parent {
         if let Some((d, host)) = host_of.iter().find(|(d, _)| at.starts_with(d)) {
             if let Ok(rel) = at.strip_prefix(d) {
-                output_at.insert(o, host.join(rel));
+                output_at.insert(o, (host.clone(), rel.to_path_buf()));
             }
         }
     }
@@ -319,4 +328,89 @@ fn mirror(
         }
     }
     Ok(())
+}
+
+/// Reads the output at `rel` below the writable directory `base` (a directory this
+/// node made), following no link on the way: the job ran with that directory writable
+/// and may have turned any directory below it, or the file itself, into a link to a
+/// file of this machine (its key), which farmd could read where the job cannot.
+/// Only a regular file of at most `cap` bytes is read.
+fn read_output_beneath(base: &Path, rel: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::ffi::CString;
+    use std::io::Read as _;
+    use std::os::fd::FromRawFd as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let cstr = |p: &std::ffi::OsStr| {
+        CString::new(p.as_bytes()).map_err(|_| std::io::Error::other("NUL in a path"))
+    };
+    let open = |dir: libc::c_int, name: &CString, flags: libc::c_int| {
+        // SAFETY: `name` is a valid C string; the result is checked.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                name.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor owned by nothing else.
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    };
+    use std::os::fd::AsRawFd as _;
+    let names: Vec<&std::ffi::OsStr> = rel
+        .components()
+        .map(|c| match c {
+            std::path::Component::Normal(n) => Ok(n),
+            _ => Err(std::io::Error::other(format!(
+                "output path {} is not plain",
+                rel.display()
+            ))),
+        })
+        .collect::<Result<_, _>>()?;
+    let Some((file, dirs)) = names.split_last() else {
+        return Err(std::io::Error::other("empty output path"));
+    };
+    let mut dir = open(
+        libc::AT_FDCWD,
+        &cstr(base.as_os_str())?,
+        libc::O_RDONLY | libc::O_DIRECTORY,
+    )?;
+    for d in dirs {
+        dir = open(
+            dir.as_raw_fd(),
+            &cstr(d)?,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )?;
+    }
+    // O_NONBLOCK: a FIFO the job left there must not block farmd's open.
+    let fd = open(
+        dir.as_raw_fd(),
+        &cstr(file)?,
+        libc::O_RDONLY | libc::O_NONBLOCK,
+    )?;
+    let f = std::fs::File::from(fd);
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.len() > cap {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file of at most {cap} bytes",
+            base.join(rel).display()
+        )));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.take(meta.len()).read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// Whether the file at `p` is an ELF object: what the loader (`/etc/ld.so.preload`),
+/// libc (iconv modules) or a compiler (plugins named in a `specs` file) could be made
+/// to load as code if a job laid it out where they look.
+fn is_elf(p: &Path) -> bool {
+    use std::io::Read as _;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(p)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
 }
