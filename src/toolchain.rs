@@ -167,7 +167,6 @@ pub fn build(
     for f in files_under(Path::new(C_UTF8_LOCALE)) {
         b.add(&f)?;
     }
-    let _ = driver_real;
     let mut entries = Vec::with_capacity(b.files.len() + b.links.len());
     for (p, exec) in &b.files {
         let digest = hash(p).map_err(|err| ToolchainError::Io {
@@ -190,8 +189,10 @@ pub fn build(
     }
     entries.sort();
     entries.dedup_by(|a, b| a.path == b.path);
+    // The driver as a file of the package: `/bin/gcc` on a merged-/usr system is
+    // `/usr/bin/gcc` (or the file its links end at), `/bin` a link entry.
     let t = Toolchain {
-        driver: utf8(driver)?,
+        driver: utf8(&driver_real)?,
         entries,
     };
     check(&t)?;
@@ -349,7 +350,7 @@ pub fn memoized(
                 .stamps
                 .iter()
                 .all(|(p, s)| stamp(Path::new(p)).as_ref() == Some(s));
-            if fresh && m.toolchain.driver == driver.to_string_lossy() {
+            if fresh {
                 return Ok(m.toolchain);
             }
         }
@@ -509,7 +510,7 @@ mod tests {
         let t = build(&gcc, &[], &mut |p| fsutil::hash_file(p)).unwrap();
         check(&t).unwrap();
         assert!(t.entries.iter().any(|e| e.path.ends_with("libc.so.6")));
-        assert_eq!(t.driver, gcc.to_str().unwrap());
+        assert_eq!(Path::new(&t.driver), fs::canonicalize(&gcc).unwrap());
         // The same files give the same digest.
         let again = build(&gcc, &[], &mut |p| fsutil::hash_file(p)).unwrap();
         assert_eq!(digest(&t), digest(&again));
