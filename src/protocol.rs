@@ -323,6 +323,22 @@ pub enum AgentRequest {
     /// A same-path job on a peer (its blobs sent before with `PutBlobs`):
     /// `TreeCompiled` (outputs by absolute path) or `Local(reason)`.
     CompilePaths(Box<PathJob>),
+    /// What a shipped compile cost the shim end to end (ms), for placement's choice
+    /// of shape: answered `Published`.
+    Measured {
+        compiler: Key,
+        shape: JobShape,
+        ms: u32,
+    },
+}
+
+/// How a shipped compile travels, where its family allows both.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobShape {
+    /// The preprocessed text (`Job`).
+    Text,
+    /// The source and its headers at their paths (`PathJob`).
+    Paths,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -335,7 +351,8 @@ pub enum AgentResponse {
     },
     /// The farm does not have it.
     Missing,
-    /// A peer should compile it: send the job.
+    /// A peer should compile it: send the job (`ShipAs`: in this shape first, where
+    /// the family allows both).
     Ship,
     /// A peer compiled the job.
     Compiled(JobResult),
@@ -353,6 +370,8 @@ pub enum AgentResponse {
     /// The remote failed, or is skipped after a failure: what happened (never a
     /// credential).
     RemoteFailed(String),
+    /// A peer should compile it, in this shape first where the family allows both.
+    ShipAs(JobShape),
 }
 
 /// The farm as one agent sees it (`farm status`).

@@ -212,6 +212,8 @@ pub enum Outcome {
     WarmCompiled,
     /// `farm.remote`: a miss compiled by a peer's worker.
     FarmRemote,
+    /// `farm.same_path`: of those, compiled at the same paths (a same-path job).
+    FarmSamePath,
     /// `compile_failed`: the compiler exited non-zero.
     CompileFailed,
     /// `error.cache`: the cache could not be read or written.
@@ -243,7 +245,7 @@ pub enum Outcome {
 impl Outcome {
     /// Every outcome without a reason (with [`ReasonFamily::ALL`], every counter
     /// there can be).
-    pub const FIXED: [Outcome; 19] = [
+    pub const FIXED: [Outcome; 20] = [
         Outcome::HitDirect,
         Outcome::HitPreprocessor,
         Outcome::HitDepend,
@@ -256,6 +258,7 @@ impl Outcome {
         Outcome::Miss,
         Outcome::WarmCompiled,
         Outcome::FarmRemote,
+        Outcome::FarmSamePath,
         Outcome::CompileFailed,
         Outcome::CacheError,
         Outcome::CorruptEntry,
@@ -312,6 +315,7 @@ impl Outcome {
             Outcome::Miss => "miss",
             Outcome::WarmCompiled => "warm.compiled",
             Outcome::FarmRemote => "farm.remote",
+            Outcome::FarmSamePath => "farm.same_path",
             Outcome::CompileFailed => "compile_failed",
             Outcome::CacheError => "error.cache",
             Outcome::CorruptEntry => "error.corrupt_entry",
@@ -566,7 +570,7 @@ mod tests {
 
     /// Every outcome's counter name, as the stats files and `farm stats --json` have
     /// always written it (changing one breaks every existing stats directory).
-    const NAMES: [(Outcome, &str); 24] = [
+    const NAMES: [(Outcome, &str); 25] = [
         (Outcome::HitDirect, "hit.direct"),
         (Outcome::HitPreprocessor, "hit.preprocessor"),
         (Outcome::HitDepend, "hit.depend"),
@@ -579,6 +583,7 @@ mod tests {
         (Outcome::Miss, "miss"),
         (Outcome::WarmCompiled, "warm.compiled"),
         (Outcome::FarmRemote, "farm.remote"),
+        (Outcome::FarmSamePath, "farm.same_path"),
         (Outcome::CompileFailed, "compile_failed"),
         (Outcome::CacheError, "error.cache"),
         (Outcome::CorruptEntry, "error.corrupt_entry"),

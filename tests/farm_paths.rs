@@ -363,3 +363,68 @@ fn a_header_changed_while_the_job_runs_never_gives_a_stale_object() {
     );
     assert!(env.read("slow.o") == got);
 }
+
+/// Where a compile may take either shape, placement tries both and then keeps to the
+/// one that cost the shims less; a compile only one shape can carry (`-g` cannot be
+/// preprocessed text) always takes it.
+#[test]
+fn placement_measures_both_shapes_and_debug_info_takes_the_same_path() {
+    require("gcc");
+    let cl = Cluster::home_and_peer();
+    let env = Env::new("direct");
+    for i in 0..10 {
+        env.write(
+            &format!("s{i}.c"),
+            &format!("#include <stdlib.h>\nint f{i}(int x){{return abs(x) + {i};}}\n"),
+        );
+        let o = env
+            .cmd(farm_bin())
+            .args([
+                "gcc",
+                "-O2",
+                "-c",
+                &format!("s{i}.c"),
+                "-o",
+                &format!("s{i}.o"),
+            ])
+            .env("FARM_AGENT", cl.nodes[0].socket())
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+    let remote = env.counter(&["farm", "remote"]);
+    let same_path = env.counter(&["farm", "same_path"]);
+    assert_eq!(remote, 10, "{}", env.stats());
+    assert!(
+        same_path >= 3,
+        "same-path jobs were not measured: {}",
+        env.stats()
+    );
+    assert!(
+        remote - same_path >= 3,
+        "text jobs were not measured: {}",
+        env.stats()
+    );
+    for i in 0..4 {
+        let o = env
+            .cmd(farm_bin())
+            .args([
+                "gcc",
+                "-g",
+                "-c",
+                &format!("s{i}.c"),
+                "-o",
+                &format!("g{i}.o"),
+            ])
+            .env("FARM_AGENT", cl.nodes[0].socket())
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+    assert_eq!(
+        env.counter(&["farm", "same_path"]),
+        same_path + 4,
+        "{}",
+        env.stats()
+    );
+}

@@ -270,7 +270,9 @@ async fn shim_session(node: Arc<Node>, remotes: Arc<RemotePool>, uid: u32, mut s
                 }
             }
             AgentRequest::Place { compiler } => match place(&node, &compiler, &[], true, true) {
-                Ok(Place::Peer(..)) => AgentResponse::Ship,
+                Ok(Place::Peer(..)) => {
+                    AgentResponse::ShipAs(node.shapes.choose(&compiler.identity))
+                }
                 Ok(Place::Home(factor)) => {
                     home_factor = factor;
                     holds_home = reserve_home(&node, holds_home);
@@ -343,6 +345,14 @@ async fn shim_session(node: Arc<Node>, remotes: Arc<RemotePool>, uid: u32, mut s
                     holds_home = reserve_home(&node, holds_home);
                 }
                 r
+            }
+            AgentRequest::Measured {
+                compiler,
+                shape,
+                ms,
+            } => {
+                node.shapes.record(&compiler, shape, ms);
+                AgentResponse::Published
             }
             AgentRequest::RemoteGet { spec, kind, key } => remotes.get(uid, *spec, kind, key).await,
             AgentRequest::RemoteHave { spec, kind, key } => {

@@ -11,6 +11,7 @@ mod peers;
 mod placement;
 mod remote_pool;
 mod server;
+mod shapes;
 mod store_role;
 mod toolchains;
 mod warm;
@@ -232,6 +233,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         ),
         sandbox,
         blobs: blobs::BlobStore::new(&cfg.state_dir, cfg.store_max_size / 2),
+        shapes: Default::default(),
         toolchains: toolchains::Toolchains::new(&cfg.state_dir, cfg.accept_toolchains),
         store,
         endpoint,

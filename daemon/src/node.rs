@@ -36,6 +36,8 @@ pub struct Node {
     pub sandbox: Option<crate::worker::sandbox::Sandbox>,
     /// Input files of tree jobs, by digest.
     pub blobs: crate::blobs::BlobStore,
+    /// What each shape of shipped compile cost this machine's shims, per compiler.
+    pub shapes: crate::shapes::Shapes,
     /// Toolchains for same-path jobs: this node's own, and those peers send.
     pub toolchains: crate::toolchains::Toolchains,
     pub store: LocalStore,

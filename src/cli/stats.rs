@@ -62,6 +62,7 @@ fn json(cfg: &Config, s: &Summary, (bytes, files): (u64, u64)) -> serde_json::Va
         },
         "farm": {
             "remote": s.get(&Outcome::FarmRemote),
+            "same_path": s.get(&Outcome::FarmSamePath),
             "home": s.group(ReasonFamily::FarmHome),
             "fallback": s.group(ReasonFamily::Fallback),
         },
@@ -214,6 +215,7 @@ fn hits_and_misses(t: &mut Table, s: &Summary) {
     t.line("  remote", s.get(&Outcome::HitRemote));
     t.line("misses", s.get(&Outcome::Miss));
     t.line("  compiled by peers", s.get(&Outcome::FarmRemote));
+    t.line("    at the same paths", s.get(&Outcome::FarmSamePath));
     t.line("  in a warm JVM", s.get(&Outcome::WarmCompiled));
     t.reasons("    cold: ", &s.group(ReasonFamily::WarmDeclined));
     let home = s.group(ReasonFamily::FarmHome);

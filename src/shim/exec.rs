@@ -11,7 +11,9 @@ use super::farm::Farm;
 use super::{emit, exit_code, Ctx};
 use crate::fsutil;
 use crate::lang::{self, CompileRun, Declared, Observed, TreeArgs};
-use crate::protocol::{AgentRequest, AgentResponse, Blob, CompilerAd, Job, TreeFile, TreeJob};
+use crate::protocol::{
+    AgentRequest, AgentResponse, Blob, CompilerAd, Job, JobShape, TreeFile, TreeJob,
+};
 use crate::stats::Outcome;
 
 /// Blobs per request to the agent: well under a frame's limit.
@@ -69,14 +71,20 @@ fn compiler_ad(ctx: &Ctx) -> CompilerAd {
     }
 }
 
-/// Asks the agent's placement whether this compile should ship. `Err`: compile at
-/// home (counted; the agent reserves home's slot when it said so).
-fn placed_remote(ctx: &mut Ctx, farm: &Farm, compiler: &CompilerAd) -> Result<(), ()> {
+/// Asks the agent's placement whether this compile should ship, and in which shape
+/// first (`None`: the agent does not say). `Err`: compile at home (counted; the
+/// agent reserves home's slot when it said so).
+fn placed_remote(
+    ctx: &mut Ctx,
+    farm: &Farm,
+    compiler: &CompilerAd,
+) -> Result<Option<JobShape>, ()> {
     let place = AgentRequest::Place {
         compiler: compiler.clone(),
     };
     match farm.ask(&place) {
-        Some(AgentResponse::Ship) => Ok(()),
+        Some(AgentResponse::Ship) => Ok(None),
+        Some(AgentResponse::ShipAs(shape)) => Ok(Some(shape)),
         Some(AgentResponse::Local(reason)) => {
             ctx.tally.count(Outcome::FarmHome(reason.into()));
             farm.set_reserved(true);
@@ -158,12 +166,35 @@ pub(super) fn remote_observed(ctx: &mut Ctx, farm: &Farm) -> Remote<Vec<u8>> {
         }
     }
     let compiler = compiler_ad(ctx);
-    if placed_remote(ctx, farm, &compiler).is_err() {
+    let Ok(shape) = placed_remote(ctx, farm, &compiler) else {
         return home(false);
+    };
+    let t0 = std::time::Instant::now();
+    let measured = |ctx: &Ctx, shape: JobShape, r: &Remote<Vec<u8>>| {
+        if let Remote::Done(_) = r {
+            let ms = t0.elapsed().as_millis().min(u32::MAX as u128) as u32;
+            let m = AgentRequest::Measured {
+                compiler: ctx.identity,
+                shape,
+                ms,
+            };
+            // Only a newer agent knows the request: an older one's answer is ignored.
+            let _ = farm.ask(&m);
+        }
+    };
+    // Text first where placement found it cheaper and this compile allows it.
+    let text_first = shape == Some(JobShape::Text) && text_allowed.is_ok();
+    if text_first {
+        let r = ship_text(ctx, farm, compiler);
+        measured(ctx, JobShape::Text, &r);
+        return r;
     }
     if let Some(pj) = path_jobs {
         match super::path_job::ship(ctx, farm, pj, &compiler) {
-            super::path_job::PathAttempt::Ran(r) => return r,
+            super::path_job::PathAttempt::Ran(r) => {
+                measured(ctx, JobShape::Paths, &r);
+                return r;
+            }
             super::path_job::PathAttempt::NotPath(p) => {
                 tracing::info!(reason = p.reason, detail = %p.detail, "no same-path job");
                 if text_allowed.is_err() {
@@ -173,7 +204,9 @@ pub(super) fn remote_observed(ctx: &mut Ctx, farm: &Farm) -> Remote<Vec<u8>> {
             }
         }
     }
-    ship_text(ctx, farm, compiler)
+    let r = ship_text(ctx, farm, compiler);
+    measured(ctx, JobShape::Text, &r);
+    r
 }
 
 /// A text job on a peer (the family's self-contained text: gcc's preprocessed

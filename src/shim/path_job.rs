@@ -309,6 +309,7 @@ pub(super) fn ship(
     emit(&r.stdout, &r.stderr);
     ctx.tally.count(Outcome::Miss);
     ctx.tally.count(Outcome::FarmRemote);
+    ctx.tally.count(Outcome::FarmSamePath);
     ctx.tally.add(Outcome::CompileMs, r.compile_ms);
     tracing::info!(
         worker = %r.worker,
