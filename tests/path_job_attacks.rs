@@ -77,7 +77,10 @@ fn ship(peer: &RawPeer, script: &str) -> Toolchain {
     let mut programs: Vec<PathBuf> = TOOLS.iter().map(|t| require(t)).collect();
     // The scripts' `#!` line, with the `/bin` link of a merged /usr.
     programs.push("/bin/bash".into());
-    let mut t = farm::toolchain::build(&require("bash"), &programs).expect("set-up: package");
+    let mut t = farm::toolchain::build(&require("bash"), &programs, &mut |p| {
+        farm::fsutil::hash_file(p)
+    })
+    .expect("set-up: package");
     let driver = blob(format!("#!/bin/bash\n{script}\n").into_bytes());
     t.entries.retain(|e| e.path != "/usr/bin/gcc");
     t.entries.push(ToolEntry {
@@ -844,7 +847,7 @@ fn own_toolchains_only_means_no_code_of_the_member() {
         .unwrap()
         .toolchain_files(&gcc, gcc.as_os_str())
         .unwrap();
-    let own = farm::toolchain::build(&gcc, &programs).unwrap();
+    let own = farm::toolchain::build(&gcc, &programs, &mut |p| farm::fsutil::hash_file(p)).unwrap();
     let loader = own
         .entries
         .iter()
