@@ -179,17 +179,18 @@ fn bad_blobs(node: &SecNode) -> Vec<String> {
     bad
 }
 
-/// Files of laid-out toolchains (`state/toolchains/<digest>/f/<i>`) whose content is no
-/// longer the one their package names.
+/// Files of laid-out toolchains (`state/toolchains/<digest>-<x|r>`, kept by content)
+/// whose content or mode is no longer the one their package names.
 fn bad_toolchain_files(node: &SecNode, t: &Toolchain) -> Vec<String> {
-    let dir = node
-        .state()
-        .join("toolchains")
-        .join(farm::fsutil::hex(&farm::toolchain::digest(t)));
+    let dir = node.state().join("toolchains");
     let mut bad = Vec::new();
-    for (i, e) in t.entries.iter().enumerate() {
+    for e in &t.entries {
         if let ToolKind::File { digest, exec } = &e.kind {
-            let f = dir.join("f").join(i.to_string());
+            let f = dir.join(format!(
+                "{}-{}",
+                farm::fsutil::hex(digest),
+                if *exec { "x" } else { "r" }
+            ));
             let data = fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             if blake3::hash(&data).as_bytes() != digest {
                 bad.push(format!("{} ({}) was changed", e.path, f.display()));
