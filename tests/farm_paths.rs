@@ -428,3 +428,33 @@ fn placement_measures_both_shapes_and_debug_info_takes_the_same_path() {
         env.stats()
     );
 }
+
+/// Depend mode runs no preprocessor, so it ships only same-path jobs, and publishes
+/// nothing to the farm's cache.
+#[test]
+fn depend_mode_ships_same_path_jobs_only() {
+    require("gcc");
+    let cl = Cluster::home_and_peer();
+    let env = Env::new("depend");
+    env.write(
+        "d.c",
+        "#include <stdio.h>\nint d(void){return puts(\"d\");}\n",
+    );
+    same_as_plain(
+        &env,
+        &cl,
+        "gcc",
+        &["-O2", "-g", "-MD", "-MF", "d.d", "-c", "d.c", "-o", "d.o"],
+        &["d.o", "d.d"],
+    );
+    same_as_plain(
+        &env,
+        &cl,
+        "gcc",
+        &["-O2", "-MD", "-c", "d.c", "-o", "d.o"],
+        &["d.o", "d.d"],
+    );
+    assert_eq!(env.counter(&["farm", "same_path"]), 2, "{}", env.stats());
+    assert_eq!(cl.nodes[0].status()["store_entries"], 0);
+    assert_eq!(cl.nodes[1].status()["store_entries"], 0);
+}

@@ -343,6 +343,11 @@ impl Mode for Direct {
         !self.depend
     }
 
+    /// Depend mode too: a same-path job runs no preprocessor here.
+    fn uses_peers(&self) -> bool {
+        true
+    }
+
     /// With `base_dir`, a compile no manifest entry matches is looked up by its
     /// preprocessed text too, as preprocessor mode would: another checkout's
     /// generated headers may differ from this one's only in where the checkout is
@@ -385,7 +390,7 @@ impl Mode for Direct {
     }
 
     fn execute(&mut self, ctx: &mut Ctx, farm: &Farm) -> Result<Ran, i32> {
-        let prepared = match exec::remote_observed(ctx, farm) {
+        let prepared = match exec::remote_observed(ctx, farm, !self.depend) {
             Remote::Done(payload) => return Ok(Ran::remote(payload, self.keyed_ns)),
             Remote::Home { prepared } => prepared,
         };

@@ -138,8 +138,9 @@ pub(super) fn home_miss(
 
 /// A miss of an observed family on a peer when placement says so: a same-path job
 /// when the family and this compile allow one (no preprocessor run here), else a
-/// text job. `Done` with the result entry once the outputs are written here.
-pub(super) fn remote_observed(ctx: &mut Ctx, farm: &Farm) -> Remote<Vec<u8>> {
+/// text job (not when `!text_ok`: depend mode runs no preprocessor). `Done` with the
+/// result entry once the outputs are written here.
+pub(super) fn remote_observed(ctx: &mut Ctx, farm: &Farm, text_ok: bool) -> Remote<Vec<u8>> {
     let home = |prepared| Remote::Home { prepared };
     if !farm.up() {
         return home(false);
@@ -155,6 +156,7 @@ pub(super) fn remote_observed(ctx: &mut Ctx, farm: &Farm) -> Remote<Vec<u8>> {
             }
         });
     let text_allowed = match ctx.family.text_jobs() {
+        Some(_) if !text_ok => Err(lang::Passthrough::new("depend_mode", "")),
         Some(t) => t.allowed(&ctx.inv),
         None => Err(lang::Passthrough::new("family", ctx.family.name())),
     };

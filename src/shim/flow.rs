@@ -82,9 +82,14 @@ pub(super) trait Mode {
         (Lookup::Miss, LOCAL)
     }
 
-    /// Whether the farm (its cache and its peers) takes part.
+    /// Whether the farm's cache takes part (looked up, published to).
     fn uses_farm(&self) -> bool {
         true
+    }
+
+    /// Whether the farm's peers may compile a miss.
+    fn uses_peers(&self) -> bool {
+        self.uses_farm()
     }
 
     /// Runs the miss through the executors. `Err`: the compile finished without a
@@ -98,9 +103,14 @@ pub(super) trait Mode {
 /// Runs one compile through the cache in `mode`.
 pub(super) fn run(ctx: &mut Ctx, mode: &mut dyn Mode) -> i32 {
     let local = LocalStore::new(&ctx.cfg.dir.value, ctx.cfg.max_size.value);
-    // A mode without the farm (depend) never connects to the agent: not for its
-    // cache, not for its peers.
-    let socket = ctx.cfg.agent.value.as_deref().filter(|_| mode.uses_farm());
+    // A mode without the farm's cache and peers never connects to the agent for
+    // them (depend mode uses peers, never the farm's cache).
+    let socket = ctx
+        .cfg
+        .agent
+        .value
+        .as_deref()
+        .filter(|_| mode.uses_farm() || mode.uses_peers());
     let farm = Farm::new(socket, ctx.farm_counts.clone());
     // Local disk, then the remote tiers in the configured order (through the agent
     // when one answers, in every mode: it asks the same remotes; see agent_remote),
@@ -174,7 +184,11 @@ fn run_tiers(ctx: &mut Ctx, mode: &mut dyn Mode, tiers: &mut Tiered, farm: &Farm
         let published: usize = items.iter().map(|i| i.data.len()).sum();
         tiers.note_written(ctx.farm_at, published);
     }
-    farm.done(items, ran.local_ms);
+    if mode.uses_farm() {
+        farm.done(items, ran.local_ms);
+    } else {
+        farm.done(Vec::new(), ran.local_ms);
+    }
     0
 }
 
