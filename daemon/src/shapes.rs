@@ -4,26 +4,36 @@
 //! the peer does not hold yet). Neither is cheaper everywhere: a first build sends
 //! every header once, a header-heavy C++ source costs the same-path walk more, a slow
 //! link makes the text's size matter. The shims report what each shipped compile
-//! cost them end to end, per compiler; the cheaper shape, by a smoothed average, is
-//! the one placement names, and every so often the other one is tried again so that
-//! its figure does not go stale.
+//! cost them beyond the worker's compile, per compiler; the cheaper shape, by the
+//! median of recent samples, is the one placement names, and every so often the other
+//! one is tried again so that its figure does not go stale.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use farm::protocol::{JobShape, Key};
 
-use crate::placement::ewma;
-
 /// One compile in this many tries the shape that is not the cheaper one.
 const EXPLORE_EVERY: u64 = 16;
 /// Samples of a shape before its average is trusted.
 const MIN_SAMPLES: u32 = 3;
 
-#[derive(Default, Clone, Copy)]
+/// Samples kept per shape: the cost is their median, so one slow job (the first that
+/// sends a whole toolchain) does not outweigh the ordinary ones.
+const WINDOW: usize = 7;
+
+#[derive(Default, Clone)]
 struct Cost {
-    ms: f64,
+    recent: std::collections::VecDeque<u32>,
     samples: u32,
+}
+
+impl Cost {
+    fn ms(&self) -> f64 {
+        let mut v: Vec<u32> = self.recent.iter().copied().collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0) as f64
+    }
 }
 
 #[derive(Default)]
@@ -51,7 +61,7 @@ impl Shapes {
         if c.text.samples < MIN_SAMPLES {
             return JobShape::Text;
         }
-        let cheaper = if c.text.ms < c.paths.ms {
+        let cheaper = if c.text.ms() < c.paths.ms() {
             JobShape::Text
         } else {
             JobShape::Paths
@@ -66,7 +76,8 @@ impl Shapes {
         }
     }
 
-    /// A shipped compile of `compiler` in `shape` cost the shim `ms` end to end.
+    /// A shipped compile of `compiler` in `shape` cost the shim `ms` beyond the
+    /// worker's compile.
     pub fn record(&self, compiler: &Key, shape: JobShape, ms: u32) {
         let mut m = self.0.lock().unwrap();
         let c = m.entry(*compiler).or_default();
@@ -74,7 +85,10 @@ impl Shapes {
             JobShape::Text => &mut c.text,
             JobShape::Paths => &mut c.paths,
         };
-        cost.ms = ewma(cost.ms, ms as f64);
+        if cost.recent.len() == WINDOW {
+            cost.recent.pop_front();
+        }
+        cost.recent.push_back(ms);
         cost.samples = cost.samples.saturating_add(1);
     }
 
@@ -83,7 +97,7 @@ impl Shapes {
     fn costs(&self, compiler: &Key) -> (f64, f64) {
         let m = self.0.lock().unwrap();
         m.get(compiler)
-            .map(|c| (c.text.ms, c.paths.ms))
+            .map(|c| (c.text.ms(), c.paths.ms()))
             .unwrap_or_default()
     }
 }
@@ -112,7 +126,9 @@ mod tests {
             (1..=8).contains(&paths),
             "{paths} of 64 tried the dearer shape"
         );
-        // The figures move: same-path gets cheaper and wins.
+        // One slow job does not change the choice; the figures do move.
+        s.record(&gcc, JobShape::Text, 5000);
+        assert_eq!(s.costs(&gcc).0, 20.0);
         for _ in 0..10 {
             s.record(&gcc, JobShape::Paths, 5);
         }

@@ -172,9 +172,14 @@ pub(super) fn remote_observed(ctx: &mut Ctx, farm: &Farm, text_ok: bool) -> Remo
         return home(false);
     };
     let t0 = std::time::Instant::now();
+    // What a shape cost this machine: the wall time from placement's answer to the
+    // outputs written, less the worker's compile (the same in either shape).
     let measured = |ctx: &Ctx, shape: JobShape, r: &Remote<Vec<u8>>| {
         if let Remote::Done(_) = r {
-            let ms = t0.elapsed().as_millis().min(u32::MAX as u128) as u32;
+            let wall = t0.elapsed().as_millis() as u64;
+            let ms = wall
+                .saturating_sub(ctx.remote_compile_ms)
+                .min(u32::MAX as u64) as u32;
             let m = AgentRequest::Measured {
                 compiler: ctx.identity,
                 shape,
@@ -303,6 +308,7 @@ fn ship_text(ctx: &mut Ctx, farm: &Farm, compiler: CompilerAd) -> Remote<Vec<u8>
             ctx.tally.count(Outcome::Miss);
             ctx.tally.count(Outcome::FarmRemote);
             ctx.tally.add(Outcome::CompileMs, r.compile_ms);
+            ctx.remote_compile_ms = r.compile_ms;
             tracing::info!(
                 worker = %r.worker,
                 ms = r.compile_ms,

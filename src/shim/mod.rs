@@ -86,6 +86,9 @@ struct Ctx<'a> {
     /// `base_dir`: where paths enter keys relative.
     base: key::BaseDirs,
     t0: Instant,
+    /// The worker's own compile time of the shipped compile that finished this miss
+    /// (what placement's cost of a shape leaves out).
+    remote_compile_ms: u64,
 }
 
 /// Runs one compiler invocation through the cache. `compiler` is the resolved real
@@ -167,6 +170,7 @@ pub fn run(
         farm_at: usize::MAX,
         base: key::BaseDirs::new(&cfg.base_dir.value),
         t0,
+        remote_compile_ms: 0,
     };
     let code = match (family.keying(), cfg.mode.value) {
         (Keying::Declared(decl), _) => flow::run(&mut ctx, &mut declared::Declared::new(decl)),

@@ -311,6 +311,7 @@ pub(super) fn ship(
     ctx.tally.count(Outcome::FarmRemote);
     ctx.tally.count(Outcome::FarmSamePath);
     ctx.tally.add(Outcome::CompileMs, r.compile_ms);
+    ctx.remote_compile_ms = r.compile_ms;
     tracing::info!(
         worker = %r.worker,
         ms = r.compile_ms,
