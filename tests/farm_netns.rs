@@ -135,7 +135,6 @@ fn three_farmd_in_namespaces_build_lua_o2_identical_to_plain() {
 }
 
 #[test]
-
 fn three_farmd_in_namespaces_build_lua_o2_g_objects_and_deps_byte_identical() {
     let _one_at_a_time = heavy();
     // -g puts the build directory and every file name into DWARF; -MMD writes a .d per
@@ -165,4 +164,93 @@ fn three_farmd_in_namespaces_build_lua_o2_g_objects_and_deps_byte_identical() {
     assert_peers_compiled(&cl, &env, n);
     let remote = env.counter(&["farm", "remote"]);
     assert!(remote >= n / 2, "{}", env.stats());
+}
+
+/// `cmake` configure and build of jsoncpp (C++, Makefiles: they keep the compiler's
+/// `.d` files, where Ninja reads and deletes them) in `build`, RelWithDebInfo with
+/// split DWARF, through `launcher` (farm) in the client's namespace when given.
+fn jsoncpp_build(env: &Env, tree: &Path, build: &Path, launcher: Option<(&str, &NetnsCluster)>) {
+    let cmd = |program: &str| match launcher {
+        Some((_, cl)) => cl.client_cmd(env, program),
+        None => env.cmd(program),
+    };
+    let mut configure = cmd("cmake");
+    configure.arg("-S").arg(tree).arg("-B").arg(build).args([
+        "-G",
+        "Unix Makefiles",
+        "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+        "-DCMAKE_CXX_FLAGS=-gsplit-dwarf",
+        "-DJSONCPP_WITH_TESTS=ON",
+        "-DJSONCPP_WITH_POST_BUILD_UNITTEST=OFF",
+        "-DJSONCPP_WITH_PKGCONFIG_SUPPORT=OFF",
+        "-DJSONCPP_WITH_CMAKE_PACKAGE=OFF",
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DBUILD_OBJECT_LIBS=OFF",
+    ]);
+    if let Some((l, _)) = launcher {
+        configure.arg(format!("-DCMAKE_CXX_COMPILER_LAUNCHER={l}"));
+    }
+    let o = configure.output().unwrap();
+    assert!(
+        o.status.success(),
+        "cmake: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = cmd("cmake")
+        .arg("--build")
+        .arg(build)
+        .args(["--", "-j8"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "build: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A real C++ project (Debian's jsoncpp, CMake) built RelWithDebInfo
+/// (`-O2 -g`) with split DWARF over three farmd in namespaces: every object, `.dwo`
+/// and `.d` byte for byte the plain build's, in the same build directory.
+#[test]
+fn three_farmd_in_namespaces_build_a_cpp_project_o2_g_split_dwarf_byte_identical() {
+    let _one_at_a_time = heavy();
+    require("cmake");
+    require("g++");
+    let src = sources("libjsoncpp");
+    let cl = netns_farm();
+    let env = Env::new("direct");
+    let tree = env.root.path().join("jsoncpp");
+    copy_tree(&src, &tree);
+    let build = tree.join("build");
+    jsoncpp_build(&env, &tree, &build, None);
+    let plain = objects(&build);
+    let plain_dwo = files_with_ext(&build, "dwo");
+    let plain_d = files_with_ext(&build, "d");
+    let n = plain.len() as u64;
+    assert!(n >= 5, "{n} objects");
+    assert_eq!(plain_dwo.len() as u64, n, "one .dwo per object");
+    assert!(plain_d.len() as u64 >= n, "a .d per object");
+
+    std::fs::remove_dir_all(&build).unwrap();
+    let farm = farm_bin().display().to_string();
+    jsoncpp_build(&env, &tree, &build, Some((&farm, &cl)));
+    assert_same_objects(
+        &plain,
+        &objects(&build),
+        "C++ -O2 -g objects built by peers",
+    );
+    assert_same_objects(
+        &plain_dwo,
+        &files_with_ext(&build, "dwo"),
+        ".dwo built by peers",
+    );
+    assert_same_objects(&plain_d, &files_with_ext(&build, "d"), ".d built by peers");
+    assert_peers_compiled(&cl, &env, n);
+    assert!(
+        env.counter(&["farm", "same_path"]) >= n / 2,
+        "{}",
+        env.stats()
+    );
 }

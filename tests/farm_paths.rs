@@ -265,7 +265,15 @@ fn a_peer_without_the_compiler_receives_the_toolchain_once() {
     // A peer that takes no toolchains: the compile is done here, unchanged.
     cl.nodes[1].kill9();
     cl.nodes[2].start();
-    cl.wait_live(0, 1);
+    let t0 = std::time::Instant::now();
+    while cl.nodes[0].live_peers() != ["strict"] {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            cl.nodes[0].live_peers()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     env.write("c.c", "int c(int x){return x*3;}\n");
     let plain = env
         .cmd("gcc")

@@ -82,11 +82,11 @@ pub async fn run_paths(node: &Node, peer: &str, job: PathJob) -> PeerResponse {
     let view = RootedView {
         root: laid.root.clone(),
         rw: laid.rw.clone(),
-        ro: laid.ro.clone(),
         cwd: job.cwd.clone(),
         env,
-        // clang finds its resource directory from /proc/self/exe.
-        proc: true,
+        // No /proc (a mount less per job): clang then finds its resource directory
+        // from argv[0] on PATH, which the package lays out as at home.
+        proc: false,
     };
     let t0 = Instant::now();
     let limits = job_limits(&node.cfg);
@@ -178,7 +178,6 @@ fn check_job(job: &PathJob) -> Result<(), String> {
 struct Laid {
     root: PathBuf,
     rw: Vec<(PathBuf, String)>,
-    ro: Vec<(PathBuf, String)>,
     /// Each output path of the job: where the job's write of it lands here, as the
     /// writable directory and the path below it (the job may have replaced any
     /// directory below with a link, so it is walked without following links).
@@ -214,11 +213,24 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
         }
         std::os::unix::fs::symlink(target, &at).map_err(|e| io(p, e))?;
     }
+    // Files go below links laid out above: each directory is resolved once.
+    let mut dirs_at: HashMap<PathBuf, PathBuf> = HashMap::new();
+    let mut place = |path: &Path| -> std::io::Result<PathBuf> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return resolve_in_root(&root, path, true);
+        };
+        if let Some(d) = dirs_at.get(parent) {
+            return Ok(d.join(name));
+        }
+        let d = resolve_dir_in_root(&root, parent, true)?;
+        let at = d.join(name);
+        dirs_at.insert(parent.to_path_buf(), d);
+        Ok(at)
+    };
     for e in &job.toolchain.entries {
         if let ToolKind::File { digest, exec } = &e.kind {
             let file = node.toolchains.file_at(digest, *exec, &node.blobs)?;
-            let at = resolve_in_root(&root, Path::new(&e.path), true)
-                .map_err(|err| io(Path::new(&e.path), err))?;
+            let at = place(Path::new(&e.path)).map_err(|err| io(Path::new(&e.path), err))?;
             if std::fs::symlink_metadata(&at).is_ok() {
                 return Err(format!("toolchain path {} laid out twice", e.path));
             }
@@ -227,8 +239,7 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
     }
     let mut placed: HashMap<PathBuf, [u8; 32]> = HashMap::new();
     for f in &job.files {
-        let at = resolve_in_root(&root, Path::new(&f.path), true)
-            .map_err(|e| io(Path::new(&f.path), e))?;
+        let at = place(Path::new(&f.path)).map_err(|e| io(Path::new(&f.path), e))?;
         if let Some(d) = placed.get(&at) {
             if *d != f.digest {
                 return Err(format!("input {} is two different files", f.path));
@@ -269,15 +280,14 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
         }
     }
     let mut rw = Vec::new();
-    let mut ro = Vec::new();
     let mut host_of: Vec<(PathBuf, PathBuf)> = Vec::new();
     for (n, d) in bound.iter().enumerate() {
         let host = dir.join(format!("w{n}"));
         std::fs::create_dir(&host).map_err(|e| io(&host, e))?;
         let inside = in_job(&root, d);
-        // What the root holds there stays visible: directories made, files bound
-        // read-only over empty ones.
-        mirror(&root, d, &host, &mut ro)?;
+        // What the root holds there stays visible: directories and links made, files
+        // copied.
+        mirror(d, &host)?;
         rw.push((host.clone(), inside));
         host_of.push((d.clone(), host));
     }
@@ -292,7 +302,6 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
     Ok(Laid {
         root,
         rw,
-        ro,
         output_at,
     })
 }
@@ -305,12 +314,7 @@ fn in_job(root: &Path, at: &Path) -> String {
 
 /// Re-creates under `host` what the root holds under `dir`: directories and links as
 /// they are, each file as an empty one with the root's file bound read-only over it.
-fn mirror(
-    root: &Path,
-    dir: &Path,
-    host: &Path,
-    ro: &mut Vec<(PathBuf, String)>,
-) -> Result<(), String> {
+fn mirror(dir: &Path, host: &Path) -> Result<(), String> {
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for e in entries.flatten() {
         let from = e.path();
@@ -318,13 +322,15 @@ fn mirror(
         let Ok(ft) = e.file_type() else { continue };
         if ft.is_dir() {
             std::fs::create_dir(&to).map_err(|e| format!("{}: {e}", to.display()))?;
-            mirror(root, &from, &to, ro)?;
+            mirror(&from, &to)?;
         } else if ft.is_symlink() {
             let t = std::fs::read_link(&from).map_err(|e| format!("{}: {e}", from.display()))?;
             std::os::unix::fs::symlink(t, &to).map_err(|e| format!("{}: {e}", to.display()))?;
         } else {
-            std::fs::write(&to, b"").map_err(|e| format!("{}: {e}", to.display()))?;
-            ro.push((from.clone(), in_job(root, &from)));
+            // A copy, never a link: the job may write here, and a link would write
+            // through to the blob store. A bind mount per file would cost bubblewrap
+            // a mount each (a source tree under /tmp holds hundreds).
+            std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", to.display()))?;
         }
     }
     Ok(())

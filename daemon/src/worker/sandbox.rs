@@ -66,13 +66,12 @@ pub struct View<'a> {
 }
 
 /// What a same-path job sees: its own root (the toolchain and the inputs at their
-/// paths, read-only) with writable directories bound over it.
+/// paths, read-only) with writable directories bound over it (holding copies of what
+/// the root has there).
 pub struct RootedView {
     pub root: PathBuf,
     /// Writable directories: (this machine's directory, where the job sees it).
     pub rw: Vec<(PathBuf, String)>,
-    /// Read-only files bound over a writable directory: (file here, path in the job).
-    pub ro: Vec<(PathBuf, String)>,
     pub cwd: String,
     pub env: Vec<(String, String)>,
     pub proc: bool,
@@ -265,9 +264,6 @@ impl Sandbox {
         }
         for (host, dest) in &view.rw {
             cmd.arg("--bind").arg(host).arg(dest);
-        }
-        for (host, dest) in &view.ro {
-            cmd.arg("--ro-bind").arg(host).arg(dest);
         }
         cmd.arg("--chdir").arg(&view.cwd);
         cmd.arg("--clearenv");
