@@ -179,6 +179,7 @@ fn jsoncpp_build(env: &Env, tree: &Path, build: &Path, launcher: Option<(&str, &
         "-G",
         "Unix Makefiles",
         "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+        "-DCMAKE_CXX_COMPILER=clang++",
         "-DCMAKE_CXX_FLAGS=-gsplit-dwarf",
         "-DJSONCPP_WITH_TESTS=ON",
         "-DJSONCPP_WITH_POST_BUILD_UNITTEST=OFF",
@@ -187,9 +188,10 @@ fn jsoncpp_build(env: &Env, tree: &Path, build: &Path, launcher: Option<(&str, &
         "-DBUILD_SHARED_LIBS=OFF",
         "-DBUILD_OBJECT_LIBS=OFF",
     ]);
-    if let Some((l, _)) = launcher {
-        configure.arg(format!("-DCMAKE_CXX_COMPILER_LAUNCHER={l}"));
-    }
+    // jsoncpp makes whatever `CCACHE_EXECUTABLE` names its compiler launcher (it
+    // looks for ccache): farm, or `env` for the plain build.
+    let l = launcher.map(|(l, _)| l).unwrap_or("/usr/bin/env");
+    configure.arg(format!("-DCCACHE_EXECUTABLE={l}"));
     let o = configure.output().unwrap();
     assert!(
         o.status.success(),
@@ -210,43 +212,51 @@ fn jsoncpp_build(env: &Env, tree: &Path, build: &Path, launcher: Option<(&str, &
     );
 }
 
-/// A real C++ project (Debian's jsoncpp, CMake) built RelWithDebInfo
-/// (`-O2 -g`) with split DWARF over three farmd in namespaces: every object, `.dwo`
-/// and `.d` byte for byte the plain build's, in the same build directory.
+/// A real C++ project (Debian's jsoncpp, CMake) built RelWithDebInfo (`-O2 -g`) with
+/// split DWARF by clang++ over three farmd in namespaces: every object, `.dwo` and `.d`
+/// byte for byte the plain build's, in the same build directory. (clang++, because
+/// g++ 12's split-DWARF unit id is not reproducible for these sources: two plain g++
+/// builds already differ in those 8 bytes of each object and `.dwo`; g++ with `-g`
+/// is covered by lua above and by tests/farm_paths.rs.)
 #[test]
 fn three_farmd_in_namespaces_build_a_cpp_project_o2_g_split_dwarf_byte_identical() {
     let _one_at_a_time = heavy();
     require("cmake");
-    require("g++");
+    require("clang++");
     let src = sources("libjsoncpp");
     let cl = netns_farm();
     let env = Env::new("direct");
     let tree = env.root.path().join("jsoncpp");
     copy_tree(&src, &tree);
     let build = tree.join("build");
+    let outputs = |b: &Path| {
+        let mut all = objects(b);
+        all.extend(files_with_ext(b, "dwo"));
+        all.extend(files_with_ext(b, "d"));
+        all
+    };
     jsoncpp_build(&env, &tree, &build, None);
-    let plain = objects(&build);
-    let plain_dwo = files_with_ext(&build, "dwo");
-    let plain_d = files_with_ext(&build, "d");
-    let n = plain.len() as u64;
+    let plain = outputs(&build);
+    let n = objects(&build).len() as u64;
     assert!(n >= 5, "{n} objects");
-    assert_eq!(plain_dwo.len() as u64, n, "one .dwo per object");
-    assert!(plain_d.len() as u64 >= n, "a .d per object");
+    // CMake's compiler identification object has neither.
+    assert!(
+        files_with_ext(&build, "dwo").len() as u64 >= n - 1,
+        "a .dwo per object"
+    );
+    assert!(
+        files_with_ext(&build, "d").len() as u64 >= n - 1,
+        "a .d per object"
+    );
 
     std::fs::remove_dir_all(&build).unwrap();
     let farm = farm_bin().display().to_string();
     jsoncpp_build(&env, &tree, &build, Some((&farm, &cl)));
     assert_same_objects(
         &plain,
-        &objects(&build),
-        "C++ -O2 -g objects built by peers",
+        &outputs(&build),
+        "C++ -O2 -g split-DWARF outputs built by peers",
     );
-    assert_same_objects(
-        &plain_dwo,
-        &files_with_ext(&build, "dwo"),
-        ".dwo built by peers",
-    );
-    assert_same_objects(&plain_d, &files_with_ext(&build, "d"), ".d built by peers");
     assert_peers_compiled(&cl, &env, n);
     assert!(
         env.counter(&["farm", "same_path"]) >= n / 2,
