@@ -5,7 +5,7 @@
 //! can make a worker run any program it packages. The defence is the job's root: a
 //! tree of hard links (the toolchain's files, the inputs from the blob store) that the
 //! sandbox shows read-only as `/`, with fresh writable directories bound over the
-//! output directories and `/tmp`, no network, its own PID namespace. These tests ship
+//! output directories and its own TMPDIR, no network, its own PID namespace. These tests ship
 //! a bash script as `gcc` (with bash and a few coreutils packaged from this machine)
 //! and check, on what comes back and on the worker's disk, that it reads nothing of
 //! the worker, writes nothing but its own directories, cannot reach the network, and
@@ -333,7 +333,7 @@ exit 0"#,
 /// The shipped compiler tries to write everywhere: through its input (a hard link
 /// into the blob store), through the toolchain's files (hard links into the laid-out
 /// package), by chmod, by a hard link from its writable directory, into `/` and the
-/// toolchain's directories. Only its output directory and /tmp take writes; the blob
+/// toolchain's directories. Only its output directory and its TMPDIR take writes; the blob
 /// store and the laid-out package are unchanged, and the output comes back.
 #[test]
 fn shipped_compiler_cannot_write_through_its_links() {
@@ -349,7 +349,7 @@ try 'echo x > /src/a.c'
 try 'mv /src/a.c /src/b.c'
 try 'rm -f /src/a.c'
 try 'ln /src/a.c /src/hard && echo x >> /src/hard'
-try 'ln /src/a.c /tmp/hard && echo x >> /tmp/hard'
+try 'ln /src/a.c $TMPDIR/hard && echo x >> $TMPDIR/hard'
 try 'echo x >> /usr/bin/bash'
 try 'chmod 777 /usr/bin/bash'
 try 'rm -f /usr/bin/bash'
@@ -358,7 +358,7 @@ try 'touch /newfile'
 try 'mkdir /newdir'
 try 'touch /usr/bin/newfile'
 try '[ -b /dev/sda ] || [ -b /dev/vda ] || [ -b /dev/nvme0n1 ]'
-echo ok > /tmp/scratch && cat /tmp/scratch
+echo ok > $TMPDIR/scratch && cat $TMPDIR/scratch
 cat /src/a.c > /out/a.o && echo object >> /out/a.o
 exit 0"#;
     let t = ship(&peer, script);
@@ -383,7 +383,7 @@ exit 0"#;
         .collect();
     failed.extend(bad_blobs(worker));
     failed.extend(bad_toolchain_files(worker, &t));
-    assert!(out.contains("ok"), "/tmp is not writable: {out}");
+    assert!(out.contains("ok"), "its TMPDIR is not writable: {out}");
     let obj = r.outputs.iter().find(|o| o.path == "/out/a.o");
     assert_eq!(
         obj.map(|o| o.data.clone()),
@@ -420,8 +420,8 @@ fn outputs_are_collected_without_following_the_jobs_links() {
     let node_dir = worker.dir.display().to_string();
     let peer = farm.member_to(1);
     let script = format!(
-        r#"rm -rf /tmp/sub /src/sub
-ln -s {node_dir} /tmp/sub
+        r#"rm -rf /tmp/w/sub /src/sub
+ln -s {node_dir} /tmp/w/sub
 ln -s {node_dir} /src/sub
 ln -s {node_dir}/{key_name} /src/a.o
 mkfifo /src/fifo.d
@@ -430,13 +430,13 @@ exit 0"#
     let t = ship(&peer, &script);
     let src = blob(b"int x;\n".to_vec());
     put_blobs(&peer, vec![src.clone()]);
-    let tmp_key = format!("/tmp/sub/{key_name}");
+    let tmp_key = format!("/tmp/w/sub/{key_name}");
     let src_key = format!("/src/sub/{key_name}");
     let cases: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
         (
-            "a directory under /tmp made a link to the worker's directory",
-            vec!["-c", "a.c", "-o", &tmp_key],
-            vec![&tmp_key],
+            "a directory under a writable /tmp/w made a link to the worker's directory",
+            vec!["-c", "a.c", "-o", "/tmp/w/x.o", "-MD", "-MF", &tmp_key],
+            vec!["/tmp/w/x.o", &tmp_key],
         ),
         (
             "a directory under the output directory made such a link",
@@ -509,9 +509,9 @@ fn a_job_cannot_leave_its_directory_behind() {
     let farm = farm_with_worker("");
     let worker = &farm.nodes[1];
     let peer = farm.member_to(1);
-    let script = r#"mkdir -p /tmp/a/b /src/c && head -c 100000 /dev/zero > /tmp/a/b/big
-cp /tmp/a/b/big /src/c/big
-chmod 000 /tmp/a/b /tmp/a /src/c /tmp /src
+    let script = r#"mkdir -p $TMPDIR/a/b /src/c && head -c 100000 /dev/zero > $TMPDIR/a/b/big
+cp $TMPDIR/a/b/big /src/c/big
+chmod 000 $TMPDIR/a/b $TMPDIR/a /src/c $TMPDIR /src
 exit 0"#;
     let t = ship(&peer, script);
     let src = blob(b"int x;\n".to_vec());

@@ -2,9 +2,9 @@
 //! its toolchain (hard links into the laid-out package) and its inputs (hard links
 //! into the blob store) where the sender has them, and nothing else of this machine;
 //! the sandbox sees that root read-only as `/`, with a fresh writable directory bound
-//! over each directory an output goes to (the inputs there bound again read-only) and
-//! over `/tmp`. What comes back is the outputs the job named, read without following
-//! links.
+//! over each directory an output goes to (holding copies of the inputs there) and over
+//! a scratch directory of its own (its TMPDIR). What comes back is the outputs the job
+//! named, read without following links.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -74,8 +74,8 @@ pub async fn run_paths(node: &Node, peer: &str, job: PathJob) -> PeerResponse {
     let mut env: Vec<(String, String)> = job.env.clone();
     env.retain(|(k, _)| !matches!(k.as_str(), "PWD" | "TMPDIR" | "HOME"));
     env.push(("PWD".into(), job.cwd.clone()));
-    env.push(("TMPDIR".into(), "/tmp".into()));
-    env.push(("HOME".into(), "/tmp".into()));
+    env.push(("TMPDIR".into(), laid.scratch.clone()));
+    env.push(("HOME".into(), laid.scratch.clone()));
     if !env.iter().any(|(k, _)| k == "PATH") {
         env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
     }
@@ -128,6 +128,9 @@ pub async fn run_paths(node: &Node, peer: &str, job: PathJob) -> PeerResponse {
         peer,
         ms = compile_ms,
         setup_ms,
+        toolchain_us = laid.timing[0],
+        inputs_us = laid.timing[1],
+        layout_us = laid.timing[2],
         exit = run.exit_code,
         files = job.files.len(),
         "same-path job done"
@@ -182,16 +185,21 @@ struct Laid {
     /// writable directory and the path below it (the job may have replaced any
     /// directory below with a link, so it is walked without following links).
     output_at: HashMap<String, (PathBuf, PathBuf)>,
+    /// Microseconds to lay out the toolchain, the inputs, and everything.
+    timing: [u64; 3],
+    /// The job's TMPDIR (a writable directory of its own, in the job's paths).
+    scratch: String,
 }
 
 /// Lays out a job's root under `dir`: the toolchain's files (kept by content under
 /// the state directory), the inputs from the blob store, the search directories and
-/// the cwd, writable directories for the outputs and `/tmp`.
+/// the cwd, writable directories for the outputs and a scratch one (TMPDIR).
 fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
+    let t0 = Instant::now();
     let root = dir.join("root");
     let io = |what: &Path, e: std::io::Error| format!("{}: {e}", what.display());
     std::fs::create_dir_all(&root).map_err(|e| io(&root, e))?;
-    for d in ["dev", "proc", "tmp"] {
+    for d in ["dev", "proc"] {
         std::fs::create_dir(root.join(d)).map_err(|e| io(&root, e))?;
     }
     // Links first, shallowest first, so that paths below them resolve through them.
@@ -237,6 +245,7 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
             std::fs::hard_link(&file, &at).map_err(|err| io(&at, err))?;
         }
     }
+    let toolchain_us = t0.elapsed().as_micros() as u64;
     let mut placed: HashMap<PathBuf, [u8; 32]> = HashMap::new();
     for f in &job.files {
         let at = place(Path::new(&f.path)).map_err(|e| io(Path::new(&f.path), e))?;
@@ -259,11 +268,22 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
         }
         placed.insert(at, f.digest);
     }
+    let inputs_us = t0.elapsed().as_micros() as u64 - toolchain_us;
     for d in job.dirs.iter().chain(std::iter::once(&job.cwd)) {
         resolve_dir_in_root(&root, Path::new(d), true).map_err(|e| io(Path::new(d), e))?;
     }
-    // Writable directories: /tmp, and each output's directory not inside another.
-    let mut out_dirs: Vec<PathBuf> = vec![root.join("tmp")];
+    // Writable directories: the scratch one, and each output's directory not inside
+    // another.
+    // The compiler's own scratch directory (TMPDIR): a fresh name no path of the
+    // sender's can be, so that a source tree under /tmp is not made writable (and
+    // copied) with it.
+    let scratch = format!(
+        "/tmp/.farm-job-{}",
+        farm::fsutil::hex(&blake3::hash(dir.as_os_str().as_encoded_bytes()).as_bytes()[..8])
+    );
+    let scratch_at =
+        resolve_dir_in_root(&root, Path::new(&scratch), true).map_err(|e| io(&root, e))?;
+    let mut out_dirs: Vec<PathBuf> = vec![scratch_at];
     let mut output_parent: Vec<(String, PathBuf)> = Vec::new();
     for o in &job.outputs {
         let p = Path::new(o);
@@ -291,6 +311,7 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
         rw.push((host.clone(), inside));
         host_of.push((d.clone(), host));
     }
+    let timing = [toolchain_us, inputs_us, t0.elapsed().as_micros() as u64];
     let mut output_at = HashMap::new();
     for (o, at) in output_parent {
         if let Some((d, host)) = host_of.iter().find(|(d, _)| at.starts_with(d)) {
@@ -303,6 +324,8 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
         root,
         rw,
         output_at,
+        timing,
+        scratch,
     })
 }
 
