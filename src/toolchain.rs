@@ -290,8 +290,26 @@ fn components(p: &Path) -> Vec<OsString> {
 }
 
 /// The shared libraries (and loader) an executable loads, as `ldd` resolves them here.
-/// A static executable, or one `ldd` cannot read, loads none.
+/// A static executable, or one `ldd` cannot read, loads none. Remembered per file and
+/// stamp for the life of the process (farmd packages many names of one compiler).
 fn shared_libraries(exe: &Path) -> Vec<PathBuf> {
+    type Seen = std::sync::Mutex<std::collections::HashMap<(PathBuf, [i64; 5]), Vec<PathBuf>>>;
+    static SEEN: std::sync::OnceLock<Seen> = std::sync::OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    let key = stamp(exe).map(|s| (exe.to_path_buf(), s));
+    if let Some(k) = &key {
+        if let Some(libs) = seen.lock().unwrap().get(k) {
+            return libs.clone();
+        }
+    }
+    let libs = run_ldd(exe);
+    if let Some(k) = key {
+        seen.lock().unwrap().insert(k, libs.clone());
+    }
+    libs
+}
+
+fn run_ldd(exe: &Path) -> Vec<PathBuf> {
     let Ok(out) = Command::new("ldd")
         .arg(exe)
         .env("LC_ALL", "C")

@@ -45,16 +45,31 @@ impl Toolchains {
     /// jobs (`(family, compiler path, name)`), so that jobs naming them need no files
     /// sent. Run off the async threads: it hashes the compilers' files.
     pub fn add_own(&self, compilers: &[(&'static dyn farm::lang::Family, PathBuf, String)]) {
+        // Low priority: this runs while the node already serves jobs, and most of the
+        // names (gcc, gcc-12, cc, c99, x86_64-linux-gnu-gcc-12, ...) are one compiler,
+        // whose programs are asked once.
+        // SAFETY: setpriority on this thread only (a tid is a process id to it).
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+        }
+        let mut files_of: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
         for (family, path, _name) in compilers {
             let Some(pj) = family.path_jobs() else {
                 continue;
             };
-            let files = match pj.toolchain_files(path, path.as_os_str()) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::warn!(compiler = %path.display(), error = %e, "no toolchain package");
-                    continue;
-                }
+            let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            let files = match files_of.get(&canonical) {
+                Some(f) => f.clone(),
+                None => match pj.toolchain_files(path, path.as_os_str()) {
+                    Ok(f) => {
+                        files_of.insert(canonical, f.clone());
+                        f
+                    }
+                    Err(e) => {
+                        tracing::warn!(compiler = %path.display(), error = %e, "no toolchain package");
+                        continue;
+                    }
+                },
             };
             let memo = &self.memo;
             let mut hash = |p: &Path| farm::digest::digest_memo(p, memo);

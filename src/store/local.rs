@@ -77,11 +77,17 @@ impl LocalStore {
     /// a link to another blob.
     pub fn link_blob(&self, key: &CacheKey, dest: &Path) -> Result<(), String> {
         let src = self.entry_path(EntryKind::Blob, key);
-        if let Some(d) = dest.parent() {
-            fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-        }
         let shown = || fsutil::hex(&key.0[..8]);
-        match fs::hard_link(&src, dest) {
+        // The link first: a job's hundreds of inputs mostly go into directories that
+        // are there already (one syscall each, not a walk up the path first).
+        let mut linked = fs::hard_link(&src, dest);
+        if matches!(&linked, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            if let Some(d) = dest.parent() {
+                fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            }
+            linked = fs::hard_link(&src, dest);
+        }
+        match linked {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(format!("blob {}: {} twice", shown(), dest.display()))

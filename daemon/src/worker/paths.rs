@@ -239,9 +239,7 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
         if let ToolKind::File { digest, exec } = &e.kind {
             let file = node.toolchains.file_at(digest, *exec, &node.blobs)?;
             let at = place(Path::new(&e.path)).map_err(|err| io(Path::new(&e.path), err))?;
-            if std::fs::symlink_metadata(&at).is_ok() {
-                return Err(format!("toolchain path {} laid out twice", e.path));
-            }
+            // A path laid out twice fails here (the link exists).
             std::fs::hard_link(&file, &at).map_err(|err| io(&at, err))?;
         }
     }
@@ -255,10 +253,10 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
             }
             continue;
         }
-        if std::fs::symlink_metadata(&at).is_ok() {
-            return Err(format!("input {} is a toolchain file", f.path));
-        }
-        node.blobs.materialize(&f.digest, &at)?;
+        // Laid out already (a toolchain file): the link fails with "twice".
+        node.blobs
+            .materialize(&f.digest, &at)
+            .map_err(|e| format!("input {}: {e}", f.path))?;
         if !node.toolchains.accept && is_elf(&at) {
             return Err(format!(
                 "input {} is an executable or library (accept_toolchains = false: \
