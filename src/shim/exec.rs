@@ -17,7 +17,7 @@ use crate::protocol::{
 use crate::stats::Outcome;
 
 /// Blobs per request to the agent: well under a frame's limit.
-const BLOB_BATCH: usize = 16 << 20;
+pub(super) const BLOB_BATCH: usize = 16 << 20;
 
 /// How a farm attempt ended.
 pub(super) enum Remote<T> {
@@ -581,7 +581,7 @@ fn remote_tree(
     })
 }
 
-fn send_blobs(farm: &Farm, blobs: Vec<Blob>) -> bool {
+pub(super) fn send_blobs(farm: &Farm, blobs: Vec<Blob>) -> bool {
     match farm.ask(&AgentRequest::PutBlobs(blobs)) {
         Some(AgentResponse::Published) => true,
         Some(_) => {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::exec::{count_sent_home, Remote};
+use super::exec::{count_sent_home, send_blobs, Remote, BLOB_BATCH};
 use super::farm::Farm;
 use super::{emit, Ctx};
 use crate::lang::{Passthrough, PathJobs};
@@ -19,8 +19,6 @@ use crate::protocol::{
 use crate::stats::Outcome;
 use crate::{digest, fsutil, toolchain};
 
-/// Blobs per request to the agent: well under a frame's limit.
-const BLOB_BATCH: usize = 16 << 20;
 
 /// How a same-path attempt ended.
 pub(super) enum PathAttempt {
@@ -321,15 +319,4 @@ pub(super) fn ship(
         "compiled by a peer at the same paths"
     );
     PathAttempt::Ran(Remote::Done(payload))
-}
-
-fn send_blobs(farm: &Farm, blobs: Vec<Blob>) -> bool {
-    match farm.ask(&AgentRequest::PutBlobs(blobs)) {
-        Some(AgentResponse::Published) => true,
-        Some(_) => {
-            farm.off_protocol();
-            false
-        }
-        None => false,
-    }
 }

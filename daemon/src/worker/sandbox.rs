@@ -167,15 +167,9 @@ impl Sandbox {
         Ok(sb)
     }
 
-    /// The command that runs `program` in the sandbox; stdin is /dev/null, stdout and
-    /// stderr are pipes, and dropping the child kills the whole tree.
-    pub fn command(
-        &self,
-        program: &Path,
-        args: &[String],
-        view: &View,
-        limits: Limits,
-    ) -> Result<tokio::process::Command, String> {
+    /// prlimit with the job's limits, then bubblewrap with the namespaces, session,
+    /// capabilities and parent-death settings every job gets.
+    fn bwrap_command(&self, limits: Limits) -> tokio::process::Command {
         // The limits are set by util-linux's prlimit, which then runs bubblewrap:
         // setting them between fork and exec would make farmd fork (copying its page
         // tables, milliseconds per job) where it can otherwise spawn.
@@ -197,9 +191,21 @@ impl Sandbox {
             "--new-session",
             "--cap-drop",
             "ALL",
-            "--dev",
-            "/dev",
         ]);
+        cmd
+    }
+
+    /// The command that runs `program` in the sandbox; stdin is /dev/null, stdout and
+    /// stderr are pipes, and dropping the child kills the whole tree.
+    pub fn command(
+        &self,
+        program: &Path,
+        args: &[String],
+        view: &View,
+        limits: Limits,
+    ) -> Result<tokio::process::Command, String> {
+        let mut cmd = self.bwrap_command(limits);
+        cmd.args(["--dev", "/dev"]);
         // A private /proc costs a mount per job (about a millisecond); only what reads
         // /proc (a JVM, mono) gets one.
         if view.proc {
@@ -239,24 +245,7 @@ impl Sandbox {
         view: &RootedView,
         limits: Limits,
     ) -> Result<tokio::process::Command, String> {
-        let mut cmd = tokio::process::Command::new(&self.prlimit);
-        let cpu = limits.cpu.as_secs().max(1);
-        cmd.arg(format!("--cpu={cpu}:{}", cpu + 5))
-            .arg(format!("--as={}", limits.memory))
-            .arg(format!("--fsize={}", limits.file_size))
-            .arg(format!("--nproc={MAX_PROCESSES}"))
-            .arg("--core=0")
-            .arg("--")
-            .arg(&self.bwrap);
-        cmd.args([
-            "--unshare-all",
-            "--unshare-user",
-            "--disable-userns",
-            "--die-with-parent",
-            "--new-session",
-            "--cap-drop",
-            "ALL",
-        ]);
+        let mut cmd = self.bwrap_command(limits);
         cmd.arg("--ro-bind").arg(&view.root).arg("/");
         cmd.args(["--dev", "/dev"]);
         if view.proc {
