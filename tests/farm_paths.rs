@@ -435,6 +435,26 @@ fn placement_measures_both_shapes_and_debug_info_takes_the_same_path() {
         "{}",
         env.stats()
     );
+    // What `-march=native` means differs per machine: such a compile stays here.
+    let o = env
+        .cmd(farm_bin())
+        .args(["gcc", "-g", "-march=native", "-c", "s0.c", "-o", "n.o"])
+        .env("FARM_AGENT", cl.nodes[0].socket())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(
+        env.counter(&["farm", "same_path"]),
+        same_path + 4,
+        "{}",
+        env.stats()
+    );
+    assert_eq!(
+        env.counter(&["farm", "home", "native_cpu"]),
+        1,
+        "{}",
+        env.stats()
+    );
 }
 
 /// Depend mode runs no preprocessor, so it ships only same-path jobs, and publishes

@@ -86,12 +86,17 @@ pub fn compiler_identity(
     let mut programs = Vec::new();
     if let Some(list) = probe.programs {
         let files = list(canonical, canonical.as_os_str()).map_err(err)?;
-        let t = crate::toolchain::build(canonical, &files, &mut |p| {
+        // A package that cannot be made (a file unreadable) leaves the identity as it
+        // was before packages: caching goes on, and same-path jobs fail on their own.
+        match crate::toolchain::build(canonical, &files, &mut |p| {
             crate::digest::digest_memo(p, memo_dir)
-        })
-        .map_err(|e| err(std::io::Error::other(e.to_string())))?;
-        h.update(b"\0toolchain\0");
-        h.update(&crate::toolchain::identity_digest(&t));
+        }) {
+            Ok(t) => {
+                h.update(b"\0toolchain\0");
+                h.update(&crate::toolchain::identity_digest(&t));
+            }
+            Err(e) => tracing::warn!(error = %e, "no toolchain package for the identity"),
+        }
         for f in files {
             if let Some(s) = program_stamp(&f) {
                 programs.push((f.to_string_lossy().into_owned(), s));

@@ -19,7 +19,6 @@ use crate::protocol::{
 use crate::stats::Outcome;
 use crate::{digest, fsutil, toolchain};
 
-
 /// How a same-path attempt ended.
 pub(super) enum PathAttempt {
     /// Done on a peer, or sent home (counted).
@@ -129,6 +128,9 @@ pub(super) fn ship(
     let mut files = Vec::with_capacity(spec.inputs.len());
     let mut local_of: HashMap<[u8; 32], PathBuf> = HashMap::new();
     let mut dirs: Vec<PathBuf> = Vec::new();
+    // Directories of inputs that are what they say: a worker lays out real
+    // directories, and gcc writes system headers' real paths into dependency files.
+    let mut real_dirs: HashMap<PathBuf, bool> = HashMap::new();
     for p in &spec.inputs {
         // `a/b/../c` is `a/c` in the worker's tree, whose directories are no links:
         // only when it is the same file here too. The worker makes `a/b` so that
@@ -146,6 +148,14 @@ pub(super) fn ship(
         let Some(path) = placed.to_str() else {
             return not_path("path", p.display().to_string());
         };
+        if let Some(dir) = placed.parent() {
+            let real = *real_dirs
+                .entry(dir.to_path_buf())
+                .or_insert_with(|| std::fs::canonicalize(dir).is_ok_and(|c| c == dir));
+            if !real {
+                return not_path("linked_directory", dir.display().to_string());
+            }
+        }
         let d = match digest::digest_memo(p, &scratch) {
             Ok(d) => d,
             Err(e) => return not_path("input_unreadable", format!("{}: {e}", p.display())),
@@ -175,6 +185,13 @@ pub(super) fn ship(
     let mut batch_bytes = 0usize;
     for d in missing {
         let Some(p) = local_of.get(&d) else { continue };
+        if std::fs::metadata(p).is_ok_and(|m| m.len() > (MAX_FRAME - (1 << 20)) as u64) {
+            // A file no frame holds (a compiler's 100 MB library): only peers that
+            // have this toolchain already could run it.
+            ctx.tally
+                .count(Outcome::FarmHome("toolchain_too_large".into()));
+            return home();
+        }
         let Ok(data) = fsutil::read_file(p) else {
             return home();
         };
@@ -184,8 +201,6 @@ pub(super) fn ship(
             return home();
         }
         if data.len() > MAX_FRAME - (1 << 20) {
-            // A file no frame holds (a compiler's 100 MB library): only peers that
-            // have this toolchain already could run it.
             ctx.tally
                 .count(Outcome::FarmHome("toolchain_too_large".into()));
             return home();
@@ -269,14 +284,16 @@ pub(super) fn ship(
         farm.set_reserved(false);
         return home();
     }
-    // Each file the job named at most once, and nothing else.
+    // Every file the job named, once, and nothing else: a file left out would be read
+    // stale from disk (an empty observation file would record no header at all).
     let mut seen = std::collections::HashSet::new();
     let expected = |p: &str| spec.outputs.iter().any(|o| o.as_os_str() == p);
-    if !r
+    let exact = r
         .outputs
         .iter()
         .all(|o| expected(&o.path) && seen.insert(o.path.clone()))
-    {
+        && seen.len() == spec.outputs.len();
+    if !exact {
         tracing::warn!(worker = %r.worker, "remote outputs do not match the job");
         ctx.tally.count(Outcome::Fallback("bad_output".into()));
         farm.set_reserved(false);

@@ -245,6 +245,10 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
     }
     let toolchain_us = t0.elapsed().as_micros() as u64;
     let mut placed: HashMap<PathBuf, [u8; 32]> = HashMap::new();
+    // The first file of a content is a link into the blob store; the others are
+    // copies: files that are distinct at home stay distinct inodes here (clang's
+    // `#pragma once` and `#import` tell files apart by inode).
+    let mut first_of: HashMap<[u8; 32], PathBuf> = HashMap::new();
     for f in &job.files {
         let at = place(Path::new(&f.path)).map_err(|e| io(Path::new(&f.path), e))?;
         if let Some(d) = placed.get(&at) {
@@ -253,10 +257,21 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
             }
             continue;
         }
-        // Laid out already (a toolchain file): the link fails with "twice".
-        node.blobs
-            .materialize(&f.digest, &at)
-            .map_err(|e| format!("input {}: {e}", f.path))?;
+        match first_of.get(&f.digest) {
+            Some(first) => {
+                if std::fs::symlink_metadata(&at).is_ok() {
+                    return Err(format!("input {} is a toolchain file", f.path));
+                }
+                std::fs::copy(first, &at).map_err(|e| io(&at, e))?;
+            }
+            // Laid out already (a toolchain file): the link fails with "twice".
+            None => {
+                node.blobs
+                    .materialize(&f.digest, &at)
+                    .map_err(|e| format!("input {}: {e}", f.path))?;
+                first_of.insert(f.digest, at.clone());
+            }
+        }
         if !node.toolchains.accept && is_elf(&at) {
             return Err(format!(
                 "input {} is an executable or library (accept_toolchains = false: \
@@ -298,6 +313,7 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
         }
     }
     let mut rw = Vec::new();
+    let mut copied = 0u64;
     let mut host_of: Vec<(PathBuf, PathBuf)> = Vec::new();
     for (n, d) in bound.iter().enumerate() {
         let host = dir.join(format!("w{n}"));
@@ -305,7 +321,7 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
         let inside = in_job(&root, d);
         // What the root holds there stays visible: directories and links made, files
         // copied.
-        mirror(d, &host)?;
+        mirror(d, &host, &mut copied)?;
         rw.push((host.clone(), inside));
         host_of.push((d.clone(), host));
     }
@@ -335,7 +351,11 @@ fn in_job(root: &Path, at: &Path) -> String {
 
 /// Re-creates under `host` what the root holds under `dir`: directories and links as
 /// they are, each file as an empty one with the root's file bound read-only over it.
-fn mirror(dir: &Path, host: &Path) -> Result<(), String> {
+/// Bytes of copies one job's writable directories may hold before it runs: an output
+/// in `/` or a toolchain directory would otherwise copy the whole root per job.
+const MIRROR_MAX: u64 = 256 << 20;
+
+fn mirror(dir: &Path, host: &Path, copied: &mut u64) -> Result<(), String> {
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for e in entries.flatten() {
         let from = e.path();
@@ -343,7 +363,7 @@ fn mirror(dir: &Path, host: &Path) -> Result<(), String> {
         let Ok(ft) = e.file_type() else { continue };
         if ft.is_dir() {
             std::fs::create_dir(&to).map_err(|e| format!("{}: {e}", to.display()))?;
-            mirror(&from, &to)?;
+            mirror(&from, &to, copied)?;
         } else if ft.is_symlink() {
             let t = std::fs::read_link(&from).map_err(|e| format!("{}: {e}", from.display()))?;
             std::os::unix::fs::symlink(t, &to).map_err(|e| format!("{}: {e}", to.display()))?;
@@ -351,7 +371,12 @@ fn mirror(dir: &Path, host: &Path) -> Result<(), String> {
             // A copy, never a link: the job may write here, and a link would write
             // through to the blob store. A bind mount per file would cost bubblewrap
             // a mount each (a source tree under /tmp holds hundreds).
-            std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", to.display()))?;
+            *copied += std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", to.display()))?;
+            if *copied > MIRROR_MAX {
+                return Err(format!(
+                    "output directories hold more than {MIRROR_MAX} bytes of inputs"
+                ));
+            }
         }
     }
     Ok(())

@@ -6,7 +6,7 @@
 //! include computed by a macro keeps the compile off this path.
 
 use super::env::{HOME_ENV, KEY_ENV};
-use super::flags::ASM_OK;
+use super::flags::{is_native_cpu_flag, ASM_OK};
 use super::lookups::{reachable_inputs, search_list};
 use super::{plan, Gcc};
 use crate::lang::{Family, Invocation, Passthrough, PathJobSpec, PathJobs};
@@ -59,6 +59,21 @@ const PATH_DENY_PREFIX: &[&str] = &[
     "-Xpreprocessor",
     "-Wp,",
     "--param=ggc",
+    // The toolchain is probed without the compile's arguments: a flag that picks
+    // another target, multilib or GCC installation would need files it did not pack.
+    "--target",
+    "-target",
+    "-m32",
+    "-mx32",
+    "-m16",
+    "--gcc-toolchain",
+    "--sysroot",
+    "-isysroot",
+    "-b",
+    "-V",
+    // clang reads its default sanitizer ignore lists from its resource directory,
+    // and skips a missing one silently.
+    "-fsanitize",
 ];
 
 /// Environment variables a worker never takes from a job (the loader's).
@@ -67,6 +82,10 @@ const NOT_SENT_ENV: &[&str] = &["LD_LIBRARY_PATH", "LD_PRELOAD"];
 /// The first argument that keeps a compile off a worker, if any.
 fn denied_arg(args: &[String]) -> Option<&str> {
     args.iter().map(String::as_str).find(|a| {
+        // What `native` means differs from machine to machine.
+        if is_native_cpu_flag(a) {
+            return true;
+        }
         if let Some(rest) = a.strip_prefix("-Wa,") {
             return !rest
                 .split(',')
@@ -128,6 +147,9 @@ impl PathJobs for Gcc {
         if p.lang.preprocessed() {
             return Err(Passthrough::new("language", p.lang.x_name()));
         }
+        if let Some((reason @ "native_cpu", detail)) = &p.remote_block {
+            return Err(Passthrough::new(reason, detail.clone()));
+        }
         if let Some(var) = HOME_ENV.iter().find(|v| std::env::var_os(v).is_some()) {
             return Err(Passthrough::new("environment", *var));
         }
@@ -150,6 +172,15 @@ impl PathJobs for Gcc {
         let p = plan(inv);
         let cwd = std::env::current_dir().map_err(|e| Passthrough::new("cwd", e.to_string()))?;
         let sl = search_list(inv, scratch).map_err(|nr| Passthrough::new(nr.reason, nr.detail))?;
+        // A directory the compiler dropped when the search list was memoized may be
+        // there now (a generated-headers directory made mid-build): the list is stale,
+        // and the set of inputs would not be closed under shadowing.
+        if let Some(d) = sl.missing.iter().find(|d| d.exists()) {
+            return Err(Passthrough::new(
+                "search_list_changed",
+                d.display().to_string(),
+            ));
+        }
         let facts = reachable_inputs(&inv.source, &p.forced_includes, &sl)
             .map_err(|nr| Passthrough::new(nr.reason, nr.detail))?;
         let mut inputs: Vec<PathBuf> = std::iter::once(&inv.source)
@@ -285,6 +316,16 @@ pub(super) fn toolchain_files(compiler: &Path, arg0: &OsStr) -> std::io::Result<
         .stderr(Stdio::piped())
         .output()?;
     for line in String::from_utf8_lossy(&out.stderr).lines() {
+        // Files that change how the driver runs the compile: clang's configuration
+        // files, gcc's specs.
+        for prefix in ["Configuration file: ", "Reading specs from "] {
+            if let Some(f) = line.strip_prefix(prefix) {
+                let f = Path::new(f.trim());
+                if f.is_file() {
+                    files.push(f.to_path_buf());
+                }
+            }
+        }
         if let Some(dir) = line.strip_prefix("Selected GCC installation: ") {
             let crt = Path::new(dir.trim()).join("crtbegin.o");
             if crt.is_file() {
