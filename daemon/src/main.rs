@@ -234,7 +234,11 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         sandbox,
         blobs: blobs::BlobStore::new(&cfg.state_dir, cfg.store_max_size / 2),
         shapes: Default::default(),
-        toolchains: toolchains::Toolchains::new(&cfg.state_dir, cfg.accept_toolchains),
+        toolchains: toolchains::Toolchains::new(
+            &cfg.state_dir,
+            cfg.accept_toolchains,
+            cfg.store_max_size / 4,
+        ),
         store,
         endpoint,
         slots: Arc::new(tokio::sync::Semaphore::new(cfg.slots as usize)),

@@ -14,6 +14,9 @@ use crate::blobs::BlobStore;
 
 pub struct Toolchains {
     dir: PathBuf,
+    /// Bytes of toolchain files kept; past it the oldest go (a quarter of
+    /// `store_max_size`): a member sending package after package cannot fill the disk.
+    cap: u64,
     memo: PathBuf,
     /// Files of this node's own packages by digest: where they are installed.
     own_files: Mutex<HashMap<Key, PathBuf>>,
@@ -29,9 +32,10 @@ pub struct Toolchains {
 }
 
 impl Toolchains {
-    pub fn new(state_dir: &Path, accept: bool) -> Toolchains {
+    pub fn new(state_dir: &Path, accept: bool, cap: u64) -> Toolchains {
         Toolchains {
             dir: state_dir.join("toolchains"),
+            cap,
             memo: state_dir.join("memo"),
             own_files: Mutex::new(HashMap::new()),
             own: Mutex::new(Vec::new()),
@@ -171,7 +175,42 @@ impl Toolchains {
             return Err(e);
         }
         std::fs::rename(&tmp, &at).map_err(|e| format!("{}: {e}", at.display()))?;
+        self.trim(&at);
         Ok(at)
+    }
+
+    /// Removes the oldest toolchain files (by when they were laid out) until the kept
+    /// ones fit the cap, never `keep` (the file just made). A job that links a removed
+    /// file keeps its content through its own link; a later job lays it out again.
+    fn trim(&self, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| {
+                let m = e.metadata().ok().filter(|m| m.is_file())?;
+                Some((m.modified().ok()?, m.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
+        if total <= self.cap {
+            return;
+        }
+        files.sort();
+        for (_, len, path) in files {
+            if total <= self.cap {
+                break;
+            }
+            if path == keep {
+                continue;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                total = total.saturating_sub(len);
+                tracing::info!(file = %path.display(), "toolchain file trimmed");
+            }
+        }
     }
 }
 
@@ -187,5 +226,36 @@ impl crate::exec::BlobSource for JobBlobs<'_> {
         self.blobs
             .get(digest)
             .or_else(|| self.toolchains.file(digest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_toolchain_files_stay_within_the_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::new(d.path(), 64 << 20);
+        let t = Toolchains::new(d.path(), true, 3 << 20);
+        let mut laid = Vec::new();
+        for i in 0..5u8 {
+            let data = vec![i; 1 << 20];
+            let digest = *blake3::hash(&data).as_bytes();
+            blobs
+                .put(&[farm::protocol::Blob {
+                    digest,
+                    data: data.clone(),
+                }])
+                .unwrap();
+            let at = t.file_at(&digest, i % 2 == 0, &blobs).unwrap();
+            assert_eq!(std::fs::read(&at).unwrap(), data);
+            laid.push(at);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let kept: Vec<&PathBuf> = laid.iter().filter(|p| p.exists()).collect();
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        // The oldest went, the newest stayed.
+        assert!(!laid[0].exists() && laid[4].exists());
     }
 }
