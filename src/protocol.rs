@@ -389,6 +389,22 @@ pub struct StatusReport {
     pub jobs_refused: u64,
     pub store_entries: u64,
     pub peers: Vec<PeerStatus>,
+    /// farmd's HTTP endpoints (`http` in its configuration); `None` when it serves none.
+    pub http: Option<HttpEndpoints>,
+}
+
+/// The URLs of farmd's HTTP endpoints, so scripts find them without reading its
+/// configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct HttpEndpoints {
+    /// Prometheus metrics (text format).
+    pub metrics: String,
+    /// 200 while the process serves requests (liveness).
+    pub healthz: String,
+    /// 200 while it accepts work (readiness); 503 with the reason otherwise.
+    pub readyz: String,
+    /// The live monitor page.
+    pub monitor: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -415,6 +431,13 @@ pub struct PeerStatus {
     /// UDP bytes this node sent to / received from it on its connection there.
     pub bytes_sent: u64,
     pub bytes_received: u64,
+}
+
+/// A message's digest (blake3 of its encoding, before framing): the same message,
+/// the same digest. The audit log names jobs by it.
+pub fn message_digest<T: Serialize>(msg: &T) -> Key {
+    let body = postcard::to_stdvec(msg).expect("postcard encoding to a Vec cannot fail");
+    *blake3::hash(&body).as_bytes()
 }
 
 /// Encodes a message as one frame.

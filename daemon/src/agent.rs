@@ -238,9 +238,16 @@ impl RateLimitedLog {
 async fn shim_session(node: Arc<Node>, remotes: Arc<RemotePool>, uid: u32, mut stream: UnixStream) {
     let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
     let scope = Scope::of(&node, peer_uid);
+    // Who asks, for the audit log.
+    let submitter = match peer_uid {
+        Some(uid) => format!("uid:{uid}({})", user_name(uid).unwrap_or_default()),
+        None => "uid:?".to_string(),
+    };
     let mut holds_home = false;
     // Home's load when this shim's compile was sent home.
     let mut home_factor = 1.0;
+    // The family of the compiler this shim asked to place (for home compile times).
+    let mut family = "";
     loop {
         let req: AgentRequest = match tokio::time::timeout(
             SHIM_REQUEST_WAIT,
@@ -269,23 +276,29 @@ async fn shim_session(node: Arc<Node>, remotes: Arc<RemotePool>, uid: u32, mut s
                     None => AgentResponse::Missing,
                 }
             }
-            AgentRequest::Place { compiler } => match place(&node, &compiler, &[], true, true) {
-                Ok(Place::Peer(..)) => {
-                    AgentResponse::ShipAs(node.shapes.choose(&compiler.identity))
+            AgentRequest::Place { compiler } => {
+                family = farm::lang::family_for(&compiler.name).map_or("", |f| f.name());
+                match place(&node, &compiler, &[], true, true) {
+                    Ok(Place::Peer(..)) => {
+                        crate::metrics::get().count_placement("peer", "");
+                        AgentResponse::ShipAs(node.shapes.choose(&compiler.identity))
+                    }
+                    Ok(Place::Home(factor)) => {
+                        crate::metrics::get().count_placement("home", "placed_home");
+                        home_factor = factor;
+                        holds_home = reserve_home(&node, holds_home);
+                        AgentResponse::Local("placed_home".into())
+                    }
+                    Err(why) => {
+                        crate::metrics::get().count_placement("home", why);
+                        home_factor = home_load(&node);
+                        holds_home = reserve_home(&node, holds_home);
+                        AgentResponse::Local(why.into())
+                    }
                 }
-                Ok(Place::Home(factor)) => {
-                    home_factor = factor;
-                    holds_home = reserve_home(&node, holds_home);
-                    AgentResponse::Local("placed_home".into())
-                }
-                Err(why) => {
-                    home_factor = home_load(&node);
-                    holds_home = reserve_home(&node, holds_home);
-                    AgentResponse::Local(why.into())
-                }
-            },
+            }
             AgentRequest::Compile(job) => {
-                let r = compile(&node, &job).await;
+                let r = compile(&node, &job, &submitter).await;
                 if matches!(&r, AgentResponse::Local(_)) {
                     home_factor = home_load(&node);
                     holds_home = reserve_home(&node, holds_home);
@@ -293,6 +306,7 @@ async fn shim_session(node: Arc<Node>, remotes: Arc<RemotePool>, uid: u32, mut s
                 r
             }
             AgentRequest::Publish { items, local_ms } => {
+                observe_home(family, local_ms);
                 if holds_home {
                     release_home(&node, local_ms, home_factor);
                     holds_home = false;
@@ -308,6 +322,7 @@ async fn shim_session(node: Arc<Node>, remotes: Arc<RemotePool>, uid: u32, mut s
                 AgentResponse::Published
             }
             AgentRequest::LocalDone { local_ms } => {
+                observe_home(family, local_ms);
                 if holds_home {
                     release_home(&node, local_ms, home_factor);
                     holds_home = false;
@@ -328,7 +343,7 @@ async fn shim_session(node: Arc<Node>, remotes: Arc<RemotePool>, uid: u32, mut s
                 }
             },
             AgentRequest::CompileTree(job) => {
-                let r = compile_tree(&node, &job).await;
+                let r = compile_tree(&node, &job, &submitter).await;
                 if matches!(&r, AgentResponse::Local(_)) {
                     home_factor = home_load(&node);
                     holds_home = reserve_home(&node, holds_home);
@@ -336,7 +351,7 @@ async fn shim_session(node: Arc<Node>, remotes: Arc<RemotePool>, uid: u32, mut s
                 r
             }
             AgentRequest::CompilePaths(job) => {
-                let r = match placement::run_paths(&node, &job).await {
+                let r = match placement::run_paths(&node, &job, &submitter).await {
                     Ok(r) => AgentResponse::TreeCompiled(r),
                     Err(why) => AgentResponse::Local(why),
                 };
@@ -375,8 +390,19 @@ async fn shim_session(node: Arc<Node>, remotes: Arc<RemotePool>, uid: u32, mut s
     }
 }
 
+/// A miss this machine's shim compiled itself, as it reports it.
+fn observe_home(family: &str, local_ms: u64) {
+    if local_ms > 0 {
+        crate::metrics::get().observe_compile(
+            family,
+            "home",
+            std::time::Duration::from_millis(local_ms),
+        );
+    }
+}
+
 /// A tree job on a peer, one retry on another; `Local` (home) when none could.
-async fn compile_tree(node: &Node, job: &TreeJob) -> AgentResponse {
+async fn compile_tree(node: &Node, job: &TreeJob, submitter: &str) -> AgentResponse {
     // Workers check this too; a shim never sends such a role.
     if !job
         .outputs
@@ -385,15 +411,15 @@ async fn compile_tree(node: &Node, job: &TreeJob) -> AgentResponse {
     {
         return AgentResponse::Local("bad_request".into());
     }
-    match placement::run_tree(node, job).await {
+    match placement::run_tree(node, job, submitter).await {
         Ok(r) => AgentResponse::TreeCompiled(r),
         Err(why) => AgentResponse::Local(why),
     }
 }
 
 /// A job on a peer, one retry on another; `Local` (home) when none could.
-async fn compile(node: &Node, job: &Job) -> AgentResponse {
-    match placement::run_job(node, job).await {
+async fn compile(node: &Node, job: &Job, submitter: &str) -> AgentResponse {
+    match placement::run_job(node, job, submitter).await {
         Ok(r) => AgentResponse::Compiled(r),
         Err(why) => AgentResponse::Local(why),
     }

@@ -41,6 +41,12 @@ struct FileConfig {
     max_peer_connections: Option<u32>,
     peer_read_budget: Option<String>,
     accept_toolchains: Option<bool>,
+    http: Option<String>,
+    audit_log: Option<String>,
+    audit_log_max_size: Option<String>,
+    audit_log_keep: Option<u32>,
+    #[serde(default)]
+    shim_stats: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +94,28 @@ pub struct DaemonConfig {
     /// Runs same-path jobs on toolchains peers send (in the sandbox), not only on
     /// its own compilers'.
     pub accept_toolchains: bool,
+    /// Where `/metrics`, `/healthz`, `/readyz` and the monitor are served (TCP).
+    pub http: HttpListen,
+    /// The audit log (JSON lines, one per remote job); `None`: off.
+    pub audit_log: Option<PathBuf>,
+    /// Size at which the audit log is rotated.
+    pub audit_log_max_size: u64,
+    /// Rotated audit logs kept (`audit.jsonl.1` … `.N`).
+    pub audit_log_keep: u32,
+    /// Cache directories whose shims' counters (`farm stats`) `/metrics` shows.
+    pub shim_stats: Vec<PathBuf>,
+}
+
+/// Where farmd serves HTTP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpListen {
+    /// Not configured: loopback on the QUIC `listen` port (TCP and UDP ports are
+    /// apart); when that is taken farmd runs without HTTP and says so in its log.
+    Default(SocketAddr),
+    /// Configured: farmd does not start when it cannot listen there.
+    Configured(SocketAddr),
+    /// `http = "off"`.
+    Off,
 }
 
 /// A job's ceiling: one day.
@@ -254,6 +282,38 @@ impl DaemonConfig {
                 })?,
             None => 512 << 20,
         } as usize;
+        let http = match fc.http.as_deref() {
+            None => HttpListen::Default(SocketAddr::from(([127, 0, 0, 1], listen.port()))),
+            Some("off") => HttpListen::Off,
+            Some(a) => HttpListen::Configured(a.parse().map_err(|e| {
+                bad(
+                    "http",
+                    format!("{a:?} is neither host:port nor \"off\" ({e})"),
+                )
+            })?),
+        };
+        let audit_log = match fc.audit_log.as_deref() {
+            Some("off") => None,
+            Some(p) => Some(rel(p)),
+            None => Some(rel(&fc.state_dir).join("audit.jsonl")),
+        };
+        let audit_log_max_size =
+            size("audit_log_max_size", &fc.audit_log_max_size, 16 << 20, 4096)?;
+        let audit_log_keep = fc.audit_log_keep.unwrap_or(4);
+        if audit_log_keep > 100 {
+            return Err(bad(
+                "audit_log_keep",
+                format!("{audit_log_keep} is not between 0 and 100"),
+            ));
+        }
+        let shim_stats = if fc.shim_stats.is_empty() {
+            // This user's own cache: where the shims of farmd's user count.
+            farm::config::Config::load()
+                .map(|c| vec![c.dir.value])
+                .unwrap_or_default()
+        } else {
+            fc.shim_stats.iter().map(|s| rel(s)).collect()
+        };
         let compilers = match fc.compilers {
             Some(list) => list.iter().map(|s| rel(s)).collect(),
             None => default_compilers(),
@@ -289,6 +349,11 @@ impl DaemonConfig {
             max_peer_connections,
             peer_read_budget,
             accept_toolchains: fc.accept_toolchains.unwrap_or(true),
+            http,
+            audit_log,
+            audit_log_max_size,
+            audit_log_keep,
+            shim_stats,
         })
     }
 }

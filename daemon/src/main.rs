@@ -1,11 +1,16 @@
 //! farmd: one per machine. Worker for peers' compiles, cache peer (store) and local
 //! agent for this machine's shims (docs/architecture.md).
 
+mod activity;
 mod agent;
+mod audit;
 mod blobs;
 mod config;
 mod exec;
 mod farm_cache;
+mod http;
+mod metrics;
+mod monitor;
 mod node;
 mod peers;
 mod placement;
@@ -221,6 +226,12 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
     let mut endpoint = quinn::Endpoint::server(tls.server, cfg.listen)
         .with_context(|| format!("cannot listen on udp {}", cfg.listen))?;
     endpoint.set_default_client_config(tls.client);
+    let http = http::bind(&cfg.http)?;
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    let audit = cfg
+        .audit_log
+        .clone()
+        .map(|p| audit::AuditLog::new(p, cfg.audit_log_max_size, cfg.audit_log_keep));
     let store = farm::store::LocalStore::new(&cfg.state_dir.join("store"), cfg.store_max_size);
     let node = Arc::new(Node {
         name: tls.name.clone(),
@@ -263,6 +274,8 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         )),
         read_budget: farm::protocol::ReadBudget::new(cfg.peer_read_budget),
         agent_read_budget: farm::protocol::ReadBudget::new(cfg.peer_read_budget),
+        activity: activity::Activity::new(audit),
+        http: http_addr,
         cfg,
     });
     let listener = agent::bind(&node)?;
@@ -272,6 +285,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         socket = %node.cfg.socket.display(),
         compilers = node.compilers.len(),
         slots = node.cfg.slots,
+        http = ?node.http,
         "farmd started"
     );
     {
@@ -292,6 +306,9 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
     tokio::spawn(server::serve(node.clone()));
     tokio::spawn(peers::gossip(node.clone()));
     tokio::spawn(agent::serve(node.clone(), listener));
+    if let Some(l) = http {
+        tokio::spawn(http::serve(node.clone(), l));
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;

@@ -75,6 +75,10 @@ pub struct Node {
     /// The same for this machine's shims on the agent socket (a budget of its own, so
     /// local users and peers cannot starve each other).
     pub agent_read_budget: farm::protocol::ReadBudget,
+    /// Remote jobs as they start and finish (metrics, audit log, monitor).
+    pub activity: crate::activity::Activity,
+    /// Where farmd serves HTTP (metrics, health, monitor), if it does.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 fn load_milli() -> u32 {
@@ -212,6 +216,7 @@ impl Node {
             jobs_refused: self.jobs_refused.load(Ordering::Relaxed),
             store_entries: self.store.usage().1,
             peers: list,
+            http: self.http.map(crate::http::endpoints),
         }
     }
 }

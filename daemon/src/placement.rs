@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use farm::protocol::{CompilerAd, Job, JobResult, PathJob, TreeJob, TreeResult};
 
+use crate::activity::{Finish, JobFacts, Role};
 use crate::exec::{ExecError, ExecFuture, Executor};
 use crate::node::Node;
 
@@ -238,25 +239,30 @@ fn deadline(node: &Node, job: &Job, rtt: Duration) -> Duration {
 
 /// A text job on a peer, one retry on another. `Err` is the reason the shim compiles
 /// at home (and counts).
-pub async fn run_job(node: &Node, job: &Job) -> Result<JobResult, String> {
-    on_peers(node, &job.compiler, job, false).await
+pub async fn run_job(node: &Node, job: &Job, submitter: &str) -> Result<JobResult, String> {
+    on_peers(node, &job.compiler, job, false, submitter).await
 }
 
 /// A tree job on a peer, one retry on another. `Err` is the reason the shim compiles
 /// at home (and counts).
-pub async fn run_tree(node: &Node, job: &TreeJob) -> Result<TreeResult, String> {
-    on_peers(node, &job.compiler, job, false).await
+pub async fn run_tree(node: &Node, job: &TreeJob, submitter: &str) -> Result<TreeResult, String> {
+    on_peers(node, &job.compiler, job, false, submitter).await
 }
 
 /// A same-path job on a peer (one with the compiler, or one that takes toolchains),
 /// one retry on another. `Err` is the reason the shim compiles at home.
-pub async fn run_paths(node: &Node, job: &PathJob) -> Result<TreeResult, String> {
-    on_peers(node, &job.compiler, job, true).await
+pub async fn run_paths(node: &Node, job: &PathJob, submitter: &str) -> Result<TreeResult, String> {
+    on_peers(node, &job.compiler, job, true, submitter).await
 }
 
 /// What goes to an executor: how placement bounds it and runs it there.
-trait Work: Sync {
+trait Work: Sync + serde::Serialize {
     type Done: Send;
+    /// The job's shape, as metrics and the audit log name it.
+    const SHAPE: &'static str;
+    fn family(&self) -> &str;
+    /// The compiler's exit code, its run time and the worker's name.
+    fn answer(done: &Self::Done) -> (i32, u64, &str);
     /// Its deadline on a peer `rtt` away, and the size it ships (0: not measured).
     fn limit(&self, node: &Node, rtt: Duration) -> (Duration, usize);
     fn run<'a>(
@@ -271,6 +277,13 @@ trait Work: Sync {
 
 impl Work for Job {
     type Done = JobResult;
+    const SHAPE: &'static str = "text";
+    fn family(&self) -> &str {
+        &self.family
+    }
+    fn answer(done: &JobResult) -> (i32, u64, &str) {
+        (done.exit_code, done.compile_ms, &done.worker)
+    }
     fn limit(&self, node: &Node, rtt: Duration) -> (Duration, usize) {
         (deadline(node, self, rtt), self.source.len())
     }
@@ -289,6 +302,13 @@ impl Work for Job {
 
 impl Work for TreeJob {
     type Done = TreeResult;
+    const SHAPE: &'static str = "tree";
+    fn family(&self) -> &str {
+        &self.family
+    }
+    fn answer(done: &TreeResult) -> (i32, u64, &str) {
+        (done.exit_code, done.compile_ms, &done.worker)
+    }
     fn limit(&self, node: &Node, _rtt: Duration) -> (Duration, usize) {
         // Tree jobs are whole modules: only the configured ceiling bounds them.
         (node.cfg.job_timeout, 0)
@@ -308,6 +328,13 @@ impl Work for TreeJob {
 
 impl Work for PathJob {
     type Done = TreeResult;
+    const SHAPE: &'static str = "paths";
+    fn family(&self) -> &str {
+        &self.family
+    }
+    fn answer(done: &TreeResult) -> (i32, u64, &str) {
+        (done.exit_code, done.compile_ms, &done.worker)
+    }
     fn limit(&self, node: &Node, rtt: Duration) -> (Duration, usize) {
         // A compile of one source: bounded like a text job of its inputs' size would
         // be, which the measurements per MiB do not cover; the ceiling, generously.
@@ -342,7 +369,9 @@ async fn on_peers<W: Work>(
     compiler: &CompilerAd,
     work: &W,
     toolchain_ok: bool,
+    submitter: &str,
 ) -> Result<W::Done, String> {
+    let digest = farm::protocol::message_digest(work);
     let mut tried: Vec<String> = Vec::new();
     let mut last_failure = "";
     let mut none = "no_peer";
@@ -356,9 +385,49 @@ async fn on_peers<W: Work>(
             }
         };
         tried.push(cand.addr.clone());
+        let peer_name = node
+            .peers
+            .lock()
+            .unwrap()
+            .get(&cand.addr)
+            .map(|p| p.node.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| cand.addr.clone());
+        let started = node.activity.start(JobFacts {
+            role: Role::Placed,
+            shape: W::SHAPE,
+            family: work.family(),
+            compiler,
+            submitter: submitter.to_string(),
+            peer: &peer_name,
+            digest,
+        });
         match run_on(node, &cand, work).await {
-            Ok(r) => return Ok(r),
-            Err(why) => last_failure = why,
+            Ok(r) => {
+                let (exit_code, compile_ms, worker) = W::answer(&r);
+                node.activity.finish(
+                    started,
+                    Finish {
+                        outcome: if exit_code == 0 { "ok" } else { "failed" },
+                        compile_ms: Some(compile_ms),
+                        queue_ms: None,
+                        worker: Some(worker),
+                    },
+                );
+                return Ok(r);
+            }
+            Err(why) => {
+                node.activity.finish(
+                    started,
+                    Finish {
+                        outcome: why,
+                        compile_ms: None,
+                        queue_ms: None,
+                        worker: None,
+                    },
+                );
+                last_failure = why
+            }
         }
     }
     Err(if tried.is_empty() {

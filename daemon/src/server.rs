@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use farm::protocol::{self, PeerRequest, PeerResponse, MAX_FRAME};
 
+use crate::activity::{Finish, JobFacts, Role, Started};
 use crate::node::Node;
 use crate::peers::{self, LogLimit};
 use crate::store_role;
@@ -124,10 +125,66 @@ async fn answer(node: &Node, peer: &str, remote: SocketAddr, req: PeerRequest) -
         PeerRequest::Get { kind, key } => store_role::get(node, kind, key),
         PeerRequest::Have { kind, key } => store_role::have(node, kind, key),
         PeerRequest::Put(item) => store_role::put(node, item),
-        PeerRequest::Job(job) => crate::worker::run(node, peer, job).await,
+        PeerRequest::Job(job) => {
+            let started = served(node, peer, "text", &job.family, &job.compiler, &job);
+            let r = crate::worker::run(node, peer, job).await;
+            finish_served(node, started, r)
+        }
         PeerRequest::HaveBlobs(digests) => store_role::have_blobs(node, &digests),
         PeerRequest::PutBlobs(blobs) => store_role::put_blobs(node, &blobs),
-        PeerRequest::TreeJob(job) => crate::worker::run_tree(node, peer, job).await,
-        PeerRequest::PathJob(job) => crate::worker::run_paths(node, peer, *job).await,
+        PeerRequest::TreeJob(job) => {
+            let started = served(node, peer, "tree", &job.family, &job.compiler, &job);
+            let r = crate::worker::run_tree(node, peer, job).await;
+            finish_served(node, started, r)
+        }
+        PeerRequest::PathJob(job) => {
+            let started = served(node, peer, "paths", &job.family, &job.compiler, &*job);
+            let r = crate::worker::run_paths(node, peer, *job).await;
+            finish_served(node, started, r)
+        }
     }
+}
+
+/// A peer's job starting here, as the activity feed records it.
+fn served<T: serde::Serialize>(
+    node: &Node,
+    peer: &str,
+    shape: &'static str,
+    family: &str,
+    compiler: &farm::protocol::CompilerAd,
+    job: &T,
+) -> Started {
+    node.activity.start(JobFacts {
+        role: Role::Served,
+        shape,
+        family,
+        compiler,
+        submitter: format!("node:{peer}"),
+        peer,
+        digest: farm::protocol::message_digest(job),
+    })
+}
+
+fn finish_served(node: &Node, started: Started, r: PeerResponse) -> PeerResponse {
+    let (outcome, compile_ms) = match &r {
+        PeerResponse::Done(d) => (d.exit_code, Some(d.compile_ms)),
+        PeerResponse::TreeDone(d) => (d.exit_code, Some(d.compile_ms)),
+        _ => (-1, None),
+    };
+    let outcome = match (&r, outcome) {
+        (PeerResponse::Refused(_), _) => "refused",
+        (_, 0) => "ok",
+        (_, -1) if compile_ms.is_none() => "protocol",
+        _ => "failed",
+    };
+    node.activity.finish(
+        started,
+        Finish {
+            outcome,
+            compile_ms,
+            queue_ms: None,
+            worker: None,
+        },
+    );
+    r
 }

@@ -14,9 +14,20 @@ pub fn get(node: &Node, kind: EntryKind, key: [u8; 32]) -> PeerResponse {
     if kind == EntryKind::Blob {
         return PeerResponse::Entry(None);
     }
+    let m = crate::metrics::get();
     match node.store.get(kind, &CacheKey(key)) {
-        Ok(v) => PeerResponse::Entry(v.map(serde_bytes::ByteBuf::from)),
+        Ok(v) => {
+            match &v {
+                Some(data) => {
+                    m.count_store("get", "hit");
+                    m.count_store_bytes("out", data.len());
+                }
+                None => m.count_store("get", "miss"),
+            }
+            PeerResponse::Entry(v.map(serde_bytes::ByteBuf::from))
+        }
         Err(e) => {
+            m.count_store("get", "error");
             tracing::warn!(error = %e, "store read failed");
             PeerResponse::Entry(None)
         }
@@ -33,9 +44,18 @@ pub fn have(node: &Node, kind: EntryKind, key: [u8; 32]) -> PeerResponse {
 
 /// A peer's `Put`.
 pub fn put(node: &Node, item: Item) -> PeerResponse {
+    let m = crate::metrics::get();
+    let size = item.data.len();
     match store_item(node, item) {
-        Ok(()) => PeerResponse::Stored,
-        Err(why) => PeerResponse::Refused(format!("{}: {why}", node.name)),
+        Ok(()) => {
+            m.count_store("put", "stored");
+            m.count_store_bytes("in", size);
+            PeerResponse::Stored
+        }
+        Err(why) => {
+            m.count_store("put", "refused");
+            PeerResponse::Refused(format!("{}: {why}", node.name))
+        }
     }
 }
 

@@ -83,6 +83,8 @@ pub struct WarmPool {
     sandbox: Option<(Sandbox, Limits)>,
     /// Idle servers by family, installation and submitter.
     idle: Mutex<HashMap<PoolKey, Vec<Server>>>,
+    /// Servers in `idle`, all pools together (for the metrics, which cannot wait).
+    idle_total: std::sync::atomic::AtomicUsize,
     /// Idle servers kept per pool.
     keep: usize,
     /// Serializes building servers.
@@ -90,12 +92,18 @@ pub struct WarmPool {
 }
 
 impl WarmPool {
+    /// Servers idle in the pool now.
+    pub fn idle_count(&self) -> usize {
+        self.idle_total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn new(state_dir: &Path, keep: usize, sandbox: Option<(Sandbox, Limits)>) -> WarmPool {
         WarmPool {
             state_dir: state_dir.join("jvm"),
             jobs_dir: state_dir.join("jobs"),
             sandbox,
             idle: Mutex::new(HashMap::new()),
+            idle_total: 0.into(),
             keep: keep.max(1),
             build: Mutex::new(()),
         }
@@ -263,7 +271,12 @@ impl WarmPool {
             installation.to_path_buf(),
             submitter.map(str::to_string),
         );
-        let idle = self.idle.lock().await.get_mut(&key).and_then(Vec::pop);
+        let idle = {
+            let mut pools = self.idle.lock().await;
+            let server = pools.get_mut(&key).and_then(Vec::pop);
+            self.count_idle(&pools);
+            server
+        };
         let server = match idle {
             Some(s) => s,
             None => self.spawn(warm, installation, submitter).await?,
@@ -331,12 +344,22 @@ impl WarmPool {
                 .map(|(k, _)| k.clone());
             match other.and_then(|k| idle.get_mut(&k)) {
                 Some(v) => drop(v.remove(0)),
-                None => return,
+                None => {
+                    self.count_idle(&idle);
+                    return;
+                }
             }
         }
         let list = idle.entry(lease.key).or_default();
         if list.len() < self.keep {
             list.push(lease.server);
         }
+        self.count_idle(&idle);
+    }
+
+    fn count_idle(&self, pools: &HashMap<PoolKey, Vec<Server>>) {
+        let n = pools.values().map(Vec::len).sum();
+        self.idle_total
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 }

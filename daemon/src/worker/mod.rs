@@ -27,9 +27,58 @@ pub use paths::run_paths;
 pub use text::run;
 pub use tree::run_tree;
 
-fn refuse(node: &Node, why: String) -> PeerResponse {
+/// Why a worker refused a job: the `reason` label of `farm_refusals_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// farmd is stopping.
+    Stopping,
+    /// A family this node does not know, or one without this kind of job.
+    Family,
+    /// A compiler not on this node's allow-list (by name and identity).
+    Compiler,
+    /// The job's arguments broke the family's rules.
+    Arguments,
+    /// A malformed job: file names, output roles, paths.
+    Request,
+    /// A toolchain this node will not run (`accept_toolchains = false`).
+    Toolchain,
+    /// The queue is full.
+    Busy,
+    /// This node has no job sandbox.
+    NoSandbox,
+    /// The job's inputs could not be laid out.
+    Inputs,
+    /// No warm compiler could be had.
+    Warm,
+    /// The sandboxed compile did not end normally (limits, signals, deadline).
+    Sandbox,
+    /// The outputs could not be read back, or are too large.
+    Outputs,
+}
+
+impl Refusal {
+    fn name(self) -> &'static str {
+        match self {
+            Refusal::Stopping => "stopping",
+            Refusal::Family => "family",
+            Refusal::Compiler => "compiler",
+            Refusal::Arguments => "arguments",
+            Refusal::Request => "request",
+            Refusal::Toolchain => "toolchain",
+            Refusal::Busy => "busy",
+            Refusal::NoSandbox => "no_sandbox",
+            Refusal::Inputs => "inputs",
+            Refusal::Warm => "warm",
+            Refusal::Sandbox => "sandbox",
+            Refusal::Outputs => "outputs",
+        }
+    }
+}
+
+fn refuse(node: &Node, kind: Refusal, why: String) -> PeerResponse {
     node.jobs_refused.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(reason = %why, "job refused");
+    crate::metrics::get().count_refusal(kind.name());
+    tracing::warn!(reason = %why, kind = kind.name(), "job refused");
     PeerResponse::Refused(why)
 }
 
@@ -43,7 +92,8 @@ struct Slot<'a> {
 
 impl<'a> Slot<'a> {
     /// Slots cap concurrent jobs; a long queue is refused so the client goes elsewhere.
-    async fn take(node: &'a Node) -> Result<Slot<'a>, String> {
+    async fn take(node: &'a Node, family: &str) -> Result<Slot<'a>, String> {
+        let t0 = std::time::Instant::now();
         let waiting = node.queue.fetch_add(1, Ordering::Relaxed);
         if waiting >= node.cfg.slots * 2 {
             node.queue.fetch_sub(1, Ordering::Relaxed);
@@ -51,6 +101,7 @@ impl<'a> Slot<'a> {
         }
         let permit = node.slots.clone().acquire_owned().await;
         node.queue.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::get().observe_queue(family, t0.elapsed());
         let Ok(permit) = permit else {
             return Err(format!("{}: stopping", node.name));
         };

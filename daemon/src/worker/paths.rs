@@ -16,7 +16,7 @@ use farm::toolchain::{resolve_dir_in_root, resolve_in_root, valid_path};
 
 use super::sandbox::RootedView;
 use super::spawn::{abnormal, job_limits};
-use super::{refuse, Slot};
+use super::{refuse, Refusal, Slot};
 use crate::node::Node;
 
 /// Most input files one job may name.
@@ -25,21 +25,30 @@ const MAX_FILES: usize = 100_000;
 /// Runs one same-path job for `peer`.
 pub async fn run_paths(node: &Node, peer: &str, job: PathJob) -> PeerResponse {
     if node.stopping.load(Ordering::Relaxed) {
-        return refuse(node, format!("{}: stopping", node.name));
+        return refuse(node, Refusal::Stopping, format!("{}: stopping", node.name));
     }
     let Some(family) = farm::lang::family_by_name(&job.family) else {
-        return refuse(node, format!("unknown family {:?}", job.family));
+        return refuse(
+            node,
+            Refusal::Family,
+            format!("unknown family {:?}", job.family),
+        );
     };
     let Some(path_jobs) = family.path_jobs() else {
-        return refuse(node, format!("no same-path jobs for {:?}", job.family));
+        return refuse(
+            node,
+            Refusal::Family,
+            format!("no same-path jobs for {:?}", job.family),
+        );
     };
     if let Err(why) = check_job(&job) {
-        return refuse(node, format!("refused job: {why}"));
+        return refuse(node, Refusal::Request, format!("refused job: {why}"));
     }
     let digest = farm::toolchain::digest(&job.toolchain);
     if !node.toolchains.runs(&job.toolchain, &digest) {
         return refuse(
             node,
+            Refusal::Toolchain,
             format!(
                 "{}: toolchain {} is not one of this node's (accept_toolchains = false)",
                 node.name,
@@ -55,20 +64,28 @@ pub async fn run_paths(node: &Node, peer: &str, job: PathJob) -> PeerResponse {
         &job.outputs,
         &job.env,
     ) {
-        return refuse(node, format!("refused {}: {}", p.reason, p.detail));
+        return refuse(
+            node,
+            Refusal::Arguments,
+            format!("refused {}: {}", p.reason, p.detail),
+        );
     }
     let Some(sandbox) = node.sandbox.clone() else {
-        return refuse(node, format!("{}: no job sandbox", node.name));
+        return refuse(
+            node,
+            Refusal::NoSandbox,
+            format!("{}: no job sandbox", node.name),
+        );
     };
-    let slot = match Slot::take(node).await {
+    let slot = match Slot::take(node, &job.family).await {
         Ok(s) => s,
-        Err(why) => return refuse(node, why),
+        Err(why) => return refuse(node, Refusal::Busy, why),
     };
     let t_setup = Instant::now();
     let laid = tokio::task::block_in_place(|| lay_out(node, &job, &slot.dir));
     let laid = match laid {
         Ok(l) => l,
-        Err(why) => return refuse(node, format!("{}: {why}", node.name)),
+        Err(why) => return refuse(node, Refusal::Inputs, format!("{}: {why}", node.name)),
     };
     let setup_ms = t_setup.elapsed().as_millis() as u64;
     let mut env: Vec<(String, String)> = job.env.clone();
@@ -95,10 +112,10 @@ pub async fn run_paths(node: &Node, peer: &str, job: PathJob) -> PeerResponse {
         .await;
     let run = match run {
         Ok(r) => r,
-        Err(why) => return refuse(node, format!("{}: {why}", node.name)),
+        Err(why) => return refuse(node, Refusal::Sandbox, format!("{}: {why}", node.name)),
     };
     if let Some(why) = abnormal(run.exit_code) {
-        return refuse(node, format!("{}: {why}", node.name));
+        return refuse(node, Refusal::Sandbox, format!("{}: {why}", node.name));
     }
     let compile_ms = t0.elapsed().as_millis() as u64;
     let mut outputs = Vec::new();
@@ -118,7 +135,13 @@ pub async fn run_paths(node: &Node, peer: &str, job: PathJob) -> PeerResponse {
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return refuse(node, format!("{}: output {o}: {e}", node.name)),
+                Err(e) => {
+                    return refuse(
+                        node,
+                        Refusal::Outputs,
+                        format!("{}: output {o}: {e}", node.name),
+                    )
+                }
             }
         }
     }

@@ -296,16 +296,35 @@ impl Sandbox {
 
     async fn run_command(
         &self,
-        mut cmd: tokio::process::Command,
+        cmd: tokio::process::Command,
         limits: Limits,
         deadline: Duration,
     ) -> Result<Run, String> {
+        let r = self.run_counted(cmd, limits, deadline).await;
+        if let Err((reason, _)) = &r {
+            crate::metrics::get().count_sandbox_failure(reason);
+        }
+        r.map_err(|(_, why)| why)
+    }
+
+    /// [`Sandbox::run_command`], its failures with their `farm_sandbox_failures_total`
+    /// reason.
+    async fn run_counted(
+        &self,
+        mut cmd: tokio::process::Command,
+        limits: Limits,
+        deadline: Duration,
+    ) -> Result<Run, (&'static str, String)> {
         let t0 = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.bwrap.display()))?;
-        let out = child.stdout.take().ok_or("no stdout pipe")?;
-        let err = child.stderr.take().ok_or("no stderr pipe")?;
+        let mut child = cmd.spawn().map_err(|e| {
+            (
+                "start",
+                format!("cannot start {}: {e}", self.bwrap.display()),
+            )
+        })?;
+        let pipe = |what: &str| ("start", format!("no {what} pipe"));
+        let out = child.stdout.take().ok_or_else(|| pipe("stdout"))?;
+        let err = child.stderr.take().ok_or_else(|| pipe("stderr"))?;
         let work = async {
             let (o, e) = tokio::join!(
                 read_capped(out, limits.output, "stdout"),
@@ -321,8 +340,8 @@ impl Sandbox {
         // On an error or the deadline the child is dropped here: bubblewrap is killed and
         // with it the job's whole PID namespace.
         let (status, stdout, stderr) = match tokio::time::timeout(deadline, work).await {
-            Ok(r) => r?,
-            Err(_) => return Err(format!("job ran past {} s", deadline.as_secs())),
+            Ok(r) => r.map_err(|e| ("output", e))?,
+            Err(_) => return Err(("deadline", format!("job ran past {} s", deadline.as_secs()))),
         };
         use std::os::unix::process::ExitStatusExt as _;
         // bubblewrap exits with 128 + the signal that ended the job's process.
@@ -333,18 +352,18 @@ impl Sandbox {
         };
         let exit_code = match signal {
             Some(libc::SIGXCPU) => {
-                return Err(format!(
-                    "job used more than {} s of CPU",
-                    limits.cpu.as_secs()
+                return Err((
+                    "cpu_limit",
+                    format!("job used more than {} s of CPU", limits.cpu.as_secs()),
                 ))
             }
             Some(libc::SIGXFSZ) => {
-                return Err(format!(
-                    "job wrote a file larger than {} bytes",
-                    limits.file_size
+                return Err((
+                    "file_size_limit",
+                    format!("job wrote a file larger than {} bytes", limits.file_size),
                 ))
             }
-            Some(s) => return Err(format!("job killed by signal {s}")),
+            Some(s) => return Err(("signal", format!("job killed by signal {s}"))),
             None => status.code().unwrap_or(-1),
         };
         Ok(Run {

@@ -10,7 +10,7 @@ use farm::protocol::{Job, JobResult, OutputFile, PeerResponse, MAX_FRAME};
 
 use super::sandbox::{Sandbox, View};
 use super::spawn::{abnormal, read_output, run_compiler};
-use super::{allowed, refuse, Slot};
+use super::{allowed, refuse, Refusal, Slot};
 use crate::node::{AllowedCompiler, Node};
 
 /// Most files a text job may name: its input and its outputs together.
@@ -38,37 +38,59 @@ fn check_names(job: &Job) -> Result<(), String> {
 /// Runs one text job for `peer`, or says why not.
 pub async fn run(node: &Node, peer: &str, job: Job) -> PeerResponse {
     if node.stopping.load(Ordering::Relaxed) {
-        return refuse(node, format!("{}: stopping", node.name));
+        return refuse(node, Refusal::Stopping, format!("{}: stopping", node.name));
     }
     let Some(family) = farm::lang::family_by_name(&job.family) else {
-        return refuse(node, format!("unknown compiler family {:?}", job.family));
+        return refuse(
+            node,
+            Refusal::Family,
+            format!("unknown compiler family {:?}", job.family),
+        );
     };
     let compiler = match allowed(node, &job.compiler) {
         Ok(c) => c,
-        Err(why) => return refuse(node, why),
+        Err(why) => return refuse(node, Refusal::Compiler, why),
     };
     let Some(text_jobs) = family.text_jobs() else {
-        return refuse(node, format!("refused family: {}", family.name()));
+        return refuse(
+            node,
+            Refusal::Family,
+            format!("refused family: {}", family.name()),
+        );
     };
     if let Err(why) = check_names(&job) {
-        return refuse(node, why);
+        return refuse(node, Refusal::Request, why);
     }
     let args = match text_jobs.worker_text_args(&job.input, &job.args, &job.outputs) {
         Ok(a) => a,
-        Err(p) => return refuse(node, format!("refused {}: {}", p.reason, p.detail)),
+        Err(p) => {
+            return refuse(
+                node,
+                Refusal::Arguments,
+                format!("refused {}: {}", p.reason, p.detail),
+            )
+        }
     };
     // Shipped text is compiler input from someone we do not trust: directives that
     // make the compiler or assembler read files are refused (the sandbox would show
     // them nothing but the toolchain, but such a compile is not worth running here).
     if let Err(p) = text_jobs.worker_text_check(&job.source) {
-        return refuse(node, format!("refused {}: {}", p.reason, p.detail));
+        return refuse(
+            node,
+            Refusal::Arguments,
+            format!("refused {}: {}", p.reason, p.detail),
+        );
     }
-    let slot = match Slot::take(node).await {
+    let slot = match Slot::take(node, &job.family).await {
         Ok(s) => s,
-        Err(why) => return refuse(node, why),
+        Err(why) => return refuse(node, Refusal::Busy, why),
     };
     let Some(sandbox) = &node.sandbox else {
-        return refuse(node, format!("{}: no job sandbox", node.name));
+        return refuse(
+            node,
+            Refusal::NoSandbox,
+            format!("{}: no job sandbox", node.name),
+        );
     };
     let result = run_in(node, sandbox, &compiler, &slot.dir, &job, &args).await;
     drop(slot);
@@ -78,7 +100,7 @@ pub async fn run(node: &Node, peer: &str, job: Job) -> PeerResponse {
             tracing::info!(peer, ms = r.compile_ms, exit = r.exit_code, "job done");
             PeerResponse::Done(r)
         }
-        Err(why) => refuse(node, why),
+        Err(why) => refuse(node, Refusal::Sandbox, why),
     }
 }
 

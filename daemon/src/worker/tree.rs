@@ -11,7 +11,7 @@ use farm::protocol::{OutputFile, PeerResponse, TreeJob, TreeResult, MAX_FRAME};
 
 use super::sandbox::{Run, Sandbox, View};
 use super::spawn::{abnormal, run_compiler};
-use super::{allowed, refuse, Slot};
+use super::{allowed, refuse, Refusal, Slot};
 use crate::node::{AllowedCompiler, Node};
 
 /// Runs one tree job for `peer`: its files re-rooted in a private job directory from
@@ -20,24 +20,36 @@ use crate::node::{AllowedCompiler, Node};
 /// the allow-listed compiler when the family has no warm compiler).
 pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
     if node.stopping.load(Ordering::Relaxed) {
-        return refuse(node, format!("{}: stopping", node.name));
+        return refuse(node, Refusal::Stopping, format!("{}: stopping", node.name));
     }
     let Some(family) = farm::lang::family_by_name(&job.family) else {
-        return refuse(node, format!("unknown tree family {:?}", job.family));
+        return refuse(
+            node,
+            Refusal::Family,
+            format!("unknown tree family {:?}", job.family),
+        );
     };
     let Some(tree_jobs) = family.tree_jobs() else {
-        return refuse(node, format!("unknown tree family {:?}", job.family));
+        return refuse(
+            node,
+            Refusal::Family,
+            format!("unknown tree family {:?}", job.family),
+        );
     };
     let compiler = match allowed(node, &job.compiler) {
         Ok(c) => c,
-        Err(why) => return refuse(node, why),
+        Err(why) => return refuse(node, Refusal::Compiler, why),
     };
-    let slot = match Slot::take(node).await {
+    let slot = match Slot::take(node, &job.family).await {
         Ok(s) => s,
-        Err(why) => return refuse(node, why),
+        Err(why) => return refuse(node, Refusal::Busy, why),
     };
     let Some(sandbox) = &node.sandbox else {
-        return refuse(node, format!("{}: no job sandbox", node.name));
+        return refuse(
+            node,
+            Refusal::NoSandbox,
+            format!("{}: no job sandbox", node.name),
+        );
     };
     // Checked before a warm compiler is taken: a refused job costs none. An output
     // role is one plain name: `out.join("/etc/farm")` would be /etc/farm, whose files
@@ -47,7 +59,11 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
         .iter()
         .find(|(r, _)| !farm::lang::valid_output_role(r))
     {
-        return refuse(node, format!("refused output role {role:?}"));
+        return refuse(
+            node,
+            Refusal::Request,
+            format!("refused output role {role:?}"),
+        );
     }
     if let Err(p) = tree_jobs.worker_tree_args(
         &job.args,
@@ -55,7 +71,11 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
         Path::new("/job/in"),
         Path::new("/job/out"),
     ) {
-        return refuse(node, format!("refused {}: {}", p.reason, p.detail));
+        return refuse(
+            node,
+            Refusal::Arguments,
+            format!("refused {}: {}", p.reason, p.detail),
+        );
     }
     // A warm compiler (sandboxed, this peer's own) has a fixed area: the job goes
     // there. A fresh compiler gets the slot's directory.
@@ -70,7 +90,7 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
                 lease = Some(l);
                 a
             }
-            Err(why) => return refuse(node, format!("{}: {why}", node.name)),
+            Err(why) => return refuse(node, Refusal::Warm, format!("{}: {why}", node.name)),
         }
     } else {
         slot.dir.clone()
@@ -84,30 +104,45 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
     cleanup();
     let args = match tree_jobs.worker_tree_args(&job.args, &job.outputs, &root, &out) {
         Ok(a) => a,
-        Err(p) => return refuse(node, format!("refused {}: {}", p.reason, p.detail)),
+        Err(p) => {
+            return refuse(
+                node,
+                Refusal::Arguments,
+                format!("refused {}: {}", p.reason, p.detail),
+            )
+        }
     };
     // Inputs are hard links into the blob store; the job sees them only through a
     // read-only mount, so it cannot write through them.
     for f in &job.files {
         let Some(dest) = farm::lang::reroot(&root, &f.path) else {
             cleanup();
-            return refuse(node, format!("refused file path {:?}", f.path));
+            return refuse(
+                node,
+                Refusal::Request,
+                format!("refused file path {:?}", f.path),
+            );
         };
         if let Err(why) = node.blobs.materialize(&f.digest, &dest) {
             cleanup();
-            return refuse(node, format!("{}: {why}", node.name));
+            return refuse(node, Refusal::Inputs, format!("{}: {why}", node.name));
         }
     }
     if std::fs::create_dir_all(&root).is_err() {
         return refuse(
             node,
+            Refusal::Inputs,
             format!("{}: cannot make {}", node.name, root.display()),
         );
     }
     for (role, _) in &job.outputs {
         if std::fs::create_dir_all(out.join(role)).is_err() {
             cleanup();
-            return refuse(node, format!("refused output role {role:?}"));
+            return refuse(
+                node,
+                Refusal::Request,
+                format!("refused output role {role:?}"),
+            );
         }
     }
     let t0 = Instant::now();
@@ -120,13 +155,13 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
         Err(why) => {
             drop(lease);
             cleanup();
-            return refuse(node, format!("{}: {why}", node.name));
+            return refuse(node, Refusal::Sandbox, format!("{}: {why}", node.name));
         }
     };
     if let Some(why) = abnormal(run.exit_code) {
         drop(lease);
         cleanup();
-        return refuse(node, format!("{}: {why}", node.name));
+        return refuse(node, Refusal::Sandbox, format!("{}: {why}", node.name));
     }
     let compile_ms = t0.elapsed().as_millis() as u64;
     // The job directory's root in messages becomes the sender's own paths again.
@@ -147,7 +182,11 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
                 Ok(f) => f,
                 Err(e) => {
                     cleanup();
-                    return refuse(node, format!("{}: outputs: {e}", node.name));
+                    return refuse(
+                        node,
+                        Refusal::Outputs,
+                        format!("{}: outputs: {e}", node.name),
+                    );
                 }
             };
             for (rel, data) in files {
@@ -166,6 +205,7 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
     if total > MAX_FRAME - (1 << 20) {
         return refuse(
             node,
+            Refusal::Outputs,
             format!("{}: outputs of {total} bytes are too large", node.name),
         );
     }
