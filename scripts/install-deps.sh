@@ -7,14 +7,15 @@
 #            resources plugins, junit4 (jars in /usr/share/java) for the javac tests;
 #            Mono's mcs and xbuild for the C# tests; redis-server, and nginx with its
 #            WebDAV module, the remote cache servers of tests/remote_storage.rs, and
-#            moto's S3 server from PyPI in target/test-venv (pip, in a venv)
+#            moto's S3 server from PyPI in target/test-venv (pip, in a venv); prometheus
+#            (and promtool) for tests/metrics.rs, chromium (headless) for tests/monitor.rs
 #   --bench: also ccache hyperfine distcc icecc sccache python3, the comparison tools
 #            of scripts/bench.sh and scripts/bench-farm.sh
 set -euo pipefail
 pkgs=(gcc g++ clang make cmake ninja-build dpkg-dev xz-utils bzip2 util-linux ca-certificates iproute2 coreutils bubblewrap python3
   default-jdk-headless gradle maven maven-debian-helper libmaven-compiler-plugin-java
   libmaven-resources-plugin-java junit4 mono-mcs mono-devel mono-xbuild
-  redis-server nginx libnginx-mod-http-dav-ext python3-venv)
+  redis-server nginx libnginx-mod-http-dav-ext python3-venv prometheus chromium)
 [[ ${1:-} == --bench ]] && pkgs+=(ccache hyperfine distcc icecc sccache python3)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -145,6 +145,40 @@ impl Metrics {
 /// The registry `/metrics` encodes: the event families and the scrape-time readers.
 pub fn registry(node: &Arc<Node>) -> Registry {
     let m = get();
+    // Known label sets start at 0, so a rate or a dashboard panel has a series before
+    // the first event.
+    for kind in crate::worker::Refusal::ALL {
+        let _ = m
+            .refusals
+            .get_or_create(&labels(&[("reason", kind.name())]));
+    }
+    for reason in crate::worker::sandbox::Sandbox::FAILURES {
+        let _ = m
+            .sandbox_failures
+            .get_or_create(&labels(&[("reason", reason)]));
+    }
+    let _ = m
+        .placements
+        .get_or_create(&labels(&[("decision", "peer"), ("reason", "")]));
+    let _ = m
+        .placements
+        .get_or_create(&labels(&[("decision", "home"), ("reason", "placed_home")]));
+    for (request, result) in [
+        ("get", "hit"),
+        ("get", "miss"),
+        ("get", "error"),
+        ("put", "stored"),
+        ("put", "refused"),
+    ] {
+        let _ = m
+            .store_requests
+            .get_or_create(&labels(&[("request", request), ("result", result)]));
+    }
+    for direction in ["in", "out"] {
+        let _ = m
+            .store_bytes
+            .get_or_create(&labels(&[("direction", direction)]));
+    }
     let mut r = Registry::with_prefix("farm");
     r.register(
         "jobs",

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod farmd;
+pub mod http;
 pub mod netns;
 pub mod rawpeer;
 pub mod secfarm;

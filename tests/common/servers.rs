@@ -250,3 +250,44 @@ pub fn moto_s3() -> Server {
         _dir: dir,
     }
 }
+
+/// Prometheus (Debian's `prometheus`) scraping `targets` (host:port) every second,
+/// its database in a temporary directory.
+pub fn prometheus(targets: &[String]) -> Server {
+    let bin = require("prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let list = targets
+        .iter()
+        .map(|t| format!("'{t}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: farmd\n    static_configs:\n      - targets: [{list}]\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let mut child = Command::new(bin)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "prometheus", &mut child);
+    Server {
+        child,
+        port,
+        _dir: dir,
+    }
+}

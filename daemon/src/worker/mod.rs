@@ -29,7 +29,7 @@ pub use tree::run_tree;
 
 /// Why a worker refused a job: the `reason` label of `farm_refusals_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Refusal {
+pub(crate) enum Refusal {
     /// farmd is stopping.
     Stopping,
     /// A family this node does not know, or one without this kind of job.
@@ -57,7 +57,22 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn name(self) -> &'static str {
+    pub(crate) const ALL: [Refusal; 12] = [
+        Refusal::Stopping,
+        Refusal::Family,
+        Refusal::Compiler,
+        Refusal::Arguments,
+        Refusal::Request,
+        Refusal::Toolchain,
+        Refusal::Busy,
+        Refusal::NoSandbox,
+        Refusal::Inputs,
+        Refusal::Warm,
+        Refusal::Sandbox,
+        Refusal::Outputs,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Refusal::Stopping => "stopping",
             Refusal::Family => "family",

@@ -307,8 +307,18 @@ impl Sandbox {
         r.map_err(|(_, why)| why)
     }
 
+    /// Every reason [`Sandbox::run_counted`] gives.
+    pub const FAILURES: [&'static str; 6] = [
+        "start",
+        "output",
+        "deadline",
+        "cpu_limit",
+        "file_size_limit",
+        "signal",
+    ];
+
     /// [`Sandbox::run_command`], its failures with their `farm_sandbox_failures_total`
-    /// reason.
+    /// reason (one of [`Sandbox::FAILURES`]).
     async fn run_counted(
         &self,
         mut cmd: tokio::process::Command,
