@@ -689,5 +689,30 @@ fn strangers_garbage_and_unsafe_jobs_are_refused() {
         vec!["node-b".to_string()],
         "only the cluster's own node"
     );
+    // Each refusal is counted under its reason in /metrics.
+    let metric = |n: &Node, line: &str| -> f64 {
+        let (_, text) = common::http::get(&format!("http://127.0.0.1:{}/metrics", n.port));
+        text.lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in:\n{text}"))
+    };
+    let b = &cl.nodes[1];
+    assert!(metric(b, "farm_refusals_total{reason=\"arguments\"}") >= 8.0);
+    assert!(metric(b, "farm_refusals_total{reason=\"compiler\"}") >= 1.0);
+    assert!(
+        metric(
+            b,
+            "farm_jobs_total{role=\"served\",shape=\"text\",family=\"gcc\",result=\"ok\"}"
+        ) >= 2.0
+    );
+    let a = &cl.nodes[0];
+    assert!(
+        metric(
+            a,
+            "farm_peer_connections_refused_total{reason=\"handshake\"}"
+        ) >= 1.0
+    );
+    assert!(metric(a, "farm_peer_connections_refused_total{reason=\"revoked\"}") >= 1.0);
     cl.nodes[1].kill9();
 }

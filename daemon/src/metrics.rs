@@ -56,6 +56,8 @@ pub struct Metrics {
     pub placements: Family<Labels, Counter>,
     /// Jobs and connections this node refused, by `reason`.
     pub refusals: Family<Labels, Counter>,
+    /// Peer connections refused before any request, by `reason`.
+    pub connections_refused: Family<Labels, Counter>,
     /// Jobs the sandbox ended or could not start, by `reason`.
     pub sandbox_failures: Family<Labels, Counter>,
     /// Peers' requests to this node's share of the farm's cache, by `request`, `result`.
@@ -71,6 +73,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     job: Family::new_with_constructor(|| Histogram::new(compile_buckets())),
     placements: Family::default(),
     refusals: Family::default(),
+    connections_refused: Family::default(),
     sandbox_failures: Family::default(),
     store_requests: Family::default(),
     store_bytes: Family::default(),
@@ -119,6 +122,12 @@ impl Metrics {
 
     pub fn count_refusal(&self, reason: &str) {
         self.refusals
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc();
+    }
+
+    pub fn count_connection_refused(&self, reason: &str) {
+        self.connections_refused
             .get_or_create(&labels(&[("reason", reason)]))
             .inc();
     }
@@ -174,6 +183,11 @@ pub fn registry(node: &Arc<Node>) -> Registry {
             .store_requests
             .get_or_create(&labels(&[("request", request), ("result", result)]));
     }
+    for reason in ["limit", "handshake", "revoked"] {
+        let _ = m
+            .connections_refused
+            .get_or_create(&labels(&[("reason", reason)]));
+    }
     for direction in ["in", "out"] {
         let _ = m
             .store_bytes
@@ -210,8 +224,13 @@ pub fn registry(node: &Arc<Node>) -> Registry {
     );
     r.register(
         "refusals",
-        "Jobs and peer connections this node refused, by reason",
+        "Peers' jobs this node refused as a worker, by reason",
         m.refusals.clone(),
+    );
+    r.register(
+        "peer_connections_refused",
+        "Peer connections refused before any request: limit (max_peer_connections), handshake (no or wrong certificate), revoked",
+        m.connections_refused.clone(),
     );
     r.register(
         "sandbox_failures",

@@ -28,6 +28,7 @@ pub async fn serve(node: Arc<Node>) {
         let remote = incoming.remote_address();
         // Handshakes count: at most `max_peer_connections` at once, refused beyond.
         let Ok(permit) = node.peer_conns.clone().try_acquire_owned() else {
+            crate::metrics::get().count_connection_refused("limit");
             if let Some(suppressed) = REFUSED_LOG.allow() {
                 tracing::warn!(%remote, suppressed, "connection refused: max_peer_connections reached");
             }
@@ -42,6 +43,7 @@ pub async fn serve(node: Arc<Node>) {
                 Err(e) => {
                     // Wrong CA, no certificate, wrong ALPN, garbage: refused here,
                     // before any application byte.
+                    crate::metrics::get().count_connection_refused("handshake");
                     if let Some(suppressed) = REFUSED_LOG.allow() {
                         tracing::warn!(%remote, error = %e, suppressed, "handshake refused");
                     }
@@ -53,6 +55,7 @@ pub async fn serve(node: Arc<Node>) {
                 return;
             };
             if node.cfg.revoked.contains(&name) {
+                crate::metrics::get().count_connection_refused("revoked");
                 if let Some(suppressed) = REFUSED_LOG.allow() {
                     tracing::warn!(%remote, peer = %name, suppressed, "revoked node refused");
                 }
