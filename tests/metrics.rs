@@ -287,3 +287,60 @@ fn prometheus_scrapes_three_farmd_during_a_build_and_every_dashboard_query_has_d
     );
     assert!(placed_lines.iter().any(|l| l["outcome"] == "refused"));
 }
+
+/// `/readyz` turns 503 the moment farmd starts its graceful stop, while `/healthz`
+/// stays 200 and the job in flight still finishes (a load balancer drains the node,
+/// a supervisor does not kill it).
+#[test]
+fn readyz_drains_on_sigterm_while_healthz_stays_up() {
+    require("gcc");
+    let cl = Cluster::home_and_peer();
+    let home = &cl.nodes[0];
+    let env = Env::new("direct");
+    // A compile of a few seconds, so home's agent is busy with it when stopped.
+    let mut slow = String::new();
+    for i in 0..1500 {
+        slow.push_str(&format!(
+            "int f{i}(int x) {{ int s = 0; for (int k = 0; k < x; k++) s += k * {i} ^ (s >> 3); return s; }}\n"
+        ));
+    }
+    env.write("slow.c", &slow);
+    let farm_cc = farm_cc_bin();
+    let build = env
+        .cmd(&farm_cc)
+        .args(["-O2", "-c", "slow.c"])
+        .env("FARM_AGENT", home.socket())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{}", home.port);
+    // Wait until the job is on the peer, then stop home.
+    let t0 = Instant::now();
+    while !http::get(&format!("{base}/metrics"))
+        .1
+        .contains("farm_jobs_in_flight{role=\"placed\"} 1")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the job never left home"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(http::get(&format!("{base}/readyz")).0, 200);
+    unsafe { libc::kill(home.pid() as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    loop {
+        let (code, body) = http::get(&format!("{base}/readyz"));
+        if code == 503 {
+            assert_eq!(body, "stopping\n");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "readyz still {code}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(http::get(&format!("{base}/healthz")).0, 200);
+    let o = build.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(env.work.join("slow.o").exists());
+}
