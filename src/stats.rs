@@ -20,6 +20,9 @@ use crate::fsutil::FileLock;
 
 const SHARDS: u32 = 16;
 
+/// Bytes of one shard read back, at most.
+const MAX_SHARD: u64 = 1 << 20;
+
 /// Why an outcome happened, as its counter names it: mostly a `&'static str` from
 /// the compiler family (borrowed, so counting it allocates nothing), sometimes text
 /// from farmd's agent (owned).
@@ -513,12 +516,18 @@ impl Stats {
         Ok(())
     }
 
-    /// Sums every shard.
+    /// Sums every shard. A shard is read up to [`MAX_SHARD`] bytes (a real one holds a
+    /// few hundred counters), so a damaged or planted file cannot make the reader
+    /// (`farm stats`, farmd's metrics) grow.
     pub fn read(&self) -> BTreeMap<String, u64> {
         let mut counters = BTreeMap::new();
         for shard in 0..SHARDS {
-            if let Ok(text) = fs::read_to_string(self.shard_path(shard)) {
-                parse_into(&text, &mut counters);
+            let Ok(f) = fs::File::open(self.shard_path(shard)) else {
+                continue;
+            };
+            let mut raw = Vec::new();
+            if f.take(MAX_SHARD).read_to_end(&mut raw).is_ok() {
+                parse_into(&String::from_utf8_lossy(&raw), &mut counters);
             }
         }
         counters

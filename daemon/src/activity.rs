@@ -144,12 +144,15 @@ impl Activity {
     }
 
     pub fn start(&self, facts: JobFacts<'_>) -> Started {
+        // A job's strings come from its sender: the family becomes one this build
+        // knows (metrics labels stay a closed set), the compiler's name is shortened.
+        let family = farm::lang::family_by_name(facts.family).map_or("unknown", |f| f.name());
         let event = JobEvent {
             id: self.seq.fetch_add(1, Ordering::Relaxed),
             role: facts.role,
             shape: facts.shape,
-            family: facts.family.to_string(),
-            compiler: facts.compiler.name.clone(),
+            family: family.to_string(),
+            compiler: facts.compiler.name.chars().take(64).collect(),
             compiler_digest: farm::fsutil::hex(&facts.compiler.identity),
             submitter: facts.submitter,
             peer: facts.peer.to_string(),

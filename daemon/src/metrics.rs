@@ -423,6 +423,40 @@ fn compile_outcome(o: &Outcome) -> Option<&'static str> {
     })
 }
 
+/// Distinct reasons one family shows at most; the rest add up under `other`.
+const MAX_REASONS: usize = 64;
+
+/// The counters of `family` in `sum`, by reason. The stats shards belong to the users
+/// whose directories are listed, so a reason is shown only if farm could have written
+/// it (a short name of letters, digits, `_`, `.`, `-`), and their number is bounded.
+fn reasons(
+    sum: &std::collections::BTreeMap<String, u64>,
+    family: ReasonFamily,
+) -> Vec<(&str, u64)> {
+    let prefix = format!("{}.", family.prefix());
+    let mut out: Vec<(&str, u64)> = Vec::new();
+    let mut other = 0u64;
+    for (k, v) in sum {
+        let Some(reason) = k.strip_prefix(&prefix) else {
+            continue;
+        };
+        let plausible = !reason.is_empty()
+            && reason.len() <= 64
+            && reason
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if plausible && out.len() < MAX_REASONS {
+            out.push((reason, *v));
+        } else {
+            other = other.saturating_add(*v);
+        }
+    }
+    if other > 0 {
+        out.push(("other", other));
+    }
+    out
+}
+
 impl Collector for ShimCounters {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut sum = std::collections::BTreeMap::<String, u64>::new();
@@ -511,10 +545,9 @@ impl Collector for ShimCounters {
                 "Compiles that succeeded and stored nothing, by reason",
             ),
         ] {
-            let prefix = format!("{}.", family.prefix());
-            let series: Vec<_> = sum
-                .iter()
-                .filter_map(|(k, v)| Some(c(&[("reason", k.strip_prefix(&prefix)?)], *v)))
+            let series: Vec<_> = reasons(&sum, family)
+                .into_iter()
+                .map(|(reason, v)| c(&[("reason", reason)], v))
                 .collect();
             put(&mut enc, name, help, None, &series)?;
         }
@@ -544,5 +577,55 @@ impl Collector for ShimCounters {
             ],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planted_or_too_many_reasons_add_up_under_other() {
+        let mut sum = std::collections::BTreeMap::new();
+        sum.insert("fallback.refused".to_string(), 3);
+        sum.insert("fallback.evil\"} 1\nfarm_x{a=\"".to_string(), 5);
+        sum.insert("farm.home.placed_home".to_string(), 7);
+        for i in 0..100 {
+            sum.insert(format!("passthrough.r{i:03}"), 1);
+        }
+        let fallbacks = reasons(&sum, ReasonFamily::Fallback);
+        assert_eq!(fallbacks, vec![("refused", 3), ("other", 5)]);
+        assert_eq!(
+            reasons(&sum, ReasonFamily::FarmHome),
+            vec![("placed_home", 7)]
+        );
+        let pass = reasons(&sum, ReasonFamily::Passthrough);
+        assert_eq!(pass.len(), MAX_REASONS + 1);
+        assert_eq!(pass.last(), Some(&("other", 100 - MAX_REASONS as u64)));
+        assert!(reasons(&sum, ReasonFamily::NotStored).is_empty());
+    }
+
+    #[test]
+    fn a_planted_stats_shard_does_not_break_the_exposition() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("stats")).unwrap();
+        std::fs::write(
+            dir.path().join("stats/0"),
+            "miss 4\nfallback.a\"b 2\nhit.direct 9\n",
+        )
+        .unwrap();
+        let mut r = Registry::with_prefix("farm");
+        r.register_collector(Box::new(ShimCounters(vec![dir.path().to_path_buf()])));
+        let text = encode(&r);
+        assert!(
+            text.contains("farm_compiles_total{outcome=\"miss\"} 4"),
+            "{text}"
+        );
+        assert!(text.contains("farm_compiles_total{outcome=\"hit_direct\"} 9"));
+        assert!(
+            text.contains("farm_fallbacks_total{reason=\"other\"} 2"),
+            "{text}"
+        );
+        assert!(!text.contains("a\"b"));
     }
 }
