@@ -39,6 +39,13 @@ fn render(s: &StatusReport) -> String {
         "  home: {} local slots, {} running | worker: {} slots, {} free, {} jobs served, {} refused | store: {} entries\n\n",
         s.local_slots, s.local_running, s.slots, s.free, s.jobs_served, s.jobs_refused, s.store_entries
     ));
+    if let Some(h) = &s.http {
+        t.pop();
+        t.push_str(&format!(
+            "  monitor: {} | metrics: {} | health: {}, {}\n\n",
+            h.monitor, h.metrics, h.healthz, h.readyz
+        ));
+    }
     t.push_str(&format!(
         "  {:<14} {:<22} {:<5} {:>5} {:>5} {:>5} {:>6} {:>9} {:>9} {:>8} {:>9}  {}\n",
         "PEER",
