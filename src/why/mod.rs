@@ -257,10 +257,12 @@ pub fn probe(before: &Content) -> Content {
     now
 }
 
-/// The absolute, lexically clean path of `source` as compiled from `cwd`: what
-/// records are filed by.
+/// The path records of `source`, as compiled from `cwd`, are filed by: its real path
+/// (so `../src/a.c` from a build directory and `src/a.c` from the top are one
+/// source), else the absolute, lexically clean path.
 pub fn absolute_source(cwd: &Path, source: &Path) -> PathBuf {
-    fsutil::clean_path(&cwd.join(source))
+    let abs = cwd.join(source);
+    std::fs::canonicalize(&abs).unwrap_or_else(|_| fsutil::clean_path(&abs))
 }
 
 /// Where the records of `source` (absolute) live.
