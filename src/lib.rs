@@ -33,3 +33,4 @@ pub mod shim;
 pub mod stats;
 pub mod store;
 pub mod toolchain;
+pub mod why;

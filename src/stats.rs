@@ -386,6 +386,14 @@ impl Tally {
         self.0.push((outcome, n));
     }
 
+    /// The reason of the last outcome counted in `family`, if one was.
+    pub fn last_reason(&self, family: ReasonFamily) -> Option<&str> {
+        self.0.iter().rev().find_map(|(o, _)| match o.reason() {
+            Some((f, r)) if f == family => Some(r),
+            _ => None,
+        })
+    }
+
     /// Adds what was gathered to `stats`; a failure is logged, never the build's.
     pub fn flush(&self, stats: &Stats) {
         if let Err(e) = stats.add(&self.0) {

@@ -84,6 +84,8 @@ pub(super) fn run(rest: &[String]) -> i32 {
     match rest.first().map(String::as_str) {
         Some("clear") if rest.len() == 1 => {
             let store = LocalStore::new(&cfg.dir.value, cfg.max_size.value);
+            // The records `farm why` keeps go with the entries they explain.
+            let _ = std::fs::remove_dir_all(cfg.dir.value.join("why"));
             match store.clear() {
                 Ok(n) => {
                     out(&format!(

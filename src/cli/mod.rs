@@ -11,6 +11,7 @@ mod cluster;
 mod config;
 mod stats;
 mod status;
+mod why;
 
 const COMMANDS: &[&str] = &[
     "stats",
@@ -18,6 +19,7 @@ const COMMANDS: &[&str] = &[
     "config",
     "status",
     "cluster",
+    "why",
     "gradle-init",
     "maven-init",
     "help",
@@ -52,6 +54,9 @@ COMMANDS
   farm cache ping                try each remote tier now (remote_storage)
   farm config [--json]           effective configuration and where each value came from
   farm status [--json] [--watch] the farm as this machine's farmd sees it
+  farm why SOURCE [--json]       why the last compile of SOURCE missed: what differs from
+                                 the nearest earlier compile (a header, an argument, ...)
+  farm why -- COMPILER ARGS...   would this compile hit? if not, what differs
   farm cluster init DIR          make a cluster CA (see `farm cluster help`)
   farm cluster issue NAME        make a node certificate signed by the cluster CA
   farm gradle-init [--install]   Gradle init script: javac through farm-javac when FARM_GRADLE=1
@@ -98,6 +103,10 @@ fn load() -> Result<Config, i32> {
 }
 
 pub fn run(args: &[OsString]) -> i32 {
+    // Its command line is a compile's: kept as it is, not made text.
+    if args.first().is_some_and(|a| a == "why") {
+        return why::run(&args[1..]);
+    }
     let args: Vec<String> = args
         .iter()
         .map(|a| a.to_string_lossy().into_owned())

@@ -3,7 +3,9 @@
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 use std::process::{Command, Stdio};
 
 use super::KeyError;
@@ -21,11 +23,26 @@ pub fn compiler_identity(
     probe: &IdentityProbe,
     memo_dir: &Path,
 ) -> Result<[u8; 32], KeyError> {
-    let err = |err| KeyError::Compiler {
+    let memo = memo_path(canonical, probe, memo_dir)?;
+    if let Ok(data) = fs::read(&memo) {
+        if let Some(d) = read_memo(&data) {
+            return Ok(d);
+        }
+    }
+    compute(canonical, probe, memo_dir, &memo)
+}
+
+/// Where the identity of the compiler at `canonical`, as it is now (its and its probe
+/// files' stamps), is memoized.
+fn memo_path(
+    canonical: &Path,
+    probe: &IdentityProbe,
+    memo_dir: &Path,
+) -> Result<PathBuf, KeyError> {
+    let meta = fs::metadata(canonical).map_err(|err| KeyError::Compiler {
         path: canonical.to_path_buf(),
         err,
-    };
-    let meta = fs::metadata(canonical).map_err(err)?;
+    })?;
     let mut h = blake3::Hasher::new();
     h.update(b"farm-compiler-memo-2\0");
     h.update(canonical.as_os_str().as_bytes());
@@ -51,15 +68,47 @@ pub fn compiler_identity(
             h.update(&v.to_le_bytes());
         }
     }
-    let memo = memo_dir.join(format!(
+    Ok(memo_dir.join(format!(
         "{}.id",
         fsutil::hex(&h.finalize().as_bytes()[..16])
-    ));
-    if let Ok(data) = fs::read(&memo) {
-        if let Some(d) = read_memo(&data) {
-            return Ok(d);
-        }
-    }
+    )))
+}
+
+/// What a compiler identity was made of, for explaining a changed one (`farm why`):
+/// kept beside the memo when the identity is computed, never read on a hit.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdentityFacts {
+    /// The driver binary's content digest.
+    pub binary: [u8; 32],
+    /// The last line of what the version arguments printed (`gcc version 12.2.0 …`).
+    pub version: String,
+    /// The version output's digest (all of it).
+    pub version_digest: [u8; 32],
+    /// The toolchain package's digest, when the family lists one and it could be made.
+    pub toolchain: Option<[u8; 32]>,
+}
+
+/// The facts of the compiler's current identity, if its memo holds them.
+pub fn identity_facts(
+    canonical: &Path,
+    probe: &IdentityProbe,
+    memo_dir: &Path,
+) -> Option<IdentityFacts> {
+    let memo = memo_path(canonical, probe, memo_dir).ok()?;
+    let data = fs::read(memo.with_extension("facts")).ok()?;
+    postcard::from_bytes(&data).ok()
+}
+
+fn compute(
+    canonical: &Path,
+    probe: &IdentityProbe,
+    memo_dir: &Path,
+    memo: &Path,
+) -> Result<[u8; 32], KeyError> {
+    let err = |err| KeyError::Compiler {
+        path: canonical.to_path_buf(),
+        err,
+    };
     let binary = fsutil::read_file(canonical).map_err(err)?;
     let version = Command::new(canonical)
         .args(&probe.version_args)
@@ -70,10 +119,20 @@ pub fn compiler_identity(
         .map_err(err)?;
     let mut h = blake3::Hasher::new();
     h.update(b"farm-compiler-identity-1\0");
-    h.update(blake3::hash(&binary).as_bytes());
+    let binary = *blake3::hash(&binary).as_bytes();
+    h.update(&binary);
     h.update(&version.stdout);
     h.update(b"\0");
     h.update(&version.stderr);
+    let mut facts = IdentityFacts {
+        binary,
+        version: last_line(&version.stderr)
+            .or_else(|| last_line(&version.stdout))
+            .unwrap_or_default(),
+        version_digest: *blake3::hash(&[&version.stdout[..], b"\0", &version.stderr].concat())
+            .as_bytes(),
+        toolchain: None,
+    };
     for f in &probe.files {
         h.update(b"\0file\0");
         h.update(f.as_os_str().as_bytes());
@@ -93,7 +152,9 @@ pub fn compiler_identity(
         }) {
             Ok(t) => {
                 h.update(b"\0toolchain\0");
-                h.update(&crate::toolchain::identity_digest(&t));
+                let digest = crate::toolchain::identity_digest(&t);
+                h.update(&digest);
+                facts.toolchain = Some(digest);
             }
             Err(e) => tracing::warn!(error = %e, "no toolchain package for the identity"),
         }
@@ -107,8 +168,18 @@ pub fn compiler_identity(
     let mut data = id.to_vec();
     data.extend(postcard::to_allocvec(&programs).unwrap_or_default());
     let _ = fsutil::create_cache_dir_all(memo_dir);
-    let _ = fsutil::write_cache_atomic(&memo, &data);
+    let _ = fsutil::write_cache_atomic(memo, &data);
+    if let Ok(f) = postcard::to_allocvec(&facts) {
+        let _ = fsutil::write_cache_atomic(&memo.with_extension("facts"), &f);
+    }
     Ok(id)
+}
+
+/// The last non-empty line of a program's output, trimmed and bounded.
+fn last_line(out: &[u8]) -> Option<String> {
+    let s = String::from_utf8_lossy(out);
+    let line = s.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    Some(line.chars().take(200).collect())
 }
 
 /// What identifies a toolchain program's file without reading it.

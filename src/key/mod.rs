@@ -24,7 +24,7 @@ use crate::fsutil;
 use crate::lang::{Invocation, KeyInput, KeyPath};
 use crate::store::CacheKey;
 
-pub use identity::compiler_identity;
+pub use identity::{compiler_identity, identity_facts, IdentityFacts};
 pub use manifest::{
     entry_matches, record_entry, result_key, CheckMemo, FileDigest, Manifest, ManifestEntry,
     MissingPath, PreprocessorOnly, RecordError, MAX_MANIFEST_ENTRIES, TOO_NEW_SLACK_NS,
@@ -61,6 +61,31 @@ fn put_field(h: &mut blake3::Hasher, tag: &str, value: &[u8]) {
     h.update(value);
 }
 
+/// Where a key's fields go: a hasher (the key itself), or a recorder that keeps them
+/// labelled to explain a miss (`farm why`). One function feeds both, so an
+/// explanation is exactly what the key hashed; generic, so the hasher's path costs
+/// nothing more than before.
+pub trait FieldSink {
+    fn field(&mut self, tag: &'static str, value: &[u8]);
+}
+
+impl FieldSink for blake3::Hasher {
+    #[inline]
+    fn field(&mut self, tag: &'static str, value: &[u8]) {
+        put_field(self, tag, value);
+    }
+}
+
+/// The fields of a key as they were hashed, in order, tag and value.
+#[derive(Default, Debug, Clone)]
+pub struct RecordedFields(pub Vec<(&'static str, Vec<u8>)>);
+
+impl FieldSink for RecordedFields {
+    fn field(&mut self, tag: &'static str, value: &[u8]) {
+        self.0.push((tag, value.to_vec()));
+    }
+}
+
 /// Everything in a key except the source's content: schema, key class, family,
 /// compiler identity, how it was invoked, normalized arguments, key-only facts, the
 /// environment that matters, the working directory when it reaches the outputs, and
@@ -74,16 +99,29 @@ pub fn base_hasher(
     base: &BaseDirs,
 ) -> Result<blake3::Hasher, KeyError> {
     let mut h = blake3::Hasher::new();
-    put_field(&mut h, "schema", &SCHEMA.to_le_bytes());
-    put_field(&mut h, "class", class.as_bytes());
-    put_field(&mut h, "family", scheme.family.as_bytes());
-    put_field(&mut h, "compiler", identity);
+    base_fields(&mut h, class, scheme, identity, inv, base)?;
+    Ok(h)
+}
+
+/// [`base_hasher`]'s fields, into any [`FieldSink`].
+pub fn base_fields<S: FieldSink>(
+    h: &mut S,
+    class: &str,
+    scheme: KeyScheme<'_>,
+    identity: &[u8; 32],
+    inv: &Invocation,
+    base: &BaseDirs,
+) -> Result<(), KeyError> {
+    h.field("schema", &SCHEMA.to_le_bytes());
+    h.field("class", class.as_bytes());
+    h.field("family", scheme.family.as_bytes());
+    h.field("compiler", identity);
     let invoked_as = Path::new(&inv.arg0)
         .file_name()
         .unwrap_or(OsStr::new(""))
         .as_bytes();
-    put_field(&mut h, "invoked-as", invoked_as);
-    put_field(&mut h, "argc", &(inv.key_args.len() as u64).to_le_bytes());
+    h.field("invoked-as", invoked_as);
+    h.field("argc", &(inv.key_args.len() as u64).to_le_bytes());
     let mut marked = inv.paths.key_args.iter().peekable();
     for (i, a) in inv.key_args.iter().enumerate() {
         let mut arg = std::borrow::Cow::Borrowed(a.as_bytes());
@@ -92,7 +130,7 @@ pub fn base_hasher(
                 arg = std::borrow::Cow::Owned(relative_arg(&arg, kp, base));
             }
         }
-        put_field(&mut h, "arg", &arg);
+        h.field("arg", &arg);
     }
     for (i, e) in inv.key_extra.iter().enumerate() {
         let e = e.as_bytes();
@@ -100,32 +138,32 @@ pub fn base_hasher(
             Some(eq) if !base.is_empty() && inv.paths.key_extra.contains(&i) => {
                 let mut rel = e[..=eq].to_vec();
                 rel.extend_from_slice(&base.relative(&e[eq + 1..]));
-                put_field(&mut h, "extra", &rel);
+                h.field("extra", &rel);
             }
-            _ => put_field(&mut h, "extra", e),
+            _ => h.field("extra", e),
         }
     }
     for var in scheme.env {
         match std::env::var_os(var) {
             Some(v) => {
-                put_field(&mut h, "env", var.as_bytes());
-                put_field(&mut h, "=", v.as_bytes());
+                h.field("env", var.as_bytes());
+                h.field("=", v.as_bytes());
             }
-            None => put_field(&mut h, "noenv", var.as_bytes()),
+            None => h.field("noenv", var.as_bytes()),
         }
     }
     if let Some(cwd) = &inv.cwd_in_key {
-        put_field(&mut h, "cwd", &base.relative(cwd.as_os_str().as_bytes()));
+        h.field("cwd", &base.relative(cwd.as_os_str().as_bytes()));
     }
     for p in &inv.extra_inputs {
         let data = fsutil::read_file(p).map_err(|err| KeyError::Input {
             path: p.clone(),
             err,
         })?;
-        put_field(&mut h, "input", p.as_os_str().as_bytes());
-        put_field(&mut h, "content", blake3::hash(&data).as_bytes());
+        h.field("input", p.as_os_str().as_bytes());
+        h.field("content", blake3::hash(&data).as_bytes());
     }
-    Ok(h)
+    Ok(())
 }
 
 /// One argument with the path (or paths) `kp` marks made relative.

@@ -68,6 +68,8 @@ pub(super) struct Declared {
     /// goes under (known only once it compiled), looked up after `rkey`.
     pinned_key: Option<CacheKey>,
     outs: Vec<OutputDir>,
+    /// The inputs as keyed (for `farm why`).
+    key_inputs: Vec<lang::KeyInput>,
 }
 
 impl Declared {
@@ -78,6 +80,7 @@ impl Declared {
             rkey: CacheKey([0; 32]),
             pinned_key: None,
             outs: Vec::new(),
+            key_inputs: Vec::new(),
         }
     }
 }
@@ -106,6 +109,7 @@ impl Mode for Declared {
             }
         }
         self.files = inputs.files;
+        self.key_inputs = inputs.key;
         self.outs = self.decl.output_dirs(&ctx.inv);
         Ok(())
     }
@@ -164,6 +168,14 @@ impl Mode for Declared {
             return Ok(Ran::home(&run, None));
         }
         Ok(Ran::home(&run, Some(payload)))
+    }
+
+    fn why_content(&self, ctx: &Ctx) -> (&'static str, crate::why::Content) {
+        let content = crate::why::Content {
+            declared: super::why::declared_content(&self.key_inputs, &ctx.base),
+            ..Default::default()
+        };
+        ("declared", content)
     }
 
     fn store(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, ran: &Ran) -> Vec<Item> {

@@ -30,6 +30,9 @@ pub(super) struct Direct {
     /// With `base_dir`, after a miss by manifest: the key of the preprocessed text
     /// (see [`Direct::text_keys`]), under which the result is also stored.
     text_key: Option<TextKey>,
+    /// For `farm why`, set on a miss only: the source's digest, and the entry recorded.
+    source_digest: Option<crate::why::Digest>,
+    recorded: Option<ManifestEntry>,
 }
 
 /// The preprocessor-mode key of a direct-mode compile, and whether its result must
@@ -51,6 +54,8 @@ impl Direct {
             source: Vec::new(),
             manifest: Manifest::default(),
             text_key: None,
+            source_digest: None,
+            recorded: None,
         }
     }
 
@@ -333,6 +338,7 @@ impl Mode for Direct {
     /// it and every header: the hit path need not scan.)
     fn before_miss(&mut self, ctx: &mut Ctx) -> Result<(), i32> {
         let source = std::mem::take(&mut self.source);
+        self.source_digest = Some(crate::why::short(blake3::hash(&source).as_bytes()));
         match self.obs.source_check(&source) {
             Ok(()) => Ok(()),
             Err(p) => Err(ctx.uncached(&p.detail, p.reason)),
@@ -405,6 +411,17 @@ impl Mode for Direct {
         Ok(Ran::home(&run, payload))
     }
 
+    fn why_content(&self, ctx: &Ctx) -> (&'static str, crate::why::Content) {
+        let content = match &self.recorded {
+            Some(e) => super::why::entry_content(e, &ctx.base, self.source_digest),
+            None => crate::why::Content {
+                source: self.source_digest,
+                ..Default::default()
+            },
+        };
+        ("direct", content)
+    }
+
     fn store(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, ran: &Ran) -> Vec<Item> {
         let Some(payload) = &ran.payload else {
             return Vec::new();
@@ -421,6 +438,7 @@ impl Mode for Direct {
         };
         let entry = self.record(ctx, tiers, started, payload, dep_source);
         let Some(e) = entry else { return Vec::new() };
+        self.recorded = Some(e.clone());
         // Entries for the farm's cache: the result, and a manifest of this entry
         // alone (the key's home merges it into the one it holds).
         let result = e.result;

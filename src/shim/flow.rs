@@ -98,6 +98,10 @@ pub(super) trait Mode {
 
     /// Stores what the miss produced in the local tier; the items for the farm.
     fn store(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, ran: &Ran) -> Vec<Item>;
+
+    /// After a miss was stored, for `farm why`: the key class and what keyed the
+    /// compile besides the base fields.
+    fn why_content(&self, ctx: &Ctx) -> (&'static str, crate::why::Content);
 }
 
 /// Runs one compile through the cache in `mode`.
@@ -179,6 +183,8 @@ fn run_tiers(ctx: &mut Ctx, mode: &mut dyn Mode, tiers: &mut Tiered, farm: &Farm
         }
     };
     let items = mode.store(ctx, tiers, &ran);
+    let (class, content) = mode.why_content(ctx);
+    ctx.note_miss(class, content, !items.is_empty());
     store_remote(ctx, tiers, &items);
     if farm.up() && ctx.farm_at < tiers.len() {
         let published: usize = items.iter().map(|i| i.data.len()).sum();

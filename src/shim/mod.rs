@@ -30,6 +30,9 @@ mod farm;
 mod flow;
 mod path_job;
 mod preprocessor;
+mod why;
+
+pub use why::{predict, Prediction};
 
 /// Replaces this process with the real compiler, argv untouched. Returns only if the
 /// exec itself failed.
@@ -105,6 +108,7 @@ pub fn run(
     let stats = Stats::new(&cfg.dir.value);
     let passthrough = |reason: &str, detail: &str| {
         tracing::info!(compiler = %compiler.display(), reason, detail, "passthrough");
+        why::note_passthrough(cfg, compiler, &arg0, &args, reason, detail);
         let mut t = Tally::default();
         t.count(Outcome::Passthrough(reason.to_string().into()));
         t.flush(&stats);
@@ -377,6 +381,7 @@ impl Ctx<'_> {
     /// Runs the compile without caching it (still counted), output passed through.
     fn uncached(&mut self, detail: &str, reason: &str) -> i32 {
         tracing::info!(detail, reason, "compiling uncached");
+        self.note_uncached(reason, detail);
         self.tally
             .count(Outcome::Passthrough(reason.to_string().into()));
         self.run_real()

@@ -110,6 +110,14 @@ impl Mode for Preprocessor {
         Ok(Ran::home(&run, payload))
     }
 
+    fn why_content(&self, _: &Ctx) -> (&'static str, crate::why::Content) {
+        let content = crate::why::Content {
+            key: Some(crate::why::short(&self.rkey.0)),
+            ..Default::default()
+        };
+        ("preprocessor", content)
+    }
+
     fn store(&mut self, ctx: &mut Ctx, tiers: &mut Tiered, ran: &Ran) -> Vec<Item> {
         let Some(payload) = &ran.payload else {
             return Vec::new();
