@@ -9,6 +9,7 @@ use crate::config::Config;
 mod cache;
 mod cluster;
 mod config;
+mod monitor;
 mod stats;
 mod status;
 
@@ -17,6 +18,7 @@ const COMMANDS: &[&str] = &[
     "cache",
     "config",
     "status",
+    "monitor",
     "cluster",
     "gradle-init",
     "maven-init",
@@ -52,6 +54,7 @@ COMMANDS
   farm cache ping                try each remote tier now (remote_storage)
   farm config [--json]           effective configuration and where each value came from
   farm status [--json] [--watch] the farm as this machine's farmd sees it
+  farm monitor [--no-open]       the live monitor's URL (farmd serves it), opened in a browser
   farm cluster init DIR          make a cluster CA (see `farm cluster help`)
   farm cluster issue NAME        make a node certificate signed by the cluster CA
   farm gradle-init [--install]   Gradle init script: javac through farm-javac when FARM_GRADLE=1
@@ -117,6 +120,7 @@ pub fn run(args: &[OsString]) -> i32 {
         "cache" => cache::run(rest),
         "config" => config::run(rest),
         "status" => status::run(rest),
+        "monitor" => monitor::run(rest),
         "cluster" => cluster::run(rest),
         "gradle-init" => crate::buildtools::gradle_init(rest),
         "maven-init" => crate::buildtools::maven_init(rest),
