@@ -46,20 +46,23 @@ fn chromium() -> Option<PathBuf> {
     }
 }
 
+/// Headless, and quiet on a closed network.
+const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
 /// Runs headless Chromium on `url` with `extra` flags; its stdout.
 fn run_chromium(chromium: &Path, url: &str, extra: &[&str]) -> String {
     let profile = tempfile::tempdir().unwrap();
     let mut child = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
+        .args(CHROMIUM_FLAGS)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         // The page paints the snapshot farmd puts in it before its load event, and
         // its event stream never ends: a real-time limit, not a virtual-time budget
@@ -91,6 +94,124 @@ fn run_chromium(chromium: &Path, url: &str, extra: &[&str]) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
     reader.join().unwrap()
+}
+
+/// Headless Chromium driven over its DevTools protocol on a pipe (fds 3 and 4,
+/// messages ended by NUL): one page that stays open, its DOM read while it runs.
+struct Browser {
+    child: Child,
+    to: std::fs::File,
+    from: std::io::BufReader<std::fs::File>,
+    session: String,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn open(chromium: &Path, url: &str) -> Browser {
+        use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let pipe = || {
+            let mut fds = [0; 2];
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+        };
+        let (cmd_r, cmd_w) = pipe();
+        let (ev_r, ev_w) = pipe();
+        let profile = tempfile::tempdir().unwrap();
+        let mut c = Command::new(chromium);
+        c.args(CHROMIUM_FLAGS)
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args([
+                "--remote-debugging-pipe",
+                "--window-size=1280,800",
+                "about:blank",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let (r, w) = (cmd_r.into_raw_fd(), ev_w.into_raw_fd());
+        // Chromium reads commands on fd 3 and writes answers on fd 4.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = c.spawn().unwrap();
+        unsafe {
+            drop(OwnedFd::from_raw_fd(r));
+            drop(OwnedFd::from_raw_fd(w));
+        }
+        let mut b = Browser {
+            child,
+            to: std::fs::File::from(cmd_w),
+            from: std::io::BufReader::new(std::fs::File::from(ev_r)),
+            session: String::new(),
+            next_id: 1,
+            _profile: profile,
+        };
+        let target = b.call("Target.createTarget", serde_json::json!({ "url": url }));
+        let target = target["targetId"].as_str().unwrap().to_string();
+        let attached = b.call(
+            "Target.attachToTarget",
+            serde_json::json!({ "targetId": target, "flatten": true }),
+        );
+        b.session = attached["sessionId"].as_str().unwrap().to_string();
+        b
+    }
+
+    /// Sends a command (to the page once attached); its result.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        use std::io::BufRead;
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut msg = serde_json::json!({ "id": id, "method": method, "params": params });
+        if !self.session.is_empty() {
+            msg["sessionId"] = self.session.clone().into();
+        }
+        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        bytes.push(0);
+        self.to.write_all(&bytes).unwrap();
+        loop {
+            let mut buf = Vec::new();
+            let n = self.from.read_until(0, &mut buf).unwrap();
+            assert!(n > 0, "chromium closed its DevTools pipe");
+            buf.pop();
+            let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+            if v["id"] == id {
+                assert!(v["error"].is_null(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// The value of a JavaScript expression in the page.
+    fn eval(&mut self, expr: &str) -> serde_json::Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({ "expression": expr, "returnByValue": true }),
+        );
+        r["result"]["value"].clone()
+    }
+
+    /// Waits until `expr` is true in the page.
+    fn wait_for(&mut self, expr: &str, within: Duration) {
+        let t0 = Instant::now();
+        while self.eval(expr) != serde_json::Value::Bool(true) {
+            assert!(t0.elapsed() < within, "the page never had {expr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// One server-sent event: its name and data.
@@ -368,6 +489,18 @@ fn monitor_shows_a_cluster_building_lua_live() {
     peers.sort();
     assert_eq!(peers, ["p1", "p2"]);
 
+    // A page opened before the build, kept open: what it shows of the build came
+    // through its event stream.
+    let mut live_page = chromium.as_ref().map(|c| {
+        let mut b = Browser::open(c, &url);
+        b.wait_for(
+            "document.getElementById('conn-text').textContent === 'live' \
+             && document.querySelectorAll('tr.job').length === 0",
+            Duration::from_secs(30),
+        );
+        b
+    });
+
     let tree = env.root.path().join("lua");
     copy_tree(&src, &tree);
     let make = spawn_lua_make(&env, &tree, &home.socket());
@@ -453,6 +586,26 @@ fn monitor_shows_a_cluster_building_lua_live() {
     assert_eq!(snap["counters"]["hit_rate"], 0.0, "{}", snap["counters"]);
 
     let Some(chromium) = chromium else { return };
+    // The page open since before the build: every job came as an event, and the
+    // counters with the status each second.
+    let b = live_page.as_mut().unwrap();
+    b.wait_for(
+        &format!(
+            "document.querySelectorAll('tr.job').length >= {remote} \
+             && document.getElementById('totals').textContent === '0 · {}'",
+            env.misses()
+        ),
+        Duration::from_secs(10),
+    );
+    let live_dom = b.eval("document.documentElement.outerHTML");
+    let live_dom = live_dom.as_str().unwrap();
+    assert_page_shows_the_farm(live_dom, false);
+    assert!(
+        live_dom.contains("id=\"lagged\"></span>"),
+        "no event skipped by a page that keeps up"
+    );
+    std::fs::write(artifacts().join("monitor-live.html"), live_dom).unwrap();
+    drop(live_page);
     let during = during_dom.unwrap();
     assert_page_shows_the_farm(&during, true);
     let after = run_chromium(&chromium, &url, &["--dump-dom"]);
