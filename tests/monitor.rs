@@ -101,7 +101,8 @@ fn run_chromium(chromium: &Path, url: &str, extra: &[&str]) -> String {
 struct Browser {
     child: Child,
     to: std::fs::File,
-    from: std::io::BufReader<std::fs::File>,
+    from: std::fs::File,
+    inbox: Vec<u8>,
     session: String,
     next_id: u64,
     _profile: tempfile::TempDir,
@@ -148,7 +149,8 @@ impl Browser {
         let mut b = Browser {
             child,
             to: std::fs::File::from(cmd_w),
-            from: std::io::BufReader::new(std::fs::File::from(ev_r)),
+            from: std::fs::File::from(ev_r),
+            inbox: Vec::new(),
             session: String::new(),
             next_id: 1,
             _profile: profile,
@@ -165,7 +167,6 @@ impl Browser {
 
     /// Sends a command (to the page once attached); its result.
     fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
-        use std::io::BufRead;
         let id = self.next_id;
         self.next_id += 1;
         let mut msg = serde_json::json!({ "id": id, "method": method, "params": params });
@@ -176,15 +177,35 @@ impl Browser {
         bytes.push(0);
         self.to.write_all(&bytes).unwrap();
         loop {
-            let mut buf = Vec::new();
-            let n = self.from.read_until(0, &mut buf).unwrap();
-            assert!(n > 0, "chromium closed its DevTools pipe");
-            buf.pop();
+            let buf = self.message(method);
             let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
             if v["id"] == id {
                 assert!(v["error"].is_null(), "{method}: {v}");
                 return v["result"].clone();
             }
+        }
+    }
+
+    /// The next message from Chromium (a hung browser fails the test, never hangs it).
+    fn message(&mut self, method: &str) -> Vec<u8> {
+        use std::os::fd::AsRawFd;
+        loop {
+            if let Some(end) = self.inbox.iter().position(|&b| b == 0) {
+                let msg = self.inbox[..end].to_vec();
+                self.inbox.drain(..=end);
+                return msg;
+            }
+            let mut poll = libc::pollfd {
+                fd: self.from.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ready = unsafe { libc::poll(&mut poll, 1, 30_000) };
+            assert!(ready > 0, "chromium did not answer {method} within 30 s");
+            let mut chunk = [0u8; 65536];
+            let n = self.from.read(&mut chunk).unwrap();
+            assert!(n > 0, "chromium closed its DevTools pipe");
+            self.inbox.extend_from_slice(&chunk[..n]);
         }
     }
 
@@ -585,7 +606,37 @@ fn monitor_shows_a_cluster_building_lua_live() {
     );
     assert_eq!(snap["counters"]["hit_rate"], 0.0, "{}", snap["counters"]);
 
+    // A worker's monitor shows the jobs it served, sent by home.
+    let p1 = &cl.nodes[1];
+    let p1_url = p1.status()["http"]["monitor"].as_str().unwrap().to_string();
+    let p1_addr = p1_url
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix('/'))
+        .unwrap()
+        .to_string();
+    let served = snapshot(&p1_addr)["finished"].as_array().unwrap().clone();
+    assert!(!served.is_empty(), "p1 served jobs");
+    for j in &served {
+        assert_eq!(j["role"], "served", "{j}");
+        assert_eq!(j["peer"], "home", "{j}");
+        assert_eq!(j["submitter"], "node:home", "{j}");
+    }
+
     let Some(chromium) = chromium else { return };
+    let worker = run_chromium(&chromium, &p1_url, &["--dump-dom"]);
+    let rows = tags_with(
+        &worker,
+        &["class=\"job served", "data-from=\"home\"", "data-to=\"p1\""],
+    );
+    assert_eq!(
+        rows.len(),
+        served.len(),
+        "every served job, home → p1: {worker}"
+    );
+    assert!(
+        !tags_with(&worker, &["rect class=\"bar ok served", "data-host=\"p1\""]).is_empty(),
+        "served jobs are bars in p1's own lanes: {worker}"
+    );
     // The page open since before the build: every job came as an event, and the
     // counters with the status each second.
     let b = live_page.as_mut().unwrap();
