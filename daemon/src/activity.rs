@@ -117,8 +117,6 @@ pub struct JobFacts<'a> {
     pub digest: [u8; 32],
 }
 
-// The live monitor reads `subscribe` and `snapshot`.
-#[allow(dead_code)]
 impl Activity {
     pub fn new(audit: Option<AuditLog>) -> Activity {
         Activity {

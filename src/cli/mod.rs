@@ -9,6 +9,7 @@ use crate::config::Config;
 mod cache;
 mod cluster;
 mod config;
+mod monitor;
 mod stats;
 mod status;
 mod why;
@@ -18,6 +19,7 @@ const COMMANDS: &[&str] = &[
     "cache",
     "config",
     "status",
+    "monitor",
     "cluster",
     "why",
     "gradle-init",
@@ -57,6 +59,7 @@ COMMANDS
   farm why SOURCE [--json]       why the last compile of SOURCE missed: what differs from
                                  the nearest earlier compile (a header, an argument, ...)
   farm why -- COMPILER ARGS...   would this compile hit? if not, what differs
+  farm monitor [--no-open]       the live monitor's URL (farmd serves it), opened in a browser
   farm cluster init DIR          make a cluster CA (see `farm cluster help`)
   farm cluster issue NAME        make a node certificate signed by the cluster CA
   farm gradle-init [--install]   Gradle init script: javac through farm-javac when FARM_GRADLE=1
@@ -126,6 +129,7 @@ pub fn run(args: &[OsString]) -> i32 {
         "cache" => cache::run(rest),
         "config" => config::run(rest),
         "status" => status::run(rest),
+        "monitor" => monitor::run(rest),
         "cluster" => cluster::run(rest),
         "gradle-init" => crate::buildtools::gradle_init(rest),
         "maven-init" => crate::buildtools::maven_init(rest),

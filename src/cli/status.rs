@@ -8,7 +8,7 @@ use crate::agent_client::AgentClient;
 use crate::config::Config;
 use crate::protocol::{AgentRequest, AgentResponse, StatusReport};
 
-fn fetch_status(cfg: &Config) -> Result<StatusReport, String> {
+pub(super) fn fetch_status(cfg: &Config) -> Result<StatusReport, String> {
     let Some(sock) = &cfg.agent.value else {
         return Err(
             "the agent is off (config `agent`/FARM_AGENT): farm works as a local cache".into(),
