@@ -60,6 +60,14 @@ fn secs(ms: u64) -> String {
     }
 }
 
+/// `s` cut to `n` characters (a label in the timeline's left column).
+fn short(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 fn rate(c: &Counts) -> String {
     c.hit_rate()
         .map(|r| format!("{r:.0}%"))
@@ -212,7 +220,7 @@ fn timeline(h: &mut String, r: &Report, index: usize, b: &Build) {
             labels,
             "<text x=\"4\" y=\"{:.0}\">{} ({})</text>",
             y + LANE_H,
-            esc(&r.places[p].name),
+            esc(&short(&r.places[p].name, 18)),
             ends.len()
         );
         y += ends.len() as f64 * LANE_H + PLACE_GAP;
