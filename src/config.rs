@@ -102,6 +102,9 @@ pub struct Config {
     /// The real C# compiler behind `farm-csc`.
     pub csc: Setting<Option<PathBuf>>,
     pub log: Setting<Option<PathBuf>>,
+    /// The build journal: one JSON line per compile appended here (`journal`,
+    /// `FARM_JOURNAL`; docs/journal.md).
+    pub journal: Setting<Option<PathBuf>>,
     pub disable: Setting<bool>,
     /// The cache is shared by a group: directories 0770 and files 0660, not 0700/0600.
     pub cache_shared: Setting<bool>,
@@ -164,6 +167,7 @@ struct FileConfig {
     javac: Option<toml::Spanned<String>>,
     csc: Option<toml::Spanned<String>>,
     log: Option<toml::Spanned<String>>,
+    journal: Option<toml::Spanned<String>>,
     disable: Option<toml::Spanned<bool>>,
     cache_shared: Option<toml::Spanned<bool>>,
     agent: Option<toml::Spanned<String>>,
@@ -297,6 +301,7 @@ impl Config {
             javac: Setting::default(None),
             csc: Setting::default(None),
             log: Setting::default(None),
+            journal: Setting::default(None),
             disable: Setting::default(false),
             cache_shared: Setting::default(false),
             agent: Setting::default(Some(PathBuf::from(DEFAULT_AGENT_SOCKET))),
@@ -380,11 +385,13 @@ impl Config {
                 };
             }
         }
-        if let Some(v) = fc.log {
-            self.log = Setting {
-                value: Some(expand_home(v.get_ref())),
-                source: src(),
-            };
+        for (slot, v) in [(&mut self.log, fc.log), (&mut self.journal, fc.journal)] {
+            if let Some(v) = v {
+                *slot = Setting {
+                    value: Some(expand_home(v.get_ref())),
+                    source: src(),
+                };
+            }
         }
         if let Some(v) = fc.agent {
             self.agent = Setting {
@@ -498,6 +505,7 @@ impl Config {
             (&mut self.javac, "FARM_JAVAC"),
             (&mut self.csc, "FARM_CSC"),
             (&mut self.log, "FARM_LOG"),
+            (&mut self.journal, "FARM_JOURNAL"),
         ] {
             if let Some(v) = get(var) {
                 *slot = Setting {
@@ -580,6 +588,11 @@ impl Config {
                 self.javac.source.to_string(),
             ),
             ("log", opt(&self.log.value), self.log.source.to_string()),
+            (
+                "journal",
+                opt(&self.journal.value),
+                self.journal.source.to_string(),
+            ),
             (
                 "agent",
                 self.agent
@@ -693,6 +706,20 @@ mod tests {
             .to_string();
         assert!(e.contains("line 2"), "{e}");
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn journal_from_file_then_env() {
+        let c = load(Some("journal = \"/tmp/a.jsonl\"\n"), &[]).unwrap();
+        assert_eq!(c.journal.value, Some(PathBuf::from("/tmp/a.jsonl")));
+        assert!(matches!(c.journal.source, Source::File(_)));
+        let c = load(
+            Some("journal = \"/tmp/a.jsonl\"\n"),
+            &[("FARM_JOURNAL", "/tmp/b.jsonl")],
+        )
+        .unwrap();
+        assert_eq!(c.journal.value, Some(PathBuf::from("/tmp/b.jsonl")));
+        assert_eq!(c.journal.source, Source::Env("FARM_JOURNAL"));
     }
 
     #[test]

@@ -234,8 +234,31 @@ fn default_compiler(cxx: bool, cfg: Option<&Config>) -> OsString {
     OsString::from(if cxx { "c++" } else { "cc" })
 }
 
+/// Journals a compile that never reached the shim (farm disabled, a broken
+/// configuration, no compiler), when a journal is named.
+fn journal_unrun(
+    journal: Option<&Path>,
+    t0: std::time::Instant,
+    compiler: &Path,
+    args: &[OsString],
+    kind: crate::journal::Kind,
+    reason: &str,
+    exit: Option<i32>,
+) {
+    let Some(path) = journal else { return };
+    let mut line = crate::journal::Line::begin(t0, compiler);
+    line.family = crate::lang::family_for(&line.compiler).map(|f| f.name().to_string());
+    line.guess_source(args);
+    line.outcome = kind;
+    line.reason = Some(reason.to_string());
+    line.exit = exit;
+    crate::journal::append(path, &line);
+}
+
 /// Runs a compile through the shim.
 fn compile(requested: Requested, args: Vec<OsString>) -> i32 {
+    use crate::journal::Kind;
+    let t0 = std::time::Instant::now();
     let disabled = disabled_by_env();
     // Loaded once: the hit path reads the config file a single time.
     let cfg = (!disabled).then(Config::load);
@@ -253,7 +276,17 @@ fn compile(requested: Requested, args: Vec<OsString>) -> i32 {
         skipped_farm,
     } = match resolve_compiler(&requested) {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(e) => {
+            let journal = match &cfg {
+                Some(Ok(c)) => c.journal.value.clone(),
+                _ => crate::journal::path_from_env(),
+            };
+            let code = fail(e);
+            let name = Path::new(&requested);
+            let (kind, why) = (Kind::Error, "compiler_not_found");
+            journal_unrun(journal.as_deref(), t0, name, &args, kind, why, Some(code));
+            return code;
+        }
     };
     // argv[0] stays what the user typed, except when farm itself comes first on PATH
     // under that name: gcc locates its own installation from argv[0] via PATH and
@@ -263,16 +296,35 @@ fn compile(requested: Requested, args: Vec<OsString>) -> i32 {
     } else {
         requested
     };
+    let pass = Kind::Passthrough;
     let cfg = match cfg {
-        None => return shim::exec_compiler(&compiler, &arg0, &args),
+        None => {
+            let journal = crate::journal::path_from_env();
+            let why = "passthrough.disabled";
+            journal_unrun(journal.as_deref(), t0, &compiler, &args, pass, why, None);
+            return shim::exec_compiler(&compiler, &arg0, &args);
+        }
         Some(Err(e)) => {
             // A broken config must not break the build: say so once, compile plainly.
             let _ = writeln!(std::io::stderr(), "farm: {e}; compiling without the cache");
+            let journal = crate::journal::path_from_env();
+            let why = "passthrough.config_error";
+            journal_unrun(journal.as_deref(), t0, &compiler, &args, pass, why, None);
             return shim::exec_compiler(&compiler, &arg0, &args);
         }
         Some(Ok(c)) => c,
     };
     if cfg.disable.value {
+        let why = "passthrough.disabled";
+        journal_unrun(
+            cfg.journal.value.as_deref(),
+            t0,
+            &compiler,
+            &args,
+            pass,
+            why,
+            None,
+        );
         return shim::exec_compiler(&compiler, &arg0, &args);
     }
     init_logging(&cfg);

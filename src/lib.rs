@@ -16,7 +16,7 @@
 //! - [`digest`]: content digests, stat stamps, the digest memo (below everything that
 //!   keys).
 //! - [`protocol`] (messages, framing), [`net`] (TLS), [`agent_client`], [`config`],
-//!   [`stats`] (typed outcomes), [`fsutil`].
+//!   [`stats`] (typed outcomes), [`journal`] (one line per compile), [`fsutil`].
 
 pub mod agent_client;
 pub mod buildtools;
@@ -25,6 +25,7 @@ pub mod config;
 pub mod digest;
 pub mod entry;
 pub mod fsutil;
+pub mod journal;
 pub mod key;
 pub mod lang;
 pub mod net;

@@ -394,6 +394,11 @@ impl Tally {
         })
     }
 
+    /// What was gathered, in the order counted.
+    pub fn entries(&self) -> &[(Outcome, u64)] {
+        &self.0
+    }
+
     /// Adds what was gathered to `stats`; a failure is logged, never the build's.
     pub fn flush(&self, stats: &Stats) {
         if let Err(e) = stats.add(&self.0) {

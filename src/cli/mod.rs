@@ -10,6 +10,7 @@ mod cache;
 mod cluster;
 mod config;
 mod monitor;
+mod report;
 mod stats;
 mod status;
 mod why;
@@ -22,6 +23,7 @@ const COMMANDS: &[&str] = &[
     "monitor",
     "cluster",
     "why",
+    "report",
     "gradle-init",
     "maven-init",
     "help",
@@ -62,6 +64,10 @@ COMMANDS
   farm monitor [--no-open]       the live monitor's URL (farmd serves it), opened in a browser
   farm cluster init DIR          make a cluster CA (see `farm cluster help`)
   farm cluster issue NAME        make a node certificate signed by the cluster CA
+  farm report JOURNAL [-o OUT.html] [--gap SECONDS]
+                                 one HTML page from a build journal (FARM_JOURNAL):
+                                 timeline, slowest compiles, hit rate by directory,
+                                 time saved, what ran where
   farm gradle-init [--install]   Gradle init script: javac through farm-javac when FARM_GRADLE=1
   farm maven-init [--install]    Maven settings profile: the same when FARM_MAVEN is set
   farm help | --version
@@ -74,6 +80,7 @@ ENVIRONMENT
   FARM_JAVAC      real javac behind farm-javac
   FARM_CSC        real C# compiler behind farm-csc
   FARM_LOG        log file (nothing is ever logged to the compiler's stderr)
+  FARM_JOURNAL    build journal: one JSON line per compile appended here (docs/journal.md)
   FARM_DISABLE=1  every entry point runs the real compiler untouched
   FARM_CONFIG     config file (default ~/.config/farm/config.toml)
   FARM_AGENT      farmd's agent socket (default /run/farm/agent.sock; off = local only)
@@ -131,6 +138,7 @@ pub fn run(args: &[OsString]) -> i32 {
         "status" => status::run(rest),
         "monitor" => monitor::run(rest),
         "cluster" => cluster::run(rest),
+        "report" => report::run(rest),
         "gradle-init" => crate::buildtools::gradle_init(rest),
         "maven-init" => crate::buildtools::maven_init(rest),
         other => err(format!("unknown command `{other}` (try `farm help`)")),

@@ -228,6 +228,7 @@ impl Ctx<'_> {
         let Some(entry) = ResultEntry::decode(data) else {
             return false;
         };
+        self.out_bytes = Some(entry.outputs.iter().map(|o| o.data.len() as u64).sum());
         match self.tree_plan(&entry, outs) {
             Some(plan) => write_planned(plan),
             None => false,

@@ -309,6 +309,7 @@ fn ship_text(ctx: &mut Ctx, farm: &Farm, compiler: CompilerAd) -> Remote<Vec<u8>
             ctx.tally.count(Outcome::FarmRemote);
             ctx.tally.add(Outcome::CompileMs, r.compile_ms);
             ctx.remote_compile_ms = r.compile_ms;
+            ctx.ran_on = Some(r.worker.clone());
             tracing::info!(
                 worker = %r.worker,
                 ms = r.compile_ms,
@@ -571,6 +572,7 @@ fn remote_tree(
     ctx.tally.count(Outcome::Miss);
     ctx.tally.count(Outcome::FarmRemote);
     ctx.tally.add(Outcome::CompileMs, r.compile_ms);
+    ctx.ran_on = Some(r.worker.clone());
     tracing::info!(worker = %r.worker, ms = r.compile_ms, files = files.len(), "compiled by a peer");
     Remote::Done(CompileRun {
         status: ExitStatusExt::from_raw(0),

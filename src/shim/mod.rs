@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use crate::config::{Config, Mode};
 use crate::fsutil;
+use crate::journal;
 use crate::key::{self, OutputBlob, ResultEntry};
 use crate::lang::{self, Family, Invocation, Keying, Observed};
 use crate::stats::{Outcome, Stats, Tally};
@@ -92,6 +93,10 @@ struct Ctx<'a> {
     /// The worker's own compile time of the shipped compile that finished this miss
     /// (what placement's cost of a shape leaves out).
     remote_compile_ms: u64,
+    /// The peer (its node name) whose worker compiled this miss, for the journal.
+    ran_on: Option<String>,
+    /// Bytes of the outputs a hit restored or a miss produced, for the journal.
+    out_bytes: Option<u64>,
 }
 
 /// Runs one compiler invocation through the cache. `compiler` is the resolved real
@@ -112,6 +117,13 @@ pub fn run(
         let mut t = Tally::default();
         t.count(Outcome::Passthrough(reason.to_string().into()));
         t.flush(&stats);
+        if let Some(path) = &cfg.journal.value {
+            let mut line = journal::Line::begin(t0, compiler);
+            line.family = lang::family_for(&line.compiler).map(|f| f.name().to_string());
+            line.guess_source(&args);
+            line.set_outcomes(t.entries(), journal::Ran::Here, None, None);
+            journal::append(path, &line);
+        }
         exec_compiler(compiler, &arg0, &args)
     };
     let name = compiler
@@ -175,6 +187,8 @@ pub fn run(
         base: key::BaseDirs::new(&cfg.base_dir.value),
         t0,
         remote_compile_ms: 0,
+        ran_on: None,
+        out_bytes: None,
     };
     let code = match (family.keying(), cfg.mode.value) {
         (Keying::Declared(decl), _) => flow::run(&mut ctx, &mut declared::Declared::new(decl)),
@@ -188,6 +202,7 @@ pub fn run(
             flow::run(&mut ctx, &mut direct::Direct::new(obs, true))
         }
     };
+    ctx.journal(Some(code));
     ctx.tally.flush(&ctx.stats);
     code
 }
@@ -208,6 +223,23 @@ enum Restored {
 }
 
 impl Ctx<'_> {
+    /// Appends this compile's line to the build journal, when one is named (nothing
+    /// else happens when none is: the hit path pays one branch).
+    fn journal(&self, exit: Option<i32>) {
+        let Some(path) = &self.cfg.journal.value else {
+            return;
+        };
+        let mut line = journal::Line::begin(self.t0, &self.inv.compiler);
+        line.set_source(&self.inv.source);
+        line.family = Some(self.family.name().to_string());
+        let ran = match &self.ran_on {
+            Some(peer) => journal::Ran::Peer(peer),
+            None => journal::Ran::Here,
+        };
+        line.set_outcomes(self.tally.entries(), ran, self.out_bytes, exit);
+        journal::append(path, &line);
+    }
+
     /// Every field of this compile's key but its main content, in `class`'s scheme.
     fn base_hasher(&self, class: &str) -> Result<blake3::Hasher, key::KeyError> {
         let scheme = key::KeyScheme {
@@ -291,6 +323,7 @@ impl Ctx<'_> {
     /// [`Ctx::replay_hit`] with the messages as this checkout prints them.
     fn replay_messages(&mut self, entry: &ResultEntry, stdout: &[u8], stderr: &[u8], hit: Outcome) {
         emit(stdout, stderr);
+        self.out_bytes = Some(entry.outputs.iter().map(|o| o.data.len() as u64).sum());
         let elapsed = self.t0.elapsed().as_millis() as u64;
         tracing::info!(source = %self.inv.source.display(), hit = %hit.counter(), "hit");
         self.tally.count(hit);
@@ -356,6 +389,7 @@ impl Ctx<'_> {
                 }
             }
         }
+        self.out_bytes = Some(datas.iter().map(|d| d.len() as u64).sum());
         // Messages name this checkout's files where they locate something: stored
         // relative to the base directories (see [`Ctx::pinned_result`]).
         let stdout_rel = self.base.template_messages(stdout);
@@ -398,6 +432,7 @@ impl Ctx<'_> {
     /// Flushes the counts and replaces this process with the real compiler.
     fn run_real(&mut self) -> i32 {
         self.take_farm_counts();
+        self.journal(None);
         self.tally.flush(&self.stats);
         self.tally = Tally::default();
         if let Some(obs) = self.observed {

@@ -327,6 +327,7 @@ pub(super) fn ship(
     ctx.tally.count(Outcome::FarmSamePath);
     ctx.tally.add(Outcome::CompileMs, r.compile_ms);
     ctx.remote_compile_ms = r.compile_ms;
+    ctx.ran_on = Some(r.worker.clone());
     tracing::info!(
         worker = %r.worker,
         ms = r.compile_ms,
