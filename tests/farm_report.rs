@@ -166,6 +166,16 @@ fn lua_make_j2_journal_then_report() {
         "{dirs}"
     );
 
+    // The page as a browser shows it, offline: its script ran, the timelines drew.
+    if let Some(chromium) = common::chromium::chromium() {
+        let url = format!("file://{}", jpath.with_extension("html").display());
+        let dom = common::chromium::run_chromium(&chromium, &url, &["--dump-dom"]);
+        assert_eq!(dom.matches("<svg class=\"timeline\"").count(), 2, "{dom}");
+        assert_eq!(dom.matches("<rect class=\"hit\"").count(), n);
+        assert!(dom.contains("Slowest compiles"));
+        common::chromium::screenshot(&chromium, &url, "report.png");
+    }
+
     // Without --gap (10 s) the two builds are one.
     let page = report(&env, &jpath, &[]);
     assert_eq!(

@@ -2,6 +2,7 @@
 //! test, real compilers, and `farm stats --json` as the observable.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod farmd;
 pub mod http;
 pub mod netns;
