@@ -7,6 +7,8 @@
 # Then lua through a farm: three farmd on
 # this machine's loopback (scripts/farm-cluster.sh), compiled by the peers, then served
 # from the farm's cache with an empty local cache; `farm status` shows the peers.
+# Along the way: the build journal and `farm report` (an HTML page of the builds),
+# `farm why` naming the header an edit changed, and farmd's Prometheus metrics.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${FARM_DEMO_DIR:-$root/target/demo}
@@ -23,14 +25,28 @@ cd "$work/lua/src"
 farm stats --zero >/dev/null
 TIMEFORMAT="    %R s wall"
 build() { time make -j"$(nproc)" linux CC="farm-cc -std=gnu99" >/dev/null; }
+# Every compile of builds 1 and 2 is one line of this journal (docs/journal.md).
+export FARM_JOURNAL=$work/lua-build.jsonl
+rm -f "$FARM_JOURNAL"
 echo "== build 1: cold cache (every compile is a miss and gets stored)"
 build
+sleep 2 # a gap, so the report shows two builds
 echo "== make clean; build 2: warm cache (every compile is a hit)"
 make clean >/dev/null
 build
+unset FARM_JOURNAL
 ./lua -e 'print("lua built through farm says: " .. 6*7)'
 echo
 farm stats
+echo
+echo "== farm report: one self-contained HTML page of both builds (timeline, slowest, hit rate)"
+farm report --gap 1 "$work/lua-build.jsonl"
+echo
+echo "== an edited header: lctype.h, then make rebuilds what includes it; farm why says why it missed"
+echo '/* edited by the demo */' >>lctype.h
+sleep 0.1
+make -j"$(nproc)" linux CC="farm-cc -std=gnu99" >/dev/null
+farm why lctype.c
 
 echo
 echo "== Java: commons-io (Debian source package) through farm-javac, as Gradle calls javac"
@@ -78,6 +94,9 @@ make clean >/dev/null
 echo "== build 3: empty local cache, node-1 sends every compile to its peers"
 build
 farm status
+metrics=$(farm status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["http"]["metrics"])')
+echo "== node-1's Prometheus metrics ($metrics; farm monitor opens the live page)"
+curl -s "$metrics" | grep -E '^farm_(jobs_total|compiles_total\{outcome="(miss|hit_direct)"|peers\{)' | grep -v ' 0$'
 make clean >/dev/null; farm cache clear >/dev/null
 echo "== build 4: empty local cache again: the farm's cache answers"
 build

@@ -15,7 +15,7 @@ set -euo pipefail
 pkgs=(gcc g++ clang make cmake ninja-build dpkg-dev xz-utils bzip2 util-linux ca-certificates iproute2 coreutils bubblewrap python3
   default-jdk-headless gradle maven maven-debian-helper libmaven-compiler-plugin-java
   libmaven-resources-plugin-java junit4 mono-mcs mono-devel mono-xbuild
-  redis-server nginx libnginx-mod-http-dav-ext python3-venv prometheus chromium)
+  redis-server nginx libnginx-mod-http-dav-ext python3-venv prometheus chromium curl)
 [[ ${1:-} == --bench ]] && pkgs+=(ccache hyperfine distcc icecc sccache python3)
 missing=()
 for p in "${pkgs[@]}"; do
