@@ -417,6 +417,8 @@ fn compile_outcome(o: &Outcome) -> Option<&'static str> {
         Outcome::HitPreprocessor => "hit_preprocessor",
         Outcome::HitDepend => "hit_depend",
         Outcome::HitDeclared => "hit_declared",
+        Outcome::HitFarm => "hit_farm",
+        Outcome::HitRemote => "hit_remote",
         Outcome::Miss => "miss",
         Outcome::CompileFailed => "compile_failed",
         _ => return None,
