@@ -76,7 +76,8 @@ impl Counters {
         Counters {
             hits,
             misses,
-            hit_rate: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+            hit_rate: (hits.saturating_add(misses) > 0)
+                .then(|| hits as f64 / (hits as f64 + misses as f64)),
             time_saved_ms: s.get(&Outcome::TimeSavedMs),
             remote_compiles: s.get(&Outcome::FarmRemote),
             dirs,

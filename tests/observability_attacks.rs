@@ -1,0 +1,93 @@
+//! Attacks on what farm shows of itself (docs/security.md, "Who can see what farmd
+//! does"): farmd's HTTP side (`/metrics`, the monitor), `farm why`. The attacker is a
+//! local user whose cache directory farmd reads (`shim_stats`), or one whose files a
+//! record names.
+
+mod common;
+use common::farmd::*;
+use common::*;
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn mkfifo(p: &Path) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o666) },
+        0,
+        "mkfifo {p:?}"
+    );
+}
+
+/// `GET path` on 127.0.0.1:port within `deadline`: status and body, or why not.
+fn get_within(port: u16, path: &str, deadline: Duration) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(deadline)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("no answer to {path} within {deadline:?}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_string()))
+}
+
+/// A user whose cache farmd reads plants a FIFO and huge counters among the stats
+/// shards: `/metrics` and the monitor still answer at once, with the other shards'
+/// counts, and farmd keeps serving.
+#[test]
+fn planted_stats_shards_neither_hang_nor_break_metrics() {
+    let users = tempfile::tempdir().unwrap();
+    let cache = users.path().join("cache");
+    let stats = cache.join("stats");
+    std::fs::create_dir_all(&stats).unwrap();
+    // A FIFO nobody writes: opening it for reading blocks until a writer comes.
+    mkfifo(&stats.join("0"));
+    // Counters that add up past u64.
+    std::fs::write(stats.join("1"), "miss 18446744073709551615\n").unwrap();
+    std::fs::write(stats.join("2"), "miss 7\nhit.direct 3\n").unwrap();
+    let cl = Cluster::new(&["solo"], |_| {
+        format!("shim_stats = [\"{}\"]", cache.display())
+    });
+    let node = &cl.nodes[0];
+    let t0 = Instant::now();
+    while node.try_status().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "farmd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Duration::from_secs(5);
+    for _ in 0..3 {
+        let (code, body) = get_within(node.port, "/metrics", deadline).unwrap();
+        assert_eq!(code, 200, "/metrics: {body}");
+        assert!(
+            body.contains("farm_compiles_total{outcome=\"hit_direct\"} 3"),
+            "the readable shards' counts are missing from /metrics:\n{body}"
+        );
+        assert!(
+            body.contains("farm_build_info{") && body.contains("farm_slots"),
+            "/metrics is cut short (a reader failed):\n{body}"
+        );
+    }
+    let (code, body) = get_within(node.port, "/api/snapshot", deadline).unwrap();
+    assert_eq!(code, 200, "/api/snapshot: {body}");
+    let snap: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(snap["counters"]["hits"], 3, "{body}");
+    assert!(node.try_status().is_some(), "farmd stopped answering");
+}
