@@ -11,6 +11,7 @@ use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -90,4 +91,99 @@ fn planted_stats_shards_neither_hang_nor_break_metrics() {
     let snap: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(snap["counters"]["hits"], 3, "{body}");
     assert!(node.try_status().is_some(), "farmd stopped answering");
+}
+
+/// Another user's uid for planted files: `nobody`.
+const OTHER_UID: u32 = 65534;
+
+fn lchown(p: &Path, uid: u32) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::lchown(c.as_ptr(), uid, uid) },
+        0,
+        "lchown {p:?}"
+    );
+}
+
+/// One compile with `FARM_JOURNAL=journal`: it must succeed and print nothing, as
+/// gcc would.
+fn compile_journaled(env: &Env, journal: &Path) {
+    let o = env
+        .cmd(farm_bin())
+        .args(["gcc", "-c", "a.c", "-o", "a.o"])
+        .env("FARM_JOURNAL", journal)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{o:?}");
+}
+
+/// A user who can write to the directory a build's journal is named in (`/tmp`,
+/// a shared build directory) plants a link to the victim's own file, a FIFO or a file
+/// of theirs there: the victim's shims append neither to the victim's file through
+/// the link (a `.bashrc` would run what a source path says) nor into the attacker's
+/// FIFO or file (the attacker would read every source path of the build). The
+/// compile is untouched either way; a journal the user made is still written, link
+/// or not.
+#[test]
+fn a_journal_planted_by_another_user_is_not_written() {
+    if unsafe { libc::geteuid() } == OTHER_UID {
+        return;
+    }
+    require("gcc");
+    let env = Env::new("direct");
+    env.write("a.c", "int f(void){return 1;}\n");
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    // The victim's own file, and the attacker's link to it.
+    let own = env.write("profile", "original\n");
+    let link = shared.path().join("journal.jsonl");
+    std::os::unix::fs::symlink(&own, &link).unwrap();
+    lchown(&link, OTHER_UID);
+    compile_journaled(&env, &link);
+    assert_eq!(
+        std::fs::read_to_string(&own).unwrap(),
+        "original\n",
+        "the journal followed another user's link into the user's own file"
+    );
+    // The attacker's file, writable by all.
+    let theirs = shared.path().join("theirs.jsonl");
+    std::fs::write(&theirs, "").unwrap();
+    std::fs::set_permissions(&theirs, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    lchown(&theirs, OTHER_UID);
+    compile_journaled(&env, &theirs);
+    assert_eq!(
+        std::fs::read_to_string(&theirs).unwrap(),
+        "",
+        "the journal was written into another user's file"
+    );
+    // The attacker's FIFO, with the attacker reading.
+    let fifo = shared.path().join("fifo");
+    mkfifo(&fifo);
+    lchown(&fifo, OTHER_UID);
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    compile_journaled(&env, &fifo);
+    let mut got = Vec::new();
+    let _ = (&reader).read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "another user's FIFO received the journal: {}",
+        String::from_utf8_lossy(&got)
+    );
+    // The user's own link to the user's own journal: written.
+    let journal = env.work.join("journal.jsonl");
+    let mine = shared.path().join("mine.jsonl");
+    std::os::unix::fs::symlink(&journal, &mine).unwrap();
+    compile_journaled(&env, &mine);
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert!(text.contains("\"source\":\"a.c\""), "{text}");
 }
