@@ -456,6 +456,22 @@ pub fn parse_line(text: &str) -> Result<Line, Cow<'static, str>> {
     if line.v != VERSION {
         return Err(Cow::Owned(format!("unknown version {}", line.v)));
     }
+    // A journal may come from anyone (a CI artifact): times past the year 9999 and
+    // durations over a year are not a compile's, and summing them could overflow.
+    const MAX_START_MS: u64 = 253_402_300_800_000;
+    const MAX_MS: u64 = 366 * 86_400_000;
+    if line.start_ms > MAX_START_MS {
+        return Err(Cow::Borrowed("start_ms is past the year 9999"));
+    }
+    for (name, v) in [
+        ("ms", Some(line.ms)),
+        ("compile_ms", line.compile_ms),
+        ("saved_ms", line.saved_ms),
+    ] {
+        if v.is_some_and(|v| v > MAX_MS) {
+            return Err(Cow::Owned(format!("{name} is over a year")));
+        }
+    }
     Ok(line)
 }
 

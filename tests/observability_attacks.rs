@@ -187,3 +187,42 @@ fn a_journal_planted_by_another_user_is_not_written() {
     let text = std::fs::read_to_string(&journal).unwrap();
     assert!(text.contains("\"source\":\"a.c\""), "{text}");
 }
+
+/// A journal is a file anyone may hand over (a CI artifact of someone else's build):
+/// times and durations that add up past u64 are bad lines, counted and named, and
+/// `farm report` still writes its page.
+#[test]
+fn report_on_a_journal_with_huge_numbers_skips_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("evil.jsonl");
+    let line = |start: u64, ms: u64, saved: u64, src: &str| {
+        format!(
+            "{{\"v\":1,\"start_ms\":{start},\"ms\":{ms},\"pid\":1,\"host\":\"h\",\"cwd\":\"/w\",\
+             \"source\":\"{src}\",\"compiler\":\"gcc\",\"outcome\":\"hit\",\"saved_ms\":{saved}}}\n"
+        )
+    };
+    let text = [
+        line(1_700_000_000_000, 5, 10, "ok.c"),
+        line(u64::MAX, 5, 1, "end.c"),
+        line(1_700_000_000_100, 5, u64::MAX, "saved.c"),
+        line(1_700_000_000_200, u64::MAX, 1, "long.c"),
+    ]
+    .concat();
+    std::fs::write(&journal, text).unwrap();
+    let out = dir.path().join("r.html");
+    let o = std::process::Command::new(farm_bin())
+        .arg("report")
+        .arg(&journal)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        err.contains("3 bad line(s) skipped, the first at line 2"),
+        "{err}"
+    );
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(html.contains("ok.c") && !html.contains("end.c"), "{html}");
+}
