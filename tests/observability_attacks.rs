@@ -226,3 +226,44 @@ fn report_on_a_journal_with_huge_numbers_skips_them() {
     let html = std::fs::read_to_string(&out).unwrap();
     assert!(html.contains("ok.c") && !html.contains("end.c"), "{html}");
 }
+
+/// `farm why -- CMD` re-reads the files the nearest earlier compile read: one that is
+/// now a FIFO (or a device a damaged record names) is not a file any more, and must
+/// not hang the question.
+#[test]
+fn farm_why_does_not_hang_on_a_header_that_became_a_fifo() {
+    require("gcc");
+    let env = Env::new("direct");
+    env.write("foo.h", "#define FOO 1\n");
+    env.write("a.c", "#include \"foo.h\"\nint x = FOO + LEVEL;\n");
+    std::thread::sleep(Duration::from_millis(120));
+    let o = env
+        .cmd(farm_bin())
+        .args(["gcc", "-DLEVEL=1", "-c", "a.c", "-o", "a.o"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    std::fs::remove_file(env.work.join("foo.h")).unwrap();
+    mkfifo(&env.work.join("foo.h"));
+    let mut child = env
+        .cmd(farm_bin())
+        .args(["why", "--", "gcc", "-DLEVEL=2", "-c", "a.c", "-o", "a.o"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("farm why hangs on a header that is now a FIFO");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(text.contains("-DLEVEL=1"), "{text}");
+    assert!(text.contains("foo.h"), "{text}");
+}
