@@ -402,14 +402,42 @@ pub fn append(path: &Path, line: &Line) {
 }
 
 fn try_append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     // Non-blocking: a FIFO nobody reads is no journal rather than a hung build.
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)?;
+    let open = |follow: bool| {
+        let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC | nofollow)
+            .open(path)
+    };
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let other = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{what} another user's (the journal must be this user's own)"),
+        )
+    };
+    // The journal is often named in a directory others can write (/tmp, a shared
+    // build tree): a link another user planted there is not followed (into this
+    // user's own files), and another user's file or FIFO is not written (they would
+    // read the build's source paths). The kernel's protected_symlinks/fifos/regular
+    // do this for sticky directories where they are on; this holds everywhere.
+    let mut f = match open(false) {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            if std::fs::symlink_metadata(path)?.uid() != me {
+                return Err(other("is a link that is"));
+            }
+            open(true)?
+        }
+        r => r?,
+    };
+    if f.metadata()?.uid() != me {
+        return Err(other("is"));
+    }
     // One write(2): a short write is reported, never completed by a second write
     // that another shim's line could come between.
     let n = f.write(bytes)?;
@@ -427,6 +455,22 @@ pub fn parse_line(text: &str) -> Result<Line, Cow<'static, str>> {
     let line: Line = serde_json::from_str(text).map_err(|e| Cow::Owned(e.to_string()))?;
     if line.v != VERSION {
         return Err(Cow::Owned(format!("unknown version {}", line.v)));
+    }
+    // A journal may come from anyone (a CI artifact): times past the year 9999 and
+    // durations over a year are not a compile's, and summing them could overflow.
+    const MAX_START_MS: u64 = 253_402_300_800_000;
+    const MAX_MS: u64 = 366 * 86_400_000;
+    if line.start_ms > MAX_START_MS {
+        return Err(Cow::Borrowed("start_ms is past the year 9999"));
+    }
+    for (name, v) in [
+        ("ms", Some(line.ms)),
+        ("compile_ms", line.compile_ms),
+        ("saved_ms", line.saved_ms),
+    ] {
+        if v.is_some_and(|v| v > MAX_MS) {
+            return Err(Cow::Owned(format!("{name} is over a year")));
+        }
     }
     Ok(line)
 }

@@ -443,12 +443,16 @@ impl Summary {
 
     /// Hits of every kind.
     pub fn hits(&self) -> u64 {
-        self.get(&Outcome::HitDirect)
-            + self.get(&Outcome::HitPreprocessor)
-            + self.get(&Outcome::HitDepend)
-            + self.get(&Outcome::HitDeclared)
-            + self.get(&Outcome::HitFarm)
-            + self.get(&Outcome::HitRemote)
+        [
+            Outcome::HitDirect,
+            Outcome::HitPreprocessor,
+            Outcome::HitDepend,
+            Outcome::HitDeclared,
+            Outcome::HitFarm,
+            Outcome::HitRemote,
+        ]
+        .iter()
+        .fold(0u64, |n, o| n.saturating_add(self.get(o)))
     }
 }
 
@@ -462,7 +466,8 @@ fn parse_into(text: &str, into: &mut BTreeMap<String, u64>) {
         let mut it = line.split_whitespace();
         if let (Some(k), Some(v), None) = (it.next(), it.next(), it.next()) {
             if let Ok(n) = v.parse::<u64>() {
-                *into.entry(k.to_string()).or_insert(0) += n;
+                let c = into.entry(k.to_string()).or_insert(0);
+                *c = c.saturating_add(n);
             }
         }
     }
@@ -531,13 +536,23 @@ impl Stats {
 
     /// Sums every shard. A shard is read up to [`MAX_SHARD`] bytes (a real one holds a
     /// few hundred counters), so a damaged or planted file cannot make the reader
-    /// (`farm stats`, farmd's metrics) grow.
+    /// (`farm stats`, farmd's metrics) grow; and only if it is a regular file, opened
+    /// without blocking, so a FIFO or device planted by the directory's owner cannot
+    /// hang farmd's `/metrics` and monitor, which read other users' shards.
     pub fn read(&self) -> BTreeMap<String, u64> {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut counters = BTreeMap::new();
         for shard in 0..SHARDS {
-            let Ok(f) = fs::File::open(self.shard_path(shard)) else {
+            let Ok(f) = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(self.shard_path(shard))
+            else {
                 continue;
             };
+            if !f.metadata().is_ok_and(|m| m.is_file()) {
+                continue;
+            }
             let mut raw = Vec::new();
             if f.take(MAX_SHARD).read_to_end(&mut raw).is_ok() {
                 parse_into(&String::from_utf8_lossy(&raw), &mut counters);

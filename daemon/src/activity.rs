@@ -101,7 +101,8 @@ pub struct Finish<'a> {
     pub outcome: &'a str,
     pub compile_ms: Option<u64>,
     pub queue_ms: Option<u64>,
-    /// The worker's name when the answer names one (placed jobs).
+    /// The worker's name as its answer gives it (placed jobs): only compared with the
+    /// name in its certificate, never recorded in its place.
     pub worker: Option<&'a str>,
 }
 
@@ -173,8 +174,11 @@ impl Activity {
         let Started { mut event, t0 } = started;
         let took = t0.elapsed();
         self.running.lock().unwrap().retain(|e| e.id != event.id);
-        if let Some(w) = how.worker.filter(|w| !w.is_empty()) {
-            event.peer = w.to_string();
+        // The peer stays the name its certificate carries (placement gave it): the
+        // answer's own `worker` is whatever that member chose to write.
+        if let Some(w) = how.worker.filter(|w| *w != event.peer) {
+            tracing::debug!(peer = %event.peer, claimed = %w.chars().take(64).collect::<String>(),
+                "a worker's answer names another node than its certificate");
         }
         event.outcome = Some(how.outcome.to_string());
         event.compile_ms = how.compile_ms;
@@ -206,5 +210,48 @@ impl Activity {
             h.push_back(event.clone());
         }
         let _ = self.tx.send(Event::JobFinished(event));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A placed job's peer is the name in the worker's certificate, which placement
+    /// gives at the start: what the worker's answer says about itself (any member can
+    /// write anything there) never replaces it in the monitor or the audit log.
+    #[test]
+    fn a_workers_claimed_name_never_replaces_its_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.jsonl");
+        let activity = Activity::new(Some(AuditLog::new(audit.clone(), 1 << 20, 1)));
+        let compiler = farm::protocol::CompilerAd {
+            name: "gcc".into(),
+            identity: [7; 32],
+        };
+        let started = activity.start(JobFacts {
+            role: Role::Placed,
+            shape: "text",
+            family: "gcc",
+            compiler: &compiler,
+            submitter: "uid:1000(alice)".into(),
+            peer: "mallory",
+            digest: [1; 32],
+        });
+        let forged = format!("honest-node{}", "x".repeat(1 << 16));
+        activity.finish(
+            started,
+            Finish {
+                outcome: "ok",
+                compile_ms: Some(5),
+                queue_ms: None,
+                worker: Some(&forged),
+            },
+        );
+        let (_, done) = activity.snapshot();
+        assert_eq!(done[0].peer, "mallory");
+        let line = std::fs::read_to_string(&audit).unwrap();
+        assert!(line.contains("\"peer\":\"mallory\""), "{line}");
+        assert!(!line.contains("honest-node"), "{line}");
     }
 }

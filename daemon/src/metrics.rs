@@ -465,7 +465,9 @@ pub fn shim_counters(dirs: &[PathBuf]) -> std::collections::BTreeMap<String, u64
     let mut sum = std::collections::BTreeMap::<String, u64>::new();
     for dir in dirs {
         for (k, v) in Stats::new(dir).read() {
-            *sum.entry(k).or_insert(0) += v;
+            // Shards are other users' files: their counts may add up past u64.
+            let c = sum.entry(k).or_insert(0);
+            *c = c.saturating_add(v);
         }
     }
     sum

@@ -115,7 +115,7 @@ impl Counts {
             Kind::Passthrough => self.passthrough += 1,
             Kind::Error => self.error += 1,
         }
-        self.saved_ms += saved_ms;
+        self.saved_ms = self.saved_ms.saturating_add(saved_ms);
     }
 
     pub fn total(&self) -> u64 {
@@ -297,7 +297,7 @@ impl Report {
             Kind::Passthrough => p.passthrough += 1,
             Kind::Miss | Kind::Error if line.ran.is_some() => {
                 p.compiles += 1;
-                p.compile_ms += compile_ms;
+                p.compile_ms = p.compile_ms.saturating_add(compile_ms);
                 p.warm += u64::from(line.ran.as_deref() == Some("warm"));
                 p.for_others += u64::from(on_peer);
             }

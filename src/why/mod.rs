@@ -205,8 +205,15 @@ pub fn field_text(tag: &str, value: &[u8]) -> String {
 /// before, if it has one), each found file that still is one. The source, the key
 /// and declared inputs are the caller's.
 pub fn probe(before: &Content) -> Content {
-    let hash = |p: &str| fsutil::hash_file(Path::new(p)).ok().map(|d| short(&d));
     let is_file = |p: &str| std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false);
+    // Only regular files are read: a FIFO or a device (what a header became, or what
+    // a damaged record names) would block or never end.
+    let hash = |p: &str| {
+        is_file(p)
+            .then(|| fsutil::hash_file(Path::new(p)).ok())
+            .flatten()
+            .map(|d| short(&d))
+    };
     let mut now = Content {
         inputs_known: before.inputs_known,
         ..Content::default()

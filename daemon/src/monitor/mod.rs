@@ -76,7 +76,8 @@ impl Counters {
         Counters {
             hits,
             misses,
-            hit_rate: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+            hit_rate: (hits.saturating_add(misses) > 0)
+                .then(|| hits as f64 / (hits as f64 + misses as f64)),
             time_saved_ms: s.get(&Outcome::TimeSavedMs),
             remote_compiles: s.get(&Outcome::FarmRemote),
             dirs,
@@ -134,6 +135,23 @@ fn jobs_per_s(finished: &[JobEvent], now_ms: u64) -> f64 {
     n as f64 * 1000.0 / RATE_WINDOW_MS as f64
 }
 
+/// `farm status` as the page shows it. The HTTP endpoint has no authentication, and
+/// a peer's failure messages are free text (a worker's refusal names the flag or the
+/// path it refused): only their reason names are shown (docs/security.md).
+fn public(mut s: StatusReport) -> StatusReport {
+    for p in &mut s.peers {
+        for f in &mut p.recent_failures {
+            let kind = f.split(':').next().unwrap_or_default();
+            *f = match kind {
+                "refused" | "timeout" | "protocol" | "peer_error" => kind,
+                _ => "other",
+            }
+            .to_string();
+        }
+    }
+    s
+}
+
 /// Works the status out (reads the shims' counter files: call off the async threads).
 fn compute(node: &Node) -> Status {
     let (running, finished) = node.activity.snapshot();
@@ -143,7 +161,7 @@ fn compute(node: &Node) -> Status {
         .filter(|e| e.role == crate::activity::Role::Placed)
         .count();
     Status {
-        status: node.status(),
+        status: public(node.status()),
         load_milli: node.advert().load_milli,
         counters: Counters::of(
             crate::metrics::shim_counters(&node.cfg.shim_stats),
@@ -365,6 +383,29 @@ mod tests {
         assert_eq!(c.time_saved_ms, 1500);
         assert_eq!(c.remote_compiles, 2);
         assert_eq!(Counters::of(BTreeMap::new(), 0).hit_rate, None);
+    }
+
+    /// Anyone who reaches the HTTP address reads the status: a peer's failure
+    /// messages (a worker's refusal names the flag or path it refused) are cut to
+    /// their reason.
+    #[test]
+    fn the_status_shows_failure_reasons_not_messages() {
+        let mut st = StatusReport::default();
+        st.peers.push(farm::protocol::PeerStatus {
+            node: "p1".into(),
+            recent_failures: vec![
+                "refused: p1: output /home/alice/secret-project/x.o: is a link".into(),
+                "timeout: no answer within 1500 ms".into(),
+                "\u{1b}[31m/home/alice".into(),
+            ],
+            ..Default::default()
+        });
+        let shown = serde_json::to_string(&public(st)).unwrap();
+        assert!(!shown.contains("alice"), "{shown}");
+        assert!(
+            shown.contains(r#""recent_failures":["refused","timeout","other"]"#),
+            "{shown}"
+        );
     }
 
     #[test]
