@@ -255,3 +255,28 @@ fn nothing_to_explain_and_not_cacheable() {
     let help = env.farm_ok(&["why", "--help"]);
     assert!(text(&help).contains("farm why"));
 }
+
+#[test]
+fn a_damaged_record_is_named_and_the_next_miss_rewrites_it() {
+    require("gcc");
+    let env = project("direct");
+    run_gcc(&env, "-DLEVEL=1", &[]);
+    let why_dir = env.cache.join("why");
+    let file = files_with_ext(&why_dir, "")
+        .into_keys()
+        .next()
+        .map(|rel| why_dir.join(rel))
+        .expect("a record after a miss");
+    std::fs::write(&file, b"not a record").unwrap();
+    let o = env.farm(&["why", "a.c"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("damaged") && err.contains(&file.display().to_string()),
+        "{err}"
+    );
+    run_gcc(&env, "-DLEVEL=2", &[]);
+    let out = why(&env, &["a.c"]);
+    assert!(out.contains("no earlier record"), "{out}");
+}

@@ -154,7 +154,10 @@ fn no_difference(nearest: &Record) -> String {
 fn last_miss(cfg: &Config, src: &Path, json: bool) -> i32 {
     let cwd = std::env::current_dir().unwrap_or_default();
     let source = why::absolute_source(&cwd, src);
-    let records = why::load(&cfg.dir.value, &source);
+    let records = match why::load_checked(&cfg.dir.value, &source) {
+        Ok(r) => r,
+        Err(e) => return nothing(format!("{}: {e}", source.display())),
+    };
     let Some(last) = records.first() else {
         return nothing(format!(
             "no miss of {} is recorded (records are kept for misses, in {}; `farm cache clear` removes them)",

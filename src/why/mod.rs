@@ -282,10 +282,23 @@ pub fn record_path(cache_dir: &Path, source: &Path) -> PathBuf {
 /// The records of `source` (absolute), newest first; none when there are none or
 /// they cannot be read.
 pub fn load(cache_dir: &Path, source: &Path) -> Vec<Record> {
-    std::fs::read(record_path(cache_dir, source))
-        .ok()
-        .and_then(|d| decode(&d))
-        .unwrap_or_default()
+    load_checked(cache_dir, source).unwrap_or_default()
+}
+
+/// [`load`], saying when the records' file exists but cannot be read or decoded
+/// (the error names the file).
+pub fn load_checked(cache_dir: &Path, source: &Path) -> Result<Vec<Record>, String> {
+    let path = record_path(cache_dir, source);
+    match std::fs::read(&path) {
+        Ok(d) => decode(&d).ok_or_else(|| {
+            format!(
+                "the records file {} is damaged (the next miss of this source rewrites it)",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 fn decode(data: &[u8]) -> Option<Vec<Record>> {
