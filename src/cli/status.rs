@@ -96,6 +96,11 @@ fn render(s: &StatusReport) -> String {
     }
     for p in &s.peers {
         for f in &p.recent_failures {
+            // A worker's words: no terminal control sequences reach the screen.
+            let f: String = f
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
             t.push_str(&format!("  recent failure on {}: {f}\n", p.node));
         }
     }
