@@ -10,7 +10,7 @@ use common::*;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use farm::protocol::{self, CompilerAd, Job, PeerRequest, PeerResponse};
@@ -23,18 +23,7 @@ fn heavy() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn lua_make(env: &Env, tree: &Path, cc: &str, agent: Option<&Path>) {
-    let mut c = env.cmd("make");
-    c.current_dir(tree.join("src"))
-        .args(["-j8", "linux", &format!("CC={cc} -std=gnu99")]);
-    if let Some(a) = agent {
-        c.env("FARM_AGENT", a);
-    }
-    let o = c.output().unwrap();
-    assert!(
-        o.status.success(),
-        "make failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    lua_make_j(env, tree, cc, agent, 8)
 }
 
 /// One peer's line of `farm status --json`.
@@ -67,15 +56,7 @@ fn lua_farm(names: &[&str]) -> (Cluster, Env, PathBuf, PathBuf, BTreeMap<String,
 
 /// `make -j8` of lua through farm-cc and the agent at `agent`, in the background.
 fn spawn_lua_make(env: &Env, tree: &Path, agent: &Path) -> Child {
-    let farm_cc = farm_cc_bin().display().to_string();
-    env.cmd("make")
-        .current_dir(tree.join("src"))
-        .args(["-j8", "linux", &format!("CC={farm_cc} -std=gnu99")])
-        .env("FARM_AGENT", agent)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    spawn_lua_make_j(env, tree, agent, 8)
 }
 
 fn jobs_ok(status: &serde_json::Value) -> u64 {

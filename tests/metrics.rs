@@ -16,18 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn lua_make(env: &Env, tree: &Path, cc: &str, agent: Option<&Path>) {
-    let mut c = env.cmd("make");
-    c.current_dir(tree.join("src"))
-        .args(["-j8", "linux", &format!("CC={cc} -std=gnu99")]);
-    if let Some(a) = agent {
-        c.env("FARM_AGENT", a);
-    }
-    let o = c.output().unwrap();
-    assert!(
-        o.status.success(),
-        "make failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    lua_make_j(env, tree, cc, agent, 8)
 }
 
 /// The sum of `name{labels…}` samples in a `/metrics` text whose line contains every

@@ -267,15 +267,7 @@ fn snapshot(addr: &str) -> serde_json::Value {
 }
 
 fn spawn_lua_make(env: &Env, tree: &Path, agent: &Path) -> Child {
-    let farm_cc = farm_cc_bin().display().to_string();
-    env.cmd("make")
-        .current_dir(tree.join("src"))
-        .args(["-j4", "linux", &format!("CC={farm_cc} -std=gnu99")])
-        .env("FARM_AGENT", agent)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    spawn_lua_make_j(env, tree, agent, 4)
 }
 
 /// `<tag … attr="value" …>` openings in `dom` that carry every one of `attrs`.

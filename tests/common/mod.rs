@@ -264,3 +264,41 @@ pub fn copy_tree(src: &Path, dst: &Path) {
     }
     std::thread::sleep(std::time::Duration::from_millis(100));
 }
+
+/// `make -jJOBS linux` of lua's tree with `CC=<cc> -std=gnu99`, through the agent at
+/// `agent` when given (a farm), asserting success.
+pub fn lua_make_j(env: &Env, tree: &Path, cc: &str, agent: Option<&Path>, jobs: u32) {
+    let mut c = env.cmd("make");
+    c.current_dir(tree.join("src")).args([
+        &format!("-j{jobs}"),
+        "linux",
+        &format!("CC={cc} -std=gnu99"),
+    ]);
+    if let Some(a) = agent {
+        c.env("FARM_AGENT", a);
+    }
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "make failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `make -jJOBS linux` of lua's tree through farm-cc and the agent at `agent`, in the
+/// background (stderr piped, for a failing build's message).
+pub fn spawn_lua_make_j(env: &Env, tree: &Path, agent: &Path, jobs: u32) -> std::process::Child {
+    let farm_cc = farm_cc_bin().display().to_string();
+    env.cmd("make")
+        .current_dir(tree.join("src"))
+        .args([
+            &format!("-j{jobs}"),
+            "linux",
+            &format!("CC={farm_cc} -std=gnu99"),
+        ])
+        .env("FARM_AGENT", agent)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
