@@ -7,7 +7,8 @@
 #            resources plugins, junit4 (jars in /usr/share/java) for the javac tests;
 #            Mono's mcs and xbuild for the C# tests; redis-server, and nginx with its
 #            WebDAV module, the remote cache servers of tests/remote_storage.rs, and
-#            moto's S3 server from PyPI in target/test-venv (pip, in a venv); prometheus
+#            moto's S3 server from PyPI in target/test-venv (pip, in a venv), BuildGrid
+#            0.9.1 (REAPI) in target/buildgrid-venv from Python 3.13 (pyenv's); prometheus
 #            (and promtool) for tests/metrics.rs, chromium (headless) for tests/monitor.rs
 #   --bench: also ccache hyperfine distcc icecc sccache python3, the comparison tools
 #            of scripts/bench.sh and scripts/bench-farm.sh
@@ -42,4 +43,21 @@ if [[ ! -x $venv/bin/moto_server ]]; then
   echo "install-deps: moto[server] into $venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "moto[server]"
+fi
+# The REAPI server of tests/reapi_cache.rs: BuildGrid 0.9.1 from PyPI, which needs
+# Python 3.13 (on 3.11 pip finds only 0.4.4): python3.13 on PATH, else pyenv's.
+bgvenv=$(cd "$(dirname "$0")/.." && pwd)/target/buildgrid-venv
+if [[ ! -x $bgvenv/bin/bgd ]]; then
+  py313=$(command -v python3.13 || true)
+  if [[ -z $py313 ]]; then
+    pyroot=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+    py313=$(ls -d "$pyroot"/versions/3.13*/bin/python3 2>/dev/null | sort -V | tail -1)
+  fi
+  if [[ -z $py313 || ! -x $py313 ]]; then
+    echo "install-deps: Python 3.13 not found (python3.13 on PATH or pyenv's versions/3.13*): BuildGrid 0.9 needs it for tests/reapi_cache.rs" >&2
+    exit 1
+  fi
+  echo "install-deps: buildgrid==0.9.1 into $bgvenv (with $py313)" >&2
+  "$py313" -m venv "$bgvenv"
+  "$bgvenv/bin/pip" install -q "buildgrid==0.9.1"
 fi

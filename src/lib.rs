@@ -30,6 +30,7 @@ pub mod key;
 pub mod lang;
 pub mod net;
 pub mod protocol;
+pub mod reapi;
 pub mod shim;
 pub mod stats;
 pub mod store;

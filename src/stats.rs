@@ -90,18 +90,21 @@ pub enum TierKind {
     WebDav,
     /// The GitHub Actions cache.
     Gha,
+    /// A REAPI server's Action Cache and CAS.
+    Reapi,
     Farm,
 }
 
 impl TierKind {
     /// Every kind, in the order `farm stats` shows them (nearest tier first).
-    pub const ALL: [TierKind; 7] = [
+    pub const ALL: [TierKind; 8] = [
         TierKind::Local,
         TierKind::Redis,
         TierKind::S3,
         TierKind::Http,
         TierKind::WebDav,
         TierKind::Gha,
+        TierKind::Reapi,
         TierKind::Farm,
     ];
 
@@ -114,6 +117,7 @@ impl TierKind {
             Scheme::Http => TierKind::Http,
             Scheme::WebDav => TierKind::WebDav,
             Scheme::Gha => TierKind::Gha,
+            Scheme::Reapi => TierKind::Reapi,
         }
     }
 
@@ -126,6 +130,7 @@ impl TierKind {
             TierKind::Http => "http",
             TierKind::WebDav => "webdav",
             TierKind::Gha => "gha",
+            TierKind::Reapi => "reapi",
             TierKind::Farm => "farm",
         }
     }
@@ -182,8 +187,8 @@ macro_rules! tier_counter_names {
     };
 }
 
-const TIER_COUNTERS: [[&str; 5]; 7] =
-    tier_counter_names!("local", "redis", "s3", "http", "webdav", "gha", "farm");
+const TIER_COUNTERS: [[&str; 5]; 8] =
+    tier_counter_names!("local", "redis", "s3", "http", "webdav", "gha", "reapi", "farm");
 
 /// One thing `farm stats` counts. Fixed outcomes have one counter each; the others
 /// carry a [`Reason`] and count under `<family prefix>.<reason>`.

@@ -75,6 +75,12 @@ fn refusal(spec: &RemoteSpec) -> Option<&'static str> {
     match spec.scheme {
         Scheme::Gha => Some("remote_scheme"),
         Scheme::S3 if spec.s3_keys.is_none() => Some("remote_credentials"),
+        // Nothing of the agent's own files or environment: a credential comes
+        // resolved by the shim, and a CA file is read by the shim itself.
+        Scheme::Reapi => match spec.reapi.as_ref().map(|r| (&r.auth, &r.ca_file)) {
+            Some((None | Some(farm::reapi::AuthSource::Resolved { .. }), None)) => None,
+            _ => Some("remote_credentials"),
+        },
         _ => None,
     }
 }
@@ -256,6 +262,14 @@ mod tests {
                 Some("remote_credentials")
             );
             assert_eq!(pool.client(1, spec("gha")).err(), Some("remote_scheme"));
+            assert_eq!(
+                pool.client(1, spec("reapi://127.0.0.1:1|token-file=/etc/shadow"))
+                    .err(),
+                Some("remote_credentials")
+            );
+            assert!(pool
+                .client(1, spec("reapi://127.0.0.1:1|instance=x"))
+                .is_ok());
             // One user cannot take every client.
             for i in 0..MAX_REMOTES_PER_USER {
                 let _ = pool.client(3, spec(&format!("redis://127.0.0.1:{}", 10 + i)));

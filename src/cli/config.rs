@@ -159,8 +159,22 @@ pub(super) fn remote_attributes(
                 .into(),
             ));
         }
+        // Its server, instance and credential source follow.
+        Scheme::Reapi => {}
     }
-    if spec.scheme != Scheme::S3 && spec.scheme != Scheme::Gha {
+    if let Some(r) = &spec.reapi {
+        a.push(("server", r.server()));
+        a.push(("instance", format!("{:?}", r.instance)));
+        a.push((
+            "credentials",
+            r.auth
+                .as_ref()
+                .map_or_else(|| "none".into(), |s| s.describe()),
+        ));
+        if let Some(ca) = &r.ca_file {
+            a.push(("ca-file", ca.display().to_string()));
+        }
+    } else if spec.scheme != Scheme::S3 && spec.scheme != Scheme::Gha {
         let creds = match (&spec.username, &spec.password) {
             (Some(u), Some(_)) => format!("user:{u},password:hidden"),
             (Some(u), None) => format!("user:{u}"),

@@ -107,6 +107,17 @@ pub(crate) fn spec_for_agent(spec: &RemoteSpec) -> Option<RemoteSpec> {
             }
             Some(s)
         }
+        // The credential read here (this process's files and environment), resolved.
+        Scheme::Reapi => {
+            let mut s = spec.clone();
+            if let Some(r) = s.reapi.as_mut() {
+                if let Some(a) = &r.auth {
+                    let (header, value) = a.resolve().ok()?;
+                    r.auth = Some(crate::reapi::AuthSource::Resolved { header, value });
+                }
+            }
+            Some(s)
+        }
         _ => Some(spec.clone()),
     }
 }

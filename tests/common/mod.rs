@@ -7,6 +7,7 @@ pub mod farmd;
 pub mod http;
 pub mod netns;
 pub mod rawpeer;
+pub mod remote_builds;
 pub mod secfarm;
 pub mod servers;
 

@@ -291,3 +291,61 @@ pub fn prometheus(targets: &[String]) -> Server {
         _dir: dir,
     }
 }
+
+/// The BuildGrid configuration of the REAPI cache tests: CAS, ByteStream and Action
+/// Cache in memory, instance `""`, plaintext (../shared/engines/, beside the clone).
+fn buildgrid_config(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/engines")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} missing: the shared engine configurations sit beside the clone (../shared)",
+        p.display()
+    );
+    p
+}
+
+/// BuildGrid 0.9.1 (from PyPI, installed by scripts/install-deps.sh into
+/// target/buildgrid-venv) serving a CAS and an Action Cache in memory on loopback:
+/// `reapi://127.0.0.1:<port>`, instance `""`. Killed on drop.
+pub fn buildgrid_cas_ac() -> Server {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/buildgrid-venv/bin/bgd");
+    assert!(
+        bin.exists(),
+        "{} missing: run scripts/install-deps.sh (it needs Python 3.13)",
+        bin.display()
+    );
+    let config = buildgrid_config("buildgrid-cas-ac.yml");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("bgd.log")).unwrap();
+    let mut child = Command::new(&bin)
+        .args(["server", "start"])
+        .arg(&config)
+        .env("BG_PORT", port.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // Python takes a few seconds to import BuildGrid before it listens.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(60) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Server {
+                child,
+                port,
+                _dir: dir,
+            };
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            let log = std::fs::read_to_string(dir.path().join("bgd.log")).unwrap_or_default();
+            panic!("bgd exited at start: {st}\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("bgd did not listen on {port} within 60 s");
+}

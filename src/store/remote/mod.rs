@@ -6,6 +6,7 @@
 //! first use: only a local miss gets here; the hit path never does.
 
 pub mod breaker;
+pub mod reapi_tier;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ pub struct RemoteTier {
     /// Skips writes only, after a failed write (full, or not writable for us).
     write_breaker: Breaker,
     op: OnceLock<Result<Operator, String>>,
+    /// A REAPI tier's client (`reapi://`, `grpcs://`), made on first use.
+    reapi: OnceLock<Result<std::sync::Arc<crate::reapi::Client>, String>>,
     /// A Redis server's port answered a plain connect (see [`RemoteTier::reachable`]).
     reached: std::sync::atomic::AtomicBool,
     /// This tier is the machine's probe of the remote after a skip.
@@ -165,6 +168,12 @@ fn operator(spec: &RemoteSpec) -> opendal::Result<Operator> {
             install_http();
             Operator::new(services::Ghac::default().root(&root))?
         }
+        Scheme::Reapi => {
+            return Err(opendal::Error::new(
+                opendal::ErrorKind::Unsupported,
+                "a REAPI tier has no opendal operator",
+            ))
+        }
     };
     Ok(op.layer(
         opendal::layers::TimeoutLayer::new()
@@ -182,6 +191,7 @@ impl RemoteTier {
             write_breaker: Breaker::new(&dir, &format!("{} (writes)", spec.url)),
             spec,
             op: OnceLock::new(),
+            reapi: OnceLock::new(),
             reached: std::sync::atomic::AtomicBool::new(false),
             probing: std::sync::atomic::AtomicBool::new(false),
         }
@@ -195,6 +205,7 @@ impl RemoteTier {
             write_breaker: Breaker::in_memory(),
             spec,
             op: OnceLock::new(),
+            reapi: OnceLock::new(),
             reached: std::sync::atomic::AtomicBool::new(false),
             probing: std::sync::atomic::AtomicBool::new(false),
         }
@@ -258,6 +269,9 @@ impl RemoteTier {
         kind: EntryKind,
         key: &CacheKey,
     ) -> Result<Option<Vec<u8>>, CacheError> {
+        if self.spec.scheme == Scheme::Reapi {
+            return self.reapi_read(kind, key).await;
+        }
         let p = self.object(kind, key);
         let data = self
             .call_async("read", false, move |op| {
@@ -306,6 +320,9 @@ impl RemoteTier {
         key: &CacheKey,
         body: Vec<u8>,
     ) -> Result<(), CacheError> {
+        if self.spec.scheme == Scheme::Reapi {
+            return self.reapi_write(kind, key, body).await;
+        }
         let path = self.object(kind, key);
         self.call_async("write", true, move |op| {
             Box::pin(async move { op.write(&path, body).await.map(|_| ()) })
@@ -316,6 +333,9 @@ impl RemoteTier {
 
     /// Whether the server holds the entry's object.
     pub async fn exists(&self, kind: EntryKind, key: &CacheKey) -> Result<bool, CacheError> {
+        if self.spec.scheme == Scheme::Reapi {
+            return self.reapi_exists(kind, key).await;
+        }
         let path = self.object(kind, key);
         Ok(self
             .call_async("stat", false, move |op| {
@@ -569,6 +589,9 @@ impl Tier for RemoteTier {
     fn remove(&self, kind: EntryKind, key: &CacheKey) -> Result<(), CacheError> {
         if self.spec.read_only {
             return Ok(());
+        }
+        if self.spec.scheme == Scheme::Reapi {
+            return self.block_on(self.reapi_remove(kind, key));
         }
         let path = self.object(kind, key);
         self.block_on(self.call_async("delete", true, move |op| {

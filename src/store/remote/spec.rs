@@ -19,6 +19,9 @@ pub enum Scheme {
     Http,
     /// The GitHub Actions cache (from the runner's environment).
     Gha,
+    /// A REAPI server's Action Cache and CAS (`reapi://`/`grpc://` plaintext,
+    /// `grpcs://` TLS): docs/reapi.md.
+    Reapi,
 }
 
 /// How entries are named on the server.
@@ -63,6 +66,9 @@ pub struct RemoteSpec {
     /// these and nothing from its own environment or files (`None` when parsed: the
     /// shim's own S3 client finds credentials as AWS tools do).
     pub s3_keys: Option<S3Keys>,
+    /// REAPI: the server, instance name, TLS and credential source (its timeouts are
+    /// `connect_timeout` and `op_timeout`).
+    pub reapi: Option<crate::reapi::ReapiConfig>,
 }
 
 /// Debug output never shows a password or a secret key.
@@ -162,7 +168,7 @@ pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
         None if raw == "gha" => ("gha", ""),
         None => {
             return Err(err(
-                "not a URL (redis://, rediss://, s3://, http(s)://, webdav(s)://, gha)".into(),
+                "not a URL (redis://, rediss://, s3://, http(s)://, webdav(s)://, reapi://, grpcs://, gha)".into(),
             ))
         }
     };
@@ -173,6 +179,7 @@ pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
         "http" | "https" => Scheme::Http,
         "webdav" | "webdavs" | "dav" | "davs" => Scheme::WebDav,
         "gha" => Scheme::Gha,
+        "reapi" | "grpc" | "grpcs" => Scheme::Reapi,
         other => return Err(err(format!("unknown scheme {other:?}"))),
     };
     let (authority, path) = match rest.split_once('/') {
@@ -188,6 +195,12 @@ pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
             if scheme == Scheme::S3 || scheme == Scheme::Gha {
                 return Err(err(
                     "credentials in the URL: use the AWS_* variables for S3".into(),
+                ));
+            }
+            if scheme == Scheme::Reapi {
+                return Err(err(
+                    "credentials in the URL: use |token-file=, |token-env=, |header= or |header-file="
+                        .into(),
                 ));
             }
             let (u, p) = match creds.split_once(':') {
@@ -211,6 +224,7 @@ pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
             Scheme::WebDav if scheme_name.ends_with('s') => format!("https://{authority}"),
             Scheme::WebDav => format!("http://{authority}"),
             Scheme::S3 | Scheme::Gha => String::new(),
+            Scheme::Reapi => authority.to_string(),
         },
         path: path.to_string(),
         bucket: if scheme == Scheme::S3 {
@@ -228,7 +242,16 @@ pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
         username,
         password,
         s3_keys: None,
+        reapi: None,
     };
+    let mut reapi = (scheme == Scheme::Reapi)
+        .then(|| reapi_config(scheme_name, authority, path))
+        .transpose()
+        .map_err(err)?;
+    if reapi.is_some() {
+        // A gRPC connect and TLS handshake over a WAN take longer than Redis's.
+        spec.connect_timeout = Duration::from_millis(500);
+    }
     let redis = scheme == Scheme::Redis || scheme == Scheme::Rediss;
     if redis && !path.is_empty() && path.parse::<u32>().is_err() {
         return Err(err(format!("Redis database {path:?} is not a number")));
@@ -279,11 +302,104 @@ pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
             "region" if scheme == Scheme::S3 => spec.region = Some(need(value)?),
             "endpoint" if scheme == Scheme::S3 => spec.s3_endpoint = Some(need(value)?),
             "region" | "endpoint" => return Err(err(format!("{name} is for s3:// only"))),
+            "instance" | "token-file" | "token-env" | "header" | "header-file" | "ca-file" => {
+                let Some(r) = reapi.as_mut() else {
+                    return Err(err(format!("{name} is for reapi:// and grpcs:// only")));
+                };
+                reapi_attribute(r, name, value).map_err(err)?
+            }
             "" => {}
             other => return Err(err(format!("unknown attribute {other:?}"))),
         }
     }
+    if let Some(mut r) = reapi {
+        r.connect_timeout = spec.connect_timeout;
+        r.call_timeout = spec.op_timeout;
+        spec.reapi = Some(r);
+    }
     Ok(spec)
+}
+
+/// A REAPI server from `reapi://host:port` (`grpc://`) or `grpcs://host[:port]`
+/// (443 by default).
+fn reapi_config(
+    scheme_name: &str,
+    authority: &str,
+    path: &str,
+) -> Result<crate::reapi::ReapiConfig, String> {
+    if !path.is_empty() {
+        return Err(format!(
+            "a path has no meaning here: name the instance with |instance={path}"
+        ));
+    }
+    let tls = scheme_name == "grpcs";
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && !p.contains(']') && p.parse::<u16>().is_ok());
+    let authority = match (has_port, tls) {
+        (true, _) => authority.to_string(),
+        (false, true) => format!("{authority}:443"),
+        (false, false) => return Err("needs a port (reapi://HOST:PORT)".into()),
+    };
+    let mut c = crate::reapi::ReapiConfig::plain(&authority);
+    c.tls = tls;
+    Ok(c)
+}
+
+/// One REAPI attribute: `instance=NAME`, `token-file=PATH`, `token-env=VAR`,
+/// `header=NAME:VAR`, `header-file=NAME:PATH`, `ca-file=PATH`.
+fn reapi_attribute(
+    r: &mut crate::reapi::ReapiConfig,
+    name: &str,
+    value: Option<&str>,
+) -> Result<(), String> {
+    use crate::reapi::AuthSource;
+    let value = value.unwrap_or_default();
+    if value.is_empty() && name != "instance" {
+        return Err(format!("attribute {name:?} needs a value"));
+    }
+    let pair = || {
+        value
+            .split_once(':')
+            .filter(|(h, v)| !h.is_empty() && !v.is_empty())
+            .map(|(h, v)| (h.to_string(), v.to_string()))
+            .ok_or_else(|| {
+                format!(
+                    "{name}={value:?}: use HEADER:{}",
+                    if name == "header" { "VARIABLE" } else { "PATH" }
+                )
+            })
+    };
+    let auth = match name {
+        "instance" => {
+            r.instance = value.trim_matches('/').to_string();
+            return Ok(());
+        }
+        "ca-file" => {
+            r.ca_file = Some(value.into());
+            return Ok(());
+        }
+        "token-file" => AuthSource::TokenFile(value.into()),
+        "token-env" => AuthSource::TokenEnv(value.into()),
+        "header" => {
+            let (header, var) = pair()?;
+            AuthSource::HeaderEnv { header, var }
+        }
+        _ => {
+            let (header, path) = pair()?;
+            AuthSource::HeaderFile {
+                header,
+                path: path.into(),
+            }
+        }
+    };
+    if r.auth.is_some() {
+        return Err(
+            "one credential per server (token-file, token-env, header or header-file)".into(),
+        );
+    }
+    r.auth = Some(auth);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -354,6 +470,54 @@ mod tests {
     }
 
     #[test]
+    fn reapi_servers_and_their_attributes() {
+        use crate::reapi::AuthSource;
+        let r = parse_one("reapi://127.0.0.1:8980|instance=main|timeout=3s").unwrap();
+        assert_eq!(r.scheme, Scheme::Reapi);
+        let c = r.reapi.as_ref().unwrap();
+        assert_eq!(
+            (
+                c.authority.as_str(),
+                c.tls,
+                c.instance.as_str(),
+                c.call_timeout
+            ),
+            ("127.0.0.1:8980", false, "main", Duration::from_secs(3))
+        );
+        assert_eq!(c.connect_timeout, Duration::from_millis(500));
+        let b =
+            parse_one("grpcs://remote.buildbuddy.io|header=x-buildbuddy-api-key:BB_KEY").unwrap();
+        let c = b.reapi.as_ref().unwrap();
+        assert_eq!(
+            (c.authority.as_str(), c.tls),
+            ("remote.buildbuddy.io:443", true)
+        );
+        assert_eq!(
+            c.auth,
+            Some(AuthSource::HeaderEnv {
+                header: "x-buildbuddy-api-key".into(),
+                var: "BB_KEY".into()
+            })
+        );
+        let t = parse_one("grpc://h:1|token-file=/etc/farm/token|ca-file=/etc/ca.pem").unwrap();
+        let c = t.reapi.unwrap();
+        assert_eq!(
+            c.auth.as_ref().unwrap().describe(),
+            "bearer(file:/etc/farm/token)"
+        );
+        assert_eq!(
+            c.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        // A resolved credential never shows.
+        let secret = AuthSource::Resolved {
+            header: "authorization".into(),
+            value: "Bearer s3cret".into(),
+        };
+        assert!(!format!("{secret:?}").contains("s3cret"));
+    }
+
+    #[test]
     fn errors_name_the_url_and_the_problem() {
         for (item, want) in [
             ("ftp://x", "unknown scheme"),
@@ -364,6 +528,12 @@ mod tests {
             ("cache.example", "not a URL"),
             ("redis://", "no host"),
             ("https://x|layout=flat", "layout"),
+            ("reapi://x", "needs a port"),
+            ("reapi://x:1/main", "|instance=main"),
+            ("reapi://u@x:1", "credentials in the URL"),
+            ("redis://x|instance=a", "for reapi:// and grpcs:// only"),
+            ("grpcs://x|header=foo", "HEADER:VARIABLE"),
+            ("grpcs://x|token-env=A|token-file=/t", "one credential"),
         ] {
             let e = parse_one(item).unwrap_err();
             assert!(e.to_string().contains(want), "{item}: {e}");
