@@ -367,8 +367,13 @@ impl Client {
         if d.size_bytes == 0 {
             return Ok(Some(Vec::new()));
         }
-        let caps = self.capabilities().await?;
-        let data = if self.streamed(&caps, d.size_bytes) {
+        // A client that has not asked for capabilities yet (a compile's one read)
+        // reads through ByteStream, which takes any size, rather than ask first.
+        let batched = self
+            .caps
+            .get()
+            .is_some_and(|c| !self.streamed(c, d.size_bytes));
+        let data = if !batched {
             self.read_stream(d).await?
         } else {
             let req = BatchReadBlobsRequest {
