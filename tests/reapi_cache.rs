@@ -184,3 +184,61 @@ fn a_reapi_server_that_dies_or_hangs_fails_nothing() {
         "{tried} connections to the hung server for {n} compiles"
     );
 }
+
+/// With a farmd agent up, the shim asks BuildGrid through it (the agent's one warm
+/// channel; the credential read by the shim and sent resolved): B is answered with a
+/// plain build's objects, no compile falls back to asking directly, and `farm
+/// config` names the credential's file, never its content.
+#[test]
+fn checkout_b_is_answered_from_reapi_through_the_agent() {
+    let c = checkouts();
+    let n = c.plain_b.len() as u64;
+    let farm_cc = farm_cc_bin().display().to_string();
+    let farmd = lone_farmd();
+    let agent = farmd.nodes[0].socket();
+    let bg = buildgrid_cas_ac();
+    let token = c._root.path().join("reapi-token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let remote = format!(
+        "reapi://127.0.0.1:{}|token-file={}",
+        bg.port,
+        token.display()
+    );
+    let env_a = Env::new("direct");
+    make_with_agent(&env_a, &c.a, &farm_cc, &remote, &agent);
+    assert_eq!(env_a.misses(), n, "{}", env_a.stats());
+    assert_eq!(env_a.counter(&["errors", "remote"]), 0, "{}", env_a.stats());
+    // The agent's write queue drains in the background: B may come before it ends.
+    std::thread::sleep(Duration::from_secs(2));
+    let env_b = Env::new("direct");
+    make_with_agent(&env_b, &c.b, &farm_cc, &remote, &agent);
+    assert_same_objects(&c.plain_b, &objects(&c.b), "checkout B through the agent");
+    assert_eq!(
+        env_b.counter(&["hits", "remote"]),
+        n,
+        "every TU of B hits BuildGrid through the agent: {}",
+        env_b.stats()
+    );
+    for env in [&env_a, &env_b] {
+        assert_eq!(
+            env.counter(&["farm", "fallback", "agent_remote"]),
+            0,
+            "{}",
+            env.stats()
+        );
+    }
+    let o = env_b
+        .cmd(farm_bin())
+        .arg("config")
+        .env("FARM_REMOTE_STORAGE", &remote)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("kind=reapi"), "{text}");
+    assert!(
+        text.contains(&format!("credentials=bearer(file:{})", token.display())),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+}

@@ -7,7 +7,6 @@ mod common;
 use common::remote_builds::*;
 use common::servers::*;
 use common::*;
-use std::path::Path;
 
 #[test]
 fn checkout_b_is_answered_from_redis() {
@@ -247,7 +246,6 @@ fn cache_ping_tries_every_remote() {
 
 // ---- Through this machine's farmd agent (warm connections, writes in the background).
 
-use common::farmd::Cluster;
 use std::cell::Cell;
 
 /// The most connections the agent's clients may open to one Redis over two builds:
@@ -255,31 +253,6 @@ use std::cell::Cell;
 /// after a failure. Well under the 34 compiles of one build, each of which connects
 /// on the direct path.
 const AGENT_CONNECTIONS: u64 = 20;
-
-/// [`make`] with this machine's farmd agent at `agent`.
-fn make_with_agent(env: &Env, tree: &Path, cc: &str, remote: &str, agent: &Path) {
-    let o = env
-        .cmd("make")
-        .current_dir(tree.join("src"))
-        .env("FARM_REMOTE_STORAGE", remote)
-        .env("FARM_AGENT", agent)
-        .envs(AWS)
-        .args(["-j2", "linux", &format!("CC={cc} -std=gnu99")])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "make failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// A lone farmd whose agent is up.
-fn lone_farmd() -> Cluster {
-    let c = Cluster::new(&["solo"], |_| String::new());
-    c.wait_live(0, 0);
-    c
-}
 
 /// redis-cli on one server, counting its own connections so that the server's count
 /// of connections received can be told apart from them.

@@ -86,3 +86,28 @@ pub fn two_checkouts(remote: &str) -> Env {
     assert_eq!(env_b.counter(&["hits", "direct"]), n, "{}", env_b.stats());
     env_b
 }
+
+/// [`make`] with this machine's farmd agent at `agent`.
+pub fn make_with_agent(env: &Env, tree: &Path, cc: &str, remote: &str, agent: &Path) {
+    let o = env
+        .cmd("make")
+        .current_dir(tree.join("src"))
+        .env("FARM_REMOTE_STORAGE", remote)
+        .env("FARM_AGENT", agent)
+        .envs(AWS)
+        .args(["-j2", "linux", &format!("CC={cc} -std=gnu99")])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "make failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A lone farmd whose agent is up.
+pub fn lone_farmd() -> super::farmd::Cluster {
+    let c = super::farmd::Cluster::new(&["solo"], |_| String::new());
+    c.wait_live(0, 0);
+    c
+}
