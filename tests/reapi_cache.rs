@@ -242,3 +242,38 @@ fn checkout_b_is_answered_from_reapi_through_the_agent() {
     );
     assert!(!text.contains("s3cret"), "{text}");
 }
+
+/// `grpcs://`: BuildGrid with a certificate of a CA farm trusts through `ca-file`
+/// (rustls on ring); without that CA the handshake fails, named.
+#[test]
+fn grpcs_with_a_ca_file() {
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let bg = buildgrid_cas_ac_tls(&ca.cert.pem(), &ca.key_pair.serialize_pem());
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let spec = parse_one(&format!(
+        "grpcs://localhost:{}|ca-file={}",
+        bg.port,
+        ca_file.display()
+    ))
+    .unwrap();
+    let cfg = spec.reapi.clone().unwrap();
+    let c = BlockingClient::new(cfg.clone());
+    assert!(c.capabilities().unwrap().ac_update_enabled);
+    let tier = RemoteTier::in_process(spec);
+    tier.put(EntryKind::Result, &CacheKey([9; 32]), b"over TLS")
+        .unwrap();
+    assert_eq!(
+        tier.get(EntryKind::Result, &CacheKey([9; 32]))
+            .unwrap()
+            .as_deref(),
+        Some(&b"over TLS"[..])
+    );
+    let mut untrusted = cfg;
+    untrusted.ca_file = None;
+    let e = BlockingClient::new(untrusted).capabilities().unwrap_err();
+    assert!(e.to_string().contains("grpcs://localhost"), "{e}");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    eprintln!("without the CA: {e}");
+}

@@ -130,10 +130,21 @@ impl Client {
     }
 
     fn call_error(&self, call: &'static str, s: tonic::Status) -> ReapiError {
+        // A transport failure says only "transport error": its causes name what
+        // failed (refused, a certificate not trusted).
+        let mut detail = format!("{:?}: {}", s.code(), s.message());
+        let mut cause = std::error::Error::source(&s);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !detail.contains(&text) {
+                detail.push_str(&format!(": {text}"));
+            }
+            cause = c.source();
+        }
         ReapiError::Call {
             server: self.server.clone(),
             call,
-            detail: format!("{:?}: {}", s.code(), s.message()),
+            detail,
             code: Some(s.code()),
         }
     }

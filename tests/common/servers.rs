@@ -310,19 +310,49 @@ fn buildgrid_config(name: &str) -> PathBuf {
 /// target/buildgrid-venv) serving a CAS and an Action Cache in memory on loopback:
 /// `reapi://127.0.0.1:<port>`, instance `""`. Killed on drop.
 pub fn buildgrid_cas_ac() -> Server {
+    start_buildgrid(
+        &buildgrid_config("buildgrid-cas-ac.yml"),
+        tempfile::tempdir().unwrap(),
+    )
+}
+
+/// [`buildgrid_cas_ac`] over TLS with this certificate and key (PEM):
+/// `grpcs://localhost:<port>`.
+pub fn buildgrid_cas_ac_tls(cert_pem: &str, key_pem: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    let plain = std::fs::read_to_string(buildgrid_config("buildgrid-cas-ac.yml")).unwrap();
+    let tls = plain.replace(
+        "    insecure-mode: true\n",
+        &format!(
+            "    insecure-mode: false\n    credentials:\n      tls-server-key: {}\n      tls-server-cert: {}\n",
+            key.display(),
+            cert.display()
+        ),
+    );
+    assert_ne!(
+        tls, plain,
+        "the shared configuration changed: no insecure-mode line"
+    );
+    let config = dir.path().join("buildgrid-cas-ac-tls.yml");
+    std::fs::write(&config, tls).unwrap();
+    start_buildgrid(&config, dir)
+}
+
+fn start_buildgrid(config: &Path, dir: tempfile::TempDir) -> Server {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/buildgrid-venv/bin/bgd");
     assert!(
         bin.exists(),
         "{} missing: run scripts/install-deps.sh (it needs Python 3.13)",
         bin.display()
     );
-    let config = buildgrid_config("buildgrid-cas-ac.yml");
-    let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("bgd.log")).unwrap();
     let mut child = Command::new(&bin)
         .args(["server", "start"])
-        .arg(&config)
+        .arg(config)
         .env("BG_PORT", port.to_string())
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
