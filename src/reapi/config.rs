@@ -133,3 +133,42 @@ impl ReapiConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_resolve_from_files_and_variables_and_never_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "  s3cret\n").unwrap();
+        let file = AuthSource::TokenFile(token.clone());
+        assert_eq!(
+            file.resolve().unwrap(),
+            ("authorization".to_string(), "Bearer s3cret".to_string())
+        );
+        let header = AuthSource::HeaderFile {
+            header: "X-BuildBuddy-API-Key".into(),
+            path: token,
+        };
+        assert_eq!(header.resolve().unwrap().0, "x-buildbuddy-api-key");
+        let missing = AuthSource::HeaderEnv {
+            header: "x-key".into(),
+            var: "FARM_TEST_SURELY_UNSET_VARIABLE".into(),
+        };
+        let e = missing.resolve().unwrap_err();
+        assert!(e.contains("FARM_TEST_SURELY_UNSET_VARIABLE"), "{e}");
+        let gone = AuthSource::TokenFile(dir.path().join("nope"));
+        assert!(gone.resolve().unwrap_err().contains("nope"));
+        let mut cfg = ReapiConfig::plain("h:1");
+        cfg.auth = Some(AuthSource::Resolved {
+            header: "authorization".into(),
+            value: "Bearer s3cret".into(),
+        });
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+        assert_eq!(cfg.server(), "reapi://h:1");
+        cfg.instance = "/main/".into();
+        assert_eq!(cfg.resource_prefix(), "main/");
+    }
+}
