@@ -79,6 +79,15 @@ fn capabilities_blobs_both_ways_and_the_action_cache() {
     c.update_action_result(&action, result.clone()).unwrap();
     let got = c.get_action_result(&action).unwrap().unwrap();
     assert_eq!(got.output_files, result.output_files);
+    let inlined = c
+        .get_action_result_inlined(&action, &["out/a.o"])
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "inlined output file: {} bytes of {}",
+        inlined.output_files[0].contents.len(),
+        small.len()
+    );
     // What one GetActionResult costs on loopback (printed for docs/reapi.md).
     let t0 = Instant::now();
     for _ in 0..50 {

@@ -70,6 +70,14 @@ impl BlockingClient {
         self.run(|c| Box::pin(c.get_action_result(action)))
     }
 
+    pub fn get_action_result_inlined(
+        &self,
+        action: &Digest,
+        inline: &[&str],
+    ) -> Result<Option<ActionResult>, ReapiError> {
+        self.run(|c| Box::pin(c.get_action_result_inlined(action, inline)))
+    }
+
     pub fn update_action_result(
         &self,
         action: &Digest,

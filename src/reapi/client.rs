@@ -472,12 +472,23 @@ impl Client {
         &self,
         action: &Digest,
     ) -> Result<Option<ActionResult>, ReapiError> {
+        self.get_action_result_inlined(action, &[]).await
+    }
+
+    /// [`Self::get_action_result`], asking the server to inline these output files'
+    /// contents (it may not: a caller reads `contents`, checked against the digest,
+    /// and falls back to the CAS). Saves a blob read for a small output.
+    pub async fn get_action_result_inlined(
+        &self,
+        action: &Digest,
+        inline: &[&str],
+    ) -> Result<Option<ActionResult>, ReapiError> {
         let req = GetActionResultRequest {
             instance_name: self.cfg.instance.clone(),
             action_digest: Some(action.clone()),
             inline_stdout: false,
             inline_stderr: false,
-            inline_output_files: Vec::new(),
+            inline_output_files: inline.iter().map(|s| s.to_string()).collect(),
             digest_function: sha256(),
         };
         self.call("GetActionResult", || {

@@ -100,7 +100,10 @@ impl RemoteTier {
     ) -> Result<Option<Vec<u8>>, CacheError> {
         let (_, (action, _)) = entry_action(kind, key);
         self.reapi_call("read", false, kind, key, |c| async move {
-            let Some(result) = c.get_action_result(&action).await? else {
+            let Some(result) = c
+                .get_action_result_inlined(&action, &[ENTRY_OUTPUT])
+                .await?
+            else {
                 return Ok(None);
             };
             let Some(file) = result.output_files.iter().find(|f| f.path == ENTRY_OUTPUT) else {
