@@ -188,6 +188,10 @@ pub(super) fn remote_attributes(
         format!("{}ms", spec.connect_timeout.as_millis()),
     ));
     a.push(("timeout", format!("{}ms", spec.op_timeout.as_millis())));
+    if spec.scheme == Scheme::Reapi {
+        // Entries are named by their Action (docs/reapi.md): no prefix, no layout.
+        return a;
+    }
     let prefix = spec.key_prefix.trim_end_matches('/');
     a.push((
         "key-prefix",
@@ -237,6 +241,24 @@ mod tests {
                 "{want:?} in {a:?}"
             );
         }
+        let r = crate::store::remote::spec::parse_one(
+            "grpcs://bb.example|instance=main|header=x-api-key:BB_KEY",
+        )
+        .unwrap();
+        let a = remote_attributes(&r, &no_env);
+        let shown: Vec<String> = a.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            shown,
+            [
+                "kind=reapi",
+                "access=read-write",
+                "server=grpcs://bb.example:443",
+                "instance=\"main\"",
+                "credentials=x-api-key(env:BB_KEY)",
+                "connect-timeout=500ms",
+                "timeout=2000ms",
+            ]
+        );
         let s3 = crate::store::remote::spec::parse_one("s3://bucket/farm|layout=bazel").unwrap();
         let env = |k: &str| (k == "AWS_DEFAULT_REGION").then(|| "eu-west-3".to_string());
         let a = remote_attributes(&s3, &env);

@@ -404,6 +404,10 @@ impl RemoteTier {
     /// The object name of an entry on the server.
     fn object(&self, kind: EntryKind, key: &CacheKey) -> String {
         let hex = key.hex();
+        if self.spec.scheme == Scheme::Reapi {
+            // The entry's synthetic Action (reapi_tier.rs), as its Command names it.
+            return format!("farm-entry/{}/{hex}", reapi_tier::kind_name(kind));
+        }
         let p = &self.spec.key_prefix;
         match (self.spec.layout, kind) {
             (Layout::Bazel, EntryKind::Blob) => format!("{p}cas/{hex}"),

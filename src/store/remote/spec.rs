@@ -313,6 +313,12 @@ pub fn parse_one(item: &str) -> Result<RemoteSpec, SpecError> {
         }
     }
     if let Some(mut r) = reapi {
+        if !spec.key_prefix.is_empty() || spec.layout != Layout::Farm {
+            return Err(err(
+                "key-prefix and layout have no meaning for a REAPI server: keep teams apart with |instance="
+                    .into(),
+            ));
+        }
         r.connect_timeout = spec.connect_timeout;
         r.call_timeout = spec.op_timeout;
         spec.reapi = Some(r);
@@ -534,6 +540,7 @@ mod tests {
             ("redis://x|instance=a", "for reapi:// and grpcs:// only"),
             ("grpcs://x|header=foo", "HEADER:VARIABLE"),
             ("grpcs://x|token-env=A|token-file=/t", "one credential"),
+            ("reapi://x:1|key-prefix=team", "|instance="),
         ] {
             let e = parse_one(item).unwrap_err();
             assert!(e.to_string().contains(want), "{item}: {e}");
