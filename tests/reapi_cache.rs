@@ -286,3 +286,26 @@ fn grpcs_with_a_ca_file() {
     assert!(e.to_string().contains("certificate"), "{e}");
     eprintln!("without the CA: {e}");
 }
+
+/// A server whose Action Cache clients may not write: capabilities say so, a write
+/// fails at once (asking nothing more) and then writes are skipped on this machine,
+/// while reads go on being answered.
+#[test]
+fn a_server_without_action_cache_updates_skips_writes_only() {
+    let bg = buildgrid_cas_ac_no_updates();
+    assert!(!client(bg.port).capabilities().unwrap().ac_update_enabled);
+    let spec = parse_one(&format!("reapi://127.0.0.1:{}", bg.port)).unwrap();
+    let tier = RemoteTier::in_process(spec);
+    let k = CacheKey([3; 32]);
+    match tier.put(EntryKind::Result, &k, b"x") {
+        Err(CacheError::Unavailable { detail, .. }) => {
+            assert!(detail.contains("does not let clients write"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        tier.put(EntryKind::Result, &k, b"x"),
+        Err(CacheError::Skipped { .. })
+    ));
+    assert_eq!(tier.get(EntryKind::Result, &k).unwrap(), None);
+}

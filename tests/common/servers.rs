@@ -341,6 +341,21 @@ pub fn buildgrid_cas_ac_tls(cert_pem: &str, key_pem: &str) -> Server {
     start_buildgrid(&config, dir)
 }
 
+/// [`buildgrid_cas_ac`] whose Action Cache clients may read but not write
+/// (`allow-updates: false`, as many shared deployments run for developers).
+pub fn buildgrid_cas_ac_no_updates() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = std::fs::read_to_string(buildgrid_config("buildgrid-cas-ac.yml")).unwrap();
+    let locked = plain.replace("allow-updates: true", "allow-updates: false");
+    assert_ne!(
+        locked, plain,
+        "the shared configuration changed: no allow-updates line"
+    );
+    let config = dir.path().join("buildgrid-cas-ac-no-updates.yml");
+    std::fs::write(&config, locked).unwrap();
+    start_buildgrid(&config, dir)
+}
+
 fn start_buildgrid(config: &Path, dir: tempfile::TempDir) -> Server {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/buildgrid-venv/bin/bgd");
     assert!(
