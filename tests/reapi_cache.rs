@@ -309,3 +309,22 @@ fn a_server_without_action_cache_updates_skips_writes_only() {
     ));
     assert_eq!(tier.get(EntryKind::Result, &k).unwrap(), None);
 }
+
+/// A server that accepts connections and never answers: each call ends at its
+/// deadline (connect + call, tried once: no UNAVAILABLE to retry on), named.
+#[test]
+fn a_silent_server_costs_one_deadline_per_call() {
+    let (_, port) = silent();
+    let mut cfg = ReapiConfig::plain(&format!("127.0.0.1:{port}"));
+    cfg.connect_timeout = Duration::from_millis(100);
+    cfg.call_timeout = Duration::from_millis(300);
+    let c = BlockingClient::new(cfg);
+    let t0 = Instant::now();
+    let e = c.get_action_result(&digest_of(b"x")).unwrap_err();
+    let spent = t0.elapsed();
+    assert!(e.to_string().contains("GetActionResult"), "{e}");
+    assert!(
+        spent >= Duration::from_millis(300) && spent < Duration::from_millis(1500),
+        "{spent:?}: {e}"
+    );
+}
