@@ -47,6 +47,55 @@ struct FileConfig {
     audit_log_keep: Option<u32>,
     #[serde(default)]
     shim_stats: Vec<String>,
+    reapi_bot: Option<FileReapiBot>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileReapiBot {
+    endpoint: String,
+    #[serde(default)]
+    instance: String,
+    bot_id: Option<String>,
+    properties: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// farmd as a bot of a REAPI service's Execute (`reapi_bot = { … }`).
+#[derive(Clone, Debug)]
+pub struct ReapiBotConfig {
+    /// As configured (`reapi://host:port`, `grpcs://…`), for messages.
+    pub endpoint: String,
+    /// What tonic dials: `http://host:port` or `https://host:port`.
+    pub url: String,
+    pub instance: String,
+    /// Defaults to the node's name.
+    pub bot_id: Option<String>,
+    /// The device properties the service matches Actions' platforms against.
+    pub properties: Vec<(String, String)>,
+}
+
+/// `reapi://` and `grpc://` (and `http://`) are plaintext; `reapis://`, `grpcs://` and
+/// `https://` are TLS with the web PKI's roots.
+fn reapi_url(endpoint: &str) -> Option<String> {
+    let (scheme, rest) = endpoint.split_once("://")?;
+    let tls = match scheme {
+        "reapi" | "grpc" | "http" => false,
+        "reapis" | "grpcs" | "https" => true,
+        _ => return None,
+    };
+    let host_port = rest.trim_end_matches('/');
+    if host_port.is_empty() || host_port.contains(['/', '?', '#', ' ']) {
+        return None;
+    }
+    Some(format!(
+        "{}://{host_port}",
+        if tls { "https" } else { "http" }
+    ))
+}
+
+/// This machine's REAPI `ISA` (x86-64, aarch64, …).
+fn default_isa() -> String {
+    std::env::consts::ARCH.replace('_', "-")
 }
 
 #[derive(Clone, Debug)]
@@ -104,6 +153,8 @@ pub struct DaemonConfig {
     pub audit_log_keep: u32,
     /// Cache directories whose shims' counters (`farm stats`) `/metrics` shows.
     pub shim_stats: Vec<PathBuf>,
+    /// Serve a REAPI service's Execute as its bot; `None`: off.
+    pub reapi_bot: Option<ReapiBotConfig>,
 }
 
 /// Where farmd serves HTTP.
@@ -318,7 +369,41 @@ impl DaemonConfig {
             Some(list) => list.iter().map(|s| rel(s)).collect(),
             None => default_compilers(),
         };
+        let reapi_bot = match fc.reapi_bot {
+            None => None,
+            Some(b) => {
+                let url = reapi_url(&b.endpoint).ok_or_else(|| {
+                    bad(
+                        "reapi_bot.endpoint",
+                        format!(
+                            "{:?} is not reapi://HOST:PORT or grpcs://HOST:PORT",
+                            b.endpoint
+                        ),
+                    )
+                })?;
+                if let Some(id) = &b.bot_id {
+                    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+                        return Err(bad("reapi_bot.bot_id", format!("{id:?} is not a bot id")));
+                    }
+                }
+                let properties = match b.properties {
+                    Some(p) => p.into_iter().collect(),
+                    None => vec![
+                        ("ISA".to_string(), default_isa()),
+                        ("OSFamily".to_string(), std::env::consts::OS.to_string()),
+                    ],
+                };
+                Some(ReapiBotConfig {
+                    endpoint: b.endpoint,
+                    url,
+                    instance: b.instance,
+                    bot_id: b.bot_id,
+                    properties,
+                })
+            }
+        };
         Ok(DaemonConfig {
+            reapi_bot,
             name: fc.name,
             listen,
             advertise,
