@@ -8,14 +8,17 @@
 #            Mono's mcs and xbuild for the C# tests; redis-server, and nginx with its
 #            WebDAV module, the remote cache servers of tests/remote_storage.rs, and
 #            moto's S3 server from PyPI in target/test-venv (pip, in a venv); prometheus
-#            (and promtool) for tests/metrics.rs, chromium (headless) for tests/monitor.rs
+#            (and promtool) for tests/metrics.rs, chromium (headless) for tests/monitor.rs;
+#            postgresql (BuildGrid's scheduler database) and BuildGrid 0.9.1 from PyPI in
+#            target/buildgrid-venv (it needs Python 3.13: pyenv's, or python3.13 on PATH)
+#            for the REAPI tests (tests/reapi_bot.rs)
 #   --bench: also ccache hyperfine distcc icecc sccache python3, the comparison tools
 #            of scripts/bench.sh and scripts/bench-farm.sh
 set -euo pipefail
 pkgs=(gcc g++ clang make cmake ninja-build dpkg-dev xz-utils bzip2 util-linux ca-certificates iproute2 coreutils bubblewrap python3
   default-jdk-headless gradle maven maven-debian-helper libmaven-compiler-plugin-java
   libmaven-resources-plugin-java junit4 mono-mcs mono-devel mono-xbuild
-  redis-server nginx libnginx-mod-http-dav-ext python3-venv prometheus chromium curl)
+  redis-server nginx libnginx-mod-http-dav-ext python3-venv prometheus chromium curl postgresql)
 [[ ${1:-} == --bench ]] && pkgs+=(ccache hyperfine distcc icecc sccache python3)
 missing=()
 for p in "${pkgs[@]}"; do
@@ -42,4 +45,22 @@ if [[ ! -x $venv/bin/moto_server ]]; then
   echo "install-deps: moto[server] into $venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "moto[server]"
+fi
+# The REAPI server of the REAPI tests: BuildGrid from PyPI. 0.9.x needs Python 3.13
+# (on 3.11 pip picks 0.4.4, which the tests do not support).
+bgvenv=$(cd "$(dirname "$0")/.." && pwd)/target/buildgrid-venv
+if [[ ! -x $bgvenv/bin/bgd ]]; then
+  py=$(command -v python3.13 || true)
+  if [[ -z $py ]]; then
+    for c in "$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"/versions/3.13*/bin/python3; do
+      [[ -x $c ]] && py=$c
+    done
+  fi
+  if [[ -z $py ]]; then
+    echo "install-deps: no Python 3.13 (pyenv install 3.13): BuildGrid not installed" >&2
+  else
+    echo "install-deps: buildgrid==0.9.1 into $bgvenv ($py)" >&2
+    "$py" -m venv "$bgvenv"
+    "$bgvenv/bin/pip" install -q "buildgrid==0.9.1"
+  fi
 fi

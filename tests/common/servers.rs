@@ -291,3 +291,165 @@ pub fn prometheus(targets: &[String]) -> Server {
         _dir: dir,
     }
 }
+
+/// BuildGrid with its Execute service (and the Bots service its bots talk to), CAS,
+/// Action Cache and ByteStream, on loopback, instance name `""`: BuildGrid 0.9.1 from
+/// target/buildgrid-venv (scripts/install-deps.sh) with ../shared/engines/buildgrid-exec.yml,
+/// its scheduler on a throwaway PostgreSQL 15 cluster (Debian's `postgresql`, run as
+/// the `postgres` user in a temporary directory, fsync off). Both stop when dropped.
+pub struct BuildGridExec {
+    bgd: Option<Child>,
+    pub port: u16,
+    pub pg_port: u16,
+    pub venv: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn as_postgres(tool: &str) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"])
+        .arg(Path::new(PG_BIN).join(tool));
+    c
+}
+
+fn ok(c: &mut Command, what: &str) {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+pub fn buildgrid_exec() -> BuildGridExec {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/buildgrid-venv");
+    assert!(
+        venv.join("bin/bgd").exists(),
+        "{} missing: run scripts/install-deps.sh (BuildGrid needs Python 3.13)",
+        venv.join("bin/bgd").display()
+    );
+    assert!(
+        Path::new(PG_BIN).join("initdb").exists(),
+        "PostgreSQL 15 missing: run scripts/install-deps.sh"
+    );
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/engines/buildgrid-exec.yml");
+    assert!(config.exists(), "{} missing", config.display());
+    let dir = tempfile::Builder::new()
+        .prefix("farm-buildgrid")
+        .tempdir()
+        .unwrap();
+    ok(
+        Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(dir.path()),
+        "chown",
+    );
+    let data = dir.path().join("data");
+    let pg_port = free_port();
+    ok(
+        as_postgres("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "bgd", "--auth=trust"]),
+        "initdb",
+    );
+    ok(
+        as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("pg.log"))
+            .arg("-w")
+            .arg("-o")
+            .arg(format!(
+                "-c listen_addresses=127.0.0.1 -p {pg_port} -k {} -c fsync=off",
+                dir.path().display()
+            ))
+            .arg("start"),
+        "pg_ctl start",
+    );
+    let mut bg = BuildGridExec {
+        bgd: None,
+        port: free_port(),
+        pg_port,
+        venv,
+        dir,
+    };
+    ok(
+        as_postgres("createdb").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg_port.to_string(),
+            "-U",
+            "bgd",
+            "bgd",
+        ]),
+        "createdb",
+    );
+    ok(
+        Command::new(bg.venv.join("bin/bgd"))
+            .args(["migrate", "apply"])
+            .arg(format!("postgresql://bgd@127.0.0.1:{pg_port}/bgd")),
+        "bgd migrate apply",
+    );
+    let log = std::fs::File::create(bg.dir.path().join("bgd.log")).unwrap();
+    let mut child = Command::new(bg.venv.join("bin/bgd"))
+        .args(["server", "start"])
+        .arg(&config)
+        .env("BG_PORT", bg.port.to_string())
+        .env("PG_PORT", pg_port.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", bg.port)).is_err() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("bgd exited at start ({st}): {}", bg.log());
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "bgd did not listen within 60 s: {}",
+            bg.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bg.bgd = Some(child);
+    bg
+}
+
+impl BuildGridExec {
+    /// What REAPI clients dial.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// BuildGrid's own client (`bgd …`) from its venv.
+    pub fn bgd(&self) -> Command {
+        Command::new(self.venv.join("bin/bgd"))
+    }
+
+    /// The server's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bgd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for BuildGridExec {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.bgd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}

@@ -287,6 +287,7 @@ impl Bot {
             }
             let (node, cas, tx) = (self.node.clone(), self.cas.clone(), tx.clone());
             let (id, payload, bot_id) = (l.id.clone(), l.payload.clone(), self.bot_id.clone());
+            tracing::info!(lease = %l.id, "REAPI lease started");
             let task = tokio::spawn(async move {
                 let t0 = Instant::now();
                 let r = run::run_lease(&node, &cas, &bot_id, payload.as_ref()).await;

@@ -1,0 +1,325 @@
+//! farmd as the bot of a real REAPI service: BuildGrid 0.9.1 (Execute, CAS, Action
+//! Cache, Bots) on a throwaway PostgreSQL, Actions submitted with BuildGrid's own
+//! client (`bgd execute command`), farmd running their leases in its job sandbox.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::farmd::Cluster;
+use common::servers::{buildgrid_exec, BuildGridExec};
+
+/// One farmd serving `bg` as its bot, with `compilers` as its allow-list.
+fn bot(bg: &BuildGridExec, compilers: &[&str]) -> Cluster {
+    let list = compilers
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let port = bg.port;
+    Cluster::new(&["bot"], move |_| {
+        format!(
+            "compilers = [{list}]\nhttp = \"off\"\njob_timeout = 60\n\
+             reapi_bot = {{ endpoint = \"reapi://127.0.0.1:{port}\", bot_id = \"farm-test-bot\", \
+             properties = {{ OSFamily = \"linux\", ISA = \"x86-64\" }} }}\n"
+        )
+    })
+}
+
+fn farmd_log(c: &Cluster) -> String {
+    std::fs::read_to_string(c.nodes[0].dir.join("farmd.log")).unwrap_or_default()
+}
+
+/// The farmd log's lines about finished leases (done or failed), in order.
+fn lease_lines(c: &Cluster) -> Vec<String> {
+    farmd_log(c)
+        .lines()
+        .filter(|l| l.contains("REAPI lease done") || l.contains("REAPI lease failed"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `bgd execute command` of `args` with `input` as the input root, OSFamily/ISA
+/// platform; outputs (`outputs`) fetched into `out`; `cache`: look up and fill the
+/// Action Cache.
+fn execute(
+    bg: &BuildGridExec,
+    input: &Path,
+    out: &Path,
+    outputs: &[&str],
+    cache: bool,
+    args: &[&str],
+) -> Output {
+    let mut c = bg.bgd();
+    c.args(["execute", "--remote", &bg.url(), "command"])
+        .args(["-p", "OSFamily", "linux", "-p", "ISA", "x86-64"])
+        .arg("--output-directory")
+        .arg(out);
+    for o in outputs {
+        c.args(["--output-file", o]);
+    }
+    if cache {
+        c.arg("-c");
+    }
+    c.arg(input).arg("--").args(args);
+    let o = c.output().unwrap();
+    // Python's client prints ExecuteResponses as text protos.
+    o
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Waits until the farmd log has `n` finished leases.
+fn wait_leases(c: &Cluster, n: usize) -> Vec<String> {
+    let t0 = Instant::now();
+    loop {
+        let l = lease_lines(c);
+        if l.len() >= n {
+            return l;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{} leases finished, wanted {n}; farmd log:\n{}",
+            l.len(),
+            farmd_log(c)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn src_dir(root: &Path, name: &str, body: &str) -> PathBuf {
+    let d = root.join(name);
+    std::fs::create_dir_all(d.join("include")).unwrap();
+    std::fs::write(d.join("include/k.h"), "#define K 7\n").unwrap();
+    std::fs::write(d.join("a.c"), body).unwrap();
+    d
+}
+
+#[test]
+fn farmd_runs_buildgrid_actions_in_its_sandbox() {
+    let bg = buildgrid_exec();
+    let farm = bot(&bg, &["/usr/bin/gcc", "/usr/bin/cat", "/usr/bin/cp"]);
+    let work = tempfile::tempdir().unwrap();
+
+    // (a) gcc -c with its inputs in the input root: the object is byte-identical to
+    // a plain local gcc -c of the same files.
+    let body = "#include \"include/k.h\"\nint f(int x) { return x * K; }\n";
+    let input = src_dir(work.path(), "in-a", body);
+    let out = work.path().join("out-a");
+    let o = execute(
+        &bg,
+        &input,
+        &out,
+        &["a.o"],
+        false,
+        &["gcc", "-O2", "-c", "a.c", "-o", "a.o"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let lines = wait_leases(&farm, 1);
+    assert!(
+        lines[0].contains("REAPI lease done") && lines[0].contains("exit=0"),
+        "{lines:?}"
+    );
+    let remote = std::fs::read(out.join("a.o")).expect("the object came back");
+    let local_dir = work.path().join("local");
+    std::fs::create_dir_all(&local_dir).unwrap();
+    let st = Command::new("gcc")
+        .args(["-O2", "-c", "a.c", "-o"])
+        .arg(local_dir.join("a.o"))
+        .current_dir(&input)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        remote,
+        std::fs::read(local_dir.join("a.o")).unwrap(),
+        "object differs from a local gcc -c"
+    );
+
+    // (b) The second identical Execute (with the Action Cache) is answered from the
+    // cache: one lease reaches farmd for the two.
+    let input_b = src_dir(work.path(), "in-b", "int g(void) { return 42; }\n");
+    let before = lease_lines(&farm).len();
+    for i in 0..2 {
+        let out = work.path().join(format!("out-b{i}"));
+        let o = execute(
+            &bg,
+            &input_b,
+            &out,
+            &["b.o"],
+            true,
+            &["gcc", "-c", "a.c", "-o", "b.o"],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(out.join("b.o").exists(), "run {i}: no object: {}", text(&o));
+        if i == 0 {
+            wait_leases(&farm, before + 1);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        lease_lines(&farm).len(),
+        before + 1,
+        "the cached Execute reached the bot"
+    );
+
+    // (c) A program not on the allow-list is refused, naming it.
+    let before = lease_lines(&farm).len();
+    let o = execute(
+        &bg,
+        &input,
+        &work.path().join("out-c1"),
+        &[],
+        false,
+        &["sh", "-c", "echo pwned > /tmp/farm-reapi-pwned"],
+    );
+    let lines = wait_leases(&farm, before + 1);
+    let last = lines.last().unwrap();
+    assert!(
+        last.contains("REAPI lease failed") && last.contains("code=9"),
+        "{last}"
+    );
+    assert!(
+        text(&o).contains("is not on the allow-list"),
+        "{}",
+        text(&o)
+    );
+    assert!(!Path::new("/tmp/farm-reapi-pwned").exists());
+
+    // An allow-listed program cannot read outside what the sandbox shows it...
+    let before = lease_lines(&farm).len();
+    let o = execute(
+        &bg,
+        &input,
+        &work.path().join("out-c2"),
+        &[],
+        false,
+        &["cat", "/etc/shadow"],
+    );
+    let lines = wait_leases(&farm, before + 1);
+    assert!(lines.last().unwrap().contains("exit=1"), "{lines:?}");
+    assert!(!text(&o).contains("root:"), "{}", text(&o));
+
+    // ...nor write outside its job directory: not to this test's directory (not
+    // in the sandbox: cp fails), not into farmd's state directory (the job's view
+    // has only the directories leading to its job directory, on the sandbox's own
+    // tmpfs: cp may succeed there, and the file vanishes with the sandbox).
+    let planted = work.path().join(format!("planted-{}", std::process::id()));
+    let before = lease_lines(&farm).len();
+    let t = planted.to_str().unwrap();
+    let o = execute(
+        &bg,
+        &input,
+        &work.path().join("out-c3"),
+        &[],
+        false,
+        &["cp", "a.c", t],
+    );
+    let lines = wait_leases(&farm, before + 1);
+    assert!(
+        lines.last().unwrap().contains("exit=1"),
+        "{lines:?}: {}",
+        text(&o)
+    );
+    assert!(
+        !planted.exists(),
+        "{} written from a lease",
+        planted.display()
+    );
+    let state = farm.nodes[0].dir.join("state/planted");
+    let before = lease_lines(&farm).len();
+    let t = state.to_str().unwrap();
+    let _ = execute(
+        &bg,
+        &input,
+        &work.path().join("out-c4"),
+        &[],
+        false,
+        &["cp", "a.c", t],
+    );
+    wait_leases(&farm, before + 1);
+    assert!(!state.exists(), "{} written from a lease", state.display());
+    // A gcc output path outside the input root is not even accepted by the client or
+    // lands in the sandbox's own tmpfs: never on this machine.
+    let escape = format!("/tmp/farm-reapi-escape-{}.o", std::process::id());
+    let before = lease_lines(&farm).len();
+    let _ = execute(
+        &bg,
+        &input,
+        &work.path().join("out-c4"),
+        &[],
+        false,
+        &["gcc", "-c", "a.c", "-o", &escape],
+    );
+    wait_leases(&farm, before + 1);
+    assert!(
+        !Path::new(&escape).exists(),
+        "{escape} written from a lease"
+    );
+}
+
+/// farmd killed while it runs a lease: the Execute is not left hanging — BuildGrid
+/// re-queues the job once the bot's session lapses, and a restarted farmd (a new
+/// session, same bot id) runs it, or the client gets an error.
+#[test]
+fn a_bot_killed_mid_lease_leaves_nothing_hanging() {
+    let bg = buildgrid_exec();
+    let mut farm = bot(&bg, &["/usr/bin/sleep"]);
+    let work = tempfile::tempdir().unwrap();
+    let input = src_dir(work.path(), "in", "int x;\n");
+    let out = work.path().join("out");
+    let mut client = bg.bgd();
+    client
+        .args(["execute", "--remote", &bg.url(), "command"])
+        .args(["-p", "OSFamily", "linux", "-p", "ISA", "x86-64"])
+        .arg("--output-directory")
+        .arg(&out)
+        .arg(&input)
+        .args(["--", "sleep", "4"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let t0 = Instant::now();
+    let child = client.spawn().unwrap();
+    // Wait for the lease to start, then kill farmd under it.
+    while !farmd_log(&farm).contains("REAPI lease started") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no lease started:\n{}",
+            farmd_log(&farm)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    farm.nodes[0].kill9();
+    let killed_at = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    farm.nodes[0].start();
+    let o = child.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    eprintln!(
+        "killed after {killed_at:?}; client returned after {took:?} ({}): {}",
+        o.status,
+        text(&o)
+            .lines()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    assert!(
+        took < Duration::from_secs(120),
+        "the Execute hung for {took:?}"
+    );
+    let log = farmd_log(&farm);
+    if o.status.success() && !text(&o).contains("code:") {
+        // Re-queued and run by the restarted farmd.
+        assert!(log.contains("REAPI lease done"), "{log}");
+    }
+}
