@@ -442,3 +442,72 @@ impl DaemonConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reapi_endpoints_map_to_plaintext_or_tls() {
+        assert_eq!(reapi_url("reapi://h:1").as_deref(), Some("http://h:1"));
+        assert_eq!(reapi_url("grpc://h:1/").as_deref(), Some("http://h:1"));
+        assert_eq!(reapi_url("grpcs://h:443").as_deref(), Some("https://h:443"));
+        assert_eq!(
+            reapi_url("reapis://h:443").as_deref(),
+            Some("https://h:443")
+        );
+        for bad in ["h:1", "ftp://h:1", "reapi://", "reapi://h:1/x"] {
+            assert_eq!(reapi_url(bad), None, "{bad}");
+        }
+    }
+
+    fn load(extra: &str) -> Result<DaemonConfig> {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("farmd.toml");
+        std::fs::write(
+            &f,
+            format!(
+                "listen = \"127.0.0.1:1\"\nca = \"ca\"\ncert = \"c\"\nkey = \"k\"\n\
+                 state_dir = \"s\"\ncompilers = []\nshim_stats = [\"x\"]\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        DaemonConfig::load(&f)
+    }
+
+    #[test]
+    fn reapi_bot_is_off_by_default_and_checked() {
+        assert!(load("").unwrap().reapi_bot.is_none());
+        let c = load("reapi_bot = { endpoint = \"reapi://127.0.0.1:9\" }")
+            .unwrap()
+            .reapi_bot
+            .unwrap();
+        assert_eq!(c.url, "http://127.0.0.1:9");
+        assert_eq!(c.instance, "");
+        assert!(c.bot_id.is_none());
+        assert!(c
+            .properties
+            .iter()
+            .any(|(k, v)| k == "OSFamily" && v == "linux"));
+        let c = load(
+            "reapi_bot = { endpoint = \"grpcs://r:443\", instance = \"main\", \
+             bot_id = \"b1\", properties = { OSFamily = \"Linux\" } }",
+        )
+        .unwrap()
+        .reapi_bot
+        .unwrap();
+        assert_eq!(
+            c.properties,
+            [("OSFamily".to_string(), "Linux".to_string())]
+        );
+        assert_eq!(c.bot_id.as_deref(), Some("b1"));
+        let e = load("reapi_bot = { endpoint = \"http//x\" }")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("reapi_bot.endpoint"), "{e}");
+        let e = load("reapi_bot = { endpoint = \"reapi://x:1\", tls = true }")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("tls"), "{e}");
+    }
+}
