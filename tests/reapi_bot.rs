@@ -171,6 +171,30 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
         "the cached Execute reached the bot"
     );
 
+    // Blobs above the batch size travel through ByteStream both ways: a 5 MiB
+    // input read by the bot, copied by the action and uploaded as its output.
+    let input_big = work.path().join("in-big");
+    std::fs::create_dir_all(&input_big).unwrap();
+    let big: Vec<u8> = (0..5u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(input_big.join("big.bin"), &big).unwrap();
+    let out = work.path().join("out-big");
+    let o = execute(
+        &bg,
+        &input_big,
+        &out,
+        &["copy.bin"],
+        false,
+        &["cp", "big.bin", "copy.bin"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(lease_lines(&farm).last().unwrap().contains("exit=0"));
+    assert!(
+        std::fs::read(out.join("copy.bin")).unwrap() == big,
+        "the 5 MiB output differs"
+    );
+
     // (c) A program not on the allow-list is refused, naming it.
     let before = lease_lines(&farm).len();
     let o = execute(
