@@ -271,6 +271,23 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
     );
     wait_leases(&farm, before + 1);
     assert!(!state.exists(), "{} written from a lease", state.display());
+    // An output path out of the working directory is refused as a malformed Command.
+    let before = lease_lines(&farm).len();
+    let o = execute(
+        &bg,
+        &input,
+        &work.path().join("out-c6"),
+        &["../up.o"],
+        false,
+        &["gcc", "-c", "a.c", "-o", "../up.o"],
+    );
+    let lines = wait_leases(&farm, before + 1);
+    let last = lines.last().unwrap();
+    assert!(
+        last.contains("REAPI lease failed") && last.contains("code=3"),
+        "{last}: {}",
+        text(&o)
+    );
     // A gcc output path outside the input root is not even accepted by the client or
     // lands in the sandbox's own tmpfs: never on this machine.
     let escape = format!("/tmp/farm-reapi-escape-{}.o", std::process::id());
@@ -346,4 +363,48 @@ fn a_bot_killed_mid_lease_leaves_nothing_hanging() {
         // Re-queued and run by the restarted farmd.
         assert!(log.contains("REAPI lease done"), "{log}");
     }
+}
+
+/// farmd stopped (SIGTERM) while it runs a lease finishes it and reports it before it
+/// exits: the Execute succeeds without a re-run.
+#[test]
+fn a_stopping_bot_reports_its_running_lease() {
+    let bg = buildgrid_exec();
+    let mut farm = bot(&bg, &["/usr/bin/sleep"]);
+    let work = tempfile::tempdir().unwrap();
+    let input = src_dir(work.path(), "in", "int x;\n");
+    let mut client = bg.bgd();
+    client
+        .args(["execute", "--remote", &bg.url(), "command"])
+        .args(["-p", "OSFamily", "linux", "-p", "ISA", "x86-64"])
+        .arg("--output-directory")
+        .arg(work.path().join("out"))
+        .arg(&input)
+        .args(["--", "sleep", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let t0 = Instant::now();
+    let child = client.spawn().unwrap();
+    while !farmd_log(&farm).contains("REAPI lease started") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no lease started:\n{}",
+            farmd_log(&farm)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = farm.nodes[0].pid();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let st = farm.nodes[0].child.as_mut().unwrap().wait().unwrap();
+    assert!(st.success(), "farmd exited with {st}");
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let log = farmd_log(&farm);
+    assert_eq!(log.matches("REAPI lease started").count(), 1, "{log}");
+    assert!(log.contains("REAPI lease done"), "{log}");
+    assert!(!text(&o).contains("code: 14"), "{}", text(&o));
 }

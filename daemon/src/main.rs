@@ -326,7 +326,8 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
     let until = Instant::now() + node.cfg.job_timeout.min(Duration::from_secs(60));
     while (node.running.load(Ordering::Relaxed) > 0
         || node.queue.load(Ordering::Relaxed) > 0
-        || node.agent_busy.load(Ordering::Relaxed) > 0)
+        || node.agent_busy.load(Ordering::Relaxed) > 0
+        || reapi_bot::UNREPORTED.load(Ordering::Relaxed) > 0)
         && Instant::now() < until
     {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -14,7 +14,7 @@ pub mod proto;
 mod run;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,10 @@ const SESSION_LOST: Duration = Duration::from_secs(30);
 /// Leases this farmd ran to an ActionResult, and those it completed with an error.
 pub static LEASES_DONE: AtomicU64 = AtomicU64::new(0);
 pub static LEASES_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// Leases started and not yet reported to the server: a stopping farmd waits for
+/// them (within its stop deadline) so that their results are not lost.
+pub static UNREPORTED: AtomicU32 = AtomicU32::new(0);
 
 const ACTION_RESULT: &str = "build.bazel.remote.execution.v2.ActionResult";
 
@@ -177,7 +181,7 @@ impl Bot {
                 record(&mut held, o);
             }
             let stopping = self.node.stopping.load(Ordering::Relaxed);
-            if stopping && held.values().all(|h| h.done.is_none()) && held.is_empty() {
+            if stopping && held.is_empty() {
                 return;
             }
             let mut out = session.clone();
@@ -229,7 +233,9 @@ impl Bot {
                     last_ok = Instant::now();
                     pause = Duration::from_millis(200);
                     for id in reported {
-                        held.remove(&id);
+                        if held.remove(&id).is_some() {
+                            UNREPORTED.fetch_sub(1, Ordering::Relaxed);
+                        }
                     }
                     let listed: HashSet<&str> = s.leases.iter().map(|l| l.id.as_str()).collect();
                     // A running lease the server no longer lists was cancelled or
@@ -239,6 +245,7 @@ impl Bot {
                         if !keep {
                             tracing::info!(lease = %id, "REAPI lease withdrawn by the server");
                             h.task.abort();
+                            UNREPORTED.fetch_sub(1, Ordering::Relaxed);
                         }
                         keep
                     });
@@ -288,9 +295,18 @@ impl Bot {
             let (node, cas, tx) = (self.node.clone(), self.cas.clone(), tx.clone());
             let (id, payload, bot_id) = (l.id.clone(), l.payload.clone(), self.bot_id.clone());
             tracing::info!(lease = %l.id, "REAPI lease started");
+            UNREPORTED.fetch_add(1, Ordering::Relaxed);
             let task = tokio::spawn(async move {
                 let t0 = Instant::now();
-                let r = run::run_lease(&node, &cas, &bot_id, payload.as_ref()).await;
+                let r = if node.stopping.load(Ordering::Relaxed) {
+                    // UNAVAILABLE: the server gives the job to another bot.
+                    Err(run::Failure {
+                        code: run::code::UNAVAILABLE,
+                        message: format!("farmd {} is stopping", node.name),
+                    })
+                } else {
+                    run::run_lease(&node, &cas, &bot_id, payload.as_ref()).await
+                };
                 let ms = t0.elapsed().as_millis() as u64;
                 let (status, result) = match r {
                     Ok(ar) => {
@@ -341,5 +357,6 @@ fn record(held: &mut HashMap<String, Held>, (id, status, result): Outcome) {
 fn abort_all(held: HashMap<String, Held>) {
     for (_, h) in held {
         h.task.abort();
+        UNREPORTED.fetch_sub(1, Ordering::Relaxed);
     }
 }
