@@ -19,13 +19,30 @@ fn bot(bg: &BuildGridExec, compilers: &[&str]) -> Cluster {
         .collect::<Vec<_>>()
         .join(", ");
     let port = bg.port;
+    let http = common::servers::free_port();
     Cluster::new(&["bot"], move |_| {
         format!(
-            "compilers = [{list}]\nhttp = \"off\"\njob_timeout = 60\n\
+            "compilers = [{list}]\nhttp = \"127.0.0.1:{http}\"\njob_timeout = 60\n\
              reapi_bot = {{ endpoint = \"reapi://127.0.0.1:{port}\", bot_id = \"farm-test-bot\", \
              properties = {{ OSFamily = \"linux\", ISA = \"x86-64\" }} }}\n"
         )
     })
+}
+
+/// farmd's `/metrics` value of `farm_reapi_bot_leases_total{result="…"}`.
+fn leases_metric(c: &Cluster, result: &str) -> u64 {
+    let conf = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+    let addr = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("http = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap();
+    let (status, body) = common::http::get(&format!("http://{addr}/metrics"));
+    assert_eq!(status, 200);
+    let want = format!("farm_reapi_bot_leases_total{{result=\"{result}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .map_or(0, |v| v.trim().parse().unwrap())
 }
 
 fn farmd_log(c: &Cluster) -> String {
@@ -165,6 +182,7 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
         }
     }
     std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(leases_metric(&farm, "done"), before as u64 + 1);
     assert_eq!(
         lease_lines(&farm).len(),
         before + 1,
@@ -217,6 +235,7 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
         text(&o)
     );
     assert!(!Path::new("/tmp/farm-reapi-pwned").exists());
+    assert_eq!(leases_metric(&farm, "failed_precondition"), 1);
 
     // An allow-listed program cannot read outside what the sandbox shows it...
     let before = lease_lines(&farm).len();

@@ -14,7 +14,7 @@ pub mod proto;
 mod run;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,10 +37,6 @@ const POLL: Duration = Duration::from_secs(20);
 const CREATE: Duration = Duration::from_secs(20);
 /// After this long without a successful update the session is opened anew.
 const SESSION_LOST: Duration = Duration::from_secs(30);
-
-/// Leases this farmd ran to an ActionResult, and those it completed with an error.
-pub static LEASES_DONE: AtomicU64 = AtomicU64::new(0);
-pub static LEASES_FAILED: AtomicU64 = AtomicU64::new(0);
 
 /// Leases started and not yet reported to the server: a stopping farmd waits for
 /// them (within its stop deadline) so that their results are not lost.
@@ -310,13 +306,13 @@ impl Bot {
                 let ms = t0.elapsed().as_millis() as u64;
                 let (status, result) = match r {
                     Ok(ar) => {
-                        LEASES_DONE.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::get().count_reapi_lease("done");
                         tracing::info!(lease = %id, exit = ar.exit_code, ms, "REAPI lease done");
                         let any = proto::pack(&ar, ACTION_RESULT);
                         (ok(), Some(any))
                     }
                     Err(f) => {
-                        LEASES_FAILED.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::get().count_reapi_lease(run::code::name(f.code));
                         tracing::warn!(lease = %id, code = f.code, reason = %f.message, ms, "REAPI lease failed");
                         let st = Status {
                             code: f.code,

@@ -47,6 +47,18 @@ pub mod code {
     pub const FAILED_PRECONDITION: i32 = 9;
     pub const INTERNAL: i32 = 13;
     pub const UNAVAILABLE: i32 = 14;
+
+    /// The metric label of a code this bot fails a lease with.
+    pub fn name(code: i32) -> &'static str {
+        match code {
+            INVALID_ARGUMENT => "invalid_argument",
+            DEADLINE_EXCEEDED => "deadline_exceeded",
+            RESOURCE_EXHAUSTED => "resource_exhausted",
+            FAILED_PRECONDITION => "failed_precondition",
+            UNAVAILABLE => "unavailable",
+            _ => "internal",
+        }
+    }
 }
 
 /// Why a lease did not produce an ActionResult: a `google.rpc.Code` and a message.
