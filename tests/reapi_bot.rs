@@ -161,6 +161,36 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
         "object differs from a local gcc -c"
     );
 
+    // A -g compile records its directory: the job sees its input root at a fixed
+    // path, so two runs (two leases, two job directories) give the same bytes, and
+    // no path of farmd's machine is in them.
+    let mut objs = Vec::new();
+    for i in 0..2 {
+        let before = lease_lines(&farm).len();
+        let out = work.path().join(format!("out-g{i}"));
+        let o = execute(
+            &bg,
+            &input,
+            &out,
+            &["g.o"],
+            false,
+            &["gcc", "-g", "-c", "a.c", "-o", "g.o"],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        wait_leases(&farm, before + 1);
+        objs.push(std::fs::read(out.join("g.o")).expect("the -g object came back"));
+    }
+    assert!(objs[0] == objs[1], "two runs of the same -g Action differ");
+    let has = |needle: &[u8]| objs[0].windows(needle.len()).any(|w| w == needle);
+    assert!(
+        has(b"/reapi/root"),
+        "the fixed job path is not in the debug info"
+    );
+    assert!(
+        !has(b"jobs/reapi-"),
+        "farmd's job directory leaked into the object"
+    );
+
     // (b) The second identical Execute (with the Action Cache) is answered from the
     // cache: one lease reaches farmd for the two.
     let input_b = src_dir(work.path(), "in-b", "int g(void) { return 42; }\n");

@@ -20,11 +20,15 @@ use prost::Message as _;
 use super::cas::{sha256_digest, show, Cas};
 use super::proto::unpack;
 use crate::node::Node;
-use crate::worker::sandbox::View;
+use crate::worker::sandbox::MappedView;
 
 pub const ACTION: &str = "build.bazel.remote.execution.v2.Action";
 const DIGEST: &str = "build.bazel.remote.execution.v2.Digest";
 
+/// Where the job sees its input root and its temporary directory: the same on every
+/// worker, so that outputs that record paths (`-g`) do not differ by worker or run.
+const JOB_ROOT: &str = "/reapi/root";
+const JOB_TMP: &str = "/reapi/tmp";
 /// Actions, Commands and Directories are small messages.
 const MAX_MESSAGE: u64 = 4 << 20;
 /// Directories in one input root.
@@ -173,7 +177,6 @@ pub async fn run_lease(
         .ok_or_else(|| fail(code::INVALID_ARGUMENT, "Action has no input_root_digest"))?;
     lay_out(cas, &root_digest, &root, node.cfg.job_file_size).await?;
     let fetch_done = SystemTime::now();
-    let cwd = root.join(&working_dir);
     mkdirs_beneath(&root, &working_dir)?;
     for (path, _) in &outputs {
         if let Some(parent) = working_dir.join(path).parent() {
@@ -181,18 +184,20 @@ pub async fn run_lease(
         }
     }
 
-    let tmp_s = tmp.to_string_lossy().into_owned();
+    // The job sees its input root and temporary directory at fixed paths.
+    let cwd = Path::new(JOB_ROOT).join(&working_dir);
+    let cwd = cwd
+        .to_str()
+        .ok_or_else(|| bad_path("working_directory", &command.working_directory))?;
     let mut env: Vec<(String, String)> = env;
     if !env.iter().any(|(k, _)| k == "TMPDIR") {
-        env.push(("TMPDIR".into(), tmp_s));
+        env.push(("TMPDIR".into(), JOB_TMP.into()));
     }
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let view = View {
-        rw: &[&job.dir],
-        ro: &[],
-        cwd: &cwd,
+    let view = MappedView {
+        rw: &[(&root, JOB_ROOT), (&tmp, JOB_TMP)],
+        cwd,
         env: &env_ref,
-        proc: false,
     };
     let limits = crate::worker::spawn::job_limits(&node.cfg);
     let deadline = action
@@ -208,7 +213,7 @@ pub async fn run_lease(
         .map_or(node.cfg.job_timeout, |t| t.min(node.cfg.job_timeout));
     let exec_start = SystemTime::now();
     let run = sandbox
-        .run(
+        .run_mapped(
             &allowed.path,
             &command.arguments[1..],
             &view,
