@@ -37,6 +37,8 @@ const MAX_DIRECTORIES: usize = 65_536;
 const MAX_FILES: usize = 1_000_000;
 /// Bytes of one input root, all files together.
 const MAX_INPUT_BYTES: u64 = 8 << 30;
+/// One input file (read into memory before it is written out), at most.
+const MAX_INPUT_BLOB: u64 = 1 << 30;
 /// Input bytes held in memory at once while the root is laid out.
 const FETCH_CHUNK: u64 = 64 << 20;
 /// Bytes of outputs of one action, all together (read into memory to upload).
@@ -175,7 +177,8 @@ pub async fn run_lease(
         .input_root_digest
         .clone()
         .ok_or_else(|| fail(code::INVALID_ARGUMENT, "Action has no input_root_digest"))?;
-    lay_out(cas, &root_digest, &root, node.cfg.job_file_size).await?;
+    let blob_cap = node.cfg.job_file_size.min(MAX_INPUT_BLOB);
+    lay_out(cas, &root_digest, &root, blob_cap).await?;
     let fetch_done = SystemTime::now();
     mkdirs_beneath(&root, &working_dir)?;
     for (path, _) in &outputs {
