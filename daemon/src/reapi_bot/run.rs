@@ -424,16 +424,25 @@ async fn lay_out(cas: &Cas, digest: &Digest, dir: &Path, file_cap: u64) -> Resul
                 let sd = sub
                     .digest
                     .clone()
-                    .ok_or_else(|| fail(code::INVALID_ARGUMENT, "DirectoryNode without digest"))?;
+                    .filter(super::cas::valid)
+                    .ok_or_else(|| {
+                        fail(
+                            code::INVALID_ARGUMENT,
+                            format!("input {:?}: no valid digest", sub.name),
+                        )
+                    })?;
                 next.push((sd, p));
             }
             for f in &m.files {
                 let p = path.join(name(&f.name)?);
-                let fd = f
-                    .digest
-                    .clone()
-                    .ok_or_else(|| fail(code::INVALID_ARGUMENT, "FileNode without digest"))?;
-                input_bytes = input_bytes.saturating_add(fd.size_bytes.max(0) as u64);
+                let fd = f.digest.clone().filter(super::cas::valid).ok_or_else(|| {
+                    fail(
+                        code::INVALID_ARGUMENT,
+                        format!("input {:?}: no valid digest", f.name),
+                    )
+                })?;
+                // Valid: a size of at least 0.
+                input_bytes = input_bytes.saturating_add(fd.size_bytes as u64);
                 files.push((p, fd, f.is_executable));
             }
             if files.len() > MAX_FILES || input_bytes > MAX_INPUT_BYTES {
@@ -449,8 +458,10 @@ async fn lay_out(cas: &Cas, digest: &Digest, dir: &Path, file_cap: u64) -> Resul
     while i < files.len() {
         let mut j = i;
         let mut bytes = 0u64;
-        while j < files.len() && (j == i || bytes + files[j].1.size_bytes as u64 <= FETCH_CHUNK) {
-            bytes += files[j].1.size_bytes as u64;
+        while j < files.len()
+            && (j == i || bytes.saturating_add(files[j].1.size_bytes as u64) <= FETCH_CHUNK)
+        {
+            bytes = bytes.saturating_add(files[j].1.size_bytes as u64);
             j += 1;
         }
         let digests: Vec<Digest> = files[i..j].iter().map(|(_, d, _)| d.clone()).collect();
@@ -678,6 +689,14 @@ mod tests {
         for bad in ["", "/etc/passwd", "../x", "a/../../x", "a\0b"] {
             assert_eq!(relative(bad, false), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn input_names_are_one_plain_component() {
+        for bad in ["", ".", "..", "a/b", "/etc", "a\0"] {
+            assert!(name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(name("a.c").unwrap(), "a.c");
     }
 
     #[test]
