@@ -120,10 +120,44 @@ fn src_dir(root: &Path, name: &str, body: &str) -> PathBuf {
     d
 }
 
+/// Submits malformed Actions (through BuildGrid's Python protos, which its CLI does
+/// not let one build) and prints each one's status code and message, one per line.
+const BAD_ACTIONS: &str = r#"
+import hashlib, os, sys, grpc
+from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re
+from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as reg
+ch = grpc.insecure_channel(sys.argv[1])
+cas, ex = reg.ContentAddressableStorageStub(ch), reg.ExecutionStub(ch)
+def d(b): return re.Digest(hash=hashlib.sha256(b).hexdigest(), size_bytes=len(b))
+plat = re.Platform(properties=[re.Platform.Property(name="ISA", value="x86-64"),
+                               re.Platform.Property(name="OSFamily", value="linux")])
+src = b"int x;\n"
+good = re.FileNode(name="a.c", digest=d(src))
+cases = [
+    (re.Directory(files=[good, re.FileNode(name="../evil.c", digest=d(src))]), ["a.o"]),
+    (re.Directory(files=[good, re.FileNode(name="b.c", digest=re.Digest(hash="zz", size_bytes=-5))]), ["a.o"]),
+    (re.Directory(files=[good], symlinks=[re.SymlinkNode(name="etc", target="/etc")]), ["a.o"]),
+    (re.Directory(files=[good, good]), ["a.o"]),
+    (re.Directory(files=[good]), ["/tmp/abs.o"]),
+]
+for root, outs in cases:
+    cmd = re.Command(arguments=["gcc", "-c", "a.c"], output_paths=outs, platform=plat)
+    rb, cb = root.SerializeToString(), cmd.SerializeToString()
+    act = re.Action(command_digest=d(cb), input_root_digest=d(rb), do_not_cache=True, platform=plat,
+                    salt=os.urandom(8))
+    ab = act.SerializeToString()
+    reqs = [re.BatchUpdateBlobsRequest.Request(digest=d(b), data=b) for b in [src, rb, cb, ab]]
+    cas.BatchUpdateBlobs(re.BatchUpdateBlobsRequest(requests=reqs))
+    for op in ex.Execute(re.ExecuteRequest(action_digest=d(ab), skip_cache_lookup=True)):
+        if op.done:
+            r = re.ExecuteResponse(); op.response.Unpack(r)
+            print(f"code={r.status.code} {r.status.message}", flush=True)
+"#;
+
 #[test]
 fn farmd_runs_buildgrid_actions_in_its_sandbox() {
     let bg = buildgrid_exec();
-    let farm = bot(&bg, &["/usr/bin/gcc", "/usr/bin/cat", "/usr/bin/cp"]);
+    let mut farm = bot(&bg, &["/usr/bin/gcc", "/usr/bin/cat", "/usr/bin/cp"]);
     let work = tempfile::tempdir().unwrap();
 
     // (a) gcc -c with its inputs in the input root: the object is byte-identical to
@@ -337,6 +371,27 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
         "{last}: {}",
         text(&o)
     );
+    // Malformed Actions fail their lease as INVALID_ARGUMENT, naming what is wrong;
+    // farmd keeps serving.
+    let o = Command::new(bg.venv.join("bin/python"))
+        .args(["-c", BAD_ACTIONS, &format!("127.0.0.1:{}", bg.port)])
+        .output()
+        .unwrap();
+    let out = text(&o);
+    let codes: Vec<&str> = out.lines().filter(|l| l.starts_with("code=")).collect();
+    assert_eq!(codes.len(), 5, "{out}");
+    for (line, what) in
+        codes
+            .iter()
+            .zip(["../evil.c", "b.c", "symbolic links", "a.c", "/tmp/abs.o"])
+    {
+        assert!(
+            line.starts_with("code=3 ") && line.contains(what),
+            "{line} (wanted {what})"
+        );
+    }
+    assert!(farm.nodes[0].alive(), "farmd died on a bad lease");
+
     // A gcc output path outside the input root is not even accepted by the client or
     // lands in the sandbox's own tmpfs: never on this machine.
     let escape = format!("/tmp/farm-reapi-escape-{}.o", std::process::id());

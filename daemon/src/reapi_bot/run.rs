@@ -372,7 +372,7 @@ fn mkdirs_beneath(root: &Path, rel: &Path) -> Result<(), Failure> {
                 ))
             }
             Err(_) => std::fs::create_dir(&at)
-                .map_err(|e| fail(code::INTERNAL, format!("{}: {e}", at.display())))?,
+                .map_err(|e| fail(code::INTERNAL, format!("{}: {e}", rel.display())))?,
         }
     }
     Ok(())
@@ -470,12 +470,10 @@ async fn lay_out(cas: &Cas, digest: &Digest, dir: &Path, file_cap: u64) -> Resul
             let data = got
                 .get(&d.hash)
                 .ok_or_else(|| cas_fail(format!("blob {} missing", show(d))))?;
-            write_new(p, data, *exec).map_err(|e| {
-                fail(
-                    code::INVALID_ARGUMENT,
-                    format!("input {}: {e}", p.display()),
-                )
-            })?;
+            // Messages name the input as the submitter does, not this machine's path.
+            let shown = p.strip_prefix(dir).unwrap_or(p).display();
+            write_new(p, data, *exec)
+                .map_err(|e| fail(code::INVALID_ARGUMENT, format!("input {shown}: {e}")))?;
         }
         i = j;
     }
