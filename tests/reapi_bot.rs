@@ -512,3 +512,49 @@ fn a_stopping_bot_reports_its_running_lease() {
     assert!(log.contains("REAPI lease done"), "{log}");
     assert!(!text(&o).contains("code: 14"), "{}", text(&o));
 }
+
+/// A REAPI service that is down does not stop farmd: it logs the outage once, keeps
+/// serving its other roles, and takes leases again once the service is back.
+#[test]
+fn a_service_that_goes_away_and_comes_back() {
+    let mut bg = buildgrid_exec();
+    let mut farm = bot(&bg, &["/usr/bin/gcc"]);
+    let work = tempfile::tempdir().unwrap();
+    let input = src_dir(work.path(), "in", "int f(void) { return 1; }\n");
+    let o = execute(
+        &bg,
+        &input,
+        &work.path().join("o1"),
+        &["a.o"],
+        false,
+        &["gcc", "-c", "a.c", "-o", "a.o"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    wait_leases(&farm, 1);
+    bg.kill();
+    // Down for longer than a long poll and the session's keep-alive.
+    std::thread::sleep(Duration::from_secs(35));
+    assert!(farm.nodes[0].alive(), "farmd died with the REAPI service");
+    assert!(
+        farm.nodes[0].try_status().is_some(),
+        "farmd's agent stopped answering"
+    );
+    bg.restart();
+    let t0 = Instant::now();
+    let o = execute(
+        &bg,
+        &input,
+        &work.path().join("o2"),
+        &["b.o"],
+        false,
+        &["gcc", "-c", "a.c", "-o", "b.o"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    wait_leases(&farm, 2);
+    eprintln!("first Execute after the restart took {:?}", t0.elapsed());
+    let log = farmd_log(&farm);
+    assert!(
+        log.matches("cannot open a session").count() <= 1,
+        "the outage was logged more than once:\n{log}"
+    );
+}

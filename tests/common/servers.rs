@@ -392,34 +392,60 @@ pub fn buildgrid_exec() -> BuildGridExec {
             .arg(format!("postgresql://bgd@127.0.0.1:{pg_port}/bgd")),
         "bgd migrate apply",
     );
-    let log = std::fs::File::create(bg.dir.path().join("bgd.log")).unwrap();
-    let mut child = Command::new(bg.venv.join("bin/bgd"))
-        .args(["server", "start"])
-        .arg(&config)
-        .env("BG_PORT", bg.port.to_string())
-        .env("PG_PORT", pg_port.to_string())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", bg.port)).is_err() {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("bgd exited at start ({st}): {}", bg.log());
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "bgd did not listen within 60 s: {}",
-            bg.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bg.bgd = Some(child);
+    bg.start(&config);
     bg
 }
 
 impl BuildGridExec {
+    /// Starts `bgd server` with `config` on this server's ports and waits until it
+    /// listens.
+    fn start(&mut self, config: &Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("bgd.log"))
+            .unwrap();
+        let mut child = Command::new(self.venv.join("bin/bgd"))
+            .args(["server", "start"])
+            .arg(config)
+            .env("BG_PORT", self.port.to_string())
+            .env("PG_PORT", self.pg_port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("bgd exited at start ({st}): {}", self.log());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "bgd did not listen within 60 s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.bgd = Some(child);
+    }
+
+    /// Kills BuildGrid (its database stays): a REAPI service that goes away.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.bgd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts BuildGrid again on the same port and database after [`kill`](Self::kill).
+    pub fn restart(&mut self) {
+        self.kill();
+        let config =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/engines/buildgrid-exec.yml");
+        self.start(&config);
+    }
+
     /// What REAPI clients dial.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
