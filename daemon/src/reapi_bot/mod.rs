@@ -33,6 +33,8 @@ use proto::{
 /// nothing under 3 s), and a session must call again within its keep-alive (30 s by
 /// default), so 20 s is both.
 const POLL: Duration = Duration::from_secs(20);
+/// The shortest time between two polls that brought nothing new.
+const MIN_POLL: Duration = Duration::from_millis(200);
 /// Deadline of CreateBotSession.
 const CREATE: Duration = Duration::from_secs(20);
 /// After this long without a successful update the session is opened anew.
@@ -215,6 +217,7 @@ impl Bot {
                 POLL
             });
             let mut bots = self.bots.clone();
+            let polled = Instant::now();
             let resp = tokio::select! {
                 r = bots.update(req) => r,
                 // A lease finished: drop the poll and report it now (the server
@@ -226,6 +229,13 @@ impl Bot {
             };
             match resp {
                 Ok(s) => {
+                    // A server that answers at once with nothing new (no long poll)
+                    // is not polled in a tight loop.
+                    let nothing_new =
+                        reported.is_empty() && s.leases.iter().all(|l| held.contains_key(&l.id));
+                    if nothing_new && polled.elapsed() < MIN_POLL {
+                        tokio::time::sleep(MIN_POLL).await;
+                    }
                     last_ok = Instant::now();
                     pause = Duration::from_millis(200);
                     for id in reported {
