@@ -9,10 +9,16 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::farmd::Cluster;
-use common::servers::{buildgrid_exec, BuildGridExec};
+use common::servers::{buildgrid_exec, buildgrid_exec_jwt, BuildGridExec};
 
 /// One farmd serving `bg` as its bot, with `compilers` as its allow-list.
 fn bot(bg: &BuildGridExec, compilers: &[&str]) -> Cluster {
+    bot_with(bg, compilers, "")
+}
+
+/// [`bot`] with more keys in its `reapi_bot` table (`, key = value`).
+fn bot_with(bg: &BuildGridExec, compilers: &[&str], more: &str) -> Cluster {
+    let more = more.to_string();
     let list = compilers
         .iter()
         .map(|c| format!("{c:?}"))
@@ -24,7 +30,7 @@ fn bot(bg: &BuildGridExec, compilers: &[&str]) -> Cluster {
         format!(
             "compilers = [{list}]\nhttp = \"127.0.0.1:{http}\"\njob_timeout = 60\n\
              reapi_bot = {{ endpoint = \"reapi://127.0.0.1:{port}\", bot_id = \"farm-test-bot\", \
-             properties = {{ OSFamily = \"linux\", ISA = \"x86-64\" }} }}\n"
+             properties = {{ OSFamily = \"linux\", ISA = \"x86-64\" }}{more} }}\n"
         )
     })
 }
@@ -557,4 +563,53 @@ fn a_service_that_goes_away_and_comes_back() {
         log.matches("cannot open a session").count() <= 1,
         "the outage was logged more than once:\n{log}"
     );
+}
+
+/// A REAPI service with authorization: farmd sends `auth_token_file`'s token as a
+/// bearer token on every call (session, CAS, ByteStream) and runs leases; without
+/// it the service turns the bot away and nothing runs.
+#[test]
+fn a_bot_with_a_bearer_token() {
+    let bg = buildgrid_exec_jwt("farm-test-secret");
+    let work = tempfile::tempdir().unwrap();
+    let token_file = work.path().join("token");
+    let o = Command::new(bg.venv.join("bin/python"))
+        .args([
+            "-c",
+            "import jwt, time; print(jwt.encode({'sub': 'farm', 'exp': int(time.time()) + 3600}, \
+             'farm-test-secret', algorithm='HS256'))",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::write(&token_file, &o.stdout).unwrap();
+    let more = format!(", auth_token_file = {:?}", token_file.display().to_string());
+    let farm = bot_with(&bg, &["/usr/bin/gcc"], &more);
+    let input = src_dir(work.path(), "in", "int f(void) { return 2; }\n");
+    let mut c = bg.bgd();
+    c.args(["execute", "--remote", &bg.url(), "--auth-token"])
+        .arg(&token_file)
+        .args(["command", "-p", "OSFamily", "linux", "-p", "ISA", "x86-64"])
+        .arg("--output-directory")
+        .arg(work.path().join("out"))
+        .args(["--output-file", "a.o"])
+        .arg(&input)
+        .args(["--", "gcc", "-c", "a.c", "-o", "a.o"]);
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(work.path().join("out/a.o").exists(), "{}", text(&o));
+    wait_leases(&farm, 1);
+
+    // Without the token: no session, logged once.
+    let stranger = bot(&bg, &["/usr/bin/gcc"]);
+    let t0 = Instant::now();
+    while !farmd_log(&stranger).contains("cannot open a session") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{}",
+            farmd_log(&stranger)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!farmd_log(&stranger).contains("session open"));
 }

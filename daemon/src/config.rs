@@ -58,6 +58,7 @@ struct FileReapiBot {
     instance: String,
     bot_id: Option<String>,
     properties: Option<std::collections::BTreeMap<String, String>>,
+    auth_token_file: Option<String>,
 }
 
 /// farmd as a bot of a REAPI service's Execute (`reapi_bot = { … }`).
@@ -72,6 +73,8 @@ pub struct ReapiBotConfig {
     pub bot_id: Option<String>,
     /// The device properties the service matches Actions' platforms against.
     pub properties: Vec<(String, String)>,
+    /// A file holding a token sent as `authorization: Bearer <token>`.
+    pub auth_token_file: Option<PathBuf>,
 }
 
 /// `reapi://` and `grpc://` (and `http://`) are plaintext; `reapis://`, `grpcs://` and
@@ -399,6 +402,7 @@ impl DaemonConfig {
                     instance: b.instance,
                     bot_id: b.bot_id,
                     properties,
+                    auth_token_file: b.auth_token_file.map(|f| rel(&f)),
                 })
             }
         };

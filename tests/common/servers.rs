@@ -303,6 +303,7 @@ pub struct BuildGridExec {
     pub pg_port: u16,
     pub venv: PathBuf,
     dir: tempfile::TempDir,
+    config: PathBuf,
 }
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -325,14 +326,37 @@ fn ok(c: &mut Command, what: &str) {
 }
 
 pub fn buildgrid_exec() -> BuildGridExec {
+    buildgrid_exec_with(|yaml, _| yaml.to_string())
+}
+
+/// [`buildgrid_exec`] with JWT authorization (HS256 with `secret`): every call needs
+/// `authorization: Bearer <a token signed with secret>`.
+pub fn buildgrid_exec_jwt(secret: &str) -> BuildGridExec {
+    let secret = secret.to_string();
+    buildgrid_exec_with(move |yaml, dir| {
+        let file = dir.join("auth.secret");
+        std::fs::write(&file, &secret).unwrap();
+        let jwt = format!(
+            "authorization:\n  method: jwt\n  secret: {}\n  algorithm: hs256\n",
+            file.display()
+        );
+        assert!(yaml.contains("authorization:\n  method: none\n"));
+        yaml.replace("authorization:\n  method: none\n", &jwt)
+    })
+}
+
+/// [`buildgrid_exec`] with the shared config as `edit` rewrites it (written into the
+/// server's temporary directory; ../shared stays as it is).
+pub fn buildgrid_exec_with(edit: impl Fn(&str, &Path) -> String) -> BuildGridExec {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/buildgrid-venv");
     assert!(
         venv.join("bin/bgd").exists(),
         "{} missing: run scripts/install-deps.sh (BuildGrid needs Python 3.13)",
         venv.join("bin/bgd").display()
     );
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/engines/buildgrid-exec.yml");
-    assert!(config.exists(), "{} missing", config.display());
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/engines/buildgrid-exec.yml");
+    let yaml =
+        std::fs::read_to_string(&shared).unwrap_or_else(|e| panic!("{}: {e}", shared.display()));
     let dir = tempfile::Builder::new()
         .prefix("farm-buildgrid")
         .tempdir()
@@ -367,12 +391,15 @@ pub fn buildgrid_exec() -> BuildGridExec {
             .arg("start"),
         "pg_ctl start",
     );
+    let config = dir.path().join("buildgrid-exec.yml");
+    std::fs::write(&config, edit(&yaml, dir.path())).unwrap();
     let mut bg = BuildGridExec {
         bgd: None,
         port: free_port(),
         pg_port,
         venv,
         dir,
+        config,
     };
     ok(
         as_postgres("createdb").args([
@@ -392,14 +419,14 @@ pub fn buildgrid_exec() -> BuildGridExec {
             .arg(format!("postgresql://bgd@127.0.0.1:{pg_port}/bgd")),
         "bgd migrate apply",
     );
-    bg.start(&config);
+    bg.start();
     bg
 }
 
 impl BuildGridExec {
     /// Starts `bgd server` with `config` on this server's ports and waits until it
     /// listens.
-    fn start(&mut self, config: &Path) {
+    fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -407,7 +434,7 @@ impl BuildGridExec {
             .unwrap();
         let mut child = Command::new(self.venv.join("bin/bgd"))
             .args(["server", "start"])
-            .arg(config)
+            .arg(&self.config)
             .env("BG_PORT", self.port.to_string())
             .env("PG_PORT", self.pg_port.to_string())
             .stdin(Stdio::null())
@@ -441,9 +468,7 @@ impl BuildGridExec {
     /// Starts BuildGrid again on the same port and database after [`kill`](Self::kill).
     pub fn restart(&mut self) {
         self.kill();
-        let config =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/engines/buildgrid-exec.yml");
-        self.start(&config);
+        self.start();
     }
 
     /// What REAPI clients dial.

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use super::Svc as Channel;
 use bazel_remote_apis::build::bazel::remote::execution::v2::{
     batch_update_blobs_request,
     content_addressable_storage_client::ContentAddressableStorageClient, digest_function,
@@ -15,7 +16,6 @@ use bazel_remote_apis::google::bytestream::{
     byte_stream_client::ByteStreamClient, ReadRequest, WriteRequest,
 };
 use sha2::{Digest as _, Sha256};
-use tonic::transport::Channel;
 
 /// Blobs up to this size travel in batches; larger ones through ByteStream. Below
 /// BuildGrid's `maxBatchTotalSizeBytes` (4 MiB less framing) and most servers'.

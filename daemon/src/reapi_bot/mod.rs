@@ -46,8 +46,39 @@ pub static UNREPORTED: AtomicU32 = AtomicU32::new(0);
 
 const ACTION_RESULT: &str = "build.bazel.remote.execution.v2.ActionResult";
 
+/// Adds `authorization: Bearer <token>` to every call when a token is configured.
+#[derive(Clone)]
+pub struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The channel every call of the bot goes through.
+pub type Svc = tonic::service::interceptor::InterceptedService<Channel, Auth>;
+
+fn auth(cfg: &ReapiBotConfig) -> Result<Auth, String> {
+    let Some(file) = &cfg.auth_token_file else {
+        return Ok(Auth(None));
+    };
+    let token = std::fs::read_to_string(file)
+        .map_err(|e| format!("reapi_bot auth_token_file {}: {e}", file.display()))?;
+    let v = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+        format!(
+            "reapi_bot auth_token_file {}: not a header value",
+            file.display()
+        )
+    })?;
+    Ok(Auth(Some(v)))
+}
+
 /// The channel to the REAPI service (lazy: nothing is dialled until the first call).
-fn channel(cfg: &ReapiBotConfig) -> Result<Channel, String> {
+fn channel(cfg: &ReapiBotConfig) -> Result<Svc, String> {
     let mut ep = Endpoint::from_shared(cfg.url.clone())
         .map_err(|e| format!("reapi_bot endpoint {:?}: {e}", cfg.endpoint))?
         .connect_timeout(Duration::from_secs(5))
@@ -59,7 +90,7 @@ fn channel(cfg: &ReapiBotConfig) -> Result<Channel, String> {
             .tls_config(ClientTlsConfig::new().with_webpki_roots())
             .map_err(|e| format!("reapi_bot endpoint {:?}: TLS: {e}", cfg.endpoint))?;
     }
-    Ok(ep.connect_lazy())
+    Ok(Svc::new(ep.connect_lazy(), auth(cfg)?))
 }
 
 /// Runs the bot for as long as farmd runs.

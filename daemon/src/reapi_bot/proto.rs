@@ -141,14 +141,14 @@ pub fn pack<M: Message>(m: &M, name: &str) -> Any {
 /// The Bots service's two calls over a tonic channel.
 #[derive(Clone)]
 pub struct BotsClient {
-    grpc: tonic::client::Grpc<tonic::transport::Channel>,
+    grpc: tonic::client::Grpc<super::Svc>,
 }
 
 const CREATE: &str = "/google.devtools.remoteworkers.v1test2.Bots/CreateBotSession";
 const UPDATE: &str = "/google.devtools.remoteworkers.v1test2.Bots/UpdateBotSession";
 
 impl BotsClient {
-    pub fn new(channel: tonic::transport::Channel) -> BotsClient {
+    pub fn new(channel: super::Svc) -> BotsClient {
         BotsClient {
             grpc: tonic::client::Grpc::new(channel),
         }
