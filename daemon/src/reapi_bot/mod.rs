@@ -123,6 +123,8 @@ pub async fn serve(node: Arc<Node>) {
                 logged = false;
                 pause = Duration::from_millis(500);
                 bot.run_session(session).await;
+                // A server that drops each new session at once is not hammered.
+                tokio::time::sleep(pause).await;
             }
             Err(e) => {
                 // Once per outage, not once per retry.
