@@ -9,14 +9,15 @@
 #            WebDAV module, the remote cache servers of tests/remote_storage.rs, and
 #            moto's S3 server from PyPI in target/test-venv (pip, in a venv), BuildGrid
 #            0.9.1 (REAPI) in target/buildgrid-venv from Python 3.13 (pyenv's); prometheus
-#            (and promtool) for tests/metrics.rs, chromium (headless) for tests/monitor.rs
+#            (and promtool) for tests/metrics.rs, chromium (headless) for tests/monitor.rs; postgresql
+#            (BuildGrid's scheduler database) for tests/reapi_bot.rs
 #   --bench: also ccache hyperfine distcc icecc sccache python3, the comparison tools
 #            of scripts/bench.sh and scripts/bench-farm.sh
 set -euo pipefail
 pkgs=(gcc g++ clang make cmake ninja-build dpkg-dev xz-utils bzip2 util-linux ca-certificates iproute2 coreutils bubblewrap python3
   default-jdk-headless gradle maven maven-debian-helper libmaven-compiler-plugin-java
   libmaven-resources-plugin-java junit4 mono-mcs mono-devel mono-xbuild
-  redis-server nginx libnginx-mod-http-dav-ext python3-venv prometheus chromium curl)
+  redis-server nginx libnginx-mod-http-dav-ext python3-venv prometheus chromium curl postgresql)
 [[ ${1:-} == --bench ]] && pkgs+=(ccache hyperfine distcc icecc sccache python3)
 missing=()
 for p in "${pkgs[@]}"; do

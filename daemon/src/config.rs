@@ -47,6 +47,58 @@ struct FileConfig {
     audit_log_keep: Option<u32>,
     #[serde(default)]
     shim_stats: Vec<String>,
+    reapi_bot: Option<FileReapiBot>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileReapiBot {
+    endpoint: String,
+    #[serde(default)]
+    instance: String,
+    bot_id: Option<String>,
+    properties: Option<std::collections::BTreeMap<String, String>>,
+    auth_token_file: Option<String>,
+}
+
+/// farmd as a bot of a REAPI service's Execute (`reapi_bot = { … }`).
+#[derive(Clone, Debug)]
+pub struct ReapiBotConfig {
+    /// As configured (`reapi://host:port`, `grpcs://…`), for messages.
+    pub endpoint: String,
+    /// What tonic dials: `http://host:port` or `https://host:port`.
+    pub url: String,
+    pub instance: String,
+    /// Defaults to the node's name.
+    pub bot_id: Option<String>,
+    /// The device properties the service matches Actions' platforms against.
+    pub properties: Vec<(String, String)>,
+    /// A file holding a token sent as `authorization: Bearer <token>`.
+    pub auth_token_file: Option<PathBuf>,
+}
+
+/// `reapi://` and `grpc://` (and `http://`) are plaintext; `reapis://`, `grpcs://` and
+/// `https://` are TLS with the web PKI's roots.
+fn reapi_url(endpoint: &str) -> Option<String> {
+    let (scheme, rest) = endpoint.split_once("://")?;
+    let tls = match scheme {
+        "reapi" | "grpc" | "http" => false,
+        "reapis" | "grpcs" | "https" => true,
+        _ => return None,
+    };
+    let host_port = rest.trim_end_matches('/');
+    if host_port.is_empty() || host_port.contains(['/', '?', '#', ' ']) {
+        return None;
+    }
+    Some(format!(
+        "{}://{host_port}",
+        if tls { "https" } else { "http" }
+    ))
+}
+
+/// This machine's REAPI `ISA` (x86-64, aarch64, …).
+fn default_isa() -> String {
+    std::env::consts::ARCH.replace('_', "-")
 }
 
 #[derive(Clone, Debug)]
@@ -104,6 +156,8 @@ pub struct DaemonConfig {
     pub audit_log_keep: u32,
     /// Cache directories whose shims' counters (`farm stats`) `/metrics` shows.
     pub shim_stats: Vec<PathBuf>,
+    /// Serve a REAPI service's Execute as its bot; `None`: off.
+    pub reapi_bot: Option<ReapiBotConfig>,
 }
 
 /// Where farmd serves HTTP.
@@ -318,7 +372,42 @@ impl DaemonConfig {
             Some(list) => list.iter().map(|s| rel(s)).collect(),
             None => default_compilers(),
         };
+        let reapi_bot = match fc.reapi_bot {
+            None => None,
+            Some(b) => {
+                let url = reapi_url(&b.endpoint).ok_or_else(|| {
+                    bad(
+                        "reapi_bot.endpoint",
+                        format!(
+                            "{:?} is not reapi://HOST:PORT or grpcs://HOST:PORT",
+                            b.endpoint
+                        ),
+                    )
+                })?;
+                if let Some(id) = &b.bot_id {
+                    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+                        return Err(bad("reapi_bot.bot_id", format!("{id:?} is not a bot id")));
+                    }
+                }
+                let properties = match b.properties {
+                    Some(p) => p.into_iter().collect(),
+                    None => vec![
+                        ("ISA".to_string(), default_isa()),
+                        ("OSFamily".to_string(), std::env::consts::OS.to_string()),
+                    ],
+                };
+                Some(ReapiBotConfig {
+                    endpoint: b.endpoint,
+                    url,
+                    instance: b.instance,
+                    bot_id: b.bot_id,
+                    properties,
+                    auth_token_file: b.auth_token_file.map(|f| rel(&f)),
+                })
+            }
+        };
         Ok(DaemonConfig {
+            reapi_bot,
             name: fc.name,
             listen,
             advertise,
@@ -355,5 +444,74 @@ impl DaemonConfig {
             audit_log_keep,
             shim_stats,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reapi_endpoints_map_to_plaintext_or_tls() {
+        assert_eq!(reapi_url("reapi://h:1").as_deref(), Some("http://h:1"));
+        assert_eq!(reapi_url("grpc://h:1/").as_deref(), Some("http://h:1"));
+        assert_eq!(reapi_url("grpcs://h:443").as_deref(), Some("https://h:443"));
+        assert_eq!(
+            reapi_url("reapis://h:443").as_deref(),
+            Some("https://h:443")
+        );
+        for bad in ["h:1", "ftp://h:1", "reapi://", "reapi://h:1/x"] {
+            assert_eq!(reapi_url(bad), None, "{bad}");
+        }
+    }
+
+    fn load(extra: &str) -> Result<DaemonConfig> {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("farmd.toml");
+        std::fs::write(
+            &f,
+            format!(
+                "listen = \"127.0.0.1:1\"\nca = \"ca\"\ncert = \"c\"\nkey = \"k\"\n\
+                 state_dir = \"s\"\ncompilers = []\nshim_stats = [\"x\"]\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        DaemonConfig::load(&f)
+    }
+
+    #[test]
+    fn reapi_bot_is_off_by_default_and_checked() {
+        assert!(load("").unwrap().reapi_bot.is_none());
+        let c = load("reapi_bot = { endpoint = \"reapi://127.0.0.1:9\" }")
+            .unwrap()
+            .reapi_bot
+            .unwrap();
+        assert_eq!(c.url, "http://127.0.0.1:9");
+        assert_eq!(c.instance, "");
+        assert!(c.bot_id.is_none());
+        assert!(c
+            .properties
+            .iter()
+            .any(|(k, v)| k == "OSFamily" && v == "linux"));
+        let c = load(
+            "reapi_bot = { endpoint = \"grpcs://r:443\", instance = \"main\", \
+             bot_id = \"b1\", properties = { OSFamily = \"Linux\" } }",
+        )
+        .unwrap()
+        .reapi_bot
+        .unwrap();
+        assert_eq!(
+            c.properties,
+            [("OSFamily".to_string(), "Linux".to_string())]
+        );
+        assert_eq!(c.bot_id.as_deref(), Some("b1"));
+        let e = load("reapi_bot = { endpoint = \"http//x\" }")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("reapi_bot.endpoint"), "{e}");
+        let e = load("reapi_bot = { endpoint = \"reapi://x:1\", tls = true }")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("tls"), "{e}");
     }
 }

@@ -14,6 +14,7 @@ mod monitor;
 mod node;
 mod peers;
 mod placement;
+mod reapi_bot;
 mod remote_pool;
 mod server;
 mod shapes;
@@ -306,6 +307,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
     tokio::spawn(server::serve(node.clone()));
     tokio::spawn(peers::gossip(node.clone()));
     tokio::spawn(agent::serve(node.clone(), listener));
+    tokio::spawn(reapi_bot::serve(node.clone()));
     if let Some(l) = http {
         tokio::spawn(http::serve(node.clone(), l));
     }
@@ -324,7 +326,8 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
     let until = Instant::now() + node.cfg.job_timeout.min(Duration::from_secs(60));
     while (node.running.load(Ordering::Relaxed) > 0
         || node.queue.load(Ordering::Relaxed) > 0
-        || node.agent_busy.load(Ordering::Relaxed) > 0)
+        || node.agent_busy.load(Ordering::Relaxed) > 0
+        || reapi_bot::UNREPORTED.load(Ordering::Relaxed) > 0)
         && Instant::now() < until
     {
         tokio::time::sleep(Duration::from_millis(50)).await;

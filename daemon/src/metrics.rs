@@ -64,6 +64,8 @@ pub struct Metrics {
     pub store_requests: Family<Labels, Counter>,
     /// Bytes this node's store role sent and received, by `direction`.
     pub store_bytes: Family<Labels, Counter>,
+    /// Leases of a REAPI service run here as its bot, by `result`.
+    pub reapi_leases: Family<Labels, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -77,6 +79,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     sandbox_failures: Family::default(),
     store_requests: Family::default(),
     store_bytes: Family::default(),
+    reapi_leases: Family::default(),
 });
 
 /// The process's metrics.
@@ -144,6 +147,12 @@ impl Metrics {
             .inc();
     }
 
+    pub fn count_reapi_lease(&self, result: &str) {
+        self.reapi_leases
+            .get_or_create(&labels(&[("result", result)]))
+            .inc();
+    }
+
     pub fn count_store_bytes(&self, direction: &str, n: usize) {
         self.store_bytes
             .get_or_create(&labels(&[("direction", direction)]))
@@ -193,6 +202,9 @@ pub fn registry(node: &Arc<Node>) -> Registry {
             .store_bytes
             .get_or_create(&labels(&[("direction", direction)]));
     }
+    if node.cfg.reapi_bot.is_some() {
+        let _ = m.reapi_leases.get_or_create(&labels(&[("result", "done")]));
+    }
     let mut r = Registry::with_prefix("farm");
     r.register(
         "jobs",
@@ -241,6 +253,11 @@ pub fn registry(node: &Arc<Node>) -> Registry {
         "store_requests",
         "Peers' requests to this node's share of the farm's cache",
         m.store_requests.clone(),
+    );
+    r.register(
+        "reapi_bot_leases",
+        "Leases of a REAPI service this node ran as its bot: done (an ActionResult, any exit code) or the gRPC code it failed with",
+        m.reapi_leases.clone(),
     );
     r.register_with_unit(
         "store",

@@ -394,3 +394,212 @@ fn start_buildgrid(config: &Path, dir: tempfile::TempDir) -> Server {
     let _ = child.wait();
     panic!("bgd did not listen on {port} within 60 s");
 }
+
+/// BuildGrid with its Execute service (and the Bots service its bots talk to), CAS,
+/// Action Cache and ByteStream, on loopback, instance name `""`: BuildGrid 0.9.1 from
+/// target/buildgrid-venv (scripts/install-deps.sh) with ../shared/engines/buildgrid-exec.yml,
+/// its scheduler on a throwaway PostgreSQL cluster (15 on Debian 12) (Debian's `postgresql`, run as
+/// the `postgres` user in a temporary directory, fsync off). Both stop when dropped.
+pub struct BuildGridExec {
+    bgd: Option<Child>,
+    pub port: u16,
+    pub pg_port: u16,
+    pub venv: PathBuf,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn as_postgres(tool: &str) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"])
+        .arg(Path::new(PG_BIN).join(tool));
+    c
+}
+
+fn ok(c: &mut Command, what: &str) {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+pub fn buildgrid_exec() -> BuildGridExec {
+    buildgrid_exec_with(|yaml, _| yaml.to_string())
+}
+
+/// [`buildgrid_exec`] with JWT authorization (HS256 with `secret`): every call needs
+/// `authorization: Bearer <a token signed with secret>`.
+pub fn buildgrid_exec_jwt(secret: &str) -> BuildGridExec {
+    let secret = secret.to_string();
+    buildgrid_exec_with(move |yaml, dir| {
+        let file = dir.join("auth.secret");
+        std::fs::write(&file, &secret).unwrap();
+        let jwt = format!(
+            "authorization:\n  method: jwt\n  secret: {}\n  algorithm: hs256\n",
+            file.display()
+        );
+        assert!(yaml.contains("authorization:\n  method: none\n"));
+        yaml.replace("authorization:\n  method: none\n", &jwt)
+    })
+}
+
+/// [`buildgrid_exec`] with the shared config as `edit` rewrites it (written into the
+/// server's temporary directory; ../shared stays as it is).
+pub fn buildgrid_exec_with(edit: impl Fn(&str, &Path) -> String) -> BuildGridExec {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/buildgrid-venv");
+    assert!(
+        venv.join("bin/bgd").exists(),
+        "{} missing: run scripts/install-deps.sh (BuildGrid needs Python 3.13)",
+        venv.join("bin/bgd").display()
+    );
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/engines/buildgrid-exec.yml");
+    let yaml =
+        std::fs::read_to_string(&shared).unwrap_or_else(|e| panic!("{}: {e}", shared.display()));
+    let dir = tempfile::Builder::new()
+        .prefix("farm-buildgrid")
+        .tempdir()
+        .unwrap();
+    ok(
+        Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(dir.path()),
+        "chown",
+    );
+    let data = dir.path().join("data");
+    let pg_port = free_port();
+    ok(
+        as_postgres("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "bgd", "--auth=trust"]),
+        "initdb",
+    );
+    ok(
+        as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("pg.log"))
+            .arg("-w")
+            .arg("-o")
+            .arg(format!(
+                "-c listen_addresses=127.0.0.1 -p {pg_port} -k {} -c fsync=off",
+                dir.path().display()
+            ))
+            .arg("start"),
+        "pg_ctl start",
+    );
+    let config = dir.path().join("buildgrid-exec.yml");
+    std::fs::write(&config, edit(&yaml, dir.path())).unwrap();
+    let mut bg = BuildGridExec {
+        bgd: None,
+        port: free_port(),
+        pg_port,
+        venv,
+        dir,
+        config,
+    };
+    ok(
+        as_postgres("createdb").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg_port.to_string(),
+            "-U",
+            "bgd",
+            "bgd",
+        ]),
+        "createdb",
+    );
+    ok(
+        Command::new(bg.venv.join("bin/bgd"))
+            .args(["migrate", "apply"])
+            .arg(format!("postgresql://bgd@127.0.0.1:{pg_port}/bgd")),
+        "bgd migrate apply",
+    );
+    bg.start();
+    bg
+}
+
+impl BuildGridExec {
+    /// Starts `bgd server` with `config` on this server's ports and waits until it
+    /// listens.
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("bgd.log"))
+            .unwrap();
+        let mut child = Command::new(self.venv.join("bin/bgd"))
+            .args(["server", "start"])
+            .arg(&self.config)
+            .env("BG_PORT", self.port.to_string())
+            .env("PG_PORT", self.pg_port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("bgd exited at start ({st}): {}", self.log());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "bgd did not listen within 60 s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.bgd = Some(child);
+    }
+
+    /// Kills BuildGrid (its database stays): a REAPI service that goes away.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.bgd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts BuildGrid again on the same port and database after [`kill`](Self::kill).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start();
+    }
+
+    /// What REAPI clients dial.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// BuildGrid's own client (`bgd …`) from its venv.
+    pub fn bgd(&self) -> Command {
+        Command::new(self.venv.join("bin/bgd"))
+    }
+
+    /// The server's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bgd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for BuildGridExec {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.bgd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}

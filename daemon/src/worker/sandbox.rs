@@ -77,6 +77,16 @@ pub struct RootedView {
     pub proc: bool,
 }
 
+/// What a REAPI lease sees besides the toolchain: its directories bound read-write at
+/// fixed paths (so that no path of this machine, and no per-job name, reaches its
+/// outputs: a `-g` compile gives the same bytes on every worker and every run).
+pub struct MappedView<'a> {
+    /// (this machine's directory, where the job sees it).
+    pub rw: &'a [(&'a Path, &'a str)],
+    pub cwd: &'a str,
+    pub env: &'a [(&'a str, &'a str)],
+}
+
 /// bubblewrap and the read-only paths every job sees.
 #[derive(Clone, Debug)]
 pub struct Sandbox {
@@ -266,6 +276,48 @@ impl Sandbox {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         Ok(cmd)
+    }
+
+    /// The command that runs `program` with the toolchain and `view`'s directories at
+    /// their fixed paths; no `/proc`.
+    pub fn command_mapped(
+        &self,
+        program: &Path,
+        args: &[String],
+        view: &MappedView,
+        limits: Limits,
+    ) -> Result<tokio::process::Command, String> {
+        let mut cmd = self.bwrap_command(limits);
+        cmd.args(["--dev", "/dev"]);
+        cmd.args(&self.system);
+        for (host, dest) in view.rw {
+            cmd.arg("--bind").arg(host).arg(dest);
+        }
+        cmd.arg("--chdir").arg(view.cwd);
+        cmd.arg("--clearenv");
+        for (k, v) in view.env {
+            cmd.args(["--setenv", k, v]);
+        }
+        cmd.arg("--").arg(program).args(args);
+        cmd.env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// Runs `program` in a sandbox with `view`'s fixed-path directories.
+    pub async fn run_mapped(
+        &self,
+        program: &Path,
+        args: &[String],
+        view: &MappedView<'_>,
+        limits: Limits,
+        deadline: Duration,
+    ) -> Result<Run, String> {
+        let cmd = self.command_mapped(program, args, view, limits)?;
+        self.run_command(cmd, limits, deadline).await
     }
 
     /// Runs `program` in the sandbox to its end, its deadline or its output cap.

@@ -39,7 +39,7 @@ pub(super) fn abnormal(exit_code: i32) -> Option<String> {
 
 /// Reads a file the job wrote: a regular file reached without following a link, at
 /// most `cap` bytes.
-pub(super) fn read_output(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_output(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let f = std::fs::OpenOptions::new()
