@@ -50,6 +50,8 @@ fi
 bgvenv=$(cd "$(dirname "$0")/.." && pwd)/target/buildgrid-venv
 if [[ ! -x $bgvenv/bin/bgd ]]; then
   py313=$(command -v python3.13 || true)
+  # pyenv's shim is on PATH even when 3.13 is not an active version: it must run.
+  if [[ -n $py313 ]] && ! "$py313" -c '' 2>/dev/null; then py313=""; fi
   if [[ -z $py313 ]]; then
     pyroot=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
     py313=$(ls -d "$pyroot"/versions/3.13*/bin/python3 2>/dev/null | sort -V | tail -1)
