@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::message_digest;
-use super::proto::{Digest, Directory, DirectoryNode, FileNode};
+use super::proto::{Digest, Directory, DirectoryNode, FileNode, SymlinkNode};
 
 /// One input file: its path relative to the input root, its content's digest and
 /// whether it is executable.
@@ -37,10 +37,19 @@ pub enum TreeError {
     Conflict(String),
 }
 
+/// One symbolic link of the input root: its path relative to the root and its target,
+/// verbatim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputLink {
+    pub path: String,
+    pub target: String,
+}
+
 #[derive(Default)]
 struct Dir {
     files: BTreeMap<String, (Digest, bool)>,
     dirs: BTreeMap<String, Dir>,
+    links: BTreeMap<String, String>,
 }
 
 fn components(path: &str) -> Result<Vec<&str>, TreeError> {
@@ -62,7 +71,7 @@ impl Dir {
     fn dir_at(&mut self, parts: &[&str], whole: &str) -> Result<&mut Dir, TreeError> {
         let mut d = self;
         for p in parts {
-            if d.files.contains_key(*p) {
+            if d.files.contains_key(*p) || d.links.contains_key(*p) {
                 return Err(TreeError::Conflict(whole.to_string()));
             }
             d = d.dirs.entry((*p).to_string()).or_default();
@@ -91,7 +100,15 @@ impl Dir {
                     digest: Some(sub.seal(out)),
                 })
                 .collect(),
-            symlinks: Vec::new(),
+            symlinks: self
+                .links
+                .iter()
+                .map(|(name, target)| SymlinkNode {
+                    name: name.clone(),
+                    target: target.clone(),
+                    node_properties: None,
+                })
+                .collect(),
             node_properties: None,
         };
         let (d, bytes) = message_digest(&msg);
@@ -104,7 +121,33 @@ impl Dir {
 /// file listed twice with the same digest and mode counts once; anything else
 /// listed twice is an error.
 pub fn build(files: &[InputFile], dirs: &[&str]) -> Result<MerkleTree, TreeError> {
+    build_with_links(files, &[], dirs)
+}
+
+/// [`build`] with symbolic links too (each a `SymlinkNode` holding its target as
+/// given). A link listed twice with the same target counts once; a name that is a
+/// link and anything else is an error.
+pub fn build_with_links(
+    files: &[InputFile],
+    links: &[InputLink],
+    dirs: &[&str],
+) -> Result<MerkleTree, TreeError> {
     let mut root = Dir::default();
+    for l in links {
+        let parts = components(&l.path)?;
+        let (name, parents) = parts.split_last().expect("components are never empty");
+        let d = root.dir_at(parents, &l.path)?;
+        if d.dirs.contains_key(*name) || d.files.contains_key(*name) {
+            return Err(TreeError::Conflict(l.path.clone()));
+        }
+        match d.links.get(*name) {
+            Some(have) if *have != l.target => return Err(TreeError::Conflict(l.path.clone())),
+            Some(_) => {}
+            None => {
+                d.links.insert((*name).to_string(), l.target.clone());
+            }
+        }
+    }
     for dir in dirs {
         let parts = components(dir)?;
         root.dir_at(&parts, dir)?;
@@ -113,7 +156,7 @@ pub fn build(files: &[InputFile], dirs: &[&str]) -> Result<MerkleTree, TreeError
         let parts = components(&f.path)?;
         let (name, parents) = parts.split_last().expect("components are never empty");
         let d = root.dir_at(parents, &f.path)?;
-        if d.dirs.contains_key(*name) {
+        if d.dirs.contains_key(*name) || d.links.contains_key(*name) {
             return Err(TreeError::Conflict(f.path.clone()));
         }
         let entry = (f.digest.clone(), f.executable);
@@ -207,5 +250,46 @@ mod tests {
             build(&[file("a", "x", false)], &["a"]),
             Err(TreeError::Conflict(_))
         ));
+    }
+
+    #[test]
+    fn links_are_symlink_nodes_and_clash_with_other_names() {
+        let link = |p: &str, t: &str| InputLink {
+            path: p.into(),
+            target: t.into(),
+        };
+        let files = [file("usr/lib/ld.so", "elf", true)];
+        let links = [link("lib64", "usr/lib"), link("lib64", "usr/lib")];
+        let t = build_with_links(&files, &links, &["tmp"]).unwrap();
+        let root = t
+            .directories
+            .iter()
+            .find(|(d, _)| *d == t.root)
+            .map(|(_, b)| Directory::decode(b.as_slice()).unwrap())
+            .unwrap();
+        assert_eq!(root.symlinks.len(), 1);
+        assert_eq!(root.symlinks[0].name, "lib64");
+        assert_eq!(root.symlinks[0].target, "usr/lib");
+        let other = build_with_links(&files, &[link("lib64", "/usr/lib")], &["tmp"]).unwrap();
+        assert_ne!(other.root, t.root);
+        for (f, l, d) in [
+            (vec![file("lib64", "x", false)], link("lib64", "a"), vec![]),
+            (vec![], link("lib64", "a"), vec!["lib64/x"]),
+            (
+                vec![file("lib64/x", "x", false)],
+                link("lib64", "a"),
+                vec![],
+            ),
+        ] {
+            let links = [l, link("lib64", "b")];
+            assert!(matches!(
+                build_with_links(&f, &links[..1], &d),
+                Err(TreeError::Conflict(_))
+            ));
+            assert!(matches!(
+                build_with_links(&[], &links, &[]),
+                Err(TreeError::Conflict(_))
+            ));
+        }
     }
 }

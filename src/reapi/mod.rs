@@ -1,12 +1,14 @@
 //! A client of the Bazel Remote Execution API (REAPI v2): Capabilities, the CAS
 //! (FindMissingBlobs, batched and ByteStream transfers), the Action Cache, and Merkle
 //! trees of input files. Knows nothing of compilers or of farm's cache: the store's
-//! REAPI tier (src/store/remote/reapi_tier.rs) and, later, Execute build on it.
+//! REAPI tier (src/store/remote/reapi_tier.rs) and farmd's REAPI executor build on it;
+//! `action` maps a same-path job onto a rootfs Action.
 //!
 //! gRPC through tonic, TLS through rustls on `ring`; the protos come pre-generated
 //! from the `bazel-remote-apis` crate (re-exported as [`proto`]). Digests are SHA-256,
 //! the function every server speaks.
 
+pub mod action;
 mod blocking;
 mod client;
 mod config;
@@ -59,6 +61,14 @@ pub fn digest_of(data: &[u8]) -> Digest {
 pub fn message_digest<M: prost::Message>(m: &M) -> (Digest, Vec<u8>) {
     let bytes = m.encode_to_vec();
     (digest_of(&bytes), bytes)
+}
+
+/// A duration as protobuf's `Duration`.
+pub fn proto_duration(d: std::time::Duration) -> bazel_remote_apis::google::protobuf::Duration {
+    bazel_remote_apis::google::protobuf::Duration {
+        seconds: d.as_secs().min(i64::MAX as u64) as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
 }
 
 /// Whether `data` is the blob `d` names.
