@@ -35,6 +35,17 @@ pub fn private_temp_dir() -> PathBuf {
     std::env::temp_dir().join(format!("farm-{uid}"))
 }
 
+/// Whether `dir` is a user's private scratch directory as [`private_temp_dir`] names
+/// it (`farm-<uid>` in the temporary directory): files there are per-compile scratch.
+pub fn is_private_temp_dir(dir: &Path) -> bool {
+    dir.parent() == Some(std::env::temp_dir().as_path())
+        && dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("farm-"))
+            .is_some_and(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Scratch files older than this in the private directory are leftovers of killed
 /// shims, removed by the next file created there.
 const PRIVATE_LEFTOVER_SECS: u64 = 3600;

@@ -279,6 +279,11 @@ async fn shim_session(node: Arc<Node>, remotes: Arc<RemotePool>, uid: u32, mut s
             AgentRequest::Place { compiler } => {
                 family = farm::lang::family_for(&compiler.name).map_or("", |f| f.name());
                 match place(&node, &compiler, &[], true, true) {
+                    // The REAPI service takes same-path jobs only.
+                    Ok(Place::Peer(c)) if c.service => {
+                        crate::metrics::get().count_placement("reapi", "");
+                        AgentResponse::ShipAs(farm::protocol::JobShape::Paths)
+                    }
                     Ok(Place::Peer(..)) => {
                         crate::metrics::get().count_placement("peer", "");
                         AgentResponse::ShipAs(node.shapes.choose(&compiler.identity))

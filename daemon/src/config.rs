@@ -48,6 +48,7 @@ struct FileConfig {
     #[serde(default)]
     shim_stats: Vec<String>,
     reapi_bot: Option<FileReapiBot>,
+    reapi_execute: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +159,9 @@ pub struct DaemonConfig {
     pub shim_stats: Vec<PathBuf>,
     /// Serve a REAPI service's Execute as its bot; `None`: off.
     pub reapi_bot: Option<ReapiBotConfig>,
+    /// Send same-path jobs to a REAPI service's Execute (`reapi_execute`, the
+    /// `reapi://` syntax of `remote_storage`); `None`: off.
+    pub reapi_execute: Option<farm::reapi::ReapiConfig>,
 }
 
 /// Where farmd serves HTTP.
@@ -201,6 +205,26 @@ fn default_compilers() -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// The REAPI service `reapi_execute` names, in `remote_storage`'s syntax
+/// (`reapi://HOST:PORT|instance=…|token-file=…`). One call may move a toolchain's
+/// files: without `|timeout=` a call gets 30 s (a dead server still costs only the
+/// connect timeout).
+fn reapi_execute(spec: &str) -> Result<farm::reapi::ReapiConfig, String> {
+    let parsed = farm::store::remote::spec::parse_one(spec).map_err(|e| e.to_string())?;
+    let Some(mut r) = parsed.reapi else {
+        return Err(format!(
+            "{spec:?} is not a REAPI server (reapi://HOST:PORT, grpcs://HOST[:PORT])"
+        ));
+    };
+    if parsed.read_only {
+        return Err("read-only has no meaning for Execute".into());
+    }
+    if !spec.contains("|timeout=") && !spec.contains("|operation-timeout=") {
+        r.call_timeout = Duration::from_secs(30);
+    }
+    Ok(r)
 }
 
 impl DaemonConfig {
@@ -406,8 +430,13 @@ impl DaemonConfig {
                 })
             }
         };
+        let reapi_execute = match &fc.reapi_execute {
+            None => None,
+            Some(spec) => Some(reapi_execute(spec).map_err(|e| bad("reapi_execute", e))?),
+        };
         Ok(DaemonConfig {
             reapi_bot,
+            reapi_execute,
             name: fc.name,
             listen,
             advertise,
@@ -513,5 +542,35 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("tls"), "{e}");
+    }
+
+    #[test]
+    fn reapi_execute_takes_remote_storage_syntax() {
+        assert!(load("").unwrap().reapi_execute.is_none());
+        let c = load("reapi_execute = \"reapi://127.0.0.1:50051|instance=main|token-file=/t\"")
+            .unwrap()
+            .reapi_execute
+            .unwrap();
+        assert_eq!(c.server(), "reapi://127.0.0.1:50051");
+        assert_eq!(c.instance, "main");
+        assert_eq!(c.call_timeout, Duration::from_secs(30));
+        assert!(format!("{:?}", c.auth).contains("file:/t"));
+        let c = load("reapi_execute = \"grpcs://r.example|timeout=5s\"")
+            .unwrap()
+            .reapi_execute
+            .unwrap();
+        assert!(c.tls);
+        assert_eq!(c.call_timeout, Duration::from_secs(5));
+        for (bad, says) in [
+            ("redis://h:1", "not a REAPI server"),
+            ("reapi://h", "needs a port"),
+            ("reapi://h:1|read-only", "read-only"),
+        ] {
+            let e = load(&format!("reapi_execute = \"{bad}\""))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("reapi_execute") && e.contains(says), "{e}");
+        }
     }
 }

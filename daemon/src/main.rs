@@ -234,7 +234,12 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         .clone()
         .map(|p| audit::AuditLog::new(p, cfg.audit_log_max_size, cfg.audit_log_keep));
     let store = farm::store::LocalStore::new(&cfg.state_dir.join("store"), cfg.store_max_size);
+    let reapi = match &cfg.reapi_execute {
+        None => None,
+        Some(r) => Some(exec::reapi::ReapiService::new(r).context("reapi_execute")?),
+    };
     let node = Arc::new(Node {
+        reapi,
         name: tls.name.clone(),
         host: node::host_id(),
         compilers,
@@ -287,6 +292,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         compilers = node.compilers.len(),
         slots = node.cfg.slots,
         http = ?node.http,
+        reapi_execute = node.reapi.as_ref().map(|r| r.name.as_str()),
         "farmd started"
     );
     {

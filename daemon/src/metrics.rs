@@ -66,6 +66,9 @@ pub struct Metrics {
     pub store_bytes: Family<Labels, Counter>,
     /// Leases of a REAPI service run here as its bot, by `result`.
     pub reapi_leases: Family<Labels, Counter>,
+    /// Same-path jobs answered by a REAPI service (`reapi_execute`), by `result`:
+    /// `cached` (its Action Cache) or `executed`.
+    pub reapi_executions: Family<Labels, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -80,6 +83,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     store_requests: Family::default(),
     store_bytes: Family::default(),
     reapi_leases: Family::default(),
+    reapi_executions: Family::default(),
 });
 
 /// The process's metrics.
@@ -153,6 +157,12 @@ impl Metrics {
             .inc();
     }
 
+    pub fn count_reapi_execute(&self, result: &str) {
+        self.reapi_executions
+            .get_or_create(&labels(&[("result", result)]))
+            .inc();
+    }
+
     pub fn count_store_bytes(&self, direction: &str, n: usize) {
         self.store_bytes
             .get_or_create(&labels(&[("direction", direction)]))
@@ -204,6 +214,13 @@ pub fn registry(node: &Arc<Node>) -> Registry {
     }
     if node.cfg.reapi_bot.is_some() {
         let _ = m.reapi_leases.get_or_create(&labels(&[("result", "done")]));
+    }
+    if node.cfg.reapi_execute.is_some() {
+        for result in ["cached", "executed"] {
+            let _ = m
+                .reapi_executions
+                .get_or_create(&labels(&[("result", result)]));
+        }
     }
     let mut r = Registry::with_prefix("farm");
     r.register(
@@ -258,6 +275,11 @@ pub fn registry(node: &Arc<Node>) -> Registry {
         "reapi_bot_leases",
         "Leases of a REAPI service this node ran as its bot: done (an ActionResult, any exit code) or the gRPC code it failed with",
         m.reapi_leases.clone(),
+    );
+    r.register(
+        "reapi_executions",
+        "Same-path jobs a REAPI service (reapi_execute) answered: cached (from its Action Cache) or executed",
+        m.reapi_executions.clone(),
     );
     r.register_with_unit(
         "store",

@@ -79,6 +79,8 @@ pub struct Node {
     pub activity: crate::activity::Activity,
     /// Where farmd serves HTTP (metrics, health, monitor), if it does.
     pub http: Option<std::net::SocketAddr>,
+    /// A REAPI service that runs same-path jobs (`reapi_execute`), beside the peers.
+    pub reapi: Option<crate::exec::reapi::ReapiService>,
 }
 
 fn load_milli() -> u32 {
@@ -202,6 +204,26 @@ impl Node {
                 }
             })
             .collect();
+        if let Some(r) = &self.reapi {
+            // The service as one more row: unbounded slots, what placement measured.
+            let s = r.state.lock().unwrap();
+            list.push(PeerStatus {
+                node: r.name.clone(),
+                addr: self
+                    .cfg
+                    .reapi_execute
+                    .as_ref()
+                    .map(|c| c.server())
+                    .unwrap_or_default(),
+                live: s.available(now),
+                jobs_ok: s.ok,
+                jobs_failed: s.failed,
+                recent_failures: s.recent_failures.iter().cloned().collect(),
+                est_ms: s.job_ms.unwrap_or(local_ms) as u64,
+                inflight: s.inflight,
+                ..Default::default()
+            });
+        }
         list.sort_by(|a, b| a.node.cmp(&b.node).then(a.addr.cmp(&b.addr)));
         StatusReport {
             node: self.name.clone(),

@@ -34,12 +34,14 @@ pub fn contention(busy: u32, cpus: u32) -> f64 {
     ((busy as f64 + 1.0) / cpus.max(1) as f64).max(1.0)
 }
 
-/// A peer that can take a job: the address the peer table knows it by, what runs
-/// the job there, and its measured RTT.
+/// A place that can take a job: a peer (the address the peer table knows it by) or
+/// the REAPI service (`service`), what runs the job there, and its measured RTT.
 pub struct Candidate {
     pub addr: String,
     pub executor: Arc<dyn Executor>,
     pub rtt: Duration,
+    /// The REAPI service (`reapi_execute`), not a peer: it takes same-path jobs only.
+    pub service: bool,
 }
 
 /// Where a job should run.
@@ -72,6 +74,10 @@ pub fn place(
         f64::INFINITY
     };
     let (mut cands, busy) = peer_candidates(node, compiler, tried, now, toolchain_ok);
+    // A same-path job carries its toolchain: the REAPI service can run it too.
+    if toolchain_ok {
+        cands.extend(service_candidate(node, tried, now));
+    }
     let best_peer = match cands.len() {
         0 => None,
         1 => Some(0),
@@ -148,10 +154,44 @@ fn peer_candidates(
                 addr: addr.clone(),
                 executor: executor.clone(),
                 rtt: p.rtt,
+                service: false,
             },
         ));
     }
     (cands, busy)
+}
+
+/// The REAPI service, when configured, not tried yet and not paused after a failure,
+/// with its estimated finish time (ms): its recent round trip (it has no slots to
+/// fill); one job to measure it when that is stale.
+fn service_candidate(node: &Node, tried: &[String], now: Instant) -> Option<(f64, Candidate)> {
+    let r = node.reapi.as_ref()?;
+    if tried.contains(&r.name) {
+        return None;
+    }
+    let s = r.state.lock().unwrap();
+    if !s.available(now) {
+        return None;
+    }
+    let fresh = s
+        .last_job
+        .is_some_and(|t| now.duration_since(t) < SAMPLE_TTL);
+    let est = match s.job_ms {
+        Some(ms) if fresh => ms,
+        _ if s.inflight == 0 => 0.0,
+        Some(ms) => ms,
+        None => f64::MAX / 2.0,
+    };
+    let rtt = Duration::from_micros((s.job_ms.unwrap_or(0.0) * 1000.0 / 8.0) as u64);
+    Some((
+        est,
+        Candidate {
+            addr: r.name.clone(),
+            executor: r.executor.clone(),
+            rtt,
+            service: true,
+        },
+    ))
 }
 
 /// How long home would take now: its recent compile time as measured (under the load
@@ -385,14 +425,17 @@ async fn on_peers<W: Work>(
             }
         };
         tried.push(cand.addr.clone());
-        let peer_name = node
-            .peers
-            .lock()
-            .unwrap()
-            .get(&cand.addr)
-            .map(|p| p.node.clone())
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| cand.addr.clone());
+        let peer_name = if cand.service {
+            cand.addr.clone()
+        } else {
+            node.peers
+                .lock()
+                .unwrap()
+                .get(&cand.addr)
+                .map(|p| p.node.clone())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| cand.addr.clone())
+        };
         let started = node.activity.start(JobFacts {
             role: Role::Placed,
             shape: W::SHAPE,
@@ -450,6 +493,9 @@ fn reason(e: &ExecError) -> &'static str {
 /// Runs a job on one candidate and records how it went. `Err` is a short reason
 /// name, counted by the shim.
 async fn run_on<W: Work>(node: &Node, cand: &Candidate, work: &W) -> Result<W::Done, &'static str> {
+    if cand.service {
+        return run_on_service(node, cand, work).await;
+    }
     let addr = cand.addr.as_str();
     let (limit, size) = work.limit(node, cand.rtt);
     {
@@ -498,6 +544,40 @@ async fn run_on<W: Work>(node: &Node, cand: &Candidate, work: &W) -> Result<W::D
             // A failing peer looks slower, so placement prefers others for a while.
             p.job_ms = Some(p.job_ms.unwrap_or(DEFAULT_JOB_MS) * 2.0);
             p.last_job = Some(Instant::now());
+            Err(kind)
+        }
+    }
+}
+
+/// Runs a job on the REAPI service and records how it went: its round trip, or a
+/// failure that pauses it when it could not serve (logged once per outage).
+async fn run_on_service<W: Work>(
+    node: &Node,
+    cand: &Candidate,
+    work: &W,
+) -> Result<W::Done, &'static str> {
+    let Some(service) = node.reapi.as_ref() else {
+        return Err("no_peer");
+    };
+    let (limit, _) = work.limit(node, cand.rtt);
+    service.state.lock().unwrap().inflight += 1;
+    let t0 = Instant::now();
+    let outcome = work.run(node, cand.executor.as_ref(), limit).await;
+    let mut s = service.state.lock().unwrap();
+    s.inflight = s.inflight.saturating_sub(1);
+    match outcome {
+        Ok(done) => {
+            s.succeeded(t0.elapsed().as_secs_f64() * 1000.0, SAMPLE_TTL);
+            Ok(done)
+        }
+        Err(e) => {
+            let kind = reason(&e);
+            let down = matches!(e, ExecError::Timeout(_) | ExecError::Transport(_));
+            if s.failed(format!("{kind}: {e}"), down) {
+                tracing::warn!(service = %service.name, reason = kind, detail = %e, pause_s = s.pause.as_secs(), "REAPI service failed: jobs go elsewhere for a while");
+            } else {
+                tracing::info!(service = %service.name, reason = kind, detail = %e, "REAPI job failed");
+            }
             Err(kind)
         }
     }

@@ -16,10 +16,14 @@ use super::proto::{
     action_cache_client::ActionCacheClient, batch_update_blobs_request,
     capabilities_client::CapabilitiesClient,
     content_addressable_storage_client::ContentAddressableStorageClient, digest_function,
-    ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, Digest, FindMissingBlobsRequest,
+    execution_client::ExecutionClient, ActionResult, BatchReadBlobsRequest,
+    BatchUpdateBlobsRequest, Digest, ExecuteRequest, ExecuteResponse, FindMissingBlobsRequest,
     GetActionResultRequest, GetCapabilitiesRequest, UpdateActionResultRequest,
+    WaitExecutionRequest,
 };
 use super::{matches, ReapiConfig, ReapiError};
+use bazel_remote_apis::google::longrunning::operation;
+use prost::Message as _;
 
 /// What the server offers, from GetCapabilities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,10 +126,7 @@ impl Client {
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
-        r.set_timeout(self.cfg.call_timeout);
-        if let Some((k, v)) = &self.auth {
-            r.metadata_mut().insert(k.clone(), v.clone());
-        }
+        self.authorize(&mut r, self.cfg.call_timeout);
         r
     }
 
@@ -498,6 +499,104 @@ impl Client {
             async move { c.get_action_result(r).await }
         })
         .await
+    }
+
+    /// Runs an Action (its Command and input root must be in the CAS) and waits for
+    /// the server's answer, all within `limit`: the Execute stream's operations until
+    /// one is done, and WaitExecution when the server ends the stream before that.
+    /// An operation that ends in an error, or a response whose `status` is not OK,
+    /// is an error naming the server's words.
+    pub async fn execute(
+        &self,
+        action: &Digest,
+        limit: Duration,
+    ) -> Result<ExecuteResponse, ReapiError> {
+        let fail = |detail: String, code: Option<Code>| ReapiError::Call {
+            server: self.server.clone(),
+            call: "Execute",
+            detail,
+            code,
+        };
+        let work = async {
+            let mut name: Option<String> = None;
+            for _ in 0..100 {
+                let mut c = ExecutionClient::new(self.channel.clone())
+                    .max_decoding_message_size(2 * GRPC_MESSAGE as usize);
+                let stream = match &name {
+                    None => {
+                        let mut r = tonic::Request::new(ExecuteRequest {
+                            instance_name: self.cfg.instance.clone(),
+                            skip_cache_lookup: false,
+                            action_digest: Some(action.clone()),
+                            execution_policy: None,
+                            results_cache_policy: None,
+                            digest_function: sha256(),
+                            inline_stdout: true,
+                            inline_stderr: true,
+                            inline_output_files: Vec::new(),
+                        });
+                        self.authorize(&mut r, limit);
+                        c.execute(r).await
+                    }
+                    Some(n) => {
+                        let mut r = tonic::Request::new(WaitExecutionRequest { name: n.clone() });
+                        self.authorize(&mut r, limit);
+                        c.wait_execution(r).await
+                    }
+                };
+                let mut stream = stream
+                    .map_err(|s| self.call_error("Execute", s))?
+                    .into_inner();
+                while let Some(op) = stream
+                    .message()
+                    .await
+                    .map_err(|s| self.call_error("Execute", s))?
+                {
+                    if !op.name.is_empty() {
+                        name = Some(op.name.clone());
+                    }
+                    if !op.done {
+                        continue;
+                    }
+                    return match op.result {
+                        Some(operation::Result::Response(any)) => {
+                            let resp = ExecuteResponse::decode(any.value.as_slice())
+                                .map_err(|e| fail(format!("unreadable response: {e}"), None))?;
+                            match resp.status.as_ref().filter(|s| s.code != 0) {
+                                Some(s) => Err(fail(
+                                    format!("code {}: {}", s.code, s.message),
+                                    Some(Code::from_i32(s.code)),
+                                )),
+                                None => Ok(resp),
+                            }
+                        }
+                        Some(operation::Result::Error(s)) => Err(fail(
+                            format!("code {}: {}", s.code, s.message),
+                            Some(Code::from_i32(s.code)),
+                        )),
+                        None => Err(fail("a done operation without a result".into(), None)),
+                    };
+                }
+                if name.is_none() {
+                    return Err(fail("the stream ended before an operation".into(), None));
+                }
+            }
+            Err(fail("the stream ended 100 times".into(), None))
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(r) => r,
+            Err(_) => Err(fail(
+                format!("no answer within {} ms", limit.as_millis()),
+                None,
+            )),
+        }
+    }
+
+    fn authorize<T>(&self, r: &mut tonic::Request<T>, limit: Duration) {
+        r.set_timeout(limit);
+        if let Some((k, v)) = &self.auth {
+            r.metadata_mut().insert(k.clone(), v.clone());
+        }
     }
 
     /// Stores an Action's result in the Action Cache (its blobs must be in the CAS).

@@ -6,6 +6,7 @@
 //! construction.
 
 pub mod peer;
+pub mod reapi;
 
 use std::fmt;
 use std::future::Future;

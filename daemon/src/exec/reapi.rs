@@ -1,0 +1,486 @@
+//! A REAPI service's Execute as an executor (`reapi_execute`): a same-path job
+//! becomes a rootfs Action (`farm::reapi::action`), looked up in the service's Action
+//! Cache first (a hit runs nothing), else its missing blobs are uploaded and it is
+//! executed within the job's deadline; the outputs come back as a peer's same-path
+//! answer, so the shim re-checks inputs and writes outputs exactly as for a peer.
+//! Text and tree jobs do not map onto Actions yet: they are refused (placement never
+//! offers them here). Every failure is an [`ExecError`], so the compile goes to a
+//! peer or home; placement keeps a service that failed out of the way for a while
+//! ([`ReapiService`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use farm::protocol::{Job, JobResult, OutputFile, PathJob, TreeJob, TreeResult};
+use farm::reapi::action::{rootfs_action, RootfsAction, Sha256Memo};
+use farm::reapi::proto::{ActionResult, Digest};
+use farm::reapi::{Client, ReapiConfig, ReapiError};
+
+use super::{BlobSource, ExecError, ExecFuture, Executor};
+
+/// SHA-256 digests remembered per farmd (a toolchain's files are hashed once).
+const MEMO_ENTRIES: usize = 200_000;
+/// The most output bytes one job brings back (as a peer's answer frame allows).
+const MAX_OUTPUT: i64 = (farm::protocol::MAX_FRAME - (1 << 20)) as i64;
+/// How long a service that failed is left alone at first, and at most.
+const FIRST_PAUSE: Duration = Duration::from_secs(10);
+const MAX_PAUSE: Duration = Duration::from_secs(300);
+const RECENT_FAILURES: usize = 5;
+
+/// Runs same-path jobs on one REAPI service.
+pub struct ReapiExecutor {
+    client: Client,
+    /// `reapi:HOST:PORT`: the name the journal, stats, audit log and monitor show.
+    name: String,
+    memo: Sha256Memo,
+}
+
+/// The name a service goes by where a peer's name would be shown.
+pub fn service_name(cfg: &ReapiConfig) -> String {
+    format!("reapi:{}", cfg.authority)
+}
+
+impl ReapiExecutor {
+    /// Must run inside the runtime (the channel's worker is spawned on it); connects
+    /// on the first job.
+    pub fn new(cfg: &ReapiConfig) -> Result<ReapiExecutor, ReapiError> {
+        Ok(ReapiExecutor {
+            client: Client::new(cfg)?,
+            name: service_name(cfg),
+            memo: Sha256Memo::new(MEMO_ENTRIES),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn paths(
+        &self,
+        job: &PathJob,
+        blobs: &dyn BlobSource,
+        limit: Duration,
+    ) -> Result<TreeResult, ExecError> {
+        let t0 = Instant::now();
+        let renames = scratch_renames(job);
+        let built = tokio::task::block_in_place(|| {
+            rootfs_action(
+                job,
+                &mut |k| self.memo.get(k, || blobs.blob(k)),
+                &renames,
+                limit,
+            )
+        })
+        .map_err(|e| ExecError::Refused(format!("{}: {e}", self.name)))?;
+        let err = |e: ReapiError| exec_error(e);
+        let cached = self
+            .client
+            .get_action_result(&built.action_digest)
+            .await
+            .map_err(err)?;
+        let (result, how) = match cached {
+            Some(r) => (r, "cached"),
+            None => {
+                self.upload(&built, blobs).await?;
+                let left = limit.saturating_sub(t0.elapsed());
+                let resp = self
+                    .client
+                    .execute(&built.action_digest, left)
+                    .await
+                    .map_err(err)?;
+                let how = if resp.cached_result {
+                    "cached"
+                } else {
+                    "executed"
+                };
+                let r = resp.result.ok_or_else(|| {
+                    ExecError::Protocol(format!("{}: Execute answered no result", self.name))
+                })?;
+                (r, how)
+            }
+        };
+        crate::metrics::get().count_reapi_execute(how);
+        let answer = self.answer(&built, result).await?;
+        tracing::debug!(service = %self.name, how, exit = answer.exit_code, ms = t0.elapsed().as_millis() as u64, "REAPI job done");
+        Ok(answer)
+    }
+
+    /// Uploads what the service lacks: the Action, Command and Directories from
+    /// memory, files from `blobs` (read only when missing).
+    async fn upload(&self, built: &RootfsAction, blobs: &dyn BlobSource) -> Result<(), ExecError> {
+        let err = |e: ReapiError| exec_error(e);
+        let mut all: Vec<Digest> = built.messages.iter().map(|(d, _)| d.clone()).collect();
+        all.extend(built.files.iter().map(|(d, _)| d.clone()));
+        all.retain(|d| d.size_bytes > 0);
+        let missing = self.client.find_missing(&all).await.map_err(err)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut wanted: Vec<(Digest, Vec<u8>)> = Vec::new();
+        for d in &missing {
+            if let Some((_, bytes)) = built.messages.iter().find(|(m, _)| m.hash == d.hash) {
+                wanted.push((d.clone(), bytes.clone()));
+            } else if let Some((_, b3)) = built.files.iter().find(|(f, _)| f.hash == d.hash) {
+                let data = tokio::task::block_in_place(|| blobs.blob(b3)).ok_or_else(|| {
+                    ExecError::Transport(format!(
+                        "{}: blob {} is not in this node's store",
+                        self.name,
+                        farm::fsutil::hex(&b3[..8])
+                    ))
+                })?;
+                wanted.push((d.clone(), data));
+            }
+        }
+        let refs: Vec<(Digest, &[u8])> = wanted
+            .iter()
+            .map(|(d, b)| (d.clone(), b.as_slice()))
+            .collect();
+        self.client.upload(&refs).await.map_err(err)
+    }
+
+    /// The service's ActionResult as a peer's answer: exit code, stdout and stderr
+    /// byte for byte, the outputs (when it succeeded) at the sender's paths.
+    async fn answer(&self, built: &RootfsAction, r: ActionResult) -> Result<TreeResult, ExecError> {
+        let err = |e: ReapiError| exec_error(e);
+        let stdout = self.stream(&r.stdout_raw, r.stdout_digest.as_ref()).await?;
+        let stderr = self.stream(&r.stderr_raw, r.stderr_digest.as_ref()).await?;
+        let mut outputs = Vec::new();
+        if r.exit_code == 0 {
+            let mut total = 0i64;
+            for f in &r.output_files {
+                let Some(o) = built.outputs.iter().find(|o| o.action_path == f.path) else {
+                    continue;
+                };
+                let d = f.digest.clone().unwrap_or_default();
+                total += d.size_bytes.max(0);
+                if total > MAX_OUTPUT {
+                    return Err(ExecError::Refused(format!(
+                        "{}: outputs over {MAX_OUTPUT} bytes",
+                        self.name
+                    )));
+                }
+                let data = if !f.contents.is_empty() && farm::reapi::matches(&d, &f.contents) {
+                    f.contents.clone()
+                } else {
+                    self.client
+                        .read_blob(&d)
+                        .await
+                        .map_err(err)?
+                        .ok_or_else(|| {
+                            ExecError::Transport(format!(
+                                "{}: output {} is not in the CAS",
+                                self.name, f.path
+                            ))
+                        })?
+                };
+                outputs.push(OutputFile {
+                    path: o.sender_path.clone(),
+                    data,
+                });
+            }
+        }
+        let compile_ms = r
+            .execution_metadata
+            .as_ref()
+            .and_then(|m| {
+                let (a, b) = (
+                    m.execution_start_timestamp?,
+                    m.execution_completed_timestamp?,
+                );
+                let ms = (b.seconds - a.seconds) * 1000 + (b.nanos - a.nanos) as i64 / 1_000_000;
+                u64::try_from(ms).ok()
+            })
+            .unwrap_or(0);
+        Ok(TreeResult {
+            exit_code: r.exit_code,
+            stdout,
+            stderr,
+            outputs,
+            compile_ms,
+            worker: self.name.clone(),
+        })
+    }
+
+    /// stdout or stderr: inline when the server sent it so, else from the CAS.
+    async fn stream(&self, raw: &[u8], digest: Option<&Digest>) -> Result<Vec<u8>, ExecError> {
+        match digest {
+            Some(d) if d.size_bytes > 0 && !farm::reapi::matches(d, raw) => {
+                if d.size_bytes > MAX_OUTPUT {
+                    return Err(ExecError::Refused(format!(
+                        "{}: output stream over {MAX_OUTPUT} bytes",
+                        self.name
+                    )));
+                }
+                self.client
+                    .read_blob(d)
+                    .await
+                    .map_err(exec_error)?
+                    .ok_or_else(|| {
+                        ExecError::Transport(format!("{}: a stream is not in the CAS", self.name))
+                    })
+            }
+            _ => Ok(raw.to_vec()),
+        }
+    }
+}
+
+/// A client error as an executor's failure: no answer in time is a timeout, a server
+/// that cannot serve (UNAVAILABLE, unreachable, a lost connection) a transport
+/// failure, one that will not run this (a precondition, a refused argument) a
+/// refusal, bytes that are not what they claim a protocol failure.
+fn exec_error(e: ReapiError) -> ExecError {
+    use tonic::Code;
+    let text = e.to_string();
+    match &e {
+        ReapiError::Setup { .. } => ExecError::Refused(text),
+        ReapiError::Corrupt { .. } => ExecError::Protocol(text),
+        ReapiError::Call { code: None, .. } if text.contains("no answer within") => {
+            ExecError::Timeout(text)
+        }
+        ReapiError::Call {
+            code: Some(Code::DeadlineExceeded),
+            ..
+        } => ExecError::Timeout(text),
+        ReapiError::Call {
+            code:
+                Some(
+                    Code::FailedPrecondition
+                    | Code::InvalidArgument
+                    | Code::PermissionDenied
+                    | Code::Unauthenticated
+                    | Code::ResourceExhausted
+                    | Code::Unimplemented,
+                ),
+            ..
+        } => ExecError::Refused(text),
+        ReapiError::Call { .. } => ExecError::Transport(text),
+    }
+}
+
+/// New names for outputs in a sender's private scratch directory
+/// (`fsutil::private_temp_dir`: the observation of what a compile reads): such a name
+/// is new for every compile, and in the Action it would make every Action new. Only
+/// an output that is a whole argument is renamed; it keeps its directory and
+/// extension.
+fn scratch_renames(job: &PathJob) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for (i, o) in job.outputs.iter().enumerate() {
+        let p = Path::new(o);
+        let Some(dir) = p.parent() else { continue };
+        if !farm::fsutil::is_private_temp_dir(dir) {
+            continue;
+        }
+        if job.args.iter().filter(|a| *a == o).count() != 1
+            || job.args.iter().any(|a| a != o && a.contains(o.as_str()))
+        {
+            continue;
+        }
+        let ext = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| format!(".{e}"))
+            .unwrap_or_default();
+        out.insert(
+            o.clone(),
+            dir.join(format!("farm-output-{i}{ext}"))
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    out
+}
+
+impl Executor for ReapiExecutor {
+    fn run_job<'a>(&'a self, _job: &'a Job, _limit: Duration) -> ExecFuture<'a, JobResult> {
+        Box::pin(async move {
+            Err(ExecError::Refused(format!(
+                "{}: text jobs do not map onto Actions",
+                self.name
+            )))
+        })
+    }
+
+    fn run_tree<'a>(
+        &'a self,
+        _job: &'a TreeJob,
+        _blobs: &'a dyn BlobSource,
+        _limit: Duration,
+    ) -> ExecFuture<'a, TreeResult> {
+        Box::pin(async move {
+            Err(ExecError::Refused(format!(
+                "{}: tree jobs do not map onto Actions yet",
+                self.name
+            )))
+        })
+    }
+
+    fn run_paths<'a>(
+        &'a self,
+        job: &'a PathJob,
+        blobs: &'a dyn BlobSource,
+        limit: Duration,
+    ) -> ExecFuture<'a, TreeResult> {
+        Box::pin(self.paths(job, blobs, limit))
+    }
+}
+
+/// A REAPI service as placement sees it: unbounded slots, its measured round trip,
+/// and a pause after a failure (like a dead peer's redial), growing while it fails.
+pub struct ReapiService {
+    pub name: String,
+    pub executor: Arc<dyn Executor>,
+    pub state: Mutex<ServiceState>,
+}
+
+#[derive(Default)]
+pub struct ServiceState {
+    pub inflight: u32,
+    pub ok: u64,
+    pub failed: u64,
+    pub recent_failures: VecDeque<String>,
+    /// Round-trip time of a job there (ms), smoothed.
+    pub job_ms: Option<f64>,
+    pub last_job: Option<Instant>,
+    /// Not offered to placement before this.
+    pub paused_until: Option<Instant>,
+    pub pause: Duration,
+}
+
+impl ReapiService {
+    pub fn new(cfg: &ReapiConfig) -> Result<ReapiService, ReapiError> {
+        let exec = ReapiExecutor::new(cfg)?;
+        Ok(ReapiService {
+            name: exec.name().to_string(),
+            executor: Arc::new(exec),
+            state: Mutex::new(ServiceState::default()),
+        })
+    }
+}
+
+impl ServiceState {
+    /// Whether placement may offer it a job now.
+    pub fn available(&self, now: Instant) -> bool {
+        self.paused_until.map_or(true, |t| now >= t)
+    }
+
+    /// A job came back after `ms`.
+    pub fn succeeded(&mut self, ms: f64, fresh_for: Duration) {
+        self.ok += 1;
+        let fresh = self.last_job.is_some_and(|t| t.elapsed() < fresh_for);
+        self.job_ms = Some(match self.job_ms {
+            Some(old) if fresh => crate::placement::ewma(old, ms),
+            _ => ms,
+        });
+        self.last_job = Some(Instant::now());
+        self.paused_until = None;
+        self.pause = Duration::ZERO;
+    }
+
+    /// A job failed with `why`; `down`: the service could not serve (unreachable,
+    /// silent, unavailable), so it is left alone for a while. Returns whether this
+    /// started an outage (to log once).
+    pub fn failed(&mut self, why: String, down: bool) -> bool {
+        self.failed += 1;
+        if self.recent_failures.len() == RECENT_FAILURES {
+            self.recent_failures.pop_front();
+        }
+        self.recent_failures.push_back(why);
+        if !down {
+            return false;
+        }
+        let first = self.pause.is_zero();
+        self.pause = if first {
+            FIRST_PAUSE
+        } else {
+            (self.pause * 2).min(MAX_PAUSE)
+        };
+        self.paused_until = Some(Instant::now() + self.pause);
+        first
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use farm::protocol::{CompilerAd, Toolchain};
+
+    fn job(args: &[&str], outputs: &[&str]) -> PathJob {
+        PathJob {
+            family: "f".into(),
+            compiler: CompilerAd {
+                name: "cc".into(),
+                identity: [0; 32],
+            },
+            toolchain: Toolchain::default(),
+            arg0: "cc".into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            cwd: "/src".into(),
+            env: Vec::new(),
+            files: Vec::new(),
+            dirs: Vec::new(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn scratch_outputs_get_stable_names_and_others_keep_theirs() {
+        let tmp = farm::fsutil::private_temp_dir();
+        let d = tmp.join("4711-3.d").to_string_lossy().into_owned();
+        let j = job(&["-c", "a.c", "-MF", &d], &["/src/a.o", &d]);
+        let r = scratch_renames(&j);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r[&d],
+            tmp.join("farm-output-1.d").to_string_lossy().into_owned()
+        );
+        // Named inside another argument: left as it is (a rename would not reach it).
+        let j = job(&["-c", "a.c", &format!("-MF{d}"), &d], &["/src/a.o", &d]);
+        assert!(scratch_renames(&j).is_empty());
+        // Outside a private scratch directory: never renamed.
+        let j = job(&["-MF", "/src/a.d"], &["/src/a.d"]);
+        assert!(scratch_renames(&j).is_empty());
+    }
+
+    #[test]
+    fn failures_pause_the_service_growing_and_success_resets() {
+        let mut s = ServiceState::default();
+        let now = Instant::now();
+        assert!(s.available(now));
+        assert!(!s.failed("refused: no".into(), false));
+        assert!(s.available(Instant::now()));
+        assert!(s.failed("peer_error: refused".into(), true));
+        assert!(!s.available(Instant::now()));
+        assert_eq!(s.pause, FIRST_PAUSE);
+        assert!(!s.failed("timeout".into(), true));
+        assert_eq!(s.pause, FIRST_PAUSE * 2);
+        assert_eq!(s.recent_failures.len(), 3);
+        s.succeeded(120.0, Duration::from_secs(10));
+        assert!(s.available(Instant::now()));
+        assert_eq!(s.job_ms, Some(120.0));
+    }
+
+    #[test]
+    fn client_errors_map_to_executor_failures() {
+        let call = |code| ReapiError::Call {
+            server: "reapi://h:1".into(),
+            call: "Execute",
+            detail: "x".into(),
+            code,
+        };
+        use tonic::Code;
+        assert!(matches!(
+            exec_error(call(Some(Code::Unavailable))),
+            ExecError::Transport(_)
+        ));
+        assert!(matches!(
+            exec_error(call(Some(Code::FailedPrecondition))),
+            ExecError::Refused(_)
+        ));
+        assert!(matches!(
+            exec_error(call(Some(Code::DeadlineExceeded))),
+            ExecError::Timeout(_)
+        ));
+    }
+}
