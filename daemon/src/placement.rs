@@ -572,7 +572,7 @@ async fn run_on_service<W: Work>(
         }
         Err(e) => {
             let kind = reason(&e);
-            let down = matches!(e, ExecError::Timeout(_) | ExecError::Transport(_));
+            let down = crate::exec::reapi::service_failed(&e);
             if s.failed(format!("{kind}: {e}"), down) {
                 tracing::warn!(service = %service.name, reason = kind, detail = %e, pause_s = s.pause.as_secs(), "REAPI service failed: jobs go elsewhere for a while");
             } else {

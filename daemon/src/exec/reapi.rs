@@ -28,6 +28,16 @@ const MAX_OUTPUT: i64 = (farm::protocol::MAX_FRAME - (1 << 20)) as i64;
 const FIRST_PAUSE: Duration = Duration::from_secs(10);
 const MAX_PAUSE: Duration = Duration::from_secs(300);
 const RECENT_FAILURES: usize = 5;
+/// How a job this node cannot describe as an Action is refused (that job's matter,
+/// not the service's).
+const NOT_AN_ACTION: &str = "not an Action";
+
+/// Whether a failure says the service cannot serve now (unreachable, silent,
+/// refusing what it is sent), rather than that one job could not be an Action: then
+/// placement leaves it alone for a while.
+pub fn service_failed(e: &ExecError) -> bool {
+    !matches!(e, ExecError::Refused(d) if d.contains(NOT_AN_ACTION))
+}
 
 /// Runs same-path jobs on one REAPI service.
 pub struct ReapiExecutor {
@@ -73,7 +83,7 @@ impl ReapiExecutor {
                 limit,
             )
         })
-        .map_err(|e| ExecError::Refused(format!("{}: {e}", self.name)))?;
+        .map_err(|e| ExecError::Refused(format!("{}: {NOT_AN_ACTION}: {e}", self.name)))?;
         let err = |e: ReapiError| exec_error(e);
         let cached = self
             .client
@@ -379,8 +389,8 @@ impl ServiceState {
     }
 
     /// A job failed with `why`; `down`: the service could not serve (unreachable,
-    /// silent, unavailable), so it is left alone for a while. Returns whether this
-    /// started an outage (to log once).
+    /// silent, unavailable, refusing), so it is left alone for a while. Returns
+    /// whether this started an outage (to log once).
     pub fn failed(&mut self, why: String, down: bool) -> bool {
         self.failed += 1;
         if self.recent_failures.len() == RECENT_FAILURES {
@@ -463,6 +473,12 @@ mod tests {
 
     #[test]
     fn client_errors_map_to_executor_failures() {
+        assert!(!service_failed(&ExecError::Refused(format!(
+            "reapi:h:1: {NOT_AN_ACTION}: output \"/\" is outside the input root"
+        ))));
+        assert!(service_failed(&ExecError::Refused(
+            "REAPI reapi://h:1: Execute: code 9: program not allowed".into()
+        )));
         let call = |code| ReapiError::Call {
             server: "reapi://h:1".into(),
             call: "Execute",
