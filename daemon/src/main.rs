@@ -236,7 +236,9 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
     let store = farm::store::LocalStore::new(&cfg.state_dir.join("store"), cfg.store_max_size);
     let reapi = match &cfg.reapi_execute {
         None => None,
-        Some(r) => Some(exec::reapi::ReapiService::new(r).context("reapi_execute")?),
+        Some(r) => {
+            Some(exec::reapi::ReapiService::new(r, cfg.job_timeout).context("reapi_execute")?)
+        }
     };
     let node = Arc::new(Node {
         reapi,

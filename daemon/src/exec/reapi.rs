@@ -45,6 +45,10 @@ pub struct ReapiExecutor {
     /// `reapi:HOST:PORT`: the name the journal, stats, audit log and monitor show.
     name: String,
     memo: Sha256Memo,
+    /// Every Action's `timeout`: one value (farmd's `job_timeout`), not each job's
+    /// deadline, which varies with what placement measured and would make the same
+    /// compile a new Action each time. The wait for an answer is the job's deadline.
+    action_timeout: Duration,
 }
 
 /// The name a service goes by where a peer's name would be shown.
@@ -55,11 +59,12 @@ pub fn service_name(cfg: &ReapiConfig) -> String {
 impl ReapiExecutor {
     /// Must run inside the runtime (the channel's worker is spawned on it); connects
     /// on the first job.
-    pub fn new(cfg: &ReapiConfig) -> Result<ReapiExecutor, ReapiError> {
+    pub fn new(cfg: &ReapiConfig, action_timeout: Duration) -> Result<ReapiExecutor, ReapiError> {
         Ok(ReapiExecutor {
             client: Client::new(cfg)?,
             name: service_name(cfg),
             memo: Sha256Memo::new(MEMO_ENTRIES),
+            action_timeout,
         })
     }
 
@@ -80,7 +85,7 @@ impl ReapiExecutor {
                 job,
                 &mut |k| self.memo.get(k, || blobs.blob(k)),
                 &renames,
-                limit,
+                self.action_timeout,
             )
         })
         .map_err(|e| ExecError::Refused(format!("{}: {NOT_AN_ACTION}: {e}", self.name)))?;
@@ -113,7 +118,7 @@ impl ReapiExecutor {
         };
         crate::metrics::get().count_reapi_execute(how);
         let answer = self.answer(&built, result).await?;
-        tracing::debug!(service = %self.name, how, exit = answer.exit_code, ms = t0.elapsed().as_millis() as u64, "REAPI job done");
+        tracing::debug!(service = %self.name, action = %built.action_digest.hash, how, exit = answer.exit_code, ms = t0.elapsed().as_millis() as u64, "REAPI job done");
         Ok(answer)
     }
 
@@ -359,8 +364,8 @@ pub struct ServiceState {
 }
 
 impl ReapiService {
-    pub fn new(cfg: &ReapiConfig) -> Result<ReapiService, ReapiError> {
-        let exec = ReapiExecutor::new(cfg)?;
+    pub fn new(cfg: &ReapiConfig, action_timeout: Duration) -> Result<ReapiService, ReapiError> {
+        let exec = ReapiExecutor::new(cfg, action_timeout)?;
         Ok(ReapiService {
             name: exec.name().to_string(),
             executor: Arc::new(exec),
