@@ -1,0 +1,275 @@
+//! farm's compiles through a REAPI service's Execute (`reapi_execute`): a real
+//! BuildGrid 0.9.1 (target/buildgrid-venv, scripts/install-deps.sh) with its scheduler on
+//! a throwaway PostgreSQL, one farmd as its bot (`reapi_bot`, `accept_toolchains`: it
+//! runs `farm-layout=rootfs` leases) and one farmd as the home node with
+//! `reapi_execute` and no peers. lua5.4 built with `-g` through farm-cc: every compile a
+//! same-path job, run as a rootfs Action by the bot, its object byte-identical to a
+//! plain build at the same path; then a new home node and an empty local cache: every
+//! compile answered from BuildGrid's Action Cache (no lease); then BuildGrid killed
+//! mid-build: the build finishes at home with the same objects, nothing hangs.
+
+mod common;
+use common::farmd::*;
+use common::servers::*;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// BuildGrid that knows farm's `farm-layout` key, without its assigner's random
+/// pause (docs/reapi.md, per-action overhead).
+fn buildgrid_for_rootfs() -> BuildGridExec {
+    buildgrid_exec_with(|yaml, _| {
+        let keys = "match-property-keys: [OSFamily, ISA]";
+        assert!(yaml.contains(keys), "the shared YAML changed: {yaml}");
+        yaml.replace(keys, "match-property-keys: [OSFamily, ISA, farm-layout]")
+            .replace(
+                "        interval: 0.1\n",
+                "        interval: 0.1\n        jitter-factor: 0\n",
+            )
+    })
+}
+
+/// farmd as BuildGrid's bot: it takes shipped toolchains (the default), so rootfs
+/// leases.
+fn bot(bg: &BuildGridExec) -> Cluster {
+    let port = bg.port;
+    let c = Cluster::new(&["bot"], move |_| {
+        format!(
+            "accept_toolchains = true\nreapi_bot = {{ endpoint = \"reapi://127.0.0.1:{port}\", bot_id = \"farm-bot\" }}"
+        )
+    });
+    c.wait_live(0, 0);
+    c
+}
+
+/// The home node: no peers, no CPUs of its own for placement (every miss is placed
+/// remotely when it can be), the REAPI service as its executor.
+fn home(bg_port: u16) -> Cluster {
+    let c = Cluster::new(&["home"], move |_| {
+        format!("local_slots = 0\nreapi_execute = \"reapi://127.0.0.1:{bg_port}\"")
+    });
+    // The service is the one row of its status.
+    c.wait_live(0, 1);
+    c
+}
+
+/// `make -j2 linux` of lua with `MYCFLAGS=<flags>` (`-g` and more),
+/// `CC=<cc> -std=gnu99`, through the agent when given, with a journal.
+fn make_g(env: &Env, tree: &Path, flags: &str, cc: &str, agent: Option<&Path>, journal: &Path) {
+    let mut c = env.cmd("make");
+    c.current_dir(tree.join("src"))
+        .args([
+            "-j2",
+            "linux",
+            &format!("CC={cc} -std=gnu99"),
+            &format!("MYCFLAGS={flags}"),
+        ])
+        .env("FARM_JOURNAL", journal);
+    if let Some(a) = agent {
+        c.env("FARM_AGENT", a);
+    }
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "make failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn log_of(c: &Cluster) -> String {
+    std::fs::read_to_string(c.nodes[0].dir.join("farmd.log")).unwrap_or_default()
+}
+
+fn leases_done(bot: &Cluster) -> usize {
+    log_of(bot).matches("REAPI lease done").count()
+}
+
+/// Journal lines (JSON) of compiles that ran on `peer`.
+fn ran_on(journal: &Path, peer: &str) -> usize {
+    std::fs::read_to_string(journal)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["peer"].as_str() == Some(peer))
+        .count()
+}
+
+type Objects = std::collections::BTreeMap<String, Vec<u8>>;
+
+/// A plain build's objects of `tree` with `flags` (cleaned after).
+fn plain(tree: &Path, flags: &str, root: &Path) -> Objects {
+    let env = Env::new("direct");
+    make_g(&env, tree, flags, "gcc", None, &root.join("plain.jsonl"));
+    let objs = objects(tree);
+    assert!(objs.len() >= 30);
+    sh(&tree.join("src"), "make clean >/dev/null");
+    objs
+}
+
+/// A checkout of lua at a path of its own.
+fn checkout(root: &Path) -> PathBuf {
+    require("gcc");
+    require("make");
+    let tree = root.join("home/u/src/lua");
+    std::fs::create_dir_all(tree.parent().unwrap()).unwrap();
+    copy_tree(&sources("lua5.4"), &tree);
+    tree
+}
+
+fn metrics(c: &Cluster) -> String {
+    common::http::get(&format!("http://127.0.0.1:{}/metrics", c.nodes[0].port)).1
+}
+
+#[test]
+fn lua_with_debug_info_through_buildgrid_execute_then_its_action_cache_then_it_dies() {
+    let root = tempfile::tempdir().unwrap();
+    let tree = checkout(root.path());
+    let plain_g = plain(&tree, "-g", root.path());
+    // The last build's Actions must be new ones (a define no source uses).
+    let plain_killed = plain(&tree, "-g -DFARM_TEST_UNUSED=1", root.path());
+    let n = plain_g.len();
+    let farm_cc = farm_cc_bin().display().to_string();
+    let mut bg = buildgrid_for_rootfs();
+    let service = format!("reapi:127.0.0.1:{}", bg.port);
+    let bot = bot(&bg);
+
+    // Cold: every compile a rootfs Action the bot runs.
+    let home1 = home(bg.port);
+    let env = Env::new("direct");
+    let journal = root.path().join("cold.jsonl");
+    let t0 = Instant::now();
+    make_g(
+        &env,
+        &tree,
+        "-g",
+        &farm_cc,
+        Some(&home1.nodes[0].socket()),
+        &journal,
+    );
+    eprintln!("cold build through Execute: {:?}", t0.elapsed());
+    assert_same_objects(&plain_g, &objects(&tree), "cold build through Execute");
+    let remote = env.counter(&["farm", "remote"]) as usize;
+    assert_eq!(
+        remote,
+        n,
+        "every compile ran through REAPI: {}\nhome log:\n{}\nbot log:\n{}\nBuildGrid:\n{}",
+        env.stats(),
+        log_of(&home1),
+        log_of(&bot),
+        bg.log()
+    );
+    assert_eq!(env.counter(&["farm", "same_path"]) as usize, n);
+    assert_eq!(ran_on(&journal, &service), n, "journal names {service}");
+    let leases = leases_done(&bot);
+    assert!(
+        leases >= n,
+        "{leases} leases for {n} compiles: {}",
+        log_of(&bot)
+    );
+    let status = home1.nodes[0].status();
+    let row = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"].as_str() == Some(&service))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {service} row: {status}"));
+    assert_eq!(row["jobs_ok"].as_u64(), Some(n as u64), "{row}");
+    let m = metrics(&home1);
+    assert!(
+        m.contains(&format!(
+            "farm_reapi_executions_total{{result=\"executed\"}} {n}"
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "farm_placement_decisions_total{{decision=\"reapi\",reason=\"\"}} {n}"
+        )),
+        "{m}"
+    );
+    drop(home1);
+
+    // Warm: a new home node and an empty local cache, the same checkout: every
+    // compile answered by GetActionResult, no lease.
+    sh(&tree.join("src"), "make clean >/dev/null");
+    let home2 = home(bg.port);
+    let env = Env::new("direct");
+    let journal = root.path().join("warm.jsonl");
+    let t0 = Instant::now();
+    make_g(
+        &env,
+        &tree,
+        "-g",
+        &farm_cc,
+        Some(&home2.nodes[0].socket()),
+        &journal,
+    );
+    eprintln!("warm build from the Action Cache: {:?}", t0.elapsed());
+    assert_same_objects(
+        &plain_g,
+        &objects(&tree),
+        "warm build from the Action Cache",
+    );
+    assert_eq!(
+        env.counter(&["farm", "remote"]) as usize,
+        n,
+        "{}",
+        env.stats()
+    );
+    assert_eq!(ran_on(&journal, &service), n);
+    assert_eq!(leases_done(&bot), leases, "a cached Action ran again");
+    let metrics = metrics(&home2);
+    assert!(
+        metrics.contains(&format!(
+            "farm_reapi_executions_total{{result=\"cached\"}} {n}"
+        )),
+        "{metrics}"
+    );
+    drop(home2);
+
+    // BuildGrid killed mid-build (with new Actions: another define): the build
+    // finishes with a plain build's objects, home compiles the rest, nothing hangs.
+    sh(&tree.join("src"), "make clean >/dev/null");
+    let home3 = home(bg.port);
+    let env = Env::new("direct");
+    let journal = root.path().join("killed.jsonl");
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        let build = s.spawn(|| {
+            make_g(
+                &env,
+                &tree,
+                "-g -DFARM_TEST_UNUSED=1",
+                &farm_cc,
+                Some(&home3.nodes[0].socket()),
+                &journal,
+            )
+        });
+        // Mid-build: once a few compiles came back through BuildGrid.
+        while ran_on(&journal, &service) < 3 && t0.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bg.kill();
+        eprintln!("BuildGrid killed after {:?}", t0.elapsed());
+        build.join().unwrap();
+    });
+    let took = t0.elapsed();
+    eprintln!("build with BuildGrid killed mid-build: {took:?}");
+    assert_same_objects(&plain_killed, &objects(&tree), "BuildGrid killed mid-build");
+    assert!(took < Duration::from_secs(120), "{took:?}");
+    let through = ran_on(&journal, &service);
+    eprintln!("{through} of {n} answered by BuildGrid before it died");
+    assert!(
+        (3..n).contains(&through),
+        "{through} of {n} through BuildGrid: not killed mid-build"
+    );
+    assert_eq!(env.misses() as usize, n, "{}", env.stats());
+    let log = log_of(&home3);
+    assert_eq!(
+        log.matches("REAPI service failed").count(),
+        1,
+        "one outage, logged once: {log}"
+    );
+}
