@@ -6,7 +6,8 @@
 //! same-path job, run as a rootfs Action by the bot, its object byte-identical to a
 //! plain build at the same path; then a new home node and an empty local cache: every
 //! compile answered from BuildGrid's Action Cache (no lease); then BuildGrid killed
-//! mid-build: the build finishes at home with the same objects, nothing hangs.
+//! mid-build: the build finishes at home with the same objects, nothing hangs. And a
+//! service that is not there, or never answers: every compile at home, no stall.
 
 mod common;
 use common::farmd::*;
@@ -46,8 +47,13 @@ fn bot(bg: &BuildGridExec) -> Cluster {
 /// The home node: no peers, no CPUs of its own for placement (every miss is placed
 /// remotely when it can be), the REAPI service as its executor.
 fn home(bg_port: u16) -> Cluster {
+    home_with(&format!("reapi://127.0.0.1:{bg_port}"))
+}
+
+fn home_with(spec: &str) -> Cluster {
+    let spec = spec.to_string();
     let c = Cluster::new(&["home"], move |_| {
-        format!("local_slots = 0\nreapi_execute = \"reapi://127.0.0.1:{bg_port}\"")
+        format!("local_slots = 0\nreapi_execute = \"{spec}\"")
     });
     // The service is the one row of its status.
     c.wait_live(0, 1);
@@ -271,5 +277,58 @@ fn lua_with_debug_info_through_buildgrid_execute_then_its_action_cache_then_it_d
         log.matches("REAPI service failed").count(),
         1,
         "one outage, logged once: {log}"
+    );
+}
+
+/// A service nobody listens for, and one that accepts connections and never answers
+/// (default deadlines): lua builds at home with a plain build's objects, the first
+/// failure pauses the service (logged once), so the build pays a few deadlines, not
+/// one per compile.
+#[test]
+fn a_dead_or_silent_service_sends_every_compile_home_without_stalling() {
+    let root = tempfile::tempdir().unwrap();
+    let tree = checkout(root.path());
+    let plain_g = plain(&tree, "-g", root.path());
+    let n = plain_g.len() as u64;
+    let farm_cc = farm_cc_bin().display().to_string();
+    let dead = common::servers::free_port();
+    let (accepted, silent_port) = silent();
+    for (what, port) in [("dead", dead), ("silent", silent_port)] {
+        let service = format!("reapi:127.0.0.1:{port}");
+        let home = home_with(&format!("reapi://127.0.0.1:{port}"));
+        let env = Env::new("direct");
+        let journal = root.path().join(format!("{what}.jsonl"));
+        let t0 = Instant::now();
+        make_g(
+            &env,
+            &tree,
+            "-g",
+            &farm_cc,
+            Some(&home.nodes[0].socket()),
+            &journal,
+        );
+        let took = t0.elapsed();
+        eprintln!("lua with a {what} REAPI service: {took:?}");
+        assert_same_objects(&plain_g, &objects(&tree), what);
+        assert_eq!(env.misses(), n, "{}", env.stats());
+        assert_eq!(env.counter(&["farm", "remote"]), 0, "{}", env.stats());
+        assert_eq!(ran_on(&journal, &service), 0);
+        assert!(took < Duration::from_secs(90), "{what}: {took:?}");
+        let log = log_of(&home);
+        assert_eq!(
+            log.matches("REAPI service failed").count(),
+            1,
+            "{what}: one outage, logged once: {log}"
+        );
+        let row = home.nodes[0].status()["peers"][0].clone();
+        assert_eq!(row["node"].as_str(), Some(service.as_str()), "{row}");
+        assert!(row["jobs_failed"].as_u64().unwrap() >= 1, "{row}");
+        sh(&tree.join("src"), "make clean >/dev/null");
+    }
+    let tried = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!("{tried} connections to the silent service for {n} compiles");
+    assert!(
+        (1..=8).contains(&tried),
+        "{tried} connections to the silent service for {n} compiles"
     );
 }

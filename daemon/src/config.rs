@@ -208,21 +208,16 @@ fn default_compilers() -> Vec<PathBuf> {
 }
 
 /// The REAPI service `reapi_execute` names, in `remote_storage`'s syntax
-/// (`reapi://HOST:PORT|instance=…|token-file=…`). One call may move a toolchain's
-/// files: without `|timeout=` a call gets 30 s (a dead server still costs only the
-/// connect timeout).
+/// (`reapi://HOST:PORT|instance=…|token-file=…`).
 fn reapi_execute(spec: &str) -> Result<farm::reapi::ReapiConfig, String> {
     let parsed = farm::store::remote::spec::parse_one(spec).map_err(|e| e.to_string())?;
-    let Some(mut r) = parsed.reapi else {
+    let Some(r) = parsed.reapi else {
         return Err(format!(
             "{spec:?} is not a REAPI server (reapi://HOST:PORT, grpcs://HOST[:PORT])"
         ));
     };
     if parsed.read_only {
         return Err("read-only has no meaning for Execute".into());
-    }
-    if !spec.contains("|timeout=") && !spec.contains("|operation-timeout=") {
-        r.call_timeout = Duration::from_secs(30);
     }
     Ok(r)
 }
@@ -553,7 +548,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.server(), "reapi://127.0.0.1:50051");
         assert_eq!(c.instance, "main");
-        assert_eq!(c.call_timeout, Duration::from_secs(30));
+        assert_eq!(c.call_timeout, Duration::from_secs(2));
         assert!(format!("{:?}", c.auth).contains("file:/t"));
         let c = load("reapi_execute = \"grpcs://r.example|timeout=5s\"")
             .unwrap()

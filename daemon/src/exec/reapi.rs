@@ -28,6 +28,8 @@ const MAX_OUTPUT: i64 = (farm::protocol::MAX_FRAME - (1 << 20)) as i64;
 const FIRST_PAUSE: Duration = Duration::from_secs(10);
 const MAX_PAUSE: Duration = Duration::from_secs(300);
 const RECENT_FAILURES: usize = 5;
+/// The least deadline of one blob transfer.
+const BULK_CALL: Duration = Duration::from_secs(30);
 /// How a job this node cannot describe as an Action is refused (that job's matter,
 /// not the service's).
 const NOT_AN_ACTION: &str = "not an Action";
@@ -41,7 +43,11 @@ pub fn service_failed(e: &ExecError) -> bool {
 
 /// Runs same-path jobs on one REAPI service.
 pub struct ReapiExecutor {
-    client: Client,
+    /// Small calls (GetActionResult, FindMissingBlobs, Execute's start) with the
+    /// configured deadline (`|timeout=`, 2 s): a silent server costs that.
+    quick: Client,
+    /// Blob transfers (a toolchain's 40 MB): at least [`BULK_CALL`] per call.
+    bulk: Client,
     /// `reapi:HOST:PORT`: the name the journal, stats, audit log and monitor show.
     name: String,
     memo: Sha256Memo,
@@ -60,8 +66,11 @@ impl ReapiExecutor {
     /// Must run inside the runtime (the channel's worker is spawned on it); connects
     /// on the first job.
     pub fn new(cfg: &ReapiConfig, action_timeout: Duration) -> Result<ReapiExecutor, ReapiError> {
+        let mut bulk = cfg.clone();
+        bulk.call_timeout = bulk.call_timeout.max(BULK_CALL);
         Ok(ReapiExecutor {
-            client: Client::new(cfg)?,
+            quick: Client::new(cfg)?,
+            bulk: Client::new(&bulk)?,
             name: service_name(cfg),
             memo: Sha256Memo::new(MEMO_ENTRIES),
             action_timeout,
@@ -91,7 +100,7 @@ impl ReapiExecutor {
         .map_err(|e| ExecError::Refused(format!("{}: {NOT_AN_ACTION}: {e}", self.name)))?;
         let err = |e: ReapiError| exec_error(e);
         let cached = self
-            .client
+            .quick
             .get_action_result(&built.action_digest)
             .await
             .map_err(err)?;
@@ -101,7 +110,7 @@ impl ReapiExecutor {
                 self.upload(&built, blobs).await?;
                 let left = limit.saturating_sub(t0.elapsed());
                 let resp = self
-                    .client
+                    .quick
                     .execute(&built.action_digest, left)
                     .await
                     .map_err(err)?;
@@ -129,7 +138,7 @@ impl ReapiExecutor {
         let mut all: Vec<Digest> = built.messages.iter().map(|(d, _)| d.clone()).collect();
         all.extend(built.files.iter().map(|(d, _)| d.clone()));
         all.retain(|d| d.size_bytes > 0);
-        let missing = self.client.find_missing(&all).await.map_err(err)?;
+        let missing = self.quick.find_missing(&all).await.map_err(err)?;
         if missing.is_empty() {
             return Ok(());
         }
@@ -152,7 +161,7 @@ impl ReapiExecutor {
             .iter()
             .map(|(d, b)| (d.clone(), b.as_slice()))
             .collect();
-        self.client.upload(&refs).await.map_err(err)
+        self.bulk.upload(&refs).await.map_err(err)
     }
 
     /// The service's ActionResult as a peer's answer: exit code, stdout and stderr
@@ -179,16 +188,12 @@ impl ReapiExecutor {
                 let data = if !f.contents.is_empty() && farm::reapi::matches(&d, &f.contents) {
                     f.contents.clone()
                 } else {
-                    self.client
-                        .read_blob(&d)
-                        .await
-                        .map_err(err)?
-                        .ok_or_else(|| {
-                            ExecError::Transport(format!(
-                                "{}: output {} is not in the CAS",
-                                self.name, f.path
-                            ))
-                        })?
+                    self.bulk.read_blob(&d).await.map_err(err)?.ok_or_else(|| {
+                        ExecError::Transport(format!(
+                            "{}: output {} is not in the CAS",
+                            self.name, f.path
+                        ))
+                    })?
                 };
                 outputs.push(OutputFile {
                     path: o.sender_path.clone(),
@@ -228,7 +233,7 @@ impl ReapiExecutor {
                         self.name
                     )));
                 }
-                self.client
+                self.bulk
                     .read_blob(d)
                     .await
                     .map_err(exec_error)?
