@@ -156,37 +156,34 @@ pub async fn run(
     }
     // Contents kept already are linked at once; the others fetched first.
     let mut placer = Placer {
-        node,
         root,
         first_of: HashMap::new(),
     };
     let mut missing: Vec<InputFile> = Vec::new();
     for f in &tree.files {
         let known = kept().lock().unwrap().get(&f.1.hash).copied();
-        match known {
-            Some(b3) if node.toolchains.file_at(&b3, f.2, &node.blobs).is_ok() => {
-                placer.place(f, b3)?
-            }
-            _ => missing.push(f.clone()),
+        // A kept file trimmed meanwhile is fetched again.
+        let linked = known.is_some_and(|b3| {
+            let kept = node.toolchains.file_at(&b3, f.2, &node.blobs);
+            kept.is_ok_and(|k| placer.place(f, b3, &k).is_ok())
+        });
+        if !linked {
+            missing.push(f.clone());
         }
     }
     let cap = node.cfg.job_file_size.min(MAX_INPUT_BLOB);
     let fetched_bytes: i64 = missing.iter().map(|f| f.1.size_bytes).sum();
     fetch(cas, &missing, cap, |f, data| {
+        // Checked against its SHA-256 by the fetch; kept by its BLAKE3 digest.
         let b3 = *blake3::hash(data).as_bytes();
-        node.blobs
-            .put(&[farm::protocol::Blob {
-                digest: b3,
-                data: data.to_vec(),
-            }])
-            .map_err(internal)?;
+        let at = node.toolchains.keep(&b3, f.2, data).map_err(internal)?;
         let mut k = kept().lock().unwrap();
         if k.len() >= MAX_KEPT {
             k.clear();
         }
         k.insert(f.1.hash.clone(), b3);
         drop(k);
-        placer.place(f, b3)
+        placer.place(f, b3, &at)
     })
     .await?;
     let root = placer.root;
@@ -270,30 +267,32 @@ pub async fn run(
 /// Places input files in a root: the first file of a content (and mode) a hard link
 /// to the kept file, the others copies (files distinct at home stay distinct inodes:
 /// `#pragma once` tells files apart by inode).
-struct Placer<'a> {
-    node: &'a Node,
+struct Placer {
     root: Root,
     first_of: HashMap<([u8; 32], bool), PathBuf>,
 }
 
-impl Placer<'_> {
-    fn place(&mut self, (p, _, exec): &InputFile, b3: [u8; 32]) -> Result<(), Failure> {
-        let shown = || p.display().to_string();
+impl Placer {
+    fn place(
+        &mut self,
+        (p, _, exec): &InputFile,
+        b3: [u8; 32],
+        kept: &Path,
+    ) -> Result<(), Failure> {
         let at = self
             .root
             .place(&Path::new("/").join(p))
             .map_err(|e| fail(code::INVALID_ARGUMENT, format!("input {e}")))?;
         let made = match self.first_of.get(&(b3, *exec)) {
-            Some(first) => std::fs::copy(first, &at)
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            None => self
-                .node
-                .toolchains
-                .file_at(&b3, *exec, &self.node.blobs)
-                .and_then(|kept| std::fs::hard_link(kept, &at).map_err(|e| e.to_string())),
+            Some(first) => std::fs::copy(first, &at).map(drop),
+            None => std::fs::hard_link(kept, &at),
         };
-        made.map_err(|e| fail(code::INVALID_ARGUMENT, format!("input {}: {e}", shown())))?;
+        made.map_err(|e| {
+            fail(
+                code::INVALID_ARGUMENT,
+                format!("input {}: {e}", p.display()),
+            )
+        })?;
         self.first_of.entry((b3, *exec)).or_insert(at);
         Ok(())
     }
