@@ -9,30 +9,44 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::farmd::Cluster;
-use common::servers::{buildgrid_exec, buildgrid_exec_jwt, BuildGridExec};
+use common::servers::{buildgrid_exec, buildgrid_exec_jwt, buildgrid_exec_with, BuildGridExec};
 
 /// One farmd serving `bg` as its bot, with `compilers` as its allow-list.
 fn bot(bg: &BuildGridExec, compilers: &[&str]) -> Cluster {
     bot_with(bg, compilers, "")
 }
 
+/// The device properties the tests' bots advertise unless told otherwise.
+const PROPERTIES: &str = "OSFamily = \"linux\", ISA = \"x86-64\"";
+
 /// [`bot`] with more keys in its `reapi_bot` table (`, key = value`).
 fn bot_with(bg: &BuildGridExec, compilers: &[&str], more: &str) -> Cluster {
-    let more = more.to_string();
+    bot_conf(bg, compilers, "", Some(PROPERTIES), more)
+}
+
+/// A bot farmd with `top` lines in its configuration, `properties` (`None`: farmd's
+/// defaults) and `more` keys in its `reapi_bot` table.
+fn bot_conf(
+    bg: &BuildGridExec,
+    compilers: &[&str],
+    top: &str,
+    properties: Option<&str>,
+    more: &str,
+) -> Cluster {
     let list = compilers
         .iter()
         .map(|c| format!("{c:?}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let port = bg.port;
-    let http = common::servers::free_port();
-    Cluster::new(&["bot"], move |_| {
-        format!(
-            "compilers = [{list}]\nhttp = \"127.0.0.1:{http}\"\njob_timeout = 60\n\
-             reapi_bot = {{ endpoint = \"reapi://127.0.0.1:{port}\", bot_id = \"farm-test-bot\", \
-             properties = {{ OSFamily = \"linux\", ISA = \"x86-64\" }}{more} }}\n"
-        )
-    })
+    let props = properties.map_or(String::new(), |p| format!(", properties = {{ {p} }}"));
+    let conf = format!(
+        "{top}compilers = [{list}]\nhttp = \"127.0.0.1:{http}\"\njob_timeout = 60\n\
+         reapi_bot = {{ endpoint = \"reapi://127.0.0.1:{port}\", bot_id = \"farm-test-bot\"\
+         {props}{more} }}\n",
+        http = common::servers::free_port(),
+        port = bg.port,
+    );
+    Cluster::new(&["bot"], move |_| conf.clone())
 }
 
 /// farmd's `/metrics` value of `farm_reapi_bot_leases_total{result="…"}`.
@@ -612,4 +626,508 @@ fn a_bot_with_a_bearer_token() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!farmd_log(&stranger).contains("session open"));
+}
+
+// ---- farm-layout=rootfs: a farm same-path job as a REAPI Action ----
+
+use farm::reapi::proto as re;
+
+/// BuildGrid with `farm-layout` among its match keys (so that rootfs Actions reach
+/// only bots that advertise the layout) and room in its CAS for a toolchain.
+fn buildgrid_rootfs() -> BuildGridExec {
+    buildgrid_exec_with(|yaml, _| {
+        common::servers::edited(
+            &common::servers::edited(
+                yaml,
+                "match-property-keys: [OSFamily, ISA]",
+                "match-property-keys: [OSFamily, ISA, farm-layout]",
+            ),
+            "size: 256M",
+            "size: 2G",
+        )
+    })
+}
+
+/// A directory of an input root being built: files, symbolic links, directories.
+#[derive(Default)]
+struct TreeDir {
+    files: std::collections::BTreeMap<String, (re::Digest, bool)>,
+    links: std::collections::BTreeMap<String, String>,
+    dirs: std::collections::BTreeMap<String, TreeDir>,
+}
+
+impl TreeDir {
+    /// The directory holding the absolute `path`, made on the way; and its name.
+    fn parent_of(&mut self, path: &str) -> (&mut TreeDir, String) {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (name, dirs) = parts.split_last().unwrap();
+        let mut d = self;
+        for p in dirs {
+            d = d.dirs.entry(p.to_string()).or_default();
+        }
+        (d, name.to_string())
+    }
+
+    fn dir(&mut self, path: &str) {
+        let (d, name) = self.parent_of(path);
+        d.dirs.entry(name).or_default();
+    }
+
+    /// This directory as a `Directory` blob after its children's; its digest.
+    fn seal(&self, blobs: &mut Vec<(re::Digest, Vec<u8>)>) -> re::Digest {
+        let msg = re::Directory {
+            files: self
+                .files
+                .iter()
+                .map(|(name, (d, x))| re::FileNode {
+                    name: name.clone(),
+                    digest: Some(d.clone()),
+                    is_executable: *x,
+                    node_properties: None,
+                })
+                .collect(),
+            directories: self
+                .dirs
+                .iter()
+                .map(|(name, sub)| re::DirectoryNode {
+                    name: name.clone(),
+                    digest: Some(sub.seal(blobs)),
+                })
+                .collect(),
+            symlinks: self
+                .links
+                .iter()
+                .map(|(name, target)| re::SymlinkNode {
+                    name: name.clone(),
+                    target: target.clone(),
+                    node_properties: None,
+                })
+                .collect(),
+            node_properties: None,
+        };
+        let (d, bytes) = farm::reapi::message_digest(&msg);
+        blobs.push((d.clone(), bytes));
+        d
+    }
+}
+
+/// A rootfs Action being built as THE CONTRACT (docs/reapi.md) says: the input root
+/// mirrors `/`.
+#[derive(Default)]
+struct RootfsAction {
+    root: TreeDir,
+    blobs: Vec<(re::Digest, Vec<u8>)>,
+}
+
+impl RootfsAction {
+    fn file(&mut self, path: &str, data: Vec<u8>, exec: bool) {
+        let d = farm::reapi::digest_of(&data);
+        let (dir, name) = self.root.parent_of(path);
+        dir.files.insert(name, (d.clone(), exec));
+        self.blobs.push((d, data));
+    }
+
+    fn link(&mut self, path: &str, target: &str) {
+        let (dir, name) = self.root.parent_of(path);
+        dir.links.insert(name, target.to_string());
+    }
+
+    /// Every entry of a toolchain package built by farm's own packager, its files
+    /// read from where this machine has them.
+    fn package(&mut self, t: &farm::toolchain::Toolchain) {
+        for e in &t.entries {
+            match &e.kind {
+                farm::toolchain::ToolKind::File { exec, .. } => {
+                    self.file(&e.path, std::fs::read(&e.path).unwrap(), *exec)
+                }
+                farm::toolchain::ToolKind::Link(target) => self.link(&e.path, target),
+            }
+        }
+    }
+
+    /// The Action (and every blob it needs, Command and Directories included).
+    fn action(
+        mut self,
+        args: &[&str],
+        cwd: &Path,
+        outputs: &[&str],
+    ) -> (re::Digest, Vec<(re::Digest, Vec<u8>)>) {
+        let cwd = cwd.to_str().unwrap();
+        self.root.dir(cwd);
+        let root = self.root.seal(&mut self.blobs);
+        let platform = re::Platform {
+            properties: [
+                ("ISA", "x86-64"),
+                ("OSFamily", "linux"),
+                ("farm-layout", "rootfs"),
+            ]
+            .iter()
+            .map(|(k, v)| re::platform::Property {
+                name: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        };
+        let mut outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+        outputs.sort();
+        #[allow(deprecated)]
+        let command = re::Command {
+            arguments: args.iter().map(|s| s.to_string()).collect(),
+            environment_variables: vec![re::command::EnvironmentVariable {
+                name: "PATH".into(),
+                value: "/usr/bin:/bin".into(),
+            }],
+            output_files: outputs.clone(),
+            output_paths: outputs,
+            working_directory: cwd.trim_start_matches('/').to_string(),
+            platform: Some(platform.clone()),
+            ..Default::default()
+        };
+        let (cd, cb) = farm::reapi::message_digest(&command);
+        self.blobs.push((cd.clone(), cb));
+        let action = re::Action {
+            command_digest: Some(cd),
+            input_root_digest: Some(root),
+            timeout: Some(bazel_remote_apis::google::protobuf::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            do_not_cache: false,
+            platform: Some(platform),
+            ..Default::default()
+        };
+        let (ad, ab) = farm::reapi::message_digest(&action);
+        self.blobs.push((ad.clone(), ab));
+        (ad, self.blobs)
+    }
+}
+
+/// Runs an Action already in the CAS through BuildGrid's Execute (its Python protos)
+/// and prints the response: `code=N message`, `exit=N`, `file PATH HASH SIZE`, and
+/// the stdout and stderr digests.
+const EXECUTE: &str = r#"
+import sys, grpc
+from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re
+from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as reg
+ex = reg.ExecutionStub(grpc.insecure_channel(sys.argv[1]))
+d = re.Digest(hash=sys.argv[2], size_bytes=int(sys.argv[3]))
+for op in ex.Execute(re.ExecuteRequest(action_digest=d, skip_cache_lookup=True)):
+    if op.done:
+        if op.HasField("error"):
+            print(f"code={op.error.code} {op.error.message}")
+            break
+        r = re.ExecuteResponse(); op.response.Unpack(r)
+        print(f"code={r.status.code} {r.status.message}")
+        print(f"exit={r.result.exit_code}")
+        for f in r.result.output_files:
+            print(f"file {f.path} {f.digest.hash} {f.digest.size_bytes}")
+        for n, o in (("stdout", r.result.stdout_digest), ("stderr", r.result.stderr_digest)):
+            print(f"{n} {o.hash} {o.size_bytes}")
+"#;
+
+/// What an Execute answered, the blobs read back.
+#[derive(Debug, Default)]
+struct Executed {
+    code: i32,
+    message: String,
+    exit: i32,
+    files: std::collections::BTreeMap<String, Vec<u8>>,
+    stdout: String,
+    stderr: String,
+}
+
+fn client(bg: &BuildGridExec) -> farm::reapi::BlockingClient {
+    let mut cfg = farm::reapi::ReapiConfig::plain(&format!("127.0.0.1:{}", bg.port));
+    cfg.call_timeout = Duration::from_secs(120);
+    farm::reapi::BlockingClient::new(cfg)
+}
+
+/// Uploads an Action's blobs, runs it through Execute, reads its outputs back.
+fn submit(
+    bg: &BuildGridExec,
+    (action, blobs): &(re::Digest, Vec<(re::Digest, Vec<u8>)>),
+) -> Executed {
+    let c = client(bg);
+    let refs: Vec<(re::Digest, &[u8])> = blobs
+        .iter()
+        .map(|(d, b)| (d.clone(), b.as_slice()))
+        .collect();
+    c.upload(&refs).unwrap();
+    let o = Command::new(bg.venv.join("bin/python"))
+        .args(["-c", EXECUTE, &format!("127.0.0.1:{}", bg.port)])
+        .arg(&action.hash)
+        .arg(action.size_bytes.to_string())
+        .output()
+        .unwrap();
+    let out = text(&o);
+    let mut e = Executed::default();
+    let read = |hash: &str, size: &str| {
+        let d = re::Digest {
+            hash: hash.to_string(),
+            size_bytes: size.parse().unwrap(),
+        };
+        c.read_blob(&d).unwrap().unwrap_or_default()
+    };
+    let mut seen = false;
+    for line in out.lines() {
+        let w: Vec<&str> = line.split(' ').collect();
+        if let Some(code) = w[0].strip_prefix("code=") {
+            seen = true;
+            e.code = code.parse().unwrap();
+            e.message = line[w[0].len()..].trim().to_string();
+        } else if let Some(exit) = w[0].strip_prefix("exit=") {
+            e.exit = exit.parse().unwrap();
+        } else if w[0] == "file" && w.len() == 4 {
+            e.files.insert(w[1].to_string(), read(w[2], w[3]));
+        } else if (w[0] == "stdout" || w[0] == "stderr") && w.len() == 3 {
+            let s = String::from_utf8_lossy(&read(w[1], w[2])).into_owned();
+            if w[0] == "stdout" {
+                e.stdout = s
+            } else {
+                e.stderr = s
+            }
+        }
+    }
+    assert!(seen, "no Execute response: {out}");
+    e
+}
+
+/// The package of `driver` (with `programs`) as farm's packager builds it.
+fn package_of(driver: &Path, programs: &[PathBuf]) -> farm::toolchain::Toolchain {
+    farm::toolchain::build(driver, programs, &mut |p| farm::fsutil::hash_file(p)).unwrap()
+}
+
+/// gcc's package as a same-path job ships it (the gcc family names the programs).
+fn gcc_package() -> farm::toolchain::Toolchain {
+    let gcc = Path::new("/usr/bin/gcc");
+    let programs = farm::lang::family_by_name("gcc")
+        .unwrap()
+        .path_jobs()
+        .unwrap()
+        .toolchain_files(gcc, gcc.as_os_str())
+        .unwrap();
+    package_of(gcc, &programs)
+}
+
+/// The files `gcc -M` says a compile of `src` in `cwd` reads, absolute.
+fn compile_inputs(cwd: &Path, src: &str) -> Vec<PathBuf> {
+    let o = Command::new("gcc")
+        .args(["-M", src])
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let deps = String::from_utf8_lossy(&o.stdout).replace("\\\n", " ");
+    let (_, files) = deps.split_once(':').unwrap();
+    files.split_whitespace().map(|f| cwd.join(f)).collect()
+}
+
+/// A rootfs Action of `gcc -g -O2 -c a.c -o a.o -MD -MF <depfile>` in `cwd`: gcc's
+/// package, the inputs at their absolute paths, the depfile (under /tmp, outside the
+/// working directory) named through `..`.
+fn gcc_action(cwd: &Path, depfile: &Path) -> (re::Digest, Vec<(re::Digest, Vec<u8>)>) {
+    let mut a = RootfsAction::default();
+    a.package(&gcc_package());
+    for f in compile_inputs(cwd, "a.c") {
+        a.file(f.to_str().unwrap(), std::fs::read(&f).unwrap(), false);
+    }
+    a.root.dir(cwd.join("include").to_str().unwrap());
+    let up = "../".repeat(cwd.components().count() - 1);
+    let dep_rel = format!("{up}{}", depfile.to_str().unwrap().trim_start_matches('/'));
+    let args = gcc_args(depfile);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.action(&args, cwd, &["a.o", &dep_rel])
+}
+
+fn gcc_args(depfile: &Path) -> Vec<String> {
+    ["gcc", "-g", "-O2", "-c", "a.c", "-o", "a.o", "-MD", "-MF"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([depfile.to_str().unwrap().to_string()])
+        .collect()
+}
+
+#[test]
+fn farmd_runs_rootfs_actions_as_same_path_jobs() {
+    let bg = buildgrid_rootfs();
+    // Default properties: a farmd that accepts toolchains advertises the layout.
+    let mut farm = bot_conf(&bg, &["/usr/bin/cat"], "", None, "");
+    let work = tempfile::tempdir().unwrap();
+    let cwd = src_dir(
+        work.path(),
+        "proj",
+        "#include \"include/k.h\"\nstatic int t[K];\nint f(int x) { return t[x] * K; }\n",
+    );
+    let depfile = PathBuf::from(format!("/tmp/farm-rootfs-{}.d", std::process::id()));
+    let _ = std::fs::remove_file(&depfile);
+
+    // The compile: byte-identical to gcc here, in the same directory, -g included;
+    // the depfile outside the working directory comes back.
+    let action = gcc_action(&cwd, &depfile);
+    let t0 = Instant::now();
+    let e = submit(&bg, &action);
+    let first = t0.elapsed();
+    assert_eq!(e.code, 0, "{e:?}\n{}", farmd_log(&farm));
+    assert_eq!(e.exit, 0, "{e:?}");
+    let remote_obj = e.files.get("a.o").expect("a.o came back").clone();
+    let dep_name = action_output_dep(&e);
+    let remote_dep = e.files[&dep_name].clone();
+    let local = Command::new("gcc")
+        .args(&gcc_args(&depfile)[1..])
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    assert!(local.status.success(), "{}", text(&local));
+    assert!(
+        remote_obj == std::fs::read(cwd.join("a.o")).unwrap(),
+        "the rootfs object differs from gcc's here"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&remote_dep),
+        std::fs::read_to_string(&depfile).unwrap(),
+        "the depfile differs"
+    );
+    let _ = std::fs::remove_file(&depfile);
+    let has = |needle: &[u8]| remote_obj.windows(needle.len()).any(|w| w == needle);
+    assert!(has(cwd.to_str().unwrap().as_bytes()), "no -g directory");
+    assert_eq!(leases_metric(&farm, "done"), 1);
+
+    // Symbolic links in the input root point anywhere, but into the root only:
+    // nothing of this machine is read, by the job or by farmd reading outputs.
+    let sh = package_of(Path::new("/bin/sh"), &[PathBuf::from("/usr/bin/cat")]);
+    let links_action = |outputs: &[&str]| {
+        let mut a = RootfsAction::default();
+        a.package(&sh);
+        a.link("/work/shadow", "/etc/shadow");
+        a.link("/work/up", "../../..");
+        a.link("/work/passwd", "up/etc/passwd");
+        a.action(
+            &[
+                "sh",
+                "-c",
+                "cat shadow passwd up/etc/passwd up/etc/hostname /etc/passwd; \
+                 cat shadow up/etc/shadow > out.txt",
+            ],
+            Path::new("/work"),
+            outputs,
+        )
+    };
+    let e = submit(
+        &bg,
+        &links_action(&["out.txt", "shadow", "passwd", "up/etc/passwd"]),
+    );
+    assert_eq!(e.code, 0, "{e:?}");
+    assert_ne!(e.exit, 0, "{e:?}");
+    assert!(e.stderr.contains("No such file"), "{e:?}");
+    let machine_passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let first_line = machine_passwd.lines().next().unwrap();
+    for (what, got) in [("stdout", &e.stdout), ("stderr", &e.stderr)] {
+        assert!(!got.contains("root:"), "{what} shows the machine: {got}");
+    }
+    for (name, data) in &e.files {
+        let s = String::from_utf8_lossy(data);
+        assert!(
+            !s.contains("root:") && !s.contains(first_line),
+            "output {name}: {s}"
+        );
+    }
+    assert!(
+        !e.files.contains_key("shadow") && !e.files.contains_key("passwd"),
+        "a link was read as an output: {:?}",
+        e.files.keys()
+    );
+    assert!(farm.nodes[0].alive());
+
+    // An output path whose `..` leaves the root is refused before anything runs.
+    let e = submit(&bg, &links_action(&["../../x.o"]));
+    assert_eq!(e.code, 3, "{e:?}");
+    assert!(e.message.contains("../../x.o"), "{e:?}");
+    assert!(farm.nodes[0].alive());
+
+    // farmd keeps serving: the compile again (another source, the toolchain's
+    // contents kept from the first lease: not fetched again).
+    std::fs::write(
+        cwd.join("a.c"),
+        "#include \"include/k.h\"\nint g(void) { return K; }\n",
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let e = submit(&bg, &gcc_action(&cwd, &depfile));
+    let again = t0.elapsed();
+    assert_eq!((e.code, e.exit), (0, 0), "{e:?}");
+    assert!(e.files.contains_key("a.o"));
+    let _ = std::fs::remove_file(&depfile);
+    let laid: Vec<String> = farmd_log(&farm)
+        .lines()
+        .filter(|l| l.contains("rootfs lease laid out"))
+        .map(str::to_string)
+        .collect();
+    eprintln!(
+        "rootfs gcc lease: first {first:?} (toolchain fetched), again {again:?}; {} blobs, {} bytes\n{}",
+        action.1.len(),
+        action.1.iter().map(|(d, _)| d.size_bytes).sum::<i64>(),
+        laid.join("\n")
+    );
+    // The second compile fetched only what changed (the source, and the stdout,
+    // stderr of nothing: the toolchain's files were kept).
+    let last = laid.last().unwrap();
+    assert!(
+        last.contains("fetched=1 "),
+        "the toolchain was fetched again: {last}"
+    );
+    assert_eq!(leases_metric(&farm, "done"), 3);
+    assert_eq!(leases_metric(&farm, "invalid_argument"), 1);
+    assert!(farm.nodes[0].alive());
+    let _ = &mut farm;
+}
+
+/// The depfile's name among an Execute's outputs (the one through `..`).
+fn action_output_dep(e: &Executed) -> String {
+    e.files
+        .keys()
+        .find(|k| k.starts_with("../"))
+        .unwrap_or_else(|| panic!("no depfile came back: {e:?}"))
+        .clone()
+}
+
+/// A farmd that runs only its own compilers takes no rootfs lease, even one routed
+/// to it: FAILED_PRECONDITION naming the setting, and it keeps serving.
+#[test]
+fn a_rootfs_lease_needs_accept_toolchains() {
+    let bg = buildgrid_rootfs();
+    // Own toolchains only, advertising the layout by hand.
+    let props = format!("{PROPERTIES}, farm-layout = \"rootfs\"");
+    let mut farm = bot_conf(
+        &bg,
+        &["/usr/bin/gcc"],
+        "accept_toolchains = false\n",
+        Some(&props),
+        "",
+    );
+    let mut a = RootfsAction::default();
+    a.package(&package_of(Path::new("/bin/sh"), &[]));
+    let planted = format!("/tmp/farm-rootfs-planted-{}", std::process::id());
+    let script = format!("echo ran > {planted}");
+    let e = submit(
+        &bg,
+        &a.action(&["sh", "-c", &script], Path::new("/work"), &[]),
+    );
+    assert_eq!(e.code, 9, "{e:?}");
+    assert!(e.message.contains("accept_toolchains"), "{e:?}");
+    assert!(!Path::new(&planted).exists());
+    assert!(farm.nodes[0].alive());
+    // Default-layout leases still run on it.
+    let work = tempfile::tempdir().unwrap();
+    let input = src_dir(work.path(), "in", "int x;\n");
+    let o = execute(
+        &bg,
+        &input,
+        &work.path().join("out"),
+        &["a.o"],
+        false,
+        &["gcc", "-c", "a.c", "-o", "a.o"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(work.path().join("out/a.o").exists(), "{}", text(&o));
+    let _ = &mut farm;
 }

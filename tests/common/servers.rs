@@ -324,17 +324,14 @@ pub fn buildgrid_cas_ac_tls(cert_pem: &str, key_pem: &str) -> Server {
     std::fs::write(&cert, cert_pem).unwrap();
     std::fs::write(&key, key_pem).unwrap();
     let plain = std::fs::read_to_string(buildgrid_config("buildgrid-cas-ac.yml")).unwrap();
-    let tls = plain.replace(
+    let tls = edited(
+        &plain,
         "    insecure-mode: true\n",
         &format!(
             "    insecure-mode: false\n    credentials:\n      tls-server-key: {}\n      tls-server-cert: {}\n",
             key.display(),
             cert.display()
         ),
-    );
-    assert_ne!(
-        tls, plain,
-        "the shared configuration changed: no insecure-mode line"
     );
     let config = dir.path().join("buildgrid-cas-ac-tls.yml");
     std::fs::write(&config, tls).unwrap();
@@ -346,14 +343,20 @@ pub fn buildgrid_cas_ac_tls(cert_pem: &str, key_pem: &str) -> Server {
 pub fn buildgrid_cas_ac_no_updates() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let plain = std::fs::read_to_string(buildgrid_config("buildgrid-cas-ac.yml")).unwrap();
-    let locked = plain.replace("allow-updates: true", "allow-updates: false");
-    assert_ne!(
-        locked, plain,
-        "the shared configuration changed: no allow-updates line"
-    );
+    let locked = edited(&plain, "allow-updates: true", "allow-updates: false");
     let config = dir.path().join("buildgrid-cas-ac-no-updates.yml");
     std::fs::write(&config, locked).unwrap();
     start_buildgrid(&config, dir)
+}
+
+/// `yaml` with `from` replaced by `to`; `from` must be there (the shared
+/// configuration changed otherwise, and the edit would silently do nothing).
+pub fn edited(yaml: &str, from: &str, to: &str) -> String {
+    assert!(
+        yaml.contains(from),
+        "the shared BuildGrid configuration changed: no {from:?} in it"
+    );
+    yaml.replace(from, to)
 }
 
 fn start_buildgrid(config: &Path, dir: tempfile::TempDir) -> Server {
@@ -443,8 +446,7 @@ pub fn buildgrid_exec_jwt(secret: &str) -> BuildGridExec {
             "authorization:\n  method: jwt\n  secret: {}\n  algorithm: hs256\n",
             file.display()
         );
-        assert!(yaml.contains("authorization:\n  method: none\n"));
-        yaml.replace("authorization:\n  method: none\n", &jwt)
+        edited(yaml, "authorization:\n  method: none\n", &jwt)
     })
 }
 
