@@ -106,7 +106,9 @@ type Objects = std::collections::BTreeMap<String, Vec<u8>>;
 /// A plain build's objects of `tree` with `flags` (cleaned after).
 fn plain(tree: &Path, flags: &str, root: &Path) -> Objects {
     let env = Env::new("direct");
+    let t0 = Instant::now();
     make_g(&env, tree, flags, "gcc", None, &root.join("plain.jsonl"));
+    eprintln!("plain build ({flags}): {:?}", t0.elapsed());
     let objs = objects(tree);
     assert!(objs.len() >= 30);
     sh(&tree.join("src"), "make clean >/dev/null");
@@ -168,6 +170,25 @@ fn lua_with_debug_info_through_buildgrid_execute_then_its_action_cache_then_it_d
     assert_eq!(env.counter(&["farm", "same_path"]) as usize, n);
     assert_eq!(ran_on(&journal, &service), n, "journal names {service}");
     let leases = leases_done(&bot);
+    let mut lease_ms: Vec<u64> = log_of(&bot)
+        .lines()
+        .filter(|l| l.contains("REAPI lease done"))
+        .filter_map(|l| {
+            l.split(" ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    lease_ms.sort_unstable();
+    eprintln!(
+        "bot: {} leases, median {} ms, max {} ms (fetch, layout, sandbox, gcc, report)",
+        lease_ms.len(),
+        lease_ms.get(lease_ms.len() / 2).unwrap_or(&0),
+        lease_ms.last().unwrap_or(&0)
+    );
     assert!(
         leases >= n,
         "{leases} leases for {n} compiles: {}",
@@ -182,6 +203,15 @@ fn lua_with_debug_info_through_buildgrid_execute_then_its_action_cache_then_it_d
         .cloned()
         .unwrap_or_else(|| panic!("no {service} row: {status}"));
     assert_eq!(row["jobs_ok"].as_u64(), Some(n as u64), "{row}");
+    // The audit log names the service as the job's peer.
+    let audit =
+        std::fs::read_to_string(home1.nodes[0].dir.join("state/audit.jsonl")).unwrap_or_default();
+    let audited = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["peer"].as_str() == Some(&service) && v["outcome"].as_str() == Some("ok"))
+        .count();
+    assert_eq!(audited, n, "{audit}");
     let m = metrics(&home1);
     assert!(
         m.contains(&format!(

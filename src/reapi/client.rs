@@ -506,10 +506,13 @@ impl Client {
     /// one is done, and WaitExecution when the server ends the stream before that.
     /// An operation that ends in an error, or a response whose `status` is not OK,
     /// is an error naming the server's words.
+    /// `skip_cache_lookup`: run it even when the Action Cache has a result (one whose
+    /// outputs the CAS lost).
     pub async fn execute(
         &self,
         action: &Digest,
         limit: Duration,
+        skip_cache_lookup: bool,
     ) -> Result<ExecuteResponse, ReapiError> {
         let fail = |detail: String, code: Option<Code>| ReapiError::Call {
             server: self.server.clone(),
@@ -526,7 +529,7 @@ impl Client {
                     None => {
                         let mut r = tonic::Request::new(ExecuteRequest {
                             instance_name: self.cfg.instance.clone(),
-                            skip_cache_lookup: false,
+                            skip_cache_lookup,
                             action_digest: Some(action.clone()),
                             execution_policy: None,
                             results_cache_policy: None,

@@ -98,22 +98,27 @@ impl ReapiExecutor {
             )
         })
         .map_err(|e| ExecError::Refused(format!("{}: {NOT_AN_ACTION}: {e}", self.name)))?;
-        let err = |e: ReapiError| exec_error(e);
         let cached = self
             .quick
             .get_action_result(&built.action_digest)
             .await
-            .map_err(err)?;
-        let (result, how) = match cached {
-            Some(r) => (r, "cached"),
+            .map_err(exec_error)?;
+        // An Action Cache entry whose outputs the CAS no longer holds is run again.
+        let stale = cached.is_some();
+        let hit = match cached {
+            Some(r) => self.answer(&built, r).await?,
+            None => None,
+        };
+        let (answer, how) = match hit {
+            Some(a) => (a, "cached"),
             None => {
                 self.upload(&built, blobs).await?;
                 let left = limit.saturating_sub(t0.elapsed());
                 let resp = self
                     .quick
-                    .execute(&built.action_digest, left)
+                    .execute(&built.action_digest, left, stale)
                     .await
-                    .map_err(err)?;
+                    .map_err(exec_error)?;
                 let how = if resp.cached_result {
                     "cached"
                 } else {
@@ -122,11 +127,16 @@ impl ReapiExecutor {
                 let r = resp.result.ok_or_else(|| {
                     ExecError::Protocol(format!("{}: Execute answered no result", self.name))
                 })?;
-                (r, how)
+                let a = self.answer(&built, r).await?.ok_or_else(|| {
+                    ExecError::Transport(format!(
+                        "{}: an output of the Execute result is not in the CAS",
+                        self.name
+                    ))
+                })?;
+                (a, how)
             }
         };
         crate::metrics::get().count_reapi_execute(how);
-        let answer = self.answer(&built, result).await?;
         tracing::debug!(service = %self.name, action = %built.action_digest.hash, how, exit = answer.exit_code, ms = t0.elapsed().as_millis() as u64, "REAPI job done");
         Ok(answer)
     }
@@ -165,11 +175,19 @@ impl ReapiExecutor {
     }
 
     /// The service's ActionResult as a peer's answer: exit code, stdout and stderr
-    /// byte for byte, the outputs (when it succeeded) at the sender's paths.
-    async fn answer(&self, built: &RootfsAction, r: ActionResult) -> Result<TreeResult, ExecError> {
-        let err = |e: ReapiError| exec_error(e);
-        let stdout = self.stream(&r.stdout_raw, r.stdout_digest.as_ref()).await?;
-        let stderr = self.stream(&r.stderr_raw, r.stderr_digest.as_ref()).await?;
+    /// byte for byte, the outputs (when it succeeded) at the sender's paths. `None`
+    /// when a blob it names is not in the CAS.
+    async fn answer(
+        &self,
+        built: &RootfsAction,
+        r: ActionResult,
+    ) -> Result<Option<TreeResult>, ExecError> {
+        let Some(stdout) = self.stream(&r.stdout_raw, r.stdout_digest.as_ref()).await? else {
+            return Ok(None);
+        };
+        let Some(stderr) = self.stream(&r.stderr_raw, r.stderr_digest.as_ref()).await? else {
+            return Ok(None);
+        };
         let mut outputs = Vec::new();
         if r.exit_code == 0 {
             let mut total = 0i64;
@@ -188,12 +206,10 @@ impl ReapiExecutor {
                 let data = if !f.contents.is_empty() && farm::reapi::matches(&d, &f.contents) {
                     f.contents.clone()
                 } else {
-                    self.bulk.read_blob(&d).await.map_err(err)?.ok_or_else(|| {
-                        ExecError::Transport(format!(
-                            "{}: output {} is not in the CAS",
-                            self.name, f.path
-                        ))
-                    })?
+                    match self.bulk.read_blob(&d).await.map_err(exec_error)? {
+                        Some(data) => data,
+                        None => return Ok(None),
+                    }
                 };
                 outputs.push(OutputFile {
                     path: o.sender_path.clone(),
@@ -213,18 +229,23 @@ impl ReapiExecutor {
                 u64::try_from(ms).ok()
             })
             .unwrap_or(0);
-        Ok(TreeResult {
+        Ok(Some(TreeResult {
             exit_code: r.exit_code,
             stdout,
             stderr,
             outputs,
             compile_ms,
             worker: self.name.clone(),
-        })
+        }))
     }
 
-    /// stdout or stderr: inline when the server sent it so, else from the CAS.
-    async fn stream(&self, raw: &[u8], digest: Option<&Digest>) -> Result<Vec<u8>, ExecError> {
+    /// stdout or stderr: inline when the server sent it so, else from the CAS
+    /// (`None`: not there).
+    async fn stream(
+        &self,
+        raw: &[u8],
+        digest: Option<&Digest>,
+    ) -> Result<Option<Vec<u8>>, ExecError> {
         match digest {
             Some(d) if d.size_bytes > 0 && !farm::reapi::matches(d, raw) => {
                 if d.size_bytes > MAX_OUTPUT {
@@ -233,15 +254,9 @@ impl ReapiExecutor {
                         self.name
                     )));
                 }
-                self.bulk
-                    .read_blob(d)
-                    .await
-                    .map_err(exec_error)?
-                    .ok_or_else(|| {
-                        ExecError::Transport(format!("{}: a stream is not in the CAS", self.name))
-                    })
+                self.bulk.read_blob(d).await.map_err(exec_error)
             }
-            _ => Ok(raw.to_vec()),
+            _ => Ok(Some(raw.to_vec())),
         }
     }
 }
