@@ -91,6 +91,34 @@ fn leases_done(bot: &Cluster) -> usize {
     log_of(bot).matches("REAPI lease done").count()
 }
 
+/// Medians of the home node's `REAPI job done` stages (ms since the job reached
+/// the executor).
+fn stages(home: &Cluster) -> String {
+    let log = log_of(home);
+    let mut out = Vec::new();
+    for stage in ["built_ms", "looked_ms", "uploaded_ms", "ms"] {
+        let mut v: Vec<u64> = log
+            .lines()
+            .filter(|l| l.contains("REAPI job done"))
+            .filter_map(|l| {
+                l.split(&format!(" {stage}="))
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        v.sort_unstable();
+        out.push(format!(
+            "{stage} median {} max {}",
+            v.get(v.len() / 2).unwrap_or(&0),
+            v.last().unwrap_or(&0)
+        ));
+    }
+    out.join(", ")
+}
+
 /// Journal lines (JSON) of compiles that ran on `peer`.
 fn ran_on(journal: &Path, peer: &str) -> usize {
     std::fs::read_to_string(journal)
@@ -225,6 +253,7 @@ fn lua_with_debug_info_through_buildgrid_execute_then_its_action_cache_then_it_d
         )),
         "{m}"
     );
+    eprintln!("home, per job: {}", stages(&home1));
     drop(home1);
 
     // Warm: a new home node and an empty local cache, the same checkout: every
@@ -263,6 +292,7 @@ fn lua_with_debug_info_through_buildgrid_execute_then_its_action_cache_then_it_d
         )),
         "{metrics}"
     );
+    eprintln!("home, per job: {}", stages(&home2));
     drop(home2);
 
     // BuildGrid killed mid-build (with new Actions: another define): the build

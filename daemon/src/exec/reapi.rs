@@ -98,11 +98,14 @@ impl ReapiExecutor {
             )
         })
         .map_err(|e| ExecError::Refused(format!("{}: {NOT_AN_ACTION}: {e}", self.name)))?;
+        let built_ms = t0.elapsed().as_millis() as u64;
         let cached = self
             .quick
             .get_action_result(&built.action_digest)
             .await
             .map_err(exec_error)?;
+        let looked_ms = t0.elapsed().as_millis() as u64;
+        let mut uploaded_ms = looked_ms;
         // An Action Cache entry whose outputs the CAS no longer holds is run again.
         let stale = cached.is_some();
         let hit = match cached {
@@ -113,6 +116,7 @@ impl ReapiExecutor {
             Some(a) => (a, "cached"),
             None => {
                 self.upload(&built, blobs).await?;
+                uploaded_ms = t0.elapsed().as_millis() as u64;
                 let left = limit.saturating_sub(t0.elapsed());
                 let resp = self
                     .quick
@@ -137,7 +141,20 @@ impl ReapiExecutor {
             }
         };
         crate::metrics::get().count_reapi_execute(how);
-        tracing::debug!(service = %self.name, action = %built.action_digest.hash, how, exit = answer.exit_code, ms = t0.elapsed().as_millis() as u64, "REAPI job done");
+        // Where a job's time goes (ms since it reached the executor): the Action
+        // built (the first job of a toolchain hashes it), the Action Cache asked,
+        // the missing blobs uploaded, the answer back.
+        tracing::info!(
+            service = %self.name,
+            action = %built.action_digest.hash,
+            how,
+            exit = answer.exit_code,
+            built_ms,
+            looked_ms,
+            uploaded_ms,
+            ms = t0.elapsed().as_millis() as u64,
+            "REAPI job done"
+        );
         Ok(answer)
     }
 
