@@ -4,7 +4,10 @@
 # local cache and a remote, then in checkout B at another absolute path
 # (WORK/<project>/ci/build/1234/b/src) with another empty local cache: B's build
 # time from the remote, for farm, ccache 4.14 and sccache 0.16, on Redis and on S3
-# (moto's server), each tool with its base-directory setting. Also: the plain
+# (moto's server), each tool with its base-directory setting; farm also from a REAPI
+# server's Action Cache and CAS (BuildGrid 0.9.1, in memory) and from its own farm
+# cache (one farmd, the shims asking its agent), which neither ccache nor sccache
+# can use. Also: the plain
 # compiler, farm's cold build in A with a remote vs local-only, and farm with a dead
 # remote (a closed port) vs local-only. Prints a markdown table of wall times and
 # ratios, with each tool's own hit counts for B: a time where the tool missed is
@@ -20,7 +23,8 @@
 #              Default taglib.
 #   JOBS       parallel compiles (default: nproc)
 #   REPEATS    runs of each measurement; the median is shown (default 1)
-#   BACKENDS   redis s3 (default both)
+#   BACKENDS   redis s3 reapi farmd (default redis s3); ccache and sccache have no
+#              client for reapi or farmd: farm alone is measured there
 #   TOOLS      farm ccache sccache (default all three)
 #   WORK       scratch directory (default /tmp/farm-bench-remote; wiped per project)
 #   SOURCES    where Debian sources are unpacked (default target/bench/sources)
@@ -67,6 +71,13 @@ fi
 [[ -x $TEST_VENV/bin/moto_server ]] || [[ $BACKENDS != *s3* ]] \
   || die "$TEST_VENV/bin/moto_server missing: run scripts/install-deps.sh"
 command -v redis-server >/dev/null || die "redis-server missing: run scripts/install-deps.sh"
+BGD=${BGD:-$root/target/buildgrid-venv/bin/bgd}
+BG_CONFIG=${BG_CONFIG:-$root/../shared/engines/buildgrid-cas-ac.yml}
+if [[ $BACKENDS == *reapi* ]]; then
+  [[ -x $BGD ]] || die "$BGD missing: run scripts/install-deps.sh (BuildGrid needs Python 3.13)"
+  [[ -f $BG_CONFIG ]] || die "$BG_CONFIG missing: ../shared sits beside the clone"
+fi
+[[ $BACKENDS != *farmd* || -x $(dirname "$FARM_BIN")/farmd ]] || die "no farmd beside $FARM_BIN"
 log "farm: $("$FARM_BIN" --version), $($CCACHE --version | head -1), $($SCCACHE --version)"
 log "projects: $PROJECTS; backends: $BACKENDS; tools: $TOOLS; jobs $JOBS; repeats $REPEATS"
 
@@ -75,6 +86,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  stop_servers
   [[ -n ${sccache_port:-} ]] && SCCACHE_SERVER_PORT=$sccache_port "$SCCACHE" --stop-server >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -111,6 +123,32 @@ export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
 dead_port=$(free_port)  # bound once and released: nothing listens there
 sccache_port=$(free_port)
 run_id=0
+
+# Servers started afresh for each run (BuildGrid keeps its cache in memory and
+# takes no key prefix; a farmd's farm cache is its store): reapi_port, farm_agent.
+run_pids=()
+stop_servers() {
+  local p
+  for p in "${run_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${run_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  run_pids=()
+}
+start_reapi() {
+  reapi_port=$(free_port)
+  BG_PORT=$reapi_port "$BGD" server start "$BG_CONFIG" >"$WORK/bgd.log" 2>&1 &
+  run_pids+=($!)
+  wait_port "$reapi_port" "BuildGrid ($WORK/bgd.log)"
+}
+start_farmd() {
+  local dir=$WORK/farmd i
+  rm -rf "$dir"
+  FARM_BIN_DIR=$(dirname "$FARM_BIN") bash "$root/scripts/farm-cluster.sh" "$dir" 1 >"$WORK/farmd.log" 2>&1 &
+  run_pids+=($!)
+  for i in $(seq 1 600); do [[ -e $dir/ready ]] && break; sleep 0.05; done
+  [[ -e $dir/ready ]] || die "farmd did not start: $WORK/farmd.log"
+  farm_agent=$(sed -n 's/^\(export \)\{0,1\}FARM_AGENT=//p' "$dir/env" | tr -d '"')
+  [[ -S $farm_agent ]] || die "no agent socket in $dir/env"
+}
 
 # ---------------------------------------------------------------- projects
 # Sets: kind (cmake|make), src_sub (the source dir inside a checkout).
@@ -166,6 +204,8 @@ setup_tool() {
         redis) export FARM_REMOTE_STORAGE="redis://127.0.0.1:$redis_port|key-prefix=run$run_id" ;;
         s3) export FARM_REMOTE_STORAGE="s3://bench/farm-run$run_id|endpoint=http://127.0.0.1:$s3_port|region=us-east-1" ;;
         dead) export FARM_REMOTE_STORAGE="redis://127.0.0.1:$dead_port" ;;
+        reapi) export FARM_REMOTE_STORAGE="reapi://127.0.0.1:$reapi_port" ;;
+        farmd) export FARM_AGENT=$farm_agent ;;
       esac
       launcher=$FARM_BIN ;;
     ccache)
@@ -206,7 +246,7 @@ stats() {
       "$FARM_BIN" stats --json | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-remote = sum(s["tiers"][k]["hits"] for k in ("redis", "s3", "http", "webdav", "gha"))
+remote = sum(s["tiers"].get(k, {}).get("hits", 0) for k in ("redis", "s3", "http", "webdav", "gha", "reapi", "farm"))
 h = s["hits"]["total"]; m = s["misses"]
 print(f"{h}/{h + m} remote={remote}")' ;;
     ccache)
@@ -237,6 +277,7 @@ rows=()
 row() { rows+=("| $1 | $2 | $3 | $4 | $5 | $6 |"); }
 
 for project in $PROJECTS; do
+  declare -A all_b=()
   project_setup "$project"
   pkg=$project; [[ $pkg == lua ]] && pkg=lua5.4
   bash "$root/scripts/fetch-sources.sh" "$SOURCES" "$pkg" >&2
@@ -276,20 +317,26 @@ for project in $PROJECTS; do
   for backend in $BACKENDS; do
     declare -A b_t=()
     for t in $TOOLS; do
+      # Neither ccache nor sccache speaks REAPI or farmd's agent.
+      [[ $t != farm && ( $backend == reapi || $backend == farmd ) ]] && continue
       a_times=(); b_times=()
       for r in $(seq "$REPEATS"); do
         run_id=$((run_id + 1))
         [[ $backend == redis ]] && redis-cli -p "$redis_port" flushall >/dev/null
+        [[ $backend == reapi ]] && start_reapi
+        [[ $backend == farmd ]] && start_farmd
         setup_tool "$t" "$pw/cache-a" "$backend" "$A"
         build "$A" "$launcher"; a_times+=("$secs"); a_st=$(stats); stop_tool
         setup_tool "$t" "$pw/cache-b" "$backend" "$B"
         build "$B" "$launcher"; b_times+=("$secs"); b_st=$(stats); stop_tool
+        stop_servers
       done
       a=$(median "${a_times[@]}"); b=$(median "${b_times[@]}")
       # Only a B whose every compile hit is a time from the remote.
       b_hits=${b_st%%/*} b_rest=${b_st#*/}
       if [[ ${b_rest%% *} -gt 0 && $b_hits == "${b_rest%% *}" ]]; then
         b_t[$t]=$b
+        all_b["$t $backend"]=$b
       else
         b_st="$b_st MISSED: not a remote-hit time"
       fi
@@ -310,7 +357,15 @@ for project in $PROJECTS; do
     fi
     unset b_t
   done
-  unset base_t
+  # farm from REAPI and from its own farm cache against every backend's B.
+  for fb in reapi farmd; do
+    [[ -n ${all_b["farm $fb"]:-} ]] || continue
+    for other in "${!all_b[@]}"; do
+      [[ $other == "farm $fb" ]] && continue
+      row "$project" "farm B from $fb / $other B (all hits)" "-" "-" "$(ratio "${all_b["farm $fb"]}" "${all_b[$other]}")" "-"
+    done
+  done
+  unset base_t all_b
 done
 
 echo

@@ -75,8 +75,12 @@ done
   echo "FARM_AGENT=$dir/node-1/agent.sock"
   echo "FARM_FARMD_PIDS=\"$(cat "$dir"/node-*/pid | tr '\n' ' ')\""
 } >"$dir/env"
+# node-1 answers (its agent socket is up) and sees every peer.
 for _ in $(seq 200); do
-  live=$(FARM_AGENT=$dir/node-1/agent.sock "$bin/farm" status --json 2>/dev/null | grep -c '"live": true' || true)
+  live=-1
+  if st=$(FARM_AGENT=$dir/node-1/agent.sock "$bin/farm" status --json 2>/dev/null) && [[ -n $st ]]; then
+    live=$(grep -c '"live": true' <<<"$st" || true)
+  fi
   [[ $live == $((n - 1)) ]] && break
   sleep 0.1
 done
