@@ -89,8 +89,29 @@ fn execute(
     cache: bool,
     args: &[&str],
 ) -> Output {
+    // Python's client prints ExecuteResponses as text protos.
+    execute_command(bg, None, input, out, outputs, cache, args)
+        .output()
+        .unwrap()
+}
+
+/// The `bgd execute command` of [`execute`], not started yet (`auth`: a token file
+/// for `--auth-token`); stdout and stderr piped.
+fn execute_command(
+    bg: &BuildGridExec,
+    auth: Option<&Path>,
+    input: &Path,
+    out: &Path,
+    outputs: &[&str],
+    cache: bool,
+    args: &[&str],
+) -> Command {
     let mut c = bg.bgd();
-    c.args(["execute", "--remote", &bg.url(), "command"])
+    c.args(["execute", "--remote", &bg.url()]);
+    if let Some(token) = auth {
+        c.arg("--auth-token").arg(token);
+    }
+    c.arg("command")
         .args(["-p", "OSFamily", "linux", "-p", "ISA", "x86-64"])
         .arg("--output-directory")
         .arg(out);
@@ -100,10 +121,54 @@ fn execute(
     if cache {
         c.arg("-c");
     }
-    c.arg(input).arg("--").args(args);
-    let o = c.output().unwrap();
-    // Python's client prints ExecuteResponses as text protos.
-    o
+    c.arg(input)
+        .arg("--")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+/// Waits until farmd has started a lease (within a minute of `t0`).
+fn wait_lease_started(c: &Cluster, t0: Instant) {
+    while !farmd_log(c).contains("REAPI lease started") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no lease started:\n{}",
+            farmd_log(c)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// [`execute`] without the cache, and the farmd log's line about the lease it ran.
+fn lease(
+    bg: &BuildGridExec,
+    farm: &Cluster,
+    input: &Path,
+    out: &Path,
+    outputs: &[&str],
+    args: &[&str],
+) -> (Output, String) {
+    let before = lease_lines(farm).len();
+    let o = execute(bg, input, out, outputs, false, args);
+    let lines = wait_leases(farm, before + 1);
+    (o, lines[before].clone())
+}
+
+/// `gcc -c a.c -o <obj>` of `input` through [`execute`]: it succeeds and the object
+/// comes back into `out`.
+fn gcc_c(bg: &BuildGridExec, input: &Path, out: &Path, obj: &str) {
+    let o = execute(
+        bg,
+        input,
+        out,
+        &[obj],
+        false,
+        &["gcc", "-c", "a.c", "-o", obj],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join(obj).exists(), "no {obj}: {}", text(&o));
 }
 
 fn text(o: &Output) -> String {
@@ -185,19 +250,18 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
     let body = "#include \"include/k.h\"\nint f(int x) { return x * K; }\n";
     let input = src_dir(work.path(), "in-a", body);
     let out = work.path().join("out-a");
-    let o = execute(
+    let (o, last) = lease(
         &bg,
+        &farm,
         &input,
         &out,
         &["a.o"],
-        false,
         &["gcc", "-O2", "-c", "a.c", "-o", "a.o"],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let lines = wait_leases(&farm, 1);
     assert!(
-        lines[0].contains("REAPI lease done") && lines[0].contains("exit=0"),
-        "{lines:?}"
+        last.contains("REAPI lease done") && last.contains("exit=0"),
+        "{last}"
     );
     let remote = std::fs::read(out.join("a.o")).expect("the object came back");
     let local_dir = work.path().join("local");
@@ -220,18 +284,16 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
     // no path of farmd's machine is in them.
     let mut objs = Vec::new();
     for i in 0..2 {
-        let before = lease_lines(&farm).len();
         let out = work.path().join(format!("out-g{i}"));
-        let o = execute(
+        let (o, _) = lease(
             &bg,
+            &farm,
             &input,
             &out,
             &["g.o"],
-            false,
             &["gcc", "-g", "-c", "a.c", "-o", "g.o"],
         );
         assert!(o.status.success(), "{}", text(&o));
-        wait_leases(&farm, before + 1);
         objs.push(std::fs::read(out.join("g.o")).expect("the -g object came back"));
     }
     assert!(objs[0] == objs[1], "two runs of the same -g Action differ");
@@ -241,7 +303,7 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
         "the fixed job path is not in the debug info"
     );
     assert!(
-        !has(b"jobs/reapi-"),
+        !has(b"/jobs/"),
         "farmd's job directory leaked into the object"
     );
 
@@ -298,17 +360,14 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
     );
 
     // (c) A program not on the allow-list is refused, naming it.
-    let before = lease_lines(&farm).len();
-    let o = execute(
+    let (o, last) = lease(
         &bg,
+        &farm,
         &input,
         &work.path().join("out-c1"),
         &[],
-        false,
         &["sh", "-c", "echo pwned > /tmp/farm-reapi-pwned"],
     );
-    let lines = wait_leases(&farm, before + 1);
-    let last = lines.last().unwrap();
     assert!(
         last.contains("REAPI lease failed") && last.contains("code=9"),
         "{last}"
@@ -322,17 +381,15 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
     assert_eq!(leases_metric(&farm, "failed_precondition"), 1);
 
     // An allow-listed program cannot read outside what the sandbox shows it...
-    let before = lease_lines(&farm).len();
-    let o = execute(
+    let (o, last) = lease(
         &bg,
+        &farm,
         &input,
         &work.path().join("out-c2"),
         &[],
-        false,
         &["cat", "/etc/shadow"],
     );
-    let lines = wait_leases(&farm, before + 1);
-    assert!(lines.last().unwrap().contains("exit=1"), "{lines:?}");
+    assert!(last.contains("exit=1"), "{last}");
     assert!(!text(&o).contains("root:"), "{}", text(&o));
 
     // ...nor write outside its job directory: not to this test's directory (not
@@ -340,52 +397,41 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
     // has only the directories leading to its job directory, on the sandbox's own
     // tmpfs: cp may succeed there, and the file vanishes with the sandbox).
     let planted = work.path().join(format!("planted-{}", std::process::id()));
-    let before = lease_lines(&farm).len();
     let t = planted.to_str().unwrap();
-    let o = execute(
+    let (o, last) = lease(
         &bg,
+        &farm,
         &input,
         &work.path().join("out-c3"),
         &[],
-        false,
         &["cp", "a.c", t],
     );
-    let lines = wait_leases(&farm, before + 1);
-    assert!(
-        lines.last().unwrap().contains("exit=1"),
-        "{lines:?}: {}",
-        text(&o)
-    );
+    assert!(last.contains("exit=1"), "{last}: {}", text(&o));
     assert!(
         !planted.exists(),
         "{} written from a lease",
         planted.display()
     );
     let state = farm.nodes[0].dir.join("state/planted");
-    let before = lease_lines(&farm).len();
     let t = state.to_str().unwrap();
-    let _ = execute(
+    let _ = lease(
         &bg,
+        &farm,
         &input,
         &work.path().join("out-c4"),
         &[],
-        false,
         &["cp", "a.c", t],
     );
-    wait_leases(&farm, before + 1);
     assert!(!state.exists(), "{} written from a lease", state.display());
     // An output path out of the working directory is refused as a malformed Command.
-    let before = lease_lines(&farm).len();
-    let o = execute(
+    let (o, last) = lease(
         &bg,
+        &farm,
         &input,
         &work.path().join("out-c6"),
         &["../up.o"],
-        false,
         &["gcc", "-c", "a.c", "-o", "../up.o"],
     );
-    let lines = wait_leases(&farm, before + 1);
-    let last = lines.last().unwrap();
     assert!(
         last.contains("REAPI lease failed") && last.contains("code=3"),
         "{last}: {}",
@@ -415,20 +461,50 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
     // A gcc output path outside the input root is not even accepted by the client or
     // lands in the sandbox's own tmpfs: never on this machine.
     let escape = format!("/tmp/farm-reapi-escape-{}.o", std::process::id());
-    let before = lease_lines(&farm).len();
-    let _ = execute(
+    let _ = lease(
         &bg,
+        &farm,
         &input,
         &work.path().join("out-c4"),
         &[],
-        false,
         &["gcc", "-c", "a.c", "-o", &escape],
     );
-    wait_leases(&farm, before + 1);
     assert!(
         !Path::new(&escape).exists(),
         "{escape} written from a lease"
     );
+}
+
+/// A bot running a lease of `sleep <secs>`, submitted with BuildGrid's client.
+struct Sleeping {
+    _bg: BuildGridExec,
+    farm: Cluster,
+    _work: tempfile::TempDir,
+    /// The client, waiting for its Execute.
+    child: std::process::Child,
+    /// When the Execute was submitted.
+    t0: Instant,
+}
+
+/// Submits `sleep <secs>` to a bot of its own and waits until the lease started.
+fn sleeping_lease(secs: u32) -> Sleeping {
+    let bg = buildgrid_exec();
+    let farm = bot(&bg, &["/usr/bin/sleep"]);
+    let work = tempfile::tempdir().unwrap();
+    let input = src_dir(work.path(), "in", "int x;\n");
+    let out = work.path().join("out");
+    let secs = secs.to_string();
+    let mut client = execute_command(&bg, None, &input, &out, &[], false, &["sleep", &secs]);
+    let t0 = Instant::now();
+    let child = client.spawn().unwrap();
+    wait_lease_started(&farm, t0);
+    Sleeping {
+        _bg: bg,
+        farm,
+        _work: work,
+        child,
+        t0,
+    }
 }
 
 /// farmd killed while it runs a lease: the Execute is not left hanging — BuildGrid
@@ -436,32 +512,15 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
 /// session, same bot id) runs it, or the client gets an error.
 #[test]
 fn a_bot_killed_mid_lease_leaves_nothing_hanging() {
-    let bg = buildgrid_exec();
-    let mut farm = bot(&bg, &["/usr/bin/sleep"]);
-    let work = tempfile::tempdir().unwrap();
-    let input = src_dir(work.path(), "in", "int x;\n");
-    let out = work.path().join("out");
-    let mut client = bg.bgd();
-    client
-        .args(["execute", "--remote", &bg.url(), "command"])
-        .args(["-p", "OSFamily", "linux", "-p", "ISA", "x86-64"])
-        .arg("--output-directory")
-        .arg(&out)
-        .arg(&input)
-        .args(["--", "sleep", "4"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let t0 = Instant::now();
-    let child = client.spawn().unwrap();
-    // Wait for the lease to start, then kill farmd under it.
-    while !farmd_log(&farm).contains("REAPI lease started") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no lease started:\n{}",
-            farmd_log(&farm)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Every part bound: BuildGrid and the input live to the end.
+    let Sleeping {
+        _bg,
+        mut farm,
+        _work,
+        child,
+        t0,
+    } = sleeping_lease(4);
+    // The lease started: kill farmd under it.
     farm.nodes[0].kill9();
     let killed_at = t0.elapsed();
     std::thread::sleep(Duration::from_secs(1));
@@ -493,30 +552,13 @@ fn a_bot_killed_mid_lease_leaves_nothing_hanging() {
 /// exits: the Execute succeeds without a re-run.
 #[test]
 fn a_stopping_bot_reports_its_running_lease() {
-    let bg = buildgrid_exec();
-    let mut farm = bot(&bg, &["/usr/bin/sleep"]);
-    let work = tempfile::tempdir().unwrap();
-    let input = src_dir(work.path(), "in", "int x;\n");
-    let mut client = bg.bgd();
-    client
-        .args(["execute", "--remote", &bg.url(), "command"])
-        .args(["-p", "OSFamily", "linux", "-p", "ISA", "x86-64"])
-        .arg("--output-directory")
-        .arg(work.path().join("out"))
-        .arg(&input)
-        .args(["--", "sleep", "2"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let t0 = Instant::now();
-    let child = client.spawn().unwrap();
-    while !farmd_log(&farm).contains("REAPI lease started") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no lease started:\n{}",
-            farmd_log(&farm)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let Sleeping {
+        _bg,
+        mut farm,
+        _work,
+        child,
+        ..
+    } = sleeping_lease(2);
     let pid = farm.nodes[0].pid();
     assert!(Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -541,15 +583,7 @@ fn a_service_that_goes_away_and_comes_back() {
     let mut farm = bot(&bg, &["/usr/bin/gcc"]);
     let work = tempfile::tempdir().unwrap();
     let input = src_dir(work.path(), "in", "int f(void) { return 1; }\n");
-    let o = execute(
-        &bg,
-        &input,
-        &work.path().join("o1"),
-        &["a.o"],
-        false,
-        &["gcc", "-c", "a.c", "-o", "a.o"],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    gcc_c(&bg, &input, &work.path().join("o1"), "a.o");
     wait_leases(&farm, 1);
     bg.kill();
     // Down for longer than a long poll and the session's keep-alive.
@@ -561,15 +595,7 @@ fn a_service_that_goes_away_and_comes_back() {
     );
     bg.restart();
     let t0 = Instant::now();
-    let o = execute(
-        &bg,
-        &input,
-        &work.path().join("o2"),
-        &["b.o"],
-        false,
-        &["gcc", "-c", "a.c", "-o", "b.o"],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    gcc_c(&bg, &input, &work.path().join("o2"), "b.o");
     wait_leases(&farm, 2);
     eprintln!("first Execute after the restart took {:?}", t0.elapsed());
     let log = farmd_log(&farm);
@@ -600,16 +626,17 @@ fn a_bot_with_a_bearer_token() {
     let more = format!(", auth_token_file = {:?}", token_file.display().to_string());
     let farm = bot_with(&bg, &["/usr/bin/gcc"], &more);
     let input = src_dir(work.path(), "in", "int f(void) { return 2; }\n");
-    let mut c = bg.bgd();
-    c.args(["execute", "--remote", &bg.url(), "--auth-token"])
-        .arg(&token_file)
-        .args(["command", "-p", "OSFamily", "linux", "-p", "ISA", "x86-64"])
-        .arg("--output-directory")
-        .arg(work.path().join("out"))
-        .args(["--output-file", "a.o"])
-        .arg(&input)
-        .args(["--", "gcc", "-c", "a.c", "-o", "a.o"]);
-    let o = c.output().unwrap();
+    let o = execute_command(
+        &bg,
+        Some(&token_file),
+        &input,
+        &work.path().join("out"),
+        &["a.o"],
+        false,
+        &["gcc", "-c", "a.c", "-o", "a.o"],
+    )
+    .output()
+    .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(work.path().join("out/a.o").exists(), "{}", text(&o));
     wait_leases(&farm, 1);
@@ -1119,15 +1146,6 @@ fn a_rootfs_lease_needs_accept_toolchains() {
     // Default-layout leases still run on it.
     let work = tempfile::tempdir().unwrap();
     let input = src_dir(work.path(), "in", "int x;\n");
-    let o = execute(
-        &bg,
-        &input,
-        &work.path().join("out"),
-        &["a.o"],
-        false,
-        &["gcc", "-c", "a.c", "-o", "a.o"],
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(work.path().join("out/a.o").exists(), "{}", text(&o));
+    gcc_c(&bg, &input, &work.path().join("out"), "a.o");
     let _ = &mut farm;
 }
