@@ -392,3 +392,46 @@ fn a_dead_or_silent_service_sends_every_compile_home_without_stalling() {
         "{tried} connections to the silent service for {n} compiles"
     );
 }
+
+/// Home with a farm peer and the REAPI service: placement measures both (each gets
+/// jobs), every compile ran on one of them, objects byte-identical to a plain build.
+#[test]
+fn placement_shares_a_build_between_a_peer_and_the_service() {
+    let root = tempfile::tempdir().unwrap();
+    let tree = checkout(root.path());
+    let plain_g = plain(&tree, "-g", root.path());
+    let n = plain_g.len();
+    let farm_cc = farm_cc_bin().display().to_string();
+    let bg = buildgrid_for_rootfs();
+    let _bot = bot(&bg);
+    let service = format!("reapi:127.0.0.1:{}", bg.port);
+    let port = bg.port;
+    let cl = Cluster::new(&["home", "peer"], move |i| {
+        if i == 0 {
+            format!("local_slots = 0\nreapi_execute = \"reapi://127.0.0.1:{port}\"")
+        } else {
+            String::new()
+        }
+    });
+    // home sees the peer and the service; the peer sees home.
+    cl.wait_live(0, 2);
+    cl.wait_live(1, 1);
+    let env = Env::new("direct");
+    let journal = root.path().join("shared.jsonl");
+    let t0 = Instant::now();
+    make_g(
+        &env,
+        &tree,
+        "-g",
+        &farm_cc,
+        Some(&cl.nodes[0].socket()),
+        &journal,
+    );
+    eprintln!("build on a peer and the service: {:?}", t0.elapsed());
+    assert_same_objects(&plain_g, &objects(&tree), "a peer and the service");
+    let on_service = ran_on(&journal, &service);
+    let on_peer = ran_on(&journal, "peer");
+    eprintln!("{on_service} compiles through the service, {on_peer} on the peer");
+    assert_eq!(on_service + on_peer, n, "{}", env.stats());
+    assert!(on_service >= 1 && on_peer >= 1, "both measured");
+}
