@@ -17,27 +17,39 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// BuildGrid that knows farm's `farm-layout` key, without its assigner's random
-/// pause (docs/reapi.md, per-action overhead).
+/// The shared BuildGrid YAML for rootfs Actions: `farm-layout` a match key, no
+/// random pause in its assigner (docs/reapi.md, per-action overhead), room in its CAS
+/// for toolchains.
+fn for_rootfs(yaml: &str) -> String {
+    let y = edited(
+        yaml,
+        "match-property-keys: [OSFamily, ISA]",
+        "match-property-keys: [OSFamily, ISA, farm-layout]",
+    );
+    let y = edited(
+        &y,
+        "        interval: 0.1\n",
+        "        interval: 0.1\n        jitter-factor: 0\n",
+    );
+    edited(&y, "size: 256M", "size: 1G")
+}
+
 fn buildgrid_for_rootfs() -> BuildGridExec {
-    buildgrid_exec_with(|yaml, _| {
-        let keys = "match-property-keys: [OSFamily, ISA]";
-        assert!(yaml.contains(keys), "the shared YAML changed: {yaml}");
-        yaml.replace(keys, "match-property-keys: [OSFamily, ISA, farm-layout]")
-            .replace(
-                "        interval: 0.1\n",
-                "        interval: 0.1\n        jitter-factor: 0\n",
-            )
-    })
+    buildgrid_exec_with(|yaml, _| for_rootfs(yaml))
 }
 
 /// farmd as BuildGrid's bot: it takes shipped toolchains (the default), so rootfs
-/// leases.
+/// leases. `more`: more keys of its `reapi_bot` table.
 fn bot(bg: &BuildGridExec) -> Cluster {
+    bot_with(bg, "")
+}
+
+fn bot_with(bg: &BuildGridExec, more: &str) -> Cluster {
     let port = bg.port;
+    let more = more.to_string();
     let c = Cluster::new(&["bot"], move |_| {
         format!(
-            "accept_toolchains = true\nreapi_bot = {{ endpoint = \"reapi://127.0.0.1:{port}\", bot_id = \"farm-bot\" }}"
+            "accept_toolchains = true\nreapi_bot = {{ endpoint = \"reapi://127.0.0.1:{port}\", bot_id = \"farm-bot\"{more} }}"
         )
     });
     c.wait_live(0, 0);
@@ -434,4 +446,89 @@ fn placement_shares_a_build_between_a_peer_and_the_service() {
     eprintln!("{on_service} compiles through the service, {on_peer} on the peer");
     assert_eq!(on_service + on_peer, n, "{}", env.stats());
     assert!(on_service >= 1 && on_peer >= 1, "both measured");
+}
+
+/// A service with authorization (BuildGrid's JWT): the home node sends
+/// `|token-file=`'s token on every call and its compile runs there; a home node
+/// without it is turned away and compiles at home, the same object either way.
+#[test]
+fn a_service_with_authorization_gets_the_token() {
+    require("gcc");
+    let secret = "farm-exec-secret";
+    let bg = buildgrid_exec_with(move |yaml, dir| {
+        let file = dir.join("auth.secret");
+        std::fs::write(&file, secret).unwrap();
+        let jwt = format!(
+            "authorization:\n  method: jwt\n  secret: {}\n  algorithm: hs256\n",
+            file.display()
+        );
+        for_rootfs(&edited(yaml, "authorization:\n  method: none\n", &jwt))
+    });
+    let root = tempfile::tempdir().unwrap();
+    let token = root.path().join("token");
+    let o = std::process::Command::new(bg.venv.join("bin/python"))
+        .args([
+            "-c",
+            &format!(
+                "import jwt, time; print(jwt.encode({{'sub': 'farm', 'exp': int(time.time()) + 3600}}, \
+                 '{secret}', algorithm='HS256'))"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(&token, &o.stdout).unwrap();
+    let _bot = bot_with(
+        &bg,
+        &format!(", auth_token_file = {:?}", token.display().to_string()),
+    );
+    let service = format!("reapi:127.0.0.1:{}", bg.port);
+    let env = Env::new("direct");
+    env.write(
+        "src/a.c",
+        "#include <stdio.h>\nint main(void) { return puts(\"a\") < 0; }\n",
+    );
+    env.plain(&["gcc", "-g", "-c", "src/a.c", "-o", "plain.o"]);
+    let want = env.read("plain.o");
+    for (with_token, remote) in [(true, 1), (false, 0)] {
+        let spec = if with_token {
+            format!(
+                "reapi://127.0.0.1:{}|token-file={}",
+                bg.port,
+                token.display()
+            )
+        } else {
+            format!("reapi://127.0.0.1:{}", bg.port)
+        };
+        let home = home_with(&spec);
+        // The same directory (a -g object names it), an empty cache each time.
+        env.farm_ok(&["cache", "clear"]);
+        let before = env.counter(&["farm", "remote"]);
+        let o = env
+            .cmd(farm_bin())
+            .args(["gcc", "-g", "-c", "src/a.c", "-o", "a.o"])
+            .env("FARM_AGENT", home.nodes[0].socket())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            env.read("a.o") == want,
+            "token {with_token}: not the plain object"
+        );
+        std::fs::remove_file(env.work.join("a.o")).unwrap();
+        assert_eq!(
+            env.counter(&["farm", "remote"]) - before,
+            remote,
+            "token {with_token}: {}\n{}",
+            env.stats(),
+            log_of(&home)
+        );
+        if !with_token {
+            let log = log_of(&home);
+            assert!(
+                log.contains("REAPI service failed") && log.contains(&service),
+                "{log}"
+            );
+        }
+    }
 }
