@@ -74,8 +74,10 @@ pub fn place(
         f64::INFINITY
     };
     let (mut cands, busy) = peer_candidates(node, compiler, tried, now, toolchain_ok);
-    // A same-path job carries its toolchain: the REAPI service can run it too.
-    if toolchain_ok {
+    // A same-path job carries its toolchain: the REAPI service can run it too, for
+    // a family that has same-path jobs.
+    let paths = farm::lang::family_for(&compiler.name).is_some_and(|f| f.path_jobs().is_some());
+    if toolchain_ok && paths {
         cands.extend(service_candidate(node, tried, now));
     }
     let best_peer = match cands.len() {
