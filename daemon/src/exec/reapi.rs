@@ -161,11 +161,10 @@ impl ReapiExecutor {
     /// Uploads what the service lacks: the Action, Command and Directories from
     /// memory, files from `blobs` (read only when missing).
     async fn upload(&self, built: &RootfsAction, blobs: &dyn BlobSource) -> Result<(), ExecError> {
-        let err = |e: ReapiError| exec_error(e);
         let mut all: Vec<Digest> = built.messages.iter().map(|(d, _)| d.clone()).collect();
         all.extend(built.files.iter().map(|(d, _)| d.clone()));
         all.retain(|d| d.size_bytes > 0);
-        let missing = self.quick.find_missing(&all).await.map_err(err)?;
+        let missing = self.quick.find_missing(&all).await.map_err(exec_error)?;
         if missing.is_empty() {
             return Ok(());
         }
@@ -188,7 +187,7 @@ impl ReapiExecutor {
             .iter()
             .map(|(d, b)| (d.clone(), b.as_slice()))
             .collect();
-        self.bulk.upload(&refs).await.map_err(err)
+        self.bulk.upload(&refs).await.map_err(exec_error)
     }
 
     /// The service's ActionResult as a peer's answer: exit code, stdout and stderr
