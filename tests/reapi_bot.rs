@@ -9,30 +9,44 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::farmd::Cluster;
-use common::servers::{buildgrid_exec, buildgrid_exec_jwt, BuildGridExec};
+use common::servers::{buildgrid_exec, buildgrid_exec_jwt, buildgrid_exec_with, BuildGridExec};
 
 /// One farmd serving `bg` as its bot, with `compilers` as its allow-list.
 fn bot(bg: &BuildGridExec, compilers: &[&str]) -> Cluster {
     bot_with(bg, compilers, "")
 }
 
+/// The device properties the tests' bots advertise unless told otherwise.
+const PROPERTIES: &str = "OSFamily = \"linux\", ISA = \"x86-64\"";
+
 /// [`bot`] with more keys in its `reapi_bot` table (`, key = value`).
 fn bot_with(bg: &BuildGridExec, compilers: &[&str], more: &str) -> Cluster {
-    let more = more.to_string();
+    bot_conf(bg, compilers, "", Some(PROPERTIES), more)
+}
+
+/// A bot farmd with `top` lines in its configuration, `properties` (`None`: farmd's
+/// defaults) and `more` keys in its `reapi_bot` table.
+fn bot_conf(
+    bg: &BuildGridExec,
+    compilers: &[&str],
+    top: &str,
+    properties: Option<&str>,
+    more: &str,
+) -> Cluster {
     let list = compilers
         .iter()
         .map(|c| format!("{c:?}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let port = bg.port;
-    let http = common::servers::free_port();
-    Cluster::new(&["bot"], move |_| {
-        format!(
-            "compilers = [{list}]\nhttp = \"127.0.0.1:{http}\"\njob_timeout = 60\n\
-             reapi_bot = {{ endpoint = \"reapi://127.0.0.1:{port}\", bot_id = \"farm-test-bot\", \
-             properties = {{ OSFamily = \"linux\", ISA = \"x86-64\" }}{more} }}\n"
-        )
-    })
+    let props = properties.map_or(String::new(), |p| format!(", properties = {{ {p} }}"));
+    let conf = format!(
+        "{top}compilers = [{list}]\nhttp = \"127.0.0.1:{http}\"\njob_timeout = 60\n\
+         reapi_bot = {{ endpoint = \"reapi://127.0.0.1:{port}\", bot_id = \"farm-test-bot\"\
+         {props}{more} }}\n",
+        http = common::servers::free_port(),
+        port = bg.port,
+    );
+    Cluster::new(&["bot"], move |_| conf.clone())
 }
 
 /// farmd's `/metrics` value of `farm_reapi_bot_leases_total{result="…"}`.
@@ -75,8 +89,29 @@ fn execute(
     cache: bool,
     args: &[&str],
 ) -> Output {
+    // Python's client prints ExecuteResponses as text protos.
+    execute_command(bg, None, input, out, outputs, cache, args)
+        .output()
+        .unwrap()
+}
+
+/// The `bgd execute command` of [`execute`], not started yet (`auth`: a token file
+/// for `--auth-token`); stdout and stderr piped.
+fn execute_command(
+    bg: &BuildGridExec,
+    auth: Option<&Path>,
+    input: &Path,
+    out: &Path,
+    outputs: &[&str],
+    cache: bool,
+    args: &[&str],
+) -> Command {
     let mut c = bg.bgd();
-    c.args(["execute", "--remote", &bg.url(), "command"])
+    c.args(["execute", "--remote", &bg.url()]);
+    if let Some(token) = auth {
+        c.arg("--auth-token").arg(token);
+    }
+    c.arg("command")
         .args(["-p", "OSFamily", "linux", "-p", "ISA", "x86-64"])
         .arg("--output-directory")
         .arg(out);
@@ -86,10 +121,54 @@ fn execute(
     if cache {
         c.arg("-c");
     }
-    c.arg(input).arg("--").args(args);
-    let o = c.output().unwrap();
-    // Python's client prints ExecuteResponses as text protos.
-    o
+    c.arg(input)
+        .arg("--")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+/// Waits until farmd has started a lease (within a minute of `t0`).
+fn wait_lease_started(c: &Cluster, t0: Instant) {
+    while !farmd_log(c).contains("REAPI lease started") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no lease started:\n{}",
+            farmd_log(c)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// [`execute`] without the cache, and the farmd log's line about the lease it ran.
+fn lease(
+    bg: &BuildGridExec,
+    farm: &Cluster,
+    input: &Path,
+    out: &Path,
+    outputs: &[&str],
+    args: &[&str],
+) -> (Output, String) {
+    let before = lease_lines(farm).len();
+    let o = execute(bg, input, out, outputs, false, args);
+    let lines = wait_leases(farm, before + 1);
+    (o, lines[before].clone())
+}
+
+/// `gcc -c a.c -o <obj>` of `input` through [`execute`]: it succeeds and the object
+/// comes back into `out`.
+fn gcc_c(bg: &BuildGridExec, input: &Path, out: &Path, obj: &str) {
+    let o = execute(
+        bg,
+        input,
+        out,
+        &[obj],
+        false,
+        &["gcc", "-c", "a.c", "-o", obj],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join(obj).exists(), "no {obj}: {}", text(&o));
 }
 
 fn text(o: &Output) -> String {
@@ -171,19 +250,18 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
     let body = "#include \"include/k.h\"\nint f(int x) { return x * K; }\n";
     let input = src_dir(work.path(), "in-a", body);
     let out = work.path().join("out-a");
-    let o = execute(
+    let (o, last) = lease(
         &bg,
+        &farm,
         &input,
         &out,
         &["a.o"],
-        false,
         &["gcc", "-O2", "-c", "a.c", "-o", "a.o"],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let lines = wait_leases(&farm, 1);
     assert!(
-        lines[0].contains("REAPI lease done") && lines[0].contains("exit=0"),
-        "{lines:?}"
+        last.contains("REAPI lease done") && last.contains("exit=0"),
+        "{last}"
     );
     let remote = std::fs::read(out.join("a.o")).expect("the object came back");
     let local_dir = work.path().join("local");
@@ -206,18 +284,16 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
     // no path of farmd's machine is in them.
     let mut objs = Vec::new();
     for i in 0..2 {
-        let before = lease_lines(&farm).len();
         let out = work.path().join(format!("out-g{i}"));
-        let o = execute(
+        let (o, _) = lease(
             &bg,
+            &farm,
             &input,
             &out,
             &["g.o"],
-            false,
             &["gcc", "-g", "-c", "a.c", "-o", "g.o"],
         );
         assert!(o.status.success(), "{}", text(&o));
-        wait_leases(&farm, before + 1);
         objs.push(std::fs::read(out.join("g.o")).expect("the -g object came back"));
     }
     assert!(objs[0] == objs[1], "two runs of the same -g Action differ");
@@ -227,7 +303,7 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
         "the fixed job path is not in the debug info"
     );
     assert!(
-        !has(b"jobs/reapi-"),
+        !has(b"/jobs/"),
         "farmd's job directory leaked into the object"
     );
 
@@ -284,17 +360,14 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
     );
 
     // (c) A program not on the allow-list is refused, naming it.
-    let before = lease_lines(&farm).len();
-    let o = execute(
+    let (o, last) = lease(
         &bg,
+        &farm,
         &input,
         &work.path().join("out-c1"),
         &[],
-        false,
         &["sh", "-c", "echo pwned > /tmp/farm-reapi-pwned"],
     );
-    let lines = wait_leases(&farm, before + 1);
-    let last = lines.last().unwrap();
     assert!(
         last.contains("REAPI lease failed") && last.contains("code=9"),
         "{last}"
@@ -308,17 +381,15 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
     assert_eq!(leases_metric(&farm, "failed_precondition"), 1);
 
     // An allow-listed program cannot read outside what the sandbox shows it...
-    let before = lease_lines(&farm).len();
-    let o = execute(
+    let (o, last) = lease(
         &bg,
+        &farm,
         &input,
         &work.path().join("out-c2"),
         &[],
-        false,
         &["cat", "/etc/shadow"],
     );
-    let lines = wait_leases(&farm, before + 1);
-    assert!(lines.last().unwrap().contains("exit=1"), "{lines:?}");
+    assert!(last.contains("exit=1"), "{last}");
     assert!(!text(&o).contains("root:"), "{}", text(&o));
 
     // ...nor write outside its job directory: not to this test's directory (not
@@ -326,52 +397,41 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
     // has only the directories leading to its job directory, on the sandbox's own
     // tmpfs: cp may succeed there, and the file vanishes with the sandbox).
     let planted = work.path().join(format!("planted-{}", std::process::id()));
-    let before = lease_lines(&farm).len();
     let t = planted.to_str().unwrap();
-    let o = execute(
+    let (o, last) = lease(
         &bg,
+        &farm,
         &input,
         &work.path().join("out-c3"),
         &[],
-        false,
         &["cp", "a.c", t],
     );
-    let lines = wait_leases(&farm, before + 1);
-    assert!(
-        lines.last().unwrap().contains("exit=1"),
-        "{lines:?}: {}",
-        text(&o)
-    );
+    assert!(last.contains("exit=1"), "{last}: {}", text(&o));
     assert!(
         !planted.exists(),
         "{} written from a lease",
         planted.display()
     );
     let state = farm.nodes[0].dir.join("state/planted");
-    let before = lease_lines(&farm).len();
     let t = state.to_str().unwrap();
-    let _ = execute(
+    let _ = lease(
         &bg,
+        &farm,
         &input,
         &work.path().join("out-c4"),
         &[],
-        false,
         &["cp", "a.c", t],
     );
-    wait_leases(&farm, before + 1);
     assert!(!state.exists(), "{} written from a lease", state.display());
     // An output path out of the working directory is refused as a malformed Command.
-    let before = lease_lines(&farm).len();
-    let o = execute(
+    let (o, last) = lease(
         &bg,
+        &farm,
         &input,
         &work.path().join("out-c6"),
         &["../up.o"],
-        false,
         &["gcc", "-c", "a.c", "-o", "../up.o"],
     );
-    let lines = wait_leases(&farm, before + 1);
-    let last = lines.last().unwrap();
     assert!(
         last.contains("REAPI lease failed") && last.contains("code=3"),
         "{last}: {}",
@@ -401,20 +461,50 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
     // A gcc output path outside the input root is not even accepted by the client or
     // lands in the sandbox's own tmpfs: never on this machine.
     let escape = format!("/tmp/farm-reapi-escape-{}.o", std::process::id());
-    let before = lease_lines(&farm).len();
-    let _ = execute(
+    let _ = lease(
         &bg,
+        &farm,
         &input,
         &work.path().join("out-c4"),
         &[],
-        false,
         &["gcc", "-c", "a.c", "-o", &escape],
     );
-    wait_leases(&farm, before + 1);
     assert!(
         !Path::new(&escape).exists(),
         "{escape} written from a lease"
     );
+}
+
+/// A bot running a lease of `sleep <secs>`, submitted with BuildGrid's client.
+struct Sleeping {
+    _bg: BuildGridExec,
+    farm: Cluster,
+    _work: tempfile::TempDir,
+    /// The client, waiting for its Execute.
+    child: std::process::Child,
+    /// When the Execute was submitted.
+    t0: Instant,
+}
+
+/// Submits `sleep <secs>` to a bot of its own and waits until the lease started.
+fn sleeping_lease(secs: u32) -> Sleeping {
+    let bg = buildgrid_exec();
+    let farm = bot(&bg, &["/usr/bin/sleep"]);
+    let work = tempfile::tempdir().unwrap();
+    let input = src_dir(work.path(), "in", "int x;\n");
+    let out = work.path().join("out");
+    let secs = secs.to_string();
+    let mut client = execute_command(&bg, None, &input, &out, &[], false, &["sleep", &secs]);
+    let t0 = Instant::now();
+    let child = client.spawn().unwrap();
+    wait_lease_started(&farm, t0);
+    Sleeping {
+        _bg: bg,
+        farm,
+        _work: work,
+        child,
+        t0,
+    }
 }
 
 /// farmd killed while it runs a lease: the Execute is not left hanging — BuildGrid
@@ -422,32 +512,15 @@ fn farmd_runs_buildgrid_actions_in_its_sandbox() {
 /// session, same bot id) runs it, or the client gets an error.
 #[test]
 fn a_bot_killed_mid_lease_leaves_nothing_hanging() {
-    let bg = buildgrid_exec();
-    let mut farm = bot(&bg, &["/usr/bin/sleep"]);
-    let work = tempfile::tempdir().unwrap();
-    let input = src_dir(work.path(), "in", "int x;\n");
-    let out = work.path().join("out");
-    let mut client = bg.bgd();
-    client
-        .args(["execute", "--remote", &bg.url(), "command"])
-        .args(["-p", "OSFamily", "linux", "-p", "ISA", "x86-64"])
-        .arg("--output-directory")
-        .arg(&out)
-        .arg(&input)
-        .args(["--", "sleep", "4"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let t0 = Instant::now();
-    let child = client.spawn().unwrap();
-    // Wait for the lease to start, then kill farmd under it.
-    while !farmd_log(&farm).contains("REAPI lease started") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no lease started:\n{}",
-            farmd_log(&farm)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Every part bound: BuildGrid and the input live to the end.
+    let Sleeping {
+        _bg,
+        mut farm,
+        _work,
+        child,
+        t0,
+    } = sleeping_lease(4);
+    // The lease started: kill farmd under it.
     farm.nodes[0].kill9();
     let killed_at = t0.elapsed();
     std::thread::sleep(Duration::from_secs(1));
@@ -479,30 +552,13 @@ fn a_bot_killed_mid_lease_leaves_nothing_hanging() {
 /// exits: the Execute succeeds without a re-run.
 #[test]
 fn a_stopping_bot_reports_its_running_lease() {
-    let bg = buildgrid_exec();
-    let mut farm = bot(&bg, &["/usr/bin/sleep"]);
-    let work = tempfile::tempdir().unwrap();
-    let input = src_dir(work.path(), "in", "int x;\n");
-    let mut client = bg.bgd();
-    client
-        .args(["execute", "--remote", &bg.url(), "command"])
-        .args(["-p", "OSFamily", "linux", "-p", "ISA", "x86-64"])
-        .arg("--output-directory")
-        .arg(work.path().join("out"))
-        .arg(&input)
-        .args(["--", "sleep", "2"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let t0 = Instant::now();
-    let child = client.spawn().unwrap();
-    while !farmd_log(&farm).contains("REAPI lease started") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no lease started:\n{}",
-            farmd_log(&farm)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let Sleeping {
+        _bg,
+        mut farm,
+        _work,
+        child,
+        ..
+    } = sleeping_lease(2);
     let pid = farm.nodes[0].pid();
     assert!(Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -527,15 +583,7 @@ fn a_service_that_goes_away_and_comes_back() {
     let mut farm = bot(&bg, &["/usr/bin/gcc"]);
     let work = tempfile::tempdir().unwrap();
     let input = src_dir(work.path(), "in", "int f(void) { return 1; }\n");
-    let o = execute(
-        &bg,
-        &input,
-        &work.path().join("o1"),
-        &["a.o"],
-        false,
-        &["gcc", "-c", "a.c", "-o", "a.o"],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    gcc_c(&bg, &input, &work.path().join("o1"), "a.o");
     wait_leases(&farm, 1);
     bg.kill();
     // Down for longer than a long poll and the session's keep-alive.
@@ -547,15 +595,7 @@ fn a_service_that_goes_away_and_comes_back() {
     );
     bg.restart();
     let t0 = Instant::now();
-    let o = execute(
-        &bg,
-        &input,
-        &work.path().join("o2"),
-        &["b.o"],
-        false,
-        &["gcc", "-c", "a.c", "-o", "b.o"],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    gcc_c(&bg, &input, &work.path().join("o2"), "b.o");
     wait_leases(&farm, 2);
     eprintln!("first Execute after the restart took {:?}", t0.elapsed());
     let log = farmd_log(&farm);
@@ -586,16 +626,17 @@ fn a_bot_with_a_bearer_token() {
     let more = format!(", auth_token_file = {:?}", token_file.display().to_string());
     let farm = bot_with(&bg, &["/usr/bin/gcc"], &more);
     let input = src_dir(work.path(), "in", "int f(void) { return 2; }\n");
-    let mut c = bg.bgd();
-    c.args(["execute", "--remote", &bg.url(), "--auth-token"])
-        .arg(&token_file)
-        .args(["command", "-p", "OSFamily", "linux", "-p", "ISA", "x86-64"])
-        .arg("--output-directory")
-        .arg(work.path().join("out"))
-        .args(["--output-file", "a.o"])
-        .arg(&input)
-        .args(["--", "gcc", "-c", "a.c", "-o", "a.o"]);
-    let o = c.output().unwrap();
+    let o = execute_command(
+        &bg,
+        Some(&token_file),
+        &input,
+        &work.path().join("out"),
+        &["a.o"],
+        false,
+        &["gcc", "-c", "a.c", "-o", "a.o"],
+    )
+    .output()
+    .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(work.path().join("out/a.o").exists(), "{}", text(&o));
     wait_leases(&farm, 1);
@@ -612,4 +653,499 @@ fn a_bot_with_a_bearer_token() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!farmd_log(&stranger).contains("session open"));
+}
+
+// ---- farm-layout=rootfs: a farm same-path job as a REAPI Action ----
+
+use farm::reapi::proto as re;
+
+/// BuildGrid with `farm-layout` among its match keys (so that rootfs Actions reach
+/// only bots that advertise the layout) and room in its CAS for a toolchain.
+fn buildgrid_rootfs() -> BuildGridExec {
+    buildgrid_exec_with(|yaml, _| {
+        common::servers::edited(
+            &common::servers::edited(
+                yaml,
+                "match-property-keys: [OSFamily, ISA]",
+                "match-property-keys: [OSFamily, ISA, farm-layout]",
+            ),
+            "size: 256M",
+            "size: 2G",
+        )
+    })
+}
+
+/// A directory of an input root being built: files, symbolic links, directories.
+#[derive(Default)]
+struct TreeDir {
+    files: std::collections::BTreeMap<String, (re::Digest, bool)>,
+    links: std::collections::BTreeMap<String, String>,
+    dirs: std::collections::BTreeMap<String, TreeDir>,
+}
+
+impl TreeDir {
+    /// The directory holding the absolute `path`, made on the way; and its name.
+    fn parent_of(&mut self, path: &str) -> (&mut TreeDir, String) {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (name, dirs) = parts.split_last().unwrap();
+        let mut d = self;
+        for p in dirs {
+            d = d.dirs.entry(p.to_string()).or_default();
+        }
+        (d, name.to_string())
+    }
+
+    fn dir(&mut self, path: &str) {
+        let (d, name) = self.parent_of(path);
+        d.dirs.entry(name).or_default();
+    }
+
+    /// This directory as a `Directory` blob after its children's; its digest.
+    fn seal(&self, blobs: &mut Vec<(re::Digest, Vec<u8>)>) -> re::Digest {
+        let msg = re::Directory {
+            files: self
+                .files
+                .iter()
+                .map(|(name, (d, x))| re::FileNode {
+                    name: name.clone(),
+                    digest: Some(d.clone()),
+                    is_executable: *x,
+                    node_properties: None,
+                })
+                .collect(),
+            directories: self
+                .dirs
+                .iter()
+                .map(|(name, sub)| re::DirectoryNode {
+                    name: name.clone(),
+                    digest: Some(sub.seal(blobs)),
+                })
+                .collect(),
+            symlinks: self
+                .links
+                .iter()
+                .map(|(name, target)| re::SymlinkNode {
+                    name: name.clone(),
+                    target: target.clone(),
+                    node_properties: None,
+                })
+                .collect(),
+            node_properties: None,
+        };
+        let (d, bytes) = farm::reapi::message_digest(&msg);
+        blobs.push((d.clone(), bytes));
+        d
+    }
+}
+
+/// A rootfs Action being built as THE CONTRACT (docs/reapi.md) says: the input root
+/// mirrors `/`.
+#[derive(Default)]
+struct RootfsAction {
+    root: TreeDir,
+    blobs: Vec<(re::Digest, Vec<u8>)>,
+}
+
+impl RootfsAction {
+    fn file(&mut self, path: &str, data: Vec<u8>, exec: bool) {
+        let d = farm::reapi::digest_of(&data);
+        let (dir, name) = self.root.parent_of(path);
+        dir.files.insert(name, (d.clone(), exec));
+        self.blobs.push((d, data));
+    }
+
+    fn link(&mut self, path: &str, target: &str) {
+        let (dir, name) = self.root.parent_of(path);
+        dir.links.insert(name, target.to_string());
+    }
+
+    /// Every entry of a toolchain package built by farm's own packager, its files
+    /// read from where this machine has them.
+    fn package(&mut self, t: &farm::toolchain::Toolchain) {
+        for e in &t.entries {
+            match &e.kind {
+                farm::toolchain::ToolKind::File { exec, .. } => {
+                    self.file(&e.path, std::fs::read(&e.path).unwrap(), *exec)
+                }
+                farm::toolchain::ToolKind::Link(target) => self.link(&e.path, target),
+            }
+        }
+    }
+
+    /// The Action (and every blob it needs, Command and Directories included).
+    fn action(
+        mut self,
+        args: &[&str],
+        cwd: &Path,
+        outputs: &[&str],
+    ) -> (re::Digest, Vec<(re::Digest, Vec<u8>)>) {
+        let cwd = cwd.to_str().unwrap();
+        self.root.dir(cwd);
+        let root = self.root.seal(&mut self.blobs);
+        let platform = re::Platform {
+            properties: [
+                ("ISA", "x86-64"),
+                ("OSFamily", "linux"),
+                ("farm-layout", "rootfs"),
+            ]
+            .iter()
+            .map(|(k, v)| re::platform::Property {
+                name: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        };
+        let mut outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+        outputs.sort();
+        #[allow(deprecated)]
+        let command = re::Command {
+            arguments: args.iter().map(|s| s.to_string()).collect(),
+            environment_variables: vec![re::command::EnvironmentVariable {
+                name: "PATH".into(),
+                value: "/usr/bin:/bin".into(),
+            }],
+            output_files: outputs.clone(),
+            output_paths: outputs,
+            working_directory: cwd.trim_start_matches('/').to_string(),
+            platform: Some(platform.clone()),
+            ..Default::default()
+        };
+        let (cd, cb) = farm::reapi::message_digest(&command);
+        self.blobs.push((cd.clone(), cb));
+        let action = re::Action {
+            command_digest: Some(cd),
+            input_root_digest: Some(root),
+            timeout: Some(bazel_remote_apis::google::protobuf::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            do_not_cache: false,
+            platform: Some(platform),
+            ..Default::default()
+        };
+        let (ad, ab) = farm::reapi::message_digest(&action);
+        self.blobs.push((ad.clone(), ab));
+        (ad, self.blobs)
+    }
+}
+
+/// Runs an Action already in the CAS through BuildGrid's Execute (its Python protos)
+/// and prints the response: `code=N message`, `exit=N`, `file PATH HASH SIZE`, and
+/// the stdout and stderr digests.
+const EXECUTE: &str = r#"
+import sys, grpc
+from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re
+from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as reg
+ex = reg.ExecutionStub(grpc.insecure_channel(sys.argv[1]))
+d = re.Digest(hash=sys.argv[2], size_bytes=int(sys.argv[3]))
+for op in ex.Execute(re.ExecuteRequest(action_digest=d, skip_cache_lookup=True)):
+    if op.done:
+        if op.HasField("error"):
+            print(f"code={op.error.code} {op.error.message}")
+            break
+        r = re.ExecuteResponse(); op.response.Unpack(r)
+        print(f"code={r.status.code} {r.status.message}")
+        print(f"exit={r.result.exit_code}")
+        for f in r.result.output_files:
+            print(f"file {f.path} {f.digest.hash} {f.digest.size_bytes}")
+        for n, o in (("stdout", r.result.stdout_digest), ("stderr", r.result.stderr_digest)):
+            print(f"{n} {o.hash} {o.size_bytes}")
+"#;
+
+/// What an Execute answered, the blobs read back.
+#[derive(Debug, Default)]
+struct Executed {
+    code: i32,
+    message: String,
+    exit: i32,
+    files: std::collections::BTreeMap<String, Vec<u8>>,
+    stdout: String,
+    stderr: String,
+}
+
+fn client(bg: &BuildGridExec) -> farm::reapi::BlockingClient {
+    let mut cfg = farm::reapi::ReapiConfig::plain(&format!("127.0.0.1:{}", bg.port));
+    cfg.call_timeout = Duration::from_secs(120);
+    farm::reapi::BlockingClient::new(cfg)
+}
+
+/// Uploads an Action's blobs, runs it through Execute, reads its outputs back.
+fn submit(
+    bg: &BuildGridExec,
+    (action, blobs): &(re::Digest, Vec<(re::Digest, Vec<u8>)>),
+) -> Executed {
+    let c = client(bg);
+    let refs: Vec<(re::Digest, &[u8])> = blobs
+        .iter()
+        .map(|(d, b)| (d.clone(), b.as_slice()))
+        .collect();
+    c.upload(&refs).unwrap();
+    let o = Command::new(bg.venv.join("bin/python"))
+        .args(["-c", EXECUTE, &format!("127.0.0.1:{}", bg.port)])
+        .arg(&action.hash)
+        .arg(action.size_bytes.to_string())
+        .output()
+        .unwrap();
+    let out = text(&o);
+    let mut e = Executed::default();
+    let read = |hash: &str, size: &str| {
+        let d = re::Digest {
+            hash: hash.to_string(),
+            size_bytes: size.parse().unwrap(),
+        };
+        c.read_blob(&d).unwrap().unwrap_or_default()
+    };
+    let mut seen = false;
+    for line in out.lines() {
+        let w: Vec<&str> = line.split(' ').collect();
+        if let Some(code) = w[0].strip_prefix("code=") {
+            seen = true;
+            e.code = code.parse().unwrap();
+            e.message = line[w[0].len()..].trim().to_string();
+        } else if let Some(exit) = w[0].strip_prefix("exit=") {
+            e.exit = exit.parse().unwrap();
+        } else if w[0] == "file" && w.len() == 4 {
+            e.files.insert(w[1].to_string(), read(w[2], w[3]));
+        } else if (w[0] == "stdout" || w[0] == "stderr") && w.len() == 3 {
+            let s = String::from_utf8_lossy(&read(w[1], w[2])).into_owned();
+            if w[0] == "stdout" {
+                e.stdout = s
+            } else {
+                e.stderr = s
+            }
+        }
+    }
+    assert!(seen, "no Execute response: {out}");
+    e
+}
+
+/// The package of `driver` (with `programs`) as farm's packager builds it.
+fn package_of(driver: &Path, programs: &[PathBuf]) -> farm::toolchain::Toolchain {
+    farm::toolchain::build(driver, programs, &mut |p| farm::fsutil::hash_file(p)).unwrap()
+}
+
+/// gcc's package as a same-path job ships it (the gcc family names the programs).
+fn gcc_package() -> farm::toolchain::Toolchain {
+    let gcc = Path::new("/usr/bin/gcc");
+    let programs = farm::lang::family_by_name("gcc")
+        .unwrap()
+        .path_jobs()
+        .unwrap()
+        .toolchain_files(gcc, gcc.as_os_str())
+        .unwrap();
+    package_of(gcc, &programs)
+}
+
+/// The files `gcc -M` says a compile of `src` in `cwd` reads, absolute.
+fn compile_inputs(cwd: &Path, src: &str) -> Vec<PathBuf> {
+    let o = Command::new("gcc")
+        .args(["-M", src])
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let deps = String::from_utf8_lossy(&o.stdout).replace("\\\n", " ");
+    let (_, files) = deps.split_once(':').unwrap();
+    files.split_whitespace().map(|f| cwd.join(f)).collect()
+}
+
+/// A rootfs Action of `gcc -g -O2 -c a.c -o a.o -MD -MF <depfile>` in `cwd`: gcc's
+/// package, the inputs at their absolute paths, the depfile (under /tmp, outside the
+/// working directory) named through `..`.
+fn gcc_action(cwd: &Path, depfile: &Path) -> (re::Digest, Vec<(re::Digest, Vec<u8>)>) {
+    let mut a = RootfsAction::default();
+    a.package(&gcc_package());
+    for f in compile_inputs(cwd, "a.c") {
+        a.file(f.to_str().unwrap(), std::fs::read(&f).unwrap(), false);
+    }
+    a.root.dir(cwd.join("include").to_str().unwrap());
+    let up = "../".repeat(cwd.components().count() - 1);
+    let dep_rel = format!("{up}{}", depfile.to_str().unwrap().trim_start_matches('/'));
+    let args = gcc_args(depfile);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.action(&args, cwd, &["a.o", &dep_rel])
+}
+
+fn gcc_args(depfile: &Path) -> Vec<String> {
+    ["gcc", "-g", "-O2", "-c", "a.c", "-o", "a.o", "-MD", "-MF"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([depfile.to_str().unwrap().to_string()])
+        .collect()
+}
+
+#[test]
+fn farmd_runs_rootfs_actions_as_same_path_jobs() {
+    let bg = buildgrid_rootfs();
+    // Default properties: a farmd that accepts toolchains advertises the layout.
+    let mut farm = bot_conf(&bg, &["/usr/bin/cat"], "", None, "");
+    let work = tempfile::tempdir().unwrap();
+    let cwd = src_dir(
+        work.path(),
+        "proj",
+        "#include \"include/k.h\"\nstatic int t[K];\nint f(int x) { return t[x] * K; }\n",
+    );
+    let depfile = PathBuf::from(format!("/tmp/farm-rootfs-{}.d", std::process::id()));
+    let _ = std::fs::remove_file(&depfile);
+
+    // The compile: byte-identical to gcc here, in the same directory, -g included;
+    // the depfile outside the working directory comes back.
+    let action = gcc_action(&cwd, &depfile);
+    let t0 = Instant::now();
+    let e = submit(&bg, &action);
+    let first = t0.elapsed();
+    assert_eq!(e.code, 0, "{e:?}\n{}", farmd_log(&farm));
+    assert_eq!(e.exit, 0, "{e:?}");
+    let remote_obj = e.files.get("a.o").expect("a.o came back").clone();
+    let dep_name = action_output_dep(&e);
+    let remote_dep = e.files[&dep_name].clone();
+    let local = Command::new("gcc")
+        .args(&gcc_args(&depfile)[1..])
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    assert!(local.status.success(), "{}", text(&local));
+    assert!(
+        remote_obj == std::fs::read(cwd.join("a.o")).unwrap(),
+        "the rootfs object differs from gcc's here"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&remote_dep),
+        std::fs::read_to_string(&depfile).unwrap(),
+        "the depfile differs"
+    );
+    let _ = std::fs::remove_file(&depfile);
+    let has = |needle: &[u8]| remote_obj.windows(needle.len()).any(|w| w == needle);
+    assert!(has(cwd.to_str().unwrap().as_bytes()), "no -g directory");
+    assert_eq!(leases_metric(&farm, "done"), 1);
+
+    // Symbolic links in the input root point anywhere, but into the root only:
+    // nothing of this machine is read, by the job or by farmd reading outputs.
+    let sh = package_of(Path::new("/bin/sh"), &[PathBuf::from("/usr/bin/cat")]);
+    let links_action = |outputs: &[&str]| {
+        let mut a = RootfsAction::default();
+        a.package(&sh);
+        a.link("/work/shadow", "/etc/shadow");
+        a.link("/work/up", "../../..");
+        a.link("/work/passwd", "up/etc/passwd");
+        a.action(
+            &[
+                "sh",
+                "-c",
+                "cat shadow passwd up/etc/passwd up/etc/hostname /etc/passwd; \
+                 cat shadow up/etc/shadow > out.txt",
+            ],
+            Path::new("/work"),
+            outputs,
+        )
+    };
+    let e = submit(
+        &bg,
+        &links_action(&["out.txt", "shadow", "passwd", "up/etc/passwd"]),
+    );
+    assert_eq!(e.code, 0, "{e:?}");
+    assert_ne!(e.exit, 0, "{e:?}");
+    assert!(e.stderr.contains("No such file"), "{e:?}");
+    let machine_passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let first_line = machine_passwd.lines().next().unwrap();
+    for (what, got) in [("stdout", &e.stdout), ("stderr", &e.stderr)] {
+        assert!(!got.contains("root:"), "{what} shows the machine: {got}");
+    }
+    for (name, data) in &e.files {
+        let s = String::from_utf8_lossy(data);
+        assert!(
+            !s.contains("root:") && !s.contains(first_line),
+            "output {name}: {s}"
+        );
+    }
+    assert!(
+        !e.files.contains_key("shadow") && !e.files.contains_key("passwd"),
+        "a link was read as an output: {:?}",
+        e.files.keys()
+    );
+    assert!(farm.nodes[0].alive());
+
+    // An output path whose `..` leaves the root is refused before anything runs.
+    let e = submit(&bg, &links_action(&["../../x.o"]));
+    assert_eq!(e.code, 3, "{e:?}");
+    assert!(e.message.contains("../../x.o"), "{e:?}");
+    assert!(farm.nodes[0].alive());
+
+    // farmd keeps serving: the compile again (another source, the toolchain's
+    // contents kept from the first lease: not fetched again).
+    std::fs::write(
+        cwd.join("a.c"),
+        "#include \"include/k.h\"\nint g(void) { return K; }\n",
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let e = submit(&bg, &gcc_action(&cwd, &depfile));
+    let again = t0.elapsed();
+    assert_eq!((e.code, e.exit), (0, 0), "{e:?}");
+    assert!(e.files.contains_key("a.o"));
+    let _ = std::fs::remove_file(&depfile);
+    let laid: Vec<String> = farmd_log(&farm)
+        .lines()
+        .filter(|l| l.contains("rootfs lease laid out"))
+        .map(str::to_string)
+        .collect();
+    eprintln!(
+        "rootfs gcc lease: first {first:?} (toolchain fetched), again {again:?}; {} blobs, {} bytes\n{}",
+        action.1.len(),
+        action.1.iter().map(|(d, _)| d.size_bytes).sum::<i64>(),
+        laid.join("\n")
+    );
+    // The second compile fetched only what changed (the source, and the stdout,
+    // stderr of nothing: the toolchain's files were kept).
+    let last = laid.last().unwrap();
+    assert!(
+        last.contains("fetched=1 "),
+        "the toolchain was fetched again: {last}"
+    );
+    assert_eq!(leases_metric(&farm, "done"), 3);
+    assert_eq!(leases_metric(&farm, "invalid_argument"), 1);
+    assert!(farm.nodes[0].alive());
+    let _ = &mut farm;
+}
+
+/// The depfile's name among an Execute's outputs (the one through `..`).
+fn action_output_dep(e: &Executed) -> String {
+    e.files
+        .keys()
+        .find(|k| k.starts_with("../"))
+        .unwrap_or_else(|| panic!("no depfile came back: {e:?}"))
+        .clone()
+}
+
+/// A farmd that runs only its own compilers takes no rootfs lease, even one routed
+/// to it: FAILED_PRECONDITION naming the setting, and it keeps serving.
+#[test]
+fn a_rootfs_lease_needs_accept_toolchains() {
+    let bg = buildgrid_rootfs();
+    // Own toolchains only, advertising the layout by hand.
+    let props = format!("{PROPERTIES}, farm-layout = \"rootfs\"");
+    let mut farm = bot_conf(
+        &bg,
+        &["/usr/bin/gcc"],
+        "accept_toolchains = false\n",
+        Some(&props),
+        "",
+    );
+    let mut a = RootfsAction::default();
+    a.package(&package_of(Path::new("/bin/sh"), &[]));
+    let planted = format!("/tmp/farm-rootfs-planted-{}", std::process::id());
+    let script = format!("echo ran > {planted}");
+    let e = submit(
+        &bg,
+        &a.action(&["sh", "-c", &script], Path::new("/work"), &[]),
+    );
+    assert_eq!(e.code, 9, "{e:?}");
+    assert!(e.message.contains("accept_toolchains"), "{e:?}");
+    assert!(!Path::new(&planted).exists());
+    assert!(farm.nodes[0].alive());
+    // Default-layout leases still run on it.
+    let work = tempfile::tempdir().unwrap();
+    let input = src_dir(work.path(), "in", "int x;\n");
+    gcc_c(&bg, &input, &work.path().join("out"), "a.o");
+    let _ = &mut farm;
 }

@@ -391,10 +391,18 @@ impl DaemonConfig {
                 }
                 let properties = match b.properties {
                     Some(p) => p.into_iter().collect(),
-                    None => vec![
-                        ("ISA".to_string(), default_isa()),
-                        ("OSFamily".to_string(), std::env::consts::OS.to_string()),
-                    ],
+                    None => {
+                        let mut p = vec![
+                            ("ISA".to_string(), default_isa()),
+                            ("OSFamily".to_string(), std::env::consts::OS.to_string()),
+                        ];
+                        // Rootfs leases run the submitter's toolchain: only where
+                        // shipped toolchains are.
+                        if fc.accept_toolchains.unwrap_or(true) {
+                            p.push(("farm-layout".to_string(), "rootfs".to_string()));
+                        }
+                        p
+                    }
                 };
                 Some(ReapiBotConfig {
                     endpoint: b.endpoint,
@@ -493,6 +501,16 @@ mod tests {
             .properties
             .iter()
             .any(|(k, v)| k == "OSFamily" && v == "linux"));
+        assert!(c
+            .properties
+            .iter()
+            .any(|(k, v)| k == "farm-layout" && v == "rootfs"));
+        let own_only =
+            load("accept_toolchains = false\nreapi_bot = { endpoint = \"reapi://127.0.0.1:9\" }")
+                .unwrap()
+                .reapi_bot
+                .unwrap();
+        assert!(!own_only.properties.iter().any(|(k, _)| k == "farm-layout"));
         let c = load(
             "reapi_bot = { endpoint = \"grpcs://r:443\", instance = \"main\", \
              bot_id = \"b1\", properties = { OSFamily = \"Linux\" } }",

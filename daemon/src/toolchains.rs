@@ -133,6 +133,43 @@ impl Toolchains {
     /// Files are kept by content, so packages that differ in one file (the loader's
     /// cache) share the rest.
     pub fn file_at(&self, digest: &Key, exec: bool, blobs: &BlobStore) -> Result<PathBuf, String> {
+        self.kept(digest, exec, |tmp| {
+            let own = self.own_files.lock().unwrap().get(digest).cloned();
+            // Own files are copied as they stream (a compiler's 30 MB program is never
+            // held), then checked; the blob store's are checked already.
+            let copied = own.is_some_and(|p| {
+                std::fs::copy(&p, tmp).is_ok()
+                    && farm::fsutil::hash_file(tmp).ok().as_ref() == Some(digest)
+            });
+            if !copied {
+                let data = blobs.get(digest).ok_or_else(|| {
+                    format!(
+                        "toolchain file {} is missing",
+                        farm::fsutil::hex(&digest[..8])
+                    )
+                })?;
+                std::fs::write(tmp, &data).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// [`Toolchains::file_at`] for a content at hand (checked by the caller against
+    /// another digest: a REAPI input's SHA-256), kept as a toolchain file is.
+    pub fn keep(&self, digest: &Key, exec: bool, data: &[u8]) -> Result<PathBuf, String> {
+        self.kept(digest, exec, |tmp| {
+            std::fs::write(tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))
+        })
+    }
+
+    /// The kept file of `digest`, made by `fill` (which writes the content to the
+    /// path it is given) where it is not kept yet.
+    fn kept(
+        &self,
+        digest: &Key,
+        exec: bool,
+        fill: impl FnOnce(&Path) -> Result<(), String>,
+    ) -> Result<PathBuf, String> {
         let at = self.dir.join(format!(
             "{}-{}",
             farm::fsutil::hex(digest),
@@ -148,28 +185,12 @@ impl Toolchains {
             std::process::id(),
             farm::fsutil::now_ns()
         ));
-        let made = (|| -> Result<(), String> {
-            let own = self.own_files.lock().unwrap().get(digest).cloned();
-            // Own files are copied as they stream (a compiler's 30 MB program is never
-            // held), then checked; the blob store's are checked already.
-            let copied = own.is_some_and(|p| {
-                std::fs::copy(&p, &tmp).is_ok()
-                    && farm::fsutil::hash_file(&tmp).ok().as_ref() == Some(digest)
-            });
-            if !copied {
-                let data = blobs.get(digest).ok_or_else(|| {
-                    format!(
-                        "toolchain file {} is missing",
-                        farm::fsutil::hex(&digest[..8])
-                    )
-                })?;
-                std::fs::write(&tmp, &data).map_err(|e| format!("{}: {e}", tmp.display()))?;
-            }
+        let made = fill(&tmp).and_then(|()| {
             use std::os::unix::fs::PermissionsExt;
             let mode = if exec { 0o555 } else { 0o444 };
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
                 .map_err(|e| format!("{}: {e}", tmp.display()))
-        })();
+        });
         if let Err(e) = made {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
@@ -257,5 +278,21 @@ mod tests {
         assert_eq!(kept.len(), 3, "{kept:?}");
         // The oldest went, the newest stayed.
         assert!(!laid[0].exists() && laid[4].exists());
+    }
+
+    #[test]
+    fn contents_at_hand_are_kept_as_toolchain_files() {
+        let d = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::new(d.path(), 64 << 20);
+        let t = Toolchains::new(d.path(), true, 64 << 20);
+        let data = b"#define K 7\n".to_vec();
+        let digest = *blake3::hash(&data).as_bytes();
+        let at = t.keep(&digest, true, &data).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&at).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o555);
+        // Found again without the blob store; not as another mode.
+        assert_eq!(t.file_at(&digest, true, &blobs).unwrap(), at);
+        assert!(t.file_at(&digest, false, &blobs).is_err());
     }
 }

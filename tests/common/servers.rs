@@ -324,17 +324,14 @@ pub fn buildgrid_cas_ac_tls(cert_pem: &str, key_pem: &str) -> Server {
     std::fs::write(&cert, cert_pem).unwrap();
     std::fs::write(&key, key_pem).unwrap();
     let plain = std::fs::read_to_string(buildgrid_config("buildgrid-cas-ac.yml")).unwrap();
-    let tls = plain.replace(
+    let tls = edited(
+        &plain,
         "    insecure-mode: true\n",
         &format!(
             "    insecure-mode: false\n    credentials:\n      tls-server-key: {}\n      tls-server-cert: {}\n",
             key.display(),
             cert.display()
         ),
-    );
-    assert_ne!(
-        tls, plain,
-        "the shared configuration changed: no insecure-mode line"
     );
     let config = dir.path().join("buildgrid-cas-ac-tls.yml");
     std::fs::write(&config, tls).unwrap();
@@ -346,14 +343,20 @@ pub fn buildgrid_cas_ac_tls(cert_pem: &str, key_pem: &str) -> Server {
 pub fn buildgrid_cas_ac_no_updates() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let plain = std::fs::read_to_string(buildgrid_config("buildgrid-cas-ac.yml")).unwrap();
-    let locked = plain.replace("allow-updates: true", "allow-updates: false");
-    assert_ne!(
-        locked, plain,
-        "the shared configuration changed: no allow-updates line"
-    );
+    let locked = edited(&plain, "allow-updates: true", "allow-updates: false");
     let config = dir.path().join("buildgrid-cas-ac-no-updates.yml");
     std::fs::write(&config, locked).unwrap();
     start_buildgrid(&config, dir)
+}
+
+/// `yaml` with `from` replaced by `to`; `from` must be there (the shared
+/// configuration changed otherwise, and the edit would silently do nothing).
+pub fn edited(yaml: &str, from: &str, to: &str) -> String {
+    assert!(
+        yaml.contains(from),
+        "the shared BuildGrid configuration changed: no {from:?} in it"
+    );
+    yaml.replace(from, to)
 }
 
 fn start_buildgrid(config: &Path, dir: tempfile::TempDir) -> Server {
@@ -364,35 +367,51 @@ fn start_buildgrid(config: &Path, dir: tempfile::TempDir) -> Server {
         bin.display()
     );
     let port = free_port();
-    let log = std::fs::File::create(dir.path().join("bgd.log")).unwrap();
-    let mut child = Command::new(&bin)
-        .args(["server", "start"])
-        .arg(config)
-        .env("BG_PORT", port.to_string())
+    let child = spawn_bgd(&bin, config, dir.path(), &[("BG_PORT", port)]);
+    Server {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+/// Starts `bgd server start <config>` with `ports` in its environment (`BG_PORT`
+/// the one it listens on), its output appended to `<dir>/bgd.log`, and waits until it
+/// listens (Python takes a few seconds to import BuildGrid); panics with the log if
+/// it exits or does not listen within 60 s.
+fn spawn_bgd(bin: &Path, config: &Path, dir: &Path, ports: &[(&str, u16)]) -> Child {
+    let log_path = dir.join("bgd.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
+    let mut cmd = Command::new(bin);
+    cmd.args(["server", "start"]).arg(config);
+    for (k, v) in ports {
+        cmd.env(k, v.to_string());
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .unwrap();
-    // Python takes a few seconds to import BuildGrid before it listens.
+    let port = ports.iter().find(|(k, _)| *k == "BG_PORT").unwrap().1;
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(60) {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Server {
-                child,
-                port,
-                _dir: dir,
-            };
-        }
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(st)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.path().join("bgd.log")).unwrap_or_default();
-            panic!("bgd exited at start: {st}\n{log}");
+            panic!("bgd exited at start ({st}): {}", log());
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bgd did not listen on {port} within 60 s: {}", log());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("bgd did not listen on {port} within 60 s");
+    child
 }
 
 /// BuildGrid with its Execute service (and the Bots service its bots talk to), CAS,
@@ -443,8 +462,7 @@ pub fn buildgrid_exec_jwt(secret: &str) -> BuildGridExec {
             "authorization:\n  method: jwt\n  secret: {}\n  algorithm: hs256\n",
             file.display()
         );
-        assert!(yaml.contains("authorization:\n  method: none\n"));
-        yaml.replace("authorization:\n  method: none\n", &jwt)
+        edited(yaml, "authorization:\n  method: none\n", &jwt)
     })
 }
 
@@ -530,33 +548,12 @@ impl BuildGridExec {
     /// Starts `bgd server` with `config` on this server's ports and waits until it
     /// listens.
     fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("bgd.log"))
-            .unwrap();
-        let mut child = Command::new(self.venv.join("bin/bgd"))
-            .args(["server", "start"])
-            .arg(&self.config)
-            .env("BG_PORT", self.port.to_string())
-            .env("PG_PORT", self.pg_port.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("bgd exited at start ({st}): {}", self.log());
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "bgd did not listen within 60 s: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = spawn_bgd(
+            &self.venv.join("bin/bgd"),
+            &self.config,
+            self.dir.path(),
+            &[("BG_PORT", self.port), ("PG_PORT", self.pg_port)],
+        );
         self.bgd = Some(child);
     }
 

@@ -10,7 +10,9 @@
 //! a lost session is opened again (the server re-queues what the old one held).
 
 mod cas;
+mod input;
 pub mod proto;
+mod rootfs;
 mod run;
 
 use std::collections::{HashMap, HashSet};

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::{
@@ -18,9 +17,12 @@ use bazel_remote_apis::google::protobuf::{Any, Timestamp};
 use prost::Message as _;
 
 use super::cas::{sha256_digest, show, Cas};
+use super::input::{lay_out, MAX_INPUT_BLOB};
 use super::proto::unpack;
+use super::rootfs;
 use crate::node::Node;
-use crate::worker::sandbox::MappedView;
+use crate::worker::sandbox::{MappedView, Run, Sandbox};
+use crate::worker::JobSlot;
 
 pub const ACTION: &str = "build.bazel.remote.execution.v2.Action";
 const DIGEST: &str = "build.bazel.remote.execution.v2.Digest";
@@ -30,19 +32,9 @@ const DIGEST: &str = "build.bazel.remote.execution.v2.Digest";
 const JOB_ROOT: &str = "/reapi/root";
 const JOB_TMP: &str = "/reapi/tmp";
 /// Actions, Commands and Directories are small messages.
-const MAX_MESSAGE: u64 = 4 << 20;
-/// Directories in one input root.
-const MAX_DIRECTORIES: usize = 65_536;
-/// Files in one input root.
-const MAX_FILES: usize = 1_000_000;
-/// Bytes of one input root, all files together.
-const MAX_INPUT_BYTES: u64 = 8 << 30;
-/// One input file (read into memory before it is written out), at most.
-const MAX_INPUT_BLOB: u64 = 1 << 30;
-/// Input bytes held in memory at once while the root is laid out.
-const FETCH_CHUNK: u64 = 64 << 20;
+pub const MAX_MESSAGE: u64 = 4 << 20;
 /// Bytes of outputs of one action, all together (read into memory to upload).
-const MAX_OUTPUT_BYTES: u64 = 2 << 30;
+pub const MAX_OUTPUT_BYTES: u64 = 2 << 30;
 
 /// `google.rpc.Code`s a lease can end with.
 pub mod code {
@@ -74,7 +66,7 @@ pub struct Failure {
     pub message: String,
 }
 
-fn fail(code: i32, message: impl Into<String>) -> Failure {
+pub fn fail(code: i32, message: impl Into<String>) -> Failure {
     Failure {
         code,
         message: message.into(),
@@ -83,13 +75,32 @@ fn fail(code: i32, message: impl Into<String>) -> Failure {
 
 /// A CAS error: a blob the CAS lacks is the client's to fix (FAILED_PRECONDITION,
 /// per the REAPI), anything else is worth a retry elsewhere.
-fn cas_fail(e: String) -> Failure {
+pub fn cas_fail(e: String) -> Failure {
     let code = if e.contains("missing") || e.contains("not found") || e.contains("Not found") {
         code::FAILED_PRECONDITION
     } else {
         code::UNAVAILABLE
     };
     fail(code, e)
+}
+
+/// What running a lease's Command left: its outputs in `result`, their blobs, how
+/// it ran, and when it fetched and ran (fetch start and end, run start and end).
+pub struct Ran {
+    pub result: ActionResult,
+    pub blobs: Vec<(Digest, Vec<u8>)>,
+    pub run: Run,
+    pub times: [SystemTime; 4],
+}
+
+/// A sandbox that could not run the job to its end.
+pub fn sandbox_fail(node: &Node, why: String) -> Failure {
+    let code = if why.contains("ran past") {
+        code::DEADLINE_EXCEEDED
+    } else {
+        code::RESOURCE_EXHAUSTED
+    };
+    fail(code, format!("farmd {}: sandbox: {why}", node.name))
 }
 
 /// The lease's outcome to report: an ActionResult (any exit code) or a failure.
@@ -129,80 +140,29 @@ pub async fn run_lease(
             format!("Command {}: {e}", show(cmd_digest)),
         )
     })?;
-    // Fail closed, before anything is fetched or laid out.
-    let program = command
-        .arguments
-        .first()
-        .ok_or_else(|| fail(code::INVALID_ARGUMENT, "Command has no arguments"))?;
-    let allowed = node
-        .compilers
-        .iter()
-        .find(|c| {
-            if program.contains('/') {
-                c.path == Path::new(program)
-            } else {
-                c.name == *program
-            }
-        })
-        .cloned()
-        .ok_or_else(|| {
-            fail(
-                code::FAILED_PRECONDITION,
-                format!(
-                    "program {program:?} is not on the allow-list (`compilers`) of farmd {}",
-                    node.name
-                ),
-            )
-        })?;
+    if command.arguments.is_empty() {
+        return Err(fail(code::INVALID_ARGUMENT, "Command has no arguments"));
+    }
+    let root_digest = action
+        .input_root_digest
+        .clone()
+        .ok_or_else(|| fail(code::INVALID_ARGUMENT, "Action has no input_root_digest"))?;
+    // Fail closed, before anything is fetched or laid out. The Command's platform is
+    // what clients before REAPI 2.2 set (deprecated since, still sent).
+    #[allow(deprecated)]
+    let platforms = [action.platform.as_ref(), command.platform.as_ref()];
+    let layout = if rootfs::wanted(&platforms)? {
+        Layout::Rootfs(rootfs::check(node, &command)?)
+    } else {
+        Layout::Mapped(check_mapped(node, &command)?)
+    };
     let sandbox = node.sandbox.as_ref().ok_or_else(|| {
         fail(
             code::FAILED_PRECONDITION,
             format!("farmd {} has no job sandbox", node.name),
         )
     })?;
-    let working_dir = relative(&command.working_directory, true)
-        .ok_or_else(|| bad_path("working_directory", &command.working_directory))?;
-    let outputs = output_list(&command)?;
     let env = environment(&command)?;
-
-    let job = JobDir::take(node).await?;
-    let root = job.dir.join("root");
-    let tmp = job.dir.join("tmp");
-    for d in [&root, &tmp] {
-        std::fs::create_dir_all(d)
-            .map_err(|e| fail(code::INTERNAL, format!("{}: {e}", d.display())))?;
-    }
-    let fetch_start = SystemTime::now();
-    let root_digest = action
-        .input_root_digest
-        .clone()
-        .ok_or_else(|| fail(code::INVALID_ARGUMENT, "Action has no input_root_digest"))?;
-    let blob_cap = node.cfg.job_file_size.min(MAX_INPUT_BLOB);
-    lay_out(cas, &root_digest, &root, blob_cap).await?;
-    let fetch_done = SystemTime::now();
-    mkdirs_beneath(&root, &working_dir)?;
-    for (path, _) in &outputs {
-        if let Some(parent) = working_dir.join(path).parent() {
-            mkdirs_beneath(&root, parent)?;
-        }
-    }
-
-    // The job sees its input root and temporary directory at fixed paths.
-    let cwd = Path::new(JOB_ROOT).join(&working_dir);
-    let cwd = cwd
-        .to_str()
-        .ok_or_else(|| bad_path("working_directory", &command.working_directory))?;
-    let mut env: Vec<(String, String)> = env;
-    if !env.iter().any(|(k, _)| k == "TMPDIR") {
-        env.push(("TMPDIR".into(), JOB_TMP.into()));
-    }
-    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let view = MappedView {
-        rw: &[(&root, JOB_ROOT), (&tmp, JOB_TMP)],
-        cwd,
-        env: &env_ref,
-    };
-    let limits = crate::worker::spawn::job_limits(&node.cfg);
     let deadline = action
         .timeout
         .as_ref()
@@ -214,43 +174,26 @@ pub async fn run_lease(
             )
         })
         .map_or(node.cfg.job_timeout, |t| t.min(node.cfg.job_timeout));
-    let exec_start = SystemTime::now();
-    let run = sandbox
-        .run_mapped(
-            &allowed.path,
-            &command.arguments[1..],
-            &view,
-            limits,
-            deadline,
-        )
-        .await
-        .map_err(|why| {
-            let code = if why.contains("ran past") {
-                code::DEADLINE_EXCEEDED
-            } else {
-                code::RESOURCE_EXHAUSTED
-            };
-            fail(code, format!("farmd {}: sandbox: {why}", node.name))
-        })?;
-    let exec_done = SystemTime::now();
-
-    let mut result = ActionResult {
-        exit_code: run.exit_code,
-        ..Default::default()
+    let job = JobSlot::take(node, "reapi").await.map_err(unavailable)?;
+    let lease = Lease {
+        sandbox,
+        command: &command,
+        env,
+        root_digest: &root_digest,
+        dir: &job.dir,
+        deadline,
     };
-    let mut blobs: Vec<(Digest, Vec<u8>)> = Vec::new();
-    let mut left = MAX_OUTPUT_BYTES;
-    for (path, kind) in &outputs {
-        collect(
-            &root,
-            &working_dir,
-            path,
-            *kind,
-            &mut left,
-            &mut result,
-            &mut blobs,
-        )?;
-    }
+    let ran = match layout {
+        Layout::Rootfs(checked) => rootfs::run(node, cas, lease, checked).await?,
+        Layout::Mapped(checked) => run_mapped(node, cas, lease, checked).await?,
+    };
+    let Ran {
+        mut result,
+        mut blobs,
+        run,
+        times: [fetch_start, fetch_done, exec_start, exec_done],
+    } = ran;
+    result.exit_code = run.exit_code;
     let out_d = sha256_digest(&run.stdout);
     let err_d = sha256_digest(&run.stderr);
     blobs.push((out_d.clone(), run.stdout));
@@ -276,6 +219,153 @@ pub async fn run_lease(
     Ok(result)
 }
 
+fn unavailable(why: String) -> Failure {
+    fail(code::UNAVAILABLE, why)
+}
+
+/// A checked lease to run: the sandbox, its Command and environment, its input root,
+/// the job directory it runs in, its deadline.
+pub struct Lease<'a> {
+    pub sandbox: &'a Sandbox,
+    pub command: &'a Command,
+    pub env: Vec<(String, String)>,
+    pub root_digest: &'a Digest,
+    pub dir: &'a Path,
+    pub deadline: Duration,
+}
+
+/// How a lease is laid out and run, as checked before anything is fetched.
+enum Layout {
+    /// The default: the input root at [`JOB_ROOT`], an allow-listed program.
+    Mapped(Mapped),
+    /// `farm-layout=rootfs`: the input root as `/` ([`rootfs`]).
+    Rootfs(rootfs::Checked),
+}
+
+/// What a default-layout Command runs, checked before anything is fetched: the
+/// allow-listed program, the working directory, the outputs.
+struct Mapped {
+    program: PathBuf,
+    working_dir: PathBuf,
+    outputs: Vec<(PathBuf, OutputKind)>,
+}
+
+fn check_mapped(node: &Node, command: &Command) -> Result<Mapped, Failure> {
+    let program = allowed_program(node, &command.arguments[0])?;
+    let working_dir = relative(&command.working_directory, true)
+        .ok_or_else(|| bad_path("working_directory", &command.working_directory))?;
+    Ok(Mapped {
+        program,
+        working_dir,
+        outputs: output_list(command)?,
+    })
+}
+
+/// The allow-listed compiler a default-layout Command runs (by path, or by name).
+fn allowed_program(node: &Node, program: &str) -> Result<PathBuf, Failure> {
+    node.compilers
+        .iter()
+        .find(|c| {
+            if program.contains('/') {
+                c.path == Path::new(program)
+            } else {
+                c.name == *program
+            }
+        })
+        .map(|c| c.path.clone())
+        .ok_or_else(|| {
+            fail(
+                code::FAILED_PRECONDITION,
+                format!(
+                    "program {program:?} is not on the allow-list (`compilers`) of farmd {}",
+                    node.name
+                ),
+            )
+        })
+}
+
+/// The default layout: the input root at [`JOB_ROOT`] beside this machine's
+/// toolchain, `program` an allow-listed compiler.
+async fn run_mapped(
+    node: &Node,
+    cas: &Cas,
+    lease: Lease<'_>,
+    checked: Mapped,
+) -> Result<Ran, Failure> {
+    let Lease {
+        sandbox,
+        command,
+        mut env,
+        root_digest,
+        dir,
+        deadline,
+    } = lease;
+    let Mapped {
+        program,
+        working_dir,
+        outputs,
+    } = checked;
+    let root = dir.join("root");
+    let tmp = dir.join("tmp");
+    for d in [&root, &tmp] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| fail(code::INTERNAL, format!("{}: {e}", d.display())))?;
+    }
+    let fetch_start = SystemTime::now();
+    let blob_cap = node.cfg.job_file_size.min(MAX_INPUT_BLOB);
+    lay_out(cas, root_digest, &root, blob_cap).await?;
+    let fetch_done = SystemTime::now();
+    mkdirs_beneath(&root, &working_dir)?;
+    for (path, _) in &outputs {
+        if let Some(parent) = working_dir.join(path).parent() {
+            mkdirs_beneath(&root, parent)?;
+        }
+    }
+
+    // The job sees its input root and temporary directory at fixed paths.
+    let cwd = Path::new(JOB_ROOT).join(&working_dir);
+    let cwd = cwd
+        .to_str()
+        .ok_or_else(|| bad_path("working_directory", &command.working_directory))?;
+    if !env.iter().any(|(k, _)| k == "TMPDIR") {
+        env.push(("TMPDIR".into(), JOB_TMP.into()));
+    }
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let view = MappedView {
+        rw: &[(&root, JOB_ROOT), (&tmp, JOB_TMP)],
+        cwd,
+        env: &env_ref,
+    };
+    let limits = crate::worker::spawn::job_limits(&node.cfg);
+    let exec_start = SystemTime::now();
+    let run = sandbox
+        .run_mapped(&program, &command.arguments[1..], &view, limits, deadline)
+        .await
+        .map_err(|why| sandbox_fail(node, why))?;
+    let exec_done = SystemTime::now();
+
+    let mut result = ActionResult::default();
+    let mut blobs: Vec<(Digest, Vec<u8>)> = Vec::new();
+    let mut left = MAX_OUTPUT_BYTES;
+    for (path, kind) in &outputs {
+        collect(
+            &root,
+            &working_dir,
+            path,
+            *kind,
+            &mut left,
+            &mut result,
+            &mut blobs,
+        )?;
+    }
+    Ok(Ran {
+        result,
+        blobs,
+        run,
+        times: [fetch_start, fetch_done, exec_start, exec_done],
+    })
+}
+
 fn ts(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Timestamp {
@@ -284,7 +374,7 @@ fn ts(t: SystemTime) -> Timestamp {
     }
 }
 
-fn bad_path(what: &str, p: &str) -> Failure {
+pub fn bad_path(what: &str, p: &str) -> Failure {
     fail(
         code::INVALID_ARGUMENT,
         format!("{what} {p:?} is not a relative path without `..`"),
@@ -376,129 +466,6 @@ fn mkdirs_beneath(root: &Path, rel: &Path) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-/// Lays the input root `digest` out under `dir` (which exists and is empty): every
-/// Directory read and checked, every name one plain component, every file created
-/// new (a duplicate name is an error), blobs fetched in bounded chunks.
-async fn lay_out(cas: &Cas, digest: &Digest, dir: &Path, file_cap: u64) -> Result<(), Failure> {
-    let mut dirs = vec![(digest.clone(), dir.to_path_buf())];
-    let mut files: Vec<(PathBuf, Digest, bool)> = Vec::new();
-    let mut seen = 0usize;
-    let mut input_bytes = 0u64;
-    while !dirs.is_empty() {
-        seen += dirs.len();
-        if seen > MAX_DIRECTORIES {
-            return Err(fail(
-                code::RESOURCE_EXHAUSTED,
-                format!("input root has more than {MAX_DIRECTORIES} directories"),
-            ));
-        }
-        let digests: Vec<Digest> = dirs.iter().map(|(d, _)| d.clone()).collect();
-        let got = cas
-            .read_many(&digests, MAX_MESSAGE)
-            .await
-            .map_err(cas_fail)?;
-        let mut next = Vec::new();
-        for (d, path) in dirs {
-            let bytes = got
-                .get(&d.hash)
-                .ok_or_else(|| cas_fail(format!("Directory {} missing", show(&d))))?;
-            let m = Directory::decode(bytes.as_slice()).map_err(|e| {
-                fail(
-                    code::INVALID_ARGUMENT,
-                    format!("Directory {}: {e}", show(&d)),
-                )
-            })?;
-            if !m.symlinks.is_empty() {
-                return Err(fail(
-                    code::INVALID_ARGUMENT,
-                    "symbolic links in the input root are not supported by farmd's bot",
-                ));
-            }
-            for sub in &m.directories {
-                let p = path.join(name(&sub.name)?);
-                std::fs::create_dir(&p).map_err(|e| {
-                    fail(code::INVALID_ARGUMENT, format!("input {}: {e}", sub.name))
-                })?;
-                let sd = sub
-                    .digest
-                    .clone()
-                    .filter(super::cas::valid)
-                    .ok_or_else(|| {
-                        fail(
-                            code::INVALID_ARGUMENT,
-                            format!("input {:?}: no valid digest", sub.name),
-                        )
-                    })?;
-                next.push((sd, p));
-            }
-            for f in &m.files {
-                let p = path.join(name(&f.name)?);
-                let fd = f.digest.clone().filter(super::cas::valid).ok_or_else(|| {
-                    fail(
-                        code::INVALID_ARGUMENT,
-                        format!("input {:?}: no valid digest", f.name),
-                    )
-                })?;
-                // Valid: a size of at least 0.
-                input_bytes = input_bytes.saturating_add(fd.size_bytes as u64);
-                files.push((p, fd, f.is_executable));
-            }
-            if files.len() > MAX_FILES || input_bytes > MAX_INPUT_BYTES {
-                return Err(fail(
-                    code::RESOURCE_EXHAUSTED,
-                    format!("input root larger than {MAX_FILES} files or {MAX_INPUT_BYTES} bytes"),
-                ));
-            }
-        }
-        dirs = next;
-    }
-    let mut i = 0;
-    while i < files.len() {
-        let mut j = i;
-        let mut bytes = 0u64;
-        while j < files.len()
-            && (j == i || bytes.saturating_add(files[j].1.size_bytes as u64) <= FETCH_CHUNK)
-        {
-            bytes = bytes.saturating_add(files[j].1.size_bytes as u64);
-            j += 1;
-        }
-        let digests: Vec<Digest> = files[i..j].iter().map(|(_, d, _)| d.clone()).collect();
-        let got = cas.read_many(&digests, file_cap).await.map_err(cas_fail)?;
-        for (p, d, exec) in &files[i..j] {
-            let data = got
-                .get(&d.hash)
-                .ok_or_else(|| cas_fail(format!("blob {} missing", show(d))))?;
-            // Messages name the input as the submitter does, not this machine's path.
-            let shown = p.strip_prefix(dir).unwrap_or(p).display();
-            write_new(p, data, *exec)
-                .map_err(|e| fail(code::INVALID_ARGUMENT, format!("input {shown}: {e}")))?;
-        }
-        i = j;
-    }
-    Ok(())
-}
-
-fn name(n: &str) -> Result<&str, Failure> {
-    let ok = !n.is_empty() && n != "." && n != ".." && !n.contains(['/', '\0']);
-    ok.then_some(n).ok_or_else(|| {
-        fail(
-            code::INVALID_ARGUMENT,
-            format!("{n:?} is not a file name in the input root"),
-        )
-    })
-}
-
-fn write_new(p: &Path, data: &[u8], exec: bool) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if exec { 0o755 } else { 0o644 })
-        .open(p)?;
-    f.write_all(data)
 }
 
 /// Reads what the action left at output `path` (relative to its working directory)
@@ -636,46 +603,6 @@ impl TreeNode {
     }
 }
 
-/// A job directory under farmd's state directory, holding one of farmd's job slots
-/// (REAPI leases and peers' jobs share them); both are given back on drop.
-struct JobDir<'a> {
-    node: &'a Node,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    dir: PathBuf,
-}
-
-impl<'a> JobDir<'a> {
-    async fn take(node: &'a Node) -> Result<JobDir<'a>, Failure> {
-        let permit = node.slots.clone().acquire_owned().await.map_err(|_| {
-            fail(
-                code::UNAVAILABLE,
-                format!("farmd {} is stopping", node.name),
-            )
-        })?;
-        node.running.fetch_add(1, Ordering::Relaxed);
-        node.changed.notify_one();
-        let seq = node.job_seq.fetch_add(1, Ordering::Relaxed);
-        let dir = node
-            .cfg
-            .state_dir
-            .join("jobs")
-            .join(format!("reapi-{}-{seq}", std::process::id()));
-        Ok(JobDir {
-            node,
-            _permit: permit,
-            dir,
-        })
-    }
-}
-
-impl Drop for JobDir<'_> {
-    fn drop(&mut self) {
-        crate::worker::remove_job_dir(&self.dir);
-        self.node.running.fetch_sub(1, Ordering::Relaxed);
-        self.node.changed.notify_one();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,14 +614,6 @@ mod tests {
         for bad in ["", "/etc/passwd", "../x", "a/../../x", "a\0b"] {
             assert_eq!(relative(bad, false), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn input_names_are_one_plain_component() {
-        for bad in ["", ".", "..", "a/b", "/etc", "a\0"] {
-            assert!(name(bad).is_err(), "{bad:?}");
-        }
-        assert_eq!(name("a.c").unwrap(), "a.c");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! are the job's and its family's to say.
 
 mod paths;
+pub(crate) mod root;
 pub mod sandbox;
 pub mod spawn;
 mod text;
@@ -97,17 +98,18 @@ fn refuse(node: &Node, kind: Refusal, why: String) -> PeerResponse {
     PeerResponse::Refused(why)
 }
 
-/// A worker slot held for one job, with its private job directory; both are given
-/// back on drop.
-struct Slot<'a> {
+/// One of farmd's job slots, held for one job (a peer's, or a REAPI lease), with
+/// its private job directory (not made yet); both are given back on drop.
+pub(crate) struct JobSlot<'a> {
     node: &'a Node,
     _permit: tokio::sync::OwnedSemaphorePermit,
-    dir: std::path::PathBuf,
+    pub dir: std::path::PathBuf,
 }
 
-impl<'a> Slot<'a> {
-    /// Slots cap concurrent jobs; a long queue is refused so the client goes elsewhere.
-    async fn take(node: &'a Node, family: &str) -> Result<Slot<'a>, String> {
+impl<'a> JobSlot<'a> {
+    /// Slots cap concurrent jobs; a long queue is refused so the client goes elsewhere
+    /// (`family`: the label of the wait in `farm_queue_seconds`).
+    pub(crate) async fn take(node: &'a Node, family: &str) -> Result<JobSlot<'a>, String> {
         let t0 = std::time::Instant::now();
         let waiting = node.queue.fetch_add(1, Ordering::Relaxed);
         if waiting >= node.cfg.slots * 2 {
@@ -128,7 +130,7 @@ impl<'a> Slot<'a> {
             .state_dir
             .join("jobs")
             .join(format!("{}-{seq}", std::process::id()));
-        Ok(Slot {
+        Ok(JobSlot {
             node,
             _permit: permit,
             dir,
@@ -136,7 +138,7 @@ impl<'a> Slot<'a> {
     }
 }
 
-impl Drop for Slot<'_> {
+impl Drop for JobSlot<'_> {
     fn drop(&mut self) {
         remove_job_dir(&self.dir);
         self.node.running.fetch_sub(1, Ordering::Relaxed);

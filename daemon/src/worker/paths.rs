@@ -12,11 +12,12 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use farm::protocol::{OutputFile, PathJob, PeerResponse, ToolKind, TreeResult, MAX_FRAME};
-use farm::toolchain::{resolve_dir_in_root, resolve_in_root, valid_path};
+use farm::toolchain::valid_path;
 
+use super::root::{job_env, read_output_beneath, Root, Writable};
 use super::sandbox::RootedView;
 use super::spawn::{abnormal, job_limits};
-use super::{refuse, Refusal, Slot};
+use super::{refuse, JobSlot, Refusal};
 use crate::node::Node;
 
 /// Most input files one job may name.
@@ -77,7 +78,7 @@ pub async fn run_paths(node: &Node, peer: &str, job: PathJob) -> PeerResponse {
             format!("{}: no job sandbox", node.name),
         );
     };
-    let slot = match Slot::take(node, &job.family).await {
+    let slot = match JobSlot::take(node, &job.family).await {
         Ok(s) => s,
         Err(why) => return refuse(node, Refusal::Busy, why),
     };
@@ -88,17 +89,10 @@ pub async fn run_paths(node: &Node, peer: &str, job: PathJob) -> PeerResponse {
         Err(why) => return refuse(node, Refusal::Inputs, format!("{}: {why}", node.name)),
     };
     let setup_ms = t_setup.elapsed().as_millis() as u64;
-    let mut env: Vec<(String, String)> = job.env.clone();
-    env.retain(|(k, _)| !matches!(k.as_str(), "PWD" | "TMPDIR" | "HOME"));
-    env.push(("PWD".into(), job.cwd.clone()));
-    env.push(("TMPDIR".into(), laid.scratch.clone()));
-    env.push(("HOME".into(), laid.scratch.clone()));
-    if !env.iter().any(|(k, _)| k == "PATH") {
-        env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
-    }
+    let env = job_env(&job.env, &job.cwd, &laid.writable.scratch);
     let view = RootedView {
         root: laid.root.clone(),
-        rw: laid.rw.clone(),
+        rw: laid.writable.rw.clone(),
         cwd: job.cwd.clone(),
         env,
         // No /proc (a mount less per job): clang then finds its resource directory
@@ -122,12 +116,12 @@ pub async fn run_paths(node: &Node, peer: &str, job: PathJob) -> PeerResponse {
     let mut total = 0usize;
     if run.exit_code == 0 {
         for o in &job.outputs {
-            let Some(host) = laid.output_at.get(o) else {
+            let Some(host) = laid.writable.output_at.get(o) else {
                 continue;
             };
             let left = (MAX_FRAME - (1 << 20)).saturating_sub(total) as u64;
             match read_output_beneath(&host.0, &host.1, left) {
-                Ok(data) => {
+                Ok((data, _)) => {
                     total += data.len();
                     outputs.push(OutputFile {
                         path: o.clone(),
@@ -203,15 +197,9 @@ fn check_job(job: &PathJob) -> Result<(), String> {
 /// A job's root and the binds over it.
 struct Laid {
     root: PathBuf,
-    rw: Vec<(PathBuf, String)>,
-    /// Each output path of the job: where the job's write of it lands here, as the
-    /// writable directory and the path below it (the job may have replaced any
-    /// directory below with a link, so it is walked without following links).
-    output_at: HashMap<String, (PathBuf, PathBuf)>,
+    writable: Writable,
     /// Microseconds to lay out the toolchain, the inputs, and everything.
     timing: [u64; 3],
-    /// The job's TMPDIR (a writable directory of its own, in the job's paths).
-    scratch: String,
 }
 
 /// Lays out a job's root under `dir`: the toolchain's files (kept by content under
@@ -219,49 +207,23 @@ struct Laid {
 /// the cwd, writable directories for the outputs and a scratch one (TMPDIR).
 fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
     let t0 = Instant::now();
-    let root = dir.join("root");
     let io = |what: &Path, e: std::io::Error| format!("{}: {e}", what.display());
-    std::fs::create_dir_all(&root).map_err(|e| io(&root, e))?;
-    for d in ["dev", "proc"] {
-        std::fs::create_dir(root.join(d)).map_err(|e| io(&root, e))?;
-    }
-    // Links first, shallowest first, so that paths below them resolve through them.
-    let mut links: Vec<(&str, &str)> = job
-        .toolchain
-        .entries
-        .iter()
-        .filter_map(|e| match &e.kind {
-            ToolKind::Link(t) => Some((e.path.as_str(), t.as_str())),
-            ToolKind::File { .. } => None,
-        })
-        .collect();
-    links.sort_by_key(|(p, _)| p.matches('/').count());
-    for (path, target) in links {
-        let p = Path::new(path);
-        let at = resolve_in_root(&root, p, true).map_err(|e| io(p, e))?;
-        if std::fs::symlink_metadata(&at).is_ok() {
-            continue;
-        }
-        std::os::unix::fs::symlink(target, &at).map_err(|e| io(p, e))?;
-    }
-    // Files go below links laid out above: each directory is resolved once.
-    let mut dirs_at: HashMap<PathBuf, PathBuf> = HashMap::new();
-    let mut place = |path: &Path| -> std::io::Result<PathBuf> {
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            return resolve_in_root(&root, path, true);
-        };
-        if let Some(d) = dirs_at.get(parent) {
-            return Ok(d.join(name));
-        }
-        let d = resolve_dir_in_root(&root, parent, true)?;
-        let at = d.join(name);
-        dirs_at.insert(parent.to_path_buf(), d);
-        Ok(at)
-    };
+    let mut root = Root::create(dir)?;
+    root.links(
+        job.toolchain
+            .entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                ToolKind::Link(t) => Some((e.path.as_str(), t.as_str())),
+                ToolKind::File { .. } => None,
+            })
+            .collect(),
+    )?;
+    // Files go below links laid out above.
     for e in &job.toolchain.entries {
         if let ToolKind::File { digest, exec } = &e.kind {
             let file = node.toolchains.file_at(digest, *exec, &node.blobs)?;
-            let at = place(Path::new(&e.path)).map_err(|err| io(Path::new(&e.path), err))?;
+            let at = root.place(Path::new(&e.path))?;
             // A path laid out twice fails here (the link exists).
             std::fs::hard_link(&file, &at).map_err(|err| io(&at, err))?;
         }
@@ -273,7 +235,7 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
     // `#pragma once` and `#import` tell files apart by inode).
     let mut first_of: HashMap<[u8; 32], PathBuf> = HashMap::new();
     for f in &job.files {
-        let at = place(Path::new(&f.path)).map_err(|e| io(Path::new(&f.path), e))?;
+        let at = root.place(Path::new(&f.path))?;
         if let Some(d) = placed.get(&at) {
             if *d != f.digest {
                 return Err(format!("input {} is two different files", f.path));
@@ -306,176 +268,20 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
     }
     let inputs_us = t0.elapsed().as_micros() as u64 - toolchain_us;
     for d in job.dirs.iter().chain(std::iter::once(&job.cwd)) {
-        resolve_dir_in_root(&root, Path::new(d), true).map_err(|e| io(Path::new(d), e))?;
+        root.dir(Path::new(d))?;
     }
-    // Writable directories: the scratch one, and each output's directory not inside
-    // another.
-    // The compiler's own scratch directory (TMPDIR): a fresh name no path of the
-    // sender's can be, so that a source tree under /tmp is not made writable (and
-    // copied) with it.
-    let scratch = format!(
-        "/tmp/.farm-job-{}",
-        farm::fsutil::hex(&blake3::hash(dir.as_os_str().as_encoded_bytes()).as_bytes()[..8])
-    );
-    let scratch_at =
-        resolve_dir_in_root(&root, Path::new(&scratch), true).map_err(|e| io(&root, e))?;
-    let mut out_dirs: Vec<PathBuf> = vec![scratch_at];
-    let mut output_parent: Vec<(String, PathBuf)> = Vec::new();
-    for o in &job.outputs {
-        let p = Path::new(o);
-        let parent = resolve_dir_in_root(&root, p.parent().unwrap_or(Path::new("/")), true)
-            .map_err(|e| io(p, e))?;
-        output_parent.push((o.clone(), parent.join(p.file_name().unwrap_or_default())));
-        out_dirs.push(parent);
-    }
-    out_dirs.sort_by_key(|d| d.as_os_str().len());
-    let mut bound: Vec<PathBuf> = Vec::new();
-    for d in out_dirs {
-        if !bound.iter().any(|b| d.starts_with(b)) {
-            bound.push(d);
-        }
-    }
-    let mut rw = Vec::new();
-    let mut copied = 0u64;
-    let mut host_of: Vec<(PathBuf, PathBuf)> = Vec::new();
-    for (n, d) in bound.iter().enumerate() {
-        let host = dir.join(format!("w{n}"));
-        std::fs::create_dir(&host).map_err(|e| io(&host, e))?;
-        let inside = in_job(&root, d);
-        // What the root holds there stays visible: directories and links made, files
-        // copied.
-        mirror(d, &host, &mut copied)?;
-        rw.push((host.clone(), inside));
-        host_of.push((d.clone(), host));
-    }
+    let outputs: Vec<(String, PathBuf)> = job
+        .outputs
+        .iter()
+        .map(|o| (o.clone(), PathBuf::from(o)))
+        .collect();
+    let writable = super::root::writable(&root.path, dir, &outputs)?;
     let timing = [toolchain_us, inputs_us, t0.elapsed().as_micros() as u64];
-    let mut output_at = HashMap::new();
-    for (o, at) in output_parent {
-        if let Some((d, host)) = host_of.iter().find(|(d, _)| at.starts_with(d)) {
-            if let Ok(rel) = at.strip_prefix(d) {
-                output_at.insert(o, (host.clone(), rel.to_path_buf()));
-            }
-        }
-    }
     Ok(Laid {
-        root,
-        rw,
-        output_at,
+        root: root.path,
+        writable,
         timing,
-        scratch,
     })
-}
-
-/// The path inside the job of `at`, a path under `root`.
-fn in_job(root: &Path, at: &Path) -> String {
-    let rel = at.strip_prefix(root).unwrap_or(Path::new(""));
-    format!("/{}", rel.display())
-}
-
-/// Re-creates under `host` what the root holds under `dir`: directories and links as
-/// they are, each file as an empty one with the root's file bound read-only over it.
-/// Bytes of copies one job's writable directories may hold before it runs: an output
-/// in `/` or a toolchain directory would otherwise copy the whole root per job.
-const MIRROR_MAX: u64 = 256 << 20;
-
-fn mirror(dir: &Path, host: &Path, copied: &mut u64) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for e in entries.flatten() {
-        let from = e.path();
-        let to = host.join(e.file_name());
-        let Ok(ft) = e.file_type() else { continue };
-        if ft.is_dir() {
-            std::fs::create_dir(&to).map_err(|e| format!("{}: {e}", to.display()))?;
-            mirror(&from, &to, copied)?;
-        } else if ft.is_symlink() {
-            let t = std::fs::read_link(&from).map_err(|e| format!("{}: {e}", from.display()))?;
-            std::os::unix::fs::symlink(t, &to).map_err(|e| format!("{}: {e}", to.display()))?;
-        } else {
-            // A copy, never a link: the job may write here, and a link would write
-            // through to the blob store. A bind mount per file would cost bubblewrap
-            // a mount each (a source tree under /tmp holds hundreds).
-            *copied += std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", to.display()))?;
-            if *copied > MIRROR_MAX {
-                return Err(format!(
-                    "output directories hold more than {MIRROR_MAX} bytes of inputs"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Reads the output at `rel` below the writable directory `base` (a directory this
-/// node made), following no link on the way: the job ran with that directory writable
-/// and may have turned any directory below it, or the file itself, into a link to a
-/// file of this machine (its key), which farmd could read where the job cannot.
-/// Only a regular file of at most `cap` bytes is read.
-fn read_output_beneath(base: &Path, rel: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
-    use std::ffi::CString;
-    use std::io::Read as _;
-    use std::os::fd::FromRawFd as _;
-    use std::os::unix::ffi::OsStrExt as _;
-    let cstr = |p: &std::ffi::OsStr| {
-        CString::new(p.as_bytes()).map_err(|_| std::io::Error::other("NUL in a path"))
-    };
-    let open = |dir: libc::c_int, name: &CString, flags: libc::c_int| {
-        // SAFETY: `name` is a valid C string; the result is checked.
-        let fd = unsafe {
-            libc::openat(
-                dir,
-                name.as_ptr(),
-                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor owned by nothing else.
-        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-    };
-    use std::os::fd::AsRawFd as _;
-    let names: Vec<&std::ffi::OsStr> = rel
-        .components()
-        .map(|c| match c {
-            std::path::Component::Normal(n) => Ok(n),
-            _ => Err(std::io::Error::other(format!(
-                "output path {} is not plain",
-                rel.display()
-            ))),
-        })
-        .collect::<Result<_, _>>()?;
-    let Some((file, dirs)) = names.split_last() else {
-        return Err(std::io::Error::other("empty output path"));
-    };
-    let mut dir = open(
-        libc::AT_FDCWD,
-        &cstr(base.as_os_str())?,
-        libc::O_RDONLY | libc::O_DIRECTORY,
-    )?;
-    for d in dirs {
-        dir = open(
-            dir.as_raw_fd(),
-            &cstr(d)?,
-            libc::O_RDONLY | libc::O_DIRECTORY,
-        )?;
-    }
-    // O_NONBLOCK: a FIFO the job left there must not block farmd's open.
-    let fd = open(
-        dir.as_raw_fd(),
-        &cstr(file)?,
-        libc::O_RDONLY | libc::O_NONBLOCK,
-    )?;
-    let f = std::fs::File::from(fd);
-    let meta = f.metadata()?;
-    if !meta.is_file() || meta.len() > cap {
-        return Err(std::io::Error::other(format!(
-            "{} is not a regular file of at most {cap} bytes",
-            base.join(rel).display()
-        )));
-    }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    f.take(meta.len()).read_to_end(&mut data)?;
-    Ok(data)
 }
 
 /// Whether the file at `p` is an ELF object: what the loader (`/etc/ld.so.preload`),

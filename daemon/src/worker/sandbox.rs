@@ -205,35 +205,24 @@ impl Sandbox {
         cmd
     }
 
-    /// The command that runs `program` in the sandbox; stdin is /dev/null, stdout and
-    /// stderr are pipes, and dropping the child kills the whole tree.
-    pub fn command(
+    /// The command that runs `program` in a sandbox whose file system `mounts` sets
+    /// up (after the limits and namespaces every job gets), in `cwd` with only `env`;
+    /// stdin is /dev/null, stdout and stderr are pipes, and dropping the child kills
+    /// the whole tree. Every kind of job view is built here.
+    fn sandboxed<'e>(
         &self,
-        program: &Path,
-        args: &[String],
-        view: &View,
         limits: Limits,
+        mounts: impl FnOnce(&mut tokio::process::Command) -> Result<(), String>,
+        cwd: &std::ffi::OsStr,
+        env: impl IntoIterator<Item = (&'e str, &'e str)>,
+        program: &std::ffi::OsStr,
+        args: &[String],
     ) -> Result<tokio::process::Command, String> {
         let mut cmd = self.bwrap_command(limits);
-        cmd.args(["--dev", "/dev"]);
-        // A private /proc costs a mount per job (about a millisecond); only what reads
-        // /proc (a JVM, mono) gets one.
-        if view.proc {
-            cmd.args(["--proc", "/proc"]);
-        }
-        cmd.args(&self.system);
-        // The sandbox's root is an empty tmpfs: the job's directories are created in it.
-        for p in view.rw {
-            let s = path_str(p)?;
-            cmd.args(["--bind", &s, &s]);
-        }
-        for p in view.ro {
-            let s = path_str(p)?;
-            cmd.args(["--ro-bind", &s, &s]);
-        }
-        cmd.arg("--chdir").arg(view.cwd);
+        mounts(&mut cmd)?;
+        cmd.arg("--chdir").arg(cwd);
         cmd.arg("--clearenv");
-        for (k, v) in view.env {
+        for (k, v) in env {
             cmd.args(["--setenv", k, v]);
         }
         cmd.arg("--").arg(program).args(args);
@@ -243,6 +232,45 @@ impl Sandbox {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         Ok(cmd)
+    }
+
+    /// The command that runs `program` in the sandbox: the toolchain and `view`.
+    pub fn command(
+        &self,
+        program: &Path,
+        args: &[String],
+        view: &View,
+        limits: Limits,
+    ) -> Result<tokio::process::Command, String> {
+        let mounts = |cmd: &mut tokio::process::Command| {
+            cmd.args(["--dev", "/dev"]);
+            // A private /proc costs a mount per job (about a millisecond); only what
+            // reads /proc (a JVM, mono) gets one.
+            if view.proc {
+                cmd.args(["--proc", "/proc"]);
+            }
+            cmd.args(&self.system);
+            // The sandbox's root is an empty tmpfs: the job's directories are created
+            // in it.
+            for p in view.rw {
+                let s = path_str(p)?;
+                cmd.args(["--bind", &s, &s]);
+            }
+            for p in view.ro {
+                let s = path_str(p)?;
+                cmd.args(["--ro-bind", &s, &s]);
+            }
+            Ok(())
+        };
+        let env = view.env.iter().copied();
+        self.sandboxed(
+            limits,
+            mounts,
+            view.cwd.as_os_str(),
+            env,
+            program.as_os_str(),
+            args,
+        )
     }
 
     /// The command that runs `program` (found by the sandbox's PATH when it names no
@@ -255,27 +283,26 @@ impl Sandbox {
         view: &RootedView,
         limits: Limits,
     ) -> Result<tokio::process::Command, String> {
-        let mut cmd = self.bwrap_command(limits);
-        cmd.arg("--ro-bind").arg(&view.root).arg("/");
-        cmd.args(["--dev", "/dev"]);
-        if view.proc {
-            cmd.args(["--proc", "/proc"]);
-        }
-        for (host, dest) in &view.rw {
-            cmd.arg("--bind").arg(host).arg(dest);
-        }
-        cmd.arg("--chdir").arg(&view.cwd);
-        cmd.arg("--clearenv");
-        for (k, v) in &view.env {
-            cmd.args(["--setenv", k, v]);
-        }
-        cmd.arg("--").arg(program).args(args);
-        cmd.env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        Ok(cmd)
+        let mounts = |cmd: &mut tokio::process::Command| {
+            cmd.arg("--ro-bind").arg(&view.root).arg("/");
+            cmd.args(["--dev", "/dev"]);
+            if view.proc {
+                cmd.args(["--proc", "/proc"]);
+            }
+            for (host, dest) in &view.rw {
+                cmd.arg("--bind").arg(host).arg(dest);
+            }
+            Ok(())
+        };
+        let env = view.env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        self.sandboxed(
+            limits,
+            mounts,
+            view.cwd.as_ref(),
+            env,
+            program.as_ref(),
+            args,
+        )
     }
 
     /// The command that runs `program` with the toolchain and `view`'s directories at
@@ -287,24 +314,23 @@ impl Sandbox {
         view: &MappedView,
         limits: Limits,
     ) -> Result<tokio::process::Command, String> {
-        let mut cmd = self.bwrap_command(limits);
-        cmd.args(["--dev", "/dev"]);
-        cmd.args(&self.system);
-        for (host, dest) in view.rw {
-            cmd.arg("--bind").arg(host).arg(dest);
-        }
-        cmd.arg("--chdir").arg(view.cwd);
-        cmd.arg("--clearenv");
-        for (k, v) in view.env {
-            cmd.args(["--setenv", k, v]);
-        }
-        cmd.arg("--").arg(program).args(args);
-        cmd.env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        Ok(cmd)
+        let mounts = |cmd: &mut tokio::process::Command| {
+            cmd.args(["--dev", "/dev"]);
+            cmd.args(&self.system);
+            for (host, dest) in view.rw {
+                cmd.arg("--bind").arg(host).arg(dest);
+            }
+            Ok(())
+        };
+        let env = view.env.iter().copied();
+        self.sandboxed(
+            limits,
+            mounts,
+            view.cwd.as_ref(),
+            env,
+            program.as_os_str(),
+            args,
+        )
     }
 
     /// Runs `program` in a sandbox with `view`'s fixed-path directories.

@@ -10,7 +10,7 @@ use farm::protocol::{Job, JobResult, OutputFile, PeerResponse, MAX_FRAME};
 
 use super::sandbox::{Sandbox, View};
 use super::spawn::{abnormal, read_output, run_compiler};
-use super::{allowed, refuse, Refusal, Slot};
+use super::{allowed, refuse, JobSlot, Refusal};
 use crate::node::{AllowedCompiler, Node};
 
 /// Most files a text job may name: its input and its outputs together.
@@ -81,7 +81,7 @@ pub async fn run(node: &Node, peer: &str, job: Job) -> PeerResponse {
             format!("refused {}: {}", p.reason, p.detail),
         );
     }
-    let slot = match Slot::take(node, &job.family).await {
+    let slot = match JobSlot::take(node, &job.family).await {
         Ok(s) => s,
         Err(why) => return refuse(node, Refusal::Busy, why),
     };

@@ -11,7 +11,7 @@ use farm::protocol::{OutputFile, PeerResponse, TreeJob, TreeResult, MAX_FRAME};
 
 use super::sandbox::{Run, Sandbox, View};
 use super::spawn::{abnormal, run_compiler};
-use super::{allowed, refuse, Refusal, Slot};
+use super::{allowed, refuse, JobSlot, Refusal};
 use crate::node::{AllowedCompiler, Node};
 
 /// Runs one tree job for `peer`: its files re-rooted in a private job directory from
@@ -40,7 +40,7 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
         Ok(c) => c,
         Err(why) => return refuse(node, Refusal::Compiler, why),
     };
-    let slot = match Slot::take(node, &job.family).await {
+    let slot = match JobSlot::take(node, &job.family).await {
         Ok(s) => s,
         Err(why) => return refuse(node, Refusal::Busy, why),
     };
