@@ -13,13 +13,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use bazel_remote_apis::build::bazel::remote::execution::v2::{
-    Command, Digest, OutputFile, Platform,
-};
+use bazel_remote_apis::build::bazel::remote::execution::v2::{Command, OutputFile, Platform};
 
 use super::cas::{sha256_digest, Cas};
 use super::input::{fetch, walk, InputFile, MAX_INPUT_BLOB};
-use super::run::{bad_path, code, fail, relative, Failure, Ran, MAX_OUTPUT_BYTES};
+use super::run::{bad_path, code, fail, relative, Failure, Lease, Ran, MAX_OUTPUT_BYTES};
 use crate::node::Node;
 use crate::worker::root::{job_env, read_output_beneath, too_large, writable, Root};
 use crate::worker::sandbox::RootedView;
@@ -42,10 +40,16 @@ fn kept() -> &'static Mutex<HashMap<String, [u8; 32]>> {
 /// working directory, `..` allowed) and its absolute path in the root.
 type Output = (String, PathBuf);
 
+/// A rootfs Command as [`check`] found it: its working directory and outputs.
+pub struct Checked {
+    working_dir: PathBuf,
+    outputs: Vec<Output>,
+}
+
 /// Checks a rootfs Command before anything is fetched: this node runs shipped
 /// toolchains, the working directory is plain, every output a file path that stays
 /// inside the root.
-pub fn check(node: &Node, command: &Command) -> Result<(PathBuf, Vec<Output>), Failure> {
+pub fn check(node: &Node, command: &Command) -> Result<Checked, Failure> {
     if !node.toolchains.accept {
         return Err(fail(
             code::FAILED_PRECONDITION,
@@ -81,7 +85,10 @@ pub fn check(node: &Node, command: &Command) -> Result<(PathBuf, Vec<Output>), F
         })?;
         outputs.push((o.clone(), abs));
     }
-    Ok((working_dir, outputs))
+    Ok(Checked {
+        working_dir,
+        outputs,
+    })
 }
 
 /// `/<working_dir>/<p>` where `p` is relative, its components plain names or `..`
@@ -106,37 +113,26 @@ fn inside_root(working_dir: &Path, p: &str) -> Option<PathBuf> {
     Some(Path::new("/").join(working_dir).join(p))
 }
 
-/// A checked lease to run: its Command and environment, its input root, the job
-/// directory it runs in, its deadline.
-pub struct Lease<'a> {
-    pub command: &'a Command,
-    pub env: Vec<(String, String)>,
-    pub root_digest: &'a Digest,
-    pub dir: &'a Path,
-    pub deadline: std::time::Duration,
-}
-
 /// Lays the input root out under the lease's job directory and runs the Command in
 /// it (`checked`: what [`check`] made of it).
 pub async fn run(
     node: &Node,
     cas: &Cas,
     lease: Lease<'_>,
-    (working_dir, outputs): (PathBuf, Vec<Output>),
+    checked: Checked,
 ) -> Result<Ran, Failure> {
+    let Checked {
+        working_dir,
+        outputs,
+    } = checked;
     let Lease {
+        sandbox,
         command,
         env,
         root_digest,
         dir,
         deadline,
     } = lease;
-    let sandbox = node.sandbox.as_ref().ok_or_else(|| {
-        fail(
-            code::FAILED_PRECONDITION,
-            format!("farmd {} has no job sandbox", node.name),
-        )
-    })?;
     let internal = |e: String| fail(code::INTERNAL, format!("farmd {}: {e}", node.name));
     let fetch_start = std::time::SystemTime::now();
     std::fs::create_dir_all(dir).map_err(|e| internal(format!("{}: {e}", dir.display())))?;

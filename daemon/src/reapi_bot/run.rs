@@ -21,7 +21,7 @@ use super::input::{lay_out, MAX_INPUT_BLOB};
 use super::proto::unpack;
 use super::rootfs;
 use crate::node::Node;
-use crate::worker::sandbox::{MappedView, Run};
+use crate::worker::sandbox::{MappedView, Run, Sandbox};
 use crate::worker::JobSlot;
 
 pub const ACTION: &str = "build.bazel.remote.execution.v2.Action";
@@ -151,11 +151,17 @@ pub async fn run_lease(
     // what clients before REAPI 2.2 set (deprecated since, still sent).
     #[allow(deprecated)]
     let platforms = [action.platform.as_ref(), command.platform.as_ref()];
-    let rootfs = if rootfs::wanted(&platforms)? {
-        Some(rootfs::check(node, &command)?)
+    let layout = if rootfs::wanted(&platforms)? {
+        Layout::Rootfs(rootfs::check(node, &command)?)
     } else {
-        None
+        Layout::Mapped(check_mapped(node, &command)?)
     };
+    let sandbox = node.sandbox.as_ref().ok_or_else(|| {
+        fail(
+            code::FAILED_PRECONDITION,
+            format!("farmd {} has no job sandbox", node.name),
+        )
+    })?;
     let env = environment(&command)?;
     let deadline = action
         .timeout
@@ -168,33 +174,18 @@ pub async fn run_lease(
             )
         })
         .map_or(node.cfg.job_timeout, |t| t.min(node.cfg.job_timeout));
-    let ran = match rootfs {
-        Some(checked) => {
-            let job = JobSlot::take(node, "reapi").await.map_err(unavailable)?;
-            let lease = rootfs::Lease {
-                command: &command,
-                env,
-                root_digest: &root_digest,
-                dir: &job.dir,
-                deadline,
-            };
-            rootfs::run(node, cas, lease, checked).await?
-        }
-        None => {
-            let program = allowed_program(node, &command.arguments[0])?;
-            let job = JobSlot::take(node, "reapi").await.map_err(unavailable)?;
-            run_mapped(
-                node,
-                cas,
-                &command,
-                env,
-                &root_digest,
-                &job.dir,
-                deadline,
-                &program,
-            )
-            .await?
-        }
+    let job = JobSlot::take(node, "reapi").await.map_err(unavailable)?;
+    let lease = Lease {
+        sandbox,
+        command: &command,
+        env,
+        root_digest: &root_digest,
+        dir: &job.dir,
+        deadline,
+    };
+    let ran = match layout {
+        Layout::Rootfs(checked) => rootfs::run(node, cas, lease, checked).await?,
+        Layout::Mapped(checked) => run_mapped(node, cas, lease, checked).await?,
     };
     let Ran {
         mut result,
@@ -232,6 +223,44 @@ fn unavailable(why: String) -> Failure {
     fail(code::UNAVAILABLE, why)
 }
 
+/// A checked lease to run: the sandbox, its Command and environment, its input root,
+/// the job directory it runs in, its deadline.
+pub struct Lease<'a> {
+    pub sandbox: &'a Sandbox,
+    pub command: &'a Command,
+    pub env: Vec<(String, String)>,
+    pub root_digest: &'a Digest,
+    pub dir: &'a Path,
+    pub deadline: Duration,
+}
+
+/// How a lease is laid out and run, as checked before anything is fetched.
+enum Layout {
+    /// The default: the input root at [`JOB_ROOT`], an allow-listed program.
+    Mapped(Mapped),
+    /// `farm-layout=rootfs`: the input root as `/` ([`rootfs`]).
+    Rootfs(rootfs::Checked),
+}
+
+/// What a default-layout Command runs, checked before anything is fetched: the
+/// allow-listed program, the working directory, the outputs.
+struct Mapped {
+    program: PathBuf,
+    working_dir: PathBuf,
+    outputs: Vec<(PathBuf, OutputKind)>,
+}
+
+fn check_mapped(node: &Node, command: &Command) -> Result<Mapped, Failure> {
+    let program = allowed_program(node, &command.arguments[0])?;
+    let working_dir = relative(&command.working_directory, true)
+        .ok_or_else(|| bad_path("working_directory", &command.working_directory))?;
+    Ok(Mapped {
+        program,
+        working_dir,
+        outputs: output_list(command)?,
+    })
+}
+
 /// The allow-listed compiler a default-layout Command runs (by path, or by name).
 fn allowed_program(node: &Node, program: &str) -> Result<PathBuf, Failure> {
     node.compilers
@@ -257,26 +286,25 @@ fn allowed_program(node: &Node, program: &str) -> Result<PathBuf, Failure> {
 
 /// The default layout: the input root at [`JOB_ROOT`] beside this machine's
 /// toolchain, `program` an allow-listed compiler.
-#[allow(clippy::too_many_arguments)]
 async fn run_mapped(
     node: &Node,
     cas: &Cas,
-    command: &Command,
-    mut env: Vec<(String, String)>,
-    root_digest: &Digest,
-    dir: &Path,
-    deadline: Duration,
-    program: &Path,
+    lease: Lease<'_>,
+    checked: Mapped,
 ) -> Result<Ran, Failure> {
-    let sandbox = node.sandbox.as_ref().ok_or_else(|| {
-        fail(
-            code::FAILED_PRECONDITION,
-            format!("farmd {} has no job sandbox", node.name),
-        )
-    })?;
-    let working_dir = relative(&command.working_directory, true)
-        .ok_or_else(|| bad_path("working_directory", &command.working_directory))?;
-    let outputs = output_list(command)?;
+    let Lease {
+        sandbox,
+        command,
+        mut env,
+        root_digest,
+        dir,
+        deadline,
+    } = lease;
+    let Mapped {
+        program,
+        working_dir,
+        outputs,
+    } = checked;
     let root = dir.join("root");
     let tmp = dir.join("tmp");
     for d in [&root, &tmp] {
@@ -311,7 +339,7 @@ async fn run_mapped(
     let limits = crate::worker::spawn::job_limits(&node.cfg);
     let exec_start = SystemTime::now();
     let run = sandbox
-        .run_mapped(program, &command.arguments[1..], &view, limits, deadline)
+        .run_mapped(&program, &command.arguments[1..], &view, limits, deadline)
         .await
         .map_err(|why| sandbox_fail(node, why))?;
     let exec_done = SystemTime::now();

@@ -117,6 +117,11 @@ pub(crate) fn writable(
             .ok_or_else(|| format!("output {name}: not a file name"))?;
         let parent = resolve_dir_in_root(root, p.parent().unwrap_or(Path::new("/")), true)
             .map_err(|e| io(p, e))?;
+        // A writable directory over `/` would hide the job's `/dev` and copy the
+        // whole root.
+        if parent == root {
+            return Err(format!("output {name}: its directory is the job's `/`"));
+        }
         output_parent.push((name.clone(), parent.join(file)));
         out_dirs.push(parent);
     }
@@ -304,4 +309,56 @@ impl std::error::Error for TooLarge {}
 /// Whether `e` is [`read_output_beneath`]'s error for an output past its cap.
 pub(crate) fn too_large(e: &std::io::Error) -> bool {
     e.get_ref().is_some_and(|i| i.is::<TooLarge>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_get_writable_directories_inside_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let mut root = Root::create(d.path()).unwrap();
+        root.links(vec![("/w/up", "../../.."), ("/lib", "usr/lib")])
+            .unwrap();
+        let src = root.place(Path::new("/w/p/a.c")).unwrap();
+        std::fs::write(&src, "int x;").unwrap();
+        let outputs = [
+            ("a.o".to_string(), PathBuf::from("/w/p/a.o")),
+            ("dep".to_string(), PathBuf::from("/w/p/../../tmp/f.d")),
+            ("up".to_string(), PathBuf::from("/w/up/lib/x.o")),
+        ];
+        let w = writable(&root.path, d.path(), &outputs).unwrap();
+        let seen: Vec<&str> = w.rw.iter().map(|(_, dest)| dest.as_str()).collect();
+        // /tmp holds the scratch directory and the depfile; a link leads back into the
+        // root, through the root's own links.
+        assert!(seen.contains(&"/tmp") && seen.contains(&"/w/p"), "{seen:?}");
+        assert!(seen.contains(&"/usr/lib"), "{seen:?}");
+        assert!(w.scratch.starts_with("/tmp/.farm-job-"));
+        for (host, _) in &w.rw {
+            assert!(host.starts_with(d.path()) && !host.starts_with(&root.path));
+        }
+        // What the root holds where an output goes is copied, not linked.
+        let (host, rel) = &w.output_at["a.o"];
+        assert_eq!(rel, Path::new("a.o"));
+        assert_eq!(std::fs::read(host.join("a.c")).unwrap(), b"int x;");
+        assert_eq!(w.output_at["dep"].1, Path::new("f.d"));
+        let top = [("x".to_string(), PathBuf::from("/w/../x.o"))];
+        assert!(writable(&root.path, &d.path().join("again"), &top).is_err());
+    }
+
+    #[test]
+    fn outputs_are_read_without_following_links_and_capped() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("sub/a.o"), b"obj").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("sub/l.o")).unwrap();
+        std::os::unix::fs::symlink("sub", d.path().join("linked")).unwrap();
+        let (data, exec) = read_output_beneath(d.path(), Path::new("sub/a.o"), 10).unwrap();
+        assert_eq!((data.as_slice(), exec), (&b"obj"[..], false));
+        assert!(read_output_beneath(d.path(), Path::new("sub/l.o"), 1 << 20).is_err());
+        assert!(read_output_beneath(d.path(), Path::new("linked/a.o"), 1 << 20).is_err());
+        let e = read_output_beneath(d.path(), Path::new("sub/a.o"), 2).unwrap_err();
+        assert!(too_large(&e), "{e}");
+    }
 }
