@@ -532,3 +532,61 @@ fn a_service_with_authorization_gets_the_token() {
         }
     }
 }
+
+/// The two halves together: checkout A's compiles run through Execute while
+/// its shims keep farm's entries in the same server (`remote_storage = reapi://`);
+/// then checkout B at another path, with an empty local cache and no farmd, is
+/// answered from that server's Action Cache, every object byte-identical to a plain
+/// build in B, and no compile of B reaches the bot.
+#[test]
+fn checkout_a_through_execute_then_checkout_b_from_the_action_cache() {
+    use common::remote_builds::{checkouts, make, make_with_agent};
+    let c = checkouts();
+    let n = c.plain_b.len();
+    let farm_cc = farm_cc_bin().display().to_string();
+    let bg = buildgrid_for_rootfs();
+    let bot = bot(&bg);
+    let service = format!("reapi:127.0.0.1:{}", bg.port);
+    let remote = format!("reapi://127.0.0.1:{}", bg.port);
+    let home = home(bg.port);
+    let env_a = Env::new("direct");
+    let t0 = Instant::now();
+    make_with_agent(&env_a, &c.a, &farm_cc, &remote, &home.nodes[0].socket());
+    eprintln!("checkout A through Execute: {:?}", t0.elapsed());
+    assert_eq!(
+        env_a.counter(&["farm", "remote"]) as usize,
+        n,
+        "every compile of A ran through REAPI: {}\nhome log:\n{}",
+        env_a.stats(),
+        log_of(&home)
+    );
+    let row = home.nodes[0].status()["peers"][0].clone();
+    assert_eq!(row["node"].as_str(), Some(service.as_str()), "{row}");
+    assert_eq!(row["jobs_ok"].as_u64(), Some(n as u64), "{row}");
+    let leases = leases_done(&bot);
+    assert!(leases >= n, "{leases} leases for {n} compiles");
+    // The agent writes A's entries in the background: B may come before it ends.
+    std::thread::sleep(Duration::from_secs(2));
+    drop(home);
+
+    let env_b = Env::new("direct");
+    let t0 = Instant::now();
+    make(&env_b, &c.b, &farm_cc, &remote);
+    eprintln!(
+        "checkout B from the Action Cache, no farmd: {:?}",
+        t0.elapsed()
+    );
+    assert_same_objects(
+        &c.plain_b,
+        &objects(&c.b),
+        "checkout B from the Action Cache",
+    );
+    assert_eq!(
+        env_b.counter(&["tiers", "reapi", "hits"]) as usize,
+        n,
+        "every compile of B a hit from BuildGrid: {}",
+        env_b.stats()
+    );
+    assert_eq!(env_b.misses(), 0, "{}", env_b.stats());
+    assert_eq!(leases_done(&bot), leases, "B reached the bot");
+}
