@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # farm-cluster.sh DIR N [--delay-ms D] [--loss-pct L] [--local-slots S] [--slots S]
-#                      [--same-host-jobs]
+#                      [--same-host-jobs] [--extra 'KEY = VALUE']...
 #
 # Starts a farm of N farmd on this machine's loopback, for trying farm out and for
 # the benchmarks: a cluster CA and one certificate per node under DIR, node-1 …
 # node-N on free UDP ports, every node knowing only node-1 (the rest is learned by
-# gossip). Peers on one machine add no CPUs, so farmd sends them no jobs unless
+# gossip); each --extra line is added to every node's farmd.toml. Peers on one
+# machine add no CPUs, so farmd sends them no jobs unless
 # --same-host-jobs (demos, tests). With --delay-ms/--loss-pct every peer path goes through
 # scripts/udp-delay.py (D ms each way, L % loss each way). Writes DIR/env with
 # FARM_AGENT=<node-1's agent socket> and FARM_FARMD_PIDS, waits until node-1 sees
@@ -13,7 +14,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=$1; n=$2; shift 2
-delay=0; loss=0; local_slots=""; slots=""; same_host=false
+delay=0; loss=0; local_slots=""; slots=""; same_host=false; extra=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --delay-ms) delay=$2; shift 2 ;;
@@ -21,6 +22,7 @@ while [[ $# -gt 0 ]]; do
     --local-slots) local_slots=$2; shift 2 ;;
     --slots) slots=$2; shift 2 ;;
     --same-host-jobs) same_host=true; shift ;;
+    --extra) extra+=("$2"); shift 2 ;;
     *) echo "farm-cluster: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -62,6 +64,7 @@ for i in $(seq 1 "$n"); do
     echo "same_host_jobs = $same_host"
     [[ -n $slots ]] && echo "slots = $slots"
     [[ -n $local_slots && $i -eq 1 ]] && echo "local_slots = $local_slots"
+    for line in "${extra[@]}"; do echo "$line"; done
   } >"$d/farmd.toml"
   if [[ ${pub[$i]} != "${port[$i]}" ]]; then
     python3 "$root/scripts/udp-delay.py" "${pub[$i]}" "${port[$i]}" "$delay" "$loss" &
@@ -79,7 +82,9 @@ done
 for _ in $(seq 200); do
   live=-1
   if st=$(FARM_AGENT=$dir/node-1/agent.sock "$bin/farm" status --json 2>/dev/null) && [[ -n $st ]]; then
-    live=$(grep -c '"live": true' <<<"$st" || true)
+    # Farm peers only: a REAPI service (reapi_execute) is a row of its own.
+    live=$(python3 -c 'import json, sys
+print(sum(1 for p in json.load(sys.stdin).get("peers", []) if p.get("live") and not str(p.get("node", "")).startswith("reapi:")))' <<<"$st" 2>/dev/null || echo -1)
   fi
   [[ $live == $((n - 1)) ]] && break
   sleep 0.1
