@@ -373,7 +373,19 @@ impl Executor for ReapiExecutor {
         blobs: &'a dyn BlobSource,
         limit: Duration,
     ) -> ExecFuture<'a, TreeResult> {
-        Box::pin(self.paths(job, blobs, limit))
+        // The whole job within its deadline: the Execute wait alone is not enough, a
+        // server that answers the small calls and stalls blob transfers (each allowed
+        // BULK_CALL) would hold the compile far past it.
+        Box::pin(async move {
+            match tokio::time::timeout(limit, self.paths(job, blobs, limit)).await {
+                Ok(r) => r,
+                Err(_) => Err(ExecError::Timeout(format!(
+                    "{}: no answer within {} ms",
+                    self.name,
+                    limit.as_millis()
+                ))),
+            }
+        })
     }
 }
 
@@ -510,6 +522,132 @@ mod tests {
         s.succeeded(120.0, Duration::from_secs(10));
         assert!(s.available(Instant::now()));
         assert_eq!(s.job_ms, Some(120.0));
+    }
+
+    /// A hostile REAPI server: its Action Cache answers every Action with a result
+    /// whose object is to be read from the CAS, and its ByteStream never answers.
+    #[derive(Clone, Copy)]
+    struct StallingServer;
+
+    #[tonic::async_trait]
+    impl farm::reapi::proto::action_cache_server::ActionCache for StallingServer {
+        async fn get_action_result(
+            &self,
+            _: tonic::Request<farm::reapi::proto::GetActionResultRequest>,
+        ) -> Result<tonic::Response<ActionResult>, tonic::Status> {
+            Ok(tonic::Response::new(ActionResult {
+                output_files: vec![farm::reapi::proto::OutputFile {
+                    path: "a.o".into(),
+                    digest: Some(farm::reapi::digest_of(b"obj")),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }))
+        }
+        async fn update_action_result(
+            &self,
+            _: tonic::Request<farm::reapi::proto::UpdateActionResultRequest>,
+        ) -> Result<tonic::Response<ActionResult>, tonic::Status> {
+            Err(tonic::Status::unimplemented("no"))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl bazel_remote_apis::google::bytestream::byte_stream_server::ByteStream for StallingServer {
+        type ReadStream = tonic::codegen::tokio_stream::Empty<
+            Result<bazel_remote_apis::google::bytestream::ReadResponse, tonic::Status>,
+        >;
+        async fn read(
+            &self,
+            _: tonic::Request<bazel_remote_apis::google::bytestream::ReadRequest>,
+        ) -> Result<tonic::Response<Self::ReadStream>, tonic::Status> {
+            std::future::pending().await
+        }
+        async fn write(
+            &self,
+            _: tonic::Request<
+                tonic::Streaming<bazel_remote_apis::google::bytestream::WriteRequest>,
+            >,
+        ) -> Result<
+            tonic::Response<bazel_remote_apis::google::bytestream::WriteResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("no"))
+        }
+        async fn query_write_status(
+            &self,
+            _: tonic::Request<bazel_remote_apis::google::bytestream::QueryWriteStatusRequest>,
+        ) -> Result<
+            tonic::Response<bazel_remote_apis::google::bytestream::QueryWriteStatusResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("no"))
+        }
+    }
+
+    /// Both services on one port (farmd's tonic has no router).
+    #[derive(Clone)]
+    struct Routes {
+        ac: farm::reapi::proto::action_cache_server::ActionCacheServer<StallingServer>,
+        bs: bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer<
+            StallingServer,
+        >,
+    }
+
+    impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for Routes {
+        type Response = tonic::codegen::http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+            if req
+                .uri()
+                .path()
+                .starts_with("/google.bytestream.ByteStream/")
+            {
+                self.bs.call(req)
+            } else {
+                self.ac.call(req)
+            }
+        }
+    }
+
+    struct NoBlobs;
+    impl BlobSource for NoBlobs {
+        fn blob(&self, _: &[u8; 32]) -> Option<Vec<u8>> {
+            None
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_that_stalls_blob_reads_costs_no_more_than_the_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let routes = Routes {
+            ac: farm::reapi::proto::action_cache_server::ActionCacheServer::new(StallingServer),
+            bs: bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer::new(
+                StallingServer,
+            ),
+        };
+        tokio::spawn(tonic::transport::Server::builder().serve_with_incoming(
+            routes,
+            tonic::transport::server::TcpIncoming::from(listener),
+        ));
+        let mut cfg = ReapiConfig::plain(&format!("127.0.0.1:{port}"));
+        cfg.call_timeout = Duration::from_secs(2);
+        let exec = ReapiExecutor::new(&cfg, Duration::from_secs(60)).unwrap();
+        let j = job(&["-c", "a.c", "-o", "a.o"], &["/src/a.o"]);
+        let limit = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let r = exec.run_paths(&j, &NoBlobs, limit).await;
+        let took = t0.elapsed();
+        assert!(matches!(r, Err(ExecError::Timeout(_))), "{r:?}");
+        assert!(took < limit + Duration::from_secs(2), "took {took:?}");
     }
 
     #[test]
