@@ -133,7 +133,7 @@ impl ReapiExecutor {
                 })?;
                 let a = self.answer(&built, r).await?.ok_or_else(|| {
                     ExecError::Transport(format!(
-                        "{}: an output of the Execute result is not in the CAS",
+                        "{}: the Execute result lacks an output, or the CAS lost one",
                         self.name
                     ))
                 })?;
@@ -192,7 +192,8 @@ impl ReapiExecutor {
 
     /// The service's ActionResult as a peer's answer: exit code, stdout and stderr
     /// byte for byte, the outputs (when it succeeded) at the sender's paths. `None`
-    /// when a blob it names is not in the CAS.
+    /// when a blob it names is not in the CAS, or it does not hold each output asked
+    /// for exactly once.
     async fn answer(
         &self,
         built: &RootfsAction,
@@ -207,12 +208,17 @@ impl ReapiExecutor {
         let mut outputs = Vec::new();
         if r.exit_code == 0 {
             let mut total = 0i64;
-            for f in &r.output_files {
-                let Some(o) = built.outputs.iter().find(|o| o.action_path == f.path) else {
-                    continue;
+            for o in &built.outputs {
+                // Each output asked for, once (others ignored): a result that lacks
+                // one, or names one twice, is not this compile's (a cached one is run
+                // again; the shim would turn it down and compile at home each time).
+                let mut named = r.output_files.iter().filter(|f| f.path == o.action_path);
+                let (Some(f), None) = (named.next(), named.next()) else {
+                    return Ok(None);
                 };
                 let d = f.digest.clone().unwrap_or_default();
-                total += d.size_bytes.max(0);
+                // The sizes are the server's: a sum that wrapped would let any size in.
+                total = total.saturating_add(d.size_bytes.max(0));
                 if total > MAX_OUTPUT {
                     return Err(ExecError::Refused(format!(
                         "{}: outputs over {MAX_OUTPUT} bytes",
@@ -233,18 +239,7 @@ impl ReapiExecutor {
                 });
             }
         }
-        let compile_ms = r
-            .execution_metadata
-            .as_ref()
-            .and_then(|m| {
-                let (a, b) = (
-                    m.execution_start_timestamp?,
-                    m.execution_completed_timestamp?,
-                );
-                let ms = (b.seconds - a.seconds) * 1000 + (b.nanos - a.nanos) as i64 / 1_000_000;
-                u64::try_from(ms).ok()
-            })
-            .unwrap_or(0);
+        let compile_ms = r.execution_metadata.as_ref().map_or(0, run_ms);
         Ok(Some(TreeResult {
             exit_code: r.exit_code,
             stdout,
@@ -275,6 +270,21 @@ impl ReapiExecutor {
             _ => Ok(Some(raw.to_vec())),
         }
     }
+}
+
+/// How long the server says the command ran (ms); 0 when it does not say or says
+/// nonsense (the timestamps are the server's: no arithmetic on them may overflow).
+fn run_ms(m: &farm::reapi::proto::ExecutedActionMetadata) -> u64 {
+    let (Some(a), Some(b)) = (
+        m.execution_start_timestamp.as_ref(),
+        m.execution_completed_timestamp.as_ref(),
+    ) else {
+        return 0;
+    };
+    let nanos = |t: &bazel_remote_apis::google::protobuf::Timestamp| {
+        i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos)
+    };
+    u64::try_from((nanos(b) - nanos(a)) / 1_000_000).unwrap_or(0)
 }
 
 /// A client error as an executor's failure: no answer in time is a timeout, a server
@@ -373,7 +383,19 @@ impl Executor for ReapiExecutor {
         blobs: &'a dyn BlobSource,
         limit: Duration,
     ) -> ExecFuture<'a, TreeResult> {
-        Box::pin(self.paths(job, blobs, limit))
+        // The whole job within its deadline: the Execute wait alone is not enough, a
+        // server that answers the small calls and stalls blob transfers (each allowed
+        // BULK_CALL) would hold the compile far past it.
+        Box::pin(async move {
+            match tokio::time::timeout(limit, self.paths(job, blobs, limit)).await {
+                Ok(r) => r,
+                Err(_) => Err(ExecError::Timeout(format!(
+                    "{}: no answer within {} ms",
+                    self.name,
+                    limit.as_millis()
+                ))),
+            }
+        })
     }
 }
 
@@ -510,6 +532,216 @@ mod tests {
         s.succeeded(120.0, Duration::from_secs(10));
         assert!(s.available(Instant::now()));
         assert_eq!(s.job_ms, Some(120.0));
+    }
+
+    #[tokio::test]
+    async fn a_result_is_used_only_with_each_output_asked_for_once() {
+        let exec = ReapiExecutor::new(&ReapiConfig::plain("127.0.0.1:1"), Duration::from_secs(60))
+            .unwrap();
+        let j = job(&["-c", "a.c", "-o", "a.o"], &["/src/a.o"]);
+        let built =
+            rootfs_action(&j, &mut |_| None, &HashMap::new(), Duration::from_secs(60)).unwrap();
+        let file = |path: &str| farm::reapi::proto::OutputFile {
+            path: path.into(),
+            digest: Some(farm::reapi::digest_of(b"obj")),
+            contents: b"obj".to_vec(),
+            ..Default::default()
+        };
+        let result = |files: Vec<farm::reapi::proto::OutputFile>| ActionResult {
+            output_files: files,
+            ..Default::default()
+        };
+        let used = exec
+            .answer(&built, result(vec![file("b.o"), file("a.o")]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(used.outputs.len(), 1);
+        assert_eq!(used.outputs[0].path, "/src/a.o");
+        assert_eq!(used.outputs[0].data, b"obj");
+        for files in [vec![], vec![file("b.o")], vec![file("a.o"), file("a.o")]] {
+            let r = exec.answer(&built, result(files.clone())).await.unwrap();
+            assert_eq!(r, None, "{files:?}");
+        }
+        // Sizes past the limit together are refused before anything is read, however
+        // large the server says they are.
+        let two = job(&["-c", "a.c"], &["/src/a.o", "/src/a.d"]);
+        let built = rootfs_action(
+            &two,
+            &mut |_| None,
+            &HashMap::new(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let mut huge = file("a.o");
+        huge.digest = Some(Digest {
+            hash: "0".repeat(64),
+            size_bytes: i64::MAX,
+        });
+        huge.contents.clear();
+        let r = exec.answer(&built, result(vec![file("a.d"), huge])).await;
+        assert!(matches!(r, Err(ExecError::Refused(_))), "{r:?}");
+        // A failed compile's result carries no outputs.
+        let failed = ActionResult {
+            exit_code: 1,
+            ..Default::default()
+        };
+        let r = exec.answer(&built, failed).await.unwrap().unwrap();
+        assert_eq!((r.exit_code, r.outputs.len()), (1, 0));
+    }
+
+    #[test]
+    fn run_time_from_any_timestamps_never_overflows() {
+        use bazel_remote_apis::google::protobuf::Timestamp;
+        use farm::reapi::proto::ExecutedActionMetadata;
+        let ts = |seconds, nanos| Some(Timestamp { seconds, nanos });
+        let meta = |a, b| ExecutedActionMetadata {
+            execution_start_timestamp: a,
+            execution_completed_timestamp: b,
+            ..Default::default()
+        };
+        assert_eq!(
+            run_ms(&meta(ts(10, 900_000_000), ts(12, 400_000_000))),
+            1500
+        );
+        assert_eq!(run_ms(&meta(ts(12, 0), ts(10, 0))), 0);
+        assert_eq!(run_ms(&meta(None, ts(10, 0))), 0);
+        // A hostile server's values: no panic, no wrapped-around time.
+        assert_eq!(
+            run_ms(&meta(ts(i64::MIN, i32::MIN), ts(i64::MAX, i32::MAX))),
+            0
+        );
+        assert_eq!(
+            run_ms(&meta(ts(i64::MAX, i32::MAX), ts(i64::MIN, i32::MIN))),
+            0
+        );
+        assert_eq!(run_ms(&meta(ts(0, i32::MIN), ts(0, i32::MAX))), 4294);
+    }
+
+    /// A hostile REAPI server: its Action Cache answers every Action with a result
+    /// whose object is to be read from the CAS, and its ByteStream never answers.
+    #[derive(Clone, Copy)]
+    struct StallingServer;
+
+    #[tonic::async_trait]
+    impl farm::reapi::proto::action_cache_server::ActionCache for StallingServer {
+        async fn get_action_result(
+            &self,
+            _: tonic::Request<farm::reapi::proto::GetActionResultRequest>,
+        ) -> Result<tonic::Response<ActionResult>, tonic::Status> {
+            Ok(tonic::Response::new(ActionResult {
+                output_files: vec![farm::reapi::proto::OutputFile {
+                    path: "a.o".into(),
+                    digest: Some(farm::reapi::digest_of(b"obj")),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }))
+        }
+        async fn update_action_result(
+            &self,
+            _: tonic::Request<farm::reapi::proto::UpdateActionResultRequest>,
+        ) -> Result<tonic::Response<ActionResult>, tonic::Status> {
+            Err(tonic::Status::unimplemented("no"))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl bazel_remote_apis::google::bytestream::byte_stream_server::ByteStream for StallingServer {
+        type ReadStream = tonic::codegen::tokio_stream::Empty<
+            Result<bazel_remote_apis::google::bytestream::ReadResponse, tonic::Status>,
+        >;
+        async fn read(
+            &self,
+            _: tonic::Request<bazel_remote_apis::google::bytestream::ReadRequest>,
+        ) -> Result<tonic::Response<Self::ReadStream>, tonic::Status> {
+            std::future::pending().await
+        }
+        async fn write(
+            &self,
+            _: tonic::Request<
+                tonic::Streaming<bazel_remote_apis::google::bytestream::WriteRequest>,
+            >,
+        ) -> Result<
+            tonic::Response<bazel_remote_apis::google::bytestream::WriteResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("no"))
+        }
+        async fn query_write_status(
+            &self,
+            _: tonic::Request<bazel_remote_apis::google::bytestream::QueryWriteStatusRequest>,
+        ) -> Result<
+            tonic::Response<bazel_remote_apis::google::bytestream::QueryWriteStatusResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("no"))
+        }
+    }
+
+    /// Both services on one port (farmd's tonic has no router).
+    #[derive(Clone)]
+    struct Routes {
+        ac: farm::reapi::proto::action_cache_server::ActionCacheServer<StallingServer>,
+        bs: bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer<
+            StallingServer,
+        >,
+    }
+
+    impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for Routes {
+        type Response = tonic::codegen::http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+            if req
+                .uri()
+                .path()
+                .starts_with("/google.bytestream.ByteStream/")
+            {
+                self.bs.call(req)
+            } else {
+                self.ac.call(req)
+            }
+        }
+    }
+
+    struct NoBlobs;
+    impl BlobSource for NoBlobs {
+        fn blob(&self, _: &[u8; 32]) -> Option<Vec<u8>> {
+            None
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_that_stalls_blob_reads_costs_no_more_than_the_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let routes = Routes {
+            ac: farm::reapi::proto::action_cache_server::ActionCacheServer::new(StallingServer),
+            bs: bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer::new(
+                StallingServer,
+            ),
+        };
+        tokio::spawn(tonic::transport::Server::builder().serve_with_incoming(
+            routes,
+            tonic::transport::server::TcpIncoming::from(listener),
+        ));
+        let mut cfg = ReapiConfig::plain(&format!("127.0.0.1:{port}"));
+        cfg.call_timeout = Duration::from_secs(2);
+        let exec = ReapiExecutor::new(&cfg, Duration::from_secs(60)).unwrap();
+        let j = job(&["-c", "a.c", "-o", "a.o"], &["/src/a.o"]);
+        let limit = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let r = exec.run_paths(&j, &NoBlobs, limit).await;
+        let took = t0.elapsed();
+        assert!(matches!(r, Err(ExecError::Timeout(_))), "{r:?}");
+        assert!(took < limit + Duration::from_secs(2), "took {took:?}");
     }
 
     #[test]

@@ -182,28 +182,35 @@ fn in_job(root: &Path, at: &Path) -> String {
 }
 
 /// Re-creates under `host` what the root holds under `dir`: directories and links as
-/// they are, files copied.
+/// they are, files copied. Without recursion: the root's directories nest as deep as
+/// its paths allow (2000 levels in 4 KiB), what a job's sender chooses, and recursing
+/// that deep overflows a runtime thread's stack (farmd aborts).
 fn mirror(dir: &Path, host: &Path, copied: &mut u64) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for e in entries.flatten() {
-        let from = e.path();
-        let to = host.join(e.file_name());
-        let Ok(ft) = e.file_type() else { continue };
-        if ft.is_dir() {
-            std::fs::create_dir(&to).map_err(|e| format!("{}: {e}", to.display()))?;
-            mirror(&from, &to, copied)?;
-        } else if ft.is_symlink() {
-            let t = std::fs::read_link(&from).map_err(|e| format!("{}: {e}", from.display()))?;
-            std::os::unix::fs::symlink(t, &to).map_err(|e| format!("{}: {e}", to.display()))?;
-        } else {
-            // A copy, never a link: the job may write here, and a link would write
-            // through to the blob store. A bind mount per file would cost bubblewrap
-            // a mount each (a source tree under /tmp holds hundreds).
-            *copied += std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", to.display()))?;
-            if *copied > MIRROR_MAX {
-                return Err(format!(
-                    "output directories hold more than {MIRROR_MAX} bytes of inputs"
-                ));
+    let mut todo = vec![(dir.to_path_buf(), host.to_path_buf())];
+    while let Some((dir, host)) = todo.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for e in entries.flatten() {
+            let from = e.path();
+            let to = host.join(e.file_name());
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                std::fs::create_dir(&to).map_err(|e| format!("{}: {e}", to.display()))?;
+                todo.push((from, to));
+            } else if ft.is_symlink() {
+                let t =
+                    std::fs::read_link(&from).map_err(|e| format!("{}: {e}", from.display()))?;
+                std::os::unix::fs::symlink(t, &to).map_err(|e| format!("{}: {e}", to.display()))?;
+            } else {
+                // A copy, never a link: the job may write here, and a link would write
+                // through to the blob store. A bind mount per file would cost
+                // bubblewrap a mount each (a source tree under /tmp holds hundreds).
+                *copied +=
+                    std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", to.display()))?;
+                if *copied > MIRROR_MAX {
+                    return Err(format!(
+                        "output directories hold more than {MIRROR_MAX} bytes of inputs"
+                    ));
+                }
             }
         }
     }
@@ -345,6 +352,32 @@ mod tests {
         assert_eq!(w.output_at["dep"].1, Path::new("f.d"));
         let top = [("x".to_string(), PathBuf::from("/w/../x.o"))];
         assert!(writable(&root.path, &d.path().join("again"), &top).is_err());
+    }
+
+    #[test]
+    fn an_output_directory_as_deep_as_paths_allow_is_mirrored() {
+        let d = tempfile::tempdir().unwrap();
+        let mut root = Root::create(d.path()).unwrap();
+        let mut deep = String::from("/o");
+        while root.path.as_os_str().len() + deep.len() + 2 < 4090 {
+            deep.push_str("/a");
+        }
+        let end = root.place(Path::new(&format!("{deep}/h"))).unwrap();
+        std::fs::write(end, "deep").unwrap();
+        // On a thread with a runtime worker's stack (2 MiB): no overflow.
+        let dir = d.path().to_path_buf();
+        let made = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let outputs = [("x".to_string(), PathBuf::from("/o/x"))];
+                writable(&root.path, &dir, &outputs).map(|w| w.output_at["x"].0.clone())
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        let copy = made.join(format!("{}/h", &deep[3..]));
+        assert_eq!(std::fs::read(copy).unwrap(), b"deep");
     }
 
     #[test]
