@@ -675,88 +675,36 @@ fn buildgrid_rootfs() -> BuildGridExec {
     })
 }
 
-/// A directory of an input root being built: files, symbolic links, directories.
-#[derive(Default)]
-struct TreeDir {
-    files: std::collections::BTreeMap<String, (re::Digest, bool)>,
-    links: std::collections::BTreeMap<String, String>,
-    dirs: std::collections::BTreeMap<String, TreeDir>,
-}
-
-impl TreeDir {
-    /// The directory holding the absolute `path`, made on the way; and its name.
-    fn parent_of(&mut self, path: &str) -> (&mut TreeDir, String) {
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let (name, dirs) = parts.split_last().unwrap();
-        let mut d = self;
-        for p in dirs {
-            d = d.dirs.entry(p.to_string()).or_default();
-        }
-        (d, name.to_string())
-    }
-
-    fn dir(&mut self, path: &str) {
-        let (d, name) = self.parent_of(path);
-        d.dirs.entry(name).or_default();
-    }
-
-    /// This directory as a `Directory` blob after its children's; its digest.
-    fn seal(&self, blobs: &mut Vec<(re::Digest, Vec<u8>)>) -> re::Digest {
-        let msg = re::Directory {
-            files: self
-                .files
-                .iter()
-                .map(|(name, (d, x))| re::FileNode {
-                    name: name.clone(),
-                    digest: Some(d.clone()),
-                    is_executable: *x,
-                    node_properties: None,
-                })
-                .collect(),
-            directories: self
-                .dirs
-                .iter()
-                .map(|(name, sub)| re::DirectoryNode {
-                    name: name.clone(),
-                    digest: Some(sub.seal(blobs)),
-                })
-                .collect(),
-            symlinks: self
-                .links
-                .iter()
-                .map(|(name, target)| re::SymlinkNode {
-                    name: name.clone(),
-                    target: target.clone(),
-                    node_properties: None,
-                })
-                .collect(),
-            node_properties: None,
-        };
-        let (d, bytes) = farm::reapi::message_digest(&msg);
-        blobs.push((d.clone(), bytes));
-        d
-    }
-}
-
 /// A rootfs Action being built as THE CONTRACT (docs/reapi.md) says: the input root
-/// mirrors `/`.
+/// mirrors `/` (paths absolute here, the tree made by `reapi::merkle`).
 #[derive(Default)]
 struct RootfsAction {
-    root: TreeDir,
+    files: Vec<farm::reapi::merkle::InputFile>,
+    links: Vec<farm::reapi::merkle::InputLink>,
+    dirs: Vec<String>,
     blobs: Vec<(re::Digest, Vec<u8>)>,
 }
 
 impl RootfsAction {
     fn file(&mut self, path: &str, data: Vec<u8>, exec: bool) {
-        let d = farm::reapi::digest_of(&data);
-        let (dir, name) = self.root.parent_of(path);
-        dir.files.insert(name, (d.clone(), exec));
-        self.blobs.push((d, data));
+        let digest = farm::reapi::digest_of(&data);
+        self.files.push(farm::reapi::merkle::InputFile {
+            path: path.trim_start_matches('/').to_string(),
+            digest: digest.clone(),
+            executable: exec,
+        });
+        self.blobs.push((digest, data));
     }
 
     fn link(&mut self, path: &str, target: &str) {
-        let (dir, name) = self.root.parent_of(path);
-        dir.links.insert(name, target.to_string());
+        self.links.push(farm::reapi::merkle::InputLink {
+            path: path.trim_start_matches('/').to_string(),
+            target: target.to_string(),
+        });
+    }
+
+    fn dir(&mut self, path: &str) {
+        self.dirs.push(path.trim_start_matches('/').to_string());
     }
 
     /// Every entry of a toolchain package built by farm's own packager, its files
@@ -780,8 +728,11 @@ impl RootfsAction {
         outputs: &[&str],
     ) -> (re::Digest, Vec<(re::Digest, Vec<u8>)>) {
         let cwd = cwd.to_str().unwrap();
-        self.root.dir(cwd);
-        let root = self.root.seal(&mut self.blobs);
+        self.dir(cwd);
+        let dirs: Vec<&str> = self.dirs.iter().map(String::as_str).collect();
+        let tree = farm::reapi::merkle::build_with_links(&self.files, &self.links, &dirs).unwrap();
+        self.blobs.extend(tree.directories);
+        let root = tree.root;
         let platform = re::Platform {
             properties: [
                 ("ISA", "x86-64"),
@@ -958,7 +909,7 @@ fn gcc_action(cwd: &Path, depfile: &Path) -> (re::Digest, Vec<(re::Digest, Vec<u
     for f in compile_inputs(cwd, "a.c") {
         a.file(f.to_str().unwrap(), std::fs::read(&f).unwrap(), false);
     }
-    a.root.dir(cwd.join("include").to_str().unwrap());
+    a.dir(cwd.join("include").to_str().unwrap());
     let up = "../".repeat(cwd.components().count() - 1);
     let dep_rel = format!("{up}{}", depfile.to_str().unwrap().trim_start_matches('/'));
     let args = gcc_args(depfile);
