@@ -169,6 +169,32 @@ fn metrics(c: &Cluster) -> String {
     common::http::get(&format!("http://127.0.0.1:{}/metrics", c.nodes[0].port)).1
 }
 
+/// A `-g` build of `tree` through farm-cc and `home`'s agent, with an empty local
+/// cache and a journal of its own (named after `what`), timed; its objects must be
+/// `plain`'s. The build's counters and its journal.
+fn g_build(
+    tree: &Path,
+    home: &Cluster,
+    plain: &Objects,
+    root: &Path,
+    what: &str,
+) -> (Env, PathBuf) {
+    let env = Env::new("direct");
+    let journal = root.join(format!("{}.jsonl", what.replace(' ', "-")));
+    let t0 = Instant::now();
+    make_g(
+        &env,
+        tree,
+        "-g",
+        &farm_cc_bin().display().to_string(),
+        Some(&home.nodes[0].socket()),
+        &journal,
+    );
+    eprintln!("{what}: {:?}", t0.elapsed());
+    assert_same_objects(plain, &objects(tree), what);
+    (env, journal)
+}
+
 #[test]
 fn lua_with_debug_info_through_buildgrid_execute_then_its_action_cache_then_it_dies() {
     let root = tempfile::tempdir().unwrap();
@@ -184,19 +210,13 @@ fn lua_with_debug_info_through_buildgrid_execute_then_its_action_cache_then_it_d
 
     // Cold: every compile a rootfs Action the bot runs.
     let home1 = home(bg.port);
-    let env = Env::new("direct");
-    let journal = root.path().join("cold.jsonl");
-    let t0 = Instant::now();
-    make_g(
-        &env,
+    let (env, journal) = g_build(
         &tree,
-        "-g",
-        &farm_cc,
-        Some(&home1.nodes[0].socket()),
-        &journal,
+        &home1,
+        &plain_g,
+        root.path(),
+        "cold build through Execute",
     );
-    eprintln!("cold build through Execute: {:?}", t0.elapsed());
-    assert_same_objects(&plain_g, &objects(&tree), "cold build through Execute");
     let remote = env.counter(&["farm", "remote"]) as usize;
     assert_eq!(
         remote,
@@ -272,21 +292,11 @@ fn lua_with_debug_info_through_buildgrid_execute_then_its_action_cache_then_it_d
     // compile answered by GetActionResult, no lease.
     sh(&tree.join("src"), "make clean >/dev/null");
     let home2 = home(bg.port);
-    let env = Env::new("direct");
-    let journal = root.path().join("warm.jsonl");
-    let t0 = Instant::now();
-    make_g(
-        &env,
+    let (env, journal) = g_build(
         &tree,
-        "-g",
-        &farm_cc,
-        Some(&home2.nodes[0].socket()),
-        &journal,
-    );
-    eprintln!("warm build from the Action Cache: {:?}", t0.elapsed());
-    assert_same_objects(
+        &home2,
         &plain_g,
-        &objects(&tree),
+        root.path(),
         "warm build from the Action Cache",
     );
     assert_eq!(

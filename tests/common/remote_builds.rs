@@ -13,14 +13,19 @@ pub const AWS: [(&str, &str); 2] = [
 
 /// `make -j2 linux` of lua in `tree` with `cc`, in `env` with `remote` configured.
 pub fn make(env: &Env, tree: &Path, cc: &str, remote: &str) {
-    let o = env
-        .cmd("make")
-        .current_dir(tree.join("src"))
+    make_in(env, tree, cc, remote, None);
+}
+
+fn make_in(env: &Env, tree: &Path, cc: &str, remote: &str, agent: Option<&Path>) {
+    let mut c = env.cmd("make");
+    c.current_dir(tree.join("src"))
         .env("FARM_REMOTE_STORAGE", remote)
         .envs(AWS)
-        .args(["-j2", "linux", &format!("CC={cc} -std=gnu99")])
-        .output()
-        .unwrap();
+        .args(["-j2", "linux", &format!("CC={cc} -std=gnu99")]);
+    if let Some(a) = agent {
+        c.env("FARM_AGENT", a);
+    }
+    let o = c.output().unwrap();
     assert!(
         o.status.success(),
         "make failed: {}",
@@ -89,20 +94,7 @@ pub fn two_checkouts(remote: &str) -> Env {
 
 /// [`make`] with this machine's farmd agent at `agent`.
 pub fn make_with_agent(env: &Env, tree: &Path, cc: &str, remote: &str, agent: &Path) {
-    let o = env
-        .cmd("make")
-        .current_dir(tree.join("src"))
-        .env("FARM_REMOTE_STORAGE", remote)
-        .env("FARM_AGENT", agent)
-        .envs(AWS)
-        .args(["-j2", "linux", &format!("CC={cc} -std=gnu99")])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "make failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    make_in(env, tree, cc, remote, Some(agent));
 }
 
 /// A lone farmd whose agent is up.
