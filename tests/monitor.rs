@@ -266,6 +266,21 @@ fn snapshot(addr: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// The `job refused` lines of every node's log: why a job came back refused.
+fn refusals(cl: &Cluster) -> String {
+    cl.nodes
+        .iter()
+        .flat_map(|n| {
+            let log = std::fs::read_to_string(n.dir.join("farmd.log")).unwrap_or_default();
+            log.lines()
+                .filter(|l| l.contains("refused"))
+                .map(|l| format!("{}: {l}", n.name))
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn spawn_lua_make(env: &Env, tree: &Path, agent: &Path) -> Child {
     spawn_lua_make_j(env, tree, agent, 4)
 }
@@ -440,7 +455,12 @@ fn monitor_shows_a_cluster_building_lua_live() {
                     assert!(j["outcome"].is_null(), "{j}");
                 } else {
                     finished += 1;
-                    assert_eq!(j["outcome"], "ok", "{j}");
+                    assert_eq!(
+                        j["outcome"],
+                        "ok",
+                        "{j}\nthe peers' refusals:\n{}",
+                        refusals(&cl)
+                    );
                     assert!(j["total_ms"].as_u64().is_some(), "{j}");
                 }
             }
