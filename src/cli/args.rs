@@ -30,6 +30,19 @@ COMPILING (never parsed as commands: the arguments go to the compiler as they ar
   ln -s $(command -v farm) DIR/gcc
                              masquerade: put DIR first on PATH";
 
+/// The man page's description (`farm --help` shows BEFORE_HELP instead).
+pub const LONG_ABOUT: &str = "\
+A drop-in compiler cache and farm for gcc, clang, javac and C#.
+
+As a compiler: farm-cc ARGS... (use as CC), farm-c++ ARGS... (CXX), farm-javac ARGS..., \
+farm-csc ARGS..., the launcher form farm COMPILER ARGS... (farm gcc -c x.c; \
+CMAKE_<LANG>_COMPILER_LAUNCHER=farm), or a symbolic link to farm named like the compiler \
+in a directory first on PATH (masquerade). Those arguments are never read as farm's own: \
+they go to the compiler as they are, and what farm does not understand runs as the real \
+compiler untouched.
+
+As a command: farm COMMAND, one of those below; farm COMMAND --help tells more.";
+
 const AFTER_HELP: &str = "\
 ENVIRONMENT
   FARM_DIR        cache directory (default ~/.cache/farm)

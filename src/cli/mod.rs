@@ -112,7 +112,7 @@ fn manpages(dir: &std::path::Path) -> i32 {
     if let Err(e) = std::fs::create_dir_all(dir) {
         return err(format!("manpages: cannot make {}: {e}", dir.display()));
     }
-    match clap_mangen::generate_to(args::command(), dir) {
+    match clap_mangen::generate_to(args::command().long_about(args::LONG_ABOUT), dir) {
         Ok(()) => {
             out(&format!("man pages written to {}\n", dir.display()));
             0
