@@ -190,3 +190,31 @@ fn command_path(args: &[OsString]) -> (String, clap::Command) {
     }
     (path.join(" "), cmd)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_definitions_are_consistent() {
+        args::command().debug_assert();
+    }
+
+    /// Every command clap knows is one `entry::main` hands to it, and nothing else:
+    /// a name missing here would run as a compiler, an extra one would shadow one.
+    #[test]
+    fn dispatch_and_parser_agree_on_the_commands() {
+        let cmd = args::command();
+        let mut names: Vec<&str> = cmd.get_subcommands().map(|s| s.get_name()).collect();
+        names.push("help");
+        for n in &names {
+            assert!(is_command(n), "{n} is parsed but dispatched as a compiler");
+        }
+        for c in COMMANDS.iter().filter(|c| !c.starts_with('-')) {
+            assert!(names.contains(c), "{c} is dispatched but not parsed");
+        }
+        for compiler in ["gcc", "cc", "clang++", "javac", "mcs", "/usr/bin/gcc", "--"] {
+            assert!(!is_command(compiler), "{compiler}");
+        }
+    }
+}
