@@ -93,7 +93,7 @@ fn install(path: &Path, text: &str, overwrite: bool) -> Result<(), String> {
 /// Prints `text`, or with `--install` writes it where `dest` says.
 fn init_command(
     command: &str,
-    args: &[String],
+    install_it: bool,
     text: &str,
     dest: Option<PathBuf>,
     overwrite: bool,
@@ -103,12 +103,12 @@ fn init_command(
         let _ = writeln!(std::io::stderr(), "farm: {msg}");
         1
     };
-    match args.first().map(String::as_str) {
-        None => {
+    match install_it {
+        false => {
             let _ = std::io::stdout().write_all(text.as_bytes());
             0
         }
-        Some("--install") => {
+        true => {
             let Some(path) = dest else {
                 return fail(format!("{command}: no home directory to install into"));
             };
@@ -120,22 +120,16 @@ fn init_command(
                 Err(e) => fail(e),
             }
         }
-        Some(other) => {
-            fail(format!(
-                "{command}: unknown argument `{other}` (usage: farm {command} [--install])"
-            ));
-            2
-        }
     }
 }
 
 /// `farm gradle-init [--install]`: the init script, or `~/.gradle/init.d/farm.gradle`.
-pub fn gradle_init(args: &[String]) -> i32 {
+pub fn gradle_init(install: bool) -> i32 {
     let dest = gradle_user_home().map(|h| h.join("init.d/farm.gradle"));
     let text = gradle_script(&farm_javac_path());
     init_command(
         "gradle-init",
-        args,
+        install,
         &text,
         dest,
         true,
@@ -145,12 +139,12 @@ pub fn gradle_init(args: &[String]) -> i32 {
 
 /// `farm maven-init [--install]`: the settings file, or `~/.m2/settings.xml` when
 /// there is none yet.
-pub fn maven_init(args: &[String]) -> i32 {
+pub fn maven_init(install: bool) -> i32 {
     let dest = dirs::home_dir().map(|h| h.join(".m2/settings.xml"));
     let text = maven_settings(&farm_javac_path());
     init_command(
         "maven-init",
-        args,
+        install,
         &text,
         dest,
         false,

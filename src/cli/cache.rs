@@ -1,5 +1,6 @@
 //! `farm cache clear | dir | remotes | ping`.
 
+use super::args::CacheCommand;
 use super::{err, load, out};
 use crate::config::Config;
 use crate::store::remote::RemoteTier;
@@ -76,13 +77,13 @@ fn ping(cfg: &Config) -> i32 {
     i32::from(failed)
 }
 
-pub(super) fn run(rest: &[String]) -> i32 {
+pub(super) fn run(command: CacheCommand) -> i32 {
     let cfg = match load() {
         Ok(c) => c,
         Err(c) => return c,
     };
-    match rest.first().map(String::as_str) {
-        Some("clear") if rest.len() == 1 => {
+    match command {
+        CacheCommand::Clear => {
             let store = LocalStore::new(&cfg.dir.value, cfg.max_size.value);
             // The records `farm why` keeps go with the entries they explain.
             let _ = std::fs::remove_dir_all(cfg.dir.value.join("why"));
@@ -97,12 +98,11 @@ pub(super) fn run(rest: &[String]) -> i32 {
                 Err(e) => err(format!("cannot clear {}: {e}", store.root().display())),
             }
         }
-        Some("dir") if rest.len() == 1 => {
+        CacheCommand::Dir => {
             out(&format!("{}\n", cfg.dir.value.display()));
             0
         }
-        Some("ping") if rest.len() == 1 => ping(&cfg),
-        Some("remotes") if rest.len() == 1 => remotes(&cfg),
-        _ => err("usage: farm cache clear | farm cache dir | farm cache remotes | farm cache ping"),
+        CacheCommand::Ping => ping(&cfg),
+        CacheCommand::Remotes => remotes(&cfg),
     }
 }

@@ -2,23 +2,19 @@
 //! The remote tiers get a block of their own: each URL (password hidden), every
 //! attribute in force (defaults included) and where the list was set.
 
-use super::{flags, load, out};
+use super::{load, out};
 use crate::config::Config;
 use crate::stats::TierKind;
 use crate::store::remote::{Layout, RemoteSpec, Scheme};
 
-pub(super) fn run(rest: &[String]) -> i32 {
-    let f = match flags(rest, &["--json"], "config") {
-        Ok(f) => f,
-        Err(c) => return c,
-    };
+pub(super) fn run(json: bool) -> i32 {
     let cfg = match load() {
         Ok(c) => c,
         Err(c) => return c,
     };
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let rows = cfg.describe();
-    if f.contains(&"--json") {
+    if json {
         let mut m = serde_json::Map::new();
         for (k, v, src) in rows {
             let mut entry = serde_json::json!({ "value": v, "source": src });

@@ -5,7 +5,10 @@ use std::ffi::OsString;
 use std::io::Write;
 
 use crate::config::Config;
+use args::{Cli, Command};
+use clap::Parser;
 
+pub mod args;
 mod cache;
 mod cluster;
 mod config;
@@ -15,6 +18,9 @@ mod stats;
 mod status;
 mod why;
 
+/// The first arguments `farm` takes for a command of its own; anything else is a
+/// compiler (`farm gcc -c x.c`). Decided here, before any parsing, so a compile's
+/// argv never reaches the command-line parser.
 const COMMANDS: &[&str] = &[
     "stats",
     "cache",
@@ -26,6 +32,8 @@ const COMMANDS: &[&str] = &[
     "report",
     "gradle-init",
     "maven-init",
+    "completions",
+    "manpages",
     "help",
     "--help",
     "-h",
@@ -37,59 +45,6 @@ const COMMANDS: &[&str] = &[
 pub fn is_command(s: &str) -> bool {
     COMMANDS.contains(&s)
 }
-
-pub const HELP: &str = "\
-farm - a drop-in compiler cache and farm for gcc, clang, javac and C#
-
-USAGE
-  farm-cc ARGS...            use as CC (the real compiler: FARM_CC, config `cc`, else cc on PATH)
-  farm-c++ ARGS...           use as CXX (FARM_CXX, config `cxx`, else c++ on PATH)
-  farm-javac ARGS...         use as javac (FARM_JAVAC, config `javac`, $JAVA_HOME/bin/javac, else javac)
-  farm-csc ARGS...           use as mcs/csc (FARM_CSC, config `csc`, else mcs or csc on PATH)
-  farm COMPILER ARGS...      launcher form: `farm gcc -c x.c`, CMAKE_<LANG>_COMPILER_LAUNCHER=farm
-  ln -s $(command -v farm) DIR/gcc
-                             masquerade: put DIR first on PATH
-
-COMMANDS
-  farm stats [--json] [--zero]   hits by mode, misses, pass-throughs by reason, errors, size
-  farm cache clear               remove every cache entry (statistics are kept)
-  farm cache dir                 print the cache directory
-  farm cache remotes             list the remote tiers (remote_storage) and their attributes
-  farm cache ping                try each remote tier now (remote_storage)
-  farm config [--json]           effective configuration and where each value came from
-  farm status [--json] [--watch] the farm as this machine's farmd sees it
-  farm why SOURCE [--json]       why the last compile of SOURCE missed: what differs from
-                                 the nearest earlier compile (a header, an argument, ...)
-  farm why -- COMPILER ARGS...   would this compile hit? if not, what differs
-  farm monitor [--no-open]       the live monitor's URL (farmd serves it), opened in a browser
-  farm cluster init DIR          make a cluster CA (see `farm cluster help`)
-  farm cluster issue NAME        make a node certificate signed by the cluster CA
-  farm report JOURNAL [-o OUT.html] [--gap SECONDS]
-                                 one HTML page from a build journal (FARM_JOURNAL):
-                                 timeline, slowest compiles, hit rate by directory,
-                                 time saved, what ran where
-  farm gradle-init [--install]   Gradle init script: javac through farm-javac when FARM_GRADLE=1
-  farm maven-init [--install]    Maven settings profile: the same when FARM_MAVEN is set
-  farm help | --version
-
-ENVIRONMENT
-  FARM_DIR        cache directory (default ~/.cache/farm)
-  FARM_MAX_SIZE   cache size cap, e.g. 5G (default 5 GiB)
-  FARM_MODE       direct (default) | preprocessor | depend
-  FARM_CC, FARM_CXX   real compilers behind farm-cc / farm-c++
-  FARM_JAVAC      real javac behind farm-javac
-  FARM_CSC        real C# compiler behind farm-csc
-  FARM_LOG        log file (nothing is ever logged to the compiler's stderr)
-  FARM_JOURNAL    build journal: one JSON line per compile appended here (docs/journal.md)
-  FARM_DISABLE=1  every entry point runs the real compiler untouched
-  FARM_CONFIG     config file (default ~/.config/farm/config.toml)
-  FARM_AGENT      farmd's agent socket (default /run/farm/agent.sock; off = local only)
-  FARM_REMOTE_STORAGE  remote tiers after the local cache: space-separated URLs with
-                  |attributes (redis://, s3://, http(s)://, webdav://, gha; docs/remote-storage.md)
-
-See docs/ for recipes (Make, CMake, Ninja), the configuration reference and how to
-read `farm stats`.
-";
 
 /// Writes to stdout, flushed: the binary is `no_main`, so nothing flushes stdout at
 /// exit, and `farm status --watch` redraws in place.
@@ -112,47 +67,154 @@ fn load() -> Result<Config, i32> {
     Ok(cfg)
 }
 
+/// `farm <command> ...`: `args` without argv[0].
 pub fn run(args: &[OsString]) -> i32 {
-    // Its command line is a compile's: kept as it is, not made text.
-    if args.first().is_some_and(|a| a == "why") {
-        return why::run(&args[1..]);
-    }
-    let args: Vec<String> = args
-        .iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let cmd = args.first().map(String::as_str).unwrap_or("help");
-    let rest = &args[args.len().min(1)..];
-    match cmd {
-        "help" | "--help" | "-h" => {
-            out(HELP);
-            0
-        }
-        "--version" | "-V" | "version" => {
+    let argv = std::iter::once(OsString::from("farm")).chain(args.iter().cloned());
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => return clap_error(&e, args),
+    };
+    let Some(command) = cli.command else {
+        // `farm` alone: the overview.
+        return print_help(args::command());
+    };
+    match command {
+        Command::Stats { json, zero } => stats::run(json, zero),
+        Command::Cache(c) => cache::run(c),
+        Command::Config { json } => config::run(json),
+        Command::Status { json, watch } => status::run(json, watch),
+        Command::Monitor { no_open } => monitor::run(no_open),
+        Command::Cluster { command } => cluster::run(command),
+        Command::Why(w) => why::run(w),
+        Command::Report {
+            journal,
+            output,
+            gap,
+        } => report::run(journal, output, gap),
+        Command::GradleInit { install } => crate::buildtools::gradle_init(install),
+        Command::MavenInit { install } => crate::buildtools::maven_init(install),
+        Command::Version => {
             out(&format!("farm {}\n", env!("CARGO_PKG_VERSION")));
             0
         }
-        "stats" => stats::run(rest),
-        "cache" => cache::run(rest),
-        "config" => config::run(rest),
-        "status" => status::run(rest),
-        "monitor" => monitor::run(rest),
-        "cluster" => cluster::run(rest),
-        "report" => report::run(rest),
-        "gradle-init" => crate::buildtools::gradle_init(rest),
-        "maven-init" => crate::buildtools::maven_init(rest),
-        other => err(format!("unknown command `{other}` (try `farm help`)")),
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut args::command(), "farm", &mut buf);
+            out(&String::from_utf8_lossy(&buf));
+            0
+        }
+        Command::Manpages { dir } => manpages(&dir),
     }
 }
 
-/// The flags in `rest`, each one of `allowed`; else the exit code of the error.
-fn flags<'a>(rest: &'a [String], allowed: &[&str], cmd: &str) -> Result<Vec<&'a str>, i32> {
-    let mut v = Vec::new();
-    for a in rest {
-        if !allowed.contains(&a.as_str()) {
-            return Err(err(format!("{cmd}: unknown argument `{a}`")));
-        }
-        v.push(a.as_str());
+/// `farm manpages DIR`: farm.1 and one page per command (farm-stats.1, ...).
+fn manpages(dir: &std::path::Path) -> i32 {
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        return err(format!("manpages: cannot make {}: {e}", dir.display()));
     }
-    Ok(v)
+    match clap_mangen::generate_to(args::command().long_about(args::LONG_ABOUT), dir) {
+        Ok(()) => {
+            out(&format!("man pages written to {}\n", dir.display()));
+            0
+        }
+        Err(e) => err(format!(
+            "manpages: cannot write into {}: {e}",
+            dir.display()
+        )),
+    }
+}
+
+/// `cmd`'s help on stdout; exit 0.
+fn print_help(mut cmd: clap::Command) -> i32 {
+    let help = cmd.render_help().to_string();
+    out(&format!("{}\n", help.trim_end()));
+    0
+}
+
+/// `--help` and `--version` (exit 0, on stdout); a usage error in one line on stderr,
+/// naming the command it is about, exit 2.
+fn clap_error(e: &clap::Error, args: &[OsString]) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        out(&e.render().to_string());
+        return 0;
+    }
+    let (path, cmd) = command_path(args);
+    let first = if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand
+    ) {
+        let subs: Vec<&str> = cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+            .map(|s| s.get_name())
+            .collect();
+        format!("a subcommand is needed: {}", subs.join(", "))
+    } else {
+        // clap's first paragraph, in one line: "unexpected argument '--x' found",
+        // "the following required arguments were not provided: <NAME>".
+        let rendered = e.render().to_string();
+        rendered
+            .trim_start_matches("error: ")
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let what = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    };
+    let help = if path.is_empty() {
+        "farm --help".to_string()
+    } else {
+        format!("farm {path} --help")
+    };
+    err(format!("{what}{first} (try `{help}`)"))
+}
+
+/// The (sub)command named at the front of `args` ("stats", "cache ping", "" when
+/// none) and its definition.
+fn command_path(args: &[OsString]) -> (String, clap::Command) {
+    let mut cmd = args::command();
+    let mut path = Vec::new();
+    for a in args {
+        let Some(name) = a.to_str() else { break };
+        let Some(sub) = cmd.find_subcommand(name).cloned() else {
+            break;
+        };
+        path.push(sub.get_name().to_string());
+        cmd = sub;
+    }
+    (path.join(" "), cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_definitions_are_consistent() {
+        args::command().debug_assert();
+    }
+
+    /// Every command clap knows is one `entry::main` hands to it, and nothing else:
+    /// a name missing here would run as a compiler, an extra one would shadow one.
+    #[test]
+    fn dispatch_and_parser_agree_on_the_commands() {
+        let cmd = args::command();
+        let mut names: Vec<&str> = cmd.get_subcommands().map(|s| s.get_name()).collect();
+        names.push("help");
+        for n in &names {
+            assert!(is_command(n), "{n} is parsed but dispatched as a compiler");
+        }
+        for c in COMMANDS.iter().filter(|c| !c.starts_with('-')) {
+            assert!(names.contains(c), "{c} is dispatched but not parsed");
+        }
+        for compiler in ["gcc", "cc", "clang++", "javac", "mcs", "/usr/bin/gcc", "--"] {
+            assert!(!is_command(compiler), "{compiler}");
+        }
+    }
 }

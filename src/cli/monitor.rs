@@ -4,16 +4,8 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use super::{err, flags, out};
+use super::{err, out};
 use crate::config::Config;
-
-const HELP: &str = "\
-farm monitor [--no-open]
-  Prints the URL of the live monitor this machine's farmd serves (its peers, the jobs
-  it places and serves as they happen, a timeline per machine, hit rate and time saved)
-  and opens it with xdg-open when a display is available.
-  --no-open   only print the URL
-";
 
 /// Whether a browser started here can show a window.
 fn display_available() -> bool {
@@ -22,18 +14,7 @@ fn display_available() -> bool {
         .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
 }
 
-pub(super) fn run(rest: &[String]) -> i32 {
-    if rest
-        .iter()
-        .any(|a| matches!(a.as_str(), "--help" | "-h" | "help"))
-    {
-        out(HELP);
-        return 0;
-    }
-    let no_open = match flags(rest, &["--no-open"], "monitor") {
-        Ok(f) => f.contains(&"--no-open"),
-        Err(code) => return code,
-    };
+pub(super) fn run(no_open: bool) -> i32 {
     let cfg = match Config::load() {
         Ok(c) => c,
         Err(e) => return err(e),

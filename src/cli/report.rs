@@ -15,18 +15,6 @@ use crate::journal::{self, Kind, Line};
 #[path = "report_html.rs"]
 mod html;
 
-pub const USAGE: &str = "\
-usage: farm report JOURNAL [-o OUT.html] [--gap SECONDS]
-
-Writes one self-contained HTML page (no network needed to open it) from a build
-journal (FARM_JOURNAL=FILE during a build): a timeline of each build, the slowest
-compiles, hit rate by directory, time saved, what ran where, and why compiles
-passed through or fell back. Builds are split where no compile ran for SECONDS
-(default 10). OUT defaults to JOURNAL with the extension .html; its path is printed.
-";
-
-/// Builds are split where no compile ran for this long, unless `--gap` says.
-const DEFAULT_GAP_MS: u64 = 10_000;
 /// The longest journal line read; a longer one is a bad line.
 const MAX_READ_LINE: usize = 4 * journal::MAX_LINE;
 /// Compiles kept for timelines and per-build figures; past this, the longest are kept.
@@ -38,34 +26,11 @@ const SLOWEST: usize = 25;
 /// Directories tracked for the hit rate; later ones count under "(other)".
 const MAX_DIRS: usize = 20_000;
 
-pub fn run(rest: &[String]) -> i32 {
-    let mut journal = None;
-    let mut output = None;
-    let mut gap_ms = DEFAULT_GAP_MS;
-    let mut it = rest.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--help" | "-h" | "help" => {
-                out(USAGE);
-                return 0;
-            }
-            "-o" | "--output" => match it.next() {
-                Some(o) => output = Some(PathBuf::from(o)),
-                None => return err("report: -o needs a file name"),
-            },
-            "--gap" => match it.next().and_then(|g| g.parse::<f64>().ok()) {
-                Some(g) if g.is_finite() && g >= 0.0 => gap_ms = (g * 1000.0) as u64,
-                _ => return err("report: --gap needs a number of seconds"),
-            },
-            s if s.starts_with('-') && s.len() > 1 => {
-                return err(format!(
-                    "report: unknown argument `{s}` (try `farm report --help`)"
-                ))
-            }
-            s if journal.is_none() => journal = Some(PathBuf::from(s)),
-            s => return err(format!("report: unexpected argument `{s}`")),
-        }
+pub fn run(journal: Option<PathBuf>, output: Option<PathBuf>, gap: f64) -> i32 {
+    if !(gap.is_finite() && gap >= 0.0) {
+        return err("report: --gap needs a number of seconds");
     }
+    let gap_ms = (gap * 1000.0) as u64;
     let Some(journal) = journal else {
         return err("report: which journal? (usage: farm report JOURNAL [-o OUT.html])");
     };

@@ -4,29 +4,25 @@
 use std::collections::BTreeMap;
 use std::fmt::Display;
 
-use super::{err, flags, load, out};
+use super::{err, load, out};
 use crate::config::{format_size, Config};
 use crate::stats::{Outcome, ReasonFamily, Stats, Summary, TierKind, TierMeasure};
 use crate::store::LocalStore;
 
-pub(super) fn run(rest: &[String]) -> i32 {
-    let f = match flags(rest, &["--json", "--zero", "-z"], "stats") {
-        Ok(f) => f,
-        Err(c) => return c,
-    };
+pub(super) fn run(json_out: bool, zero: bool) -> i32 {
     let cfg = match load() {
         Ok(c) => c,
         Err(c) => return c,
     };
     let st = Stats::new(&cfg.dir.value);
-    if f.contains(&"--zero") || f.contains(&"-z") {
+    if zero {
         if let Err(e) = st.zero() {
             return err(format!(
                 "cannot zero statistics in {}: {e}",
                 cfg.dir.value.display()
             ));
         }
-        if !f.contains(&"--json") {
+        if !json_out {
             out("statistics zeroed\n");
             return 0;
         }
@@ -36,7 +32,7 @@ pub(super) fn run(rest: &[String]) -> i32 {
     };
     let store = LocalStore::new(&cfg.dir.value, cfg.max_size.value);
     let usage = store.usage();
-    if f.contains(&"--json") {
+    if json_out {
         out(&format!(
             "{}\n",
             serde_json::to_string_pretty(&json(&cfg, &s, usage)).expect("json")

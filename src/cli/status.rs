@@ -108,14 +108,7 @@ fn render(s: &StatusReport) -> String {
 }
 
 /// `farm status [--json] [--watch]`: the farm as this machine's farmd sees it.
-pub(super) fn run(rest: &[String]) -> i32 {
-    for a in rest {
-        if !matches!(a.as_str(), "--json" | "--watch" | "-w") {
-            return err(format!("status: unknown argument `{a}`"));
-        }
-    }
-    let json = rest.iter().any(|a| a == "--json");
-    let watch = rest.iter().any(|a| a == "--watch" || a == "-w");
+pub(super) fn run(json: bool, watch: bool) -> i32 {
     let cfg = match Config::load() {
         Ok(c) => c,
         Err(e) => return err(e),

@@ -2,7 +2,7 @@
 //! would), in words: what differs from the nearest earlier compile of the source.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::json;
 
@@ -10,20 +10,6 @@ use super::{err, load, out};
 use crate::config::Config;
 use crate::why::diff::{self, Finding};
 use crate::why::{self, Outcome, Record};
-
-const USAGE: &str = "\
-usage: farm why [--json] SOURCE
-       farm why [--json] -- COMPILER ARGS...
-
-  SOURCE        explain the last miss of this source (compiled from any directory):
-                what differs from the nearest earlier compile of it
-  -- CMD...     key this compile command now, as run from this directory, without
-                compiling: would it hit the local cache, and if not, what differs
-  --json        the answer as JSON
-
-Records are kept for misses only (the last 4 per source) under <cache>/why.
-Exit 0 when explained; 1 when there is nothing to explain.
-";
 
 /// Fails with a one-line message: nothing to explain.
 fn nothing(msg: impl std::fmt::Display) -> i32 {
@@ -34,38 +20,21 @@ fn nothing(msg: impl std::fmt::Display) -> i32 {
     1
 }
 
-pub(super) fn run(args: &[OsString]) -> i32 {
-    let mut json = false;
-    let mut source = None;
-    let mut command = None;
-    for (i, a) in args.iter().enumerate() {
-        match a.to_str() {
-            Some("--json") => json = true,
-            Some("--help" | "-h") => {
-                out(USAGE);
-                return 0;
-            }
-            Some("--") => {
-                command = Some(args[i + 1..].to_vec());
-                break;
-            }
-            Some(s) if s.starts_with('-') => {
-                return err(format!("why: unknown option `{s}`\n{USAGE}"))
-            }
-            _ if source.is_none() => source = Some(PathBuf::from(a)),
-            _ => return err(format!("why: one source at a time\n{USAGE}")),
-        }
-    }
+pub(super) fn run(args: super::args::WhyArgs) -> i32 {
+    let json = args.json;
+    let source = args.source;
+    let command = Some(args.command).filter(|c| !c.is_empty());
     let cfg = match load() {
         Ok(c) => c,
         Err(c) => return c,
     };
     match (source, command) {
-        (None, Some(cmd)) if !cmd.is_empty() => predict(&cfg, cmd, json),
+        (None, Some(cmd)) => predict(&cfg, cmd, json),
         (Some(src), None) => last_miss(&cfg, &src, json),
-        _ => err(format!(
-            "why: name a source or a command after `--`\n{USAGE}"
-        )),
+        (Some(_), Some(_)) => {
+            err("why: a source or a command after `--`, not both (try `farm why --help`)")
+        }
+        (None, None) => err("why: name a source or a command after `--` (try `farm why --help`)"),
     }
 }
 
