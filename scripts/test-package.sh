@@ -37,7 +37,7 @@ trap cleanup EXIT
 snapshot() {
   find /usr /etc /var /opt /srv /run -xdev \
     \( -path /var/lib/dpkg -o -path /var/log -o -path /var/cache -o -path /var/tmp \
-       -o -path /run/user -o -path /var/lib/systemd \) -prune -o -print 2>/dev/null |
+       -o -path /run/user \) -prune -o -print 2>/dev/null |
     grep -Ev '^/etc/(passwd|group|shadow|gshadow)-$|^/etc/\.pwd\.lock$' | sort
 }
 
@@ -110,6 +110,12 @@ sed -i -E "s|^#listen = .*|listen = \"127.0.0.1:$port\"|; s|^#ca = |ca = |;
            s|^#state_dir = |state_dir = |; s|^#http = .*|http = \"127.0.0.1:$port\"|" /etc/farm/farmd.toml
 /usr/bin/farmd --check /etc/farm/farmd.toml
 
+step "dpkg -i again (an upgrade in place): the edited conffile and the user stay"
+dpkg -i "$deb" </dev/null
+grep -qx "listen = \"127.0.0.1:$port\"" /etc/farm/farmd.toml || fail "reinstalling replaced the edited /etc/farm/farmd.toml"
+[[ $(id -u farmd) == "$uid" ]] || fail "reinstalling changed farmd's uid"
+[[ $(stat -c '%U:%G %a' /etc/farm) == 'root:farm 750' ]] || fail "/etc/farm is $(stat -c '%U:%G %a' /etc/farm) after reinstalling"
+
 step "start farmd"
 if [[ $systemd == 1 ]]; then
   systemctl daemon-reload
@@ -160,6 +166,8 @@ stat() { /usr/bin/farm stats --json | python3 -c "import json, sys; s = json.loa
 build
 echo "first build: $(stat 's["misses"]') misses, farm: $(stat 's["farm"]')"
 [[ $(stat 's["misses"]') == 2 ]] || fail "the first build did not miss on its 2 compiles"
+# farmd's agent placed both (no peers: at home), so the shims did reach the daemon.
+[[ $(stat 's["farm"]["home"].get("placed_home", 0)') == 2 ]] || fail "farmd's agent did not place the 2 misses"
 build
 echo "second build: $(stat 's["hits"]') "
 [[ $(stat 's["hits"]["total"]') == 2 ]] || fail "the second build did not hit on its 2 compiles"
