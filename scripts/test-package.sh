@@ -162,6 +162,12 @@ build() {
   [[ $("$work/src/prog") == 42 ]] || fail "the program built through farm is wrong"
 }
 [[ $(PATH=/usr/lib/farm:$PATH command -v gcc) == /usr/lib/farm/gcc ]] || fail "gcc on PATH is not the masquerade link"
+# Each link finds the real compiler behind it (never itself) and passes --version through.
+for n in cc c++ gcc g++ clang clang++; do
+  [[ -x /usr/bin/$n ]] || continue
+  [[ $(PATH=/usr/lib/farm:$PATH $n --version 2>&1) == "$(/usr/bin/$n --version 2>&1)" ]] ||
+    fail "/usr/lib/farm/$n --version is not /usr/bin/$n's"
+done
 stat() { /usr/bin/farm stats --json | python3 -c "import json, sys; s = json.load(sys.stdin); print($1)"; }
 build
 echo "first build: $(stat 's["misses"]') misses, farm: $(stat 's["farm"]')"
