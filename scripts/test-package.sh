@@ -3,9 +3,11 @@
 # Builds it (scripts/package.sh), installs it with `dpkg -i`, checks its files, the
 # farmd user and farm group and the conffile, starts farmd as the unit says (under
 # systemd when systemd is PID 1, else by hand as the unit's user and group), builds a
-# two-file C program through the installed masquerade directory twice (the second all
-# hits), then `dpkg -r` and `dpkg -P`, and compares the file system with its state before
-# the install: nothing stray may remain.
+# two-file C program and lua5.4 (Debian's source, scripts/fetch-sources.sh) through the
+# installed masquerade directory twice each (the second all hits, the first placed by
+# farmd's agent), reinstalls it over an edited conffile, then `dpkg -r` and `dpkg -P`,
+# and compares the file system with its state before the install: nothing stray may
+# remain.
 #
 # It refuses to run where farm is already installed or a farmd user or farm group exists.
 set -euo pipefail
@@ -155,6 +157,8 @@ prog: main.o add.o
 %.o: %.c
 	$(CC) -O2 -c $< -o $@
 M
+# A just-written input is not stored (input_too_new): date the sources back.
+touch -d '1 hour ago' "$work/src/main.c" "$work/src/add.c"
 export FARM_DIR=$work/cache
 build() {
   rm -f "$work/src"/*.o "$work/src/prog"
@@ -177,6 +181,25 @@ echo "first build: $(stat 's["misses"]') misses, farm: $(stat 's["farm"]')"
 build
 echo "second build: $(stat 's["hits"]') "
 [[ $(stat 's["hits"]["total"]') == 2 ]] || fail "the second build did not hit on its 2 compiles"
+step "lua5.4 (Debian's source) through /usr/lib/farm, twice"
+sources=${CARGO_TARGET_DIR:-$repo/target}/tmp/debian-sources
+bash scripts/fetch-sources.sh "$sources" lua5.4
+# -a keeps the sources' old mtimes: a just-written input is not stored (input_too_new).
+cp -a "$sources/lua5.4" "$work/lua"
+lua() {
+  make -s -C "$work/lua/src" clean
+  PATH=/usr/lib/farm:$PATH make -s -C "$work/lua/src" linux-noreadline >/dev/null 2>"$work/lua.log" || { cat "$work/lua.log" >&2; fail "lua did not build through farm"; }
+  [[ $("$work/lua/src/lua" -e 'print(6 * 7)') == 42 ]] || fail "the lua built through farm is wrong"
+}
+/usr/bin/farm stats --zero >/dev/null
+lua
+n=$(stat 's["misses"]')
+echo "first lua build: $n misses, not stored: $(stat 's["not_stored"]')"
+(( n >= 30 )) || fail "the first lua build missed on $n compiles only"
+/usr/bin/farm stats --zero >/dev/null
+lua
+echo "second lua build: $(stat 's["hits"]["total"]') hits, $(stat 's["misses"]') misses"
+[[ $(stat 's["hits"]["total"]') == "$n" && $(stat 's["misses"]') == 0 ]] || fail "the second lua build was not all hits"
 curl -fsS "http://127.0.0.1:$port/metrics" >"$work/metrics"
 
 step "stop farmd"
