@@ -11,6 +11,7 @@
 #            0.9.1 (REAPI) in target/buildgrid-venv from Python 3.13 (pyenv's); prometheus
 #            (and promtool) for tests/metrics.rs, chromium (headless) for tests/monitor.rs; postgresql
 #            (BuildGrid's scheduler database) for tests/reapi_bot.rs
+#            cargo-deb 3.8.0 (cargo install) for scripts/test-package.sh
 #   --bench: also ccache hyperfine distcc icecc sccache python3, the comparison tools
 #            of scripts/bench.sh and scripts/bench-farm.sh
 set -euo pipefail
@@ -63,4 +64,9 @@ if [[ ! -x $bgvenv/bin/bgd ]]; then
   echo "install-deps: buildgrid==0.9.1 into $bgvenv (with $py313)" >&2
   "$py313" -m venv "$bgvenv"
   "$bgvenv/bin/pip" install -q "buildgrid==0.9.1"
+fi
+# The Debian package of scripts/test-package.sh: cargo-deb builds it.
+if ! command -v cargo-deb >/dev/null; then
+  echo "install-deps: cargo install cargo-deb 3.8.0" >&2
+  cargo install cargo-deb --version 3.8.0 --locked --quiet
 fi

@@ -22,30 +22,22 @@ rm -rf "$out/packaging"
 mkdir -p "$stage/farm"
 install -m 0644 packaging/grafana/farm-dashboard.json "$stage/farm/"
 
-# Hook: shell completions and man pages, generated from the CLI's own definitions (issue
-# 16, item 1: clap_complete and clap_mangen). Until `farm` can make them, this stages
-# nothing and the package has none.
-# TODO(cli-clap): align these two commands with what the clap CLI names them.
+# Shell completions and man pages, generated from the CLI's own clap definitions.
 farm=$out/farm
-gen() { # gen FILE CMD...: FILE gets CMD's output if CMD succeeds with some output
-  local tmp; tmp=$(mktemp)
-  if "${@:2}" >"$tmp" 2>/dev/null && [[ -s $tmp ]]; then
-    mkdir -p "$(dirname "$1")" && mv "$tmp" "$1" && chmod 0644 "$1"
-  else
-    rm -f "$tmp"
-  fi
-}
-gen "$stage/bash-completion/completions/farm" "$farm" completions bash
-gen "$stage/zsh/vendor-completions/_farm" "$farm" completions zsh
-gen "$stage/fish/vendor_completions.d/farm.fish" "$farm" completions fish
+mkdir -p "$stage/bash-completion/completions" "$stage/zsh/vendor-completions" \
+  "$stage/fish/vendor_completions.d" "$stage/man/man1"
+"$farm" completions bash >"$stage/bash-completion/completions/farm"
+"$farm" completions zsh >"$stage/zsh/vendor-completions/_farm"
+"$farm" completions fish >"$stage/fish/vendor_completions.d/farm.fish"
 mandir=$(mktemp -d)
-if "$farm" man "$mandir" >/dev/null 2>&1 && compgen -G "$mandir/*.1" >/dev/null; then
-  mkdir -p "$stage/man/man1"
-  for m in "$mandir"/*.1; do gzip -9n <"$m" >"$stage/man/man1/$(basename "$m").gz"; done
-fi
+"$farm" manpages "$mandir" >/dev/null
+for m in "$mandir"/*.1; do gzip -9n <"$m" >"$stage/man/man1/$(basename "$m").gz"; done
 rm -rf "$mandir"
-[[ -e $stage/bash-completion ]] || echo "package.sh: no shell completions in the package (farm cannot generate them yet)" >&2
-[[ -e $stage/man ]] || echo "package.sh: no man pages in the package (farm cannot generate them yet)" >&2
+for f in "$stage"/bash-completion/completions/farm "$stage"/zsh/vendor-completions/_farm \
+  "$stage"/fish/vendor_completions.d/farm.fish "$stage"/man/man1/farm.1.gz; do
+  [[ -s $f ]] || { echo "package.sh: $f is empty" >&2; exit 1; }
+done
+find "$stage" -type f -exec chmod 0644 {} +
 
 mkdir -p "$tgt/debian"
 cargo deb -p farm --no-build --target "$host" --output "$tgt/debian/" "$@" | tail -n 1

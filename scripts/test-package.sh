@@ -74,9 +74,14 @@ cmp -s /usr/share/farm/farm-dashboard.json packaging/grafana/farm-dashboard.json
 dpkg-query -W -f='${Conffiles}\n' farm | grep -q '/etc/farm/farmd.toml' || fail "/etc/farm/farmd.toml is not a conffile"
 if grep -Ev '^\s*(#|$)' /etc/farm/farmd.toml; then fail "/etc/farm/farmd.toml sets keys (every key must be commented)"; fi
 for c in /usr/share/bash-completion/completions/farm /usr/share/zsh/vendor-completions/_farm /usr/share/fish/vendor_completions.d/farm.fish; do
-  if grep -q "^\./${c#/}\$\|${c#/}\$" <<<"$contents"; then [[ -s $c ]] || fail "$c is empty"; else echo "(no ${c##*/} completion in the package yet)"; fi
+  [[ -s $c ]] || fail "$c is missing or empty"
 done
-ls /usr/share/man/man1/farm*.1.gz >/dev/null 2>&1 || echo "(no man pages in the package yet)"
+# bash completes farm's commands from the installed file.
+words=$(bash -c 'source /usr/share/bash-completion/completions/farm; COMP_WORDS=(farm st); COMP_CWORD=1; COMP_LINE="farm st"; COMP_POINT=7; _farm farm st farm; echo "${COMPREPLY[*]}"')
+[[ " $words " == *" stats "* && " $words " == *" status "* ]] || fail "bash completion of 'farm st' gave '$words'"
+for m in farm farm-stats farm-cache farm-status farm-cluster; do
+  zcat "/usr/share/man/man1/$m.1.gz" 2>/dev/null | grep -q '^\.TH' || fail "no man page /usr/share/man/man1/$m.1.gz"
+done
 # The static shims need no shared library.
 if ldd /usr/bin/farm-cc 2>&1 | grep -q '=>'; then fail "farm-cc is dynamically linked"; fi
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh: the whole test suite, as CI runs it (.ci/run calls this and nothing weaker).
 # Installs the tools the tests need, then: formatting, clippy, the dependency rules,
-# and every test (unit, real gcc/clang, real Make/CMake/Ninja builds of Debian sources).
+# every test (unit, real gcc/clang, real Make/CMake/Ninja builds of Debian sources), and
+# the Debian package installed, used and removed (scripts/test-package.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -29,5 +30,12 @@ if grep -rnE 'lang::(gcc|javac|csc)\b' daemon/src; then
 fi
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee target/test.log
-# One closing line for the whole run.
+# One closing line for the cargo tests.
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "%d passed, %d failed\n", p, f }' target/test.log
+echo "== the Debian package (scripts/test-package.sh)"
+# dpkg -i, a system user and farmd as that user: root only. CI runs as root.
+if [[ $(id -u) == 0 ]] && command -v dpkg >/dev/null; then
+  bash scripts/test-package.sh
+else
+  echo "skipped: needs root and dpkg"
+fi
