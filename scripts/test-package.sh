@@ -101,7 +101,8 @@ step "certificates and a configuration"
 /usr/bin/farm cluster init "$work/ca" --name pkgtest >/dev/null
 /usr/bin/farm cluster issue node1 --ca "$work/ca" --out "$work/ca" >/dev/null
 install -m 0644 "$work/ca/ca.crt" /etc/farm/ca.crt
-install -m 0640 -o root -g farm "$work/ca/node1.crt" "$work/ca/node1.key" /etc/farm/
+install -m 0644 "$work/ca/node1.crt" /etc/farm/
+install -m 0600 -o farmd -g farm "$work/ca/node1.key" /etc/farm/
 port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # Every commented key uncommented is a valid configuration: the file documents real keys.
 sed -E 's/^#([a-z_]+ = )/\1/' /etc/farm/farmd.toml |
@@ -116,6 +117,11 @@ sed -i -E "s|^#listen = .*|listen = \"127.0.0.1:$port\"|; s|^#ca = |ca = |;
            s|^#cert = .*|cert = \"node1.crt\"|; s|^#key = .*|key = \"node1.key\"|;
            s|^#state_dir = |state_dir = |; s|^#http = .*|http = \"127.0.0.1:$port\"|" /etc/farm/farmd.toml
 /usr/bin/farmd --check /etc/farm/farmd.toml
+# Group farm (every build user) must not read the node's key: farmd refuses it then.
+chmod 0640 /etc/farm/node1.key
+/usr/bin/farmd --check /etc/farm/farmd.toml 2>"$work/check.err" && fail "farmd accepted a key group farm can read"
+grep -q 'node1.key is readable by others' "$work/check.err" || fail "farmd --check on a group-readable key: $(cat "$work/check.err")"
+chmod 0600 /etc/farm/node1.key
 
 step "dpkg -i again (an upgrade in place): the edited conffile and the user stay"
 dpkg -i "$deb" </dev/null

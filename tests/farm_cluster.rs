@@ -9,6 +9,7 @@ use common::*;
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -174,6 +175,47 @@ fn farmd_config_errors_name_the_file_and_key() {
     let o = farm(&["status"], &d.path().join("none.sock"));
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no farmd agent"));
+
+    // A node key that others may read is refused, as ssh refuses one: whoever reads it
+    // is this node to the cluster (a key in group `farm` is readable by every build user).
+    let ca = d.path().join("ca");
+    let made = |args: &[&str]| {
+        let o = Command::new(farm_bin()).args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    made(&["cluster", "init", ca.to_str().unwrap(), "--name", "t"]);
+    made(&[
+        "cluster",
+        "issue",
+        "n",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--out",
+        d.path().to_str().unwrap(),
+    ]);
+    fs::copy(ca.join("ca.crt"), d.path().join("ca.crt")).unwrap();
+    let key = d.path().join("n.key");
+    let text = format!("listen = \"127.0.0.1:1\"\n{base}");
+    for mode in [0o640, 0o604, 0o644] {
+        fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
+        let err = check(&text);
+        assert!(
+            err.contains(&key.display().to_string()) && err.contains("readable by others"),
+            "{mode:o}: {err}"
+        );
+    }
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(&cfg, &text).unwrap();
+    let o = Command::new(farmd_bin())
+        .arg("--check")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// Single files through a peer for both compilers, C and C++, with the dependency

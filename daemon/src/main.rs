@@ -167,10 +167,31 @@ fn private_dir(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a node key that anyone but its owner may read, as ssh does: whoever reads it
+/// is this node to the whole cluster (docs/security.md). The usual slip is a key in
+/// group `farm`, which every build user of the machine joins to reach the agent.
+fn private_key(file: &std::path::Path, key: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(key)
+        .with_context(|| format!("{}: key {}", file.display(), key.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(anyhow!(
+            "{}: key {} is readable by others (mode {:04o}): make it 0600 and owned by farmd's user",
+            file.display(),
+            key.display(),
+            mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 fn start(file: PathBuf, check_only: bool) -> Result<()> {
     let cfg = DaemonConfig::load(&file)?;
     let tls = farm::net::load_node_tls(&cfg.ca, &cfg.cert, &cfg.key, cfg.idle_timeout)
         .with_context(|| format!("{}: certificates", file.display()))?;
+    private_key(&file, &cfg.key)?;
     if let Some(n) = &cfg.name {
         if *n != tls.name {
             return Err(anyhow!(
