@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# netns.sh up DIR N RTT_MS [PREFIX] | down DIR | rtt DIR [FROM TO]
+# netns.sh up DIR N RTT_MS [PREFIX [LOSS_PCT]] | down DIR | rtt DIR [FROM TO]
+#          | cut DIR I | heal DIR I | stats DIR
 #
 # N network namespaces on a private subnet with a round-trip delay, for farm tests and
 # benchmarks (root only). Node i (0-based) is namespace PREFIX-i with address
@@ -11,6 +12,11 @@
 #           hub namespace PREFIX-hub (veth pairs), when this kernel has sch_netem;
 #   switch  scripts/netns-switch.py otherwise: a user-space switch in PREFIX-hub holding
 #           one tap device per node, which delays every frame (UDP, TCP, ARP, broadcast).
+# LOSS_PCT (default 0) drops that share of the frames each way (netem `loss`, or the
+# switch's --loss). `cut DIR I` cuts node I off: every frame to or from it is dropped
+# (its bridge port goes down, or the switch drops its tap's frames), so its connections
+# see silence, not errors; `heal DIR I` reconnects it. `stats DIR` prints what the switch
+# delivered and dropped (cut, loss) so far (`mode netem` and nothing else under netem).
 # `up` writes DIR/netns.env (NETNS_PREFIX, NETNS_NODES, NETNS_IPS, NETNS_DELAY=netem|switch,
 # NETNS_SWITCH_PID, NETNS_RTT_MS measured with UDP pings from node 0 to node 1) and
 # returns; `down` kills the switch and deletes every namespace (links go with them). It is
@@ -62,7 +68,7 @@ print("%.2f" % statistics.median(xs[5:] or xs or [-1.0]))
 case $cmd in
 up)
   n=${3:?netns.sh up: N missing}; rtt_ms=${4:?netns.sh up: RTT_MS missing}
-  prefix=${5:-fn$$}
+  prefix=${5:-fn$$}; loss=${6:-0}
   [[ $(id -u) == 0 ]] || { echo "netns.sh: network namespaces need root" >&2; exit 1; }
   mkdir -p "$dir"
   hub=$prefix-hub
@@ -89,13 +95,15 @@ up)
     for i in "${!nodes[@]}"; do
       ip -n "$hub" link add "p$i" type veth peer name eth0 netns "${nodes[$i]}"
       ip -n "$hub" link set "p$i" master br0 up
-      ip netns exec "${nodes[$i]}" tc qdisc add dev eth0 root netem delay "${half}ms"
+      ip netns exec "${nodes[$i]}" tc qdisc add dev eth0 root netem delay "${half}ms" loss "${loss}%"
     done
   else
     delay=switch
     taps=(); for i in "${!nodes[@]}"; do taps+=("t$i"); done
-    rm -f "$dir/switch.ready"
-    ip netns exec "$hub" setsid python3 "$root/scripts/netns-switch.py" "$dir/switch.ready" "$half" "${taps[@]}" \
+    rm -f "$dir/switch.ready" "$dir/switch.control"
+    : >"$dir/switch.control"
+    ip netns exec "$hub" setsid python3 "$root/scripts/netns-switch.py" "$dir/switch.ready" "$half" \
+      --loss "$loss" --control "$dir/switch.control" "${taps[@]}" \
       </dev/null >"$dir/switch.log" 2>&1 &
     for _ in $(seq 100); do [[ -s $dir/switch.ready ]] && break; sleep 0.05; done
     [[ -s $dir/switch.ready ]] || { echo "netns.sh: the delay switch did not start: $(cat "$dir/switch.log")" >&2; exit 1; }
@@ -132,6 +140,29 @@ rtt)
   read -ra nodes <<<"$NETNS_NODES"; read -ra ips <<<"$NETNS_IPS"
   a=${3:-0}; b=${4:-1}
   rtt "${nodes[$a]}" "${nodes[$b]}" "${ips[$b]}"
+  ;;
+cut | heal)
+  i=${3:?netns.sh $cmd: node index missing}
+  # shellcheck disable=SC1091
+  source "$dir/netns.env"
+  if [[ $NETNS_DELAY == netem ]]; then
+    ip -n "$NETNS_PREFIX-hub" link set "p$i" "$([[ $cmd == cut ]] && echo down || echo up)"
+  else
+    grep -vx "cut $i" "$dir/switch.control" >"$dir/switch.control.new" || true
+    [[ $cmd == cut ]] && echo "cut $i" >>"$dir/switch.control.new"
+    mv "$dir/switch.control.new" "$dir/switch.control"
+    kill -USR1 "$NETNS_SWITCH_PID"
+  fi
+  ;;
+stats)
+  # shellcheck disable=SC1091
+  source "$dir/netns.env"
+  if [[ $NETNS_DELAY == netem ]]; then echo "mode netem"; exit 0; fi
+  rm -f "$dir/switch.control.stats"
+  kill -USR2 "$NETNS_SWITCH_PID"
+  for _ in $(seq 100); do [[ -s $dir/switch.control.stats ]] && break; sleep 0.02; done
+  echo "mode switch"
+  cat "$dir/switch.control.stats"
   ;;
 *) echo "netns.sh: unknown command $cmd" >&2; exit 2 ;;
 esac

@@ -310,9 +310,15 @@ fn shared_libraries(exe: &Path) -> Vec<PathBuf> {
 }
 
 fn run_ldd(exe: &Path) -> Vec<PathBuf> {
+    // What the compiler itself loads, not what this process was started with: a
+    // worker runs jobs without LD_PRELOAD (and a compile with it stays home), and a
+    // preload inherited here (farmd under libfaketime, a malloc preload) would put
+    // that library into the package and change the compiler's identity, so that no
+    // peer would run this node's compiler or this node a peer's.
     let Ok(out) = Command::new("ldd")
         .arg(exe)
         .env("LC_ALL", "C")
+        .env_remove("LD_PRELOAD")
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()

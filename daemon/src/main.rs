@@ -291,6 +291,7 @@ async fn run(cfg: DaemonConfig, tls: farm::net::NodeTls) -> Result<()> {
         local_last: Mutex::new(None),
         ms_per_mib: Mutex::new(0.0),
         stopping: false.into(),
+        disk_full: false.into(),
         started: Instant::now(),
         jobs_served: 0.into(),
         jobs_refused: 0.into(),

@@ -58,6 +58,9 @@ pub struct Node {
     /// Worker time per MiB of shipped source (ms), smoothed, for job deadlines.
     pub ms_per_mib: Mutex<f64>,
     pub stopping: AtomicBool,
+    /// `state_dir`'s file system had less than [`crate::worker::MIN_FREE`] free at the
+    /// last look: no jobs are taken, and none advertised (see [`Node::disk_room`]).
+    pub disk_full: AtomicBool,
     pub started: Instant,
     pub jobs_served: AtomicU64,
     pub jobs_refused: AtomicU64,
@@ -138,8 +141,37 @@ impl Node {
         }
     }
 
+    /// Whether `state_dir`'s file system has room for a job (at least
+    /// [`crate::worker::MIN_FREE`] bytes available); `Err` says how little it has. A
+    /// change either way is logged once.
+    pub fn disk_room(&self) -> Result<(), String> {
+        let free = crate::worker::free_bytes(&self.cfg.state_dir);
+        let full = free.is_some_and(|f| f < crate::worker::MIN_FREE);
+        let was = self.disk_full.swap(full, Ordering::Relaxed);
+        let dir = self.cfg.state_dir.display();
+        let free = free.unwrap_or(0);
+        if full && !was {
+            tracing::warn!(state_dir = %dir, free_bytes = free, "state directory's disk is full: no jobs taken or advertised until it has room");
+        } else if !full && was {
+            tracing::info!(state_dir = %dir, free_bytes = free, "state directory's disk has room again: taking jobs");
+        }
+        if full {
+            Err(format!(
+                "{}: disk full: {} KiB free in {dir} (a job needs {} MiB)",
+                self.name,
+                free >> 10,
+                crate::worker::MIN_FREE >> 20
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
     pub fn advert(&self) -> Advert {
         let now = Instant::now();
+        // A node whose disk is full offers no compilers (as one without a sandbox),
+        // so peers stop sending it jobs it could only refuse.
+        let room = self.disk_room().is_ok();
         let peers = self.peers.lock().unwrap();
         Advert {
             version: VERSION,
@@ -156,7 +188,7 @@ impl Node {
             compilers: self
                 .compilers
                 .iter()
-                .filter(|_| self.sandbox.is_some())
+                .filter(|_| self.sandbox.is_some() && room)
                 .map(|c| CompilerAd {
                     name: c.name.clone(),
                     identity: c.identity,

@@ -255,16 +255,32 @@ async fn resolve(addr: &str) -> Option<SocketAddr> {
     tokio::net::lookup_host(addr).await.ok()?.next()
 }
 
+/// Handshakes with peers that failed (not merely unanswered ones).
+static DIAL_LOG: LogLimit = LogLimit::new();
+
 /// Dials a peer and records the connection, or schedules the next try.
 async fn dial(node: Arc<Node>, addr: String) {
+    // A peer that answers but whose handshake fails (a certificate this node cannot
+    // accept, or that refuses this node's: another CA, a clock outside the
+    // certificates' validity) is logged at warn: it will not join until someone acts.
+    // One that does not answer at all is only debug: peers come and go.
+    let mut refused = false;
     let result = async {
         let sa = resolve(&addr)
             .await
             .ok_or_else(|| anyhow!("cannot resolve {addr}"))?;
         let connecting = node.endpoint.connect(sa, farm::net::SERVER_NAME)?;
-        let conn = tokio::time::timeout(Duration::from_secs(3), connecting)
-            .await
-            .map_err(|_| anyhow!("handshake timed out"))??;
+        let conn = match tokio::time::timeout(Duration::from_secs(3), connecting).await {
+            Err(_) => return Err(anyhow!("handshake timed out")),
+            Ok(Err(quinn::ConnectionError::TimedOut)) => {
+                return Err(anyhow!("handshake timed out"))
+            }
+            Ok(Err(e)) => {
+                refused = true;
+                return Err(anyhow!("handshake failed: {e}"));
+            }
+            Ok(Ok(c)) => c,
+        };
         let name = farm::net::peer_name(&conn).ok_or_else(|| anyhow!("peer has no node name"))?;
         if node.cfg.revoked.contains(&name) {
             conn.close(2u32.into(), b"revoked");
@@ -292,7 +308,11 @@ async fn dial(node: Arc<Node>, addr: String) {
             p.backoff = Duration::from_millis(250);
         }
         Err(e) => {
-            tracing::debug!(%addr, error = %e, "cannot reach peer");
+            if !refused {
+                tracing::debug!(%addr, error = %e, "cannot reach peer");
+            } else if let Some(suppressed) = DIAL_LOG.allow() {
+                tracing::warn!(%addr, error = %e, suppressed, "cannot connect to peer");
+            }
             p.backoff = (p.backoff * 2).min(Duration::from_secs(5));
             p.next_dial = Some(Instant::now() + p.backoff);
         }

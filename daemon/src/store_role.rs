@@ -72,10 +72,20 @@ pub fn missing_blobs(node: &Node, digests: &[[u8; 32]]) -> Vec<[u8; 32]> {
 }
 
 /// A peer's `PutBlobs`.
+/// Blobs come before the job that reads them: a full disk refuses them as it would
+/// the job (logged and counted as the worker's refusal), and so does a failed write.
 pub fn put_blobs(node: &Node, blobs: &[Blob]) -> PeerResponse {
+    use crate::worker::{refuse, Refusal};
+    if let Err(why) = node.disk_room() {
+        return refuse(node, Refusal::Disk, why);
+    }
     match node.blobs.put(blobs) {
         Ok(()) => PeerResponse::Stored,
-        Err(why) => PeerResponse::Refused(format!("{}: {why}", node.name)),
+        Err(why) => refuse(
+            node,
+            Refusal::Disk,
+            format!("{}: cannot store blobs: {why}", node.name),
+        ),
     }
 }
 

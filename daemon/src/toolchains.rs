@@ -136,16 +136,26 @@ impl Toolchains {
         self.kept(digest, exec, |tmp| {
             let own = self.own_files.lock().unwrap().get(digest).cloned();
             // Own files are copied as they stream (a compiler's 30 MB program is never
-            // held), then checked; the blob store's are checked already.
-            let copied = own.is_some_and(|p| {
-                std::fs::copy(&p, tmp).is_ok()
-                    && farm::fsutil::hash_file(tmp).ok().as_ref() == Some(digest)
+            // held), then checked; the blob store's are checked already. Why a copy
+            // failed (a full disk) is the job's refusal if no blob stands in.
+            let mut copy_failed = None;
+            let copied = own.is_some_and(|p| match std::fs::copy(&p, tmp) {
+                Ok(_) => farm::fsutil::hash_file(tmp).ok().as_ref() == Some(digest),
+                Err(e) => {
+                    copy_failed = Some(format!(
+                        ": copying {} to {}: {e}",
+                        p.display(),
+                        self.dir.display()
+                    ));
+                    false
+                }
             });
             if !copied {
                 let data = blobs.get(digest).ok_or_else(|| {
                     format!(
-                        "toolchain file {} is missing",
-                        farm::fsutil::hex(&digest[..8])
+                        "toolchain file {} is missing{}",
+                        farm::fsutil::hex(&digest[..8]),
+                        copy_failed.as_deref().unwrap_or_default()
                     )
                 })?;
                 std::fs::write(tmp, &data).map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -294,5 +304,23 @@ mod tests {
         // Found again without the blob store; not as another mode.
         assert_eq!(t.file_at(&digest, true, &blobs).unwrap(), at);
         assert!(t.file_at(&digest, false, &blobs).is_err());
+    }
+
+    #[test]
+    fn an_own_file_that_cannot_be_copied_says_why() {
+        // A full disk under `state_dir` fails the copy of a compiler's own file; the
+        // job's refusal (and farmd's log) must say so, not only "missing".
+        let d = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::new(d.path(), 64 << 20);
+        let t = Toolchains::new(&d.path().join("state"), true, 64 << 20);
+        let digest = [9u8; 32];
+        // A directory where the compiler's file was: the copy fails, as on ENOSPC.
+        t.own_files
+            .lock()
+            .unwrap()
+            .insert(digest, d.path().to_path_buf());
+        let e = t.file_at(&digest, true, &blobs).unwrap_err();
+        assert!(e.contains("is missing: copying"), "{e}");
+        assert!(e.contains(&d.path().display().to_string()), "{e}");
     }
 }

@@ -33,6 +33,11 @@ impl Netns {
     /// `n` namespaces with `rtt_ms` between any two; their names carry this process's
     /// id and a counter, so tests running in parallel do not collide.
     pub fn up(dir: &Path, n: usize, rtt_ms: f64) -> Netns {
+        Netns::up_lossy(dir, n, rtt_ms, 0.0)
+    }
+
+    /// As [`Netns::up`], with `loss_pct` of the frames dropped each way.
+    pub fn up_lossy(dir: &Path, n: usize, rtt_ms: f64, loss_pct: f64) -> Netns {
         static RUN: AtomicUsize = AtomicUsize::new(0);
         require("ip");
         require("python3");
@@ -60,6 +65,7 @@ impl Netns {
             .arg(n.to_string())
             .arg(rtt_ms.to_string())
             .arg(&prefix)
+            .arg(loss_pct.to_string())
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -89,6 +95,47 @@ impl Netns {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.names[i]]).arg(program);
         c
+    }
+
+    /// `netns.sh ARGS` on these namespaces, asserting success; its stdout.
+    fn script(&self, args: &[&str]) -> String {
+        let o = Command::new("bash")
+            .arg(netns_script())
+            .arg(args[0])
+            .arg(&self.dir)
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "netns.sh {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Cuts node `i` off: every frame to or from it is dropped from now on (silence,
+    /// not errors, as when a cable is pulled).
+    pub fn cut(&self, i: usize) {
+        self.script(&["cut", &i.to_string()]);
+    }
+
+    /// Reconnects node `i`.
+    pub fn heal(&self, i: usize) {
+        self.script(&["heal", &i.to_string()]);
+    }
+
+    /// What the user-space switch delivered and dropped so far (`delivered`,
+    /// `dropped_cut`, `dropped_loss`); empty under netem, which counts nothing.
+    pub fn switch_stats(&self) -> std::collections::BTreeMap<String, f64> {
+        self.script(&["stats"])
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
     }
 }
 
@@ -130,11 +177,25 @@ impl NetnsCluster {
     /// One node per name, node i in namespace i; every node but the first knows only
     /// the first (the rest is learned by gossip). `extra(i)` adds config lines to node i.
     pub fn new(names: &[&str], rtt_ms: f64, extra: impl Fn(usize) -> String) -> NetnsCluster {
+        NetnsCluster::with(names, rtt_ms, 0.0, extra, |_, _| Vec::new())
+    }
+
+    /// As [`NetnsCluster::new`], with `loss_pct` of the frames lost each way, and node
+    /// i's farmd started as `ip netns exec NS <launch(i, node dir)…> farmd --config …`
+    /// (a wrapper that execs it: `env`, `sh -c '…; exec "$@"'`), so the node's pid is
+    /// still farmd's.
+    pub fn with(
+        names: &[&str],
+        rtt_ms: f64,
+        loss_pct: f64,
+        extra: impl Fn(usize) -> String,
+        launch: impl Fn(usize, &Path) -> Vec<std::ffi::OsString>,
+    ) -> NetnsCluster {
         let root = tempfile::Builder::new()
             .prefix("farm-netns")
             .tempdir()
             .unwrap();
-        let net = Netns::up(root.path(), names.len(), rtt_ms);
+        let net = Netns::up_lossy(root.path(), names.len(), rtt_ms, loss_pct);
         let ca = root.path().join("ca");
         run_ok(Command::new(farm_bin()).args(["cluster", "init"]).arg(&ca));
         let mut cl = NetnsCluster {
@@ -175,9 +236,16 @@ impl NetnsCluster {
             )
             .unwrap();
             let log = fs::File::create(dir.join("farmd.stderr")).unwrap();
-            let child = cl
-                .net
-                .cmd_in(i, farmd_bin())
+            let wrapper = launch(i, &dir);
+            let mut cmd = match wrapper.split_first() {
+                Some((first, rest)) => {
+                    let mut c = cl.net.cmd_in(i, first);
+                    c.args(rest).arg(farmd_bin());
+                    c
+                }
+                None => cl.net.cmd_in(i, farmd_bin()),
+            };
+            let child = cmd
                 .arg("--config")
                 .arg(&config)
                 .stdin(Stdio::null())
@@ -215,6 +283,24 @@ impl NetnsCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+
+    /// Node `i`'s Prometheus metrics, fetched inside its namespace (farmd serves them on
+    /// its loopback, TCP port [`FARMD_PORT`]).
+    pub fn metrics(&self, i: usize) -> String {
+        let o = self
+            .net
+            .cmd_in(i, "curl")
+            .args(["-sSf", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{FARMD_PORT}/metrics"))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "metrics of node {i}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     /// `program` in the client's (node 0's) namespace, with the test's farm environment

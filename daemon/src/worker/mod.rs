@@ -55,10 +55,33 @@ pub(crate) enum Refusal {
     Sandbox,
     /// The outputs could not be read back, or are too large.
     Outputs,
+    /// `state_dir`'s disk is full (less than [`MIN_FREE`] available), or a peer's
+    /// blobs could not be stored.
+    Disk,
+}
+
+/// Bytes a worker wants free on `state_dir`'s file system to take a job: a job's
+/// inputs, its outputs and the compiler's temporary files, for any ordinary compile.
+pub(crate) const MIN_FREE: u64 = 16 << 20;
+
+/// Bytes available to farmd on the file system holding `dir`; `None` when it cannot
+/// be asked (then nobody is refused for it).
+pub(crate) fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a NUL-terminated path and a buffer statvfs fills on success.
+    let r = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the buffer.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 impl Refusal {
-    pub(crate) const ALL: [Refusal; 12] = [
+    pub(crate) const ALL: [Refusal; 13] = [
         Refusal::Stopping,
         Refusal::Family,
         Refusal::Compiler,
@@ -71,6 +94,7 @@ impl Refusal {
         Refusal::Warm,
         Refusal::Sandbox,
         Refusal::Outputs,
+        Refusal::Disk,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -87,11 +111,12 @@ impl Refusal {
             Refusal::Warm => "warm",
             Refusal::Sandbox => "sandbox",
             Refusal::Outputs => "outputs",
+            Refusal::Disk => "disk",
         }
     }
 }
 
-fn refuse(node: &Node, kind: Refusal, why: String) -> PeerResponse {
+pub(crate) fn refuse(node: &Node, kind: Refusal, why: String) -> PeerResponse {
     node.jobs_refused.fetch_add(1, Ordering::Relaxed);
     crate::metrics::get().count_refusal(kind.name());
     tracing::warn!(reason = %why, kind = kind.name(), "job refused");

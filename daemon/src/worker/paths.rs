@@ -78,6 +78,9 @@ pub async fn run_paths(node: &Node, peer: &str, job: PathJob) -> PeerResponse {
             format!("{}: no job sandbox", node.name),
         );
     };
+    if let Err(why) = node.disk_room() {
+        return refuse(node, Refusal::Disk, why);
+    }
     let slot = match JobSlot::take(node, &job.family).await {
         Ok(s) => s,
         Err(why) => return refuse(node, Refusal::Busy, why),

@@ -81,6 +81,9 @@ pub async fn run(node: &Node, peer: &str, job: Job) -> PeerResponse {
             format!("refused {}: {}", p.reason, p.detail),
         );
     }
+    if let Err(why) = node.disk_room() {
+        return refuse(node, Refusal::Disk, why);
+    }
     let slot = match JobSlot::take(node, &job.family).await {
         Ok(s) => s,
         Err(why) => return refuse(node, Refusal::Busy, why),

@@ -40,6 +40,9 @@ pub async fn run_tree(node: &Node, peer: &str, job: TreeJob) -> PeerResponse {
         Ok(c) => c,
         Err(why) => return refuse(node, Refusal::Compiler, why),
     };
+    if let Err(why) = node.disk_room() {
+        return refuse(node, Refusal::Disk, why);
+    }
     let slot = match JobSlot::take(node, &job.family).await {
         Ok(s) => s,
         Err(why) => return refuse(node, Refusal::Busy, why),
