@@ -20,6 +20,11 @@ command -v dpkg >/dev/null || fail "needs dpkg"
 if dpkg-query -W -f='${Status}' farm 2>/dev/null | grep -q 'installed'; then fail "the farm package is already installed"; fi
 getent passwd farmd >/dev/null && fail "a farmd user exists already"
 getent group farm >/dev/null && fail "a farm group exists already"
+# The package keeps its system account on purge (as Debian does); this test removes it.
+drop_account() {
+  userdel farmd >/dev/null 2>&1 || true
+  groupdel farm >/dev/null 2>&1 || true
+}
 
 work=$(mktemp -d /tmp/test-package.XXXXXX)
 farmd_pid=
@@ -29,6 +34,7 @@ cleanup() {
   # Leave the machine as it was, even on failure.
   rm -f /etc/farm/ca.crt /etc/farm/node1.crt /etc/farm/node1.key
   dpkg -P farm >/dev/null 2>&1 || true
+  drop_account
   rm -rf "$work"
 }
 systemd=0
@@ -63,9 +69,18 @@ done
 for l in farm-c++ farm-javac farm-csc; do
   [[ $(readlink -f /usr/bin/$l) == /usr/bin/farm ]] || fail "/usr/bin/$l does not lead to /usr/bin/farm"
 done
-for l in cc c++ gcc g++ clang clang++ javac mcs csc; do
+for l in cc c++ gcc g++; do
   [[ -L /usr/lib/farm/$l && $(readlink -f /usr/lib/farm/$l) == /usr/bin/farm ]] ||
     fail "/usr/lib/farm/$l is not a link to farm"
+done
+# The optional compilers' links exist exactly where this machine has the compiler.
+for l in clang clang++ javac mcs csc; do
+  if PATH=/usr/sbin:/usr/bin:/sbin:/bin command -v "$l" >/dev/null; then
+    [[ -L /usr/lib/farm/$l && $(readlink -f /usr/lib/farm/$l) == /usr/bin/farm ]] ||
+      fail "/usr/lib/farm/$l is not a link to farm though $l is installed"
+  else
+    [[ ! -e /usr/lib/farm/$l ]] || fail "/usr/lib/farm/$l exists, but this machine has no $l"
+  fi
 done
 unit=$(dpkg -L farm | grep -E '/systemd/system/farmd\.service$') || fail "no farmd.service in the package"
 grep -qx 'User=farmd' "$unit" && grep -qx 'Group=farm' "$unit" || fail "$unit does not run farmd as farmd:farm"
@@ -150,6 +165,13 @@ for _ in $(seq 100); do [[ -S /run/farm/agent.sock ]] && break; sleep 0.1; done
 pid=${farmd_pid:-$(systemctl show -p MainPID --value farmd)}
 [[ $(ps -o user=,group= -p "$pid" | xargs) == 'farmd farm' ]] || fail "farmd does not run as farmd:farm ($(ps -o user=,group= -p "$pid"))"
 curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null || fail "farmd's /healthz does not answer"
+# The unit's hardening must leave bubblewrap what it needs, or the node silently runs no
+# peer's job: its own /proc (no read-only /proc/sys) and netlink (the job's loopback).
+grep -qx 'ProtectKernelTunables=yes' "$unit" && fail "$unit sets ProtectKernelTunables: bwrap cannot mount /proc in a user namespace"
+if af=$(grep '^RestrictAddressFamilies=' "$unit"); then [[ $af == *AF_NETLINK* ]] || fail "$unit: $af leaves out AF_NETLINK (bwrap's loopback)"; fi
+sleep 1
+if [[ $systemd == 1 ]]; then journalctl -u farmd --no-pager >"$work/farmd.log" 2>/dev/null || true; fi
+if grep -q 'no job sandbox' "$work/farmd.log"; then cat "$work/farmd.log" >&2; fail "farmd as the unit runs it has no job sandbox"; fi
 /usr/bin/farm status | tee "$work/status"
 
 step "a two-file C program through /usr/lib/farm"
@@ -179,7 +201,7 @@ build() {
 [[ $(PATH=/usr/lib/farm:$PATH command -v gcc) == /usr/lib/farm/gcc ]] || fail "gcc on PATH is not the masquerade link"
 # Each link finds the real compiler behind it (never itself) and passes --version through.
 for n in cc c++ gcc g++ clang clang++; do
-  [[ -x /usr/bin/$n ]] || continue
+  [[ -e /usr/lib/farm/$n ]] || continue
   [[ $(PATH=/usr/lib/farm:$PATH $n --version 2>&1) == "$(/usr/bin/$n --version 2>&1)" ]] ||
     fail "/usr/lib/farm/$n --version is not /usr/bin/$n's"
 done
@@ -233,8 +255,9 @@ getent passwd farmd >/dev/null || fail "dpkg -r removed the farmd user (only pur
 
 step "dpkg -P"
 dpkg -P farm
-getent passwd farmd >/dev/null && fail "the farmd user is left after purge"
-getent group farm >/dev/null && fail "the farm group is left after purge"
+getent passwd farmd >/dev/null || fail "purge removed the farmd user (its uid could go to another account)"
+[[ $(getent shadow farmd | cut -d: -f2) == '!'* ]] || fail "the farmd account is not locked after purge"
+drop_account
 snapshot >"$work/after"
 if ! diff "$work/before" "$work/after"; then fail "files differ before the install and after the purge (above)"; fi
 echo "test-package: ok"

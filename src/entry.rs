@@ -281,7 +281,16 @@ fn compile(requested: Requested, args: Vec<OsString>) -> i32 {
                 Some(Ok(c)) => c.journal.value.clone(),
                 _ => crate::journal::path_from_env(),
             };
-            let code = fail(e);
+            // As the shell answers a command it cannot find (127): a masquerade link
+            // without a real compiler behind it must read as "no such compiler" to the
+            // scripts that probe for one.
+            let code = match e {
+                ResolveError::NotFound(_) => {
+                    fail(&e);
+                    127
+                }
+                ResolveError::IsFarm(_) => fail(&e),
+            };
             let name = Path::new(&requested);
             let (kind, why) = (Kind::Error, "compiler_not_found");
             journal_unrun(journal.as_deref(), t0, name, &args, kind, why, Some(code));

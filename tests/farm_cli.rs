@@ -253,6 +253,28 @@ fn compiler_arguments_never_reach_the_command_parser() {
     assert_eq!(o.status.code(), plain.status.code());
     assert!(text(&o.stderr).contains("--json"), "{}", text(&o.stderr));
     assert!(!text(&o.stderr).contains("farm:"), "{}", text(&o.stderr));
+
+    // A masquerade link with no real compiler behind it answers as the shell does for
+    // a command it cannot find (127), in one line naming the compiler.
+    std::os::unix::fs::symlink(farm_bin(), masq.join("farm-no-such-cc")).unwrap();
+    for o in [
+        env.cmd(masq.join("farm-no-such-cc"))
+            .arg("-c")
+            .arg("x.c")
+            .output()
+            .unwrap(),
+        env.cmd(farm_bin())
+            .args(["farm-no-such-cc", "-c", "x.c"])
+            .output()
+            .unwrap(),
+    ] {
+        assert_eq!(o.status.code(), Some(127), "{}", text(&o.stderr));
+        let err = text(&o.stderr);
+        assert!(
+            err.contains("`farm-no-such-cc` not found") && err.lines().count() == 1,
+            "{err}"
+        );
+    }
 }
 
 #[test]

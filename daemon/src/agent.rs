@@ -43,9 +43,12 @@ struct Scope {
 
 impl Scope {
     fn of(node: &Node, uid: Option<u32>) -> Scope {
+        // A name identifies a person across the cluster; a bare uid does not (uid 1000
+        // is someone else on every machine, and in a container every host user is
+        // nameless): a user without a name gets a scope of this node only.
         let user = match uid {
-            Some(uid) => user_name(uid).unwrap_or_else(|| format!("uid:{uid}")),
-            None => "unknown".into(),
+            Some(uid) => user_name(uid).unwrap_or_else(|| format!("uid:{uid}@{}", node.name)),
+            None => format!("unknown@{}", node.name),
         };
         let trusted = uid.is_some() && node.cfg.trusted_publishers.contains(&user);
         Scope { user, trusted }

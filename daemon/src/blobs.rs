@@ -29,11 +29,10 @@ impl BlobStore {
     }
 
     /// Stores blobs whose content matches their digest; the others are refused.
-    pub fn put(&self, blobs: &[Blob]) -> Result<(), String> {
+    /// Stores `blobs`, each checked against its digest (`CacheError::Mismatch`).
+    pub fn put(&self, blobs: &[Blob]) -> Result<(), farm::store::CacheError> {
         for b in blobs {
-            self.0
-                .put(EntryKind::Blob, &CacheKey(b.digest), &b.data)
-                .map_err(|e| e.to_string())?;
+            self.0.put(EntryKind::Blob, &CacheKey(b.digest), &b.data)?;
         }
         Ok(())
     }

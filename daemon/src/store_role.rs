@@ -81,10 +81,16 @@ pub fn put_blobs(node: &Node, blobs: &[Blob]) -> PeerResponse {
     }
     match node.blobs.put(blobs) {
         Ok(()) => PeerResponse::Stored,
-        Err(why) => refuse(
+        // A blob that is not what its digest says is the sender's fault, not the disk's.
+        Err(e @ farm::store::CacheError::Mismatch { .. }) => refuse(
+            node,
+            Refusal::Request,
+            format!("{}: refused blobs: {e}", node.name),
+        ),
+        Err(e) => refuse(
             node,
             Refusal::Disk,
-            format!("{}: cannot store blobs: {why}", node.name),
+            format!("{}: cannot store blobs: {e}", node.name),
         ),
     }
 }

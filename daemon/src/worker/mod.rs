@@ -77,6 +77,11 @@ pub(crate) fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled the buffer.
     let st = unsafe { st.assume_init() };
+    // A file system that reports no size at all (some FUSE and pseudo file systems,
+    // tmpfs with size=0) says nothing about its room: never call it full.
+    if st.f_blocks == 0 {
+        return None;
+    }
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
@@ -210,4 +215,18 @@ fn allowed(node: &Node, ad: &farm::protocol::CompilerAd) -> Result<AllowedCompil
                 node.name
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_bytes;
+    use std::path::Path;
+
+    /// A file system without a size (procfs reports 0 blocks) is not "full".
+    #[test]
+    fn a_file_system_without_a_size_is_never_full() {
+        assert_eq!(free_bytes(Path::new("/proc")), None);
+        assert!(free_bytes(Path::new("/")).is_some_and(|b| b > 0));
+        assert_eq!(free_bytes(Path::new("/nonexistent/farm")), None);
+    }
 }
