@@ -392,6 +392,45 @@ fn corrupted_entries_are_misses_removed_and_recompiled() {
     assert_eq!(env.stats()["errors"]["corrupt_entries"], 2);
 }
 
+/// A damaged entry whose compressed frame claims 4 GiB (found by fuzz/entry_frame):
+/// reading it costs what the frame holds, not what it claims, so under a 1 GiB
+/// address-space limit the shim still counts it as corrupt and compiles.
+#[test]
+fn entry_claiming_gigabytes_is_read_in_bounded_memory() {
+    let env = Env::new("direct");
+    project(&env);
+    env.farm_ok(&["gcc", "-c", "-Iinc", "src/a.c", "-o", "a.o"]);
+    env.plain(&["gcc", "-c", "-Iinc", "src/a.c", "-o", "plain.o"]);
+    let entries: Vec<String> = walk(&env.cache)
+        .into_iter()
+        .filter(|p| p.ends_with(".r"))
+        .collect();
+    assert_eq!(entries.len(), 1);
+    // Magic, a checksum, and a zstd frame header (single segment, 8-byte content
+    // size) saying 0xffff_ffff bytes follow; none do.
+    let mut data = b"FARMENT1".to_vec();
+    data.extend_from_slice(&[0; 32]);
+    data.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd, 0xe0]);
+    data.extend_from_slice(&0xffff_ffffu64.to_le_bytes());
+    fs::write(&entries[0], &data).unwrap();
+    let o = env
+        .cmd("sh")
+        .args(["-c", "ulimit -v 1048576 && exec \"$@\"", "sh"])
+        .arg(farm_bin())
+        .args(["gcc", "-c", "-Iinc", "src/a.c", "-o", "a.o"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{:?}: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(env.read("a.o"), env.read("plain.o"));
+    let s = env.stats();
+    assert_eq!(s["errors"]["corrupt_entries"], 1, "{s}");
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc_geteuid() == 0 }

@@ -293,8 +293,22 @@ pub fn decode_entry(data: &[u8]) -> Result<Vec<u8>, &'static str> {
     if size > 4 << 30 {
         return Err("implausible size");
     }
-    let payload =
-        zstd::bulk::decompress(body, size as usize).map_err(|_| "decompression failed")?;
+    // Memory follows what the frame holds, not what its header claims: a damaged
+    // header claiming gigabytes must cost nothing until that much has decompressed
+    // (reserving it up front aborts the shim where memory is limited).
+    use std::io::Read as _;
+    let mut payload = Vec::with_capacity((size as usize).min(body.len().saturating_mul(64)));
+    let mut frame = zstd::stream::read::Decoder::with_buffer(body)
+        .map_err(|_| "decompression failed")?
+        .single_frame();
+    (&mut frame)
+        .take(size + 1)
+        .read_to_end(&mut payload)
+        .map_err(|_| "decompression failed")?;
+    // Exactly the size the frame states, and nothing after the frame.
+    if payload.len() as u64 != size || !frame.finish().is_empty() {
+        return Err("decompression failed");
+    }
     if blake3::hash(&payload).as_bytes() != &data[8..HEADER] {
         return Err("checksum mismatch");
     }
