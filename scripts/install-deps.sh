@@ -11,7 +11,9 @@
 #            0.9.1 (REAPI) in target/buildgrid-venv from Python 3.13 (pyenv's); prometheus
 #            (and promtool) for tests/metrics.rs, chromium (headless) for tests/monitor.rs; postgresql
 #            (BuildGrid's scheduler database) for tests/reapi_bot.rs
-#            cargo-deb 3.8.0 (cargo install) for scripts/test-package.sh
+#            cargo-deb 3.8.0 (cargo install) for scripts/test-package.sh; a nightly
+#            Rust toolchain (rustup, minimal profile) and cargo-fuzz 0.13.2 (cargo
+#            install) for scripts/fuzz.sh
 #   --bench: also ccache hyperfine distcc icecc sccache python3, the comparison tools
 #            of scripts/bench.sh and scripts/bench-farm.sh
 set -euo pipefail
@@ -69,4 +71,18 @@ fi
 if ! command -v cargo-deb >/dev/null; then
   echo "install-deps: cargo install cargo-deb 3.8.0" >&2
   cargo install cargo-deb --version 3.8.0 --locked --quiet
+fi
+# The fuzz targets of scripts/fuzz.sh (fuzz/, docs/robustness.md): a nightly toolchain
+# (rustup's minimal profile) and cargo-fuzz, each only when missing.
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  if ! command -v rustup >/dev/null; then
+    echo "install-deps: rustup not found: scripts/fuzz.sh needs a nightly toolchain (https://rustup.rs)" >&2
+    exit 1
+  fi
+  echo "install-deps: rustup toolchain install nightly --profile minimal" >&2
+  rustup toolchain install nightly --profile minimal
+fi
+if ! command -v cargo-fuzz >/dev/null; then
+  echo "install-deps: cargo install cargo-fuzz 0.13.2" >&2
+  cargo install cargo-fuzz --version 0.13.2 --locked --quiet
 fi

@@ -2,13 +2,15 @@
 # test.sh: the whole test suite, as CI runs it (.ci/run calls this and nothing weaker).
 # Installs the tools the tests need, then: formatting, clippy, the dependency rules,
 # every test (unit, real gcc/clang, real Make/CMake/Ninja builds of Debian sources), and
-# the Debian package installed, used and removed (scripts/test-package.sh).
+# the Debian package installed, used and removed (scripts/test-package.sh), then every
+# fuzz target for a bounded time (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 export CARGO_TERM_COLOR=never
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --all --manifest-path fuzz/Cargo.toml -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== dependency rules"
@@ -39,3 +41,7 @@ if [[ $(id -u) == 0 ]] && command -v dpkg >/dev/null; then
 else
   echo "skipped: needs root and dpkg"
 fi
+echo "== fuzz"
+# Every fuzz target (fuzz/, docs/robustness.md) for a bounded time from its committed
+# corpus; a crash fails the run and names the input.
+bash scripts/fuzz.sh "${FARM_FUZZ_SECONDS:-20}"
