@@ -41,19 +41,18 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(&inv.args[..args.len()], &args[..]);
     // An output path named on the line (`-o x`, `-ox`, `-MF x`, `-MFx`) by the only
     // argument that holds it never enters the key. (An output named after the source,
-    // `a.o` for `a.c`, is not named on the line.)
+    // `a.o` for `a.c`, is not named on the line; the same text as `-MT a.o` is a
+    // target, which does.)
+    let flags: [&[u8]; 2] = [b"-o", b"-MF"];
     for out in &inv.outputs {
         let o = out.path.as_os_str().as_bytes();
-        let holding: Vec<&[u8]> = args
-            .iter()
-            .map(|a| a.as_bytes())
-            .filter(|a| contains(a, o))
+        let holding: Vec<usize> = (0..args.len())
+            .filter(|&i| contains(args[i].as_bytes(), o))
             .collect();
-        let names = |a: &[u8]| {
-            a == o
-                || [&b"-o"[..], b"-MF"]
-                    .iter()
-                    .any(|f| a.strip_prefix(*f) == Some(o))
+        let names = |i: usize| {
+            let a = args[i].as_bytes();
+            let after_flag = i > 0 && flags.contains(&args[i - 1].as_bytes());
+            (a == o && after_flag) || flags.iter().any(|f| a.strip_prefix(*f) == Some(o))
         };
         if holding.len() == 1 && names(holding[0]) && out.path != inv.source {
             assert!(
