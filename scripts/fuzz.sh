@@ -15,10 +15,19 @@ if [[ ${1:-} == --seeds ]]; then
 fi
 secs=${1:-20}
 shift || true
+# libFuzzer reads 0 as "no limit": a bounded run needs a positive number.
+if ! [[ $secs =~ ^[0-9]+$ ]] || ((secs < 1)); then
+  echo "fuzz.sh: SECONDS_PER_TARGET must be a positive number of seconds, not '$secs'" >&2
+  exit 2
+fi
 cd fuzz
 echo "fuzz: building the targets (cargo +nightly fuzz build)"
 cargo +nightly fuzz build
 if (($#)); then targets=("$@"); else mapfile -t targets < <(cargo +nightly fuzz list); fi
+if ((${#targets[@]} == 0)); then
+  echo "fuzz.sh: no fuzz targets found (cargo +nightly fuzz list)" >&2
+  exit 1
+fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/farm-fuzz.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 failed=()
