@@ -354,8 +354,9 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     v
 }
 
-#[test]
-fn corrupted_entries_are_misses_removed_and_recompiled() {
+/// One compile of src/a.c stored (a.o), its plain twin (plain.o), and the paths of the
+/// result entries in the cache (one).
+fn one_stored_result() -> (Env, Vec<String>) {
     let env = Env::new("direct");
     project(&env);
     env.farm_ok(&["gcc", "-c", "-Iinc", "src/a.c", "-o", "a.o"]);
@@ -365,6 +366,12 @@ fn corrupted_entries_are_misses_removed_and_recompiled() {
         .filter(|p| p.ends_with(".r"))
         .collect();
     assert_eq!(entries.len(), 1);
+    (env, entries)
+}
+
+#[test]
+fn corrupted_entries_are_misses_removed_and_recompiled() {
+    let (env, entries) = one_stored_result();
     let mut data = fs::read(&entries[0]).unwrap();
     let n = data.len();
     data[n / 2] ^= 0xff;
@@ -397,15 +404,7 @@ fn corrupted_entries_are_misses_removed_and_recompiled() {
 /// address-space limit the shim still counts it as corrupt and compiles.
 #[test]
 fn entry_claiming_gigabytes_is_read_in_bounded_memory() {
-    let env = Env::new("direct");
-    project(&env);
-    env.farm_ok(&["gcc", "-c", "-Iinc", "src/a.c", "-o", "a.o"]);
-    env.plain(&["gcc", "-c", "-Iinc", "src/a.c", "-o", "plain.o"]);
-    let entries: Vec<String> = walk(&env.cache)
-        .into_iter()
-        .filter(|p| p.ends_with(".r"))
-        .collect();
-    assert_eq!(entries.len(), 1);
+    let (env, entries) = one_stored_result();
     // Magic, a checksum, and a zstd frame header (single segment, 8-byte content
     // size) saying 0xffff_ffff bytes follow; none do.
     let mut data = b"FARMENT1".to_vec();
