@@ -42,6 +42,24 @@ fn query(prom: u16, expr: &str) -> Vec<serde_json::Value> {
     v["data"]["result"].as_array().cloned().unwrap_or_default()
 }
 
+/// Waits until Prometheus has scraped all three nodes and `expr` returns a series.
+fn wait_scraped(prom: u16, expr: &str) {
+    let t0 = Instant::now();
+    loop {
+        let up = query(prom, "sum(up{job=\"farmd\"})");
+        if up.first().map(|s| s["value"][1] == "3").unwrap_or(false)
+            && !query(prom, expr).is_empty()
+        {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "prometheus never scraped all three nodes with {expr}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Every PromQL expression of the dashboard, with Grafana's variables as a user's
 /// "All" and a 10-minute range would set them.
 fn dashboard_queries() -> Vec<(String, String)> {
@@ -102,6 +120,10 @@ fn prometheus_scrapes_three_farmd_during_a_build_and_every_dashboard_query_has_d
         targets.push(format!("127.0.0.1:{}", n.port));
     }
     let prom = common::servers::prometheus(&targets);
+    // The build must fall between scrapes: a counter whose first sample already holds the
+    // whole build has no rate. Prometheus listens before it scrapes, and on a loaded
+    // machine its first scrape can come seconds later (CI once saw it after the build).
+    wait_scraped(prom.port, "sum(farm_compiles_total)");
 
     // A cold build (misses: placed on p1 and p2, or home), then a warm one (hits).
     let tree = env.root.path().join("lua");
@@ -201,24 +223,7 @@ fn prometheus_scrapes_three_farmd_during_a_build_and_every_dashboard_query_has_d
     assert!(sample(&text[0], "farm_peers", &["state=\"live\""]) == 2.0);
 
     // Prometheus has scraped every node since the build; every dashboard query answers.
-    let t0 = Instant::now();
-    loop {
-        let up = query(prom.port, "sum(up{job=\"farmd\"})");
-        let scraped_fallback = query(prom.port, "sum(farm_fallbacks_total)");
-        if up.first().map(|s| s["value"][1] == "3").unwrap_or(false)
-            && scraped_fallback
-                .first()
-                .map(|s| s["value"][1] != "0")
-                .unwrap_or(false)
-        {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "prometheus never scraped all three"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_scraped(prom.port, "sum(farm_fallbacks_total) > 0");
     // Rates need two samples after the build.
     std::thread::sleep(Duration::from_secs(3));
     let mut empty = Vec::new();

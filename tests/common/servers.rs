@@ -285,6 +285,18 @@ pub fn prometheus(targets: &[String]) -> Server {
         .spawn()
         .unwrap();
     wait_for_port(port, "prometheus", &mut child);
+    // Prometheus listens while its TSDB is still opening, answering 503 until ready.
+    let t0 = Instant::now();
+    while super::http::get(&format!("http://127.0.0.1:{port}/-/ready")).0 != 200 {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("prometheus exited at start: {st}");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "prometheus on {port} not ready within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     Server {
         child,
         port,
