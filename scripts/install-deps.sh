@@ -2,7 +2,7 @@
 # install-deps.sh [--bench]: installs what farm's build, tests and demo need, from
 # Debian's archive (apt-get; root or sudo). Idempotent: installed packages are skipped.
 #   always:  gcc g++ clang make cmake ninja-build dpkg-dev (apt-get source), xz/bzip2,
-#            iproute2 (ss for scripts/farm-cluster.sh, ip netns and tc for tests/farm_netns.rs and tests/farm_chaos.rs), libfaketime (a peer's skewed clock in tests/farm_chaos.rs), bubblewrap (the worker's job sandbox), python3 (its memory-limit test); a JDK, Gradle, Maven with
+#            iproute2 (ss for scripts/farm-cluster.sh, ip netns and tc for tests/farm_netns.rs and tests/farm_chaos.rs), libfaketime (a peer's skewed clock in tests/farm_chaos.rs), bash-completion (the packaged completion's launcher form in scripts/test-package.sh), bubblewrap (the worker's job sandbox), python3 (its memory-limit test); a JDK, Gradle, Maven with
 #            Debian's offline repository (maven-debian-helper) and the compiler and
 #            resources plugins, junit4 (jars in /usr/share/java) for the javac tests;
 #            Mono's mcs and xbuild for the C# tests; redis-server, and nginx with its
@@ -17,7 +17,7 @@
 #   --bench: also ccache hyperfine distcc icecc sccache python3, the comparison tools
 #            of scripts/bench.sh and scripts/bench-farm.sh
 set -euo pipefail
-pkgs=(gcc g++ clang make cmake ninja-build dpkg-dev xz-utils bzip2 util-linux ca-certificates iproute2 coreutils bubblewrap python3 libfaketime
+pkgs=(gcc g++ clang make cmake ninja-build dpkg-dev xz-utils bzip2 util-linux ca-certificates iproute2 coreutils bubblewrap python3 libfaketime bash-completion
   default-jdk-headless gradle maven maven-debian-helper libmaven-compiler-plugin-java
   libmaven-resources-plugin-java junit4 mono-mcs mono-devel mono-xbuild
   redis-server nginx libnginx-mod-http-dav-ext python3-venv prometheus chromium curl postgresql)

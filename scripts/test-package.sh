@@ -94,6 +94,20 @@ done
 # bash completes farm's commands from the installed file.
 words=$(bash -c 'source /usr/share/bash-completion/completions/farm; COMP_WORDS=(farm st); COMP_CWORD=1; COMP_LINE="farm st"; COMP_POINT=7; _farm farm st farm; echo "${COMPREPLY[*]}"')
 [[ " $words " == *" stats "* && " $words " == *" status "* ]] || fail "bash completion of 'farm st' gave '$words'"
+# In the launcher form the compiler's own completion takes over (bash-completion's gcc):
+# gcc's options, and file names, where clap alone would offer farm's commands.
+comp=$(mktemp -d)
+touch "$comp/code.c" "$comp/core.h"
+complete_line() {
+  (cd "$comp" && bash -c 'source /usr/share/bash-completion/bash_completion; source /usr/share/bash-completion/completions/farm
+    read -ra COMP_WORDS <<<"$1"; COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); COMP_LINE=$1; COMP_POINT=${#1}
+    _farm_launcher farm "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"; echo "${COMPREPLY[*]}"' _ "$1")
+}
+words=$(complete_line "farm gcc -fno-omit-frame")
+[[ " $words " == *" -fno-omit-frame-pointer "* ]] || fail "bash completion of 'farm gcc -fno-omit-frame' gave '$words' (not gcc's)"
+words=$(complete_line "farm gcc -c co")
+[[ " $words " == *" code.c "* && " $words " == *" core.h "* ]] || fail "bash completion of 'farm gcc -c co' gave '$words'"
+rm -rf "$comp"
 for m in farm farm-stats farm-cache farm-status farm-cluster; do
   zcat "/usr/share/man/man1/$m.1.gz" 2>/dev/null | grep -q '^\.TH' || fail "no man page /usr/share/man/man1/$m.1.gz"
 done

@@ -313,6 +313,31 @@ COMP_WORDS=(farm stats --j); COMP_CWORD=2; _farm farm --j stats; echo "${{COMPRE
     assert!(o.status.success(), "{}", text(&o.stderr));
     let lines: Vec<String> = text(&o.stdout).lines().map(String::from).collect();
     assert_eq!(lines, ["stats status", "clear", "--json"], "{lines:?}");
+
+    // The launcher form completes as the compiler would: files after `farm gcc -c`
+    // (here without bash-completion loaded: file names), and after `farm cc` farm's
+    // commands are not offered.
+    env.write("code.c", "int x;\n");
+    env.write("core.h", "int y;\n");
+    let words = |line: &str| {
+        let o = Command::new("bash")
+            .current_dir(&env.work)
+            .arg("-c")
+            .arg(format!(
+                r#"set -e; source '{}'; complete -p farm; set +e; COMP_WORDS=({line}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); _farm_launcher farm "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"; printf '%s\n' "${{COMPREPLY[@]}}" | sort | tr '\n' ' '"#,
+                script.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{line}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    let gcc = words("farm gcc -c co");
+    assert!(gcc.contains("-F _farm_launcher farm"), "{gcc}");
+    assert!(gcc.ends_with("code.c core.h "), "{gcc}");
+    let cc = words("farm cc st");
+    assert!(!cc.contains("stats"), "{cc}");
+    assert!(words("farm st").contains("stats status"));
 }
 
 #[test]

@@ -100,11 +100,49 @@ pub fn run(args: &[OsString]) -> i32 {
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut args::command(), "farm", &mut buf);
-            out(&String::from_utf8_lossy(&buf));
+            let script = String::from_utf8_lossy(&buf);
+            match shell {
+                clap_complete::Shell::Bash => out(&bash_launcher_form(&script)),
+                _ => out(&script),
+            }
             0
         }
         Command::Manpages { dir } => manpages(&dir),
     }
+}
+
+/// clap's bash completion, made to hand `farm COMPILER ARGS...` to the compiler's own
+/// completion (bash-completion's `_command_offset`, else file names): clap would offer
+/// farm's commands after `farm gcc -c`.
+fn bash_launcher_form(script: &str) -> String {
+    let commands: Vec<&str> = COMMANDS
+        .iter()
+        .copied()
+        .filter(|c| !c.starts_with('-'))
+        .collect();
+    format!(
+        r#"{}
+# The launcher form: after `farm COMPILER`, the compiler's own completion.
+_farm_launcher() {{
+    if [[ ${{COMP_CWORD}} -gt 1 && ${{COMP_WORDS[1]}} != -* ]]; then
+        case "${{COMP_WORDS[1]}}" in
+            {}) ;;
+            *)
+                if declare -F _command_offset >/dev/null; then
+                    _command_offset 1
+                else
+                    COMPREPLY=($(compgen -f -- "${{COMP_WORDS[COMP_CWORD]}}"))
+                fi
+                return 0
+                ;;
+        esac
+    fi
+    _farm "$@"
+}}
+"#,
+        script.replace("complete -F _farm ", "complete -F _farm_launcher "),
+        commands.join("|")
+    )
 }
 
 /// `farm manpages DIR`: farm.1 and one page per command (farm-stats.1, ...).
