@@ -164,6 +164,25 @@ impl Toolchains {
         })
     }
 
+    /// Links the kept file of `digest` (made where missing) at `dest`. A concurrent
+    /// job's trim may remove the kept file between the two steps: then it is laid out
+    /// again, once.
+    pub fn link_at(
+        &self,
+        digest: &Key,
+        exec: bool,
+        blobs: &BlobStore,
+        dest: &Path,
+    ) -> Result<(), String> {
+        let io = |e: std::io::Error| format!("{}: {e}", dest.display());
+        match std::fs::hard_link(self.file_at(digest, exec, blobs)?, dest) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::hard_link(self.file_at(digest, exec, blobs)?, dest).map_err(io)
+            }
+            linked => linked.map_err(io),
+        }
+    }
+
     /// [`Toolchains::file_at`] for a content at hand (checked by the caller against
     /// another digest: a REAPI input's SHA-256), kept as a toolchain file is.
     pub fn keep(&self, digest: &Key, exec: bool, data: &[u8]) -> Result<PathBuf, String> {
@@ -205,8 +224,16 @@ impl Toolchains {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        std::fs::rename(&tmp, &at).map_err(|e| format!("{}: {e}", at.display()))?;
-        self.trim(&at);
+        // Never over a file kept already (by a job laying out the same toolchain at
+        // once): a rename would drop the inode that job is linking (its link fails
+        // ENOENT). The content is the same, by digest.
+        let linked = std::fs::hard_link(&tmp, &at);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => self.trim(&at),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("{}: {e}", at.display())),
+        }
         Ok(at)
     }
 
@@ -304,6 +331,33 @@ mod tests {
         // Found again without the blob store; not as another mode.
         assert_eq!(t.file_at(&digest, true, &blobs).unwrap(), at);
         assert!(t.file_at(&digest, false, &blobs).is_err());
+    }
+
+    /// Jobs that start together lay out the same toolchain file at once; a job that
+    /// found it kept must be able to link it while another finishes making it (a
+    /// rename over it dropped the inode being linked: ENOENT, the job refused).
+    #[test]
+    fn a_file_kept_twice_at_once_stays_linkable() {
+        let d = tempfile::tempdir().unwrap();
+        let t = Toolchains::new(&d.path().join("state"), true, 1 << 30);
+        let data = vec![7u8; 256 << 10];
+        let digest = *blake3::hash(&data).as_bytes();
+        for round in 0..300 {
+            let at = t.dir.join(format!("{}-x", farm::fsutil::hex(&digest)));
+            let _ = std::fs::remove_file(&at);
+            std::thread::scope(|s| {
+                for job in 0..3 {
+                    let (t, data, d) = (&t, &data, d.path());
+                    s.spawn(move || {
+                        let dest = d.join(format!("job-{round}-{job}"));
+                        let file = t.keep(&digest, true, data).unwrap();
+                        std::fs::hard_link(&file, &dest)
+                            .unwrap_or_else(|e| panic!("round {round}, job {job}: {e}"));
+                        std::fs::remove_file(dest).unwrap();
+                    });
+                }
+            });
+        }
     }
 
     #[test]

@@ -225,10 +225,9 @@ fn lay_out(node: &Node, job: &PathJob, dir: &Path) -> Result<Laid, String> {
     // Files go below links laid out above.
     for e in &job.toolchain.entries {
         if let ToolKind::File { digest, exec } = &e.kind {
-            let file = node.toolchains.file_at(digest, *exec, &node.blobs)?;
             let at = root.place(Path::new(&e.path))?;
             // A path laid out twice fails here (the link exists).
-            std::fs::hard_link(&file, &at).map_err(|err| io(&at, err))?;
+            node.toolchains.link_at(digest, *exec, &node.blobs, &at)?;
         }
     }
     let toolchain_us = t0.elapsed().as_micros() as u64;
