@@ -174,12 +174,19 @@ impl Toolchains {
         blobs: &BlobStore,
         dest: &Path,
     ) -> Result<(), String> {
-        let io = |e: std::io::Error| format!("{}: {e}", dest.display());
-        match std::fs::hard_link(self.file_at(digest, exec, blobs)?, dest) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::hard_link(self.file_at(digest, exec, blobs)?, dest).map_err(io)
+        let link = |kept: PathBuf| {
+            std::fs::hard_link(&kept, dest).map_err(|e| {
+                (
+                    e.kind(),
+                    format!("{} → {}: {e}", kept.display(), dest.display()),
+                )
+            })
+        };
+        match link(self.file_at(digest, exec, blobs)?) {
+            Err((std::io::ErrorKind::NotFound, _)) => {
+                link(self.file_at(digest, exec, blobs)?).map_err(|(_, e)| e)
             }
-            linked => linked.map_err(io),
+            linked => linked.map_err(|(_, e)| e),
         }
     }
 
@@ -208,11 +215,15 @@ impl Toolchains {
             return Ok(at);
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        // Jobs of this process keep files at once: the counter, not the clock (coarse
+        // on some machines), keeps their names apart.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp = self.dir.join(format!(
-            ".{}-{}-{}",
+            ".{}-{}-{}-{}",
             farm::fsutil::hex(&digest[..8]),
             std::process::id(),
-            farm::fsutil::now_ns()
+            farm::fsutil::now_ns(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let made = fill(&tmp).and_then(|()| {
             use std::os::unix::fs::PermissionsExt;
@@ -353,11 +364,44 @@ mod tests {
                         let file = t.keep(&digest, true, data).unwrap();
                         std::fs::hard_link(&file, &dest)
                             .unwrap_or_else(|e| panic!("round {round}, job {job}: {e}"));
+                        use std::os::unix::fs::PermissionsExt as _;
+                        let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
+                        assert_eq!(mode & 0o777, 0o555);
+                        assert!(std::fs::read(&dest).unwrap() == *data);
                         std::fs::remove_file(dest).unwrap();
                     });
                 }
             });
         }
+    }
+
+    /// A kept file removed (by a trim) before a job links it is laid out again.
+    #[test]
+    fn link_at_lays_out_a_trimmed_file_again() {
+        let d = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::new(d.path(), 64 << 20);
+        let t = Toolchains::new(&d.path().join("state"), true, 64 << 20);
+        let data = b"int cc1;\n".to_vec();
+        let digest = *blake3::hash(&data).as_bytes();
+        blobs
+            .put(&[farm::protocol::Blob {
+                digest,
+                data: data.clone(),
+            }])
+            .unwrap();
+        let kept = t.file_at(&digest, false, &blobs).unwrap();
+        std::fs::remove_file(&kept).unwrap();
+        let dest = d.path().join("cc1");
+        t.link_at(&digest, false, &blobs, &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        // A destination that cannot be made names both files.
+        let e = t
+            .link_at(&digest, false, &blobs, &d.path().join("no/dir/cc1"))
+            .unwrap_err();
+        assert!(
+            e.contains(&kept.display().to_string()) && e.contains("no/dir/cc1"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -179,7 +179,14 @@ pub async fn run(
         }
         k.insert(f.1.hash.clone(), b3);
         drop(k);
-        placer.place(f, b3, &at)
+        match placer.place(f, b3, &at) {
+            // Trimmed by a concurrent job between keeping and linking: kept again, once.
+            Err(_) if !at.exists() => {
+                let at = node.toolchains.keep(&b3, f.2, data).map_err(internal)?;
+                placer.place(f, b3, &at)
+            }
+            placed => placed,
+        }
     })
     .await?;
     let root = placer.root;
