@@ -96,7 +96,8 @@ words=$(bash -c 'source /usr/share/bash-completion/completions/farm; COMP_WORDS=
 [[ " $words " == *" stats "* && " $words " == *" status "* ]] || fail "bash completion of 'farm st' gave '$words'"
 # In the launcher form the compiler's own completion takes over (bash-completion's gcc):
 # gcc's options, and file names, where clap alone would offer farm's commands.
-comp=$(mktemp -d)
+comp=$work/completion
+mkdir "$comp"
 touch "$comp/code.c" "$comp/core.h"
 complete_line() {
   (cd "$comp" && bash -c 'source /usr/share/bash-completion/bash_completion; source /usr/share/bash-completion/completions/farm
@@ -107,7 +108,6 @@ words=$(complete_line "farm gcc -fno-omit-frame")
 [[ " $words " == *" -fno-omit-frame-pointer "* ]] || fail "bash completion of 'farm gcc -fno-omit-frame' gave '$words' (not gcc's)"
 words=$(complete_line "farm gcc -c co")
 [[ " $words " == *" code.c "* && " $words " == *" core.h "* ]] || fail "bash completion of 'farm gcc -c co' gave '$words'"
-rm -rf "$comp"
 for m in farm farm-stats farm-cache farm-status farm-cluster; do
   zcat "/usr/share/man/man1/$m.1.gz" 2>/dev/null | grep -q '^\.TH' || fail "no man page /usr/share/man/man1/$m.1.gz"
 done

@@ -324,7 +324,7 @@ COMP_WORDS=(farm stats --j); COMP_CWORD=2; _farm farm --j stats; echo "${{COMPRE
             .current_dir(&env.work)
             .arg("-c")
             .arg(format!(
-                r#"set -e; source '{}'; complete -p farm; set +e; COMP_WORDS=({line}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); _farm_launcher farm "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"; printf '%s\n' "${{COMPREPLY[@]}}" | sort | tr '\n' ' '"#,
+                r#"set -e; source '{}'; complete -p farm; set +e; COMP_WORDS=({line}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); _farm_launcher farm "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"; printf '%s\n' "${{COMPREPLY[@]}}" | sort | tr '\n' '|'"#,
                 script.display()
             ))
             .output()
@@ -334,10 +334,17 @@ COMP_WORDS=(farm stats --j); COMP_CWORD=2; _farm farm --j stats; echo "${{COMPRE
     };
     let gcc = words("farm gcc -c co");
     assert!(gcc.contains("-F _farm_launcher farm"), "{gcc}");
-    assert!(gcc.ends_with("code.c core.h "), "{gcc}");
+    assert!(gcc.ends_with("\ncode.c|core.h|"), "{gcc}");
     let cc = words("farm cc st");
     assert!(!cc.contains("stats"), "{cc}");
-    assert!(words("farm st").contains("stats status"));
+    assert!(words("farm st").ends_with("\nstats|status|"));
+    // farm's own commands still complete through the wrapper; a file name with a
+    // space stays one word.
+    assert!(words("farm cache c").ends_with("\nclear|"));
+    assert!(words("farm stats --j").ends_with("\n--json|"));
+    env.write("two words.c", "int z;\n");
+    let spaced = words("farm gcc -c tw");
+    assert!(spaced.ends_with("\ntwo words.c|"), "{spaced}");
 }
 
 #[test]

@@ -131,6 +131,8 @@ _farm_launcher() {{
                 if declare -F _command_offset >/dev/null; then
                     _command_offset 1
                 else
+                    compopt -o filenames 2>/dev/null
+                    local IFS=$'\n'
                     COMPREPLY=($(compgen -f -- "${{COMP_WORDS[COMP_CWORD]}}"))
                 fi
                 return 0

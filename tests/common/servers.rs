@@ -285,10 +285,16 @@ pub fn prometheus(targets: &[String]) -> Server {
         .spawn()
         .unwrap();
     wait_for_port(port, "prometheus", &mut child);
+    // Owned first, so that a panic below kills it.
+    let mut server = Server {
+        child,
+        port,
+        _dir: dir,
+    };
     // Prometheus listens while its TSDB is still opening, answering 503 until ready.
     let t0 = Instant::now();
     while super::http::get(&format!("http://127.0.0.1:{port}/-/ready")).0 != 200 {
-        if let Ok(Some(st)) = child.try_wait() {
+        if let Ok(Some(st)) = server.child.try_wait() {
             panic!("prometheus exited at start: {st}");
         }
         assert!(
@@ -297,11 +303,7 @@ pub fn prometheus(targets: &[String]) -> Server {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    Server {
-        child,
-        port,
-        _dir: dir,
-    }
+    server
 }
 
 /// The BuildGrid configuration of the REAPI cache tests: CAS, ByteStream and Action
