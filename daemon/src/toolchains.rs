@@ -302,6 +302,18 @@ impl crate::exec::BlobSource for JobBlobs<'_> {
 mod tests {
     use super::*;
 
+    /// Puts `data` in the blob store; its digest.
+    fn stored(blobs: &BlobStore, data: &[u8]) -> Key {
+        let digest = *blake3::hash(data).as_bytes();
+        blobs
+            .put(&[farm::protocol::Blob {
+                digest,
+                data: data.to_vec(),
+            }])
+            .unwrap();
+        digest
+    }
+
     #[test]
     fn kept_toolchain_files_stay_within_the_cap() {
         let d = tempfile::tempdir().unwrap();
@@ -310,13 +322,7 @@ mod tests {
         let mut laid = Vec::new();
         for i in 0..5u8 {
             let data = vec![i; 1 << 20];
-            let digest = *blake3::hash(&data).as_bytes();
-            blobs
-                .put(&[farm::protocol::Blob {
-                    digest,
-                    data: data.clone(),
-                }])
-                .unwrap();
+            let digest = stored(&blobs, &data);
             let at = t.file_at(&digest, i % 2 == 0, &blobs).unwrap();
             assert_eq!(std::fs::read(&at).unwrap(), data);
             laid.push(at);
@@ -382,13 +388,7 @@ mod tests {
         let blobs = BlobStore::new(d.path(), 64 << 20);
         let t = Toolchains::new(&d.path().join("state"), true, 64 << 20);
         let data = b"int cc1;\n".to_vec();
-        let digest = *blake3::hash(&data).as_bytes();
-        blobs
-            .put(&[farm::protocol::Blob {
-                digest,
-                data: data.clone(),
-            }])
-            .unwrap();
+        let digest = stored(&blobs, &data);
         let kept = t.file_at(&digest, false, &blobs).unwrap();
         std::fs::remove_file(&kept).unwrap();
         let dest = d.path().join("cc1");
